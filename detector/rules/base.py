@@ -1,0 +1,119 @@
+"""The contract between the service and every rule evaluator.
+
+The service calls, for each committed batch and with time passed in (never read from a clock here):
+
+1. ``observe(hit, line, when)`` for every hit of the rule's patterns in the batch, in line order;
+   ``observe_line(line, when)`` for every line of the rule's sources if ``wants_all_lines``;
+2. ``due(now)`` when ``now >= next_deadline()`` (the scheduler wakes exactly then);
+3. ``state_changes()`` after each of those rounds, and commits the result with the batch.
+
+Signals go to ``alerts.AlertBook``, which owns the alert lifecycle (dedup, repeat, resolve,
+notifications). Evaluators only say "this key is firing / resolved / worth an info".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Literal, Protocol
+
+from detector.matching import Hit
+from detector.model import AlertKind, RuleConfig
+from detector.sources.base import Line
+
+
+@dataclass(frozen=True, slots=True)
+class When:
+    """When a line happened, as far as the agent knows.
+
+    ``at`` is the line's own timestamp (journald) or its arrival time. While catching up after the
+    agent was down, a line without its own timestamp may have been written at any moment between
+    the agent's last sign of life and now: then ``earliest`` is that last sign of life and ``at`` is
+    now. Otherwise ``earliest == at``.
+    """
+
+    at: datetime
+    earliest: datetime
+
+    @staticmethod
+    def exact(at: datetime) -> When:
+        return When(at, at)
+
+    @property
+    def uncertain(self) -> bool:
+        return self.earliest != self.at
+
+
+@dataclass(frozen=True, slots=True)
+class Signal:
+    rule: str
+    kind: AlertKind
+    key: str
+    """Stable within the rule; the alert fingerprint is derived from (rule, key)."""
+    action: Literal["fire", "resolve", "info"]
+    """fire: open or update the alert; resolve: close it; info: a one-off notice, no lifecycle."""
+    at: datetime
+    labels: Mapping[str, str] = field(default_factory=dict)
+    """Grouping labels and captured fields. host, source and rule are added by the alert book."""
+    summary: str = ""
+    description: str = ""
+    sample: str | None = None
+    count: int = 1
+    evidence: Mapping[str, Any] = field(default_factory=dict)
+    """JSON-able details for the payload's ``x_detector.evidence`` (window bounds, durations…)."""
+    source: str | None = None
+
+
+class Evaluator(Protocol):
+    rule: RuleConfig
+    wants_all_lines: bool
+
+    def observe(self, hit: Hit, line: Line, when: When) -> list[Signal]: ...
+
+    def observe_line(self, line: Line, when: When) -> list[Signal]: ...
+
+    def due(self, now: datetime) -> list[Signal]: ...
+
+    def next_deadline(self) -> datetime | None: ...
+
+    def note_downtime(self, since: datetime, until: datetime) -> None:
+        """The agent was not running between these times (called once at start-up)."""
+        ...
+
+    def state_changes(self) -> dict[str, Any | None]:
+        """Keys changed since the last call, with their JSON-able value (None = deleted)."""
+        ...
+
+    def load_state(self, items: Mapping[str, Any]) -> None:
+        """Restore what ``state_changes`` produced before (called once, before anything else)."""
+        ...
+
+
+@dataclass
+class KeyedState:
+    """Helper for evaluators: a dict of JSON-able values that remembers which keys changed."""
+
+    values: dict[str, Any] = field(default_factory=dict)
+    _dirty: set[str] = field(default_factory=set)
+
+    def get(self, key: str) -> Any:
+        return self.values.get(key)
+
+    def put(self, key: str, value: Any) -> None:
+        self.values[key] = value
+        self._dirty.add(key)
+
+    def drop(self, key: str) -> None:
+        if key in self.values:
+            del self.values[key]
+            self._dirty.add(key)
+
+    def load(self, items: Mapping[str, Any]) -> None:
+        self.values = dict(items)
+        self._dirty.clear()
+
+    def changes(self) -> dict[str, Any | None]:
+        out = {k: self.values.get(k) for k in self._dirty}
+        self._dirty.clear()
+        return out

@@ -1,0 +1,79 @@
+"""Line, Batch and the Source protocol: the contract between sources and the rest of the agent.
+
+A source yields :class:`Batch` es. The service matches each batch, updates rule state and commits,
+in one SQLite transaction, the state, the new alerts and ``batch.checkpoint``. A source restarts
+from the checkpoints it was given at construction; anything after them is read again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Protocol
+
+
+@dataclass(frozen=True, slots=True)
+class Line:
+    source: str
+    """Name of the source in rules.yaml."""
+    text: str
+    """The line, decoded with errors="replace", without its line ending."""
+    event_at: datetime | None = None
+    """The source's own timestamp (journald ``__REALTIME_TIMESTAMP``), aware UTC; None for files."""
+    path: str | None = None
+    """The file the line came from (None for journald)."""
+    fields: Mapping[str, str] | None = None
+    """Structured fields (journald fields), None for plain files. Captured groups are added by
+    matching, not here."""
+
+
+@dataclass(frozen=True, slots=True)
+class Checkpoint:
+    """Where to resume. ``key`` is unique within a source (a file identity, or "cursor")."""
+
+    source: str
+    key: str
+    value: Mapping[str, Any]
+    """JSON-serialisable. ``{}`` with ``delete=True`` removes the checkpoint (file gone)."""
+    delete: bool = False
+
+
+@dataclass(slots=True)
+class Batch:
+    source: str
+    lines: list[Line]
+    checkpoints: list[Checkpoint] = field(default_factory=list)
+    """Checkpoints to commit with this batch (after its last line). May be several: e.g. the end of
+    a rotated file and the start of its successor."""
+    truncated_lines: int = 0
+    """How many lines in this batch were cut at max_line_bytes (for metrics)."""
+
+
+@dataclass(frozen=True, slots=True)
+class SourceProblem:
+    """A condition the agent must tell the user about (unreadable file, journalctl failing…).
+
+    ``active=False`` clears a problem with the same ``key``.
+    """
+
+    source: str
+    key: str
+    message: str
+    active: bool = True
+
+
+class Source(Protocol):
+    name: str
+
+    def batches(self) -> AsyncIterator[Batch]:
+        """Yield batches forever (until cancelled). Must never raise for bad input."""
+        ...
+
+    def problems(self) -> list[SourceProblem]:
+        """Current problems (for /healthz, status and agent alerts)."""
+        ...
+
+    def status(self) -> dict[str, Any]:
+        """A JSON-able snapshot for `detector status` and /status."""
+        ...

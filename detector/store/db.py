@@ -1,0 +1,292 @@
+"""SQLite state: schema, migrations, start-up loads and the one-transaction batch commit.
+
+Durability argument: the checkpoint of a batch, the rule state it changed and the alerts it raised
+are written in ONE transaction (:meth:`Store.commit`). If the process dies before it, the batch is
+read again and produces the same effects; after it, nothing is redone. ``synchronous=NORMAL`` in WAL
+mode can lose the last transactions on power loss, but only whole transactions, and since a
+checkpoint never commits without its effects, a lost transaction is simply replayed from the log.
+
+The store is synchronous and owned by one thread at a time; the service calls it through a
+single-thread executor so that the event loop never blocks on disk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import json
+import os
+import sqlite3
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+import sqlite_utils
+
+from detector.sources.base import Checkpoint
+
+SCHEMA_VERSION = 1
+T = TypeVar("T")
+
+
+class StoreError(Exception):
+    """The state file cannot be used (corrupt, locked, disk full…)."""
+
+
+def ts(at: datetime) -> float:
+    return at.timestamp()
+
+
+def from_ts(value: float) -> datetime:
+    return datetime.fromtimestamp(value, UTC)
+
+
+@dataclass(frozen=True)
+class OutboxRow:
+    webhook: str
+    event_id: str
+    fingerprint: str
+    status: str  # "firing" | "resolved"
+    payload: Mapping[str, Any]  # the alert snapshot (alerts.Alert.to_json()); rendered at delivery
+    created_at: datetime
+
+
+@dataclass
+class Commit:
+    """Everything one batch (or one round of deadlines) changed."""
+
+    checkpoints: list[Checkpoint] = field(default_factory=list)
+    rule_state: dict[str, dict[str, Any | None]] = field(default_factory=dict)
+    alerts: dict[str, Mapping[str, Any] | None] = field(default_factory=dict)  # fingerprint -> row
+    outbox: list[OutboxRow] = field(default_factory=list)
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def empty(self) -> bool:
+        return not (self.checkpoints or self.rule_state or self.alerts or self.outbox or self.meta)
+
+
+def _migrate_1(db: sqlite_utils.Database) -> None:
+    db.table("meta").create({"key": str, "value": str}, pk="key", if_not_exists=True)
+    db.table("checkpoints").create(
+        {"source": str, "key": str, "value": str, "updated_at": float},
+        pk=("source", "key"),
+        if_not_exists=True,
+    )
+    db.table("rule_state").create(
+        {"rule": str, "key": str, "value": str}, pk=("rule", "key"), if_not_exists=True
+    )
+    db.table("alerts").create(
+        {"fingerprint": str, "rule": str, "status": str, "value": str, "updated_at": float},
+        pk="fingerprint",
+        if_not_exists=True,
+    )
+    db.table("outbox").create(
+        {
+            "id": int,
+            "webhook": str,
+            "event_id": str,
+            "fingerprint": str,
+            "status": str,
+            "payload": str,
+            "created_at": float,
+            "next_attempt_at": float,
+            "attempts": int,
+            "state": str,  # pending | delivered | dead
+            "last_error": str,
+            "delivered_at": float,
+        },
+        pk="id",
+        if_not_exists=True,
+        defaults={"attempts": 0, "state": "pending"},
+    )
+    db.table("outbox").create_index(["webhook", "state", "id"], if_not_exists=True)
+    db.table("outbox").create_index(["webhook", "event_id"], unique=True, if_not_exists=True)
+
+
+MIGRATIONS = {1: _migrate_1}
+
+
+class Store:
+    def __init__(self, path: Path | str) -> None:
+        self.path = Path(path)
+        if str(self.path) != ":memory:":
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            conn = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute("PRAGMA busy_timeout=5000")
+            self.conn = conn
+            self.db = sqlite_utils.Database(conn)
+            self.migrate()
+        except sqlite3.DatabaseError as e:
+            raise StoreError(f"cannot open state file {self.path}: {e}") from e
+
+    def close(self) -> None:
+        self.conn.close()
+
+    # ---------------------------------------------------------------- schema
+
+    def schema_version(self) -> int:
+        if "meta" not in self.db.table_names():
+            return 0
+        row = self.conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+        return int(row[0]) if row else 0
+
+    def migrate(self) -> None:
+        """Bring the schema to SCHEMA_VERSION. Idempotent: applying twice changes nothing."""
+        current = self.schema_version()
+        if current > SCHEMA_VERSION:
+            raise StoreError(
+                f"state file {self.path} has schema {current}, newer than this detector "
+                f"({SCHEMA_VERSION}); upgrade detector or move the file aside"
+            )
+        for version in range(current + 1, SCHEMA_VERSION + 1):
+            with self._tx():
+                MIGRATIONS[version](self.db)
+                self.conn.execute(
+                    "INSERT OR REPLACE INTO meta(key, value) VALUES('schema_version', ?)",
+                    (str(version),),
+                )
+
+    # ---------------------------------------------------------------- loads
+
+    def get_meta(self, key: str) -> Any:
+        row = self.conn.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
+        return None if row is None else json.loads(row[0])
+
+    def load_checkpoints(self, source: str) -> dict[str, dict[str, Any]]:
+        rows = self.conn.execute("SELECT key, value FROM checkpoints WHERE source=?", (source,))
+        return {k: json.loads(v) for k, v in rows}
+
+    def load_rule_state(self, rule: str) -> dict[str, Any]:
+        rows = self.conn.execute("SELECT key, value FROM rule_state WHERE rule=?", (rule,))
+        return {k: json.loads(v) for k, v in rows}
+
+    def rules_with_state(self) -> list[str]:
+        return [r[0] for r in self.conn.execute("SELECT DISTINCT rule FROM rule_state")]
+
+    def drop_rule_state(self, rule: str) -> None:
+        with self._tx():
+            self.conn.execute("DELETE FROM rule_state WHERE rule=?", (rule,))
+
+    def load_alerts(self) -> list[dict[str, Any]]:
+        rows = self.conn.execute("SELECT value FROM alerts ORDER BY fingerprint")
+        return [json.loads(r[0]) for r in rows]
+
+    # ---------------------------------------------------------------- the batch commit
+
+    def commit(self, c: Commit, now: datetime) -> None:
+        """Write everything in ``c`` in one transaction (all or nothing)."""
+        if c.empty():
+            return
+        t = ts(now)
+        try:
+            with self._tx():
+                self._write(c, t)
+        except sqlite3.DatabaseError as e:
+            raise StoreError(f"cannot write state file {self.path}: {e}") from e
+
+    def _write(self, c: Commit, t: float) -> None:
+        ex = self.conn.execute
+        for cp in c.checkpoints:
+            if cp.delete:
+                ex("DELETE FROM checkpoints WHERE source=? AND key=?", (cp.source, cp.key))
+            else:
+                ex(
+                    "INSERT OR REPLACE INTO checkpoints(source, key, value, updated_at) "
+                    "VALUES(?,?,?,?)",
+                    (cp.source, cp.key, json.dumps(dict(cp.value)), t),
+                )
+        for rule, changes in c.rule_state.items():
+            for key, value in changes.items():
+                if value is None:
+                    ex("DELETE FROM rule_state WHERE rule=? AND key=?", (rule, key))
+                else:
+                    ex(
+                        "INSERT OR REPLACE INTO rule_state(rule, key, value) VALUES(?,?,?)",
+                        (rule, key, json.dumps(value)),
+                    )
+        for fp, row in c.alerts.items():
+            if row is None:
+                ex("DELETE FROM alerts WHERE fingerprint=?", (fp,))
+            else:
+                ex(
+                    "INSERT OR REPLACE INTO alerts(fingerprint, rule, status, value, updated_at) "
+                    "VALUES(?,?,?,?,?)",
+                    (fp, row["rule"], row["status"], json.dumps(dict(row)), t),
+                )
+        for o in c.outbox:
+            ex(
+                "INSERT OR IGNORE INTO outbox(webhook, event_id, fingerprint, status, payload, "
+                "created_at, next_attempt_at, attempts, state) VALUES(?,?,?,?,?,?,?,0,'pending')",
+                (
+                    o.webhook,
+                    o.event_id,
+                    o.fingerprint,
+                    o.status,
+                    json.dumps(dict(o.payload)),
+                    ts(o.created_at),
+                    ts(o.created_at),
+                ),
+            )
+        for key, value in c.meta.items():
+            ex("INSERT OR REPLACE INTO meta(key, value) VALUES(?,?)", (key, json.dumps(value)))
+
+    def set_meta(self, items: Mapping[str, Any]) -> None:
+        with self._tx():
+            for key, value in items.items():
+                self.conn.execute(
+                    "INSERT OR REPLACE INTO meta(key, value) VALUES(?,?)", (key, json.dumps(value))
+                )
+
+    def _tx(self) -> _Tx:
+        return _Tx(self.conn)
+
+    def execute(self, sql: str, params: Iterable[Any] = ()) -> list[tuple[Any, ...]]:
+        """For the store package's own modules (outbox.py)."""
+        return list(self.conn.execute(sql, tuple(params)))
+
+
+class _Tx:
+    """BEGIN IMMEDIATE … COMMIT, ROLLBACK on error (the connection is in autocommit mode)."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+
+    def __enter__(self) -> sqlite3.Connection:
+        self.conn.execute("BEGIN IMMEDIATE")
+        return self.conn
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        if exc_type is None:
+            self.conn.execute("COMMIT")
+        else:
+            self.conn.execute("ROLLBACK")
+
+
+def default_state_path() -> Path:
+    state_dir = os.environ.get("STATE_DIRECTORY")
+    if state_dir:
+        return Path(state_dir.split(":")[0]) / "state.db"
+    return Path("detector-state.db")
+
+
+class AsyncStore:
+    """Runs store calls on one dedicated thread, so the event loop never waits on disk.
+
+    ``await db.run(lambda s: s.load_alerts())``. All writes go through here: one writer.
+    """
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="db")
+
+    async def run(self, fn: Callable[[Store], T]) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._pool, fn, self.store)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
+        self.store.close()
