@@ -193,6 +193,7 @@ class RuleConfig:
     summary: str | None = None  # str.format-style template over fields
     description: str | None = None
     labels: Mapping[str, str] = field(default_factory=dict)
+    group_by: tuple[str, ...] = ()  # captured fields that split one rule into separate alerts
     notify: tuple[str, ...] = ()  # resolved: never empty after load (all webhooks if unset)
     owner: str | None = None
     runbook: str | None = None

@@ -1,0 +1,332 @@
+"""Alerts: the lifecycle firing → repeat → resolved, and the notifications it produces.
+
+Sits between the rule evaluators and the store. Evaluators emit :class:`~detector.rules.base.Signal`
+s ("key K of rule R is firing / resolved / worth an info"); the :class:`AlertBook` keeps one
+:class:`Alert` per fingerprint (rule + key) and decides what a person is told:
+
+1. ``fire`` on a key with no open alert opens one and queues a ``firing`` notification;
+2. ``fire`` on an open alert only raises its count, moves last_seen and keeps up to 5 samples
+   (deduplication: a flood of matches is one alert);
+3. while firing, a ``repeat`` notification goes out every ``rule.repeat`` (scheduled, not polled);
+4. ``resolve`` closes the alert and queues a ``resolved`` notification;
+5. ``info`` queues a one-off notification that opens nothing.
+
+Every notification becomes one outbox row per webhook the rule notifies, with an event id that is
+stable across delivery retries (it is stored with the row, in the same transaction as the batch
+that caused it). Nothing here does I/O; ``take()`` hands the changes to the store.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import heapq
+import uuid
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from detector.model import AlertKind, RuleConfig, Severity
+from detector.rules.base import Signal
+from detector.store.db import OutboxRow
+
+MAX_SAMPLES = 5
+MAX_SAMPLE_CHARS = 2000
+AGENT_RULE = "detector-agent"
+AGENT_REPEAT = timedelta(hours=4)
+RESOLVED_KEEP = timedelta(days=7)
+
+
+def fingerprint(rule: str, key: str) -> str:
+    return hashlib.sha256(f"{rule}\x00{key}".encode()).hexdigest()[:16]
+
+
+def iso(at: datetime | None) -> str | None:
+    if at is None:
+        return None
+    return at.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def parse_iso(text: str | None) -> datetime | None:
+    if text is None:
+        return None
+    return datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+@dataclass
+class Alert:
+    fingerprint: str
+    rule: str
+    kind: AlertKind
+    key: str
+    status: str  # firing | resolved
+    severity: Severity
+    summary: str
+    description: str
+    labels: dict[str, str]
+    owner: str | None
+    runbook: str | None
+    host: str
+    source: str | None
+    first_seen_at: datetime
+    last_seen_at: datetime
+    resolved_at: datetime | None = None
+    count: int = 0
+    samples: list[str] = field(default_factory=list)
+    evidence: dict[str, Any] = field(default_factory=dict)
+    notify: tuple[str, ...] = ()
+    last_notified_at: datetime | None = None
+
+    def to_row(self) -> dict[str, Any]:
+        row = asdict(self)
+        for name in ("first_seen_at", "last_seen_at", "resolved_at", "last_notified_at"):
+            row[name] = iso(row[name])
+        row["notify"] = list(self.notify)
+        return row
+
+    @staticmethod
+    def from_row(row: Mapping[str, Any]) -> Alert:
+        data = dict(row)
+        for name in ("first_seen_at", "last_seen_at", "resolved_at", "last_notified_at"):
+            data[name] = parse_iso(data.get(name))
+        data["notify"] = tuple(data.get("notify") or ())
+        known = set(Alert.__dataclass_fields__)
+        return Alert(**{k: v for k, v in data.items() if k in known})
+
+    def payload(self, notification: str, event_id: str, now: datetime) -> dict[str, Any]:
+        """The snapshot stored in the outbox and rendered by every delivery format."""
+        return {
+            "event_id": event_id,
+            "fingerprint": self.fingerprint,
+            "notification": notification,
+            "status": self.status,
+            "rule": self.rule,
+            "kind": self.kind,
+            "severity": self.severity,
+            "summary": self.summary,
+            "description": self.description,
+            "labels": dict(self.labels),
+            "owner": self.owner,
+            "runbook": self.runbook,
+            "host": self.host,
+            "source": self.source,
+            "first_seen_at": iso(self.first_seen_at),
+            "last_seen_at": iso(self.last_seen_at),
+            "resolved_at": iso(self.resolved_at),
+            "count": self.count,
+            "samples": list(self.samples),
+            "evidence": dict(self.evidence),
+            "created_at": iso(now),
+        }
+
+
+class AlertBook:
+    """All open (and recently resolved) alerts, and the notifications they owe."""
+
+    def __init__(
+        self,
+        host: str,
+        rules: Mapping[str, RuleConfig],
+        webhooks: Iterable[str],
+        fallback: Iterable[str] = (),
+    ) -> None:
+        self.host = host
+        self.alerts: dict[str, Alert] = {}
+        self._repeat_heap: list[tuple[datetime, str]] = []
+        self._changed: dict[str, Alert | None] = {}
+        self._outbox: list[OutboxRow] = []
+        self.configure(rules, webhooks, fallback)
+
+    def configure(
+        self, rules: Mapping[str, RuleConfig], webhooks: Iterable[str], fallback: Iterable[str]
+    ) -> None:
+        """(Re)bind to a config. Alerts of rules that no longer exist are left to the caller."""
+        self.rules = dict(rules)
+        self.webhooks = tuple(sorted(webhooks))
+        self.fallback = tuple(fallback) or self.webhooks
+        for fp, alert in self.alerts.items():
+            self._schedule_repeat(fp, alert)
+
+    # ---------------------------------------------------------------- persistence
+
+    def load(self, rows: Iterable[Mapping[str, Any]]) -> None:
+        for row in rows:
+            alert = Alert.from_row(row)
+            self.alerts[alert.fingerprint] = alert
+            self._schedule_repeat(alert.fingerprint, alert)
+
+    def take(self) -> tuple[dict[str, Mapping[str, Any] | None], list[OutboxRow]]:
+        """Changed alert rows and new outbox rows since the last call (for ``Store.commit``)."""
+        rows: dict[str, Mapping[str, Any] | None] = {
+            fp: (a.to_row() if a is not None else None) for fp, a in self._changed.items()
+        }
+        outbox = self._outbox
+        self._changed, self._outbox = {}, []
+        return rows, outbox
+
+    # ---------------------------------------------------------------- signals
+
+    def apply(self, signals: Iterable[Signal], now: datetime) -> None:
+        for s in signals:
+            if s.action == "fire":
+                self._fire(s, now)
+            elif s.action == "resolve":
+                self._resolve(s.rule, s.key, s.at, now, s)
+            else:
+                self._info(s, now)
+
+    def _routing(self, rule: str, kind: str) -> tuple[tuple[str, ...], Severity, RuleConfig | None]:
+        cfg = self.rules.get(rule)
+        if cfg is None:
+            return (self.fallback if kind == "agent" else self.webhooks), "error", None
+        return (cfg.notify or self.webhooks), cfg.severity, cfg
+
+    def _new_alert(self, s: Signal) -> Alert:
+        notify, severity, cfg = self._routing(s.rule, s.kind)
+        labels = {**(cfg.labels if cfg else {}), **s.labels}
+        labels.update(
+            {"host": self.host, "rule": s.rule, "severity": severity, "kind": s.kind}
+            | ({"source": s.source} if s.source else {})
+        )
+        return Alert(
+            fingerprint=fingerprint(s.rule, s.key),
+            rule=s.rule,
+            kind=s.kind,
+            key=s.key,
+            status="firing",
+            severity=severity,
+            summary=s.summary,
+            description=s.description,
+            labels=labels,
+            owner=cfg.owner if cfg else None,
+            runbook=cfg.runbook if cfg else None,
+            host=self.host,
+            source=s.source,
+            first_seen_at=s.at,
+            last_seen_at=s.at,
+            count=0,
+            notify=notify,
+        )
+
+    def _fire(self, s: Signal, now: datetime) -> None:
+        fp = fingerprint(s.rule, s.key)
+        alert = self.alerts.get(fp)
+        opening = alert is None or alert.status != "firing"
+        if opening:
+            alert = self._new_alert(s)
+            self.alerts[fp] = alert
+        assert alert is not None
+        alert.count += max(s.count, 0)
+        alert.last_seen_at = max(alert.last_seen_at, s.at)
+        if s.summary:
+            alert.summary = s.summary
+        if s.description:
+            alert.description = s.description
+        if s.evidence:
+            alert.evidence.update(s.evidence)
+        if s.sample is not None and len(alert.samples) < MAX_SAMPLES:
+            alert.samples.append(s.sample[:MAX_SAMPLE_CHARS])
+        self._changed[fp] = alert
+        if opening:
+            self._notify(alert, "firing", now)
+
+    def _resolve(self, rule: str, key: str, at: datetime, now: datetime, s: Signal | None) -> None:
+        fp = fingerprint(rule, key)
+        alert = self.alerts.get(fp)
+        if alert is None or alert.status != "firing":
+            return
+        alert.status = "resolved"
+        alert.resolved_at = at
+        if s is not None:
+            if s.summary:
+                alert.summary = s.summary
+            if s.evidence:
+                alert.evidence.update(s.evidence)
+            if s.sample is not None and len(alert.samples) < MAX_SAMPLES:
+                alert.samples.append(s.sample[:MAX_SAMPLE_CHARS])
+        self._changed[fp] = alert
+        self._notify(alert, "resolved", now)
+
+    def _info(self, s: Signal, now: datetime) -> None:
+        alert = self._new_alert(s)
+        alert.count = s.count
+        alert.evidence = dict(s.evidence)
+        if s.sample is not None:
+            alert.samples.append(s.sample[:MAX_SAMPLE_CHARS])
+        self._notify(alert, "info", now)
+
+    def resolve_rule(self, rule: str, now: datetime, why: str) -> None:
+        """Resolve every firing alert of a rule (the rule was removed or disabled)."""
+        for alert in list(self.alerts.values()):
+            if alert.rule == rule and alert.status == "firing":
+                alert.description = why
+                self._resolve(rule, alert.key, now, now, None)
+
+    # ---------------------------------------------------------------- time
+
+    def _repeat_every(self, alert: Alert) -> timedelta | None:
+        if alert.kind == "agent":
+            return AGENT_REPEAT
+        cfg = self.rules.get(alert.rule)
+        return cfg.repeat if cfg is not None else None
+
+    def _schedule_repeat(self, fp: str, alert: Alert) -> None:
+        every = self._repeat_every(alert)
+        if alert.status == "firing" and every is not None and alert.last_notified_at is not None:
+            heapq.heappush(self._repeat_heap, (alert.last_notified_at + every, fp))
+
+    def next_deadline(self) -> datetime | None:
+        while self._repeat_heap:
+            at, fp = self._repeat_heap[0]
+            alert = self.alerts.get(fp)
+            every = self._repeat_every(alert) if alert else None
+            if (
+                alert is None
+                or alert.status != "firing"
+                or every is None
+                or alert.last_notified_at is None
+                or alert.last_notified_at + every != at
+            ):
+                heapq.heappop(self._repeat_heap)  # stale entry
+                continue
+            return at
+        return None
+
+    def due(self, now: datetime) -> None:
+        """Send repeats that are due; forget alerts resolved long ago."""
+        while (at := self.next_deadline()) is not None and at <= now:
+            _, fp = heapq.heappop(self._repeat_heap)
+            alert = self.alerts[fp]
+            self._changed[fp] = alert
+            self._notify(alert, "repeat", now)
+        for fp, alert in list(self.alerts.items()):
+            if (
+                alert.status == "resolved"
+                and alert.resolved_at
+                and alert.resolved_at < now - RESOLVED_KEEP
+            ):
+                del self.alerts[fp]
+                self._changed[fp] = None
+
+    # ---------------------------------------------------------------- notifications
+
+    def _notify(self, alert: Alert, notification: str, now: datetime) -> None:
+        event_id = uuid.uuid4().hex
+        payload = alert.payload(notification, event_id, now)
+        for webhook in alert.notify:
+            self._outbox.append(
+                OutboxRow(
+                    webhook=webhook,
+                    event_id=event_id,
+                    fingerprint=alert.fingerprint,
+                    status=alert.status,
+                    payload=payload,
+                    created_at=now,
+                )
+            )
+        if notification != "info":
+            alert.last_notified_at = now
+            self._schedule_repeat(alert.fingerprint, alert)
+
+    def firing(self) -> list[Alert]:
+        return [a for a in self.alerts.values() if a.status == "firing"]

@@ -1,0 +1,207 @@
+"""The ``detector`` command: run | check | test | status | send-test | templates | version."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import platform
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from detector import __version__
+
+DEFAULT_CONFIG = "/etc/detector/rules.yaml"
+
+
+def _default_config() -> str:
+    env = os.environ.get("DETECTOR_CONFIG")
+    if env:
+        return env
+    return "rules.yaml" if Path("rules.yaml").exists() else DEFAULT_CONFIG
+
+
+def _add_config(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "-c",
+        "--config",
+        default=None,
+        help="rules.yaml to use (default: $DETECTOR_CONFIG, else ./rules.yaml, else "
+        "/etc/detector/rules.yaml)",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="detector",
+        description="Log-tailing anomaly and silence detector: tails files and journald, matches "
+        "rules.yaml, remembers state in SQLite and posts alerts to webhooks.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("run", help="run the agent", description="Run the agent in the foreground.")
+    _add_config(p)
+    p.add_argument("--log-format", choices=("text", "json"), default=None)
+    p.add_argument("--log-level", default="INFO")
+
+    p = sub.add_parser(
+        "check",
+        help="validate rules.yaml",
+        description="Validate rules.yaml: exit 0 if it is valid, 1 with every error otherwise.",
+    )
+    _add_config(p)
+
+    p = sub.add_parser(
+        "test",
+        help="dry-run log files through the rules",
+        description="Replay log files through the real matcher and rule evaluators with simulated "
+        "time taken from the lines' timestamps, and print what would have fired. Nothing is sent "
+        "and no state is written. Exit 0 if no alert would fire, 1 if some would.",
+    )
+    _add_config(p)
+    p.add_argument("files", nargs="+", metavar="FILE", help="log files to replay (- for stdin)")
+    p.add_argument("--source", help="treat the lines as coming from this source")
+    p.add_argument("--time-format", help="strptime format of the timestamp at the line start")
+    p.add_argument("--samples", type=int, default=3, help="sample lines to show per rule")
+    p.add_argument("--quiet", action="store_true", help="only the summary")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    p = sub.add_parser(
+        "status",
+        help="show sources, rules, alerts and the outbox",
+        description="Show what the state file knows: source positions, rule state, firing alerts "
+        "and the delivery outbox.",
+    )
+    _add_config(p)
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+
+    p = sub.add_parser(
+        "send-test",
+        help="send a test alert to a webhook",
+        description="Send a test alert through the real delivery path to WEBHOOK and print the "
+        "receiver's answer. Exit 0 if it was accepted.",
+    )
+    _add_config(p)
+    p.add_argument("webhook", metavar="WEBHOOK", help="webhook name from rules.yaml")
+
+    p = sub.add_parser(
+        "templates",
+        help="list learned log templates (anomaly: new)",
+        description="List the templates learned by `anomaly: new` rules, with counts and "
+        "first/last seen; --known marks one as known so it never alerts.",
+    )
+    _add_config(p)
+    p.add_argument("--rule", help="only this rule")
+    p.add_argument("--known", metavar="TEMPLATE_ID", help="mark this template as known")
+
+    sub.add_parser("version", help="print version and engines", description="Print versions.")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if getattr(args, "config", "") is None:
+        args.config = _default_config()
+    handler = COMMANDS[args.command]
+    try:
+        return handler(args)
+    except KeyboardInterrupt:
+        return 130
+
+
+def cmd_version(args: argparse.Namespace) -> int:
+    from detector import matching  # noqa: PLC0415 - keep `detector version` light
+
+    print(f"detector {__version__}")
+    print(f"python {platform.python_version()} ({sys.executable})")
+    print(f"matching engine: {matching.ENGINE}")
+    return 0
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from detector.config import ConfigError, load_config  # noqa: PLC0415
+    from detector.matching import Matcher  # noqa: PLC0415
+    from detector.pipeline import pattern_specs  # noqa: PLC0415
+
+    try:
+        config = load_config(args.config)
+    except ConfigError as e:
+        print(str(e), file=sys.stderr)
+        return 1
+    except OSError as e:
+        print(f"{args.config}: cannot read: {e.strerror}", file=sys.stderr)
+        return 1
+    matcher = Matcher(pattern_specs(config.rules))
+    print(
+        f"{args.config}: OK — {len(config.sources)} sources, {len(config.rules)} rules, "
+        f"{len(config.webhooks)} webhooks"
+    )
+    for rule in config.rules:
+        flag = "" if rule.enabled else " (disabled)"
+        print(f"  rule {rule.name}: {rule.kind} on {', '.join(rule.sources)}{flag}")
+    for report in matcher.report():
+        if report.note:
+            print(f"  note: rule {report.rule} ({report.role}): {report.engine}: {report.note}")
+    for warning in config.warnings:
+        print(f"  warning: {warning}")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from detector import logs  # noqa: PLC0415
+    from detector.clock import SystemClock  # noqa: PLC0415
+    from detector.config import ConfigError  # noqa: PLC0415
+    from detector.service import Agent  # noqa: PLC0415
+    from detector.store.db import StoreError  # noqa: PLC0415
+
+    logs.setup(args.log_format or os.environ.get("DETECTOR_LOG_FORMAT", "text"), args.log_level)
+    agent = Agent(Path(args.config), SystemClock())
+    try:
+        return asyncio.run(agent.run())
+    except ConfigError as e:
+        logging.getLogger("detector").error("cannot start, invalid configuration:\n%s", e)
+        return 2
+    except StoreError as e:
+        logging.getLogger("detector").error("cannot start: %s", e)
+        return 3
+
+
+def cmd_test(args: argparse.Namespace) -> int:
+    from detector.replay import main as replay_main  # noqa: PLC0415
+
+    return replay_main(args)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from detector.status import main as status_main  # noqa: PLC0415
+
+    return status_main(args)
+
+
+def cmd_send_test(args: argparse.Namespace) -> int:
+    from detector.delivery.cli import send_test_main  # noqa: PLC0415
+
+    return send_test_main(args)
+
+
+def cmd_templates(args: argparse.Namespace) -> int:
+    from detector.rules.anomaly_cli import templates_main  # noqa: PLC0415
+
+    return templates_main(args)
+
+
+COMMANDS = {
+    "run": cmd_run,
+    "check": cmd_check,
+    "test": cmd_test,
+    "status": cmd_status,
+    "send-test": cmd_send_test,
+    "templates": cmd_templates,
+    "version": cmd_version,
+}
+
+
+if __name__ == "__main__":
+    sys.exit(main())

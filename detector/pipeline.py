@@ -1,0 +1,238 @@
+"""The synchronous core: matcher → evaluators → alert book, producing one :class:`Commit` per step.
+
+Both the live agent (``service.py``) and the dry run (``replay.py``, ``detector test``) drive the
+same pipeline, so what ``detector test`` shows is what the agent does. There is no I/O and no clock
+here: every step takes the time it should use.
+
+1. ``process(batch, when_for)``: match the batch's lines in one pass, feed hits (and, to rules that
+   want them, every line) to the evaluators, collect signals into the alert book, and return the
+   Commit that holds the batch's checkpoints, the changed rule state, alerts and outbox rows;
+2. ``tick(now)``: run every deadline that is due (silence, windows, threshold expiry, repeats);
+3. ``next_deadline()``: when ``tick`` must run next.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from datetime import datetime
+from typing import Any
+
+from detector.alerts import AlertBook
+from detector.matching import Matcher, PatternSpec
+from detector.model import Config, RuleConfig
+from detector.rules.base import Evaluator, Signal, When
+from detector.rules.registry import build_evaluator
+from detector.sources.base import Batch, Line
+from detector.store.db import Commit
+
+StateLoader = Callable[[str], Mapping[str, Any]]
+
+
+def pattern_specs(rules: Iterable[RuleConfig]) -> list[PatternSpec]:
+    specs: list[PatternSpec] = []
+    for r in rules:
+        if not r.enabled:
+            continue
+        sources = frozenset(r.sources)
+        roles: list[tuple[Any, str | None]] = [
+            ("match", r.match),
+            ("ignore", r.ignore),
+            ("fail", r.fail),
+        ]
+        if r.pair is not None:
+            roles += [("start", r.pair.start), ("end", r.pair.end)]
+        for role, regex in roles:
+            if regex is not None:
+                specs.append(PatternSpec(r.name, role, regex, sources))
+    return specs
+
+
+class Pipeline:
+    def __init__(
+        self,
+        config: Config,
+        now: datetime,
+        load_state: StateLoader,
+        alert_rows: Iterable[Mapping[str, Any]] = (),
+    ) -> None:
+        self.config = config
+        self.evaluators: dict[str, Evaluator] = {}
+        self.alerts = AlertBook(
+            config.agent.host,
+            {r.name: r for r in config.rules},
+            config.webhooks.keys(),
+            config.agent.fallback,
+        )
+        self.alerts.load(alert_rows)
+        self.lines_read: Counter[str] = Counter()
+        self.lines_matched: Counter[str] = Counter()
+        self.last_match_at: dict[str, datetime] = {}
+        self._build(config, now, load_state, keep={})
+
+    def _build(
+        self,
+        config: Config,
+        now: datetime,
+        load_state: StateLoader,
+        keep: Mapping[str, Evaluator],
+    ) -> None:
+        self.config = config
+        evaluators: dict[str, Evaluator] = {}
+        for rule in config.rules:
+            if not rule.enabled:
+                continue
+            old = keep.get(rule.name)
+            if old is not None and old.rule == rule:
+                evaluators[rule.name] = old
+                continue
+            ev = build_evaluator(rule, now)
+            ev.load_state(load_state(rule.name))
+            evaluators[rule.name] = ev
+        self.evaluators = evaluators
+        self.matcher = Matcher(pattern_specs(config.rules))
+        self._all_lines: dict[str, list[Evaluator]] = {}
+        for ev in evaluators.values():
+            if ev.wants_all_lines:
+                for s in ev.rule.sources:
+                    self._all_lines.setdefault(s, []).append(ev)
+
+    def reconfigure(self, config: Config, now: datetime, load_state: StateLoader) -> Commit:
+        """Switch to a new, already validated config. Unchanged rules keep their evaluator and
+        state; changed rules restart from their stored state; removed or disabled rules resolve
+        their alerts and drop their state."""
+        gone = set(self.evaluators) - {r.name for r in config.rules if r.enabled}
+        commit = Commit()
+        for name in gone:
+            self.alerts.resolve_rule(name, now, "the rule was removed from the configuration")
+            commit.rule_state[name] = {k: None for k in load_state(name)}
+        self.alerts.configure(
+            {r.name: r for r in config.rules}, config.webhooks.keys(), config.agent.fallback
+        )
+        self._build(config, now, load_state, keep=self.evaluators)
+        self._collect(commit)
+        return commit
+
+    def note_downtime(self, since: datetime, until: datetime) -> None:
+        for ev in self.evaluators.values():
+            ev.note_downtime(since, until)
+
+    # ---------------------------------------------------------------- the two steps
+
+    def process(
+        self,
+        batch: Batch,
+        when_for: Callable[[Line], When],
+        now: datetime,
+        *,
+        interleave_ticks: bool = False,
+    ) -> Commit:
+        """Run one batch. With ``interleave_ticks`` (replay of timestamped lines), deadlines that
+        fall between two hits run between them, in time order."""
+        lines = batch.lines
+        commit = self.process_texts(
+            batch.source,
+            [ln.text for ln in lines],
+            lines.__getitem__,
+            when_for,
+            now,
+            interleave_ticks=interleave_ticks,
+        )
+        commit.checkpoints.extend(batch.checkpoints)
+        return commit
+
+    def process_texts(
+        self,
+        source: str,
+        texts: Sequence[str],
+        line_at: Callable[[int], Line],
+        when_for: Callable[[Line], When],
+        now: datetime,
+        *,
+        interleave_ticks: bool = False,
+    ) -> Commit:
+        """The core of ``process``: ``line_at(i)`` builds the Line of ``texts[i]`` only for lines
+        that a rule needs (hits), which keeps the common case — no match — cheap."""
+        self.lines_read[source] += len(texts)
+        signals: list[Signal] = []
+        touched: set[str] = set()
+        if texts:
+            hits = self.matcher.match(source, texts)
+            evaluators = self.evaluators
+            upcoming = self.next_deadline() if interleave_ticks else None
+            for hit in hits:
+                ev = evaluators.get(hit.rule)
+                if ev is None:
+                    continue
+                line = line_at(hit.line)
+                when = when_for(line)
+                if upcoming is not None and upcoming <= when.at:
+                    self.alerts.apply(signals, now)
+                    signals = []
+                    touched |= self._due(when.at)
+                    upcoming = self.next_deadline()
+                if hit.role == "match":
+                    self.lines_matched[hit.rule] += 1
+                    self.last_match_at[hit.rule] = when.at
+                touched.add(hit.rule)
+                signals.extend(ev.observe(hit, line, when))
+                if interleave_ticks:
+                    d = ev.next_deadline()
+                    if d is not None and (upcoming is None or d < upcoming):
+                        upcoming = d
+            for ev in self._all_lines.get(source, ()):
+                touched.add(ev.rule.name)
+                for i in range(len(texts)):
+                    line = line_at(i)
+                    signals.extend(ev.observe_line(line, when_for(line)))
+        self.alerts.apply(signals, now)
+        commit = Commit()
+        self._collect(commit, touched)
+        return commit
+
+    def _due(self, now: datetime) -> set[str]:
+        """Run evaluators' and the alert book's deadlines up to ``now``; return who changed."""
+        signals: list[Signal] = []
+        touched: set[str] = set()
+        for name, ev in self.evaluators.items():
+            deadline = ev.next_deadline()
+            if deadline is not None and deadline <= now:
+                touched.add(name)
+                signals.extend(ev.due(now))
+        self.alerts.apply(signals, now)
+        self.alerts.due(now)
+        return touched
+
+    def tick(self, now: datetime) -> Commit:
+        touched = self._due(now)
+        commit = Commit()
+        self._collect(commit, touched)
+        return commit
+
+    def apply_signals(self, signals: Iterable[Signal], now: datetime) -> Commit:
+        """Signals from outside the rules (agent self-monitoring)."""
+        self.alerts.apply(signals, now)
+        commit = Commit()
+        self._collect(commit, ())
+        return commit
+
+    def next_deadline(self) -> datetime | None:
+        candidates = [ev.next_deadline() for ev in self.evaluators.values()]
+        candidates.append(self.alerts.next_deadline())
+        present = [c for c in candidates if c is not None]
+        return min(present) if present else None
+
+    def _collect(self, commit: Commit, touched: Iterable[str] | None = None) -> None:
+        """Move changed state, alerts and outbox rows into ``commit``. ``touched`` limits the
+        evaluators asked for changes (None: all of them)."""
+        names = self.evaluators.keys() if touched is None else touched
+        for name in names:
+            ev = self.evaluators.get(name)
+            if ev is None:
+                continue
+            changes = ev.state_changes()
+            if changes:
+                commit.rule_state.setdefault(name, {}).update(changes)
+        alerts, outbox = self.alerts.take()
+        commit.alerts.update(alerts)
+        commit.outbox.extend(outbox)

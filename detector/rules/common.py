@@ -1,0 +1,47 @@
+"""Small pieces every evaluator uses: the fields a hit exposes, grouping keys, summaries."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from datetime import datetime, timedelta
+from typing import Any
+
+from detector.matching import Hit
+from detector.model import RuleConfig
+from detector.sources.base import Line
+from detector.templating import render
+
+
+def hit_fields(hit: Hit | None, line: Line) -> dict[str, str]:
+    """A line's structured fields (journald) overlaid with the hit's captured groups."""
+    fields: dict[str, str] = dict(line.fields) if line.fields else {}
+    if hit is not None:
+        fields.update(hit.groups)
+    return fields
+
+
+def group_key(names: Iterable[str], fields: Mapping[str, str]) -> tuple[str, dict[str, str]]:
+    """The alert key for the grouping fields ``names`` and the labels that name it."""
+    labels = {n: fields.get(n, "") for n in names}
+    return "\x1f".join(f"{k}={v}" for k, v in labels.items()), labels
+
+
+def summarize(
+    rule: RuleConfig, default: str, fields: Mapping[str, Any], now: datetime | None = None
+) -> tuple[str, str]:
+    """(summary, description) from the rule's templates, or ``default``."""
+    ctx = {"rule": rule.name, **fields}
+    summary = render(rule.summary, ctx) if rule.summary else default
+    description = render(rule.description, ctx) if rule.description else ""
+    return summary, description
+
+
+def human_duration(d: timedelta) -> str:
+    """``timedelta(hours=1, minutes=5)`` → ``"1h5m"``."""
+    secs = int(d.total_seconds())
+    parts = []
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
+        if secs >= size:
+            parts.append(f"{secs // size}{unit}")
+            secs %= size
+    return "".join(parts) or "0s"

@@ -1,0 +1,25 @@
+"""The one explicit mapping from a rule's kind (decided by config.py from its YAML keys) to the
+evaluator class that runs it."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime
+
+from detector.model import RuleConfig, RuleKind
+from detector.rules.base import Evaluator
+from detector.rules.match import MatchEvaluator
+from detector.rules.threshold import ThresholdEvaluator
+
+EVALUATORS: dict[RuleKind, Callable[[RuleConfig, datetime], Evaluator]] = {
+    "error": MatchEvaluator,
+    "threshold": ThresholdEvaluator,
+}
+
+
+def build_evaluator(rule: RuleConfig, now: datetime) -> Evaluator:
+    try:
+        factory = EVALUATORS[rule.kind]
+    except KeyError:
+        raise ValueError(f"rule {rule.name!r}: kind {rule.kind!r} is not supported") from None
+    return factory(rule, now)

@@ -1,0 +1,179 @@
+"""``threshold:`` rules: N matches within a sliding window, per ``by`` key.
+
+Per key only the timestamps of the last ``count`` matches are kept (memory is bounded by ``count``,
+whatever the flood): the window holds ``count`` matches exactly when the oldest of those is younger
+than ``within``. A firing key resolves at the exact moment the count in the window falls below
+``count``, which is ``oldest kept + within``; an idle key is forgotten when all its matches expire.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections import deque
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any
+
+from detector.matching import Hit
+from detector.model import RuleConfig, ThresholdSpec
+from detector.rules.base import Signal, When
+from detector.rules.common import group_key, hit_fields, human_duration, summarize
+from detector.sources.base import Line
+
+
+class _Key:
+    __slots__ = ("firing", "labels", "times")
+
+    def __init__(self, count: int) -> None:
+        self.times: deque[datetime] = deque(maxlen=count)
+        self.firing = False
+        self.labels: dict[str, str] = {}
+
+
+class ThresholdEvaluator:
+    wants_all_lines = False
+
+    def __init__(self, rule: RuleConfig, now: datetime) -> None:
+        assert rule.threshold is not None
+        self.rule = rule
+        self.spec: ThresholdSpec = rule.threshold
+        self.keys: dict[str, _Key] = {}
+        self._dirty: set[str] = set()
+        self._heap: list[tuple[datetime, str]] = []
+
+    # deadline of a key: firing → when the window drops below count; idle → when it empties
+    def _deadline(self, k: _Key) -> datetime | None:
+        if not k.times:
+            return None
+        return (k.times[0] if k.firing else k.times[-1]) + self.spec.within
+
+    def _push(self, key: str, k: _Key) -> None:
+        at = self._deadline(k)
+        if at is not None:
+            heapq.heappush(self._heap, (at, key))
+
+    def observe(self, hit: Hit, line: Line, when: When) -> list[Signal]:
+        if hit.role != "match":
+            return []
+        fields = hit_fields(hit, line)
+        key, labels = group_key(self.spec.by, fields)
+        k = self.keys.get(key)
+        if k is None:
+            k = self.keys[key] = _Key(self.spec.count)
+            k.labels = labels
+        at = when.at
+        if k.times and at < k.times[-1]:
+            at = k.times[-1]  # out-of-order timestamps: never let the window run backwards
+        k.times.append(at)
+        self._dirty.add(key)
+        full = len(k.times) == self.spec.count and k.times[0] > at - self.spec.within
+        out: list[Signal] = []
+        if full or k.firing:
+            ctx = {
+                **fields,
+                "line": line.text,
+                "count": len(k.times),
+                "source": line.source,
+                "within": human_duration(self.spec.within),
+            }
+            by = ", ".join(f"{n}={v}" for n, v in labels.items())
+            default = (
+                f"{self.rule.name}: {self.spec.count} matches within "
+                f"{human_duration(self.spec.within)}" + (f" ({by})" if by else "")
+            )
+            summary, description = summarize(self.rule, default, ctx)
+            out.append(
+                Signal(
+                    rule=self.rule.name,
+                    kind="threshold",
+                    key=key,
+                    action="fire",
+                    at=at,
+                    labels={**hit.groups, **labels},
+                    summary=summary,
+                    description=description,
+                    sample=line.text,
+                    count=self.spec.count if not k.firing else 1,
+                    evidence={
+                        "count": self.spec.count,
+                        "within_s": self.spec.within.total_seconds(),
+                    },
+                    source=line.source,
+                )
+            )
+            k.firing = True
+        self._push(key, k)
+        return out
+
+    def observe_line(self, line: Line, when: When) -> list[Signal]:
+        return []
+
+    def next_deadline(self) -> datetime | None:
+        while self._heap:
+            at, key = self._heap[0]
+            k = self.keys.get(key)
+            if k is None or self._deadline(k) != at:
+                heapq.heappop(self._heap)
+                continue
+            return at
+        return None
+
+    def due(self, now: datetime) -> list[Signal]:
+        out: list[Signal] = []
+        while (at := self.next_deadline()) is not None and at <= now:
+            _, key = heapq.heappop(self._heap)
+            k = self.keys[key]
+            horizon = at - self.spec.within
+            while k.times and k.times[0] <= horizon:
+                k.times.popleft()
+            self._dirty.add(key)
+            if k.firing:
+                k.firing = False
+                out.append(
+                    Signal(
+                        rule=self.rule.name,
+                        kind="threshold",
+                        key=key,
+                        action="resolve",
+                        at=at,
+                        labels=k.labels,
+                        summary=f"{self.rule.name}: back below {self.spec.count} matches within "
+                        f"{human_duration(self.spec.within)}",
+                    )
+                )
+            if not k.times:
+                del self.keys[key]
+            else:
+                self._push(key, k)
+        return out
+
+    def note_downtime(self, since: datetime, until: datetime) -> None:
+        return None
+
+    def state_changes(self) -> dict[str, Any | None]:
+        out: dict[str, Any | None] = {}
+        for key in self._dirty:
+            k = self.keys.get(key)
+            out[key] = (
+                None
+                if k is None
+                else {
+                    "times": [t.isoformat() for t in k.times],
+                    "firing": k.firing,
+                    "labels": k.labels,
+                }
+            )
+        self._dirty.clear()
+        return out
+
+    def load_state(self, items: Mapping[str, Any]) -> None:
+        for key, value in items.items():
+            try:
+                k = _Key(self.spec.count)
+                k.times.extend(datetime.fromisoformat(t) for t in value["times"])
+                k.firing = bool(value["firing"])
+                k.labels = dict(value.get("labels", {}))
+            except (KeyError, TypeError, ValueError):
+                continue  # state from an older/different rule definition: start this key afresh
+            self.keys[key] = k
+            self._push(key, k)

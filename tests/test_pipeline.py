@@ -1,0 +1,125 @@
+"""The synchronous core: batch in, one Commit out (state + alerts + outbox + checkpoint)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import timedelta
+from pathlib import Path
+
+from detector.model import ThresholdSpec
+from detector.pipeline import Pipeline
+from detector.replay import TimeParser, replay
+from detector.rules.base import When
+from detector.sources.base import Batch, Checkpoint, Line
+from tests.helpers import at, config, line, rule
+
+
+def batch(*texts: str, offset: int = 0) -> Batch:
+    return Batch("s", [line(t) for t in texts], [Checkpoint("s", "1:1", {"offset": offset})])
+
+
+def exact(t: float):  # type: ignore[no-untyped-def]
+    return lambda _line: When.exact(at(t))
+
+
+def test_a_batch_yields_one_commit_with_its_checkpoint_and_one_alert() -> None:
+    p = Pipeline(
+        config(rule("e", match="ERROR (?P<what>\\w+)", ignore="ignored")), at(0), lambda r: {}
+    )
+    c = p.process(
+        batch("ok", "ERROR disk", "ERROR disk ignored", "ERROR cpu", offset=42), exact(0), at(0)
+    )
+    assert c.checkpoints[0].value == {"offset": 42}
+    assert len(c.outbox) == 1  # one alert (no group_by), the second match only raised its count
+    assert c.outbox[0].payload["samples"] == ["ERROR disk"]
+    assert p.alerts.firing()[0].count == 2
+    assert p.lines_read["s"] == 4 and p.lines_matched["e"] == 2
+    assert c.rule_state["e"]
+
+
+def test_group_by_splits_alerts_and_the_summary_template_uses_captures() -> None:
+    r = rule(
+        "e", match="ERROR (?P<what>\\w+)", group_by=("what",), summary="{what} broke on {host}"
+    )
+    p = Pipeline(config(r), at(0), lambda r: {})
+    c = p.process(batch("ERROR disk", "ERROR cpu", "ERROR disk"), exact(0), at(0))
+    assert sorted(o.payload["summary"] for o in c.outbox) == [
+        "cpu broke on {host}",
+        "disk broke on {host}",
+    ]
+
+
+def test_error_alert_resolves_after_resolve_after_without_match() -> None:
+    p = Pipeline(config(rule("e", resolve_after=timedelta(minutes=15))), at(0), lambda r: {})
+    p.process(batch("ERROR x"), exact(0), at(0))
+    assert p.next_deadline() == at(900)
+    c = p.tick(at(900))
+    assert [o.payload["notification"] for o in c.outbox] == ["resolved"]
+
+
+def test_reconfigure_keeps_unchanged_rules_and_resolves_removed_ones() -> None:
+    keep = rule("keep", kind="threshold", threshold=ThresholdSpec(2, timedelta(minutes=1)))
+    gone = rule("gone")
+    p = Pipeline(config(keep, gone), at(0), lambda r: {})
+    p.process(batch("ERROR 1"), exact(0), at(0))
+    kept_ev = p.evaluators["keep"]
+    c = p.reconfigure(config(keep), at(1), lambda r: {})
+    assert p.evaluators["keep"] is kept_ev
+    assert [(o.payload["rule"], o.payload["notification"]) for o in c.outbox] == [
+        ("gone", "resolved")
+    ]
+    # the kept threshold still remembers its first match: one more fires it
+    c = p.process(batch("ERROR 2"), exact(2), at(2))
+    assert [o.payload["rule"] for o in c.outbox] == ["keep"]
+
+
+def test_changed_rule_restarts_from_its_stored_state() -> None:
+    r1 = rule("t", kind="threshold", threshold=ThresholdSpec(2, timedelta(minutes=1)))
+    p = Pipeline(config(r1), at(0), lambda r: {})
+    c = p.process(batch("ERROR 1"), exact(0), at(0))
+    stored = {k: v for k, v in c.rule_state["t"].items() if v is not None}
+    r2 = replace(r1, severity="critical")
+    p.reconfigure(config(r2), at(1), lambda r: stored)
+    c = p.process(batch("ERROR 2"), exact(2), at(2))
+    assert c.outbox[0].payload["severity"] == "critical"
+
+
+def test_replay_runs_deadlines_between_hits_in_time_order(tmp_path: Path) -> None:
+    r = rule("t", kind="threshold", threshold=ThresholdSpec(2, timedelta(minutes=1)))
+    log = tmp_path / "x.log"
+    log.write_text(
+        "2026-03-01T12:00:00Z ERROR a\n"
+        "2026-03-01T12:00:10Z ERROR b\n"  # fires
+        "2026-03-01T12:05:00Z ERROR c\n"  # the window emptied at 12:01:00: resolved before this
+        "2026-03-01T12:05:30Z ERROR d\n"  # fires again
+    )
+    res = replay(config(r), [(str(log), "s")])
+    kinds = [
+        (
+            n["notification"],
+            n["last_seen_at"] if n["notification"] != "resolved" else n["resolved_at"],
+        )
+        for n in res.notifications
+    ]
+    assert kinds == [
+        ("firing", "2026-03-01T12:00:10.000Z"),
+        ("resolved", "2026-03-01T12:01:00.000Z"),
+        ("firing", "2026-03-01T12:05:30.000Z"),
+    ]
+    assert res.lines == 4
+
+
+def test_time_parser_reads_iso_syslog_and_nginx_stamps() -> None:
+    p = TimeParser(None, 2026)
+    assert p.parse("2026-03-01 12:00:00,250 INFO x") == at(0.25)
+    assert p.parse("Mar  1 12:00:05 host sshd[1]: x") == at(5)
+    assert p.parse('1.2.3.4 - - [01/Mar/2026:13:00:10 +0100] "GET /"') == at(10)
+    assert p.parse("no time here") is None
+    assert TimeParser("%d.%m.%Y %H:%M", 2026).parse("01.03.2026 12:01 x") == at(60)
+
+
+def test_lines_of_other_sources_are_not_seen_by_a_rule() -> None:
+    p = Pipeline(config(rule("e", sources=("other",))), at(0), lambda r: {})
+    c = p.process(batch("ERROR x"), exact(0), at(0))
+    assert c.outbox == [] and p.lines_matched["e"] == 0
+    assert isinstance(line("x"), Line)
