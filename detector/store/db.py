@@ -43,6 +43,10 @@ def from_ts(value: float) -> datetime:
     return datetime.fromtimestamp(value, UTC)
 
 
+def iso_ts(value: float | None) -> str | None:
+    return None if value is None else from_ts(value).isoformat(timespec="seconds")
+
+
 @dataclass(frozen=True)
 class OutboxRow:
     webhook: str
@@ -241,6 +245,38 @@ class Store:
                 self.conn.execute(
                     "INSERT OR REPLACE INTO meta(key, value) VALUES(?,?)", (key, json.dumps(value))
                 )
+
+    def snapshot(self) -> dict[str, Any]:
+        """Everything ``detector status`` shows, read in one go."""
+        q = self.conn.execute
+        checkpoints = [
+            {"source": src, "key": key, "value": json.loads(v), "updated_at": iso_ts(u)}
+            for src, key, v, u in q(
+                "SELECT source, key, value, updated_at FROM checkpoints ORDER BY source, key"
+            )
+        ]
+        rules = {rule: n for rule, n in q("SELECT rule, count(*) FROM rule_state GROUP BY rule")}
+        outbox = [
+            {
+                "webhook": w,
+                "state": st,
+                "count": n,
+                "oldest_at": iso_ts(oldest),
+                "last_error": err,
+            }
+            for w, st, n, oldest, err in q(
+                "SELECT webhook, state, count(*), min(created_at), max(last_error) FROM outbox "
+                "GROUP BY webhook, state ORDER BY webhook, state"
+            )
+        ]
+        return {
+            "schema_version": self.schema_version(),
+            "last_alive_at": self.get_meta("last_alive_at"),
+            "checkpoints": checkpoints,
+            "rule_state_keys": rules,
+            "alerts": self.load_alerts(),
+            "outbox": outbox,
+        }
 
     def _tx(self) -> _Tx:
         return _Tx(self.conn)
