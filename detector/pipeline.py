@@ -23,6 +23,7 @@ from detector.matching import Matcher, PatternSpec
 from detector.model import Config, RuleConfig
 from detector.rules.base import Evaluator, Signal, When
 from detector.rules.registry import build_evaluator
+from detector.schedule import DeadlineHeap
 from detector.sources.base import Batch, Line
 from detector.store.db import Commit
 
@@ -90,6 +91,9 @@ class Pipeline:
             ev.load_state(load_state(rule.name))
             evaluators[rule.name] = ev
         self.evaluators = evaluators
+        self._deadlines = DeadlineHeap()
+        for name, ev in evaluators.items():
+            self._deadlines.push(name, ev.next_deadline())
         self.matcher = Matcher(pattern_specs(config.rules))
         self._all_lines: dict[str, list[Evaluator]] = {}
         for ev in evaluators.values():
@@ -114,8 +118,9 @@ class Pipeline:
         return commit
 
     def note_downtime(self, since: datetime, until: datetime) -> None:
-        for ev in self.evaluators.values():
+        for name, ev in self.evaluators.items():
             ev.note_downtime(since, until)
+            self._deadlines.push(name, ev.next_deadline())
 
     # ---------------------------------------------------------------- the two steps
 
@@ -169,6 +174,8 @@ class Pipeline:
                 if upcoming is not None and upcoming <= when.at:
                     self.alerts.apply(signals, now)
                     signals = []
+                    for name in touched:
+                        self._deadlines.push(name, self.evaluators[name].next_deadline())
                     touched |= self._due(when.at)
                     upcoming = self.next_deadline()
                 if hit.role == "match":
@@ -186,6 +193,8 @@ class Pipeline:
                     line = line_at(i)
                     signals.extend(ev.observe_line(line, when_for(line)))
         self.alerts.apply(signals, now)
+        for name in touched:
+            self._deadlines.push(name, self.evaluators[name].next_deadline())
         commit = Commit()
         self._collect(commit, touched)
         return commit
@@ -193,12 +202,11 @@ class Pipeline:
     def _due(self, now: datetime) -> set[str]:
         """Run evaluators' and the alert book's deadlines up to ``now``; return who changed."""
         signals: list[Signal] = []
-        touched: set[str] = set()
-        for name, ev in self.evaluators.items():
-            deadline = ev.next_deadline()
-            if deadline is not None and deadline <= now:
-                touched.add(name)
-                signals.extend(ev.due(now))
+        touched = set(self._deadlines.pop_due(now))
+        for name in touched:
+            ev = self.evaluators[name]
+            signals.extend(ev.due(now))
+            self._deadlines.push(name, ev.next_deadline())
         self.alerts.apply(signals, now)
         self.alerts.due(now)
         return touched
@@ -217,9 +225,9 @@ class Pipeline:
         return commit
 
     def next_deadline(self) -> datetime | None:
-        candidates = [ev.next_deadline() for ev in self.evaluators.values()]
-        candidates.append(self.alerts.next_deadline())
-        present = [c for c in candidates if c is not None]
+        present = [
+            c for c in (self._deadlines.next_at(), self.alerts.next_deadline()) if c is not None
+        ]
         return min(present) if present else None
 
     def _collect(self, commit: Commit, touched: Iterable[str] | None = None) -> None:

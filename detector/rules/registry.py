@@ -8,12 +8,17 @@ from datetime import datetime
 
 from detector.model import RuleConfig, RuleKind
 from detector.rules.base import Evaluator
+from detector.rules.expect import HeartbeatEvaluator, WindowEvaluator
 from detector.rules.match import MatchEvaluator
+from detector.rules.pair import PairEvaluator
 from detector.rules.threshold import ThresholdEvaluator
 
 EVALUATORS: dict[RuleKind, Callable[[RuleConfig, datetime], Evaluator]] = {
     "error": MatchEvaluator,
     "threshold": ThresholdEvaluator,
+    "heartbeat": HeartbeatEvaluator,
+    "window": WindowEvaluator,
+    "pair": PairEvaluator,
 }
 
 

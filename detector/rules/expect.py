@@ -1,0 +1,761 @@
+"""``expect:`` rules — silence (heartbeat) and expected-activity windows (cron).
+
+Sits in the rules stage: the service feeds each evaluator the hits of its rule (``observe``) and
+wakes it exactly at ``next_deadline()`` (``due``); the signals go to the alert book. Semantics:
+
+**Heartbeat** (``expect: {every, grace, by, keys}``). A key fires at exactly
+``last match + every + grace`` (a key never seen: ``tracking start + every + grace``, where tracking
+starts when the agent first ran the rule and survives restarts) and resolves on its next match
+("back after 17m of silence"). With ``by:`` each value of that field (captured group or journald
+field) is its own key; with ``keys:`` exactly those values are tracked (other values are ignored)
+and one never seen fires too; with ``by:`` but no ``keys:`` a value is tracked from its first match.
+
+**Window** (``expect: {cron, within, timezone, min_count, too_early}``, rule ``fail:``). A window
+opens at each cron time, computed in the IANA ``timezone``, and closes ``within`` (elapsed time)
+later; both ends are inclusive. It is satisfied by ``min_count`` matches inside it; a ``fail:`` line
+inside it (even after it was satisfied) ends it as failed and fires at once; a ``fail:`` line
+outside every window is ignored. At the close of an unsatisfied window the rule fires;
+a match after a failed window ends, or enough matches after a missed one, before the next window
+opens, resolve it ("37m late"); otherwise the next satisfied window resolves it. Overlapping windows
+each count a match. With ``too_early: info`` a match outside every window (and resolving nothing)
+sends an info. A window that had opened before the rule was first run is not watched.
+DST, for a fixed-time expression such as ``30 2 * * *`` (cron fields, Debian cron semantics, via
+``cronsim``): on the spring-forward day the nonexistent 02:30 opens at the first valid instant
+after the gap (03:00 in Europe/Berlin and America/New_York); on the fall-back day an ambiguous
+02:30 (Europe/Berlin) opens once, at its first occurrence (CEST, UTC+2); ``within`` is always
+elapsed time, so a 1h window closes one real hour later. Expressions with ``*`` in the minute or
+hour field follow real time and run in both repeated hours. ``0 2 29 2 *`` opens every leap year.
+
+**Downtime.** ``note_downtime(since, until)`` tells the evaluator when the agent was not running.
+The service holds ``due()`` back until the sources caught up, so a line written during the downtime
+is observed first: a window satisfied by it never fires (a line with an uncertain time
+``When(at, earliest)`` counts for every window overlapping ``[earliest, at]``), and a heartbeat is
+fed by it. A deadline that passed unsatisfied still fires, once, saying the agent was down for part
+of the period. A silence, late window match or late pair end that is already over when its line is
+read (its exact timestamp is past a deadline that was not yet evaluated) is an ``info``, not a
+fire: nothing is left open, yet nothing is swallowed.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
+from typing import Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from cronsim import CronSim, CronSimError
+
+from detector.matching import Hit
+from detector.model import HeartbeatSpec, RuleConfig, WindowSpec
+from detector.rules.base import Signal, When
+from detector.rules.common import group_key, hit_fields, human_duration, summarize
+from detector.schedule import DeadlineHeap
+from detector.sources.base import Line
+
+MAX_WINDOWS = 1000
+"""At most this many windows are kept (a minutely cron after a week of downtime)."""
+
+
+def utc_text(at: datetime) -> str:
+    return at.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def parse_at(value: Any) -> datetime | None:
+    """An ISO timestamp from stored state, as aware UTC; None if absent or malformed."""
+    if not isinstance(value, str):
+        return None
+    try:
+        at = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    if at.tzinfo is None:
+        return None
+    return at.astimezone(UTC)
+
+
+def iso(at: datetime | None) -> str | None:
+    return None if at is None else at.astimezone(UTC).isoformat()
+
+
+def downtime_note(
+    down: tuple[datetime, datetime] | None, start_at: datetime, end_at: datetime
+) -> str:
+    """A sentence about the agent's downtime if it overlaps ``[start_at, end_at]``, else ''."""
+    if down is None:
+        return ""
+    since, until = down
+    if since > end_at or until < start_at:
+        return ""
+    return (
+        f"The agent was down from {utc_text(since)} to {utc_text(until)} "
+        f"({human_duration(until - since)}), during part of this period; "
+        "the log read since shows no match."
+    )
+
+
+# ====================================================================== heartbeat
+
+
+class _Beat:
+    __slots__ = ("firing", "labels", "last_at", "since_at")
+
+    def __init__(self, since_at: datetime, labels: dict[str, str]) -> None:
+        self.since_at = since_at
+        self.last_at: datetime | None = None
+        self.firing = False
+        self.labels = labels
+
+
+class HeartbeatEvaluator:
+    """At least one match every ``every`` (+ ``grace``), per ``by`` key."""
+
+    wants_all_lines = False
+
+    def __init__(self, rule: RuleConfig, now: datetime) -> None:
+        assert rule.heartbeat is not None, "HeartbeatEvaluator needs rule.heartbeat"
+        self.rule = rule
+        self.spec: HeartbeatSpec = rule.heartbeat
+        self._period = self.spec.every + self.spec.grace
+        self._every_text = human_duration(self.spec.every)
+        self._grace_text = human_duration(self.spec.grace)
+        self._start_at = now
+        self._beats: dict[str, _Beat] = {}
+        self._heap = DeadlineHeap()
+        self._dirty: set[str] = set()
+        self._down: tuple[datetime, datetime] | None = None
+        by = self.spec.by
+        if by is None:
+            self._add("", {}, now)
+        else:
+            for value in self.spec.keys:
+                key, labels = group_key((by,), {by: value})
+                self._add(key, labels, now)
+
+    # ---------------------------------------------------------------- helpers
+
+    def _add(self, key: str, labels: dict[str, str], since_at: datetime) -> _Beat:
+        beat = self._beats[key] = _Beat(since_at, labels)
+        self._schedule(key, beat)
+        return beat
+
+    def _deadline(self, beat: _Beat) -> datetime | None:
+        if beat.firing:
+            return None
+        return (beat.last_at or beat.since_at) + self._period
+
+    def _schedule(self, key: str, beat: _Beat) -> None:
+        self._heap.push(key, self._deadline(beat))
+        self._dirty.add(key)
+
+    def _key_for(self, hit: Hit, line: Line) -> tuple[str, dict[str, str]] | None:
+        by = self.spec.by
+        if by is None:
+            return "", {}
+        value = hit_fields(hit, line).get(by)
+        if value is None or (self.spec.keys and value not in self.spec.keys):
+            return None
+        return group_key((by,), {by: value})
+
+    def _ctx(self, beat: _Beat, silent_for: timedelta, extra: Mapping[str, Any]) -> dict[str, Any]:
+        return {
+            **beat.labels,
+            "count": 1,
+            "silent_for": human_duration(silent_for),
+            "last_seen": utc_text(beat.last_at) if beat.last_at else "never",
+            "every": self._every_text,
+            "grace": self._grace_text,
+            **extra,
+        }
+
+    def _who(self, beat: _Beat) -> str:
+        return "".join(f" [{k}={v}]" for k, v in beat.labels.items())
+
+    # ---------------------------------------------------------------- Evaluator
+
+    def observe(self, hit: Hit, line: Line, when: When) -> list[Signal]:
+        if hit.role != "match":
+            return []
+        found = self._key_for(hit, line)
+        if found is None:
+            return []
+        key, labels = found
+        beat = self._beats.get(key) or self._add(key, labels, when.at)
+        out: list[Signal] = []
+        base_at = beat.last_at or beat.since_at
+        silent_for = max(when.at - base_at, timedelta(0))
+        deadline = base_at + self._period
+        extra = {"line": line.text, "source": line.source}
+        if beat.firing:
+            default = f"{self.rule.name}{self._who(beat)}: " + (
+                f"back after {human_duration(silent_for)} of silence"
+                if beat.last_at is not None
+                else f"first seen {human_duration(silent_for)} after {utc_text(base_at)}"
+            )
+            summary, description = summarize(self.rule, default, self._ctx(beat, silent_for, extra))
+            out.append(
+                self._signal(
+                    key, beat, "resolve", when.at, summary, description=description, line=line
+                )
+            )
+        elif deadline < when.earliest:
+            # The deadline passed before this line was written, but the agent only learns of it
+            # now (catching up, or a stalled loop): the silence is over, tell it once.
+            note = downtime_note(self._down, base_at, when.at)
+            default = (
+                f"{self.rule.name}{self._who(beat)}: was silent for {human_duration(silent_for)}"
+                f" (from {utc_text(base_at)} to {utc_text(when.at)}); back now"
+            )
+            ctx = self._ctx(beat, silent_for, {**extra, "agent_down": bool(note)})
+            summary, description = summarize(self.rule, default, ctx)
+            out.append(
+                self._signal(
+                    key, beat, "info", when.at, summary, description=description or note, line=line
+                )
+            )
+        if beat.last_at is None or when.at > beat.last_at:
+            beat.last_at = when.at
+        beat.firing = False
+        self._schedule(key, beat)
+        return out
+
+    def observe_line(self, line: Line, when: When) -> list[Signal]:
+        return []
+
+    def next_deadline(self) -> datetime | None:
+        return self._heap.next_at()
+
+    def due(self, now: datetime) -> list[Signal]:
+        out: list[Signal] = []
+        for key in self._heap.pop_due(now):
+            beat = self._beats[key]
+            base_at = beat.last_at or beat.since_at
+            silent_for = now - base_at
+            note = downtime_note(self._down, base_at, now)
+            if beat.last_at is None:
+                default = (
+                    f"{self.rule.name}{self._who(beat)}: never seen since "
+                    f"{utc_text(beat.since_at)} ({human_duration(silent_for)})"
+                )
+            else:
+                default = (
+                    f"{self.rule.name}{self._who(beat)}: no match for "
+                    f"{human_duration(silent_for)} (last {utc_text(beat.last_at)})"
+                )
+            if note:
+                default += "; the agent was down for part of it"
+            ctx = self._ctx(beat, silent_for, {"agent_down": bool(note)})
+            summary, description = summarize(self.rule, default, ctx)
+            beat.firing = True
+            self._dirty.add(key)
+            out.append(
+                self._signal(
+                    key, beat, "fire", now, summary, description=description or note, line=None
+                )
+            )
+        return out
+
+    def _signal(
+        self,
+        key: str,
+        beat: _Beat,
+        action: Literal["fire", "resolve", "info"],
+        at: datetime,
+        summary: str,
+        *,
+        description: str,
+        line: Line | None,
+    ) -> Signal:
+        base_at = beat.last_at or beat.since_at
+        return Signal(
+            rule=self.rule.name,
+            kind="silence",
+            key=key if action != "info" else f"{key}#late",
+            action=action,
+            at=at,
+            labels=dict(beat.labels),
+            summary=summary,
+            description=description,
+            sample=None if line is None else line.text,
+            evidence={
+                "last_seen_at": iso(beat.last_at),
+                "since_at": iso(beat.since_at),
+                "deadline_at": iso(base_at + self._period),
+                "silent_for_s": (at - base_at).total_seconds(),
+                "every_s": self.spec.every.total_seconds(),
+                "grace_s": self.spec.grace.total_seconds(),
+            },
+            source=None if line is None else line.source,
+        )
+
+    def note_downtime(self, since: datetime, until: datetime) -> None:
+        self._down = (since, until)
+
+    def state_changes(self) -> dict[str, Any | None]:
+        out: dict[str, Any | None] = {}
+        for key in self._dirty:
+            beat = self._beats.get(key)
+            out[key] = (
+                None
+                if beat is None
+                else {
+                    "last": iso(beat.last_at),
+                    "since": iso(beat.since_at),
+                    "firing": beat.firing,
+                    "labels": beat.labels,
+                }
+            )
+        self._dirty.clear()
+        return out
+
+    def load_state(self, items: Mapping[str, Any]) -> None:
+        by = self.spec.by
+        for key, value in items.items():
+            beat = self._restore(value, {by} if by is not None else set())
+            if beat is None or not self._applies(key, beat):
+                self._dirty.add(key)  # malformed, or from another `by:`/`keys:`: drop (or rewrite)
+                continue
+            self._beats[key] = beat
+            self._schedule(key, beat)
+
+    def _applies(self, key: str, beat: _Beat) -> bool:
+        by = self.spec.by
+        if by is None:
+            return key == ""
+        value = beat.labels[by]
+        if self.spec.keys and value not in self.spec.keys:
+            return False
+        return key == group_key((by,), {by: value})[0]
+
+    @staticmethod
+    def _restore(value: Any, want_labels: set[str]) -> _Beat | None:
+        if not isinstance(value, Mapping):
+            return None
+        since_at = parse_at(value.get("since"))
+        labels = value.get("labels")
+        if since_at is None or not isinstance(labels, Mapping) or set(labels) != want_labels:
+            return None
+        beat = _Beat(since_at, {str(k): str(v) for k, v in labels.items()})
+        beat.last_at = parse_at(value.get("last"))
+        beat.firing = value.get("firing") is True
+        return beat
+
+
+# ====================================================================== window
+
+WindowStatus = Literal["open", "ok", "failed", "missed"]
+
+
+@dataclass(slots=True)
+class _Win:
+    open_at: datetime
+    close_at: datetime
+    count: int = 0
+    late: int = 0
+    status: WindowStatus = "open"
+    failed_at: datetime | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "close": iso(self.close_at),
+            "count": self.count,
+            "late": self.late,
+            "status": self.status,
+            "failed_at": iso(self.failed_at),
+        }
+
+
+class WindowEvaluator:
+    """Expected activity in cron-defined windows (see the module docstring for the semantics)."""
+
+    wants_all_lines = False
+
+    def __init__(self, rule: RuleConfig, now: datetime) -> None:
+        assert rule.window is not None, "WindowEvaluator needs rule.window"
+        self.rule = rule
+        self.spec: WindowSpec = rule.window
+        try:
+            self.zone = ZoneInfo(self.spec.timezone)
+        except (ValueError, ZoneInfoNotFoundError):
+            raise ValueError(
+                f"rule {rule.name!r}: unknown timezone {self.spec.timezone!r}"
+            ) from None
+        try:
+            CronSim(self.spec.cron, now.astimezone(self.zone))
+        except CronSimError as e:
+            raise ValueError(f"rule {rule.name!r}: bad cron {self.spec.cron!r}: {e}") from None
+        self._spec_id = "|".join(
+            (
+                self.spec.cron,
+                str(self.spec.within.total_seconds()),
+                self.spec.timezone,
+                str(self.spec.min_count),
+            )
+        )
+        self._next_open = self.opens_after(now - timedelta(microseconds=1))
+        self._wins: list[_Win] = []
+        self._last_open: datetime | None = None
+        """The latest window materialised: matches after it closed are late for it."""
+        self._firing_open: datetime | None = None
+        self._firing = False
+        self._down: tuple[datetime, datetime] | None = None
+        self._saved: dict[str, Any] = {}
+
+    # ---------------------------------------------------------------- schedule
+
+    def opens(self, t: datetime) -> Iterator[datetime]:
+        """Window openings strictly after ``t`` (aware), in UTC, increasing; ends if the cron
+        expression has no match within 50 years (cronsim's horizon)."""
+        last = t
+        for opened in CronSim(self.spec.cron, t.astimezone(self.zone)):
+            opened_utc = opened.astimezone(UTC)
+            if opened_utc > last:  # a fixed-time job in a repeated (fall-back) hour: once
+                last = opened_utc
+                yield opened_utc
+
+    def opens_after(self, t: datetime) -> datetime | None:
+        """The first window opening strictly after ``t``; None if never again."""
+        return next(self.opens(t), None)
+
+    def _advance(self, t: datetime) -> None:
+        """Materialise every window that opened at or before ``t`` (at most MAX_WINDOWS: after a
+        long downtime, only the latest ones)."""
+        nxt = self._next_open
+        if nxt is None or nxt > t:
+            return
+        later = self.opens(nxt)
+        new: list[datetime] = []
+        jumped = False
+        while nxt is not None and nxt <= t:
+            new.append(nxt)
+            if len(new) > MAX_WINDOWS and not jumped:  # skip to the last MAX_WINDOWS before t
+                jumped = True
+                back = CronSim(self.spec.cron, t.astimezone(self.zone), reverse=True)
+                oldest = list(itertools.islice(back, MAX_WINDOWS))[-1].astimezone(UTC)
+                if oldest <= new[-1]:
+                    new = [o for o in new if o >= oldest]
+                else:
+                    later = self.opens(oldest - timedelta(seconds=1))
+                    new = []
+            nxt = next(later, None)
+        self._next_open = nxt
+        for opened in new:
+            self._wins.append(_Win(opened, opened + self.spec.within))
+        self._last_open = new[-1] if new else self._last_open
+        if len(self._wins) > MAX_WINDOWS:
+            del self._wins[: len(self._wins) - MAX_WINDOWS]
+
+    def _prune(self, t: datetime) -> None:
+        latest_open = max((w.open_at for w in self._wins if w.open_at <= t), default=None)
+        self._wins = [
+            w
+            for w in self._wins
+            if not (
+                (w.status == "ok" and w.close_at < t)
+                or (
+                    w.status in ("missed", "failed")
+                    and latest_open is not None
+                    and w.open_at < latest_open
+                )
+            )
+        ]
+
+    def _fmt(self, at: datetime) -> str:
+        return at.astimezone(self.zone).strftime("%H:%M")
+
+    def _window_text(self, w: _Win) -> str:
+        o, c = w.open_at.astimezone(self.zone), w.close_at.astimezone(self.zone)
+        if o.utcoffset() != c.utcoffset():  # a DST change inside the window: name both offsets
+            return f"between {o:%Y-%m-%d %H:%M %Z} and {c:%Y-%m-%d %H:%M %Z} ({self.spec.timezone})"
+        if o.date() == c.date():
+            return f"between {o:%H:%M} and {c:%H:%M} {self.spec.timezone} on {o:%Y-%m-%d}"
+        return f"between {o:%Y-%m-%d %H:%M} and {c:%Y-%m-%d %H:%M} {self.spec.timezone}"
+
+    def _ctx(self, w: _Win, extra: Mapping[str, Any]) -> dict[str, Any]:
+        o = w.open_at.astimezone(self.zone)
+        return {
+            "count": w.count,
+            "min_count": self.spec.min_count,
+            "window_start": self._fmt(w.open_at),
+            "window_end": self._fmt(w.close_at),
+            "window_date": f"{o:%Y-%m-%d}",
+            "timezone": self.spec.timezone,
+            **extra,
+        }
+
+    def _signal(
+        self,
+        action: Literal["fire", "resolve", "info"],
+        at: datetime,
+        w: _Win | None,
+        default: str,
+        ctx: Mapping[str, Any],
+        *,
+        line: Line | None = None,
+        description: str = "",
+        count: int = 1,
+        evidence: Mapping[str, Any] | None = None,
+    ) -> Signal:
+        summary, desc = summarize(self.rule, default, ctx)
+        ev: dict[str, Any] = {"timezone": self.spec.timezone, "cron": self.spec.cron}
+        if w is not None:
+            ev |= {
+                "window_start_at": iso(w.open_at),
+                "window_end_at": iso(w.close_at),
+                "count": w.count,
+                "min_count": self.spec.min_count,
+            }
+        ev |= evidence or {}
+        return Signal(
+            rule=self.rule.name,
+            kind="window",
+            key="" if action != "info" else "too_early",
+            action=action,
+            at=at,
+            summary=summary,
+            description=desc or description,
+            sample=None if line is None else line.text,
+            count=count,
+            evidence=ev,
+            source=None if line is None else line.source,
+        )
+
+    def _pattern(self) -> str:
+        return f"'{self.rule.match}'" if self.rule.match else "a match"
+
+    # ---------------------------------------------------------------- Evaluator
+
+    def observe(self, hit: Hit, line: Line, when: When) -> list[Signal]:
+        if hit.role not in ("match", "fail"):
+            return []
+        self._advance(when.at)
+        inside = [w for w in self._wins if w.open_at <= when.at and w.close_at >= when.earliest]
+        fields = {**hit_fields(hit, line), "line": line.text, "source": line.source}
+        if hit.role == "fail":
+            return self._observe_fail(inside, line, when, fields)
+        out: list[Signal] = []
+        for w in inside:
+            if w.status == "open":
+                w.count += 1
+                if w.count >= self.spec.min_count:
+                    w.status = "ok"
+                    if self._firing:
+                        out.append(self._resolve(w, when, line, fields, late_by=None))
+            elif w.status == "ok":
+                w.count += 1
+            else:  # failed or missed (a line exactly at the close, after it fired)
+                out.extend(self._late(w, when, line, fields))
+        if not inside:
+            last = self._wins[-1] if self._wins else None
+            if (
+                last is not None
+                and last.open_at == self._last_open
+                and last.status != "ok"
+                and last.close_at < when.earliest
+            ):
+                out.extend(self._late(last, when, line, fields))
+            elif self.spec.too_early == "info":
+                out.append(self._too_early(when, line, fields))
+        return out
+
+    def _observe_fail(
+        self, inside: list[_Win], line: Line, when: When, fields: Mapping[str, Any]
+    ) -> list[Signal]:
+        out: list[Signal] = []
+        for w in inside:
+            if w.status not in ("open", "ok"):
+                continue
+            w.status = "failed"
+            w.failed_at = when.at
+            w.late = 0
+            self._firing, self._firing_open = True, w.open_at
+            default = (
+                f"{self.rule.name}: failed at {self._fmt(when.at)} (window {self._window_text(w)})"
+            )
+            ctx = self._ctx(w, fields)
+            out.append(self._signal("fire", when.at, w, default, ctx, line=line))
+        return out
+
+    def _late(self, w: _Win, when: When, line: Line, fields: Mapping[str, Any]) -> list[Signal]:
+        """A match after ``w`` ended (closed or failed) and before the next window opened."""
+        w.late += 1
+        enough = w.late >= 1 if w.status == "failed" else w.count + w.late >= self.spec.min_count
+        if not enough:
+            return []
+        before, w.status = w.status, "ok"
+        late_by = max(when.at - w.close_at, timedelta(0))
+        if before == "open":
+            # The close passed but was not evaluated yet (the agent is catching up): nothing
+            # fired, so there is nothing to resolve; say once that it came late.
+            note = downtime_note(self._down, w.open_at, when.at)
+            default = (
+                f"{self.rule.name}: {self._pattern()} arrived at {self._fmt(when.at)} "
+                f"{self.spec.timezone}, {human_duration(late_by)} late "
+                f"(window {self._window_text(w)})"
+            )
+            ctx = self._ctx(w, {**fields, "late_by": human_duration(late_by)})
+            evidence = {"late_by_s": late_by.total_seconds()}
+            sig = self._signal(
+                "info", when.at, w, default, ctx, line=line, description=note, evidence=evidence
+            )
+            return [replace(sig, key="late")]
+        if not self._firing:
+            return []
+        if before == "failed":
+            return [self._resolve(w, when, line, fields, late_by=None, after_failure=True)]
+        return [self._resolve(w, when, line, fields, late_by=late_by)]
+
+    def _resolve(
+        self,
+        w: _Win,
+        when: When,
+        line: Line,
+        fields: Mapping[str, Any],
+        *,
+        late_by: timedelta | None,
+        after_failure: bool = False,
+    ) -> Signal:
+        self._firing, self._firing_open = False, None
+        extra: dict[str, Any] = {}
+        if after_failure:
+            default = (
+                f"{self.rule.name}: succeeded at {self._fmt(when.at)} after the failure at "
+                f"{self._fmt(w.failed_at or when.at)} (window {self._window_text(w)})"
+            )
+        elif late_by is not None:
+            extra["late_by"] = human_duration(late_by)
+            default = (
+                f"{self.rule.name}: {self._pattern()} arrived at {self._fmt(when.at)} "
+                f"{self.spec.timezone}, {human_duration(late_by)} late "
+                f"(window {self._window_text(w)})"
+            )
+        else:
+            default = (
+                f"{self.rule.name}: {self._pattern()} seen at {self._fmt(when.at)} "
+                f"{self.spec.timezone} (window {self._window_text(w)})"
+            )
+        ctx = self._ctx(w, {**fields, **extra})
+        evidence = {"late_by_s": late_by.total_seconds()} if late_by is not None else {}
+        return self._signal("resolve", when.at, w, default, ctx, line=line, evidence=evidence)
+
+    def _too_early(self, when: When, line: Line, fields: Mapping[str, Any]) -> Signal:
+        nxt = self._next_open
+        if nxt is None:
+            default = (
+                f"{self.rule.name}: {self._pattern()} at {self._fmt(when.at)}, outside any window"
+            )
+            ctx: dict[str, Any] = {**fields, "count": 1}
+            return self._signal("info", when.at, None, default, ctx, line=line)
+        w = _Win(nxt, nxt + self.spec.within)
+        early_by = nxt - when.at
+        default = (
+            f"{self.rule.name}: {self._pattern()} at {self._fmt(when.at)} {self.spec.timezone}, "
+            f"outside any window ({human_duration(early_by)} before the window "
+            f"{self._window_text(w)})"
+        )
+        ctx = self._ctx(w, {**fields, "early_by": human_duration(early_by)})
+        return self._signal(
+            "info",
+            when.at,
+            w,
+            default,
+            ctx,
+            line=line,
+            evidence={"early_by_s": early_by.total_seconds()},
+        )
+
+    def observe_line(self, line: Line, when: When) -> list[Signal]:
+        return []
+
+    def next_deadline(self) -> datetime | None:
+        closes = [w.close_at for w in self._wins if w.status == "open"]
+        if self._next_open is not None:
+            closes.append(self._next_open + self.spec.within)
+        return min(closes, default=None)
+
+    def due(self, now: datetime) -> list[Signal]:
+        self._advance(now)
+        missed = [w for w in self._wins if w.status == "open" and w.close_at <= now]
+        out: list[Signal] = []
+        if missed:
+            for w in missed:
+                w.status = "missed"
+            w = missed[-1]
+            note = next(
+                (n for m in missed if (n := downtime_note(self._down, m.open_at, m.close_at))),
+                "",
+            )
+            got = f" (only {w.count} of {self.spec.min_count})" if self.spec.min_count > 1 else ""
+            default = f"{self.rule.name}: no {self._pattern()} {self._window_text(w)}{got}"
+            if len(missed) > 1:
+                default += f", and {len(missed) - 1} earlier window(s) missed"
+            if note:
+                default += "; the agent was down during part of the window"
+            self._firing, self._firing_open = True, w.open_at
+            ctx = self._ctx(w, {"agent_down": bool(note), "missed": len(missed)})
+            out.append(
+                self._signal("fire", now, w, default, ctx, description=note, count=len(missed))
+            )
+        self._prune(now)
+        return out
+
+    def note_downtime(self, since: datetime, until: datetime) -> None:
+        self._down = (since, until)
+
+    # ---------------------------------------------------------------- state
+
+    def _snapshot(self) -> dict[str, Any]:
+        snap: dict[str, Any] = {
+            "spec": self._spec_id,
+            "next_open": iso(self._next_open),
+            "last_open": iso(self._last_open),
+        }
+        if self._firing:
+            snap["firing"] = {"open": iso(self._firing_open)}
+        for w in self._wins:
+            snap[f"w:{iso(w.open_at)}"] = w.to_json()
+        return snap
+
+    def state_changes(self) -> dict[str, Any | None]:
+        snap = self._snapshot()
+        out: dict[str, Any | None] = {k: v for k, v in snap.items() if self._saved.get(k) != v}
+        out |= {k: None for k in self._saved if k not in snap}
+        self._saved = snap
+        return out
+
+    def load_state(self, items: Mapping[str, Any]) -> None:
+        self._saved = dict(items)
+        firing = items.get("firing")
+        if isinstance(firing, Mapping):
+            self._firing = True
+            self._firing_open = parse_at(firing.get("open"))
+        if items.get("spec") != self._spec_id:
+            return  # a different schedule: its windows no longer apply
+        if "next_open" in items:
+            nxt = items["next_open"]
+            if nxt is None:
+                self._next_open = None  # the cron expression has no further match
+            elif (parsed := parse_at(nxt)) is not None:
+                self._next_open = parsed
+        wins: list[_Win] = []
+        for key, value in items.items():
+            if not key.startswith("w:") or not isinstance(value, Mapping):
+                continue
+            open_at, close_at = parse_at(key[2:]), parse_at(value.get("close"))
+            status = value.get("status")
+            count, late = value.get("count"), value.get("late")
+            if (
+                open_at is None
+                or close_at is None
+                or status not in ("open", "ok", "failed", "missed")
+                or not isinstance(count, int)
+                or not isinstance(late, int)
+            ):
+                continue
+            wins.append(
+                _Win(open_at, close_at, count, late, status, parse_at(value.get("failed_at")))
+            )
+        self._wins = sorted(wins, key=lambda w: w.open_at)
+        last = items.get("last_open")
+        self._last_open = parse_at(last) or (self._wins[-1].open_at if self._wins else None)
