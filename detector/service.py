@@ -172,9 +172,7 @@ class Agent:
         running.task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await running.task
-        aclose = getattr(running.source, "aclose", None)
-        if aclose is not None:
-            await aclose()
+        await running.source.aclose()
 
     async def _pump(self, source: Source) -> None:
         async for batch in source.batches():
@@ -185,7 +183,7 @@ class Agent:
             with contextlib.suppress(Exception):
                 await self._stop_source(name)
         with contextlib.suppress(Exception):
-            await self.db.run(lambda s: s.set_meta({"last_alive_at": self.clock.now().isoformat()}))
+            await self._mark_alive()
         self.db.close()
 
     # ---------------------------------------------------------------- the processor
@@ -193,10 +191,8 @@ class Agent:
     def _all_caught_up(self) -> bool:
         if self.state.caught_up:
             return True
-        for running in self.sources.values():
-            caught = getattr(running.source, "caught_up", None)
-            if caught is not None and not caught():
-                return False
+        if not all(r.source.caught_up() for r in self.sources.values()):
+            return False
         if not self.queue.empty():
             return False
         self.state.caught_up = True
@@ -343,8 +339,15 @@ class Agent:
     async def _alive_loop(self) -> None:
         while True:
             await asyncio.sleep(ALIVE_EVERY_S)
-            meta = {"last_alive_at": self.clock.now().isoformat()}
-            await self.db.run(lambda s, m=meta: s.set_meta(m))
+            await self._mark_alive()
+
+    async def _mark_alive(self) -> None:
+        meta = {"last_alive_at": self.clock.now().isoformat()}
+
+        def write(store: Store) -> None:
+            store.set_meta(meta)
+
+        await self.db.run(write)
 
     async def _self_check_loop(self) -> None:
         while True:

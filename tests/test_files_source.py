@@ -1,0 +1,668 @@
+"""The file tailer against real files in tmp_path: appends, rotations, truncations, bad input.
+
+Most tests drive the source with ``poll_once`` (one deterministic sweep) through :class:`Tail`,
+which commits checkpoints the way the service does. A few run ``batches()`` with the real inotify
+watcher and a clock that never moves, so only inotify can wake them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import tempfile
+import tracemalloc
+from collections.abc import AsyncIterator, Callable
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, Literal
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from detector.clock import FakeClock
+from detector.model import FileSourceConfig
+from detector.sources.base import Batch, Line
+from detector.sources.files import FileSource
+
+QUIET = timedelta(seconds=5)
+
+
+def config(
+    *paths: Path | str,
+    start_at: Literal["end", "beginning"] = "beginning",
+    max_line_bytes: int = 64 * 1024,
+) -> FileSourceConfig:
+    return FileSourceConfig(
+        name="app",
+        paths=tuple(str(p) for p in paths),
+        start_at=start_at,
+        max_line_bytes=max_line_bytes,
+        poll_interval=timedelta(seconds=1),
+    )
+
+
+def append(path: Path, data: bytes | str) -> None:
+    with path.open("ab") as f:
+        f.write(data.encode() if isinstance(data, str) else data)
+
+
+class Tail:
+    """A FileSource driven by poll_once whose checkpoints are committed like the service does."""
+
+    def __init__(self, cfg: FileSourceConfig, clock: FakeClock | None = None) -> None:
+        self.cfg = cfg
+        self.clock = clock or FakeClock()
+        self.committed: dict[str, dict[str, Any]] = {}
+        self.lines: list[Line] = []
+        self.batches: list[Batch] = []
+        self.source = FileSource(cfg, {}, self.clock, drain_quiet=QUIET, watch=False)
+
+    def commit(self, batches: list[Batch]) -> None:
+        for b in batches:
+            self.batches.append(b)
+            self.lines.extend(b.lines)
+            for cp in b.checkpoints:
+                if cp.delete:
+                    self.committed.pop(cp.key, None)
+                else:
+                    self.committed[cp.key] = dict(cp.value)
+
+    async def poll(self) -> list[str]:
+        batches = await self.source.poll_once()
+        self.commit(batches)
+        return [line.text for b in batches for line in b.lines]
+
+    async def drain(self) -> list[str]:
+        """Poll until a sweep produces nothing; return the texts read."""
+        texts: list[str] = []
+        for _ in range(200):
+            batches = await self.source.poll_once()
+            if not batches:
+                return texts
+            self.commit(batches)
+            texts += [line.text for b in batches for line in b.lines]
+        raise AssertionError("the source never went idle")
+
+    async def restart(self) -> None:
+        """A new FileSource from the committed checkpoints, as after the agent restarts."""
+        await self.source.aclose()
+        self.source = FileSource(
+            self.cfg, dict(self.committed), self.clock, drain_quiet=QUIET, watch=False
+        )
+
+    def texts(self) -> list[str]:
+        return [line.text for line in self.lines]
+
+
+@contextlib.asynccontextmanager
+async def tailing(cfg: FileSourceConfig, clock: FakeClock | None = None) -> AsyncIterator[Tail]:
+    tail = Tail(cfg, clock)
+    try:
+        yield tail
+    finally:
+        await tail.source.aclose()
+
+
+async def collect_until(
+    batches: AsyncIterator[Batch], done: Callable[[list[str]], bool], within: float = 10.0
+) -> list[str]:
+    """Consume ``batches`` until ``done(texts so far)``; fail after ``within`` seconds."""
+    texts: list[str] = []
+    async with asyncio.timeout(within):
+        async for batch in batches:
+            texts += [line.text for line in batch.lines]
+            if done(texts):
+                return texts
+    raise AssertionError("batches() ended")
+
+
+# ---------------------------------------------------------------- lines
+
+
+async def test_appended_lines_come_out_in_order_with_the_offset_after_the_last(
+    tmp_path: Path,
+) -> None:
+    log = tmp_path / "app.log"
+    append(log, "one\ntwo\n")
+    async with tailing(config(log)) as t:
+        assert await t.drain() == ["one", "two"]
+        append(log, "three\n")
+        assert await t.drain() == ["three"]
+        (cp,) = t.committed.values()
+        st = log.stat()
+        assert cp["offset"] == st.st_size == len("one\ntwo\nthree\n")
+        assert (cp["dev"], cp["ino"], cp["path"]) == (st.st_dev, st.st_ino, str(log))
+        assert all(line.path == str(log) and line.source == "app" for line in t.lines)
+        assert all(line.event_at is None for line in t.lines)
+
+
+async def test_half_written_line_is_held_until_its_newline_arrives(tmp_path: Path) -> None:
+    log = tmp_path / "app.log"
+    append(log, "done\nhalf")
+    async with tailing(config(log)) as t:
+        assert await t.drain() == ["done"]
+        assert next(iter(t.committed.values()))["offset"] == len("done\n")
+        append(log, "-way")
+        assert await t.drain() == []
+        assert next(iter(t.committed.values()))["offset"] == len("done\n")
+        append(log, " there\n")
+        assert await t.drain() == ["half-way there"]
+        assert next(iter(t.committed.values()))["offset"] == log.stat().st_size
+
+
+async def test_crlf_line_endings_are_stripped(tmp_path: Path) -> None:
+    log = tmp_path / "app.log"
+    append(log, b"dos\r\nunix\n\r\nsplit\r")
+    async with tailing(config(log)) as t:
+        await t.drain()
+        append(log, b"\nkeep\rinside\n")
+        await t.drain()
+        assert t.texts() == ["dos", "unix", "", "split", "keep\rinside"]
+
+
+async def test_invalid_utf8_is_replaced_not_fatal(tmp_path: Path) -> None:
+    log = tmp_path / "app.log"
+    append(log, b"bad \xff\xfe byte\ncut \xe2\x82\nnul \x00 ok\n")
+    async with tailing(config(log)) as t:
+        assert await t.drain() == ["bad \ufffd\ufffd byte", "cut \ufffd", "nul \x00 ok"]
+
+
+async def test_ten_megabyte_line_is_cut_counted_and_never_held_whole(tmp_path: Path) -> None:
+    log = tmp_path / "app.log"
+    size = 10 * 1024 * 1024
+    with log.open("wb") as f:
+        f.write(b"before\n")
+        for _ in range(size // (1 << 20)):
+            f.write(b"x" * (1 << 20))
+        f.write(b"\nafter\n")
+    async with tailing(config(log, max_line_bytes=1000)) as t:
+        tracemalloc.start()
+        try:
+            texts = await t.drain()
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        assert texts == ["before", "x" * 1000 + f" …[truncated {size - 1000} bytes]", "after"]
+        assert sum(b.truncated_lines for b in t.batches) == 1
+        assert peak < 4 * 1024 * 1024  # 1 MiB blocks, never the 10 MB line
+        assert next(iter(t.committed.values()))["offset"] == log.stat().st_size
+
+
+async def test_long_lines_are_cut_at_max_line_bytes_also_across_reads(tmp_path: Path) -> None:
+    log = tmp_path / "app.log"
+    append(log, "a" * 12 + "\n" + "short\n" + "b" * 5)
+    async with tailing(config(log, max_line_bytes=10)) as t:
+        await t.drain()
+        append(log, "b" * 7 + "\r\n" + "c" * 10 + "\r\n")
+        await t.drain()
+        assert t.texts() == [
+            "a" * 10 + " …[truncated 2 bytes]",
+            "short",
+            "b" * 10 + " …[truncated 2 bytes]",
+            "c" * 10,
+        ]
+        assert sum(b.truncated_lines for b in t.batches) == 2
+
+
+async def test_many_lines_are_split_into_batches_each_with_its_own_offset(tmp_path: Path) -> None:
+    log = tmp_path / "app.log"
+    append(log, "0")  # a pending partial line first, completed by the big block
+    async with tailing(config(log)) as t:
+        assert await t.drain() == []
+        append(log, "\n" + "".join(f"{i}\n" for i in range(1, 25_000)))
+        texts = await t.drain()
+        assert texts == [str(i) for i in range(25_000)]
+        line_batches = [b for b in t.batches if b.lines]
+        assert max(len(b.lines) for b in line_batches) <= 10_000
+        for b in line_batches:  # each checkpoint points right after its batch's last line
+            last = int(b.lines[-1].text)
+            assert b.checkpoints[-1].value["offset"] == sum(len(f"{i}\n") for i in range(last + 1))
+
+
+# ---------------------------------------------------------------- start position
+
+
+async def test_start_at_end_skips_what_is_there_but_reads_what_comes(tmp_path: Path) -> None:
+    log = tmp_path / "app.log"
+    append(log, "old\nolder\npart")
+    async with tailing(config(log, start_at="end")) as t:
+        assert await t.drain() == []
+        append(log, "ial\nnew\n")
+        assert await t.drain() == ["partial", "new"]
+
+
+async def test_start_at_beginning_reads_existing_lines(tmp_path: Path) -> None:
+    log = tmp_path / "app.log"
+    append(log, "old\nolder\n")
+    async with tailing(config(log, start_at="beginning")) as t:
+        assert await t.drain() == ["old", "older"]
+
+
+async def test_start_at_end_commits_its_position_so_a_restart_loses_nothing(
+    tmp_path: Path,
+) -> None:
+    log = tmp_path / "app.log"
+    append(log, "history\n")
+    async with tailing(config(log, start_at="end")) as t:
+        assert await t.drain() == []
+        assert next(iter(t.committed.values()))["offset"] == len("history\n")
+        await t.restart()
+        append(log, "while restarting\n")
+        assert await t.drain() == ["while restarting"]
+
+
+async def test_file_created_after_start_is_read_from_its_beginning_despite_start_at_end(
+    tmp_path: Path,
+) -> None:
+    async with tailing(config(tmp_path / "*.log", start_at="end")) as t:
+        append(tmp_path / "old.log", "skipped\n")
+        await t.restart()  # old.log exists at start-up: start_at=end applies
+        assert await t.drain() == []
+        append(tmp_path / "new.log", "first\nsecond\n")
+        assert await t.drain() == ["first", "second"]
+
+
+async def test_caught_up_once_every_file_present_at_start_was_read_to_its_end(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "big.log").write_bytes((b"y" * 99 + b"\n") * 60_000)  # > 1 sweep of reading
+    (tmp_path / "small.log").write_text("s\n")
+    async with tailing(config(tmp_path / "*.log")) as t:
+        assert not t.source.caught_up()
+        await t.poll()
+        assert not t.source.caught_up()
+        await t.drain()
+        assert t.source.caught_up()
+        assert t.source.status()["caught_up"] is True
+
+
+# ---------------------------------------------------------------- rotation and truncation
+
+
+async def test_rename_rotation_reads_lines_written_to_the_old_file_after_the_rename(
+    tmp_path: Path,
+) -> None:
+    log, old = tmp_path / "app.log", tmp_path / "app.log.1"
+    append(log, "a1\n")
+    async with tailing(config(log)) as t:
+        assert await t.drain() == ["a1"]
+        with log.open("ab") as writer:  # the application keeps its file open across the rename
+            writer.write(b"a2\n")
+            writer.flush()
+            log.rename(old)
+            writer.write(b"a3 late\n")
+            writer.flush()
+            assert await t.drain() == ["a2", "a3 late"]
+            append(log, "b1\n")
+            writer.write(b"a4 later\n")
+            writer.flush()
+            assert await t.drain() == ["a4 later", "b1"]  # old file first
+        old_key = f"{old.stat().st_dev}:{old.stat().st_ino}"
+        assert old_key in t.committed
+        t.clock.advance(QUIET)
+        assert await t.drain() == []
+        assert old_key not in t.committed  # retired: checkpoint deleted
+        assert [s["path"] for s in t.source.status()["files"]] == [str(log)]
+        append(log, "b2\n")
+        assert await t.drain() == ["b2"]
+
+
+async def test_rotated_file_is_kept_until_quiet_and_its_partial_last_line_is_emitted(
+    tmp_path: Path,
+) -> None:
+    log = tmp_path / "app.log"
+    append(log, "a1\nunfinished")
+    async with tailing(config(log)) as t:
+        assert await t.drain() == ["a1"]
+        log.rename(tmp_path / "app.log.1")
+        assert await t.drain() == []
+        t.clock.advance(QUIET)
+        assert await t.drain() == []  # no new file at the path yet: the writer may still write
+        assert len(t.committed) == 1
+        append(log, "b1\n")
+        assert await t.drain() == ["unfinished", "b1"]  # quiet and replaced: finished first
+        assert len(t.committed) == 1
+
+
+async def test_copytruncate_restarts_at_zero(tmp_path: Path) -> None:
+    log = tmp_path / "app.log"
+    append(log, "first line\nsecond line\n")
+    async with tailing(config(log)) as t:
+        assert await t.drain() == ["first line", "second line"]
+        shutil.copyfile(log, tmp_path / "app.log.1")
+        with log.open("r+b") as f:
+            f.truncate(0)
+        append(log, "after\n")
+        assert await t.drain() == ["after"]
+        assert next(iter(t.committed.values()))["offset"] == len("after\n")
+
+
+async def test_truncation_then_a_longer_rewrite_is_caught_by_the_fingerprint(
+    tmp_path: Path,
+) -> None:
+    log = tmp_path / "app.log"
+    append(log, "short\n")
+    async with tailing(config(log)) as t:
+        assert await t.drain() == ["short"]
+        log.write_text("rewritten from scratch\nand more\n")  # same inode, bigger than before
+        assert await t.drain() == ["rewritten from scratch", "and more"]
+
+
+async def test_delete_and_recreate_reads_the_new_file_from_the_start(tmp_path: Path) -> None:
+    log = tmp_path / "app.log"
+    append(log, "old\n")
+    async with tailing(config(log)) as t:
+        assert await t.drain() == ["old"]
+        old_key = next(iter(t.committed))
+        log.unlink()
+        assert await t.drain() == []
+        append(log, "new 1\nnew 2\n")
+        assert await t.drain() == ["new 1", "new 2"]
+        t.clock.advance(QUIET)
+        await t.drain()
+        st = log.stat()
+        assert list(t.committed) == [f"{st.st_dev}:{st.st_ino}"]
+        assert old_key not in t.committed or old_key == f"{st.st_dev}:{st.st_ino}"
+
+
+async def test_glob_picks_up_a_new_file_from_its_beginning(tmp_path: Path) -> None:
+    append(tmp_path / "a.log", "a\n")
+    async with tailing(config(tmp_path / "*.log", start_at="end")) as t:
+        assert await t.drain() == []
+        append(tmp_path / "b.log", "b1\nb2\n")
+        append(tmp_path / "ignored.txt", "no\n")
+        assert await t.drain() == ["b1", "b2"]
+        assert {line.path for line in t.lines} == {str(tmp_path / "b.log")}
+
+
+# ---------------------------------------------------------------- restarts
+
+
+async def test_restart_resumes_from_the_last_committed_checkpoint(tmp_path: Path) -> None:
+    log = tmp_path / "app.log"
+    append(log, "1\n2\n")
+    async with tailing(config(log)) as t:
+        await t.drain()
+        append(log, "3\n4\n")
+        await t.source.poll_once()  # read but never committed: the agent crashed
+        await t.restart()
+        append(log, "5\n")
+        await t.drain()
+        assert t.texts() == ["1", "2", "3", "4", "5"]
+
+
+async def test_restart_finishes_a_file_rotated_while_the_agent_was_down(tmp_path: Path) -> None:
+    log = tmp_path / "app.log"
+    append(log, "a1\n")
+    async with tailing(config(tmp_path / "*.log", start_at="end")) as t:
+        await t.drain()
+        await t.source.aclose()
+        append(log, "a2 before rotation\n")
+        log.rename(tmp_path / "app.log.1")
+        append(log, "b1 in the new file\n")
+        await t.restart()
+        await t.drain()
+        assert t.texts() == ["a2 before rotation", "b1 in the new file"]
+
+
+async def test_inode_reused_by_another_file_is_read_from_zero(tmp_path: Path) -> None:
+    log = tmp_path / "app.log"
+    append(log, "a brand new file on a recycled inode\n")
+    st = log.stat()
+    stale = {"path": str(log), "dev": st.st_dev, "ino": st.st_ino, "fp": "5:0000", "offset": 20}
+    async with tailing(config(log, start_at="end")) as t:
+        await t.source.aclose()
+        t.committed = {f"{st.st_dev}:{st.st_ino}": stale}
+        await t.restart()
+        assert await t.drain() == ["a brand new file on a recycled inode"]
+
+
+async def test_garbage_checkpoint_is_ignored_not_fatal(tmp_path: Path) -> None:
+    log = tmp_path / "app.log"
+    append(log, "line\n")
+    st = log.stat()
+    garbage = {"path": 7, "dev": "x", "ino": None, "fp": 3, "offset": "far"}
+    async with tailing(config(log, start_at="end")) as t:
+        await t.source.aclose()
+        t.committed = {f"{st.st_dev}:{st.st_ino}": garbage, "junk": {}}
+        await t.restart()
+        assert await t.drain() == ["line"]  # its key matched: read from 0 rather than guess
+        assert t.source.problems() == []
+        assert set(t.committed) == {f"{st.st_dev}:{st.st_ino}"}
+
+
+async def test_checkpoint_of_a_file_gone_for_good_is_deleted(tmp_path: Path) -> None:
+    gone = {"path": str(tmp_path / "gone.log"), "dev": 1, "ino": 2, "fp": "0:", "offset": 0}
+    async with tailing(config(tmp_path / "*.log")) as t:
+        await t.source.aclose()
+        t.committed = {"1:2": gone}
+        await t.restart()
+        await t.drain()
+        assert t.committed == {}
+
+
+# ---------------------------------------------------------------- problems
+
+
+async def test_directory_where_a_log_should_be_is_a_problem_that_clears(tmp_path: Path) -> None:
+    # Tests run as root, for whom chmod 000 does not stop reads: a directory is unreadable as a log.
+    log = tmp_path / "app.log"
+    log.mkdir()
+    async with tailing(config(log)) as t:
+        assert await t.drain() == []
+        (problem,) = t.source.problems()
+        assert problem.key == f"file:{log}" and "directory" in problem.message
+        log.rmdir()
+        append(log, "readable now\n")
+        assert await t.drain() == ["readable now"]
+        assert t.source.problems() == []
+
+
+async def test_file_replaced_by_a_directory_is_drained_and_reported(tmp_path: Path) -> None:
+    log = tmp_path / "app.log"
+    append(log, "a\n")
+    async with tailing(config(log)) as t:
+        await t.drain()
+        with log.open("ab") as writer:
+            log.rename(tmp_path / "moved")
+            log.mkdir()
+            writer.write(b"b\n")
+        assert await t.drain() == ["b"]
+        assert [p.key for p in t.source.problems()] == [f"file:{log}"]
+        t.clock.advance(QUIET)
+        await t.drain()
+        assert t.committed == {}
+
+
+async def test_broken_symlink_is_a_problem_not_an_exception(tmp_path: Path) -> None:
+    link = tmp_path / "app.log"
+    link.symlink_to(tmp_path / "missing-target")
+    async with tailing(config(tmp_path / "*.log")) as t:
+        assert await t.drain() == []
+        (problem,) = t.source.problems()
+        assert "broken symlink" in problem.message
+        append(tmp_path / "missing-target", "target appeared\n")
+        assert await t.drain() == ["target appeared"]
+        assert t.source.problems() == []
+
+
+async def test_missing_explicit_path_is_a_problem_until_it_appears(tmp_path: Path) -> None:
+    log = tmp_path / "app.log"
+    async with tailing(config(log)) as t:
+        await t.drain()
+        assert "does not exist" in t.source.problems()[0].message
+        append(log, "hello\n")
+        assert await t.drain() == ["hello"]
+        assert t.source.problems() == []
+
+
+# ---------------------------------------------------------------- batches() and inotify
+
+
+async def test_batches_wake_on_inotify_with_a_clock_that_never_moves(tmp_path: Path) -> None:
+    log = tmp_path / "app.log"
+    append(log, "before\n")
+    source = FileSource(config(tmp_path / "*.log"), {}, FakeClock())
+    try:
+        async with contextlib.aclosing(source.batches()) as batches:
+            assert await collect_until(batches, lambda t: "before" in t) == ["before"]
+            assert source.status()["watcher"] == "inotify"
+            append(log, "appended\n")
+            assert await collect_until(batches, lambda t: "appended" in t) == ["appended"]
+            log.rename(tmp_path / "app.log.1")
+            append(log, "rotated\n")
+            append(tmp_path / "other.log", "new file\n")
+            texts = await collect_until(batches, lambda t: {"rotated", "new file"} <= set(t))
+            assert sorted(texts) == ["new file", "rotated"]
+    finally:
+        await source.aclose()
+
+
+async def test_without_inotify_batches_sweep_every_poll_interval(tmp_path: Path) -> None:
+    log = tmp_path / "app.log"
+    log.touch()
+    clock = FakeClock()
+    source = FileSource(config(log), {}, clock, watch=False)
+    try:
+        async with contextlib.aclosing(source.batches()) as batches:
+            assert await collect_until(batches, lambda t: True) == []  # start-up checkpoint only
+            append(log, "polled\n")
+            task = asyncio.ensure_future(collect_until(batches, lambda t: "polled" in t))
+            while not task.done():
+                clock.advance(timedelta(seconds=1))
+                await asyncio.sleep(0.01)
+            assert task.result() == ["polled"]
+            assert source.status()["watcher"] == "polling"
+    finally:
+        await source.aclose()
+
+
+# ---------------------------------------------------------------- property: exactly the lines
+
+
+MAX_LINE = 24
+Op = tuple[Any, ...]
+ops_strategy = st.lists(
+    st.one_of(
+        st.tuples(
+            st.just("append"),
+            st.sampled_from("ab"),
+            st.lists(st.integers(0, 30), max_size=4),  # payload lengths of the new lines
+            st.floats(0, 1),  # where the write stops inside the queued bytes
+        ),
+        st.tuples(st.just("rotate"), st.sampled_from("ab"), st.integers(0, 2)),
+        st.tuples(st.just("copytruncate"), st.sampled_from("ab")),
+        st.tuples(st.just("recreate"), st.sampled_from("ab"), st.integers(0, 2)),
+        st.tuples(st.just("poll")),
+        st.tuples(st.just("restart"), st.booleans()),
+        st.tuples(st.just("tick")),
+    ),
+    max_size=25,
+)
+
+
+def expected_text(line: str) -> str:
+    raw = line.encode()
+    if len(raw) <= MAX_LINE:
+        return line
+    return raw[:MAX_LINE].decode() + f" …[truncated {len(raw) - MAX_LINE} bytes]"
+
+
+class Writer:
+    """One logical log file: an application appending through an O_APPEND descriptor."""
+
+    def __init__(self, directory: Path, name: str) -> None:
+        self.path = directory / f"{name}.log"
+        self.name = name
+        self.fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        self.queued = b""
+        self.seq = 0
+        self.generation = 0
+        self.written: list[str] = []
+
+    def new_lines(self, lengths: list[int]) -> None:
+        for n in lengths:
+            line = f"{self.name}{self.seq:04d}." + "x" * n
+            self.seq += 1
+            self.written.append(line)
+            self.queued += line.encode() + b"\n"
+
+    def write(self, fraction: float = 1.0) -> None:
+        cut = round(len(self.queued) * fraction)
+        os.write(self.fd, self.queued[:cut])
+        self.queued = self.queued[cut:]
+
+    def rotate(self, late: int) -> None:
+        self.generation += 1
+        os.rename(self.path, self.path.with_name(f"{self.path.name}.{self.generation}"))
+        self.new_lines([3] * late)
+        self.write()  # the application still writes to the renamed file, then reopens
+        os.close(self.fd)
+        self.fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+
+    def recreate(self, late: int) -> None:
+        """Delete the file while the application still writes to it, then it opens a new one."""
+        os.unlink(self.path)
+        self.new_lines([4] * late)
+        self.write()
+        os.close(self.fd)
+        self.fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+
+    def copytruncate(self) -> None:
+        self.generation += 1
+        shutil.copyfile(self.path, self.path.with_name(f"{self.path.name}.c{self.generation}"))
+        os.truncate(self.path, 0)
+
+
+async def run_scenario(directory: Path, ops: list[Op]) -> None:
+    writers = {n: Writer(directory, n) for n in "ab"}
+    tail = Tail(config(directory / "*.log", max_line_bytes=MAX_LINE))
+    try:
+        await tail.poll()  # the agent is running before the files rotate
+        for op in ops:
+            match op:
+                case ("append", name, lengths, fraction):
+                    writers[name].new_lines(lengths)
+                    writers[name].write(fraction)
+                case ("rotate", name, late):
+                    writers[name].rotate(late)
+                    await tail.poll()  # a sweep sees each generation (see the module docstring)
+                case ("copytruncate", name):
+                    writers[name].write()  # the application finishes its line, and then:
+                    await tail.drain()  # what is not read before a copytruncate is lost to all
+                    writers[name].copytruncate()
+                case ("recreate", name, late):
+                    await tail.poll()  # deleted while we were down would be lost to all
+                    writers[name].recreate(late)
+                    await tail.drain()  # a deleted file can only be read while still open
+                case ("poll",):
+                    await tail.poll()
+                case ("restart", crash):
+                    if crash:
+                        await tail.source.poll_once()  # read, never committed
+                    await tail.restart()
+                case ("tick",):
+                    tail.clock.advance(QUIET)
+        for w in writers.values():
+            w.write()
+        await tail.drain()
+        tail.clock.advance(QUIET)
+        await tail.drain()
+        for name, w in writers.items():
+            got = [line.text for line in tail.lines if line.text.startswith(name)]
+            assert got == [expected_text(line) for line in w.written]
+    finally:
+        for w in writers.values():
+            os.close(w.fd)
+        await tail.source.aclose()
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(ops=ops_strategy)
+def test_any_mix_of_appends_rotations_truncations_and_restarts_yields_exactly_the_lines(
+    ops: list[Op],
+) -> None:
+    with tempfile.TemporaryDirectory() as d:
+        asyncio.run(run_scenario(Path(d), ops))
