@@ -187,7 +187,7 @@ def cmd_send_test(args: argparse.Namespace) -> int:
 
 
 def cmd_templates(args: argparse.Namespace) -> int:
-    from detector.rules.anomaly_cli import templates_main  # noqa: PLC0415
+    from detector.templates_cli import templates_main  # noqa: PLC0415
 
     return templates_main(args)
 

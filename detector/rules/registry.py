@@ -7,6 +7,7 @@ from collections.abc import Callable
 from datetime import datetime
 
 from detector.model import RuleConfig, RuleKind
+from detector.rules.anomaly import NewKindEvaluator, RateEvaluator
 from detector.rules.base import Evaluator
 from detector.rules.expect import HeartbeatEvaluator, WindowEvaluator
 from detector.rules.match import MatchEvaluator
@@ -19,6 +20,8 @@ EVALUATORS: dict[RuleKind, Callable[[RuleConfig, datetime], Evaluator]] = {
     "heartbeat": HeartbeatEvaluator,
     "window": WindowEvaluator,
     "pair": PairEvaluator,
+    "anomaly_new": NewKindEvaluator,
+    "anomaly_rate": RateEvaluator,
 }
 
 
