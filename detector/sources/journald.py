@@ -1,0 +1,633 @@
+"""The journald source: ``journalctl --output=json`` as an asyncio subprocess, entries as Lines.
+
+Sits at the start of the flow, beside ``sources/files.py``: it yields :class:`Batch` es of
+:class:`Line` s (``text`` = ``MESSAGE``, ``event_at`` = ``__REALTIME_TIMESTAMP``, ``fields`` = every
+journal field as ``str``) with the journal cursor as the batch checkpoint, which the service commits
+in the batch transaction. No compiled dependency: journalctl does the journal reading.
+
+How it reads (each step is a journalctl child; none blocks the loop):
+
+1. **Position.** A stored cursor is verified with an unfiltered ``--cursor=C`` read of one entry: if
+   the first entry is not ``C`` itself, ``C`` is gone (vacuumed, journal replaced, machine
+   reinstalled); a ``cursor-gap`` problem says so and how long the gap may be, and reading restarts
+   at the oldest available entry. Without a stored cursor, ``start_at: beginning`` reads from the
+   oldest entry and ``start_at: end`` takes the cursor of the newest matching entry (``--lines=1``).
+2. **Catch-up**: a bounded read (no ``--follow``) from the position to the end, across every boot.
+   :meth:`JournaldSource.caught_up` is True when it has ended.
+3. **Follow**: ``--follow --cursor=<last entry read>`` until cancelled.
+
+We pass ``--cursor=C`` and drop the first entry when it is ``C``, rather than ``--after-cursor=C``:
+journalctl 252 skips *two* entries after seeking, so a cursor that no longer exists, or an entry
+that does not match the filters (rules.yaml changed), would silently lose one entry.
+
+**Reboots (systemd 250–257: ``--follow`` implies ``--boot``).** A following journalctl only shows
+entries of the *current* boot, and 252 has no ``--boot=all`` to undo it. The bounded catch-up has no
+such filter, so after a reboot the tail of the previous boot (its last minutes, written after our
+last commit) is read first and then the follow starts on the current boot. The follow's own boot
+filter is harmless for local logging: new entries always carry the current boot id. Entries of
+*other* boots that appear while following (imported or ``journal-remote`` files) are read at the
+next restart of journalctl, not live.
+
+**Never silent.** journalctl missing, exiting or failing (e.g. "insufficient permissions") is
+restarted with exponential backoff; after ``fail_after`` failures in a row a ``journalctl`` problem
+carries the reason (exit status and its last stderr line). It clears once a journalctl delivers
+entries, finishes its catch-up, or keeps running for ``healthy_after``.
+
+:meth:`JournaldSource.problems` lists every problem raised so far with its current ``active``
+flag, by key: ``journalctl`` (failing, with the reason), ``permissions`` (journalctl says it cannot
+see everything: add the agent to ``systemd-journal``), ``cursor-gap`` (a notice, active for
+``gap_notice_for``) and ``config`` (an invalid filter; nothing is read).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import re
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from detector.clock import Clock
+from detector.model import JournaldSourceConfig
+from detector.sources.base import Batch, Checkpoint, Line, SourceProblem
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_KEY = "cursor"
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+FIELD_NAME = re.compile(r"[A-Z_][A-Z0-9_]*\Z")
+READ_SIZE = 1 << 20
+STREAM_LIMIT = 1 << 20  # the pipe buffer may hold 2x this before journalctl is paused
+MAX_ENTRY_BYTES = 64 << 20  # a longer JSON entry is skipped (and counted), never buffered whole
+STDERR_KEEP = 20
+
+
+class JournalctlFailed(Exception):
+    """A journalctl child could not be started or ended badly; the message says why."""
+
+
+@dataclass(frozen=True)
+class _Probe:
+    """The first entry a bounded journalctl read returned (None: the read returned nothing)."""
+
+    entry: dict[str, Any] | None
+    invalid_cursor: str | None = None  # journalctl refused the cursor itself (its message)
+
+
+def field_str(value: Any) -> str | None:
+    """One exported journal field value as ``str``.
+
+    journalctl's JSON gives a string for UTF-8 values, a list of byte values for binary ones
+    (invalid UTF-8, control characters), a list of those for a field that occurs several times
+    (the first occurrence is used, as ``sd_journal_get_data`` does) and null for values it left
+    out. Binary values are decoded with ``errors="replace"``.
+    """
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list):
+        if not value:
+            return ""
+        if isinstance(value[0], int):
+            return bytes(value).decode("utf-8", errors="replace")
+        return field_str(value[0])
+    if value is None:
+        return None
+    return str(value)
+
+
+def entry_to_line(source: str, entry: dict[str, Any], all_str: bool = False) -> Line:
+    """A parsed journalctl JSON entry as a :class:`Line` (``MESSAGE`` without trailing newlines).
+
+    ``all_str``: the caller knows every value is a string (its JSON had no ``[`` and no ``null``).
+    """
+    fields: dict[str, str]
+    if all_str or all(type(v) is str for v in entry.values()):
+        fields = entry
+    else:
+        fields = {}
+        for k, v in entry.items():
+            s = field_str(v)
+            if s is not None:
+                fields[k] = s
+    text = fields.get("MESSAGE", "").rstrip("\n")
+    event_at: datetime | None = None
+    realtime = fields.get("__REALTIME_TIMESTAMP")
+    if realtime is not None and realtime.isdigit():
+        event_at = EPOCH + timedelta(microseconds=int(realtime))
+    return Line(source=source, text=text, event_at=event_at, fields=fields)
+
+
+def filter_args(config: JournaldSourceConfig) -> list[str]:
+    """journalctl arguments for the source's filters (all given kinds must hold, as in journalctl:
+    units AND identifiers AND priority AND match; values of one kind are alternatives)."""
+    args = [f"--unit={u}" for u in config.units]
+    args += [f"--identifier={i}" for i in config.identifiers]
+    if config.priority is not None:
+        args.append(f"--priority={config.priority}")
+    matches = [f"{k}={v}" for k, values in config.match.items() for v in values]
+    if matches:
+        args += ["--", *matches]
+    return args
+
+
+def config_errors(config: JournaldSourceConfig) -> list[str]:
+    errors = [
+        f"match field {k!r} is not a journal field name (A-Z, 0-9, _)"
+        for k in config.match
+        if not FIELD_NAME.match(k)
+    ]
+    if config.priority is not None and not 0 <= config.priority <= 7:
+        errors.append(f"priority {config.priority} is not 0 (emerg) .. 7 (debug)")
+    return errors
+
+
+def _fmt_duration(d: timedelta) -> str:
+    s = int(d.total_seconds())
+    days, s = divmod(s, 86400)
+    hours, s = divmod(s, 3600)
+    minutes, s = divmod(s, 60)
+    parts = [
+        f"{days}d" if days else "",
+        f"{hours}h" if hours else "",
+        f"{minutes}m" if minutes else "",
+    ]
+    text = "".join(parts)
+    return text + (f"{s}s" if s or not text else "")
+
+
+def _realtime_at(entry: Mapping[str, Any] | None) -> datetime | None:
+    if entry is None:
+        return None
+    value = entry.get("__REALTIME_TIMESTAMP")
+    if isinstance(value, str) and value.isdigit():
+        return EPOCH + timedelta(microseconds=int(value))
+    return None
+
+
+async def _first_line(stream: asyncio.StreamReader) -> bytes:
+    """The first line of ``stream`` (or what there is before EOF), however long, up to a cap."""
+    data = b""
+    while b"\n" not in data and len(data) <= MAX_ENTRY_BYTES:
+        chunk = await stream.read(READ_SIZE)
+        if not chunk:
+            break
+        data += chunk
+    if len(data) > MAX_ENTRY_BYTES and b"\n" not in data:
+        raise JournalctlFailed(f"journalctl printed an entry over {MAX_ENTRY_BYTES} bytes")
+    return data.split(b"\n", 1)[0]
+
+
+class _Splitter:
+    """Cuts journalctl's output into lines; a line over MAX_ENTRY_BYTES is skipped, not kept."""
+
+    def __init__(self, max_line: int = MAX_ENTRY_BYTES) -> None:
+        self._max_line = max_line
+        self._parts: list[bytes] = []
+        self._size = 0
+        self._oversized = False  # inside a line being skipped
+        self.skipped = 0
+
+    def feed(self, chunk: bytes) -> list[bytes]:
+        if b"\n" not in chunk:
+            if not self._oversized:
+                self._parts.append(chunk)
+                self._size += len(chunk)
+                if self._size > self._max_line:
+                    self._parts, self._size, self._oversized = [], 0, True
+                    self.skipped += 1
+            return []
+        lines = chunk.split(b"\n")
+        if self._oversized:
+            lines[0] = b""  # the end of the skipped line
+            self._oversized = False
+        elif self._parts:
+            lines[0] = b"".join([*self._parts, lines[0]])
+        rest = lines.pop()
+        self._parts, self._size = ([rest], len(rest)) if rest else ([], 0)
+        return [line for line in lines if line]
+
+    def take_skipped(self) -> int:
+        n, self.skipped = self.skipped, 0
+        return n
+
+
+class JournaldSource:
+    """Reads one journald source (see the module docstring). Implements ``Source``."""
+
+    def __init__(
+        self,
+        config: JournaldSourceConfig,
+        checkpoints: Mapping[str, Mapping[str, Any]],
+        clock: Clock,
+        *,
+        backoff_initial: timedelta = timedelta(milliseconds=500),
+        backoff_max: timedelta = timedelta(seconds=30),
+        fail_after: int = 3,
+        healthy_after: timedelta = timedelta(seconds=10),
+        gap_notice_for: timedelta = timedelta(minutes=15),
+        max_batch: int = 5000,
+    ) -> None:
+        self.name = config.name
+        self._config = config
+        self._clock = clock
+        self._backoff_initial = backoff_initial
+        self._backoff_max = backoff_max
+        self._fail_after = fail_after
+        self._healthy_after = healthy_after
+        self._gap_notice_for = gap_notice_for
+        self._max_batch = max_batch
+        self._filters = filter_args(config)
+
+        stored = checkpoints.get(CHECKPOINT_KEY)
+        cursor = stored.get("cursor") if stored else None
+        self._stored: Mapping[str, Any] | None = stored if isinstance(cursor, str) else None
+        self._cursor: str | None = None  # the last entry read (or the start position)
+        self._need_position = True
+        self._first_position = True
+        self._following = False  # False: the next read is a bounded catch-up
+        self._caught_up = False
+        self._permission_hint = False  # the running journalctl complained about permissions
+        self._closed = False
+        self._closed_event = asyncio.Event()
+
+        self._proc: asyncio.subprocess.Process | None = None
+        self._proc_started: float | None = None
+        self._failures = 0
+        self._last_error: str | None = None
+        self._problems: dict[str, SourceProblem] = {}
+        self._gap_since: datetime | None = None
+        self._entries_read = 0
+        self._skipped_entries = 0
+        self._restarts = 0
+        self._last_realtime_us: int | None = None
+        errors = config_errors(config)
+        if errors:
+            self._raise_problem("config", "; ".join(errors))
+
+    # ------------------------------------------------------------------ Source protocol
+
+    async def batches(self) -> AsyncIterator[Batch]:
+        """Yield batches until cancelled or :meth:`aclose`. Never raises for journal trouble."""
+        if "config" in self._problems:
+            await self._closed_event.wait()  # nothing sensible to read; the problem says why
+            return
+        delay = self._backoff_initial
+        while not self._stopped():
+            started = self._clock.monotonic()
+            try:
+                if self._need_position:
+                    await self._establish_position()
+                    self._need_position = False
+                async for batch in self._read(follow=self._following):
+                    yield batch
+                if self._stopped():
+                    return
+                self._following = True  # _read returns normally only after a complete catch-up
+                delay = self._backoff_initial
+                continue
+            except asyncio.CancelledError:
+                raise
+            except JournalctlFailed as exc:
+                if self._stopped():
+                    return
+                self._note_failure(str(exc), self._clock.monotonic() - started)
+            except Exception as exc:  # never raise out of batches(); report instead
+                log.exception("journald source %s: unexpected error", self.name)
+                self._note_failure(f"unexpected error: {exc!r}", 0.0)
+            # Restart: verify the cursor again (it may have been vacuumed meanwhile) and catch
+            # up before following, so nothing between the last entry read and now is missed.
+            self._need_position = True
+            self._following = False
+            if self._failures <= 1:
+                delay = self._backoff_initial
+            self._restarts += 1
+            await self._backoff(delay)
+            delay = min(delay * 2, self._backoff_max)
+
+    def problems(self) -> list[SourceProblem]:
+        """Every problem raised so far, with its current ``active`` state (consumers diff)."""
+        now = self._clock.now()
+        gap = self._problems.get("cursor-gap")
+        since = self._gap_since
+        if (
+            gap is not None
+            and gap.active
+            and since is not None
+            and now - since >= self._gap_notice_for
+        ):
+            self._problems["cursor-gap"] = SourceProblem(self.name, gap.key, gap.message, False)
+        failing = self._problems.get("journalctl")
+        if self._running_for() >= self._healthy_after:
+            if failing is not None and failing.active:
+                self._clear_failures()
+            if not self._permission_hint:
+                self._clear("permissions")
+        return list(self._problems.values())
+
+    def status(self) -> dict[str, Any]:
+        proc = self._proc
+        return {
+            "name": self.name,
+            "type": "journald",
+            "namespace": self._config.namespace,
+            "filters": self._filters,
+            "caught_up": self._caught_up,
+            "cursor": self._cursor,
+            "last_event_at": (
+                (EPOCH + timedelta(microseconds=self._last_realtime_us)).isoformat()
+                if self._last_realtime_us is not None
+                else None
+            ),
+            "pid": proc.pid if proc is not None and proc.returncode is None else None,
+            "entries_read": self._entries_read,
+            "skipped_entries": self._skipped_entries,
+            "restarts": self._restarts,
+            "consecutive_failures": self._failures,
+            "last_error": self._last_error,
+        }
+
+    def caught_up(self) -> bool:
+        """True once everything that existed when reading started has been yielded."""
+        return self._caught_up
+
+    async def aclose(self) -> None:
+        """Stop reading: terminate the journalctl child and reap it."""
+        self._closed = True
+        self._closed_event.set()
+        await self._stop(self._proc)
+
+    # ------------------------------------------------------------------ positioning
+
+    def _base_args(self) -> list[str]:
+        args = [self._config.journalctl, "--output=json", "--all", "--no-pager"]
+        if self._config.namespace is not None:
+            args.append(f"--namespace={self._config.namespace}")
+        return args
+
+    async def _establish_position(self) -> None:
+        stored = self._stored if self._first_position else None
+        cursor = str(stored["cursor"]) if stored is not None else self._cursor
+        if cursor is not None:
+            first = await self._probe([f"--cursor={cursor}"], bad_cursor_ok=True)
+            if first.entry is not None and first.entry.get("__CURSOR") == cursor:
+                self._cursor = cursor
+            else:
+                await self._cursor_gone(cursor, stored, first)
+        elif self._config.start_at == "end":
+            last = await self._probe(["--lines=1", *self._filters])
+            self._cursor = str(last.entry["__CURSOR"]) if last.entry else None
+        self._first_position = False
+
+    async def _cursor_gone(
+        self, cursor: str, stored: Mapping[str, Any] | None, first: _Probe
+    ) -> None:
+        oldest = (await self._probe([])).entry
+        since_at: datetime | None = None
+        realtime = stored.get("realtime_us") if stored else None
+        if isinstance(realtime, int):
+            since_at = EPOCH + timedelta(microseconds=realtime)
+        elif self._last_realtime_us is not None:
+            since_at = EPOCH + timedelta(microseconds=self._last_realtime_us)
+        oldest_at = _realtime_at(oldest)
+        msg = (
+            "journald no longer has the stored cursor (journal vacuumed, rotated away or replaced)"
+        )
+        if oldest_at is None:
+            msg += "; the journal is empty, reading restarts with the next entry"
+        else:
+            msg += f"; reading restarts at the oldest available entry ({oldest_at.isoformat()})"
+            if since_at is not None and oldest_at > since_at:
+                msg += (
+                    f"; entries between {since_at.isoformat()} and {oldest_at.isoformat()} "
+                    f"(up to {_fmt_duration(oldest_at - since_at)}) may be missing"
+                )
+            elif since_at is not None:
+                msg += (
+                    f"; the journal now starts before the last entry read ({since_at.isoformat()}),"
+                    " so it was replaced: entries may be missing or read twice"
+                )
+        if first.invalid_cursor is not None:
+            msg += f" (journalctl: {first.invalid_cursor})"
+        elif first.entry is None and oldest is not None:
+            msg += " (the cursor points past the end of this journal)"
+        log.warning("journald source %s: %s (cursor %s)", self.name, msg, cursor)
+        self._gap_since = self._clock.now()
+        self._raise_problem("cursor-gap", msg)
+        self._cursor = None
+
+    async def _probe(self, args: Sequence[str], *, bad_cursor_ok: bool = False) -> _Probe:
+        """Run a bounded journalctl read and return its first entry (then stop the child)."""
+        proc = await self._spawn([*self._base_args(), *args])
+        assert proc.stdout is not None and proc.stderr is not None
+        try:
+            line = await _first_line(proc.stdout)
+            if line.strip():
+                return _Probe(json.loads(line))
+            err = (await proc.stderr.read()).decode(errors="replace").strip()
+            rc = await proc.wait()
+            if rc == 0:
+                return _Probe(None)
+            if bad_cursor_ok and "cursor" in err.lower():
+                return _Probe(None, invalid_cursor=err.splitlines()[-1])
+            raise JournalctlFailed(self._exit_reason(rc, err.splitlines()))
+        except ValueError as exc:
+            raise JournalctlFailed(f"journalctl printed something that is not JSON: {exc}") from exc
+        finally:
+            await self._stop(proc)
+
+    # ------------------------------------------------------------------ reading
+
+    async def _spawn(self, argv: Sequence[str]) -> asyncio.subprocess.Process:
+        try:
+            return await asyncio.create_subprocess_exec(
+                *argv,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+                limit=STREAM_LIMIT,
+            )
+        except FileNotFoundError as exc:
+            raise JournalctlFailed(f"journalctl not found: {argv[0]!r}") from exc
+        except OSError as exc:
+            raise JournalctlFailed(f"cannot start {argv[0]!r}: {exc}") from exc
+
+    async def _read(self, *, follow: bool) -> AsyncIterator[Batch]:
+        argv = self._base_args()
+        if follow:
+            argv.append("--follow")
+        if self._cursor is not None:
+            argv.append(f"--cursor={self._cursor}")
+        elif follow:
+            argv.append("--no-tail")
+        argv += self._filters
+        start_cursor = skip_cursor = self._cursor
+        self._permission_hint = False
+        proc = await self._spawn(argv)
+        self._proc = proc
+        self._proc_started = self._clock.monotonic()
+        assert proc.stdout is not None and proc.stderr is not None
+        stderr_lines: list[str] = []
+        stderr_task = asyncio.ensure_future(self._drain_stderr(proc.stderr, stderr_lines))
+        held: Batch | None = None  # catch-up holds one batch back to know if it was the last
+        splitter = _Splitter()
+        try:
+            while True:
+                chunk = await proc.stdout.read(READ_SIZE)
+                if not chunk:
+                    break
+                entries: list[Line] = []
+                for raw in splitter.feed(chunk):
+                    try:
+                        entry = json.loads(raw)
+                    except ValueError:
+                        splitter.skipped += 1
+                        continue
+                    if skip_cursor is not None:
+                        first_cursor, skip_cursor = entry.get("__CURSOR"), None
+                        if first_cursor == start_cursor:
+                            continue  # --cursor includes the entry we already read
+                    all_str = b"[" not in raw and b"null" not in raw
+                    entries.append(entry_to_line(self.name, entry, all_str))
+                for batch in self._make_batches(entries, splitter.take_skipped()):
+                    if follow:
+                        self._advance(batch)
+                        yield batch
+                    else:
+                        if held is not None:
+                            self._advance(held)
+                            yield held
+                        held = batch
+            rc = await proc.wait()
+            await stderr_task
+            if self._stopped():
+                return
+            if follow or rc != 0:
+                raise JournalctlFailed(self._exit_reason(rc, stderr_lines))
+            self._caught_up_done()
+            if held is not None:
+                self._advance(held)
+                yield held
+        finally:
+            stderr_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await stderr_task
+            await self._stop(proc)
+            if self._proc is proc:
+                self._proc = None
+
+    def _make_batches(self, entries: list[Line], skipped: int) -> list[Batch]:
+        batches: list[Batch] = []
+        for i in range(0, len(entries), self._max_batch):
+            part = entries[i : i + self._max_batch]
+            last = part[-1].fields or {}
+            checkpoints: list[Checkpoint] = []
+            cursor = last.get("__CURSOR")
+            if cursor is not None:
+                realtime = last.get("__REALTIME_TIMESTAMP", "")
+                value = {
+                    "cursor": cursor,
+                    "realtime_us": int(realtime) if realtime.isdigit() else None,
+                    "boot_id": last.get("_BOOT_ID"),
+                }
+                checkpoints.append(Checkpoint(self.name, CHECKPOINT_KEY, value))
+            batches.append(Batch(self.name, part, checkpoints, skipped if i == 0 else 0))
+        self._skipped_entries += skipped
+        return batches
+
+    def _advance(self, batch: Batch) -> None:
+        """``batch`` is being handed out: the next journalctl starts after it."""
+        self._entries_read += len(batch.lines)
+        for cp in batch.checkpoints:
+            self._cursor = str(cp.value["cursor"])
+            self._last_realtime_us = cp.value["realtime_us"]
+        self._clear_failures()
+
+    async def _drain_stderr(self, stream: asyncio.StreamReader, keep: list[str]) -> None:
+        while line := await stream.readline():
+            text = line.decode(errors="replace").rstrip()
+            if not text:
+                continue
+            keep.append(text)
+            del keep[:-STDERR_KEEP]
+            log.warning("journald source %s: journalctl: %s", self.name, text)
+            lower = text.lower()
+            if "permission" in lower or "not seeing messages" in lower:
+                self._permission_hint = True
+                self._raise_problem("permissions", f"journalctl: {text}")
+
+    async def _stop(self, proc: asyncio.subprocess.Process | None) -> None:
+        if proc is None or proc.returncode is not None:
+            if proc is not None:
+                await proc.wait()
+            return
+        with contextlib.suppress(ProcessLookupError):
+            proc.terminate()
+        try:
+            await asyncio.wait_for(proc.wait(), timeout=5)
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            await proc.wait()
+
+    # ------------------------------------------------------------------ health
+
+    def _stopped(self) -> bool:
+        return self._closed
+
+    async def _backoff(self, delay: timedelta) -> None:
+        """Sleep ``delay`` on the injected clock, or less if :meth:`aclose` is called."""
+        sleep = asyncio.ensure_future(self._clock.sleep_until(self._clock.now() + delay))
+        closed = asyncio.ensure_future(self._closed_event.wait())
+        try:
+            await asyncio.wait({sleep, closed}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (sleep, closed):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+
+    def _caught_up_done(self) -> None:
+        self._caught_up = True
+        self._clear_failures()
+        if not self._permission_hint:
+            self._clear("permissions")
+
+    def _running_for(self) -> timedelta:
+        proc = self._proc
+        if proc is None or proc.returncode is not None or self._proc_started is None:
+            return timedelta(0)
+        return timedelta(seconds=self._clock.monotonic() - self._proc_started)
+
+    @staticmethod
+    def _exit_reason(rc: int, stderr_lines: Sequence[str]) -> str:
+        what = f"killed by signal {-rc}" if rc < 0 else f"exited with status {rc}"
+        last = stderr_lines[-1] if stderr_lines else "no message"
+        return f"journalctl {what}: {last}"
+
+    def _note_failure(self, reason: str, ran_for_s: float) -> None:
+        if ran_for_s >= self._healthy_after.total_seconds():
+            self._failures = 0  # it had been healthy: this is the first failure of a new series
+        self._failures += 1
+        self._last_error = reason
+        log.warning("journald source %s: %s (failure %d)", self.name, reason, self._failures)
+        if self._failures >= self._fail_after:
+            self._raise_problem(
+                "journalctl",
+                f"{reason} ({self._failures} failures in a row; restarting with backoff)",
+            )
+
+    def _clear_failures(self) -> None:
+        self._failures = 0
+        self._clear("journalctl")
+
+    def _clear(self, key: str) -> None:
+        p = self._problems.get(key)
+        if p is not None and p.active:
+            self._problems[key] = SourceProblem(self.name, key, p.message, False)
+
+    def _raise_problem(self, key: str, message: str) -> None:
+        self._problems[key] = SourceProblem(self.name, key, message)
