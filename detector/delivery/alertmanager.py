@@ -1,0 +1,63 @@
+"""The ``alertmanager`` format: ``POST {url}/api/v2/alerts`` with a list of postable alerts
+(labels, annotations, startsAt, endsAt, generatorURL) straight into a Prometheus Alertmanager.
+
+Alertmanager treats an alert that is not refreshed as resolved after its ``resolve_timeout``
+(default 5m), so a firing alert is RE-SENT every :data:`RESEND_EVERY` by the worker until it
+resolves, with ``endsAt`` = now + :data:`VALID_FOR` (like Prometheus does), and a resolved one is
+sent with ``endsAt`` = the time it resolved. Several alerts go in one POST (used for digests and
+re-sends).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from datetime import datetime, timedelta
+from typing import Any
+
+from detector.delivery.common import RenderedRequest, iso
+from detector.delivery.json_v4 import am_annotations, am_labels
+from detector.model import WebhookConfig
+
+RESEND_EVERY = timedelta(minutes=1)
+VALID_FOR = 4 * RESEND_EVERY
+API_PATH = "/api/v2/alerts"
+
+
+def api_url(webhook: WebhookConfig) -> str:
+    base = webhook.url.rstrip("/")
+    return base if base.endswith(API_PATH) else base + API_PATH
+
+
+def postable(alert: Mapping[str, Any], now: datetime | None) -> dict[str, Any]:
+    entry: dict[str, Any] = {
+        "labels": am_labels(alert),
+        "annotations": am_annotations(alert),
+        "startsAt": alert.get("first_seen_at"),
+    }
+    if alert.get("status") == "resolved":
+        entry["endsAt"] = alert.get("resolved_at") or alert.get("last_seen_at")
+    elif now is not None:
+        entry["endsAt"] = iso(now + VALID_FOR)
+    if alert.get("runbook"):
+        entry["generatorURL"] = str(alert["runbook"])
+    return entry
+
+
+def render_many(
+    alerts: Sequence[Mapping[str, Any]],
+    webhook: WebhookConfig,
+    *,
+    attempt: int,
+    now: datetime | None = None,
+) -> RenderedRequest:
+    return RenderedRequest(url=api_url(webhook), json_body=[postable(a, now) for a in alerts])
+
+
+def render(
+    alert: Mapping[str, Any],
+    webhook: WebhookConfig,
+    *,
+    attempt: int,
+    now: datetime | None = None,
+) -> RenderedRequest:
+    return render_many([alert], webhook, attempt=attempt, now=now)

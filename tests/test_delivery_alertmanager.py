@@ -1,0 +1,181 @@
+"""The ``alertmanager`` format against a real Prometheus Alertmanager (a subprocess on 127.0.0.1).
+
+Alertmanager is configured to notify our scripted receiver, so the test sees both sides: its API
+shows our alert active while firing and drops it once we post it resolved, and its own webhook
+notification carries ``status: resolved`` with ``endsAt`` in the past.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import shutil
+import socket
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from detector.clock import FakeClock
+from detector.delivery.worker import DeliveryWorker
+from detector.model import WebhookConfig
+from detector.store.db import AsyncStore, Commit, OutboxRow, Store
+from tests.receiver import Receiver
+
+AM_BIN = "/usr/bin/prometheus-alertmanager"
+pytestmark = pytest.mark.skipif(shutil.which(AM_BIN) is None, reason="alertmanager not installed")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def iso(at: datetime) -> str:
+    return at.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+@pytest.fixture
+async def notified() -> AsyncIterator[Receiver]:
+    async with Receiver() as r:
+        yield r
+
+
+@pytest.fixture
+async def alertmanager(tmp_path: Path, notified: Receiver) -> AsyncIterator[str]:
+    port = free_port()
+    config = tmp_path / "am.yml"
+    config.write_text(
+        "route:\n  receiver: hook\n  group_by: [alertname]\n"
+        "  group_wait: 0s\n  group_interval: 1s\n  repeat_interval: 1h\n"
+        "receivers:\n  - name: hook\n    webhook_configs:\n"
+        f"      - url: {notified.url}/am\n        send_resolved: true\n"
+    )
+    log = tmp_path / "am.log"
+    with log.open("wb") as out:
+        proc = await asyncio.create_subprocess_exec(
+            AM_BIN,
+            f"--config.file={config}",
+            f"--storage.path={tmp_path / 'am-data'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+            "--cluster.listen-address=",
+            stdout=out,
+            stderr=asyncio.subprocess.STDOUT,
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        async with aiohttp.ClientSession() as s:
+            for _ in range(100):
+                try:
+                    async with s.get(f"{url}/-/ready", timeout=aiohttp.ClientTimeout(1)) as r:
+                        if r.status == 200:
+                            break
+                except aiohttp.ClientError:
+                    pass
+                await asyncio.sleep(0.1)
+            else:
+                pytest.fail(
+                    "alertmanager did not become ready: " + (tmp_path / "am.log").read_text()
+                )
+        yield url
+    finally:
+        proc.terminate()
+        async with asyncio.timeout(10):
+            await proc.wait()
+
+
+def snapshot(status: str, first: datetime, resolved: datetime | None) -> dict[str, Any]:
+    return {
+        "event_id": f"ev-{status}",
+        "fingerprint": "fp-am",
+        "notification": status,
+        "status": status,
+        "rule": "backup-silent",
+        "kind": "silence",
+        "severity": "critical",
+        "summary": "backup did not log",
+        "description": "no 'backup complete' since 02:00",
+        "labels": {"host": "db1", "rule": "backup-silent", "severity": "critical"},
+        "owner": "dba",
+        "runbook": "https://wiki.example.internal/backup",
+        "host": "db1",
+        "source": "backups",
+        "first_seen_at": iso(first),
+        "last_seen_at": iso(first),
+        "resolved_at": iso(resolved) if resolved else None,
+        "count": 1,
+        "samples": [],
+        "evidence": {},
+        "created_at": iso(first),
+    }
+
+
+async def am_alerts(url: str) -> list[dict[str, Any]]:
+    async with (
+        aiohttp.ClientSession() as s,
+        s.get(f"{url}/api/v2/alerts", timeout=aiohttp.ClientTimeout(5)) as r,
+    ):
+        data: list[dict[str, Any]] = await r.json()
+        return data
+
+
+async def test_real_alertmanager_receives_firing_then_resolved(
+    tmp_path: Path, alertmanager: str, notified: Receiver
+) -> None:
+    now = datetime.now(UTC)
+    clock = FakeClock(now)
+    store = Store(tmp_path / "state.db")
+    db = AsyncStore(store)
+    first = now - timedelta(minutes=3)
+    store.commit(
+        Commit(
+            outbox=[
+                OutboxRow(
+                    "am", "ev-firing", "fp-am", "firing", snapshot("firing", first, None), now
+                )
+            ]
+        ),
+        now,
+    )
+    wh = WebhookConfig(name="am", url=alertmanager, format="alertmanager")
+    async with aiohttp.ClientSession() as session:
+        w = DeliveryWorker(wh, db, clock, host="db1", session=session, rng=random.Random(1))
+        assert await w.run_once() == 1
+        assert w.stats().delivered == 1
+        (active,) = await am_alerts(alertmanager)
+        assert active["labels"]["alertname"] == "backup-silent"
+        assert active["status"]["state"] == "active"
+        assert active["annotations"]["runbook_url"] == "https://wiki.example.internal/backup"
+        assert active["generatorURL"] == "https://wiki.example.internal/backup"
+        assert datetime.fromisoformat(active["endsAt"].replace("Z", "+00:00")) > now
+
+        resolved_at = datetime.now(UTC) - timedelta(seconds=1)
+        store.commit(
+            Commit(
+                outbox=[
+                    OutboxRow(
+                        "am",
+                        "ev-resolved",
+                        "fp-am",
+                        "resolved",
+                        snapshot("resolved", first, resolved_at),
+                        resolved_at,
+                    )
+                ]
+            ),
+            resolved_at,
+        )
+        assert await w.run_once() == 1
+        assert await am_alerts(alertmanager) == []  # resolved: no longer active
+
+        await notified.wait_for(2, within=15)
+        bodies = [r.json() for r in notified.received]
+        assert bodies[0]["status"] == "firing"
+        assert bodies[-1]["status"] == "resolved"
+        ends = bodies[-1]["alerts"][0]["endsAt"]
+        assert datetime.fromisoformat(ends.replace("Z", "+00:00")) <= datetime.now(UTC)
+    db.close()
