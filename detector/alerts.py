@@ -183,6 +183,8 @@ class AlertBook:
 
     def _new_alert(self, s: Signal) -> Alert:
         notify, severity, cfg = self._routing(s.rule, s.kind)
+        if s.notify:
+            notify = s.notify
         labels = {**(cfg.labels if cfg else {}), **s.labels}
         labels.update(
             {"host": self.host, "rule": s.rule, "severity": severity, "kind": s.kind}

@@ -2,21 +2,23 @@
 
 Read top to bottom, this is the data flow of DESIGN.md §2:
 
-1. ``Agent.run`` loads the config, opens the state file, restores rule state, alerts and source
-   checkpoints, and notes how long the agent was down;
+1. ``Agent.run`` loads the config, opens the state file (a corrupt one is moved aside and rebuilt,
+   and the user is told), restores rule state, alerts and source checkpoints, and notes how long
+   the agent was down;
 2. one *pump* task per source pushes its batches into a bounded queue (back-pressure);
 3. the single *processor* task takes a batch, runs it through the :class:`Pipeline` and commits the
    result (state + alerts + outbox + checkpoint) in one transaction — only then is the read position
    durable; between batches it wakes exactly at the pipeline's next deadline and runs ``tick``;
    deadlines are held back until every source has caught up after a restart, so a line written
    while the agent was down still counts;
-4. delivery workers send what the commits put in the outbox;
-5. around it: signals (SIGTERM/SIGINT stop, SIGHUP reloads), a config-file watcher, sd_notify, the
-   health state, the optional HTTP listener and dead man's switch, and self-monitoring that turns
-   the agent's own problems into alerts.
+4. one delivery worker per webhook sends what the commits put in the outbox;
+5. around it: signals (SIGTERM/SIGINT stop, SIGHUP reloads), a config-file watcher, sd_notify
+   (READY, STATUS, WATCHDOG, RELOADING, STOPPING), the health state behind the optional HTTP
+   listener and the dead man's switch, and self-monitoring that turns the agent's own problems
+   (unreadable source, failing webhook, refused reload, corrupt state) into agent alerts.
 
 Every mutation of the pipeline happens on the processor task (reloads and agent signals are handed
-to it), so no lock is needed and commits are ordered.
+to it), so commits are ordered and no lock is needed. Shutdown runs in reverse order of start-up.
 """
 
 from __future__ import annotations
@@ -26,20 +28,28 @@ import contextlib
 import logging
 import os
 import signal
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import aiohttp
+
+from detector import __version__
 from detector.alerts import AGENT_RULE
 from detector.clock import Clock
 from detector.config import ConfigError, load_config
-from detector.model import SourceConfig
+from detector.delivery.worker import DeliveryWorker
+from detector.health import Health, loop_lag_monitor
+from detector.http import heartbeat_loop, start_http
+from detector.model import FileSourceConfig, SourceConfig
 from detector.pipeline import Pipeline
 from detector.rules.base import Signal, When
+from detector.sdnotify import Notifier, watchdog_loop
 from detector.sources.base import Batch, Line, Source
-from detector.store.db import AsyncStore, Commit, Store
+from detector.store import outbox
+from detector.store.db import AsyncStore, Commit, Store, StoreError
 
 log = logging.getLogger("detector")
 
@@ -47,19 +57,40 @@ QUEUE_BATCHES = 8
 ALIVE_EVERY_S = 15.0
 SELF_CHECK_EVERY_S = 2.0
 CONFIG_POLL_S = 1.0
+CATCH_UP_RECHECK_S = 0.2
+OUTBOX_KEEP = timedelta(days=7)
 
 
 def build_source(cfg: SourceConfig, checkpoints: Mapping[str, Any], clock: Clock) -> Source:
     """The one mapping from a source config to its implementation."""
-    from detector.model import FileSourceConfig  # noqa: PLC0415 - keep the mapping in one place
-
     if isinstance(cfg, FileSourceConfig):
-        from detector.sources.files import FileSource  # noqa: PLC0415
+        from detector.sources.files import FileSource  # noqa: PLC0415 - inotify only if used
 
         return FileSource(cfg, checkpoints, clock)
     from detector.sources.journald import JournaldSource  # noqa: PLC0415
 
     return JournaldSource(cfg, checkpoints, clock)
+
+
+def open_store(path: Path, now: datetime) -> tuple[Store, str | None]:
+    """Open the state file. A file SQLite cannot read as a database is moved aside and a new one
+    is created; the returned message says so (it becomes an agent alert). Other errors (locked,
+    read-only, disk full) are raised: moving a good file aside would lose state."""
+    try:
+        return Store(path), None
+    except StoreError as e:
+        text = str(e).lower()
+        if "not a database" not in text and "malformed" not in text:
+            raise
+        aside = path.with_name(f"{path.name}.corrupt-{now.strftime('%Y%m%dT%H%M%SZ')}")
+        for suffix in ("", "-wal", "-shm"):
+            src = Path(str(path) + suffix)
+            if src.exists():
+                src.rename(Path(str(aside) + suffix))
+        return Store(path), (
+            f"state file {path} was unreadable ({e}); moved aside to {aside} and started afresh: "
+            "read positions restart per start_at and open alerts were forgotten"
+        )
 
 
 @dataclass
@@ -78,7 +109,7 @@ class _Problem:
 
 @dataclass
 class AgentState:
-    """What the agent knows about itself, for status, /healthz and agent alerts."""
+    """What the agent knows about itself beyond the metrics (for /status and agent alerts)."""
 
     started_at: datetime
     caught_up: bool = False
@@ -88,17 +119,27 @@ class AgentState:
 
 
 class Agent:
-    def __init__(self, config_path: Path, clock: Clock, env: Mapping[str, str] | None = None):
+    def __init__(
+        self,
+        config_path: Path,
+        clock: Clock,
+        env: Mapping[str, str] | None = None,
+        notifier: Notifier | None = None,
+    ) -> None:
         self.config_path = Path(config_path)
         self.clock = clock
         self.env = env
+        self.notifier = notifier or Notifier()
+        self.health = Health(clock)
         self._stop = asyncio.Event()
         self._wake = asyncio.Event()
         self._reload_requested = False
         self._pending_signals: list[Signal] = []
         self.queue: asyncio.Queue[Batch] = asyncio.Queue(maxsize=QUEUE_BATCHES)
         self.sources: dict[str, _Running] = {}
+        self.workers: dict[str, tuple[DeliveryWorker, asyncio.Task[None]]] = {}
         self.down_since: datetime | None = None
+        self._delivery_seen: dict[tuple[str, str], int] = {}
 
     # ---------------------------------------------------------------- public controls
 
@@ -115,6 +156,22 @@ class Agent:
         self._pending_signals.append(s)
         self._wake.set()
 
+    def _agent_signal(
+        self, key: str, fire: bool, summary: str = "", description: str = "", **kw: Any
+    ) -> None:
+        self.raise_agent_signal(
+            Signal(
+                rule=AGENT_RULE,
+                kind="agent",
+                key=key,
+                action="fire" if fire else "resolve",
+                at=self.clock.now(),
+                summary=summary,
+                description=description,
+                **kw,
+            )
+        )
+
     # ---------------------------------------------------------------- start-up
 
     async def run(self) -> int:
@@ -122,18 +179,22 @@ class Agent:
         self.config = config
         now = self.clock.now()
         self.state = AgentState(started_at=now)
-        store = await asyncio.to_thread(Store, config.agent.state)
+        store, corrupt = await asyncio.to_thread(open_store, config.agent.state, now)
         self.db = AsyncStore(store)
         last_alive = await self.db.run(lambda s: s.get_meta("last_alive_at"))
         alert_rows = await self.db.run(lambda s: s.load_alerts())
         states = await self.db.run(_all_rule_state)
         self.pipeline = Pipeline(config, now, lambda r: states.get(r, {}), alert_rows)
+        if corrupt:
+            log.error("%s", corrupt)
+            self._agent_signal("state", True, "state file was corrupt and was rebuilt", corrupt)
         if last_alive is not None:
             self.down_since = datetime.fromisoformat(last_alive)
             self.pipeline.note_downtime(self.down_since, now)
             log.info("agent was down since %s; catching up before deadlines run", last_alive)
         log.info(
-            "detector starting: %d sources, %d rules, %d webhooks, state %s",
+            "detector %s starting: %d sources, %d rules, %d webhooks, state %s",
+            __version__,
             len(config.sources),
             len(config.rules),
             len(config.webhooks),
@@ -143,21 +204,47 @@ class Agent:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop)
         loop.add_signal_handler(signal.SIGHUP, self.request_reload)
+        self.health.add_status_section("agent", self._status_section)
+        runner = None
+        self.session = aiohttp.ClientSession()
         try:
+            if config.agent.listen:
+                runner = await start_http(
+                    self.health, config.agent.listen, config.agent.listen_token
+                )
+                log.info("HTTP listener on %s (/healthz /metrics /status)", config.agent.listen)
             async with asyncio.TaskGroup() as tg:
                 self.tg = tg
+                for webhook in config.webhooks:
+                    self._start_worker(webhook)
                 for name, cfg in config.sources.items():
                     await self._start_source(name, cfg)
                 tg.create_task(self._processor(), name="processor")
                 tg.create_task(self._alive_loop(), name="alive")
                 tg.create_task(self._watch_config(), name="config-watch")
                 tg.create_task(self._self_check_loop(), name="self-check")
+                tg.create_task(watchdog_loop(self.notifier, self.clock, self.health.live))
+                tg.create_task(loop_lag_monitor(self.health, self.clock), name="loop-lag")
+                if config.agent.heartbeat:
+                    tg.create_task(
+                        heartbeat_loop(
+                            config.agent.heartbeat,
+                            config.agent.heartbeat_every,
+                            self.health,
+                            self.clock,
+                            self.session,
+                        ),
+                        name="heartbeat",
+                    )
+                self.notifier.ready(self._status_line())
+                log.info("ready")
                 await self._stop.wait()
                 raise _Stop
         except* _Stop:
             pass
         finally:
-            await self._shutdown()
+            self.notifier.stopping()
+            await self._shutdown(runner)
         log.info("detector stopped")
         return 0
 
@@ -178,10 +265,37 @@ class Agent:
         async for batch in source.batches():
             await self.queue.put(batch)
 
-    async def _shutdown(self) -> None:
+    def _start_worker(self, name: str) -> None:
+        webhook = self.config.webhooks[name]
+        worker = DeliveryWorker(
+            webhook,
+            self.db,
+            self.clock,
+            host=self.config.agent.host,
+            session=self.session,
+            on_path_health=self._on_path_health,
+        )
+        task = self.tg.create_task(worker.run(), name=f"delivery:{name}")
+        self.workers[name] = (worker, task)
+
+    async def _stop_worker(self, name: str) -> None:
+        worker, task = self.workers.pop(name)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await worker.aclose()
+
+    async def _shutdown(self, runner: Any) -> None:
+        """Reverse order of start-up: sources, workers, listener, HTTP session, state file."""
         for name in list(self.sources):
             with contextlib.suppress(Exception):
                 await self._stop_source(name)
+        for name in list(self.workers):
+            with contextlib.suppress(Exception):
+                await self._stop_worker(name)
+        if runner is not None:
+            await runner.cleanup()
+        await self.session.close()
         with contextlib.suppress(Exception):
             await self._mark_alive()
         self.db.close()
@@ -222,14 +336,12 @@ class Agent:
             if getter is None:
                 getter = asyncio.create_task(self.queue.get())
             self._wake.clear()
-            waits: set[asyncio.Future[Any]] = {getter, asyncio.ensure_future(self._wake.wait())}
-            sleeper = None
+            waker = asyncio.ensure_future(self._wake.wait())
+            waits: set[asyncio.Future[Any]] = {getter, waker}
             if deadline is not None:
-                sleeper = asyncio.ensure_future(self.clock.sleep_until(deadline))
-                waits.add(sleeper)
+                waits.add(asyncio.ensure_future(self.clock.sleep_until(deadline)))
             elif not caught_up:
-                sleeper = asyncio.ensure_future(asyncio.sleep(0.2))  # re-check catch-up
-                waits.add(sleeper)
+                waits.add(asyncio.ensure_future(asyncio.sleep(CATCH_UP_RECHECK_S)))
             done, pending = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
             for fut in pending:
                 if fut is not getter:
@@ -241,7 +353,7 @@ class Agent:
         if getter is not None:
             getter.cancel()
 
-    def _when_for(self, now: datetime) -> Any:
+    def _when_for(self, now: datetime) -> Callable[[Line], When]:
         catching_up = not self.state.caught_up and self.down_since is not None
         earliest = self.down_since if catching_up and self.down_since else now
         default = When(now, earliest)
@@ -255,43 +367,67 @@ class Agent:
 
     async def _handle_batch(self, batch: Batch) -> None:
         now = self.clock.now()
+        read_before = self.pipeline.lines_read[batch.source]
+        matched_before = dict(self.pipeline.lines_matched)
         commit = self.pipeline.process(batch, self._when_for(now), now)
         self.state.batches += 1
         await self._commit(commit)
+        h = self.health
+        h.inc(
+            "lines_read", self.pipeline.lines_read[batch.source] - read_before, source=batch.source
+        )
+        if batch.truncated_lines:
+            h.inc("truncated_lines", batch.truncated_lines, source=batch.source)
+        for rule, n in self.pipeline.lines_matched.items():
+            if n != matched_before.get(rule, 0):
+                h.inc("lines_matched", n - matched_before.get(rule, 0), rule=rule)
+        if batch.lines:
+            last = batch.lines[-1].event_at or now
+            h.set_time("last_event_at", last, source=batch.source)
 
     async def _commit(self, commit: Commit) -> None:
         if commit.empty():
             return
         now = self.clock.now()
         commit.meta["last_alive_at"] = now.isoformat()
-        await self.db.run(lambda s: s.commit(commit, now))
+        try:
+            await self.db.run(lambda s: s.commit(commit, now))
+        except StoreError as e:
+            # Fatal for the watchdog: systemd restarts the agent; the batch is re-read then.
+            self.health.set_problem("state", "state", str(e), fatal=True)
+            log.error("cannot commit to the state file: %s", e)
+            raise
         self.state.commits += 1
+        woken: set[str] = set()
+        seen_events: set[str] = set()
         for row in commit.outbox:
-            log.info(
-                "alert %s %s: %s",
-                row.payload.get("notification"),
-                row.webhook,
-                row.payload.get("summary"),
-            )
+            p = row.payload
+            if row.event_id not in seen_events:
+                seen_events.add(row.event_id)
+                self.health.inc("alerts", kind=str(p["kind"]), state=str(p["notification"]))
+                log.info("alert %s [%s] %s", p["notification"], p["severity"], p["summary"])
+            self.health.inc("notifications", webhook=row.webhook)
+            if row.webhook not in woken and row.webhook in self.workers:
+                woken.add(row.webhook)
+                self.workers[row.webhook][0].wake()
 
     # ---------------------------------------------------------------- reload
 
     async def _reload(self) -> None:
+        self.notifier.reloading()
         try:
             config = await asyncio.to_thread(load_config, self.config_path, self.env)
-        except ConfigError as e:
+        except (ConfigError, OSError) as e:
             log.error("reload refused, the running configuration stays in force:\n%s", e)
-            self._pending_signals.append(
-                Signal(
-                    rule=AGENT_RULE,
-                    kind="agent",
-                    key="config",
-                    action="fire",
-                    at=self.clock.now(),
-                    summary=f"configuration reload refused: {self.config_path} is invalid",
-                    description=str(e),
-                )
+            self.health.inc("config_reloads", result="refused")
+            self.health.set_problem("config", "config", f"reload refused: {e}".splitlines()[0])
+            self._agent_signal(
+                "config",
+                True,
+                f"configuration reload refused: {self.config_path} is invalid",
+                str(e),
             )
+            self.notifier.ready(self._status_line())
             return
         old = self.config
         changed = [
@@ -304,20 +440,32 @@ class Agent:
         now = self.clock.now()
         states = await self.db.run(_all_rule_state)
         commit = self.pipeline.reconfigure(config, now, lambda r: states.get(r, {}))
-        self.pipeline.apply_signals(
+        resolved = self.pipeline.apply_signals(
             [Signal(rule=AGENT_RULE, kind="agent", key="config", action="resolve", at=now)], now
         )
-        self.pipeline._collect(commit, ())
+        commit.alerts.update(resolved.alerts)
+        commit.outbox.extend(resolved.outbox)
         await self._commit(commit)
         self.config = config
+        self.health.clear_problem("config")
+        self.health.inc("config_reloads", result="ok")
+        for name in [n for n in self.workers if old.webhooks.get(n) != config.webhooks.get(n)]:
+            await self._stop_worker(name)
+        for name in config.webhooks:
+            if name not in self.workers:
+                self._start_worker(name)
         for name, cfg in config.sources.items():
             if name not in self.sources:
                 await self._start_source(name, cfg)
+        self.notifier.ready(self._status_line())
         log.info(
             "configuration reloaded: %d rules, %d sources", len(config.rules), len(config.sources)
         )
 
     async def _watch_config(self) -> None:
+        """Reload when rules.yaml changes on disk (inode, mtime or size: editors that replace the
+        file and editors that rewrite it in place are both seen)."""
+
         def stamp() -> tuple[int, int, int] | None:
             try:
                 st = os.stat(self.config_path)
@@ -337,9 +485,15 @@ class Agent:
     # ---------------------------------------------------------------- self-monitoring
 
     async def _alive_loop(self) -> None:
+        last_prune = self.clock.now()
         while True:
             await asyncio.sleep(ALIVE_EVERY_S)
             await self._mark_alive()
+            self.notifier.status(self._status_line())
+            now = self.clock.now()
+            if now - last_prune > timedelta(hours=1):
+                last_prune = now
+                await self.db.run(_pruner(now - OUTBOX_KEEP))
 
     async def _mark_alive(self) -> None:
         meta = {"last_alive_at": self.clock.now().isoformat()}
@@ -353,13 +507,28 @@ class Agent:
         while True:
             await asyncio.sleep(SELF_CHECK_EVERY_S)
             self._check_sources()
+            for name, (worker, _task) in self.workers.items():
+                st = worker.stats()
+                self.health.set_outbox(name, st.queue_depth, st.oldest_pending_at)
+                for metric, value in (
+                    ("delivery_attempts", st.attempts),
+                    ("delivery_failures", st.failures),
+                    ("dead_letters", st.dead),
+                ):
+                    before = self._delivery_seen.get((name, metric), 0)
+                    delta = value - before if value >= before else value  # worker restarted
+                    self._delivery_seen[(name, metric)] = value
+                    if delta:
+                        self.health.inc(metric, delta, webhook=name)  # type: ignore[arg-type]
 
     def _check_sources(self) -> None:
+        """Source problems: logged at once, on /healthz at once, alerted after ``source_grace``."""
         now = self.clock.now()
         grace = self.config.agent.source_grace
         seen: set[str] = set()
         for name, running in self.sources.items():
             for p in running.source.problems():
+                self.health.apply_source_problem(p)
                 if not p.active:
                     continue
                 key = f"source:{name}:{p.key}"
@@ -370,28 +539,60 @@ class Agent:
                     known = self.state.problems[key] = _Problem(now, p.message)
                 if not known.alerted and now - known.since >= grace:
                     known.alerted = True
-                    self.raise_agent_signal(
-                        Signal(
-                            rule=AGENT_RULE,
-                            kind="agent",
-                            key=key,
-                            action="fire",
-                            at=now,
-                            summary=f"source {name}: {p.message}",
-                            source=name,
-                        )
-                    )
+                    self._agent_signal(key, True, f"source {name}: {p.message}", source=name)
         for key in [k for k in self.state.problems if k.startswith("source:") and k not in seen]:
             gone = self.state.problems.pop(key)
             log.info("%s: recovered (%s)", key, gone.message)
+            _, name, pkey = key.split(":", 2)
+            self.health.clear_problem(f"source/{name}/{pkey}")
             if gone.alerted:
-                self.raise_agent_signal(
-                    Signal(rule=AGENT_RULE, kind="agent", key=key, action="resolve", at=now)
-                )
+                self._agent_signal(key, False, f"{key}: recovered")
+
+    def _on_path_health(self, webhook: str, failing: bool, reason: str) -> None:
+        key = f"delivery:{webhook}"
+        cfg = self.config.webhooks.get(webhook)
+        fallback = tuple(cfg.fallback if cfg and cfg.fallback else self.config.agent.fallback)
+        notify = tuple(w for w in fallback if w != webhook)
+        if failing:
+            log.error("delivery to %s failing: %s", webhook, reason)
+            self.health.set_problem(key, "delivery", f"delivery to {webhook} failing: {reason}")
+        else:
+            log.info("delivery to %s recovered", webhook)
+            self.health.clear_problem(key)
+        if notify:
+            self._agent_signal(
+                key,
+                failing,
+                f"delivery to {webhook} failing: {reason}"
+                if failing
+                else f"delivery to {webhook} recovered",
+                notify=notify,
+            )
+
+    def _status_line(self) -> str:
+        firing = len(self.pipeline.alerts.firing()) if hasattr(self, "pipeline") else 0
+        problems = len(self.health.problems())
+        return (
+            f"{len(self.sources)} sources, {len(self.config.rules)} rules, {firing} firing, "
+            f"{problems} problems"
+        )
+
+    def _status_section(self) -> Mapping[str, Any]:
+        return {
+            "started_at": self.state.started_at.isoformat(),
+            "caught_up": self.state.caught_up,
+            "batches": self.state.batches,
+            "sources": {n: r.source.status() for n, r in self.sources.items()},
+            "firing": [a.summary for a in self.pipeline.alerts.firing()],
+        }
 
 
 class _Stop(Exception):
     pass
+
+
+def _pruner(before: datetime) -> Callable[[Store], int]:
+    return lambda store: outbox.prune(store, before)
 
 
 def _all_rule_state(store: Store) -> dict[str, dict[str, Any]]:

@@ -63,6 +63,9 @@ class Signal:
     evidence: Mapping[str, Any] = field(default_factory=dict)
     """JSON-able details for the payload's ``x_detector.evidence`` (window bounds, durations…)."""
     source: str | None = None
+    notify: tuple[str, ...] = ()
+    """Webhooks to notify instead of the rule's own (agent alerts about one webhook's failing
+    path go to that webhook's ``fallback``)."""
 
 
 class Evaluator(Protocol):
