@@ -1,0 +1,216 @@
+"""End to end: the agent as a subprocess, real log files, a real webhook receiver on 127.0.0.1."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.agent_proc import AgentProcess, free_port, write_config
+from tests.receiver import Receiver
+
+pytestmark = pytest.mark.slow
+
+
+def append(path: Path, *lines: str) -> None:
+    with path.open("a") as f:
+        for line in lines:
+            f.write(line + "\n")
+
+
+def alerts_of(rx: Receiver) -> list[dict[str, Any]]:
+    """(alert, x_detector) pairs flattened: one dict per alert in every json body received."""
+    out = []
+    for body in rx.bodies():
+        for alert in body["alerts"]:
+            out.append({**alert, "x": body["x_detector"]})
+    return out
+
+
+RULES = """\
+sources:
+  app: {{file: "{log}"}}
+  auth: {{file: "{auth}"}}
+rules:
+  - name: app-errors
+    source: app
+    match: 'ERROR (?P<what>.*)'
+    summary: "app error: {{what}}"
+  - name: ssh-bruteforce
+    source: auth
+    match: 'Failed password for \\S+ from (?P<ip>\\S+)'
+    threshold: {{count: 5, within: 1m, by: ip}}
+"""
+
+
+async def test_error_line_alerts_threshold_fires_once_and_sigterm_exits_zero(
+    tmp_path: Path,
+) -> None:
+    log, auth = tmp_path / "app.log", tmp_path / "auth.log"
+    log.touch()
+    auth.touch()
+    async with Receiver() as rx:
+        cfg = write_config(
+            tmp_path / "rules.yaml",
+            RULES.format(log=log, auth=auth),
+            state=tmp_path / "state.db",
+            url=rx.url + "/hook",
+        )
+        agent = await AgentProcess(cfg).start()
+        try:
+            append(log, "2026-11-25T10:00:00Z ERROR disk full on /var")
+            await rx.wait_for(1, within=10)
+            first = alerts_of(rx)[0]
+            assert first["labels"]["rule"] == "app-errors"
+            assert first["annotations"]["summary"] == "app error: disk full on /var"
+            assert rx.received[0].headers["Idempotency-Key"] == first["x"]["event_id"]
+
+            append(
+                auth,
+                *[
+                    f"sshd[1]: Failed password for root from 203.0.113.9 port {i}"
+                    for i in range(12)
+                ],
+            )
+            await rx.wait_for(2, within=10)
+            await asyncio.sleep(1.5)  # more matches must not produce more alerts
+            threshold = [a for a in alerts_of(rx) if a["labels"]["rule"] == "ssh-bruteforce"]
+            assert len(threshold) == 1
+            assert threshold[0]["labels"]["ip"] == "203.0.113.9"
+        finally:
+            rc = await agent.terminate()
+        assert rc == 0
+        assert any("detector stopped" in line for line in agent.log)
+
+
+KILL_RULES = """\
+sources:
+  app: {{file: "{log}", start_at: beginning}}
+rules:
+  - name: job-failed
+    source: app
+    match: 'job=(?P<job>\\d+) failed'
+    group_by: [job]
+    repeat: never
+    resolve_after: 1d
+"""
+
+
+async def test_sigkill_mid_stream_loses_no_alert_and_duplicates_only_share_an_event_id(
+    tmp_path: Path,
+) -> None:
+    log = tmp_path / "app.log"
+    log.touch()
+    total = 300
+    async with Receiver() as rx:
+        cfg = write_config(
+            tmp_path / "rules.yaml",
+            KILL_RULES.format(log=log),
+            state=tmp_path / "state.db",
+            url=rx.url + "/hook",
+        )
+        agent = await AgentProcess(cfg).start()
+        try:
+            for i in range(0, 100):
+                append(log, f"job={i} failed")
+            await rx.wait_for(20, within=15)
+            # keep writing while the agent dies without a chance to clean up
+            for i in range(100, 200):
+                append(log, f"job={i} failed")
+                if i == 120:
+                    await agent.kill()
+            agent = await AgentProcess(cfg).start()
+            for i in range(200, total):
+                append(log, f"job={i} failed")
+            async with asyncio.timeout(30):
+                while len({a["labels"]["job"] for a in alerts_of(rx)}) < total:
+                    await asyncio.sleep(0.2)
+            await asyncio.sleep(1.0)
+        finally:
+            await agent.terminate()
+    ids: dict[str, set[str]] = defaultdict(set)
+    for a in alerts_of(rx):
+        ids[a["labels"]["job"]].add(a["x"]["event_id"])
+    assert sorted(ids, key=int) == [str(i) for i in range(total)]
+    doubled = {job: ev for job, ev in ids.items() if len(ev) != 1}
+    assert doubled == {}, "a re-sent alert must carry the same event id"
+
+
+async def test_alerts_raised_while_the_receiver_is_down_arrive_once_it_is_up_even_across_a_restart(
+    tmp_path: Path,
+) -> None:
+    log = tmp_path / "app.log"
+    log.touch()
+    port = free_port()
+    cfg = write_config(
+        tmp_path / "rules.yaml",
+        KILL_RULES.format(log=log),
+        state=tmp_path / "state.db",
+        url=f"http://127.0.0.1:{port}/hook",
+    )
+    agent = await AgentProcess(cfg).start()
+    try:
+        append(log, "job=1 failed", "job=2 failed")
+        await asyncio.sleep(2.0)  # attempts fail: connection refused
+        await agent.kill()  # restart during the retries
+        agent = await AgentProcess(cfg).start()
+        append(log, "job=3 failed")
+        await asyncio.sleep(1.0)
+        async with Receiver(port=port) as rx:
+            async with asyncio.timeout(40):
+                while len({a["labels"]["job"] for a in alerts_of(rx)}) < 3:
+                    await asyncio.sleep(0.2)
+            jobs = sorted(a["labels"]["job"] for a in alerts_of(rx))
+            assert jobs[:3] == ["1", "2", "3"]
+            per_job = defaultdict(set)
+            for a in alerts_of(rx):
+                per_job[a["labels"]["job"]].add(a["x"]["event_id"])
+            assert all(len(v) == 1 for v in per_job.values())
+    finally:
+        await agent.terminate()
+
+
+SILENCE_RULES = """\
+sources:
+  app: {{file: "{log}"}}
+rules:
+  - name: app-alive
+    source: app
+    match: 'alive'
+    expect: {{every: 2s}}
+"""
+
+
+async def test_a_silent_heartbeat_fires_within_a_second_of_its_deadline_and_resolves_on_the_next_line(
+    tmp_path: Path,
+) -> None:
+    import time
+
+    log = tmp_path / "app.log"
+    log.touch()
+    async with Receiver() as rx:
+        cfg = write_config(
+            tmp_path / "rules.yaml",
+            SILENCE_RULES.format(log=log),
+            state=tmp_path / "state.db",
+            url=rx.url + "/hook",
+        )
+        agent = await AgentProcess(cfg).start()
+        try:
+            append(log, "alive")
+            written = time.monotonic()
+            await rx.wait_for(1, within=10)
+            late = time.monotonic() - written - 2.0
+            assert -0.05 < late < 1.0
+            fired = alerts_of(rx)[0]
+            assert fired["status"] == "firing" and fired["labels"]["kind"] == "silence"
+            append(log, "alive again")
+            await rx.wait_for(2, within=10)
+            resolved = alerts_of(rx)[1]
+            assert resolved["status"] == "resolved"
+            assert resolved["labels"]["rule"] == "app-alive"
+        finally:
+            await agent.terminate()
