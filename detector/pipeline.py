@@ -69,6 +69,7 @@ class Pipeline:
         self.lines_read: Counter[str] = Counter()
         self.lines_matched: Counter[str] = Counter()
         self.last_match_at: dict[str, datetime] = {}
+        self._unsaved: set[str] = set()
         self._build(config, now, load_state, keep={})
 
     def _build(
@@ -90,6 +91,7 @@ class Pipeline:
             ev = build_evaluator(rule, now)
             ev.load_state(load_state(rule.name))
             evaluators[rule.name] = ev
+            self._unsaved.add(rule.name)  # its initial schedule must reach the state file
         self.evaluators = evaluators
         self._deadlines = DeadlineHeap()
         for name, ev in evaluators.items():
@@ -121,6 +123,7 @@ class Pipeline:
         for name, ev in self.evaluators.items():
             ev.note_downtime(since, until)
             self._deadlines.push(name, ev.next_deadline())
+            self._unsaved.add(name)
 
     # ---------------------------------------------------------------- the two steps
 
@@ -233,7 +236,8 @@ class Pipeline:
     def _collect(self, commit: Commit, touched: Iterable[str] | None = None) -> None:
         """Move changed state, alerts and outbox rows into ``commit``. ``touched`` limits the
         evaluators asked for changes (None: all of them)."""
-        names = self.evaluators.keys() if touched is None else touched
+        names = set(self.evaluators) if touched is None else set(touched) | self._unsaved
+        self._unsaved.clear()
         for name in names:
             ev = self.evaluators.get(name)
             if ev is None:

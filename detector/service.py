@@ -185,6 +185,7 @@ class Agent:
         alert_rows = await self.db.run(lambda s: s.load_alerts())
         states = await self.db.run(_all_rule_state)
         self.pipeline = Pipeline(config, now, lambda r: states.get(r, {}), alert_rows)
+        await self._commit(self.pipeline.apply_signals([], now))  # initial schedules
         if corrupt:
             log.error("%s", corrupt)
             self._agent_signal("state", True, "state file was corrupt and was rebuilt", corrupt)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -184,11 +185,9 @@ rules:
 """
 
 
-async def test_a_silent_heartbeat_fires_within_a_second_of_its_deadline_and_resolves_on_the_next_line(
+async def test_silent_heartbeat_fires_within_a_second_of_its_deadline_and_resolves_on_next_line(
     tmp_path: Path,
 ) -> None:
-    import time
-
     log = tmp_path / "app.log"
     log.touch()
     async with Receiver() as rx:

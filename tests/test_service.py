@@ -1,0 +1,226 @@
+"""The agent in-process with a FakeClock: restarts across a window, reloads, self-monitoring.
+
+These run the real ``Agent`` (real files, real SQLite, a real receiver on 127.0.0.1); only the clock
+is fake, so "the agent was down from 00:30 to 04:10" takes no time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from detector.clock import FakeClock
+from detector.service import Agent
+from tests.agent_proc import write_config
+from tests.receiver import Receiver
+
+WINDOW_RULES = """\
+sources:
+  backups: {{file: "{log}"}}
+rules:
+  - name: nightly-backup
+    source: backups
+    match: 'backup complete'
+    expect: {{cron: "0 2 * * *", within: 1h, timezone: Europe/Berlin}}
+"""
+
+
+async def run_agent(
+    cfg: Path, clock: FakeClock, body: Callable[[Agent], Awaitable[None]] | None = None
+) -> Agent:
+    agent = Agent(cfg, clock)
+    task = asyncio.create_task(agent.run())
+    async with asyncio.timeout(15):
+        while not (hasattr(agent, "state") and agent.state.caught_up):
+            if task.done():
+                await task
+            await asyncio.sleep(0.02)
+    await asyncio.sleep(0.3)  # let due deadlines run and deliveries go out
+    if body is not None:
+        await body(agent)
+    agent.request_stop()
+    assert await task == 0
+    return agent
+
+
+def alerts_of(rx: Receiver) -> list[dict[str, Any]]:
+    return [{**a, "x": b["x_detector"]} for b in rx.bodies() for a in b["alerts"]]
+
+
+async def _restart_across_window(
+    tmp_path: Path, write_during_downtime: bool
+) -> list[dict[str, Any]]:
+    log = tmp_path / "backup.log"
+    log.touch()
+    # 00:30 Berlin (CEST, UTC+2) on 10 June: before the 02:00–03:00 window
+    clock = FakeClock(datetime(2026, 6, 9, 22, 30, tzinfo=UTC))
+    async with Receiver() as rx:
+        cfg = write_config(
+            tmp_path / "rules.yaml",
+            WINDOW_RULES.format(log=log),
+            state=tmp_path / "state.db",
+            url=rx.url + "/hook",
+        )
+        await run_agent(cfg, clock)
+        assert rx.received == []
+        # the agent is down from 00:30 to 04:10 Berlin; the window closes at 03:00 meanwhile
+        if write_during_downtime:
+            log.write_text("2026-06-10 02:37 backup complete\n")
+        clock.set(datetime(2026, 6, 10, 2, 10, tzinfo=UTC))
+        await run_agent(cfg, clock)
+        return alerts_of(rx)
+
+
+async def test_a_backup_logged_while_the_agent_was_down_satisfies_its_window(
+    tmp_path: Path,
+) -> None:
+    assert await _restart_across_window(tmp_path, write_during_downtime=True) == []
+
+
+async def test_a_window_missed_while_the_agent_was_down_fires_once_and_says_so(
+    tmp_path: Path,
+) -> None:
+    alerts = await _restart_across_window(tmp_path, write_during_downtime=False)
+    assert len(alerts) == 1
+    text = (
+        alerts[0]["annotations"].get("summary", "")
+        + alerts[0]["annotations"].get("description", "")
+    ).lower()
+    assert "down" in text
+    assert alerts[0]["labels"]["rule"] == "nightly-backup"
+
+
+RELOAD_RULES = """\
+sources:
+  app: {{file: "{log}"}}
+rules:
+  - name: errors
+    source: app
+    match: 'ERROR (?P<n>\\d+)'
+    group_by: [n]
+    repeat: never
+"""
+
+
+async def test_reload_under_load_valid_invalid_valid_loses_and_doubles_nothing(
+    tmp_path: Path,
+) -> None:
+    log = tmp_path / "app.log"
+    log.touch()
+    clock = FakeClock(datetime(2026, 6, 9, 12, 0, tzinfo=UTC))
+    async with Receiver() as rx:
+        cfg = write_config(
+            tmp_path / "rules.yaml",
+            RELOAD_RULES.format(log=log),
+            state=tmp_path / "state.db",
+            url=rx.url + "/hook",
+        )
+        good = cfg.read_text()
+
+        async def body(agent: Agent) -> None:
+            n = 0
+            for step in range(6):
+                for _ in range(50):
+                    with log.open("a") as f:
+                        f.write(f"ERROR {n}\n")
+                    n += 1
+                    if n % 10 == 0:
+                        await asyncio.sleep(0)
+                if step == 1:
+                    cfg.write_text(good.replace("group_by: [n]", "group_by: [n]\n    tresholds: 3"))
+                    agent.request_reload()
+                elif step == 3:
+                    cfg.write_text(good + "\n# edited\n")
+                    agent.request_reload()
+                await asyncio.sleep(0.1)
+            async with asyncio.timeout(20):
+                while (
+                    len(
+                        {a["labels"]["n"] for a in alerts_of(rx) if a["labels"]["rule"] == "errors"}
+                    )
+                    < n
+                ):
+                    await asyncio.sleep(0.05)
+
+        agent = await run_agent(cfg, clock, body)
+        errors = [a for a in alerts_of(rx) if a["labels"]["rule"] == "errors"]
+        assert sorted({a["labels"]["n"] for a in errors}, key=int) == [str(i) for i in range(300)]
+        assert len(errors) == 300  # none doubled
+        refused = [a for a in alerts_of(rx) if a["labels"]["rule"] == "detector-agent"]
+        assert [a["status"] for a in refused] == ["firing", "resolved"]
+        assert "tresholds" in refused[0]["annotations"].get("description", "")
+        # each edit is seen by SIGHUP-style request and possibly again by the file watcher
+        assert agent.health.value("config_reloads", result="refused") >= 1
+        assert agent.health.value("config_reloads", result="ok") >= 1
+
+
+async def test_a_corrupt_state_file_is_moved_aside_and_reported(tmp_path: Path) -> None:
+    log = tmp_path / "app.log"
+    log.touch()
+    state = tmp_path / "state.db"
+    state.write_bytes(b"garbage, not sqlite" * 200)
+    clock = FakeClock(datetime(2026, 6, 9, 12, 0, tzinfo=UTC))
+    async with Receiver() as rx:
+        cfg = write_config(
+            tmp_path / "rules.yaml", RELOAD_RULES.format(log=log), state=state, url=rx.url + "/hook"
+        )
+        await run_agent(cfg, clock, lambda a: rx.wait_for(1, within=5))
+        alert = alerts_of(rx)[0]
+        assert alert["labels"]["kind"] == "agent"
+        assert "moved aside" in alert["annotations"].get("description", "")
+    assert list(tmp_path.glob("state.db.corrupt-*"))
+
+
+async def test_an_unreadable_source_becomes_an_agent_alert_after_its_grace(tmp_path: Path) -> None:
+    missing = tmp_path / "dir-not-file"
+    missing.mkdir()
+    clock = FakeClock(datetime(2026, 6, 9, 12, 0, tzinfo=UTC))
+    async with Receiver() as rx:
+        cfg = write_config(
+            tmp_path / "rules.yaml",
+            RELOAD_RULES.format(log=missing),
+            state=tmp_path / "state.db",
+            url=rx.url + "/hook",
+            extra_agent="source_grace: 1m\n",
+        )
+
+        async def body(agent: Agent) -> None:
+            await asyncio.sleep(2.5)  # one self-check round: a problem, but within its grace
+            assert agent.health.healthy() is False
+            assert rx.received == []
+            assert "dir-not-file" in " ".join(agent.health.reasons())
+            clock.advance(timedelta(minutes=2))
+            await rx.wait_for(1, within=6)
+
+        await run_agent(cfg, clock, body)
+        alert = alerts_of(rx)[0]
+        assert alert["labels"]["kind"] == "agent"
+        assert "app" in alert["annotations"]["summary"]
+
+
+async def test_an_edit_of_rules_yaml_on_disk_reloads_without_a_signal(tmp_path: Path) -> None:
+    log = tmp_path / "app.log"
+    log.touch()
+    clock = FakeClock(datetime(2026, 6, 9, 12, 0, tzinfo=UTC))
+    async with Receiver() as rx:
+        cfg = write_config(
+            tmp_path / "rules.yaml",
+            RELOAD_RULES.format(log=log),
+            state=tmp_path / "state.db",
+            url=rx.url + "/hook",
+        )
+
+        async def body(agent: Agent) -> None:
+            cfg.write_text(cfg.read_text().replace("name: errors", "name: errors2"))
+            async with asyncio.timeout(10):
+                while "errors2" not in agent.pipeline.evaluators:
+                    await asyncio.sleep(0.05)
+            with log.open("a") as f:
+                f.write("ERROR 7\n")
+            await rx.wait_for(1, within=5)
+
+        await run_agent(cfg, clock, body)
+        assert alerts_of(rx)[0]["labels"]["rule"] == "errors2"
