@@ -799,7 +799,7 @@ class _Loader:
             return None
         w = "agent"
         kw: dict[str, Any] = {}
-        state: Path = default_state_path()
+        state: Path = default_state_path(self.env)
         if "state" in entries:
             s = self.string(entries["state"][1], f"{w}: state", "a file path")
             if s is not None:

@@ -303,8 +303,9 @@ class _Tx:
             self.conn.execute("ROLLBACK")
 
 
-def default_state_path() -> Path:
-    state_dir = os.environ.get("STATE_DIRECTORY")
+def default_state_path(env: Mapping[str, str] | None = None) -> Path:
+    """``$STATE_DIRECTORY/state.db`` (set by systemd's StateDirectory=), else ./detector-state.db."""
+    state_dir = (os.environ if env is None else env).get("STATE_DIRECTORY")
     if state_dir:
         return Path(state_dir.split(":")[0]) / "state.db"
     return Path("detector-state.db")
