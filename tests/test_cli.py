@@ -29,6 +29,7 @@ def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedPr
         cwd=ROOT,
         env={**os.environ, **DEMO_ENV, **(env or {})},
         timeout=60,
+        check=False,
     )
 
 

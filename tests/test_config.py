@@ -825,13 +825,11 @@ def test_missing_version_is_a_warning_and_a_wrong_version_an_error() -> None:
     )
 
 
-def test_agent_defaults_follow_state_directory(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("STATE_DIRECTORY", "/var/lib/detector")
+def test_agent_defaults_follow_state_directory() -> None:
     write(HEAD + "  - {name: a, source: app, match: x}\n")
-    agent = load_config("rules.yaml", {}).agent
+    agent = load_config("rules.yaml", {"STATE_DIRECTORY": "/var/lib/detector"}).agent
     assert agent.state == Path("/var/lib/detector/state.db")
     assert agent.host  # the hostname
-    monkeypatch.delenv("STATE_DIRECTORY")
     assert load_config("rules.yaml", {}).agent.state == Path("detector-state.db")
 
 

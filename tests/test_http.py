@@ -513,7 +513,7 @@ async def test_loop_lag_above_threshold_raises_a_problem_that_clears_after_hold(
     try:
         await asyncio.sleep(0.05)
         assert health.healthy()
-        time.sleep(0.4)  # noqa: ASYNC251 -- the point: block the event loop
+        time.sleep(0.4)  # the point: block the event loop
         await eventually(lambda: not health.healthy(), within=1)
         assert health.value("loop_lag_seconds") >= 0.2
         assert re.fullmatch(

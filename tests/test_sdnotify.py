@@ -209,7 +209,7 @@ async def test_watchdog_loop_stops_pinging_while_the_event_loop_is_blocked(
     try:
         await asyncio.sleep(0.12)
         assert drain(sock), "pings while the loop runs"
-        time.sleep(0.3)  # noqa: ASYNC251 -- the point: a stalled event loop
+        time.sleep(0.3)  # the point: a stalled event loop
         assert drain(sock) == [], "a stalled loop must not ping (a thread would)"
         await asyncio.sleep(0.12)
         assert drain(sock), "pings resume when the loop runs again"

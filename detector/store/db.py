@@ -304,7 +304,7 @@ class _Tx:
 
 
 def default_state_path(env: Mapping[str, str] | None = None) -> Path:
-    """``$STATE_DIRECTORY/state.db`` (set by systemd's StateDirectory=), else ./detector-state.db."""
+    """``$STATE_DIRECTORY/state.db`` (systemd StateDirectory=), else ./detector-state.db."""
     state_dir = (os.environ if env is None else env).get("STATE_DIRECTORY")
     if state_dir:
         return Path(state_dir.split(":")[0]) / "state.db"
