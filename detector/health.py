@@ -386,7 +386,6 @@ def _format_value(value: float) -> str:
 
 async def loop_lag_monitor(
     health: Health,
-    clock: Clock,
     *,
     interval: timedelta = timedelta(seconds=0.5),
     threshold: timedelta = timedelta(seconds=5),
@@ -396,15 +395,17 @@ async def loop_lag_monitor(
 
     A lag above ``threshold`` raises the ``loop-lag`` problem (component ``loop``), which stays
     for ``hold`` after the last high reading so that a scrape or a heartbeat can see it. Runs until
-    cancelled; uses ``clock.monotonic()`` so a wall-clock step is not mistaken for lag.
+    cancelled. Lag is physical: it is measured on the event loop's own monotonic clock, not on the
+    agent's injectable clock (a test's FakeClock jumping ahead is not a stalled loop).
     """
     period = interval.total_seconds()
     limit = threshold.total_seconds()
     last_high: float | None = None
+    loop = asyncio.get_running_loop()
     while True:
-        started = clock.monotonic()
+        started = loop.time()
         await asyncio.sleep(period)
-        now = clock.monotonic()
+        now = loop.time()
         lag = max(0.0, now - started - period)
         health.set_gauge("loop_lag_seconds", lag)
         if lag > limit:

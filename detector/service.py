@@ -225,7 +225,7 @@ class Agent:
                 tg.create_task(self._watch_config(), name="config-watch")
                 tg.create_task(self._self_check_loop(), name="self-check")
                 tg.create_task(watchdog_loop(self.notifier, self.clock, self.health.live))
-                tg.create_task(loop_lag_monitor(self.health, self.clock), name="loop-lag")
+                tg.create_task(loop_lag_monitor(self.health), name="loop-lag")
                 if config.agent.heartbeat:
                     tg.create_task(
                         heartbeat_loop(

@@ -18,7 +18,7 @@ from aiohttp import web
 from hypothesis import given
 from hypothesis import strategies as st
 
-from detector.clock import FakeClock, SystemClock
+from detector.clock import FakeClock
 from detector.health import Health, loop_lag_monitor
 from detector.http import heartbeat_loop, parse_listen, start_http
 from detector.sources.base import SourceProblem
@@ -504,7 +504,6 @@ async def test_loop_lag_above_threshold_raises_a_problem_that_clears_after_hold(
     task = asyncio.create_task(
         loop_lag_monitor(
             health,
-            SystemClock(),
             interval=timedelta(seconds=0.02),
             threshold=timedelta(seconds=0.2),
             hold=timedelta(seconds=0.2),

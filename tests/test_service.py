@@ -224,3 +224,66 @@ async def test_an_edit_of_rules_yaml_on_disk_reloads_without_a_signal(tmp_path: 
 
         await run_agent(cfg, clock, body)
         assert alerts_of(rx)[0]["labels"]["rule"] == "errors2"
+
+
+FALLBACK_RULES = """\
+sources:
+  app: {{file: "{log}"}}
+rules:
+  - name: errors
+    source: app
+    match: 'ERROR'
+    notify: [primary]
+"""
+
+
+async def test_a_failing_webhook_alerts_the_fallback_degrades_healthz_and_recovers(
+    tmp_path: Path,
+) -> None:
+    import aiohttp
+
+    from tests.agent_proc import free_port
+
+    log = tmp_path / "app.log"
+    log.touch()
+    primary_port, listen_port = free_port(), free_port()
+    clock = FakeClock(datetime(2026, 6, 9, 12, 0, tzinfo=UTC))
+    async with Receiver() as fallback:
+        cfg = tmp_path / "rules.yaml"
+        cfg.write_text(
+            f"version: 1\nagent:\n  state: {tmp_path / 'state.db'}\n  host: t\n"
+            f"  listen: 127.0.0.1:{listen_port}\n"
+            "webhooks:\n"
+            f"  primary: {{url: 'http://127.0.0.1:{primary_port}/in', fail_after: 2,"
+            " fallback: [backup]}\n"
+            f"  backup: {{url: '{fallback.url}/fb'}}\n" + FALLBACK_RULES.format(log=log)
+        )
+
+        async def healthz(session: aiohttp.ClientSession) -> tuple[int, str]:
+            async with session.get(f"http://127.0.0.1:{listen_port}/healthz") as r:
+                return r.status, await r.text()
+
+        async def body(agent: Agent) -> None:
+            async with aiohttp.ClientSession() as session:
+                assert (await healthz(session))[0] == 200
+                with log.open("a") as f:
+                    f.write("ERROR boom\n")
+                async with asyncio.timeout(20):
+                    while not fallback.received:
+                        clock.advance(timedelta(seconds=5))
+                        await asyncio.sleep(0.1)
+                failing = alerts_of(fallback)[0]
+                assert failing["status"] == "firing"
+                assert "delivery to primary failing" in failing["annotations"]["summary"]
+                status, text = await healthz(session)
+                assert status == 503 and "primary" in text
+                async with Receiver(port=primary_port) as primary:
+                    async with asyncio.timeout(20):
+                        while len(fallback.received) < 2 or not primary.received:
+                            clock.advance(timedelta(seconds=5))
+                            await asyncio.sleep(0.1)
+                    assert alerts_of(primary)[0]["labels"]["rule"] == "errors"
+                    assert alerts_of(fallback)[1]["status"] == "resolved"
+                    assert (await healthz(session))[0] == 200
+
+        await run_agent(cfg, clock, body)
