@@ -213,3 +213,54 @@ async def test_silent_heartbeat_fires_within_a_second_of_its_deadline_and_resolv
             assert resolved["labels"]["rule"] == "app-alive"
         finally:
             await agent.terminate()
+
+
+WINDOW_RULES = """\
+sources:
+  a: {{file: "{a}"}}
+  b: {{file: "{b}"}}
+rules:
+  - name: backup-a
+    source: a
+    match: 'backup complete'
+    expect: {{cron: "* * * * *", within: 8s, timezone: UTC}}
+  - name: backup-b
+    source: b
+    match: 'backup complete'
+    expect: {{cron: "* * * * *", within: 8s, timezone: UTC}}
+"""
+
+
+async def test_sigkill_during_a_window_then_restart_after_it_closed(tmp_path: Path) -> None:
+    """A: its backup logged while the agent was dead → no alert. B: nothing logged → one alert
+    at the restart, saying the agent was down."""
+    import datetime as dt
+
+    a, b = tmp_path / "a.log", tmp_path / "b.log"
+    a.touch()
+    b.touch()
+    async with Receiver() as rx:
+        cfg = write_config(
+            tmp_path / "rules.yaml",
+            WINDOW_RULES.format(a=a, b=b),
+            state=tmp_path / "state.db",
+            url=rx.url + "/hook",
+        )
+        agent = await AgentProcess(cfg).start()
+        try:
+            now = dt.datetime.now(dt.UTC)
+            opens = now.replace(second=0, microsecond=0) + dt.timedelta(minutes=1)
+            await asyncio.sleep((opens - now).total_seconds() + 2.0)  # inside the window
+            await agent.kill()
+            append(a, "backup complete")  # while the agent is dead, inside the window
+            closes = opens + dt.timedelta(seconds=8)
+            await asyncio.sleep((closes - dt.datetime.now(dt.UTC)).total_seconds() + 1.5)
+            agent = await AgentProcess(cfg).start()
+            await rx.wait_for(1, within=10)
+            await asyncio.sleep(1.5)
+        finally:
+            await agent.terminate()
+    alerts = alerts_of(rx)
+    assert [x["labels"]["rule"] for x in alerts] == ["backup-b"]
+    text = " ".join(alerts[0]["annotations"].values()).lower()
+    assert "down" in text
