@@ -4,19 +4,61 @@ Sits between sources and rules. ``Matcher.match(source, texts)`` returns the hit
 of every rule bound to that source; rules then see only their hits. Semantics are exactly Python
 ``re.search`` per line with the pattern's own flags; named groups that took part become fields.
 
-NOTE: this is the simple reference implementation of the contract; the block-wise multi-pattern
-prefilter replaces its inner loop without changing the contract.
+How (DESIGN.md §6): the lines of a batch are joined into one UTF-8 block and scanned once by a
+Hyperscan database holding every pattern of the source (translated by ``matching_translate``).
+Each Hyperscan pattern ends in ``[^\\n]*$`` so it reports at most once per line. On a pure-ASCII
+line the translation is exact, so a pattern without named groups needs no further work; on other
+lines it is a superset, so a line Hyperscan does not report never matches. Reported lines that
+need it are confirmed, and their groups extracted, per pattern:
+
+* ``re`` — patterns without nested repetition (``matching_translate`` decides; a repeat whose
+  iterations start with a delimiter, like ``(?:\\.\\d+)*``, is fine): backtracking is polynomial
+  at worst, and for exact patterns ``re`` runs only on lines known to match. Lines longer than
+  ``RE_MAX_CHARS`` go to the Pike VM when it can run the pattern;
+* Pike VM (``matching_pike``) — risky patterns: linear time in the line length, Python's own
+  character semantics, leftmost-first captures;
+* ``re`` capped — risky patterns the Pike VM cannot run (backreferences, lookaround, atomic or
+  possessive parts combined with nested repetition): only lines up to ``RISKY_RE_MAX_CHARS`` are
+  confirmed, longer ones count as no match. This is the one case without a hard time bound, and
+  ``report()`` says so (for ``detector check``).
+
+Guarantee: candidate detection is linear-time (Hyperscan automata); confirmation is linear-time
+(Pike VM) or polynomial backtracking for every pattern except the capped class above.
+A line containing ``\\n`` (journald messages) and patterns Hyperscan rejects take the same
+confirmation path without the prefilter. Without the ``hyperscan`` wheel every line goes through
+that path (``ENGINE`` says so). The Hyperscan database of a source is compiled on its first
+``match`` (``match(source, [])`` warms it up). A ``Matcher`` is used by one thread at a time.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
+
+from detector.matching_pike import PikeProgram, PikeUnsupported, compile_pike
+from detector.matching_translate import Analysis, CharCache, analyse
+
+_hs: Any
+try:
+    import hyperscan as _hs
+except ImportError:  # pragma: no cover - exercised on hosts without the wheel
+    _hs = None
 
 Role = Literal["match", "ignore", "fail", "start", "end"]
-ENGINE = "re (per line)"
+Confirm = Literal["re", "pike", "re-capped"]
+
+RE_MAX_CHARS = 4096
+"""Longest line confirmed with ``re`` for patterns without nested repetition."""
+RISKY_RE_MAX_CHARS = 256
+"""Longest line confirmed for risky patterns the Pike VM cannot run; longer lines never match."""
+
+ENGINE = (
+    f"hyperscan {getattr(_hs, '__version__', '?')} block prefilter + re/Pike VM confirm"
+    if _hs is not None
+    else "re + Pike VM per line (pure Python: hyperscan not installed)"
+)
 
 
 @dataclass(frozen=True)
@@ -45,34 +87,306 @@ class PatternReport:
     note: str = ""
 
 
+@dataclass(frozen=True)
+class _Compiled:
+    spec: PatternSpec
+    rx: re.Pattern[str]
+    analysis: Analysis
+    pike: PikeProgram | None
+    confirm: Confirm
+    named: bool
+    """Groups must be extracted (named groups, and not an ignore pattern)."""
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """Everything needed to match one source's lines."""
+
+    active: tuple[_Compiled, ...]
+    db: Any
+    """Hyperscan database, or None."""
+    ids: tuple[tuple[int, int], ...]
+    """Hyperscan id → (index into ``active``, variant: 0 strict, 1 loose, 2 strict+loose)."""
+    always: tuple[int, ...]
+    """``active`` indexes without a prefilter: candidates on every line."""
+
+
+# variant of a Hyperscan pattern: which lines its report counts for
+_BOTH, _ASCII_ONLY, _HIGH_ONLY = 0, 1, 2
+
+
 class Matcher:
     def __init__(self, specs: Sequence[PatternSpec]) -> None:
-        self._specs = list(specs)
-        self._compiled = [re.compile(s.regex) for s in self._specs]
+        cache: CharCache = {}
+        self._compiled = [_compile(s, cache) for s in specs]
+        self._plans: dict[str, _Plan] = {}
+
+    # ------------------------------------------------------------ public API
 
     def match(self, source: str, texts: Sequence[str]) -> list[Hit]:
         """Hits in line order, then in spec order. A rule's ``ignore`` pattern suppresses that
         rule's other hits on the same line and is itself never returned."""
-        active = [
-            (spec, rx)
-            for spec, rx in zip(self._specs, self._compiled, strict=True)
-            if source in spec.sources
-        ]
-        hits: list[Hit] = []
-        for i, text in enumerate(texts):
-            ignored: set[str] = set()
-            line_hits: list[Hit] = []
-            for spec, rx in active:
-                m = rx.search(text)
-                if m is None:
-                    continue
-                if spec.role == "ignore":
-                    ignored.add(spec.rule)
-                    continue
-                groups = {k: v for k, v in m.groupdict().items() if v is not None}
-                line_hits.append(Hit(i, spec.rule, spec.role, groups))
-            hits.extend(h for h in line_hits if h.rule not in ignored)
+        plan = self._plan(source)
+        if not plan.active or not texts:
+            return []
+        if plan.db is None:
+            return self._slow(plan, texts, range(len(texts)))
+        joined = "\n".join(texts)
+        multiline: list[int] = []
+        if joined.count("\n") != len(texts) - 1:
+            multiline = [i for i, t in enumerate(texts) if "\n" in t]
+            bad = set(multiline)
+            joined = "\n".join("" if i in bad else t for i, t in enumerate(texts))
+        # A final newline: Hyperscan does not report an empty match at the very end of data.
+        data = joined.encode("utf-8", "surrogatepass") + b"\n"
+        cands = self._scan(plan, data, len(texts), lambda i, _s, _e: texts[i])
+        hits = self._finish(plan, cands, lambda i: texts[i], len(texts), set(multiline))
+        if multiline:
+            hits.extend(self._slow(plan, texts, multiline))
+            hits.sort(key=lambda h: h.line)  # stable: spec order kept within a line
         return hits
 
+    def match_block(self, source: str, data: bytes) -> tuple[int, list[Hit]]:
+        """Match raw bytes holding whole lines separated by ``b"\\n"`` (a final newline is
+        optional). Returns (number of lines, hits); ``Hit.line`` indexes those lines. Same result
+        as ``match`` on the lines decoded with ``errors="replace"``, but only lines with
+        candidate hits are ever decoded."""
+        nlines = data.count(b"\n") + (0 if not data or data.endswith(b"\n") else 1)
+        plan = self._plan(source)
+        if not plan.active or nlines == 0:
+            return nlines, []
+        if plan.db is None or plan.always:
+            texts = data.decode("utf-8", "replace").split("\n")[:nlines]
+            return nlines, self.match(source, texts)
+        line_text: dict[int, str] = {}
+
+        def text_at(i: int, start: int, end: int) -> str:
+            if i not in line_text:
+                line_text[i] = data[start:end].decode("utf-8", "replace")
+            return line_text[i]
+
+        if not data.endswith(b"\n"):
+            data += b"\n"  # see match()
+        cands = self._scan(plan, data, nlines, text_at)
+        return nlines, self._finish(plan, cands, line_text.__getitem__, nlines, set())
+
     def report(self) -> list[PatternReport]:
-        return [PatternReport(s.rule, s.role, ENGINE) for s in self._specs]
+        return [_report(c) for c in self._compiled]
+
+    # ------------------------------------------------------------ internals
+
+    def _plan(self, source: str) -> _Plan:
+        plan = self._plans.get(source)
+        if plan is None:
+            plan = self._plans[source] = _build_plan(
+                tuple(c for c in self._compiled if source in c.spec.sources)
+            )
+        return plan
+
+    def _scan(
+        self,
+        plan: _Plan,
+        data: bytes,
+        nlines: int,
+        text_at: Callable[[int, int, int], str],
+    ) -> dict[int, dict[int, bool]]:
+        """One Hyperscan pass: line → {active index: hyperscan's verdict is exact}."""
+        events: list[tuple[int, int]] = []
+        append = events.append
+
+        def on_match(hid: int, _from: int, to: int, _flags: int, _ctx: object) -> None:
+            append((to, hid))
+
+        plan.db.scan(data, match_event_handler=on_match)
+        cands: dict[int, dict[int, bool]] = {}
+        ids = plan.ids
+        active = plan.active
+        line = 0
+        pos = 0
+        is_ascii = True
+        last_to = -1
+        for to, hid in events:
+            if to != last_to:
+                line += data.count(b"\n", pos, to)
+                pos = to
+                last_to = to
+                if line >= nlines:
+                    break
+                start = data.rfind(b"\n", 0, to) + 1
+                is_ascii = data[start:to].isascii()
+                text_at(line, start, to)
+            index, variant = ids[hid]
+            if variant == _ASCII_ONLY and not is_ascii:
+                continue
+            if variant == _HIGH_ONLY and is_ascii:
+                continue
+            exact = is_ascii and active[index].analysis.exact
+            cands.setdefault(line, {})[index] = exact
+        return cands
+
+    def _finish(
+        self,
+        plan: _Plan,
+        cands: dict[int, dict[int, bool]],
+        text_of: Callable[[int], str],
+        nlines: int,
+        skip: set[int],
+    ) -> list[Hit]:
+        hits: list[Hit] = []
+        if plan.always:
+            for i in range(nlines):
+                if i not in skip:
+                    per = cands.setdefault(i, {})
+                    for index in plan.always:
+                        per[index] = False
+        for i in sorted(cands):
+            if i in skip:
+                continue
+            hits.extend(self._line(plan, i, text_of(i), cands[i]))
+        return hits
+
+    def _slow(self, plan: _Plan, texts: Sequence[str], lines: Sequence[int] | range) -> list[Hit]:
+        everything = dict.fromkeys(range(len(plan.active)), False)
+        hits: list[Hit] = []
+        for i in lines:
+            hits.extend(self._line(plan, i, texts[i], everything))
+        return hits
+
+    def _line(self, plan: _Plan, i: int, text: str, cands: dict[int, bool]) -> list[Hit]:
+        found: list[Hit] = []
+        ignored: set[str] = set()
+        for index in sorted(cands):
+            c = plan.active[index]
+            groups: dict[str, str] | None = {}
+            if not cands[index] or c.named:
+                groups = _confirm(c, text)
+            if groups is None:
+                continue
+            if c.spec.role == "ignore":
+                ignored.add(c.spec.rule)
+            else:
+                found.append(Hit(i, c.spec.rule, c.spec.role, groups))
+        if ignored:
+            return [h for h in found if h.rule not in ignored]
+        return found
+
+
+def _compile(spec: PatternSpec, cache: CharCache) -> _Compiled:
+    rx = re.compile(spec.regex)
+    analysis = analyse(spec.regex, cache)
+    pike: PikeProgram | None = None
+    if analysis.pike_ok:
+        try:
+            pike = compile_pike(spec.regex)
+        except PikeUnsupported:
+            pike = None
+    confirm: Confirm = "re"
+    if analysis.risky:
+        confirm = "pike" if pike is not None else "re-capped"
+    named = bool(rx.groupindex) and spec.role != "ignore"
+    return _Compiled(spec, rx, analysis, pike, confirm, named)
+
+
+def _confirm(c: _Compiled, text: str) -> dict[str, str] | None:
+    """Does the pattern match this line (Python semantics)? Its named groups if so."""
+    if c.confirm == "pike" or (c.pike is not None and len(text) > RE_MAX_CHARS):
+        assert c.pike is not None
+        return c.pike.search(text)
+    if c.confirm == "re-capped" and len(text) > RISKY_RE_MAX_CHARS:
+        return None
+    m = c.rx.search(text)
+    if m is None:
+        return None
+    if not c.named:
+        return {}
+    return {k: v for k, v in m.groupdict().items() if v is not None}
+
+
+def _hs_flags() -> int:
+    assert _hs is not None
+    return int(_hs.HS_FLAG_MULTILINE | _hs.HS_FLAG_ALLOWEMPTY)
+
+
+def _hs_expr(pattern: str) -> bytes:
+    """Make every match end at the end of its line, so a pattern reports once per line.
+
+    Hyperscan refuses an end anchor followed by more pattern; a ``$`` in the translation (the
+    only unescaped ``$`` it emits) already pins matches to the line end."""
+    if "$" in pattern:
+        return ("(?:" + pattern + ")").encode("ascii")
+    return ("(?:" + pattern + r")[^\n]*$").encode("ascii")
+
+
+def _build_plan(active: tuple[_Compiled, ...]) -> _Plan:
+    if _hs is None or not active:
+        return _Plan(active, None, (), tuple(range(len(active))))
+    exprs: list[bytes] = []
+    ids: list[tuple[int, int]] = []
+    always: list[int] = []
+    for index, c in enumerate(active):
+        a = c.analysis
+        if a.hs is None:
+            always.append(index)
+            continue
+        if a.hs_loose is None:
+            exprs.append(_hs_expr(a.hs))
+            ids.append((index, _BOTH))
+        else:
+            exprs.append(_hs_expr(a.hs))
+            ids.append((index, _ASCII_ONLY))
+            exprs.append(_hs_expr(a.hs_loose))
+            ids.append((index, _HIGH_ONLY))
+    db = _compile_db(exprs) if exprs else None
+    if db is None and exprs:
+        # Find the patterns Hyperscan rejects; they run without a prefilter.
+        keep = [k for k, e in enumerate(exprs) if _compile_db([e]) is not None]
+        rejected = {ids[k][0] for k in range(len(exprs)) if k not in keep}
+        always.extend(sorted(rejected - set(always)))
+        kept = [(exprs[k], ids[k]) for k in keep if ids[k][0] not in rejected]
+        exprs = [e for e, _ in kept]
+        ids = [i for _, i in kept]
+        db = _compile_db(exprs) if exprs else None
+    if db is None:
+        return _Plan(active, None, (), tuple(range(len(active))))
+    return _Plan(active, db, tuple(ids), tuple(sorted(always)))
+
+
+def _compile_db(exprs: list[bytes]) -> Any:
+    assert _hs is not None
+    db = _hs.Database(mode=_hs.HS_MODE_BLOCK)
+    try:
+        db.compile(
+            expressions=exprs,
+            ids=list(range(len(exprs))),
+            elements=len(exprs),
+            flags=[_hs_flags()] * len(exprs),
+        )
+    except _hs.error:
+        return None
+    return db
+
+
+def _report(c: _Compiled) -> PatternReport:
+    a = c.analysis
+    notes = list(a.reasons)
+    if _hs is None or a.hs is None:
+        prefilter = "no prefilter (every line)"
+    elif a.exact:
+        prefilter = "hyperscan (exact on ASCII lines)"
+    else:
+        prefilter = "hyperscan prefilter"
+    if c.confirm == "pike":
+        engine = f"{prefilter} + Pike VM (linear time)"
+    elif c.confirm == "re-capped":
+        engine = f"{prefilter} + re (capped)"
+        notes.append(
+            f"backtracking not bounded by a linear engine: lines over {RISKY_RE_MAX_CHARS} "
+            "characters are treated as not matching"
+        )
+    elif a.exact and not c.named and a.hs is not None and _hs is not None:
+        engine = prefilter
+    else:
+        engine = f"{prefilter} + re"
+        if c.pike is not None:
+            notes.append(f"lines over {RE_MAX_CHARS} characters use the Pike VM")
+    return PatternReport(c.spec.rule, c.spec.role, engine, "; ".join(notes))

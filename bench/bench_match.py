@@ -1,0 +1,217 @@
+"""Matching throughput: the detector's matcher against ``grep -c -E -f`` on the same file.
+
+One command (``.venv/bin/python bench/bench_match.py``; ``--lines N`` to change the input size)
+generates the input with ``gen_log.py``, checks that the translated ERE file agrees with Python
+``re`` rule by rule, then runs, each as a child process pinned to one CPU: GNU grep (C locale) over
+the whole file, the matcher replaying the file in 4 MiB blocks (``Matcher.match_block``), and the
+matcher with 10/50/200/500 rules on a prefix. It prints lines/s, MB/s, peak RSS and the ratio to
+grep. ``measure(name, argv, lines, size)`` times any command, so the full agent replay
+(``detector test -c rules.yaml LOG``) is one more call (see ``main``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import gen_log
+
+from detector.matching import ENGINE, Matcher, PatternSpec
+
+BLOCK = 4 << 20
+
+
+@dataclass(frozen=True)
+class Row:
+    name: str
+    lines: int
+    seconds: float
+    size: int
+    peak_rss_kb: int
+    output: str
+
+    @property
+    def lines_per_s(self) -> float:
+        return self.lines / self.seconds
+
+    @property
+    def mb_per_s(self) -> float:
+        return self.size / self.seconds / 1e6
+
+
+def measure(
+    name: str, argv: list[str], lines: int, size: int, env: dict[str, str] | None = None
+) -> Row:
+    """Run ``argv`` to completion on one CPU; wall time and the child's peak RSS."""
+    start = time.perf_counter()
+    cpu = str(min(os.sched_getaffinity(0)))
+    proc = subprocess.Popen(
+        ["taskset", "-c", cpu, *argv], stdout=subprocess.PIPE, env=env, text=True
+    )
+    out = proc.stdout.read() if proc.stdout else ""
+    _pid, status, usage = os.wait4(proc.pid, 0)
+    seconds = time.perf_counter() - start
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode not in (0, 1):  # grep exits 1 when nothing matched
+        raise RuntimeError(f"{argv[0]} failed with {proc.returncode}")
+    return Row(name, lines, seconds, size, usage.ru_maxrss, out.strip())
+
+
+def worker(log: Path, rules_json: Path, max_lines: int) -> None:
+    """Child process: replay ``log`` through the matcher, print a JSON summary."""
+    started = time.perf_counter()
+    rule_set = json.loads(rules_json.read_text())
+    matcher = Matcher([PatternSpec(n, "match", r, frozenset({"bench"})) for n, r in rule_set])
+    matcher.match_block("bench", b"warm-up\n")  # builds the Hyperscan database
+    built = time.perf_counter()
+    lines = hits = 0
+    matched_lines = 0
+    rest = b""
+    with log.open("rb") as f:
+        while lines < max_lines:
+            chunk = f.read(BLOCK)
+            if not chunk:
+                break
+            chunk = rest + chunk
+            cut = chunk.rfind(b"\n") + 1
+            rest = chunk[cut:]
+            n, found = matcher.match_block("bench", chunk[:cut])
+            lines += n
+            hits += len(found)
+            matched_lines += len({h.line for h in found})
+    summary = {
+        "lines": lines,
+        "hits": hits,
+        "matched_lines": matched_lines,
+        "build_s": round(built - started, 3),
+        "match_s": round(time.perf_counter() - built, 3),
+        "engine": ENGINE,
+    }
+    print(json.dumps(summary))
+
+
+def check_ere(sample: Path, rule_set: list[tuple[str, str]], env: dict[str, str]) -> list[str]:
+    """Rules whose grep -E count differs from Python re on the sample (should be none)."""
+    texts = sample.read_text(encoding="utf-8").split("\n")[:-1]
+    bad: list[str] = []
+    for name, regex in rule_set:
+        rx = re.compile(regex)
+        expected = sum(1 for t in texts if rx.search(t))
+        out = subprocess.run(
+            ["grep", "-c", "-E", "-e", gen_log.to_ere(regex), str(sample)],
+            capture_output=True,
+            text=True,
+            env=env,
+            check=False,
+        ).stdout
+        if int(out or 0) != expected:
+            bad.append(f"{name}: re {expected}, grep {out.strip()}")
+    return bad
+
+
+def prefix(log: Path, out: Path, lines: int) -> tuple[Path, int]:
+    if not out.exists():
+        with log.open("rb") as src, out.open("wb") as dst:
+            for n, line in enumerate(src):
+                if n >= lines:
+                    break
+                dst.write(line)
+    return out, out.stat().st_size
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--lines", type=int, default=2_000_000)
+    ap.add_argument("--scale-lines", type=int, default=500_000)
+    ap.add_argument("--workdir", type=Path, default=Path("/tmp/detector-bench"))
+    ap.add_argument("--worker", nargs=3, metavar=("LOG", "RULES_JSON", "MAX_LINES"))
+    args = ap.parse_args()
+    if args.worker:
+        worker(Path(args.worker[0]), Path(args.worker[1]), int(args.worker[2]))
+        return
+
+    work: Path = args.workdir
+    work.mkdir(parents=True, exist_ok=True)
+    log = work / f"mixed-{args.lines}.log"
+    if not log.exists():
+        print(f"generating {log} …", flush=True)
+        gen_log.generate(log, args.lines)
+    size = log.stat().st_size
+    env = dict(os.environ, LC_ALL="C")
+    rule_set = gen_log.RULES
+    (work / "rules.ere").write_text("\n".join(gen_log.to_ere(r) for _, r in rule_set) + "\n")
+    (work / "rules.json").write_text(json.dumps(rule_set))
+    gen_log.write_rules_yaml(work / "rules.yaml", log, rule_set)
+
+    sample, _ = prefix(log, work / "sample-100k.log", 100_000)
+    bad = check_ere(sample, rule_set, env)
+    print(
+        f"ERE translation: {len(rule_set) - len(bad)}/{len(rule_set)} rules agree with re"
+        + ("" if not bad else "; MISMATCH " + "; ".join(bad)),
+        flush=True,
+    )
+
+    me = [sys.executable, str(Path(__file__).resolve()), "--worker"]
+    rows = [
+        measure(
+            "grep -c -E -f (C)",
+            ["grep", "-c", "-E", "-f", str(work / "rules.ere"), str(log)],
+            args.lines,
+            size,
+            env,
+        ),
+        measure(
+            f"detector {len(rule_set)} rules",
+            [*me, str(log), str(work / "rules.json"), str(args.lines)],
+            args.lines,
+            size,
+        ),
+    ]
+    # The full agent replay, once `detector test` exists:
+    # rows.append(measure("detector test (agent)", [".venv/bin/detector", "test", "-c",
+    #             str(work / "rules.yaml"), str(log)], args.lines, size))
+    grep_rate = rows[0].lines_per_s
+    agree = int(rows[0].output) == json.loads(rows[1].output)["matched_lines"]
+    print(f"\nlines matched by any rule: grep and detector {'agree' if agree else 'DISAGREE'}")
+    print(
+        f"\n{args.lines:,} lines, {size / 1e6:.0f} MB; grep matched lines: {rows[0].output}; "
+        f"detector: {rows[1].output}\n"
+    )
+    print(f"{'run':28} {'lines/s':>12} {'MB/s':>8} {'peak RSS':>9} {'vs grep':>8}")
+    for row in rows:
+        print(
+            f"{row.name:28} {row.lines_per_s:12,.0f} {row.mb_per_s:8.1f} "
+            f"{row.peak_rss_kb / 1024:7.1f}MB {row.lines_per_s / grep_rate:7.2f}x"
+        )
+
+    part, part_size = prefix(log, work / f"prefix-{args.scale_lines}.log", args.scale_lines)
+    print(f"\ncost per line vs rule count ({args.scale_lines:,} lines):")
+    for n in (10, 50, 200, 500):
+        rules_n = work / f"rules-{n}.json"
+        rules_n.write_text(json.dumps(gen_log.rules(n)))
+        row = measure(
+            f"detector {n} rules",
+            [*me, str(part), str(rules_n), str(args.scale_lines)],
+            args.scale_lines,
+            part_size,
+        )
+        info = json.loads(row.output)
+        print(
+            f"{row.name:28} {row.lines_per_s:12,.0f} {row.mb_per_s:8.1f} "
+            f"{row.peak_rss_kb / 1024:7.1f}MB  matching only: "
+            f"{1e9 * info['match_s'] / info['lines']:5.0f} ns/line, build {info['build_s']:.1f}s"
+        )
+
+
+if __name__ == "__main__":
+    main()

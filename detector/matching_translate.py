@@ -1,0 +1,417 @@
+"""Pattern analysis for matching: Python ``re`` syntax → a Hyperscan byte pattern plus facts.
+
+Used only by ``matching.py`` when it builds a matcher. A rule's regex is parsed with Python's own
+parser (``re._parser``), then walked once to produce:
+
+* ``hs`` — a Hyperscan pattern over the UTF-8 bytes of one line (lines never contain ``\\n`` on
+  the block path). Every single-character test (literal, class, ``.``, ``\\w``…) is turned into an
+  explicit byte class whose ASCII part is computed by asking Python's ``re`` itself, so on a line
+  that is pure ASCII the Hyperscan pattern matches exactly the lines ``re.search`` matches. A
+  character that may be non-ASCII becomes "any run of 1–4 bytes ≥ 0x80", so on other lines the
+  pattern is a superset (a UTF-8 code point, and every U+FFFD produced by ``errors="replace"``, is
+  such a run). Constructs Hyperscan cannot express (backreferences, lookaround, atomic groups,
+  possessive repeats, conditionals) are widened to a superset and the pattern is marked inexact.
+* ``hs_loose`` — only for Unicode ``\\b``/``\\B``: the same pattern without word boundaries, a
+  superset on non-ASCII lines (where ASCII-only ``\\b`` would be wrong in both directions).
+* ``risky`` — a static ReDoS check: a repeat of something that can itself repeat or branch (the
+  shape of exponential backtracking). Polynomial backtracking (``.*a.*b``) is bounded instead by
+  the prefilter (``re`` runs only on lines that match) and a line-length cap. Risky patterns
+  never run through backtracking ``re`` when the linear-time Pike VM (``matching_pike.py``) can
+  run them.
+* ``pike_ok`` — the pattern only uses constructs the Pike VM supports.
+"""
+
+from __future__ import annotations
+
+import importlib
+import re
+from dataclasses import dataclass
+from typing import Any
+
+_parser: Any = importlib.import_module("re._parser")
+_c: Any = importlib.import_module("re._constants")
+
+MAXREPEAT: int = _c.MAXREPEAT
+_NL = 0x0A
+_HIGH = r"[\x80-\xff]"
+_HIGH_RUN = r"[\x80-\xff]{1,4}"
+_FLAG_MASK = re.IGNORECASE | re.DOTALL | re.MULTILINE | re.ASCII | re.UNICODE
+
+_CATEGORIES = {
+    "CATEGORY_DIGIT": r"\d",
+    "CATEGORY_NOT_DIGIT": r"\D",
+    "CATEGORY_SPACE": r"\s",
+    "CATEGORY_NOT_SPACE": r"\S",
+    "CATEGORY_WORD": r"\w",
+    "CATEGORY_NOT_WORD": r"\W",
+}
+_AT_SOURCE = {
+    "AT_BEGINNING": "^",
+    "AT_BEGINNING_STRING": r"\A",
+    "AT_END": "$",
+    "AT_END_STRING": r"\Z",
+    "AT_BOUNDARY": r"\b",
+    "AT_NON_BOUNDARY": r"\B",
+}
+
+
+CharCache = dict[tuple[str, int], tuple[list[int], bool]]
+"""(single-character regex, flags) → its ASCII code points and whether it may match non-ASCII."""
+
+
+class Untranslatable(Exception):
+    """The pattern has a construct with no Hyperscan equivalent, not even a superset."""
+
+
+@dataclass(frozen=True)
+class Analysis:
+    hs: str | None
+    """Hyperscan pattern (bytes syntax as text), or None if it could not be translated."""
+    exact: bool
+    """``hs`` matches exactly the ASCII lines ``re.search`` matches."""
+    hs_loose: str | None
+    """Superset variant for non-ASCII lines, when it differs from ``hs`` (Unicode word
+    boundaries). None means ``hs`` itself is a superset on non-ASCII lines."""
+    risky: bool
+    pike_ok: bool
+    reasons: tuple[str, ...]
+    """Why the pattern is inexact / risky, for ``PatternReport.note``."""
+
+
+def parse(regex: str) -> Any:
+    return _parser.parse(regex, 0)
+
+
+def char_source(op: Any, av: Any) -> str:
+    """Python regex source for one single-character node (LITERAL, NOT_LITERAL, ANY, IN)."""
+    name = str(op)
+    if name == "LITERAL":
+        return _lit(av)
+    if name == "NOT_LITERAL":
+        return "[^" + _lit(av) + "]"
+    if name == "ANY":
+        return "."
+    if name == "IN":
+        parts: list[str] = []
+        for iop, iav in av:
+            iname = str(iop)
+            if iname == "NEGATE":
+                parts.insert(0, "^")
+            elif iname == "LITERAL":
+                parts.append(_lit(iav))
+            elif iname == "RANGE":
+                parts.append(_lit(iav[0]) + "-" + _lit(iav[1]))
+            elif iname == "CATEGORY":
+                parts.append(_CATEGORIES[str(iav)])
+            else:
+                raise Untranslatable(f"class item {iname}")
+        return "[" + "".join(parts) + "]"
+    raise Untranslatable(name)
+
+
+def at_source(av: Any) -> str:
+    name = str(av)
+    if name not in _AT_SOURCE:
+        raise Untranslatable(name)
+    return _AT_SOURCE[name]
+
+
+def _lit(code: int) -> str:
+    return f"\\U{code:08x}"
+
+
+def effective_flags(flags: int, add: int, delete: int) -> int:
+    return (flags | add) & ~delete
+
+
+def _byte_class(codes: list[int], extra: str = "") -> str:
+    """``[...]`` of the given byte values as ranges, plus extra raw class text."""
+    out: list[str] = []
+    i = 0
+    while i < len(codes):
+        j = i
+        while j + 1 < len(codes) and codes[j + 1] == codes[j] + 1:
+            j += 1
+        out.append(f"\\x{codes[i]:02x}" if i == j else f"\\x{codes[i]:02x}-\\x{codes[j]:02x}")
+        i = j + 1
+    return "[" + "".join(out) + extra + "]"
+
+
+class _Translator:
+    def __init__(self, loose_boundaries: bool, cache: CharCache) -> None:
+        self.loose = loose_boundaries
+        self.exact = True
+        self.has_unicode_boundary = False
+        self.reasons: list[str] = []
+        self._cache = cache
+
+    def inexact(self, why: str) -> None:
+        self.exact = False
+        if why not in self.reasons:
+            self.reasons.append(why)
+
+    # -- single characters
+    def char_set(self, op: Any, av: Any, flags: int) -> tuple[list[int], bool]:
+        """(ASCII code points other than newline it matches, may it match non-ASCII)."""
+        src = char_source(op, av)
+        key = (src, flags)
+        if key in self._cache:
+            return self._cache[key]
+        rx = re.compile(src, flags & _FLAG_MASK)
+        ascii_codes = [c for c in range(128) if c != _NL and rx.match(chr(c))]
+        name = str(op)
+        if name == "LITERAL":
+            may_high = av >= 128 or (
+                bool(flags & re.IGNORECASE) and not flags & re.ASCII and chr(av).lower() in "iks"
+            )
+        elif name == "IN":
+            may_high = _class_may_be_high(av, flags)
+        else:
+            may_high = True
+        self._cache[key] = (ascii_codes, may_high)
+        return ascii_codes, may_high
+
+    def single(self, op: Any, av: Any, flags: int) -> str:
+        if str(op) == "LITERAL" and av >= 128 and not flags & re.IGNORECASE:
+            data = chr(av).encode("utf-8", "surrogatepass")
+            return "".join(f"\\x{b:02x}" for b in data)
+        codes, may_high = self.char_set(op, av, flags)
+        if not codes and not may_high:
+            raise Untranslatable("a character class that matches nothing")
+        if not may_high:
+            return _byte_class(codes)
+        if not codes:
+            return _HIGH_RUN
+        return f"(?:{_byte_class(codes)}|{_HIGH_RUN})"
+
+    def single_run(self, op: Any, av: Any, flags: int) -> str | None:
+        """A class usable under an unbounded repeat: one byte class, or None if not simple."""
+        if str(op) not in ("LITERAL", "NOT_LITERAL", "ANY", "IN"):
+            return None
+        if str(op) == "LITERAL" and av >= 128 and not flags & re.IGNORECASE:
+            return None
+        codes, may_high = self.char_set(op, av, flags)
+        if not codes:
+            return _HIGH if may_high else None
+        return _byte_class(codes, r"\x80-\xff" if may_high else "")
+
+    # -- structure
+    def seq(self, items: Any, flags: int) -> str:
+        return "".join(self.node(op, av, flags) for op, av in items)
+
+    def node(self, op: Any, av: Any, flags: int) -> str:
+        name = str(op)
+        if name in ("LITERAL", "NOT_LITERAL", "ANY", "IN"):
+            return self.single(op, av, flags)
+        if name == "AT":
+            at = str(av)
+            if at in ("AT_BEGINNING", "AT_BEGINNING_STRING", "AT_BEGINNING_LINE"):
+                return "^"
+            if at in ("AT_END", "AT_END_STRING", "AT_END_LINE"):
+                return "$"
+            if at in ("AT_BOUNDARY", "AT_NON_BOUNDARY"):
+                if not flags & re.ASCII:
+                    self.has_unicode_boundary = True
+                    if self.loose:
+                        return ""
+                return r"\b" if at == "AT_BOUNDARY" else r"\B"
+            raise Untranslatable(at)
+        if name == "SUBPATTERN":
+            _gid, add, delete, sub = av
+            return "(?:" + self.seq(sub, effective_flags(flags, add, delete)) + ")"
+        if name == "BRANCH":
+            return "(?:" + "|".join(self.seq(alt, flags) for alt in av[1]) + ")"
+        if name in ("MAX_REPEAT", "MIN_REPEAT", "POSSESSIVE_REPEAT"):
+            lo, hi, sub = av
+            if name == "POSSESSIVE_REPEAT":
+                self.inexact("possessive repeat (widened to a plain repeat)")
+            if hi == MAXREPEAT and len(sub) == 1:
+                run = self.single_run(sub[0][0], sub[0][1], flags)
+                if run is not None:
+                    return run + ("*" if lo == 0 else "+" if lo == 1 else f"{{{lo},}}")
+            body = "(?:" + self.seq(sub, flags) + ")"
+            if hi == MAXREPEAT:
+                return body + ("*" if lo == 0 else "+" if lo == 1 else f"{{{lo},}}")
+            return body + f"{{{lo},{hi}}}"
+        if name == "ATOMIC_GROUP":
+            self.inexact("atomic group (widened to a plain group)")
+            return "(?:" + self.seq(av, flags) + ")"
+        if name in ("GROUPREF", "GROUPREF_EXISTS"):
+            self.inexact("backreference (widened)")
+            if name == "GROUPREF_EXISTS":
+                _g, yes, no = av
+                return "(?:" + self.seq(yes, flags) + "|" + self.seq(no or [], flags) + ")"
+            return r"[^\n]*"
+        if name in ("ASSERT", "ASSERT_NOT"):
+            self.inexact("lookaround (dropped for the prefilter)")
+            return ""
+        raise Untranslatable(name)
+
+
+def _class_may_be_high(items: Any, flags: int) -> bool:
+    unicode = not flags & re.ASCII
+    fold = bool(flags & re.IGNORECASE) and unicode
+    for iop, iav in items:
+        iname = str(iop)
+        if iname == "NEGATE":
+            return True
+        if iname == "LITERAL" and (iav >= 128 or (fold and chr(iav).lower() in "iks")):
+            return True
+        if iname == "RANGE":
+            lo, hi = iav
+            if hi >= 128:
+                return True
+            if fold and any(lo <= ord(ch) <= hi for ch in "iksIKS"):
+                return True
+        if iname == "CATEGORY" and (unicode or str(iav).startswith("CATEGORY_NOT")):
+            return True
+    return False
+
+
+# ---------------------------------------------------------------- risk analysis
+
+
+def _can_vary(items: Any) -> bool:
+    """Can this sequence match strings of different lengths or via different branches?"""
+    for op, av in items:
+        name = str(op)
+        if name in ("MAX_REPEAT", "MIN_REPEAT", "POSSESSIVE_REPEAT"):
+            if av[0] != av[1]:
+                return True
+            if _can_vary(av[2]):
+                return True
+        elif name == "BRANCH":
+            return True
+        elif name == "SUBPATTERN":
+            if _can_vary(av[3]):
+                return True
+        elif name == "ATOMIC_GROUP":
+            if _can_vary(av):
+                return True
+        elif name in ("GROUPREF", "GROUPREF_EXISTS"):
+            return True
+    return False
+
+
+def _single_chars(items: Any) -> list[tuple[Any, Any]]:
+    out: list[tuple[Any, Any]] = []
+    for op, av in items:
+        name = str(op)
+        if name in ("LITERAL", "NOT_LITERAL", "ANY", "IN"):
+            out.append((op, av))
+        elif name in ("MAX_REPEAT", "MIN_REPEAT", "POSSESSIVE_REPEAT"):
+            out.extend(_single_chars(av[2]))
+        elif name == "SUBPATTERN":
+            out.extend(_single_chars(av[3]))
+        elif name == "BRANCH":
+            for alt in av[1]:
+                out.extend(_single_chars(alt))
+        elif name == "ATOMIC_GROUP":
+            out.extend(_single_chars(av))
+        else:
+            out.append((op, av))  # anything else: assume it may match the delimiter
+    return out
+
+
+def _iterations_delimited(body: Any, flags: int) -> bool:
+    """Does each iteration start with a literal character nothing else in the body can match
+    (``(?:\\.\\d+)*``, ``(?:/[^/]+)*``)? Then an iteration can only start at that character and
+    the repeat cannot split the text in many ways."""
+    items = list(body)
+    while items and str(items[0][0]) == "SUBPATTERN":
+        items = list(items[0][1][3]) + items[1:]
+    if not items or str(items[0][0]) != "LITERAL":
+        return False
+    delimiter = chr(items[0][1])
+    for op, av in _single_chars(items[1:]):
+        try:
+            src = char_source(op, av)
+        except Untranslatable:
+            return False
+        if re.compile(src, flags & _FLAG_MASK).match(delimiter):
+            return False
+    return True
+
+
+def _risky(items: Any, flags: int) -> list[str]:
+    reasons: list[str] = []
+    for op, av in items:
+        name = str(op)
+        if name in ("MAX_REPEAT", "MIN_REPEAT"):
+            _lo, hi, sub = av
+            if hi > 1 and _can_vary(sub) and not _iterations_delimited(sub, flags):
+                reasons.append("nested repetition (can backtrack exponentially)")
+            reasons.extend(_risky(sub, flags))
+        elif name == "SUBPATTERN":
+            reasons.extend(_risky(av[3], effective_flags(flags, av[1], av[2])))
+        elif name == "BRANCH":
+            for alt in av[1]:
+                reasons.extend(_risky(alt, flags))
+        elif name == "ATOMIC_GROUP":
+            reasons.extend(_risky(av, flags))
+        elif name in ("ASSERT", "ASSERT_NOT"):
+            reasons.extend(_risky(av[1], flags))
+        elif name == "GROUPREF_EXISTS":
+            reasons.extend(_risky(av[1], flags))
+            reasons.extend(_risky(av[2] or [], flags))
+    return reasons
+
+
+_PIKE_UNSUPPORTED = {
+    "GROUPREF": "backreference",
+    "GROUPREF_EXISTS": "conditional group",
+    "ASSERT": "lookaround",
+    "ASSERT_NOT": "lookaround",
+    "ATOMIC_GROUP": "atomic group",
+    "POSSESSIVE_REPEAT": "possessive repeat",
+}
+
+
+def _pike_blockers(items: Any) -> list[str]:
+    out: list[str] = []
+    for op, av in items:
+        name = str(op)
+        if name in _PIKE_UNSUPPORTED:
+            out.append(_PIKE_UNSUPPORTED[name])
+        if name in ("MAX_REPEAT", "MIN_REPEAT", "POSSESSIVE_REPEAT"):
+            out.extend(_pike_blockers(av[2]))
+        elif name == "SUBPATTERN":
+            out.extend(_pike_blockers(av[3]))
+        elif name == "BRANCH":
+            for alt in av[1]:
+                out.extend(_pike_blockers(alt))
+        elif name == "ATOMIC_GROUP":
+            out.extend(_pike_blockers(av))
+        elif name in ("ASSERT", "ASSERT_NOT"):
+            out.extend(_pike_blockers(av[1]))
+        elif name == "GROUPREF_EXISTS":
+            out.extend(_pike_blockers(av[1]))
+            out.extend(_pike_blockers(av[2] or []))
+    return out
+
+
+def analyse(regex: str, cache: CharCache | None = None) -> Analysis:
+    """Translate and classify one pattern (raises ``re.error`` if Python rejects it). ``cache``
+    may be shared between the patterns of one matcher."""
+    cache = {} if cache is None else cache
+    tree = parse(regex)
+    flags = tree.state.flags
+    risky_reasons = list(dict.fromkeys(_risky(list(tree), flags)))
+    blockers = list(dict.fromkeys(_pike_blockers(list(tree))))
+    strict = _Translator(loose_boundaries=False, cache=cache)
+    try:
+        hs: str | None = strict.seq(list(tree), flags)
+    except Untranslatable as exc:
+        return Analysis(
+            None,
+            False,
+            None,
+            bool(risky_reasons),
+            not blockers,
+            (f"no prefilter: {exc}", *risky_reasons),
+        )
+    hs_loose = None
+    if strict.has_unicode_boundary:
+        hs_loose = _Translator(loose_boundaries=True, cache=cache).seq(list(tree), flags)
+    reasons = tuple(strict.reasons) + tuple(risky_reasons)
+    return Analysis(hs, strict.exact, hs_loose, bool(risky_reasons), not blockers, reasons)
