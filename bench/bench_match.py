@@ -177,9 +177,25 @@ def main() -> None:
             size,
         ),
     ]
-    # The full agent replay, once `detector test` exists:
-    # rows.append(measure("detector test (agent)", [".venv/bin/detector", "test", "-c",
-    #             str(work / "rules.yaml"), str(log)], args.lines, size))
+    # The full agent path: `detector test` = block reads + matcher + rule evaluation + alerts.
+    rows.append(
+        measure(
+            "detector test (replay)",
+            [
+                sys.executable,
+                "-m",
+                "detector",
+                "test",
+                "-c",
+                str(work / "rules.yaml"),
+                str(log),
+                "--quiet",
+                "--no-progress",
+            ],
+            args.lines,
+            size,
+        )
+    )
     grep_rate = rows[0].lines_per_s
     agree = int(rows[0].output) == json.loads(rows[1].output)["matched_lines"]
     print(f"\nlines matched by any rule: grep and detector {'agree' if agree else 'DISAGREE'}")

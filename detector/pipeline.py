@@ -119,6 +119,12 @@ class Pipeline:
         self._collect(commit)
         return commit
 
+    def warm(self) -> None:
+        """Compile the matcher's per-source databases now (they are otherwise built on the first
+        batch). The service calls this off the event loop: compiling can take most of a second."""
+        for source in self.config.sources:
+            self.matcher.match(source, [])
+
     def note_downtime(self, since: datetime, until: datetime) -> None:
         for name, ev in self.evaluators.items():
             ev.note_downtime(since, until)

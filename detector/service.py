@@ -185,6 +185,7 @@ class Agent:
         alert_rows = await self.db.run(lambda s: s.load_alerts())
         states = await self.db.run(_all_rule_state)
         self.pipeline = Pipeline(config, now, lambda r: states.get(r, {}), alert_rows)
+        await asyncio.to_thread(self.pipeline.warm)
         await self._commit(self.pipeline.apply_signals([], now))  # initial schedules
         if corrupt:
             log.error("%s", corrupt)
@@ -441,6 +442,7 @@ class Agent:
         now = self.clock.now()
         states = await self.db.run(_all_rule_state)
         commit = self.pipeline.reconfigure(config, now, lambda r: states.get(r, {}))
+        await asyncio.to_thread(self.pipeline.warm)
         resolved = self.pipeline.apply_signals(
             [Signal(rule=AGENT_RULE, kind="agent", key="config", action="resolve", at=now)], now
         )

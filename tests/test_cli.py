@@ -174,3 +174,49 @@ def test_parser_lists_every_command_in_its_help() -> None:
     text = build_parser().format_help()
     for command in COMMANDS:
         assert command in text
+
+
+def test_templates_lists_learned_kinds_and_marks_one_known(tmp_path: Path) -> None:
+    from detector.config import load_config
+    from detector.pipeline import Pipeline
+    from detector.rules.base import When
+    from detector.sources.base import Batch, Line
+
+    state = tmp_path / "state.db"
+    cfg = tmp_path / "rules.yaml"
+    cfg.write_text(
+        f"version: 1\nagent: {{state: {state}}}\nsources: {{app: {{file: {tmp_path}/a.log}}}}\n"
+        "webhooks: {h: {url: 'http://127.0.0.1:9/x'}}\n"
+        "rules:\n  - {name: new-kinds, source: app, anomaly: {type: new, learn_lines: 3}}\n"
+    )
+    config = load_config(cfg)
+    now = datetime(2026, 11, 25, 10, tzinfo=UTC)
+    texts = [
+        "connection from 10.0.0.1 accepted",
+        "connection from 10.0.0.2 accepted",
+        "connection from 10.0.0.3 accepted",
+        "disk /dev/sda1 is 97% full",
+    ]
+    pipeline = Pipeline(config, now, lambda r: {})
+    commit = pipeline.process(
+        Batch("app", [Line("app", t) for t in texts]), lambda _l: When.exact(now), now
+    )
+    assert [o.payload["notification"] for o in commit.outbox] == ["firing"]  # the disk line
+    store = Store(state)
+    store.commit(commit, now)
+    store.close()
+
+    out = run("templates", "-c", str(cfg))
+    assert out.returncode == 0, out.stderr
+    assert "rule new-kinds: 2 templates" in out.stdout
+    listed = [ln for ln in out.stdout.splitlines() if "connection from" in ln]
+    assert listed and " 3 " in listed[0]
+    disk = next(ln for ln in out.stdout.splitlines() if "disk" in ln)
+    template_id = disk.split()[0]
+
+    marked = run("templates", "-c", str(cfg), "--known", template_id)
+    assert marked.returncode == 0, marked.stderr
+    again = run("templates", "-c", str(cfg))
+    disk = next(ln for ln in again.stdout.splitlines() if "disk" in ln)
+    assert " K" in disk
+    assert run("templates", "-c", str(cfg), "--known", "no-such-id").returncode == 1

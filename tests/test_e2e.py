@@ -264,3 +264,50 @@ async def test_sigkill_during_a_window_then_restart_after_it_closed(tmp_path: Pa
     assert [x["labels"]["rule"] for x in alerts] == ["backup-b"]
     text = " ".join(alerts[0]["annotations"].values()).lower()
     assert "down" in text
+
+
+async def test_agent_speaks_sd_notify_ready_reloading_and_stopping(tmp_path: Path) -> None:
+    import signal
+    import socket
+
+    log = tmp_path / "app.log"
+    log.touch()
+    sock_path = tmp_path / "notify.sock"
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(sock_path))
+    sock.setblocking(False)
+    received: list[str] = []
+
+    def drain() -> list[str]:
+        while True:
+            try:
+                received.append(sock.recv(4096).decode())
+            except BlockingIOError:
+                return received
+
+    async def wait_for(text: str) -> None:
+        async with asyncio.timeout(15):
+            while not any(text in m for m in drain()):
+                await asyncio.sleep(0.05)
+
+    async with Receiver() as rx:
+        cfg = write_config(
+            tmp_path / "rules.yaml",
+            RULES.format(log=log, auth=log),
+            state=tmp_path / "state.db",
+            url=rx.url + "/hook",
+        )
+        agent = await AgentProcess(cfg, env={"NOTIFY_SOCKET": str(sock_path)}).start()
+        try:
+            await wait_for("READY=1")
+            assert any("STATUS=" in m and "rules" in m for m in received)
+            assert agent.proc is not None
+            agent.proc.send_signal(signal.SIGHUP)
+            await wait_for("RELOADING=1")
+            await agent.wait_log("configuration reloaded")
+        finally:
+            assert await agent.terminate() == 0
+    drain()
+    assert any("STOPPING=1" in m for m in received)
+    assert sum("READY=1" in m for m in received) >= 2  # at start and after the reload
+    sock.close()
