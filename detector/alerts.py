@@ -18,6 +18,7 @@ that caused it). Nothing here does I/O; ``take()`` hands the changes to the stor
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import heapq
 import uuid
@@ -37,6 +38,7 @@ AGENT_REPEAT = timedelta(hours=4)
 RESOLVED_KEEP = timedelta(days=7)
 
 
+@functools.lru_cache(maxsize=65536)
 def fingerprint(rule: str, key: str) -> str:
     return hashlib.sha256(f"{rule}\x00{key}".encode()).hexdigest()[:16]
 
@@ -135,6 +137,8 @@ class AlertBook:
         self._repeat_heap: list[tuple[datetime, str]] = []
         self._changed: dict[str, Alert | None] = {}
         self._outbox: list[OutboxRow] = []
+        self.record: list[dict[str, Any]] | None = None
+        """If set, every notification's payload is appended here too (``detector test``)."""
         self.configure(rules, webhooks, fallback)
 
     def configure(
@@ -315,6 +319,8 @@ class AlertBook:
     def _notify(self, alert: Alert, notification: str, now: datetime) -> None:
         event_id = uuid.uuid4().hex
         payload = alert.payload(notification, event_id, now)
+        if self.record is not None:
+            self.record.append(payload)
         for webhook in alert.notify:
             self._outbox.append(
                 OutboxRow(

@@ -174,6 +174,8 @@ class Pipeline:
             hits = self.matcher.match(source, texts)
             evaluators = self.evaluators
             upcoming = self.next_deadline() if interleave_ticks else None
+            matched: dict[str, int] = {}
+            last_at: dict[str, datetime] = {}
             for hit in hits:
                 ev = evaluators.get(hit.rule)
                 if ev is None:
@@ -188,14 +190,16 @@ class Pipeline:
                     touched |= self._due(when.at)
                     upcoming = self.next_deadline()
                 if hit.role == "match":
-                    self.lines_matched[hit.rule] += 1
-                    self.last_match_at[hit.rule] = when.at
+                    matched[hit.rule] = matched.get(hit.rule, 0) + 1
+                    last_at[hit.rule] = when.at
                 touched.add(hit.rule)
                 signals.extend(ev.observe(hit, line, when))
                 if interleave_ticks:
                     d = ev.next_deadline()
                     if d is not None and (upcoming is None or d < upcoming):
                         upcoming = d
+            self.lines_matched.update(matched)
+            self.last_match_at.update(last_at)
             for ev in self._all_lines.get(source, ()):
                 touched.add(ev.rule.name)
                 for i in range(len(texts)):

@@ -22,6 +22,8 @@ def hit_fields(hit: Hit | None, line: Line) -> dict[str, str]:
 
 def group_key(names: Iterable[str], fields: Mapping[str, str]) -> tuple[str, dict[str, str]]:
     """The alert key for the grouping fields ``names`` and the labels that name it."""
+    if not names:
+        return "", {}
     labels = {n: fields.get(n, "") for n in names}
     return "\x1f".join(f"{k}={v}" for k, v in labels.items()), labels
 

@@ -1,20 +1,22 @@
 """The plain ``match:`` rule ("error"): every matching line raises (or updates) an alert.
 
 Alerts are grouped by ``group_by`` fields (default: one alert per rule), deduplicated by the alert
-book, and resolved once ``resolve_after`` has passed without a new match for that group.
+book, and resolved once ``resolve_after`` has passed without a new match for that group. This is
+the hottest evaluator (every hit of every error rule comes here), so it keeps plain datetimes in
+memory and serialises only the keys a batch touched, in ``state_changes``.
 """
 
 from __future__ import annotations
 
-import heapq
 from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
 from detector.matching import Hit
 from detector.model import RuleConfig
-from detector.rules.base import KeyedState, Signal, When
+from detector.rules.base import Signal, When
 from detector.rules.common import group_key, hit_fields, human_duration, summarize
+from detector.schedule import DeadlineHeap
 from detector.sources.base import Line
 
 
@@ -23,18 +25,27 @@ class MatchEvaluator:
 
     def __init__(self, rule: RuleConfig, now: datetime) -> None:
         self.rule = rule
-        self.state = KeyedState()  # key -> {"last": iso, "labels": {...}}
-        self._heap: list[tuple[datetime, str]] = []
+        self._last: dict[str, datetime] = {}
+        self._labels: dict[str, dict[str, str]] = {}
+        self._dirty: set[str] = set()
+        self._deadlines = DeadlineHeap()
 
     def observe(self, hit: Hit, line: Line, when: When) -> list[Signal]:
         if hit.role != "match":
             return []
         fields = hit_fields(hit, line)
         key, labels = group_key(self.rule.group_by, fields)
-        ctx = {**fields, "line": line.text, "source": line.source}
-        summary, description = summarize(self.rule, f"{self.rule.name}: {line.text[:200]}", ctx)
-        self.state.put(key, {"last": when.at.isoformat(), "labels": labels})
-        heapq.heappush(self._heap, (when.at + self.rule.resolve_after, key))
+        if self.rule.summary or self.rule.description:
+            ctx = {**fields, "line": line.text, "source": line.source}
+            summary, description = summarize(self.rule, "", ctx)
+        else:
+            summary, description = f"{self.rule.name}: {line.text[:200]}", ""
+        previous = self._last.get(key)
+        at = when.at if previous is None or when.at > previous else previous
+        self._last[key] = at
+        self._labels[key] = labels
+        self._dirty.add(key)
+        self._deadlines.push(key, at + self.rule.resolve_after)
         return [
             Signal(
                 rule=self.rule.name,
@@ -53,26 +64,16 @@ class MatchEvaluator:
     def observe_line(self, line: Line, when: When) -> list[Signal]:
         return []
 
-    def _last(self, key: str) -> datetime | None:
-        value = self.state.get(key)
-        return datetime.fromisoformat(value["last"]) if value else None
-
     def next_deadline(self) -> datetime | None:
-        while self._heap:
-            at, key = self._heap[0]
-            last = self._last(key)
-            if last is None or last + self.rule.resolve_after != at:
-                heapq.heappop(self._heap)
-                continue
-            return at
-        return None
+        return self._deadlines.next_at()
 
     def due(self, now: datetime) -> list[Signal]:
         out: list[Signal] = []
-        while (at := self.next_deadline()) is not None and at <= now:
-            _, key = heapq.heappop(self._heap)
-            quiet = self.rule.resolve_after
-            self.state.drop(key)
+        quiet = human_duration(self.rule.resolve_after)
+        for key in self._deadlines.pop_due(now):
+            at = self._last.pop(key) + self.rule.resolve_after
+            self._labels.pop(key, None)
+            self._dirty.add(key)
             out.append(
                 Signal(
                     rule=self.rule.name,
@@ -80,7 +81,7 @@ class MatchEvaluator:
                     key=key,
                     action="resolve",
                     at=at,
-                    summary=f"{self.rule.name}: no new match for {human_duration(quiet)}",
+                    summary=f"{self.rule.name}: no new match for {quiet}",
                 )
             )
         return out
@@ -89,11 +90,23 @@ class MatchEvaluator:
         return None
 
     def state_changes(self) -> dict[str, Any | None]:
-        return self.state.changes()
+        out: dict[str, Any | None] = {}
+        for key in self._dirty:
+            last = self._last.get(key)
+            out[key] = (
+                None
+                if last is None
+                else {"last": last.isoformat(), "labels": self._labels.get(key, {})}
+            )
+        self._dirty.clear()
+        return out
 
     def load_state(self, items: Mapping[str, Any]) -> None:
-        self.state.load(items)
-        for key in list(self.state.values):
-            last = self._last(key)
-            if last is not None:
-                heapq.heappush(self._heap, (last + self.rule.resolve_after, key))
+        for key, value in items.items():
+            try:
+                last = datetime.fromisoformat(value["last"])
+            except (KeyError, TypeError, ValueError):
+                continue  # written by another version of the rule: that group starts afresh
+            self._last[key] = last
+            self._labels[key] = dict(value.get("labels", {}))
+            self._deadlines.push(key, last + self.rule.resolve_after)
