@@ -287,3 +287,49 @@ async def test_a_failing_webhook_alerts_the_fallback_degrades_healthz_and_recove
                     assert (await healthz(session))[0] == 200
 
         await run_agent(cfg, clock, body)
+
+
+async def test_the_dead_mans_switch_stops_while_a_source_is_broken_and_resumes_after(
+    tmp_path: Path,
+) -> None:
+    log = tmp_path / "app.log"
+    log.touch()
+    clock = FakeClock(datetime(2026, 6, 9, 12, 0, tzinfo=UTC))
+    async with Receiver() as rx, Receiver() as hb:
+        cfg = write_config(
+            tmp_path / "rules.yaml",
+            RELOAD_RULES.format(log=log),
+            state=tmp_path / "state.db",
+            url=rx.url + "/hook",
+            extra_agent=f"heartbeat: {hb.url}/ping\nheartbeat_every: 1m\n",
+        )
+
+        async def minute() -> None:
+            clock.advance(timedelta(minutes=1))
+            await asyncio.sleep(0.2)
+
+        async def until(cond: Callable[[], bool], within: float = 10) -> None:
+            async with asyncio.timeout(within):
+                while not cond():
+                    clock.advance(timedelta(seconds=1))  # drives the file source's stat sweep
+                    await asyncio.sleep(0.1)
+
+        async def body(agent: Agent) -> None:
+            await hb.wait_for(1, within=5)  # pinged at start
+            await minute()
+            assert len(hb.received) == 2
+            log.unlink()
+            log.mkdir()  # the log is now a directory: unreadable
+            await until(lambda: not agent.health.healthy())
+            pings = len(hb.received)
+            for _ in range(3):
+                await minute()
+            assert len(hb.received) == pings, "no ping while a source is broken"
+            log.rmdir()
+            log.touch()
+            await until(agent.health.healthy)
+            await minute()
+            await hb.wait_for(pings + 1, within=5)
+
+        await run_agent(cfg, clock, body)
+        assert all(r.path == "/ping" for r in hb.received)
