@@ -311,3 +311,47 @@ async def test_agent_speaks_sd_notify_ready_reloading_and_stopping(tmp_path: Pat
     assert any("STOPPING=1" in m for m in received)
     assert sum("READY=1" in m for m in received) >= 2  # at start and after the reload
     sock.close()
+
+
+REDOS_RULES = """\
+sources:
+  evil: {{file: "{evil}"}}
+  good: {{file: "{good}"}}
+rules:
+  - name: catastrophic
+    source: evil
+    match: '^(\\w+\\s?)+$'
+  - name: nested
+    source: evil
+    match: '(a|aa)+c'
+  - name: plain-errors
+    source: good
+    match: 'ERROR'
+"""
+
+
+async def test_catastrophic_regexes_on_long_lines_do_not_stall_the_agent(tmp_path: Path) -> None:
+    evil, good = tmp_path / "evil.log", tmp_path / "good.log"
+    evil.touch()
+    good.touch()
+    async with Receiver() as rx:
+        cfg = write_config(
+            tmp_path / "rules.yaml",
+            REDOS_RULES.format(evil=evil, good=good),
+            state=tmp_path / "state.db",
+            url=rx.url + "/hook",
+        )
+        agent = await AgentProcess(cfg).start()
+        try:
+            # each of these takes Python's re far beyond any sane bound (> 5 s at 40 characters)
+            append(evil, *[("word " * 2000).strip() + " !" for _ in range(20)])
+            append(evil, *["a" * 4000 + "b!" for _ in range(20)])
+            started = time.monotonic()
+            append(good, "ERROR still watching")
+            await rx.wait_for(1, within=10)
+            assert time.monotonic() - started < 5.0
+            await asyncio.sleep(1.0)
+            rules = [a["labels"]["rule"] for a in alerts_of(rx)]
+            assert rules == ["plain-errors"]  # and the pathological lines matched nothing
+        finally:
+            assert await agent.terminate() == 0
