@@ -105,8 +105,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if getattr(args, "config", "") is None:
         args.config = _default_config()
     handler = COMMANDS[args.command]
+    from detector.cli_support import CommandError  # noqa: PLC0415
+
     try:
         return handler(args)
+    except CommandError as e:
+        print(str(e), file=sys.stderr)
+        return e.code
     except KeyboardInterrupt:
         return 130
 

@@ -7,10 +7,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from typing import Any
 
-from detector.store.db import Store, StoreError
+from detector.cli_support import load, open_state
 
 
 def render(snap: dict[str, Any], rules: list[tuple[str, str]]) -> str:
@@ -53,21 +52,8 @@ def render(snap: dict[str, Any], rules: list[tuple[str, str]]) -> str:
 
 
 def main(args: argparse.Namespace) -> int:
-    from detector.config import ConfigError, load_config  # noqa: PLC0415
-
-    try:
-        config = load_config(args.config)
-    except ConfigError as e:
-        print(str(e), file=sys.stderr)
-        return 2
-    if not config.agent.state.exists():
-        print(f"no state file at {config.agent.state} (the agent has not run yet)", file=sys.stderr)
-        return 1
-    try:
-        store = Store(config.agent.state)
-    except StoreError as e:
-        print(str(e), file=sys.stderr)
-        return 1
+    config = load(args.config)
+    store = open_state(config)
     try:
         snap = store.snapshot()
     finally:

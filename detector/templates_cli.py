@@ -7,34 +7,22 @@ from __future__ import annotations
 import argparse
 import sys
 
+from detector.cli_support import load, open_state
 from detector.rules.anomaly import list_templates, mark_known
-from detector.store.db import Commit, Store, StoreError
+from detector.store.db import Commit
 
 
 def templates_main(args: argparse.Namespace) -> int:
     from datetime import UTC, datetime  # noqa: PLC0415
 
-    from detector.config import ConfigError, load_config  # noqa: PLC0415
-
-    try:
-        config = load_config(args.config)
-    except ConfigError as e:
-        print(str(e), file=sys.stderr)
-        return 2
+    config = load(args.config)
     rules = [r for r in config.rules if r.kind == "anomaly_new"]
     if args.rule:
         rules = [r for r in rules if r.name == args.rule]
         if not rules:
             print(f"no `anomaly: new` rule named {args.rule!r}", file=sys.stderr)
             return 2
-    if not config.agent.state.exists():
-        print(f"no state file at {config.agent.state} (the agent has not run yet)", file=sys.stderr)
-        return 1
-    try:
-        store = Store(config.agent.state)
-    except StoreError as e:
-        print(str(e), file=sys.stderr)
-        return 1
+    store = open_state(config)
     try:
         if args.known:
             for r in rules:

@@ -10,13 +10,9 @@ from detector.delivery.sendtest import send_test
 
 
 def send_test_main(args: argparse.Namespace) -> int:
-    from detector.config import ConfigError, load_config  # noqa: PLC0415
+    from detector.cli_support import load  # noqa: PLC0415 - the CLI layer, above delivery
 
-    try:
-        config = load_config(args.config)
-    except ConfigError as e:
-        print(str(e), file=sys.stderr)
-        return 2
+    config = load(args.config)
     webhook = config.webhooks.get(args.webhook)
     if webhook is None:
         names = ", ".join(sorted(config.webhooks)) or "none"
