@@ -333,3 +333,65 @@ async def test_the_dead_mans_switch_stops_while_a_source_is_broken_and_resumes_a
 
         await run_agent(cfg, clock, body)
         assert all(r.path == "/ping" for r in hb.received)
+
+
+TWO_SOURCES = """\
+sources:
+{sources}
+rules:
+{rules}
+"""
+
+
+async def test_reload_opens_added_sources_closes_removed_ones_and_resumes_them_where_they_were(
+    tmp_path: Path,
+) -> None:
+    a, b = tmp_path / "a.log", tmp_path / "b.log"
+    a.touch()
+    b.touch()
+    clock = FakeClock(datetime(2026, 6, 9, 12, 0, tzinfo=UTC))
+
+    def body_for(names: list[str]) -> str:
+        sources = "\n".join(f'  {n}: {{file: "{tmp_path / (n + ".log")}"}}' for n in names)
+        rules = "\n".join(
+            f"  - {{name: err-{n}, source: {n}, match: 'ERROR (?P<n>\\d+)', group_by: [n]}}"
+            for n in names
+        )
+        return TWO_SOURCES.format(sources=sources, rules=rules)
+
+    async with Receiver() as rx:
+        cfg = write_config(
+            tmp_path / "rules.yaml", body_for(["a"]), state=tmp_path / "state.db", url=rx.url + "/h"
+        )
+
+        def seen(status: str = "firing") -> list[tuple[str, str]]:
+            return sorted(
+                (x["labels"]["rule"], x["labels"]["n"])
+                for x in alerts_of(rx)
+                if x["status"] == status
+            )
+
+        async def reload_to(agent: Agent, names: list[str]) -> None:
+            write_config(cfg, body_for(names), state=tmp_path / "state.db", url=rx.url + "/h")
+            agent.request_reload()
+            async with asyncio.timeout(10):
+                while sorted(agent.sources) != sorted(names):
+                    await asyncio.sleep(0.05)
+
+        async def body(agent: Agent) -> None:
+            with a.open("a") as f:
+                f.write("ERROR 1\n")
+            await rx.wait_for(1, within=5)
+            await reload_to(agent, ["b"])
+            with a.open("a") as f:
+                f.write("ERROR 2\n")  # a is not watched now…
+            with b.open("a") as f:
+                f.write("ERROR 3\n")
+            await rx.wait_for(3, within=5)
+            assert seen() == [("err-a", "1"), ("err-b", "3")]
+            assert seen("resolved") == [("err-a", "1")]  # its rule went away with the source
+            await reload_to(agent, ["a", "b"])  # …and when it is again, nothing of it is lost
+            await rx.wait_for(4, within=5)
+
+        await run_agent(cfg, clock, body)
+        assert seen() == [("err-a", "1"), ("err-a", "2"), ("err-b", "3")]
