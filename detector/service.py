@@ -58,6 +58,7 @@ ALIVE_EVERY_S = 15.0
 SELF_CHECK_EVERY_S = 2.0
 CONFIG_POLL_S = 1.0
 CATCH_UP_RECHECK_S = 0.2
+CATCH_UP_LIMIT_S = 120.0
 OUTBOX_KEEP = timedelta(days=7)
 
 
@@ -125,11 +126,13 @@ class Agent:
         clock: Clock,
         env: Mapping[str, str] | None = None,
         notifier: Notifier | None = None,
+        catch_up_limit_s: float = CATCH_UP_LIMIT_S,
     ) -> None:
         self.config_path = Path(config_path)
         self.clock = clock
         self.env = env
         self.notifier = notifier or Notifier()
+        self.catch_up_limit_s = catch_up_limit_s
         self.health = Health(clock)
         self._stop = asyncio.Event()
         self._wake = asyncio.Event()
@@ -179,6 +182,7 @@ class Agent:
         self.config = config
         now = self.clock.now()
         self.state = AgentState(started_at=now)
+        self._started_loop_time = asyncio.get_running_loop().time()
         store, corrupt = await asyncio.to_thread(open_store, config.agent.state, now)
         self.db = AsyncStore(store)
         last_alive = await self.db.run(lambda s: s.get_meta("last_alive_at"))
@@ -305,14 +309,26 @@ class Agent:
     # ---------------------------------------------------------------- the processor
 
     def _all_caught_up(self) -> bool:
+        """True once every source has read its backlog (then deadlines run). A source that cannot
+        catch up (journalctl failing, say) holds deadlines back for at most CATCH_UP_LIMIT_S:
+        silence detection must not depend on the slowest source."""
         if self.state.caught_up:
             return True
-        if not all(r.source.caught_up() for r in self.sources.values()):
+        behind = [n for n, r in self.sources.items() if not r.source.caught_up()]
+        waited = asyncio.get_running_loop().time() - self._started_loop_time
+        if behind and waited < self.catch_up_limit_s:
             return False
         if not self.queue.empty():
             return False
         self.state.caught_up = True
-        log.info("all sources caught up; deadlines are live")
+        if behind:
+            log.warning(
+                "deadlines are live although %s did not catch up within %.0f s",
+                ", ".join(behind),
+                self.catch_up_limit_s,
+            )
+        else:
+            log.info("all sources caught up; deadlines are live")
         return True
 
     async def _processor(self) -> None:

@@ -395,3 +395,39 @@ async def test_reload_opens_added_sources_closes_removed_ones_and_resumes_them_w
 
         await run_agent(cfg, clock, body)
         assert seen() == [("err-a", "1"), ("err-a", "2"), ("err-b", "3")]
+
+
+async def test_a_source_that_never_catches_up_does_not_hold_silence_detection_forever(
+    tmp_path: Path,
+) -> None:
+    log = tmp_path / "app.log"
+    log.touch()
+    clock = FakeClock(datetime(2026, 6, 9, 12, 0, tzinfo=UTC))
+    body_yaml = f"""\
+sources:
+  app: {{file: "{log}"}}
+  jd: {{journald: {{journalctl: /nonexistent/journalctl}}}}
+rules:
+  - name: alive
+    source: app
+    match: alive
+    expect: {{every: 1m}}
+"""
+    async with Receiver() as rx:
+        cfg = write_config(
+            tmp_path / "rules.yaml", body_yaml, state=tmp_path / "state.db", url=rx.url + "/h"
+        )
+        agent = Agent(cfg, clock, catch_up_limit_s=1.0)
+        task = asyncio.create_task(agent.run())
+        try:
+            await asyncio.sleep(0.5)
+            assert not agent.state.caught_up  # journald cannot start: still waiting
+            async with asyncio.timeout(10):
+                while not agent.state.caught_up:
+                    await asyncio.sleep(0.05)
+            clock.advance(timedelta(minutes=2))
+            await rx.wait_for(1, within=5)
+            assert alerts_of(rx)[0]["labels"]["rule"] == "alive"
+        finally:
+            agent.request_stop()
+            assert await task == 0
