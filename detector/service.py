@@ -293,6 +293,7 @@ class Agent:
 
     async def _shutdown(self, runner: Any) -> None:
         """Reverse order of start-up: sources, workers, listener, HTTP session, state file."""
+        last_status = self._snapshot()  # while the sources are still there to describe
         for name in list(self.sources):
             with contextlib.suppress(Exception):
                 await self._stop_source(name)
@@ -303,7 +304,7 @@ class Agent:
             await runner.cleanup()
         await self.session.close()
         with contextlib.suppress(Exception):
-            await self._mark_alive()
+            await self._mark_alive(last_status)
         self.db.close()
 
     # ---------------------------------------------------------------- the processor
@@ -514,8 +515,11 @@ class Agent:
                 last_prune = now
                 await self.db.run(_pruner(now - OUTBOX_KEEP))
 
-    async def _mark_alive(self) -> None:
-        meta = {"last_alive_at": self.clock.now().isoformat()}
+    async def _mark_alive(self, status: dict[str, Any] | None = None) -> None:
+        meta = {
+            "last_alive_at": self.clock.now().isoformat(),
+            "agent_status": status or self._snapshot(),
+        }
 
         def write(store: Store) -> None:
             store.set_meta(meta)
@@ -588,6 +592,24 @@ class Agent:
                 notify=notify,
             )
 
+    def _snapshot(self) -> dict[str, Any]:
+        """What `detector status` shows beyond the stored state: read positions and sizes, the
+        agent's current problems, and per rule its last match and next deadline."""
+        p = self.pipeline
+        return {
+            "at": self.clock.now().isoformat(),
+            "sources": {n: r.source.status() for n, r in self.sources.items()},
+            "problems": self.health.reasons(),
+            "rules": {
+                name: {
+                    "last_match_at": _iso_or_none(p.last_match_at.get(name)),
+                    "next_deadline": _iso_or_none(ev.next_deadline()),
+                    "matched": p.lines_matched.get(name, 0),
+                }
+                for name, ev in p.evaluators.items()
+            },
+        }
+
     def _status_line(self) -> str:
         firing = len(self.pipeline.alerts.firing()) if hasattr(self, "pipeline") else 0
         problems = len(self.health.problems())
@@ -608,6 +630,10 @@ class Agent:
 
 class _Stop(Exception):
     pass
+
+
+def _iso_or_none(at: datetime | None) -> str | None:
+    return None if at is None else at.isoformat(timespec="seconds")
 
 
 def _pruner(before: datetime) -> Callable[[Store], int]:

@@ -7,27 +7,68 @@ from __future__ import annotations
 
 import argparse
 import json
+from datetime import UTC, datetime
 from typing import Any
 
 from detector.cli_support import load, open_state
 
 
+def _ago(at: str | None, now: datetime) -> str:
+    if not at:
+        return "never"
+    secs = int((now - datetime.fromisoformat(at)).total_seconds())
+    if secs < 0:
+        return f"in {-secs}s"
+    return f"{secs}s ago" if secs < 120 else f"{secs // 60}m ago"
+
+
 def render(snap: dict[str, Any], rules: list[tuple[str, str]]) -> str:
+    live = snap.get("agent_status") or {}
+    now = datetime.fromisoformat(live["at"]) if live.get("at") else datetime.now(UTC)
     out: list[str] = []
     out.append(f"state schema v{snap['schema_version']}, agent last alive {snap['last_alive_at']}")
+    if live.get("problems"):
+        out.append("\nPROBLEMS")
+        out.extend(f"  {p}" for p in live["problems"])
     out.append("\nSOURCES")
-    if not snap["checkpoints"]:
-        out.append("  (no read positions yet)")
-    for cp in snap["checkpoints"]:
-        v = cp["value"]
-        where = v.get("path") or cp["key"]
-        pos = f"offset {v['offset']}" if "offset" in v else f"cursor {str(v.get('cursor'))[:40]}"
-        out.append(f"  {cp['source']:<16} {where:<48} {pos}  (at {cp['updated_at']})")
+    files = [
+        (name, f)
+        for name, status in (live.get("sources") or {}).items()
+        for f in status.get("files", [])
+    ]
+    for name, f in files:
+        lag = max(0, int(f.get("size") or 0) - int(f.get("offset") or 0))
+        out.append(
+            f"  {name:<16} {f['path']:<48} offset {f['offset']:>12}  lag {lag:>10} B  {f['state']}"
+        )
+    for name, status in (live.get("sources") or {}).items():
+        if "files" not in status:
+            out.append(f"  {name:<16} {json.dumps(status)[:100]}")
+    if not live.get("sources"):
+        if not snap["checkpoints"]:
+            out.append("  (no read positions yet)")
+        for cp in snap["checkpoints"]:
+            v = cp["value"]
+            where = v.get("path") or cp["key"]
+            pos = (
+                f"offset {v['offset']}" if "offset" in v else f"cursor {str(v.get('cursor'))[:40]}"
+            )
+            out.append(f"  {cp['source']:<16} {where:<48} {pos}  (at {cp['updated_at']})")
     out.append("\nRULES")
+    out.append(
+        f"  {'rule':<28} {'kind':<13} {'last match':>12} {'next deadline':>14} "
+        f"{'open windows':>12} {'firing':>6}"
+    )
+    live_rules = live.get("rules") or {}
     for name, kind in rules:
-        keys = snap["rule_state_keys"].get(name, 0)
+        info = live_rules.get(name, {})
         firing = sum(1 for a in snap["alerts"] if a["rule"] == name and a["status"] == "firing")
-        out.append(f"  {name:<32} {kind:<13} state keys {keys:<5} firing {firing}")
+        windows = snap.get("open_windows", {}).get(name, 0)
+        out.append(
+            f"  {name:<28} {kind:<13} {_ago(info.get('last_match_at'), now):>12} "
+            f"{_ago(info.get('next_deadline'), now) if info.get('next_deadline') else '-':>14} "
+            f"{windows:>12} {firing:>6}"
+        )
     out.append("\nFIRING ALERTS")
     firing_alerts = [a for a in snap["alerts"] if a["status"] == "firing"]
     if not firing_alerts:

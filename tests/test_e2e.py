@@ -355,3 +355,41 @@ async def test_catastrophic_regexes_on_long_lines_do_not_stall_the_agent(tmp_pat
             assert rules == ["plain-errors"]  # and the pathological lines matched nothing
         finally:
             assert await agent.terminate() == 0
+
+
+async def test_status_after_a_run_shows_positions_lag_last_match_deadlines_and_alerts(
+    tmp_path: Path,
+) -> None:
+    import os
+    import subprocess
+    import sys
+
+    log, auth = tmp_path / "app.log", tmp_path / "auth.log"
+    log.touch()
+    auth.touch()
+    async with Receiver() as rx:
+        cfg = write_config(
+            tmp_path / "rules.yaml",
+            RULES.format(log=log, auth=auth),
+            state=tmp_path / "state.db",
+            url=rx.url + "/hook",
+        )
+        agent = await AgentProcess(cfg).start()
+        try:
+            append(log, "ERROR disk full")
+            await rx.wait_for(1, within=10)
+        finally:
+            assert await agent.terminate() == 0
+    out = subprocess.run(
+        [sys.executable, "-m", "detector", "status", "-c", str(cfg)],
+        capture_output=True,
+        text=True,
+        check=False,
+        env=dict(os.environ),
+    ).stdout
+    src = next(line for line in out.splitlines() if str(log) in line)
+    assert "offset" in src and "lag          0 B" in src
+    rule = next(line for line in out.splitlines() if line.strip().startswith("app-errors"))
+    assert "s ago" in rule  # last match
+    assert "in " in rule  # the next deadline: the error alert resolves after 15 min
+    assert "[warning] app-errors: app error: disk full" in out

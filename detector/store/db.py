@@ -256,6 +256,10 @@ class Store:
             )
         ]
         rules = {rule: n for rule, n in q("SELECT rule, count(*) FROM rule_state GROUP BY rule")}
+        open_windows: dict[str, int] = {}
+        for rule, value in q("SELECT rule, value FROM rule_state WHERE key LIKE 'w:%'"):
+            if json.loads(value).get("status") == "open":
+                open_windows[rule] = open_windows.get(rule, 0) + 1
         outbox = [
             {
                 "webhook": w,
@@ -274,6 +278,8 @@ class Store:
             "last_alive_at": self.get_meta("last_alive_at"),
             "checkpoints": checkpoints,
             "rule_state_keys": rules,
+            "open_windows": open_windows,
+            "agent_status": self.get_meta("agent_status"),
             "alerts": self.load_alerts(),
             "outbox": outbox,
         }
