@@ -67,6 +67,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--samples", type=int, default=3, help="sample lines to show per rule")
     p.add_argument("--quiet", action="store_true", help="only the summary")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--jobs",
+        type=_positive_int,
+        default=1,
+        metavar="N",
+        help="match in N worker processes while this one evaluates the rules in line order "
+        "(same output, faster on big files; stdin is always read in one process; default 1)",
+    )
 
     p = sub.add_parser(
         "status",
@@ -171,6 +179,16 @@ def cmd_run(args: argparse.Namespace) -> int:
     except StoreError as e:
         logging.getLogger("detector").error("cannot start: %s", e)
         return 3
+
+
+def _positive_int(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {n}")
+    return n
 
 
 def cmd_test(args: argparse.Namespace) -> int:

@@ -19,7 +19,7 @@ from datetime import datetime
 from typing import Any
 
 from detector.alerts import AlertBook
-from detector.matching import Matcher, PatternSpec
+from detector.matching import Hit, Matcher, PatternSpec
 from detector.model import Config, RuleConfig
 from detector.rules.base import Evaluator, Signal, When
 from detector.rules.registry import build_evaluator
@@ -164,14 +164,18 @@ class Pipeline:
         now: datetime,
         *,
         interleave_ticks: bool = False,
+        hits: Sequence[Hit] | None = None,
     ) -> Commit:
         """The core of ``process``: ``line_at(i)`` builds the Line of ``texts[i]`` only for lines
-        that a rule needs (hits), which keeps the common case — no match — cheap."""
+        that a rule needs (hits), which keeps the common case — no match — cheap. ``hits``, when
+        given, are the matcher's hits for ``texts`` computed elsewhere (``detector test --jobs``,
+        by worker processes with a matcher built from the same rules): the matcher is not run."""
         self.lines_read[source] += len(texts)
         signals: list[Signal] = []
         touched: set[str] = set()
         if texts:
-            hits = self.matcher.match(source, texts)
+            if hits is None:
+                hits = self.matcher.match(source, texts)
             evaluators = self.evaluators
             upcoming = self.next_deadline() if interleave_ticks else None
             matched: dict[str, int] = {}

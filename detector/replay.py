@@ -13,18 +13,24 @@ of each block (to advance the clock). That is what keeps a replay at grep-like s
 from __future__ import annotations
 
 import argparse
+import contextlib
+import multiprocessing
+import os
 import re
 import sys
 import time
-from collections import Counter
-from collections.abc import Callable, Iterator
+from collections import Counter, deque
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, timezone, tzinfo
+from multiprocessing.connection import Connection
+from multiprocessing.process import BaseProcess
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, overload
 
+from detector.matching import Hit, Matcher, PatternSpec
 from detector.model import Config, FileSourceConfig
-from detector.pipeline import Pipeline
+from detector.pipeline import Pipeline, pattern_specs
 from detector.rules.base import When
 from detector.sources.base import Line
 
@@ -148,11 +154,15 @@ class ReplayResult:
         return [n for n in self.notifications if n["notification"] in ("firing", "info")]
 
 
-def read_blocks(stream: IO[bytes]) -> Iterator[list[str]]:
-    """Yield lists of decoded lines, a block at a time (CRLF and invalid UTF-8 handled)."""
+def raw_blocks(stream: IO[bytes], block: int = BLOCK) -> Iterator[tuple[int, bytes, bool]]:
+    """The blocks of ``stream`` as (offset, data, final): ``data`` is whole lines as read, at
+    ``offset`` in the stream, without the newline after the last one; ``final`` marks the stream's
+    last line when it has no newline (a block of its own). Pass ``data`` through
+    :func:`normalize` before use. This is the one place that decides where blocks are cut."""
     rest = b""
+    offset = 0
     while True:
-        chunk = stream.read(BLOCK)
+        chunk = stream.read(block)
         if not chunk:
             break
         data = rest + chunk
@@ -161,12 +171,27 @@ def read_blocks(stream: IO[bytes]) -> Iterator[list[str]]:
             rest = data
             continue
         rest = data[cut + 1 :]
-        text = data[:cut].decode("utf-8", "replace")
-        if "\r" in text:
-            text = text.replace("\r\n", "\n")
-        yield text.split("\n")
+        yield offset, data[:cut], False
+        offset += cut + 1
     if rest:
-        yield [rest.decode("utf-8", "replace").rstrip("\r")]
+        yield offset, rest, True
+
+
+def normalize(data: bytes, *, final: bool) -> bytes:
+    """CRLF line ends made LF inside a block; the stream's unterminated last line loses trailing
+    CRs. (Working on bytes is the same as on the decoded text: CR and LF never take part in a
+    multi-byte sequence, valid or not.)"""
+    if final:
+        return data.rstrip(b"\r")
+    if b"\r" in data:
+        return data.replace(b"\r\n", b"\n")
+    return data
+
+
+def read_blocks(stream: IO[bytes], block: int = BLOCK) -> Iterator[list[str]]:
+    """Yield lists of decoded lines, a block at a time (CRLF and invalid UTF-8 handled)."""
+    for _offset, data, final in raw_blocks(stream, block):
+        yield normalize(data, final=final).decode("utf-8", "replace").split("\n")
 
 
 def pick_source(config: Config, path: str, wanted: str | None) -> str:
@@ -191,64 +216,248 @@ def pick_source(config: Config, path: str, wanted: str | None) -> str:
     )
 
 
+@dataclass(frozen=True)
+class _Block:
+    """One block of lines, ready for rule evaluation."""
+
+    texts: Sequence[str]
+    """All lines (one process), or only those evaluation reads (``--jobs``: see _SomeLines)."""
+    chars: int
+    """Characters of the decoded lines plus one per line (what ``ReplayResult.bytes`` counts)."""
+    head: Sequence[str]
+    """The first 50 lines, the last 50 lines: where the clock is read when no rule hits."""
+    tail: Sequence[str]
+    hits: Sequence[Hit] | None
+    """Matched in a worker process; None: the pipeline's own matcher runs."""
+
+
+def _serial_blocks(stream: IO[bytes], block: int) -> Iterator[_Block]:
+    for texts in read_blocks(stream, block):
+        yield _Block(texts, sum(map(len, texts)) + len(texts), texts[:50], texts[-50:], None)
+
+
+class _SomeLines(Sequence[str]):
+    """The lines of a block matched by a worker: its length, and the texts of only the lines the
+    pipeline reads (hit lines). Any other index is an error."""
+
+    def __init__(self, n: int, texts: dict[int, str]) -> None:
+        self._n = n
+        self._texts = texts
+
+    def __len__(self) -> int:
+        return self._n
+
+    @overload
+    def __getitem__(self, i: int) -> str: ...
+    @overload
+    def __getitem__(self, i: slice) -> Sequence[str]: ...
+    def __getitem__(self, i: int | slice) -> str | Sequence[str]:
+        if isinstance(i, slice):
+            return [self[k] for k in range(*i.indices(self._n))]
+        return self._texts[i + self._n if i < 0 else i]
+
+
+_Task = tuple[str, str, int, int, bool, bool]
+"""(path, source, offset, length, final, all_texts): one block for a worker."""
+_Result = tuple[int, int, list[Hit], "dict[int, str] | list[str]", list[str], list[str]]
+"""(lines, chars, hits, texts of hit lines — or of every line —, first 50, last 50 lines)."""
+
+
+def _match_worker(conn: Connection, specs: list[PatternSpec]) -> None:
+    """A ``--jobs`` worker process: match the blocks it is sent, answering in the order sent."""
+    matcher = Matcher(specs)
+    opened: tuple[str, int] | None = None
+    try:
+        while (task := conn.recv()) is not None:
+            path = task[0]
+            try:
+                if opened is None or opened[0] != path:
+                    if opened is not None:
+                        os.close(opened[1])
+                    opened = (path, os.open(path, os.O_RDONLY))
+                conn.send(_match_block(matcher, opened[1], task))
+            except Exception as e:  # reported to, and raised in, the main process
+                conn.send(f"{type(e).__name__}: {e}")
+    except (EOFError, KeyboardInterrupt):
+        pass
+    finally:
+        if opened is not None:
+            os.close(opened[1])
+        conn.close()
+
+
+def _match_block(matcher: Matcher, fd: int, task: _Task) -> _Result:
+    _path, source, offset, length, final, all_texts = task
+    raw = os.pread(fd, length, offset)
+    if len(raw) != length:
+        raise OSError(f"{_path}: short read at {offset} (file changed during the replay?)")
+    data = normalize(raw, final=final)
+    n, hits = matcher.match_block(source, data + b"\n")
+    if all_texts or not data.isascii():
+        decoded = data.decode("utf-8", "replace")
+        chars = len(decoded) + 1
+        if all_texts:
+            every = decoded.split("\n")
+            return n, chars, hits, every, every[:50], every[-50:]
+    else:
+        chars = len(data) + 1
+    lines = data.split(b"\n")
+    texts = {h.line: lines[h.line].decode("utf-8", "replace") for h in hits}
+    head = [t.decode("utf-8", "replace") for t in lines[:50]]
+    tail = [t.decode("utf-8", "replace") for t in lines[-50:]]
+    return n, chars, hits, texts, head, tail
+
+
+class _MatchPool:
+    """``jobs`` worker processes, each with its own Matcher built once from the rules' pattern
+    specs. Blocks go to them round robin as (offset, length) descriptors — each worker reads its
+    blocks itself — and results are taken back in block order, at most ``2 * jobs`` blocks ahead
+    of evaluation, so memory stays flat whatever the file size."""
+
+    def __init__(self, specs: list[PatternSpec], jobs: int) -> None:
+        ctx = multiprocessing.get_context("forkserver")
+        ctx.set_forkserver_preload(["detector.replay"])
+        self._conns: list[Connection] = []
+        self._procs: list[BaseProcess] = []
+        try:
+            for _ in range(jobs):
+                here, there = ctx.Pipe()
+                proc = ctx.Process(target=_match_worker, args=(there, specs), daemon=True)
+                proc.start()
+                there.close()
+                self._conns.append(here)
+                self._procs.append(proc)
+        except BaseException:
+            self.close(abort=True)
+            raise
+
+    def blocks(self, path: str, source: str, all_texts: bool, block: int) -> Iterator[_Block]:
+        window: deque[Connection] = deque()
+        conns = self._conns
+        with open(path, "rb") as stream:
+            for k, (offset, data, final) in enumerate(raw_blocks(stream, block)):
+                conn = conns[k % len(conns)]
+                conn.send((path, source, offset, len(data), final, all_texts))
+                window.append(conn)
+                if len(window) >= 2 * len(conns):
+                    yield self._take(window.popleft())
+        while window:
+            yield self._take(window.popleft())
+
+    @staticmethod
+    def _take(conn: Connection) -> _Block:
+        try:
+            answer = conn.recv()
+        except EOFError:
+            raise RuntimeError("a matching worker process died") from None
+        if isinstance(answer, str):
+            raise RuntimeError(f"a matching worker failed: {answer}")
+        n, chars, hits, texts, head, tail = answer
+        lines = texts if isinstance(texts, list) else _SomeLines(n, texts)
+        return _Block(lines, chars, head, tail, hits)
+
+    def close(self, *, abort: bool = False) -> None:
+        for conn in self._conns:
+            if not abort:
+                with contextlib.suppress(OSError):
+                    conn.send(None)
+            conn.close()
+        for proc in self._procs:
+            if abort:
+                proc.terminate()
+            proc.join(timeout=5)
+            if proc.is_alive():
+                proc.kill()
+                proc.join()
+
+
 def replay(
     config: Config,
     files: list[tuple[str, str]],
     *,
     time_format: str | None = None,
     progress: Callable[[int], None] | None = None,
+    jobs: int = 1,
+    block: int = BLOCK,
 ) -> ReplayResult:
-    """Replay ``files`` — (path, source name) pairs — through a fresh in-memory pipeline."""
+    """Replay ``files`` — (path, source name) pairs — through a fresh in-memory pipeline.
+
+    With ``jobs`` > 1, ``jobs`` worker processes match the blocks of each regular file bigger
+    than one block, and this process evaluates their hits in line order: same result, less
+    time. Standard input (``-``) is always read here. ``block`` is the read size in bytes."""
     result = ReplayResult()
     start = time.perf_counter()
     clock_now = datetime.now(UTC)
     pipeline = Pipeline(config, clock_now, lambda _rule: {})
     pipeline.alerts.record = result.notifications  # every notification, webhooks or not
     current: list[datetime | None] = [None]
+    pool: _MatchPool | None = None
+    try:
+        for path, source in files:
+            parser = TimeParser(time_format, clock_now.year)
+            stream: IO[bytes] | None = None
+            if jobs > 1 and path != "-" and os.path.getsize(path) > block:
+                if pool is None:
+                    pool = _MatchPool(pattern_specs(config.rules), jobs)
+                all_texts = any(
+                    ev.wants_all_lines and source in ev.rule.sources
+                    for ev in pipeline.evaluators.values()
+                )
+                blocks = pool.blocks(path, source, all_texts, block)
+            else:
+                stream = sys.stdin.buffer if path == "-" else open(path, "rb")  # noqa: SIM115
+                blocks = _serial_blocks(stream, block)
+            try:
+                for b in blocks:
+                    texts = b.texts
+                    result.lines += len(texts)
+                    result.bytes += b.chars
 
-    for path, source in files:
-        parser = TimeParser(time_format, clock_now.year)
-        stream: IO[bytes] = sys.stdin.buffer if path == "-" else open(path, "rb")  # noqa: SIM115
-        try:
-            for texts in read_blocks(stream):
-                result.lines += len(texts)
-                result.bytes += sum(map(len, texts)) + len(texts)
+                    def line_at(
+                        i: int, texts: Sequence[str] = texts, source: str = source, path: str = path
+                    ) -> Line:
+                        return Line(source, texts[i], path=path)
 
-                def line_at(
-                    i: int, texts: list[str] = texts, source: str = source, path: str = path
-                ) -> Line:
-                    return Line(source, texts[i], path=path)
+                    def when_for(line: Line, parser: TimeParser = parser) -> When:
+                        at = parser.parse(line.text)
+                        if at is None:
+                            at = current[0] or clock_now
+                        elif current[0] is None or at > current[0]:
+                            current[0] = at
+                        return When.exact(at)
 
-                def when_for(line: Line, parser: TimeParser = parser) -> When:
-                    at = parser.parse(line.text)
-                    if at is None:
-                        at = current[0] or clock_now
-                    elif current[0] is None or at > current[0]:
-                        current[0] = at
-                    return When.exact(at)
-
-                if current[0] is None:
-                    for t in texts[:50]:
-                        first = parser.parse(t)
-                        if first is not None:
-                            current[0] = first
-                            pipeline.tick(first)
+                    if current[0] is None:
+                        for t in b.head:
+                            first = parser.parse(t)
+                            if first is not None:
+                                current[0] = first
+                                pipeline.tick(first)
+                                break
+                    now = current[0] or clock_now
+                    pipeline.process_texts(
+                        source, texts, line_at, when_for, now, interleave_ticks=True, hits=b.hits
+                    )
+                    for t in reversed(b.tail):
+                        last = parser.parse(t)
+                        if last is not None:
+                            if current[0] is None or last > current[0]:
+                                current[0] = last
                             break
-                now = current[0] or clock_now
-                pipeline.process_texts(source, texts, line_at, when_for, now, interleave_ticks=True)
-                for t in reversed(texts[-50:]):
-                    last = parser.parse(t)
-                    if last is not None:
-                        if current[0] is None or last > current[0]:
-                            current[0] = last
-                        break
-                if current[0] is not None:
-                    pipeline.tick(current[0])
-                if progress is not None:
-                    progress(result.bytes)
-        finally:
-            if stream is not sys.stdin.buffer:
-                stream.close()
+                    if current[0] is not None:
+                        pipeline.tick(current[0])
+                    if progress is not None:
+                        progress(result.bytes)
+            finally:
+                if stream is not None and stream is not sys.stdin.buffer:
+                    stream.close()
+    except BaseException:
+        if pool is not None:
+            pool.close(abort=True)
+            pool = None
+        raise
+    finally:
+        if pool is not None:
+            pool.close()
     result.seconds = time.perf_counter() - start
     result.matches = Counter(pipeline.lines_matched)
     return result
@@ -271,11 +480,18 @@ def main(args: argparse.Namespace) -> int:
         bar = "#" * (pct // 4)
         print(f"\r[{bar:<25}] {pct:3d}%", end="", file=sys.stderr, flush=True)
 
+    jobs: int = getattr(args, "jobs", 1)
+    if jobs > 1 and "-" in args.files:
+        print(
+            f"note: --jobs {jobs} does not apply to standard input (-): it is read in one process",
+            file=sys.stderr,
+        )
     result = replay(
         config,
         files,
         time_format=args.time_format,
         progress=progress if show else None,
+        jobs=jobs,
     )
     if show:
         print(file=sys.stderr)
