@@ -21,7 +21,7 @@ from datetime import UTC, datetime, timedelta
 from detector.matching import Hit
 from detector.model import HeartbeatSpec, RuleConfig
 from detector.rules.base import When
-from detector.rules.expect import HeartbeatEvaluator
+from detector.rules.heartbeat import HeartbeatEvaluator
 from detector.schedule import DeadlineHeap
 from detector.sources.base import Line
 

@@ -1,4 +1,4 @@
-"""The typed configuration: frozen dataclasses that ``config.py`` builds from rules.yaml.
+"""The typed configuration: frozen dataclasses that ``detector.config`` builds from rules.yaml.
 
 Everything downstream of config reads these, never raw YAML dicts. Durations are ``timedelta``;
 patterns are Python ``re`` syntax strings (compiled by ``matching.py``).

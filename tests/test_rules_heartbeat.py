@@ -8,7 +8,7 @@ from typing import Any
 from detector.matching import Hit
 from detector.model import HeartbeatSpec, RuleConfig
 from detector.rules.base import Signal, When
-from detector.rules.expect import HeartbeatEvaluator
+from detector.rules.heartbeat import HeartbeatEvaluator
 from detector.schedule import DeadlineHeap
 from detector.sources.base import Line
 

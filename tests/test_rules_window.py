@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from detector.matching import Hit
 from detector.model import RuleConfig, WindowSpec
 from detector.rules.base import Signal, When
-from detector.rules.expect import WindowEvaluator
+from detector.rules.window import WindowEvaluator
 from detector.sources.base import Line
 
 US = timedelta(microseconds=1)

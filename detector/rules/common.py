@@ -1,9 +1,10 @@
-"""Small pieces every evaluator uses: the fields a hit exposes, grouping keys, summaries."""
+"""Small pieces every evaluator uses: the fields a hit exposes, grouping keys, summaries, and the
+timestamps and downtime notes of stored state and messages."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from detector.matching import Hit
@@ -47,3 +48,40 @@ def human_duration(d: timedelta) -> str:
             parts.append(f"{secs // size}{unit}")
             secs %= size
     return "".join(parts) or "0s"
+
+
+def utc_text(at: datetime) -> str:
+    return at.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def parse_at(value: Any) -> datetime | None:
+    """An ISO timestamp from stored state, as aware UTC; None if absent or malformed."""
+    if not isinstance(value, str):
+        return None
+    try:
+        at = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    if at.tzinfo is None:
+        return None
+    return at.astimezone(UTC)
+
+
+def iso(at: datetime | None) -> str | None:
+    return None if at is None else at.astimezone(UTC).isoformat()
+
+
+def downtime_note(
+    down: tuple[datetime, datetime] | None, start_at: datetime, end_at: datetime
+) -> str:
+    """A sentence about the agent's downtime if it overlaps ``[start_at, end_at]``, else ''."""
+    if down is None:
+        return ""
+    since, until = down
+    if since > end_at or until < start_at:
+        return ""
+    return (
+        f"The agent was down from {utc_text(since)} to {utc_text(until)} "
+        f"({human_duration(until - since)}), during part of this period; "
+        "the log read since shows no match."
+    )

@@ -1,7 +1,7 @@
 """``start:``/``end:`` pair rules: every start needs its end within ``within``.
 
-Sits in the rules stage beside ``expect.py``: it gets the ``start`` and ``end`` hits of its rule and
-is woken exactly at the earliest open pair's deadline. Semantics:
+Sits in the rules stage beside ``heartbeat.py`` and ``window.py``: it gets the ``start`` and
+``end`` hits of its rule and is woken exactly at the earliest open pair's deadline. Semantics:
 
 * Pairs are keyed by the named groups that the start and end patterns share (``job`` in
   ``etl (?P<job>\\w+) started`` / ``etl (?P<job>\\w+) finished``); with none shared, one key.
@@ -29,8 +29,15 @@ from typing import Any, Literal
 from detector.matching import Hit
 from detector.model import PairSpec, RuleConfig
 from detector.rules.base import Signal, When
-from detector.rules.common import group_key, human_duration, summarize
-from detector.rules.expect import downtime_note, iso, parse_at, utc_text
+from detector.rules.common import (
+    downtime_note,
+    group_key,
+    human_duration,
+    iso,
+    parse_at,
+    summarize,
+    utc_text,
+)
 from detector.schedule import DeadlineHeap
 from detector.sources.base import Line
 

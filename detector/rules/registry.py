@@ -1,5 +1,5 @@
-"""The one explicit mapping from a rule's kind (decided by config.py from its YAML keys) to the
-evaluator class that runs it."""
+"""The one explicit mapping from a rule's kind (decided by ``detector.config`` from its YAML
+keys) to the evaluator class that runs it."""
 
 from __future__ import annotations
 
@@ -9,10 +9,11 @@ from datetime import datetime
 from detector.model import RuleConfig, RuleKind
 from detector.rules.anomaly import NewKindEvaluator, RateEvaluator
 from detector.rules.base import Evaluator
-from detector.rules.expect import HeartbeatEvaluator, WindowEvaluator
+from detector.rules.heartbeat import HeartbeatEvaluator
 from detector.rules.match import MatchEvaluator
 from detector.rules.pair import PairEvaluator
 from detector.rules.threshold import ThresholdEvaluator
+from detector.rules.window import WindowEvaluator
 
 EVALUATORS: dict[RuleKind, Callable[[RuleConfig, datetime], Evaluator]] = {
     "error": MatchEvaluator,

@@ -1,14 +1,8 @@
-"""``expect:`` rules — silence (heartbeat) and expected-activity windows (cron).
+"""``expect: {cron, within}`` rules — expected activity in scheduled windows.
 
-Sits in the rules stage: the service feeds each evaluator the hits of its rule (``observe``) and
-wakes it exactly at ``next_deadline()`` (``due``); the signals go to the alert book. Semantics:
-
-**Heartbeat** (``expect: {every, grace, by, keys}``). A key fires at exactly
-``last match + every + grace`` (a key never seen: ``tracking start + every + grace``, where tracking
-starts when the agent first ran the rule and survives restarts) and resolves on its next match
-("back after 17m of silence"). With ``by:`` each value of that field (captured group or journald
-field) is its own key; with ``keys:`` exactly those values are tracked (other values are ignored)
-and one never seen fires too; with ``by:`` but no ``keys:`` a value is tracked from its first match.
+Sits in the rules stage beside ``heartbeat.py`` and ``pair.py``: the service feeds the evaluator
+the hits of its rule (``observe``) and wakes it exactly at ``next_deadline()`` (``due``); the
+signals go to the alert book. Semantics:
 
 **Window** (``expect: {cron, within, timezone, min_count, too_early}``, rule ``fail:``). A window
 opens at each cron time, computed in the IANA ``timezone``, and closes ``within`` (elapsed time)
@@ -29,11 +23,11 @@ hour field follow real time and run in both repeated hours. ``0 2 29 2 *`` opens
 **Downtime.** ``note_downtime(since, until)`` tells the evaluator when the agent was not running.
 The service holds ``due()`` back until the sources caught up, so a line written during the downtime
 is observed first: a window satisfied by it never fires (a line with an uncertain time
-``When(at, earliest)`` counts for every window overlapping ``[earliest, at]``), and a heartbeat is
-fed by it. A deadline that passed unsatisfied still fires, once, saying the agent was down for part
-of the period. A silence, late window match or late pair end that is already over when its line is
-read (its exact timestamp is past a deadline that was not yet evaluated) is an ``info``, not a
-fire: nothing is left open, yet nothing is swallowed.
+``When(at, earliest)`` counts for every window overlapping ``[earliest, at]``). A deadline that
+passed unsatisfied still fires, once, saying the agent was down for part of the period. A late
+window match that is already over when its line is read (its exact timestamp is past a deadline
+that was not yet evaluated) is an ``info``, not a fire: nothing is left open, yet nothing is
+swallowed.
 """
 
 from __future__ import annotations
@@ -48,301 +42,20 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from cronsim import CronSim, CronSimError
 
 from detector.matching import Hit
-from detector.model import HeartbeatSpec, RuleConfig, WindowSpec
+from detector.model import RuleConfig, WindowSpec
 from detector.rules.base import Signal, When
-from detector.rules.common import group_key, hit_fields, human_duration, summarize
-from detector.schedule import DeadlineHeap
+from detector.rules.common import (
+    downtime_note,
+    hit_fields,
+    human_duration,
+    iso,
+    parse_at,
+    summarize,
+)
 from detector.sources.base import Line
 
 MAX_WINDOWS = 1000
 """At most this many windows are kept (a minutely cron after a week of downtime)."""
-
-
-def utc_text(at: datetime) -> str:
-    return at.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC")
-
-
-def parse_at(value: Any) -> datetime | None:
-    """An ISO timestamp from stored state, as aware UTC; None if absent or malformed."""
-    if not isinstance(value, str):
-        return None
-    try:
-        at = datetime.fromisoformat(value)
-    except ValueError:
-        return None
-    if at.tzinfo is None:
-        return None
-    return at.astimezone(UTC)
-
-
-def iso(at: datetime | None) -> str | None:
-    return None if at is None else at.astimezone(UTC).isoformat()
-
-
-def downtime_note(
-    down: tuple[datetime, datetime] | None, start_at: datetime, end_at: datetime
-) -> str:
-    """A sentence about the agent's downtime if it overlaps ``[start_at, end_at]``, else ''."""
-    if down is None:
-        return ""
-    since, until = down
-    if since > end_at or until < start_at:
-        return ""
-    return (
-        f"The agent was down from {utc_text(since)} to {utc_text(until)} "
-        f"({human_duration(until - since)}), during part of this period; "
-        "the log read since shows no match."
-    )
-
-
-# ====================================================================== heartbeat
-
-
-class _Beat:
-    __slots__ = ("firing", "labels", "last_at", "since_at")
-
-    def __init__(self, since_at: datetime, labels: dict[str, str]) -> None:
-        self.since_at = since_at
-        self.last_at: datetime | None = None
-        self.firing = False
-        self.labels = labels
-
-
-class HeartbeatEvaluator:
-    """At least one match every ``every`` (+ ``grace``), per ``by`` key."""
-
-    wants_all_lines = False
-
-    def __init__(self, rule: RuleConfig, now: datetime) -> None:
-        assert rule.heartbeat is not None, "HeartbeatEvaluator needs rule.heartbeat"
-        self.rule = rule
-        self.spec: HeartbeatSpec = rule.heartbeat
-        self._period = self.spec.every + self.spec.grace
-        self._every_text = human_duration(self.spec.every)
-        self._grace_text = human_duration(self.spec.grace)
-        self._start_at = now
-        self._beats: dict[str, _Beat] = {}
-        self._heap = DeadlineHeap()
-        self._dirty: set[str] = set()
-        self._down: tuple[datetime, datetime] | None = None
-        by = self.spec.by
-        if by is None:
-            self._add("", {}, now)
-        else:
-            for value in self.spec.keys:
-                key, labels = group_key((by,), {by: value})
-                self._add(key, labels, now)
-
-    # ---------------------------------------------------------------- helpers
-
-    def _add(self, key: str, labels: dict[str, str], since_at: datetime) -> _Beat:
-        beat = self._beats[key] = _Beat(since_at, labels)
-        self._schedule(key, beat)
-        return beat
-
-    def _deadline(self, beat: _Beat) -> datetime | None:
-        if beat.firing:
-            return None
-        return (beat.last_at or beat.since_at) + self._period
-
-    def _schedule(self, key: str, beat: _Beat) -> None:
-        self._heap.push(key, self._deadline(beat))
-        self._dirty.add(key)
-
-    def _key_for(self, hit: Hit, line: Line) -> tuple[str, dict[str, str]] | None:
-        by = self.spec.by
-        if by is None:
-            return "", {}
-        value = hit_fields(hit, line).get(by)
-        if value is None or (self.spec.keys and value not in self.spec.keys):
-            return None
-        return group_key((by,), {by: value})
-
-    def _ctx(self, beat: _Beat, silent_for: timedelta, extra: Mapping[str, Any]) -> dict[str, Any]:
-        return {
-            **beat.labels,
-            "count": 1,
-            "silent_for": human_duration(silent_for),
-            "last_seen": utc_text(beat.last_at) if beat.last_at else "never",
-            "every": self._every_text,
-            "grace": self._grace_text,
-            **extra,
-        }
-
-    def _who(self, beat: _Beat) -> str:
-        return "".join(f" [{k}={v}]" for k, v in beat.labels.items())
-
-    # ---------------------------------------------------------------- Evaluator
-
-    def observe(self, hit: Hit, line: Line, when: When) -> list[Signal]:
-        if hit.role != "match":
-            return []
-        found = self._key_for(hit, line)
-        if found is None:
-            return []
-        key, labels = found
-        beat = self._beats.get(key) or self._add(key, labels, when.at)
-        out: list[Signal] = []
-        base_at = beat.last_at or beat.since_at
-        silent_for = max(when.at - base_at, timedelta(0))
-        deadline = base_at + self._period
-        extra = {"line": line.text, "source": line.source}
-        if beat.firing:
-            default = f"{self.rule.name}{self._who(beat)}: " + (
-                f"back after {human_duration(silent_for)} of silence"
-                if beat.last_at is not None
-                else f"first seen {human_duration(silent_for)} after {utc_text(base_at)}"
-            )
-            summary, description = summarize(self.rule, default, self._ctx(beat, silent_for, extra))
-            out.append(
-                self._signal(
-                    key, beat, "resolve", when.at, summary, description=description, line=line
-                )
-            )
-        elif deadline < when.earliest:
-            # The deadline passed before this line was written, but the agent only learns of it
-            # now (catching up, or a stalled loop): the silence is over, tell it once.
-            note = downtime_note(self._down, base_at, when.at)
-            default = (
-                f"{self.rule.name}{self._who(beat)}: was silent for {human_duration(silent_for)}"
-                f" (from {utc_text(base_at)} to {utc_text(when.at)}); back now"
-            )
-            ctx = self._ctx(beat, silent_for, {**extra, "agent_down": bool(note)})
-            summary, description = summarize(self.rule, default, ctx)
-            out.append(
-                self._signal(
-                    key, beat, "info", when.at, summary, description=description or note, line=line
-                )
-            )
-        if beat.last_at is None or when.at > beat.last_at:
-            beat.last_at = when.at
-        beat.firing = False
-        self._schedule(key, beat)
-        return out
-
-    def observe_line(self, line: Line, when: When) -> list[Signal]:
-        return []
-
-    def next_deadline(self) -> datetime | None:
-        return self._heap.next_at()
-
-    def due(self, now: datetime) -> list[Signal]:
-        out: list[Signal] = []
-        for key in self._heap.pop_due(now):
-            beat = self._beats[key]
-            base_at = beat.last_at or beat.since_at
-            silent_for = now - base_at
-            note = downtime_note(self._down, base_at, now)
-            if beat.last_at is None:
-                default = (
-                    f"{self.rule.name}{self._who(beat)}: never seen since "
-                    f"{utc_text(beat.since_at)} ({human_duration(silent_for)})"
-                )
-            else:
-                default = (
-                    f"{self.rule.name}{self._who(beat)}: no match for "
-                    f"{human_duration(silent_for)} (last {utc_text(beat.last_at)})"
-                )
-            if note:
-                default += "; the agent was down for part of it"
-            ctx = self._ctx(beat, silent_for, {"agent_down": bool(note)})
-            summary, description = summarize(self.rule, default, ctx)
-            beat.firing = True
-            self._dirty.add(key)
-            out.append(
-                self._signal(
-                    key, beat, "fire", now, summary, description=description or note, line=None
-                )
-            )
-        return out
-
-    def _signal(
-        self,
-        key: str,
-        beat: _Beat,
-        action: Literal["fire", "resolve", "info"],
-        at: datetime,
-        summary: str,
-        *,
-        description: str,
-        line: Line | None,
-    ) -> Signal:
-        base_at = beat.last_at or beat.since_at
-        return Signal(
-            rule=self.rule.name,
-            kind="silence",
-            key=key if action != "info" else f"{key}#late",
-            action=action,
-            at=at,
-            labels=dict(beat.labels),
-            summary=summary,
-            description=description,
-            sample=None if line is None else line.text,
-            evidence={
-                "last_seen_at": iso(beat.last_at),
-                "since_at": iso(beat.since_at),
-                "deadline_at": iso(base_at + self._period),
-                "silent_for_s": (at - base_at).total_seconds(),
-                "every_s": self.spec.every.total_seconds(),
-                "grace_s": self.spec.grace.total_seconds(),
-            },
-            source=None if line is None else line.source,
-        )
-
-    def note_downtime(self, since: datetime, until: datetime) -> None:
-        self._down = (since, until)
-
-    def state_changes(self) -> dict[str, Any | None]:
-        out: dict[str, Any | None] = {}
-        for key in self._dirty:
-            beat = self._beats.get(key)
-            out[key] = (
-                None
-                if beat is None
-                else {
-                    "last": iso(beat.last_at),
-                    "since": iso(beat.since_at),
-                    "firing": beat.firing,
-                    "labels": beat.labels,
-                }
-            )
-        self._dirty.clear()
-        return out
-
-    def load_state(self, items: Mapping[str, Any]) -> None:
-        by = self.spec.by
-        for key, value in items.items():
-            beat = self._restore(value, {by} if by is not None else set())
-            if beat is None or not self._applies(key, beat):
-                self._dirty.add(key)  # malformed, or from another `by:`/`keys:`: drop (or rewrite)
-                continue
-            self._beats[key] = beat
-            self._schedule(key, beat)
-
-    def _applies(self, key: str, beat: _Beat) -> bool:
-        by = self.spec.by
-        if by is None:
-            return key == ""
-        value = beat.labels[by]
-        if self.spec.keys and value not in self.spec.keys:
-            return False
-        return key == group_key((by,), {by: value})[0]
-
-    @staticmethod
-    def _restore(value: Any, want_labels: set[str]) -> _Beat | None:
-        if not isinstance(value, Mapping):
-            return None
-        since_at = parse_at(value.get("since"))
-        labels = value.get("labels")
-        if since_at is None or not isinstance(labels, Mapping) or set(labels) != want_labels:
-            return None
-        beat = _Beat(since_at, {str(k): str(v) for k, v in labels.items()})
-        beat.last_at = parse_at(value.get("last"))
-        beat.firing = value.get("firing") is True
-        return beat
-
-
-# ====================================================================== window
 
 WindowStatus = Literal["open", "ok", "failed", "missed"]
 

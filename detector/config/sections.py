@@ -1,0 +1,397 @@
+"""The non-rule sections of rules.yaml: ``agent:``, ``defaults:``, ``sources:`` and ``webhooks:``.
+
+Sits between ``load.py`` (which splits the document into sections and collects the declared source
+and webhook names first, so references can be checked in any order) and the typed config of
+``model.py``: each reader takes the section's node, asks the ``NodeReader`` of ``nodes.py`` for
+its typed values and returns the frozen dataclass, or ``None`` after recording the problems.
+:func:`common_fields` (severity, notify, repeat, …) is shared with ``rules.py``, since a rule may
+override every default.
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, cast
+from urllib.parse import urlsplit
+
+from yaml.nodes import Node, ScalarNode
+
+from detector.config.nodes import TAG_INT, NodeReader, did_you_mean
+from detector.model import (
+    SEVERITIES,
+    WEBHOOK_FORMATS,
+    AgentConfig,
+    Defaults,
+    FileSourceConfig,
+    JournaldSourceConfig,
+    Location,
+    Severity,
+    SourceConfig,
+    WebhookConfig,
+    WebhookFormat,
+)
+from detector.store.db import default_state_path
+
+JOURNALD_PRIORITIES: Mapping[str, int] = {
+    "emerg": 0,
+    "emergency": 0,
+    "panic": 0,
+    "alert": 1,
+    "crit": 2,
+    "critical": 2,
+    "err": 3,
+    "error": 3,
+    "warning": 4,
+    "warn": 4,
+    "notice": 5,
+    "info": 6,
+    "informational": 6,
+    "debug": 7,
+}
+
+_AGENT_KEYS = (
+    "state",
+    "host",
+    "listen",
+    "listen_token",
+    "heartbeat",
+    "heartbeat_every",
+    "fallback",
+    "source_grace",
+    "log_format",
+)
+DEFAULTS_KEYS = ("severity", "notify", "repeat", "resolve_after", "owner", "runbook", "labels")
+_FILE_KEYS = ("file", "start_at", "max_line_bytes", "poll_interval")
+_JOURNALD_KEYS = (
+    "units",
+    "identifiers",
+    "priority",
+    "match",
+    "namespace",
+    "start_at",
+    "journalctl",
+)
+_WEBHOOK_KEYS = (
+    "url",
+    "format",
+    "secret",
+    "headers",
+    "routing_key",
+    "topic",
+    "template",
+    "timeout",
+    "connect_timeout",
+    "max_age",
+    "rate",
+    "fallback",
+    "fail_after",
+)
+_JOURNAL_FIELD = re.compile(r"[A-Z0-9_]+")
+
+
+@dataclass(frozen=True)
+class Declared:
+    """The source and webhook names the file declares; ``journald`` is filled by read_sources."""
+
+    sources: set[str]
+    webhooks: set[str]
+    journald: set[str] = field(default_factory=set)
+
+
+def read_agent(r: NodeReader, declared: Declared, node: Node | None) -> AgentConfig | None:
+    entries = {} if node is None else r.mapping(node, "agent", "a mapping", _AGENT_KEYS)
+    if entries is None:
+        return None
+    w = "agent"
+    kw: dict[str, Any] = {}
+    state: Path = default_state_path(r.env)
+    if "state" in entries:
+        s = r.string(entries["state"][1], f"{w}: state", "a file path")
+        if s is not None:
+            state = Path(s).expanduser()
+    host = socket.gethostname()
+    if "host" in entries:
+        h = r.string(entries["host"][1], f"{w}: host")
+        if h is not None:
+            host = h
+    if "listen" in entries:
+        vnode = entries["listen"][1]
+        s = r.string(vnode, f"{w}: listen", "host:port")
+        if s is not None:
+            h, sep, port = s.rpartition(":")
+            if not sep or not h or not port.isdigit() or not 0 < int(port) < 65536:
+                r.err(
+                    vnode,
+                    f"{w}: listen",
+                    f"'{s}' is not host:port — write e.g. 127.0.0.1:9465",
+                )
+            else:
+                kw["listen"] = s
+    if "listen_token" in entries:
+        kw["listen_token"] = r.string(entries["listen_token"][1], f"{w}: listen_token")
+    if "heartbeat" in entries:
+        kw["heartbeat"] = _url(r, entries["heartbeat"][1], f"{w}: heartbeat")
+    for key in ("heartbeat_every", "source_grace"):
+        if key in entries:
+            d = r.span(entries[key][1], f"{w}: {key}")
+            if d is not None:
+                kw[key] = d
+    if "fallback" in entries:
+        names = r.names(entries["fallback"][1], f"{w}: fallback", declared.webhooks, "webhook")
+        if names is not None:
+            kw["fallback"] = names
+    if "log_format" in entries:
+        c = r.choice(entries["log_format"][1], f"{w}: log_format", ("text", "json"))
+        if c is not None:
+            kw["log_format"] = c
+    return AgentConfig(state=state, host=host, **kw)
+
+
+def read_defaults(r: NodeReader, declared: Declared, node: Node | None) -> Defaults | None:
+    entries = {} if node is None else r.mapping(node, "defaults", "a mapping", DEFAULTS_KEYS)
+    if entries is None:
+        return None
+    kw = common_fields(r, declared, entries, "defaults")
+    return Defaults(**kw)
+
+
+def common_fields(
+    r: NodeReader, declared: Declared, entries: dict[str, tuple[Node, Node]], w: str
+) -> dict[str, Any]:
+    """severity, notify, repeat, resolve_after, owner, runbook, labels: shared by rules."""
+    kw: dict[str, Any] = {}
+    if "severity" in entries:
+        c = r.choice(entries["severity"][1], f"{w}: severity", SEVERITIES)
+        if c is not None:
+            kw["severity"] = cast(Severity, c)
+    if "notify" in entries:
+        names = r.names(entries["notify"][1], f"{w}: notify", declared.webhooks, "webhook")
+        if names is not None:
+            kw["notify"] = names
+    if "repeat" in entries:
+        d = r.duration(entries["repeat"][1], f"{w}: repeat", never=True)
+        if d is not None:
+            kw["repeat"] = None if d == "never" else d
+    if "resolve_after" in entries:
+        d2 = r.span(entries["resolve_after"][1], f"{w}: resolve_after")
+        if d2 is not None:
+            kw["resolve_after"] = d2
+    for key in ("owner", "runbook"):
+        if key in entries:
+            s = r.string(entries[key][1], f"{w}: {key}")
+            if s is not None:
+                kw[key] = s
+    if "labels" in entries:
+        labels = r.str_map(
+            entries["labels"][1], f"{w}: labels", "a mapping of label: value", label_keys=True
+        )
+        if labels is not None:
+            kw["labels"] = labels
+    return kw
+
+
+def read_sources(r: NodeReader, declared: Declared, node: Node) -> dict[str, SourceConfig]:
+    entries = r.mapping(node, "sources", "a mapping of source name: {file: …}", None)
+    out: dict[str, SourceConfig] = {}
+    for name, (knode, vnode) in (entries or {}).items():
+        w = f"source '{name}'"
+        body = r.mapping(vnode, w, "a mapping with file: or journald:", (*_FILE_KEYS, "journald"))
+        if body is None:
+            continue
+        loc = r.location(knode)
+        if ("file" in body) == ("journald" in body):
+            r.err(
+                vnode,
+                w,
+                "needs exactly one of file: (path or glob) or journald: {units: …} — "
+                "write e.g. {file: /var/log/syslog} or {journald: {units: [ssh.service]}}",
+            )
+            continue
+        src: SourceConfig | None
+        if "journald" in body:
+            declared.journald.add(name)
+            src = _journald(r, name, body, w, loc)
+        else:
+            src = _file(r, name, body, w, loc)
+        if src is not None:
+            out[name] = src
+    return out
+
+
+def _start_at(r: NodeReader, node: Node, w: str) -> Literal["end", "beginning"] | None:
+    c = r.choice(node, f"{w}: start_at", ("end", "beginning"))
+    return cast(Literal["end", "beginning"] | None, c)
+
+
+def _file(
+    r: NodeReader, name: str, body: dict[str, tuple[Node, Node]], w: str, loc: Location
+) -> FileSourceConfig | None:
+    kw: dict[str, Any] = {}
+    paths = r.strings(body["file"][1], f"{w}: file", "path or glob")
+    if paths is not None and (not paths or any(not p.strip() for p in paths)):
+        r.err(body["file"][1], f"{w}: file", "empty path — write e.g. /var/log/syslog")
+        paths = None
+    if "start_at" in body:
+        kw["start_at"] = _start_at(r, body["start_at"][1], w)
+    if "max_line_bytes" in body:
+        kw["max_line_bytes"] = r.integer(body["max_line_bytes"][1], f"{w}: max_line_bytes", 1)
+    if "poll_interval" in body:
+        kw["poll_interval"] = r.span(body["poll_interval"][1], f"{w}: poll_interval")
+    if paths is None or any(v is None for v in kw.values()):
+        return None
+    return FileSourceConfig(name=name, paths=paths, location=loc, **kw)
+
+
+def _journald(
+    r: NodeReader, name: str, body: dict[str, tuple[Node, Node]], w: str, loc: Location
+) -> JournaldSourceConfig | None:
+    for key in ("max_line_bytes", "poll_interval", "file"):
+        if key in body:
+            r.err(body[key][0], w, f"'{key}' applies to file sources only — remove it")
+    inner = r.mapping(
+        body["journald"][1],
+        f"{w}: journald",
+        "a mapping such as {units: [x.service]}",
+        _JOURNALD_KEYS,
+    )
+    if inner is None:
+        return None
+    jw = f"{w}: journald"
+    kw: dict[str, Any] = {}
+    if "start_at" in body:
+        kw["start_at"] = _start_at(r, body["start_at"][1], w)
+    for key, what in (("units", "unit name"), ("identifiers", "syslog identifier")):
+        if key in inner:
+            kw[key] = r.strings(inner[key][1], f"{jw}.{key}", what)
+    if "priority" in inner:
+        kw["priority"] = _priority(r, inner["priority"][1], f"{jw}.priority")
+    if "match" in inner:
+        kw["match"] = _journal_match(r, inner["match"][1], f"{jw}.match")
+    for key in ("namespace", "journalctl"):
+        if key in inner:
+            kw[key] = r.string(inner[key][1], f"{jw}.{key}")
+    if "start_at" in inner:
+        kw["start_at"] = _start_at(r, inner["start_at"][1], jw)
+    if any(v is None for v in kw.values()):
+        return None
+    return JournaldSourceConfig(name=name, location=loc, **kw)
+
+
+def _priority(r: NodeReader, node: Node, w: str) -> int | None:
+    if isinstance(node, ScalarNode) and node.tag == TAG_INT:
+        return r.integer(node, w, 0, 7)
+    s = r.string(node, w, "a priority name (e.g. warning) or 0-7")
+    if s is None:
+        return None
+    if s.isdigit() and int(s) <= 7:
+        return int(s)
+    p = JOURNALD_PRIORITIES.get(s.lower())
+    if p is None:
+        hint = did_you_mean(s.lower(), JOURNALD_PRIORITIES) or (
+            "use emerg, alert, crit, err, warning, notice, info, debug or 0-7"
+        )
+        r.err(node, w, f"unknown priority '{s}' — {hint}")
+    return p
+
+
+def _journal_match(r: NodeReader, node: Node, w: str) -> dict[str, tuple[str, ...]] | None:
+    entries = r.mapping(node, w, "a mapping of FIELD: value (or list of values)", None)
+    if entries is None:
+        return None
+    out: dict[str, tuple[str, ...]] = {}
+    ok = True
+    for key, (knode, vnode) in entries.items():
+        if not _JOURNAL_FIELD.fullmatch(key):
+            r.err(
+                knode,
+                w,
+                f"'{key}' is not a journald field name — fields are upper case, "
+                f"e.g. _SYSTEMD_UNIT or {key.upper()}",
+            )
+            ok = False
+            continue
+        values = r.strings(vnode, f"{w}.{key}", "value")
+        if values is None:
+            ok = False
+        else:
+            out[key] = values
+    return out if ok else None
+
+
+def _url(r: NodeReader, node: Node, w: str) -> str | None:
+    s = r.string(node, w, "an http:// or https:// URL")
+    if s is None:
+        return None
+    parts = urlsplit(s.strip())
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        shown = f"{parts.scheme}://{parts.netloc}…" if parts.scheme else f"'{s[:40]}'"
+        if not s.strip():
+            shown = "an empty value"
+        r.err(
+            node,
+            w,
+            f"expected an http:// or https:// URL, got {shown} — write e.g. "
+            "https://hooks.example.com/path (quote it if it contains '#' or ': ')",
+        )
+        return None
+    return s.strip()
+
+
+def read_webhooks(r: NodeReader, declared: Declared, node: Node) -> dict[str, WebhookConfig]:
+    entries = r.mapping(node, "webhooks", "a mapping of webhook name: {url: …}", None)
+    out: dict[str, WebhookConfig] = {}
+    for name, (knode, vnode) in (entries or {}).items():
+        w = f"webhook '{name}'"
+        body = r.mapping(vnode, w, "a mapping with url: and format:", _WEBHOOK_KEYS)
+        if body is None:
+            continue
+        if "url" not in body:
+            r.err(vnode, w, "missing required key 'url' — add url: https://…")
+            continue
+        kw: dict[str, Any] = {"url": _url(r, body["url"][1], f"{w}: url")}
+        fmt = "json"
+        if "format" in body:
+            c = r.choice(body["format"][1], f"{w}: format", WEBHOOK_FORMATS)
+            kw["format"] = cast(WebhookFormat | None, c)
+            fmt = c or fmt
+        for key in ("secret", "routing_key", "topic", "template"):
+            if key in body:
+                kw[key] = r.string(body[key][1], f"{w}: {key}")
+        if fmt == "pagerduty" and "routing_key" not in body:
+            r.err(
+                vnode,
+                w,
+                "format pagerduty needs routing_key — add routing_key: "
+                '"${PAGERDUTY_ROUTING_KEY}" (the integration key of the service)',
+            )
+            kw["routing_key"] = None
+        if "headers" in body:
+            kw["headers"] = r.str_map(
+                body["headers"][1], f"{w}: headers", "a mapping of Header-Name: value"
+            )
+        for key in ("timeout", "connect_timeout", "max_age"):
+            if key in body:
+                kw[key] = r.span(body[key][1], f"{w}: {key}")
+        if "rate" in body:
+            kw["rate"] = r.integer(body["rate"][1], f"{w}: rate", 1)
+        if "fail_after" in body:
+            kw["fail_after"] = r.integer(body["fail_after"][1], f"{w}: fail_after", 1)
+        if "fallback" in body:
+            fb = r.names(body["fallback"][1], f"{w}: fallback", declared.webhooks, "webhook")
+            if fb is not None and name in fb:
+                r.err(
+                    body["fallback"][1],
+                    f"{w}: fallback",
+                    "a webhook cannot be its own fallback — name a different webhook",
+                )
+                fb = None
+            kw["fallback"] = fb
+        optional = ("secret", "routing_key", "topic", "template")
+        if any(v is None for k, v in kw.items() if k not in optional or k in body):
+            continue
+        out[name] = WebhookConfig(name=name, location=r.location(knode), **kw)
+    return out
