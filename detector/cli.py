@@ -73,7 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
         default=1,
         metavar="N",
         help="match in N worker processes while this one evaluates the rules in line order "
-        "(same output, faster on big files; stdin is always read in one process; default 1)",
+        "(same output; faster on big files when CPUs are idle; stdin is always read in one "
+        "process; default 1)",
     )
 
     p = sub.add_parser(

@@ -219,8 +219,9 @@ class Pipeline:
     def _due(self, now: datetime) -> set[str]:
         """Run evaluators' and the alert book's deadlines up to ``now``; return who changed."""
         signals: list[Signal] = []
-        touched = set(self._deadlines.pop_due(now))
-        for name in touched:
+        due = self._deadlines.pop_due(now)  # earliest first: a deterministic order
+        touched = set(due)
+        for name in due:
             ev = self.evaluators[name]
             signals.extend(ev.due(now))
             self._deadlines.push(name, ev.next_deadline())

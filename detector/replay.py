@@ -8,6 +8,11 @@ between hits in time order, so a replay reports what the live agent would have r
 Reading is block-wise: 1 MiB of bytes at a time, decoded and split once; a ``Line`` object is built
 only for lines some rule hit, and timestamps are parsed only for those lines and for the last line
 of each block (to advance the clock). That is what keeps a replay at grep-like speed.
+
+``--jobs N`` (backfills): N worker processes match the blocks (the same cuts, see
+:func:`raw_blocks`) and send back only the hits and the texts of hit lines; this process still
+evaluates every block in order, so deadlines, windows and dedup see exactly what they see in one
+process. Only matching runs in parallel; rule evaluation stays sequential.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import multiprocessing
 import os
 import re
 import sys
+import threading
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterator, Sequence
@@ -28,7 +34,7 @@ from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import IO, Any, overload
 
-from detector.matching import Hit, Matcher, PatternSpec
+from detector.matching import Hit, Matcher, PatternSpec, Role
 from detector.model import Config, FileSourceConfig
 from detector.pipeline import Pipeline, pattern_specs
 from detector.rules.base import When
@@ -178,13 +184,15 @@ def raw_blocks(stream: IO[bytes], block: int = BLOCK) -> Iterator[tuple[int, byt
 
 
 def normalize(data: bytes, *, final: bool) -> bytes:
-    """CRLF line ends made LF inside a block; the stream's unterminated last line loses trailing
-    CRs. (Working on bytes is the same as on the decoded text: CR and LF never take part in a
-    multi-byte sequence, valid or not.)"""
+    """CRLF line ends made LF (including the block's last line, whose LF is the cut); the
+    stream's unterminated last line loses trailing CRs. (Working on bytes is the same as on the
+    decoded text: CR and LF never take part in a multi-byte sequence, valid or not.)"""
     if final:
         return data.rstrip(b"\r")
     if b"\r" in data:
-        return data.replace(b"\r\n", b"\n")
+        data = data.replace(b"\r\n", b"\n")
+        if data.endswith(b"\r"):  # the block's last line ended in CRLF; its LF was the cut
+            data = data[:-1]
     return data
 
 
@@ -259,13 +267,17 @@ class _SomeLines(Sequence[str]):
 
 _Task = tuple[str, str, int, int, bool, bool]
 """(path, source, offset, length, final, all_texts): one block for a worker."""
-_Result = tuple[int, int, list[Hit], "dict[int, str] | list[str]", list[str], list[str]]
+_HitTuple = tuple[int, str, Role, dict[str, str]]
+"""A Hit as a plain tuple: unpickling a dataclass costs ~15 µs, a tuple far less."""
+_Result = tuple[int, int, list[_HitTuple], "dict[int, str] | list[str]", list[str], list[str]]
 """(lines, chars, hits, texts of hit lines — or of every line —, first 50, last 50 lines)."""
 
 
-def _match_worker(conn: Connection, specs: list[PatternSpec]) -> None:
-    """A ``--jobs`` worker process: match the blocks it is sent, answering in the order sent."""
-    matcher = Matcher(specs)
+def _match_worker(conn: Connection, matcher: Matcher | list[PatternSpec]) -> None:
+    """A ``--jobs`` worker process: match the blocks it is sent, answering in the order sent.
+    ``matcher`` is the parent's, already compiled (fork), or the specs to build one from."""
+    if not isinstance(matcher, Matcher):
+        matcher = Matcher(matcher)
     opened: tuple[str, int] | None = None
     try:
         while (task := conn.recv()) is not None:
@@ -292,7 +304,8 @@ def _match_block(matcher: Matcher, fd: int, task: _Task) -> _Result:
     if len(raw) != length:
         raise OSError(f"{_path}: short read at {offset} (file changed during the replay?)")
     data = normalize(raw, final=final)
-    n, hits = matcher.match_block(source, data + b"\n")
+    n, found = matcher.match_block(source, data + b"\n")
+    hits = [(h.line, h.rule, h.role, h.groups) for h in found]
     if all_texts or not data.isascii():
         decoded = data.decode("utf-8", "replace")
         chars = len(decoded) + 1
@@ -302,27 +315,38 @@ def _match_block(matcher: Matcher, fd: int, task: _Task) -> _Result:
     else:
         chars = len(data) + 1
     lines = data.split(b"\n")
-    texts = {h.line: lines[h.line].decode("utf-8", "replace") for h in hits}
+    texts = {h.line: lines[h.line].decode("utf-8", "replace") for h in found}
     head = [t.decode("utf-8", "replace") for t in lines[:50]]
     tail = [t.decode("utf-8", "replace") for t in lines[-50:]]
     return n, chars, hits, texts, head, tail
 
 
 class _MatchPool:
-    """``jobs`` worker processes, each with its own Matcher built once from the rules' pattern
-    specs. Blocks go to them round robin as (offset, length) descriptors — each worker reads its
-    blocks itself — and results are taken back in block order, at most ``2 * jobs`` blocks ahead
-    of evaluation, so memory stays flat whatever the file size."""
+    """``jobs`` worker processes, each with its own Matcher: a copy of the parent's, compiled
+    before the fork, or (fork server) one built once from the pattern specs. Blocks go to them
+    round robin as (offset, length) descriptors — each worker reads its blocks itself — and
+    results are taken back in block order, at most ``2 * jobs`` blocks ahead of evaluation, so
+    memory stays flat whatever the file size."""
 
-    def __init__(self, specs: list[PatternSpec], jobs: int) -> None:
-        ctx = multiprocessing.get_context("forkserver")
-        ctx.set_forkserver_preload(["detector.replay"])
+    def __init__(self, matcher: Matcher, specs: list[PatternSpec], jobs: int) -> None:
+        # fork: quick to start, nothing to re-import. A process with threads cannot fork safely:
+        # there the workers come from a fork server (which imports the __main__ script again).
+        forking = threading.active_count() == 1
+        ctx = (
+            multiprocessing.get_context("fork")
+            if forking
+            else multiprocessing.get_context("forkserver")
+        )
+        given: Matcher | list[PatternSpec] = matcher if forking else specs
+        for out in (sys.stdout, sys.stderr):  # a forked child flushes what it inherited
+            with contextlib.suppress(OSError, ValueError, AttributeError):
+                out.flush()
         self._conns: list[Connection] = []
         self._procs: list[BaseProcess] = []
         try:
             for _ in range(jobs):
                 here, there = ctx.Pipe()
-                proc = ctx.Process(target=_match_worker, args=(there, specs), daemon=True)
+                proc = ctx.Process(target=_match_worker, args=(there, given), daemon=True)
                 proc.start()
                 there.close()
                 self._conns.append(here)
@@ -348,13 +372,13 @@ class _MatchPool:
     def _take(conn: Connection) -> _Block:
         try:
             answer = conn.recv()
-        except EOFError:
+        except (EOFError, OSError):
             raise RuntimeError("a matching worker process died") from None
         if isinstance(answer, str):
             raise RuntimeError(f"a matching worker failed: {answer}")
         n, chars, hits, texts, head, tail = answer
         lines = texts if isinstance(texts, list) else _SomeLines(n, texts)
-        return _Block(lines, chars, head, tail, hits)
+        return _Block(lines, chars, head, tail, [Hit(*h) for h in hits])
 
     def close(self, *, abort: bool = False) -> None:
         for conn in self._conns:
@@ -379,15 +403,18 @@ def replay(
     progress: Callable[[int], None] | None = None,
     jobs: int = 1,
     block: int = BLOCK,
+    started_at: datetime | None = None,
 ) -> ReplayResult:
     """Replay ``files`` — (path, source name) pairs — through a fresh in-memory pipeline.
 
     With ``jobs`` > 1, ``jobs`` worker processes match the blocks of each regular file bigger
     than one block, and this process evaluates their hits in line order: same result, less
-    time. Standard input (``-``) is always read here. ``block`` is the read size in bytes."""
+    time. Standard input (``-``) is always read here. ``block`` is the read size in bytes.
+    ``started_at`` (default: now) is the time before the first timestamp is read: rules start
+    their clocks there."""
     result = ReplayResult()
     start = time.perf_counter()
-    clock_now = datetime.now(UTC)
+    clock_now = started_at or datetime.now(UTC)
     pipeline = Pipeline(config, clock_now, lambda _rule: {})
     pipeline.alerts.record = result.notifications  # every notification, webhooks or not
     current: list[datetime | None] = [None]
@@ -398,7 +425,9 @@ def replay(
             stream: IO[bytes] | None = None
             if jobs > 1 and path != "-" and os.path.getsize(path) > block:
                 if pool is None:
-                    pool = _MatchPool(pattern_specs(config.rules), jobs)
+                    for name in {s for _p, s in files}:
+                        pipeline.matcher.match(name, [])  # compiled once, before the fork
+                    pool = _MatchPool(pipeline.matcher, pattern_specs(config.rules), jobs)
                 all_texts = any(
                     ev.wants_all_lines and source in ev.rule.sources
                     for ev in pipeline.evaluators.values()

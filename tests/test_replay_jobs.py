@@ -1,0 +1,270 @@
+"""``detector test --jobs N``: worker processes match, this process evaluates, output unchanged."""
+
+from __future__ import annotations
+
+import io
+import os
+import random
+import subprocess
+import sys
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from detector.cli import build_parser
+from detector.model import AnomalyRateSpec, HeartbeatSpec, RuleConfig, ThresholdSpec
+from detector.replay import ReplayResult, read_blocks, replay
+from tests.helpers import config, rule
+
+ROOT = Path(__file__).resolve().parents[1]
+LOGHUB = ROOT.parent / "shared" / "testdata" / "loghub" / "2k"
+STARTED_AT = datetime(2026, 2, 1, tzinfo=UTC)
+"""The replays' wall clock, fixed so that two replays can be compared field by field."""
+SMALL_BLOCK = 4096
+"""Read size for these tests: a few hundred blocks, so work really goes through the workers."""
+
+
+def rules() -> tuple[RuleConfig, ...]:
+    return (
+        rule("errors", match=r"ERROR (?P<what>\w+)", group_by=("what",), ignore="ignorable"),
+        rule(
+            "disk",
+            kind="threshold",
+            match=r"WARN disk (?P<dev>sd\w)",
+            threshold=ThresholdSpec(3, timedelta(minutes=2), by=("dev",)),
+        ),
+        rule(
+            "backup",
+            kind="heartbeat",
+            match=r"backup (?:done|finished)",
+            heartbeat=HeartbeatSpec(every=timedelta(minutes=10), grace=timedelta(minutes=1)),
+        ),
+    )
+
+
+def generated_log(path: Path, lines: int = 8000, seed: int = 7) -> Path:
+    """Timestamped lines 1-20 s apart: errors, disk warnings in bursts, a backup heartbeat with
+    long gaps (silence alerts), plus CRLF endings, invalid UTF-8, non-ASCII text, blank lines
+    and a last line without a newline."""
+    r = random.Random(seed)
+    t = 1_772_366_400  # 2026-03-01T12:00:00Z
+    out: list[bytes] = []
+    for i in range(lines):
+        t += r.choice((1, 1, 2, 5, 20))
+        if i % 1500 == 700:
+            t += 3600  # an hour of nothing: the heartbeat goes silent
+        stamp = f"{_iso(t)} host app[{r.randrange(100)}]: ".encode()
+        kind = r.random()
+        if kind < 0.05:
+            body = f"ERROR {r.choice(('db', 'api', 'cache'))} failed".encode()
+        elif kind < 0.07:
+            body = b"ERROR db ignorable hiccup"
+        elif kind < 0.12:
+            body = f"WARN disk sd{r.choice('ab')} at 9{r.randrange(10)}%".encode()
+        elif kind < 0.13:
+            body = b"backup done"
+        elif kind < 0.14:
+            body = "ERROR caf\u00e9 n\u00e4me \u2013 b\u00e4d".encode()
+        elif kind < 0.15:
+            body = b"ERROR bin \xff\xfe garbage \xc3"
+        elif kind < 0.16:
+            out.append(b"")  # blank line
+            body = b"INFO after a blank line"
+        else:
+            body = f"INFO request {r.randrange(10**6)} served in {r.randrange(500)} ms".encode()
+        end = b"\r\n" if r.random() < 0.1 else b"\n"
+        out.append(stamp + body + end)
+    out.append(f"{_iso(t + 1)} host app[1]: ERROR db last line\r".encode())
+    path.write_bytes(b"".join(out))
+    return path
+
+
+def _iso(t: int) -> str:
+    from datetime import UTC, datetime
+
+    return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def outcome(res: ReplayResult) -> tuple[int, int, dict[str, int], list[dict[str, Any]]]:
+    """What a replay reports; ``event_id`` is random per notification, so it is left out."""
+    notes = [{k: v for k, v in n.items() if k != "event_id"} for n in res.notifications]
+    return res.lines, res.bytes, dict(res.matches), notes
+
+
+def test_two_jobs_report_the_same_matches_and_notifications_as_one(tmp_path: Path) -> None:
+    log = generated_log(tmp_path / "app.log")
+    cfg = config(*rules())
+    one = replay(cfg, [(str(log), "s")], started_at=STARTED_AT, block=SMALL_BLOCK)
+    two = replay(cfg, [(str(log), "s")], started_at=STARTED_AT, jobs=2, block=SMALL_BLOCK)
+    three = replay(cfg, [(str(log), "s")], started_at=STARTED_AT, jobs=3, block=SMALL_BLOCK * 3)
+    # the log exercises every rule: errors fire, disk bursts cross the threshold, backup goes
+    # silent during the gaps
+    fired = {n["rule"] for n in one.notifications if n["notification"] == "firing"}
+    assert fired == {"errors", "disk", "backup"}
+    assert one.matches["errors"] > 100 and one.matches["backup"] > 10
+    assert one.lines == log.read_bytes().count(b"\n") + 1  # the last line has no newline
+    assert outcome(two) == outcome(one)
+    single_big_block = replay(cfg, [(str(log), "s")], started_at=STARTED_AT, block=SMALL_BLOCK * 3)
+    assert outcome(three) == outcome(single_big_block)
+
+
+def test_lines_reach_rules_exactly_as_read_in_one_process(tmp_path: Path) -> None:
+    """CRLF endings, invalid UTF-8 and the unterminated last line: the sample texts the alerts
+    carry are the same, character for character, as the single-process decoding gives."""
+    log = generated_log(tmp_path / "app.log", lines=3000, seed=3)
+    cfg = config(rule("any", match=r"ERROR", repeat=None))
+    two = replay(cfg, [(str(log), "s")], started_at=STARTED_AT, jobs=2, block=SMALL_BLOCK)
+    with log.open("rb") as f:
+        expected = [t for block in read_blocks(f, SMALL_BLOCK) for t in block if "ERROR" in t]
+    samples = [s for n in two.notifications for s in n.get("samples", ())]
+    assert samples and set(samples) <= set(expected)
+    assert any("\ufffd" in s for s in samples)  # invalid bytes replaced, as in one process
+    assert two.matches["any"] == len(expected)
+    assert two.lines == log.read_bytes().count(b"\n") + 1
+
+
+def test_rules_over_every_line_see_every_line_with_jobs(tmp_path: Path) -> None:
+    log = generated_log(tmp_path / "app.log", lines=3000, seed=5)
+    rate = rule(
+        "rate",
+        kind="anomaly_rate",
+        match=None,
+        anomaly_rate=AnomalyRateSpec(learn=timedelta(minutes=10), min_delta=1),
+    )
+    cfg = config(rate, *rules())
+    one = replay(cfg, [(str(log), "s")], started_at=STARTED_AT, block=SMALL_BLOCK)
+    two = replay(cfg, [(str(log), "s")], started_at=STARTED_AT, jobs=2, block=SMALL_BLOCK)
+    assert outcome(two) == outcome(one)
+
+
+@pytest.mark.skipif(not LOGHUB.is_dir(), reason="loghub samples not present")
+def test_two_jobs_agree_with_one_on_the_loghub_openssh_sample() -> None:
+    log = LOGHUB / "OpenSSH" / "OpenSSH_2k.log"
+    cfg = config(
+        rule(
+            "invalid-user",
+            match=r"Invalid user (?P<user>\S+) from (?P<ip>[\d.]+)",
+            group_by=("ip",),
+        ),
+        rule(
+            "auth-failures",
+            kind="threshold",
+            match=r"authentication failure;.*rhost=(?P<rhost>\S+)",
+            threshold=ThresholdSpec(5, timedelta(minutes=1), by=("rhost",)),
+        ),
+        rule(
+            "accepted",
+            kind="heartbeat",
+            match=r"Accepted password for",
+            heartbeat=HeartbeatSpec(every=timedelta(minutes=30)),
+        ),
+    )
+    one = replay(cfg, [(str(log), "s")], started_at=STARTED_AT, block=SMALL_BLOCK)
+    two = replay(cfg, [(str(log), "s")], started_at=STARTED_AT, jobs=2, block=SMALL_BLOCK)
+    assert one.lines == 2000 and one.matches["invalid-user"] > 0
+    assert one.matches["auth-failures"] > 0 and one.firing
+    assert outcome(two) == outcome(one)
+
+
+@pytest.mark.parametrize("value", ["0", "-2", "two"])
+def test_jobs_must_be_a_positive_whole_number(
+    value: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as e:
+        build_parser().parse_args(["test", "-c", "rules.yaml", "x.log", "--jobs", value])
+    assert e.value.code == 2
+    assert "--jobs" in capsys.readouterr().err
+
+
+def test_jobs_defaults_to_one_and_may_exceed_the_cpu_count() -> None:
+    parser = build_parser()
+    assert parser.parse_args(["test", "-c", "r.yaml", "x.log"]).jobs == 1
+    many = (os.cpu_count() or 1) + 3
+    assert parser.parse_args(["test", "-c", "r.yaml", "x.log", "--jobs", str(many)]).jobs == many
+
+
+def _cli(
+    tmp_path: Path, *args: str, stdin: bytes | None = None
+) -> subprocess.CompletedProcess[str]:
+    cfg = tmp_path / "rules.yaml"
+    cfg.write_text(
+        "version: 1\nsources:\n  app: {file: /nonexistent/app.log}\nrules:\n"
+        "  - name: errors\n    source: app\n    match: 'ERROR (?P<what>\\w+)'\n"
+        "    group_by: [what]\n"
+        "  - name: backup\n    source: app\n    match: 'backup done'\n"
+        "    expect: {every: 10m}\n"
+    )
+    return subprocess.run(
+        [sys.executable, "-m", "detector", "test", "-c", str(cfg), "--no-progress", *args],
+        input=stdin.decode("utf-8", "replace") if stdin is not None else None,
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        # Notifications due at the same instant come out in set order: fix the hash seed so two
+        # runs can be compared line by line (one process and --jobs 2 alike).
+        env={**os.environ, "PYTHONHASHSEED": "0"},
+        timeout=60,
+        check=False,
+    )
+
+
+def _report(out: subprocess.CompletedProcess[str]) -> str:
+    """Everything but the first line (which has the elapsed time)."""
+    assert out.returncode in (0, 1), out.stderr
+    return out.stdout.split("\n", 1)[1]
+
+
+def test_cli_with_jobs_prints_the_same_report_on_a_file_over_one_block(tmp_path: Path) -> None:
+    log = generated_log(tmp_path / "app.log", lines=24_000)  # ~1.5 MB: two 1 MiB blocks
+    assert log.stat().st_size > 1 << 20
+    one = _cli(tmp_path, str(log))
+    two = _cli(tmp_path, str(log), "--jobs", "2")
+    assert "FIRING" in one.stdout and "24001 lines" in one.stdout
+    assert _report(two) == _report(one)
+    assert two.stdout.split(" in ")[0] == one.stdout.split(" in ")[0]  # lines and MB
+    assert two.stderr == ""
+
+
+def test_stdin_with_jobs_is_read_in_one_process_with_a_note(tmp_path: Path) -> None:
+    data = generated_log(tmp_path / "app.log", lines=500).read_bytes()
+    one = _cli(tmp_path, "-", stdin=data)
+    two = _cli(tmp_path, "-", "--jobs", "2", stdin=data)
+    assert "does not apply to standard input" in two.stderr
+    assert "does not apply" not in one.stderr
+    assert _report(two) == _report(one)
+
+
+def _expected_lines(data: bytes) -> list[str]:
+    """The specification: lines split at LF, one CR before each LF dropped (CRLF), trailing CRs of
+    an unterminated last line dropped, each line decoded with errors="replace"."""
+    if not data:
+        return []
+    parts = data.split(b"\n")
+    last = parts.pop()
+    lines = [p[:-1] if p.endswith(b"\r") else p for p in parts]
+    if last:
+        lines.append(last.rstrip(b"\r"))
+    return [line.decode("utf-8", "replace") for line in lines]
+
+
+def test_block_cuts_never_change_the_lines_for_awkward_bytes() -> None:
+
+    r = random.Random(11)
+    alphabet = [
+        b"a",
+        b"\n",
+        b"\r",
+        b"\r\n",
+        b"\xff",
+        b"\xc3",
+        b"\xa9",
+        b"\xe2\x82",
+        b"\xe2\x82\xac",
+    ]
+    for _ in range(300):
+        data = b"".join(r.choice(alphabet) for _ in range(r.randrange(0, 60)))
+        block = r.choice((1, 2, 3, 7, 64))
+        got = [line for lines in read_blocks(io.BytesIO(data), block) for line in lines]
+        assert got == _expected_lines(data), (data, block)
