@@ -13,12 +13,13 @@ here: every step takes the time it should use.
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from detector.alerts import AlertBook
+from detector.alerts import AGENT_RULE, AlertBook
 from detector.matching import Hit, Matcher, PatternSpec
 from detector.model import Config, RuleConfig
 from detector.rules.base import Evaluator, Signal, When
@@ -27,6 +28,7 @@ from detector.schedule import DeadlineHeap
 from detector.sources.base import Batch, Line
 from detector.store.db import Commit
 
+log = logging.getLogger("detector.pipeline")
 StateLoader = Callable[[str], Mapping[str, Any]]
 
 
@@ -67,6 +69,7 @@ class Pipeline:
         )
         self.alerts.load(alert_rows)
         self.lines_read: Counter[str] = Counter()
+        self.rule_errors: Counter[str] = Counter()
         self.lines_matched: Counter[str] = Counter()
         self.last_match_at: dict[str, datetime] = {}
         self._unsaved: set[str] = set()
@@ -197,7 +200,10 @@ class Pipeline:
                     matched[hit.rule] = matched.get(hit.rule, 0) + 1
                     last_at[hit.rule] = when.at
                 touched.add(hit.rule)
-                signals.extend(ev.observe(hit, line, when))
+                try:
+                    signals.extend(ev.observe(hit, line, when))
+                except Exception as e:  # one rule's bug must not stop the agent
+                    signals.append(self._rule_failed(hit.rule, e, line.text, when.at))
                 if interleave_ticks:
                     d = ev.next_deadline()
                     if d is not None and (upcoming is None or d < upcoming):
@@ -208,13 +214,35 @@ class Pipeline:
                 touched.add(ev.rule.name)
                 for i in range(len(texts)):
                     line = line_at(i)
-                    signals.extend(ev.observe_line(line, when_for(line)))
+                    when = when_for(line)
+                    try:
+                        signals.extend(ev.observe_line(line, when))
+                    except Exception as e:  # as above
+                        signals.append(self._rule_failed(ev.rule.name, e, line.text, when.at))
         self.alerts.apply(signals, now)
         for name in touched:
             self._deadlines.push(name, self.evaluators[name].next_deadline())
         commit = Commit()
         self._collect(commit, touched)
         return commit
+
+    def _rule_failed(self, rule: str, error: Exception, text: str | None, at: datetime) -> Signal:
+        """A rule raised: log it with the line, skip that one event, and raise an agent alert
+        (once per rule; it repeats while firing). Without this a bad line would crash the agent,
+        which would read the same batch again after its restart, forever."""
+        self.rule_errors[rule] += 1
+        if self.rule_errors[rule] <= 3:
+            log.exception("rule %s failed on %r; the event is skipped", rule, (text or "")[:200])
+        return Signal(
+            rule=AGENT_RULE,
+            kind="agent",
+            key=f"rule:{rule}",
+            action="fire",
+            at=at,
+            summary=f"rule {rule} failed: {type(error).__name__}: {error}"[:300],
+            description="The event was skipped; details are in the agent's log.",
+            sample=text,
+        )
 
     def _due(self, now: datetime) -> set[str]:
         """Run evaluators' and the alert book's deadlines up to ``now``; return who changed."""
@@ -223,7 +251,10 @@ class Pipeline:
         touched = set(due)
         for name in due:
             ev = self.evaluators[name]
-            signals.extend(ev.due(now))
+            try:
+                signals.extend(ev.due(now))
+            except Exception as e:  # as above
+                signals.append(self._rule_failed(name, e, None, now))
             self._deadlines.push(name, ev.next_deadline())
         self.alerts.apply(signals, now)
         self.alerts.due(now)

@@ -123,3 +123,38 @@ def test_lines_of_other_sources_are_not_seen_by_a_rule() -> None:
     c = p.process(batch("ERROR x"), exact(0), at(0))
     assert c.outbox == [] and p.lines_matched["e"] == 0
     assert isinstance(line("x"), Line)
+
+
+class _Broken:
+    """An evaluator with a bug: it raises on one kind of line."""
+
+    wants_all_lines = False
+
+    def __init__(self, rule):  # type: ignore[no-untyped-def]
+        self.rule = rule
+
+    def observe(self, hit, line, when):  # type: ignore[no-untyped-def]
+        if "poison" in line.text:
+            raise ValueError("cannot handle this line")
+        return []
+
+    def next_deadline(self):  # type: ignore[no-untyped-def]
+        return None
+
+    def state_changes(self):  # type: ignore[no-untyped-def]
+        return {}
+
+
+def test_a_rule_that_raises_skips_the_event_and_raises_an_agent_alert_instead_of_crashing(
+    caplog,  # type: ignore[no-untyped-def]
+) -> None:
+    good = rule("good")
+    p = Pipeline(config(good, rule("bad")), at(0), lambda r: {})
+    p.evaluators["bad"] = _Broken(p.evaluators["bad"].rule)  # type: ignore[assignment]
+    c = p.process(batch("ERROR poison", "ERROR fine"), exact(0), at(0))
+    kinds = sorted((o.payload["rule"], o.payload["kind"]) for o in c.outbox)
+    assert kinds == [("detector-agent", "agent"), ("good", "error")]
+    agent = next(o.payload for o in c.outbox if o.payload["kind"] == "agent")
+    assert "rule bad failed: ValueError: cannot handle this line" in agent["summary"]
+    assert p.rule_errors["bad"] == 1
+    assert "ERROR poison" in caplog.text
