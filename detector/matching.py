@@ -33,6 +33,7 @@ that path (``ENGINE`` says so). The Hyperscan database of a source is compiled o
 from __future__ import annotations
 
 import re
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -118,7 +119,11 @@ _BOTH, _ASCII_ONLY, _HIGH_ONLY = 0, 1, 2
 class Matcher:
     def __init__(self, specs: Sequence[PatternSpec]) -> None:
         cache: CharCache = {}
-        self._compiled = [_compile(s, cache) for s in specs]
+        # re's FutureWarnings ("possible nested set") were shown to the user by `detector check`
+        # (config.nodes.regex); compiling the same and derived patterns here must stay quiet.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            self._compiled = [_compile(s, cache) for s in specs]
         self._plans: dict[str, _Plan] = {}
 
     # ------------------------------------------------------------ public API
@@ -178,9 +183,11 @@ class Matcher:
     def _plan(self, source: str) -> _Plan:
         plan = self._plans.get(source)
         if plan is None:
-            plan = self._plans[source] = _build_plan(
-                tuple(c for c in self._compiled if source in c.spec.sources)
-            )
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", FutureWarning)
+                plan = self._plans[source] = _build_plan(
+                    tuple(c for c in self._compiled if source in c.spec.sources)
+                )
         return plan
 
     def _scan(

@@ -1068,3 +1068,10 @@ def test_formatted_durations_parse_back_to_the_same_value(d: timedelta) -> None:
 @given(st.timedeltas(min_value=timedelta(0), max_value=timedelta(days=365)))
 def test_durations_with_microseconds_round_trip_too(d: timedelta) -> None:
     assert parse_duration(format_duration(d)) == d
+
+
+def test_a_pattern_python_warns_about_is_a_warning_naming_the_line_not_a_crash() -> None:
+    write(HEAD + "  - {name: a, source: app, match: '[[a]x'}\n")
+    config = load_config("rules.yaml", {})
+    [warning] = [w for w in config.warnings if "nested set" in w]
+    assert "rule 'a'" in warning and "rules.yaml:" in warning and "\\[" in warning

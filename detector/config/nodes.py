@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import difflib
 import re
+import warnings
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
@@ -317,7 +318,9 @@ class NodeReader:
         if s is None:
             return None
         try:
-            re.compile(s)
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                re.compile(s)
         except re.error as e:
             pos = e.pos or 0
             column = None
@@ -337,6 +340,13 @@ class NodeReader:
                 column=column,
             )
             return None
+        for w in caught:  # e.g. FutureWarning "Possible nested set at position 3"
+            self.warn(
+                node,
+                where,
+                f"regular expression {s!r}: {w.message} — write \\[ for a literal bracket "
+                "inside a set; a future Python may read it differently",
+            )
         return s
 
     def names(self, node: Node, where: str, known: set[str], kind: str) -> tuple[str, ...] | None:
