@@ -22,7 +22,7 @@ import functools
 import hashlib
 import heapq
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -137,8 +137,8 @@ class AlertBook:
         self._repeat_heap: list[tuple[datetime, str]] = []
         self._changed: dict[str, Alert | None] = {}
         self._outbox: list[OutboxRow] = []
-        self.record: list[dict[str, Any]] | None = None
-        """If set, every notification's payload is appended here too (``detector test``)."""
+        self.record: Callable[[dict[str, Any]], None] | None = None
+        """If set, called with every notification's payload too (``detector test``)."""
         self.configure(rules, webhooks, fallback)
 
     def configure(
@@ -320,7 +320,7 @@ class AlertBook:
         event_id = uuid.uuid4().hex
         payload = alert.payload(notification, event_id, now)
         if self.record is not None:
-            self.record.append(payload)
+            self.record(payload)
         for webhook in alert.notify:
             self._outbox.append(
                 OutboxRow(

@@ -41,6 +41,7 @@ from detector.rules.base import When
 from detector.sources.base import Line
 
 BLOCK = 1 << 20
+KEEP_PER_RULE = 20
 _MONTHS = {
     m: i
     for i, m in enumerate(
@@ -154,10 +155,27 @@ class ReplayResult:
     matches: Counter[str] = field(default_factory=Counter)
     samples: dict[str, list[str]] = field(default_factory=dict)
     notifications: list[dict[str, Any]] = field(default_factory=list)
+    """The first KEEP_PER_RULE notifications of each rule, in order (memory stays flat however
+    many a long backfill raises)."""
+    counts: Counter[tuple[str, str]] = field(default_factory=Counter)
+    """Every notification counted by (rule, notification kind)."""
 
     @property
-    def firing(self) -> list[dict[str, Any]]:
-        return [n for n in self.notifications if n["notification"] in ("firing", "info")]
+    def firing(self) -> int:
+        return sum(n for (_, kind), n in self.counts.items() if kind in ("firing", "info"))
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+    def record(self, payload: dict[str, Any]) -> None:
+        rule = payload["rule"]
+        self.counts[(rule, payload["notification"])] += 1
+        if self._kept[rule] < KEEP_PER_RULE:
+            self._kept[rule] += 1
+            self.notifications.append(payload)
+
+    _kept: Counter[str] = field(default_factory=Counter)
 
 
 def raw_blocks(stream: IO[bytes], block: int = BLOCK) -> Iterator[tuple[int, bytes, bool]]:
@@ -416,7 +434,7 @@ def replay(
     start = time.perf_counter()
     clock_now = started_at or datetime.now(UTC)
     pipeline = Pipeline(config, clock_now, lambda _rule: {})
-    pipeline.alerts.record = result.notifications  # every notification, webhooks or not
+    pipeline.alerts.record = result.record  # every notification, webhooks or not
     current: list[datetime | None] = [None]
     pool: _MatchPool | None = None
     try:
@@ -533,13 +551,15 @@ def main(args: argparse.Namespace) -> int:
         print(f"\n{'rule':<32} {'kind':<13} {'matches':>9}")
         for rule in config.rules:
             print(f"{rule.name:<32} {rule.kind:<13} {result.matches.get(rule.name, 0):>9}")
-        print(f"\n{len(result.notifications)} notifications:")
+        shown = len(result.notifications)
+        more = f" (the first {KEEP_PER_RULE} of each rule shown)" if shown < result.total else ""
+        print(f"\n{result.total} notifications{more}:")
         for n in result.notifications:
             when = n["last_seen_at"] if n["notification"] != "resolved" else n["resolved_at"]
             print(f"  {when}  {n['notification'].upper():<8} [{n['severity']}] {n['summary']}")
             if n["notification"] == "firing":
                 for s in n["samples"][: args.samples]:
                     print(f"      | {s[:160]}")
-    firing = len(result.firing)
+    firing = result.firing
     print(f"\n{firing} alerts would have fired")
     return 1 if firing else 0

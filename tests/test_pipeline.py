@@ -158,3 +158,15 @@ def test_a_rule_that_raises_skips_the_event_and_raises_an_agent_alert_instead_of
     assert "rule bad failed: ValueError: cannot handle this line" in agent["summary"]
     assert p.rule_errors["bad"] == 1
     assert "ERROR poison" in caplog.text
+
+
+def test_replay_keeps_the_first_notifications_of_each_rule_and_counts_all(tmp_path: Path) -> None:
+    from detector.replay import KEEP_PER_RULE
+
+    r = rule("e", match="ERROR (?P<n>\\d+)", group_by=("n",))
+    log = tmp_path / "x.log"
+    log.write_text("".join(f"2026-03-01T12:00:00Z ERROR {i}\n" for i in range(KEEP_PER_RULE + 30)))
+    res = replay(config(r), [(str(log), "s")])
+    assert res.firing == KEEP_PER_RULE + 30
+    assert len(res.notifications) == KEEP_PER_RULE
+    assert res.counts[("e", "firing")] == KEEP_PER_RULE + 30
