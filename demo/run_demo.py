@@ -31,7 +31,7 @@ def main() -> int:
     env = {
         **os.environ,
         "DETECTOR_LOG_DIR": str(run),
-        "DETECTOR_STATE": str(run / "state.db"),
+        "STATE_DIRECTORY": str(run),
         "DETECTOR_WEBHOOK_URL": f"http://127.0.0.1:{args.port}/alerts",
         "PYTHONUNBUFFERED": "1",
     }

@@ -16,7 +16,7 @@ from tests.agent_proc import free_port, write_config
 from tests.receiver import Receiver, Reply
 
 ROOT = Path(__file__).resolve().parents[1]
-DEMO_ENV = {"DETECTOR_LOG_DIR": "/nonexistent", "DETECTOR_STATE": "/nonexistent/state.db"}
+DEMO_ENV = {"DETECTOR_LOG_DIR": "/nonexistent", "STATE_DIRECTORY": "/nonexistent"}
 
 
 def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -113,16 +113,16 @@ def _state_with_data(path: Path) -> None:
 def test_status_shows_firing_alerts_and_the_outbox(tmp_path: Path) -> None:
     state = tmp_path / "state.db"
     _state_with_data(state)
-    out = run("status", "-c", "rules.yaml", env={"DETECTOR_STATE": str(state)})
+    out = run("status", "-c", "rules.yaml", env={"STATE_DIRECTORY": str(tmp_path)})
     assert out.returncode == 0, out.stderr
     assert "[error] app-errors: billing broke (count 3" in out.stdout
     assert "ops" in out.stdout and "pending" in out.stdout
-    js = run("status", "-c", "rules.yaml", "--json", env={"DETECTOR_STATE": str(state)})
+    js = run("status", "-c", "rules.yaml", "--json", env={"STATE_DIRECTORY": str(tmp_path)})
     assert '"last_alive_at"' in js.stdout
 
 
 def test_status_without_a_state_file_says_so(tmp_path: Path) -> None:
-    out = run("status", "-c", "rules.yaml", env={"DETECTOR_STATE": str(tmp_path / "none.db")})
+    out = run("status", "-c", "rules.yaml", env={"STATE_DIRECTORY": str(tmp_path / "none")})
     assert out.returncode == 1
     assert "has not run yet" in out.stderr
 
