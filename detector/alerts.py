@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import heapq
 import uuid
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field
@@ -29,6 +28,7 @@ from typing import Any
 
 from detector.model import AlertKind, RuleConfig, Severity
 from detector.rules.base import Signal
+from detector.schedule import DeadlineHeap
 from detector.store.db import OutboxRow
 
 MAX_SAMPLES = 5
@@ -36,6 +36,7 @@ MAX_SAMPLE_CHARS = 2000
 AGENT_RULE = "detector-agent"
 AGENT_REPEAT = timedelta(hours=4)
 RESOLVED_KEEP = timedelta(days=7)
+PRUNE_EVERY = timedelta(hours=1)
 
 
 @functools.lru_cache(maxsize=65536)
@@ -134,7 +135,8 @@ class AlertBook:
     ) -> None:
         self.host = host
         self.alerts: dict[str, Alert] = {}
-        self._repeat_heap: list[tuple[datetime, str]] = []
+        self._repeats = DeadlineHeap()  # fingerprint -> when its next repeat is due
+        self._pruned_at: datetime | None = None
         self._changed: dict[str, Alert | None] = {}
         self._outbox: list[OutboxRow] = []
         self.record: Callable[[dict[str, Any]], None] | None = None
@@ -252,6 +254,7 @@ class AlertBook:
                 alert.samples.append(s.sample[:MAX_SAMPLE_CHARS])
         self._changed[fp] = alert
         self._notify(alert, "resolved", now)
+        self._repeats.push(fp, None)
 
     def _info(self, s: Signal, now: datetime) -> None:
         alert = self._new_alert(s)
@@ -279,32 +282,24 @@ class AlertBook:
     def _schedule_repeat(self, fp: str, alert: Alert) -> None:
         every = self._repeat_every(alert)
         if alert.status == "firing" and every is not None and alert.last_notified_at is not None:
-            heapq.heappush(self._repeat_heap, (alert.last_notified_at + every, fp))
+            self._repeats.push(fp, alert.last_notified_at + every)
+        else:
+            self._repeats.push(fp, None)
 
     def next_deadline(self) -> datetime | None:
-        while self._repeat_heap:
-            at, fp = self._repeat_heap[0]
-            alert = self.alerts.get(fp)
-            every = self._repeat_every(alert) if alert else None
-            if (
-                alert is None
-                or alert.status != "firing"
-                or every is None
-                or alert.last_notified_at is None
-                or alert.last_notified_at + every != at
-            ):
-                heapq.heappop(self._repeat_heap)  # stale entry
-                continue
-            return at
-        return None
+        return self._repeats.next_at()
 
     def due(self, now: datetime) -> None:
         """Send repeats that are due; forget alerts resolved long ago."""
-        while (at := self.next_deadline()) is not None and at <= now:
-            _, fp = heapq.heappop(self._repeat_heap)
-            alert = self.alerts[fp]
+        for fp in self._repeats.pop_due(now):
+            alert = self.alerts.get(fp)
+            if alert is None or alert.status != "firing":
+                continue
             self._changed[fp] = alert
             self._notify(alert, "repeat", now)
+        if self._pruned_at is not None and now - self._pruned_at < PRUNE_EVERY:
+            return
+        self._pruned_at = now
         for fp, alert in list(self.alerts.items()):
             if (
                 alert.status == "resolved"
