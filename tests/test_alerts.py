@@ -102,3 +102,16 @@ def test_info_signals_notify_without_opening_an_alert() -> None:
     outbox = b.take()[1]
     assert outbox[0].payload["notification"] == "info"
     assert b.firing() == []
+
+
+def test_resolved_alerts_are_forgotten_after_a_week_and_their_rows_deleted() -> None:
+    b = book()
+    b.apply([fire(0)], at(0))
+    b.apply([Signal(rule="r", kind="error", key="", action="resolve", at=at(5))], at(5))
+    b.take()
+    b.due(at(6 * 86400))
+    assert b.take()[0] == {}  # still kept
+    b.due(at(8 * 86400))
+    rows, outbox = b.take()
+    assert rows == {fingerprint("r", ""): None} and outbox == []
+    assert b.alerts == {}
