@@ -1075,3 +1075,15 @@ def test_a_pattern_python_warns_about_is_a_warning_naming_the_line_not_a_crash()
     config = load_config("rules.yaml", {})
     [warning] = [w for w in config.warnings if "nested set" in w]
     assert "rule 'a'" in warning and "rules.yaml:" in warning and "\\[" in warning
+
+
+def test_a_webhook_template_with_an_unknown_placeholder_names_the_line_and_the_known_ones() -> None:
+    Path("rules.yaml").write_text(
+        "version: 1\nsources: {app: {file: /x.log}}\n"
+        "webhooks:\n  h: {url: 'http://127.0.0.1:9/x', template: '{\"t\": \"$sumary\"}'}\n"
+        "rules:\n  - {name: a, source: app, match: x}\n"
+    )
+    with pytest.raises(ConfigError) as e:
+        load_config("rules.yaml", {})
+    assert "rules.yaml:4:" in str(e.value) and "webhook 'h'" in str(e.value)
+    assert "$sumary" in str(e.value) and "summary" in str(e.value)

@@ -21,6 +21,7 @@ from urllib.parse import urlsplit
 from yaml.nodes import Node, ScalarNode
 
 from detector.config.nodes import TAG_INT, NodeReader, did_you_mean
+from detector.delivery.template import validate as template_problem
 from detector.model import (
     SEVERITIES,
     WEBHOOK_FORMATS,
@@ -361,6 +362,15 @@ def read_webhooks(r: NodeReader, declared: Declared, node: Node) -> dict[str, We
         for key in ("secret", "routing_key", "topic", "template"):
             if key in body:
                 kw[key] = r.string(body[key][1], f"{w}: {key}")
+        if kw.get("template") is not None:
+            problem = template_problem(kw["template"])
+            if problem is not None:
+                r.err(
+                    body["template"][1],
+                    f"{w}: template",
+                    f"{problem} — placeholders are $summary, $rule, $label_<name>, … "
+                    "(see detector/delivery/template.py)",
+                )
         if fmt == "pagerduty" and "routing_key" not in body:
             r.err(
                 vnode,

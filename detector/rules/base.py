@@ -94,32 +94,3 @@ class Evaluator(Protocol):
     def load_state(self, items: Mapping[str, Any]) -> None:
         """Restore what ``state_changes`` produced before (called once, before anything else)."""
         ...
-
-
-@dataclass
-class KeyedState:
-    """Helper for evaluators: a dict of JSON-able values that remembers which keys changed."""
-
-    values: dict[str, Any] = field(default_factory=dict)
-    _dirty: set[str] = field(default_factory=set)
-
-    def get(self, key: str) -> Any:
-        return self.values.get(key)
-
-    def put(self, key: str, value: Any) -> None:
-        self.values[key] = value
-        self._dirty.add(key)
-
-    def drop(self, key: str) -> None:
-        if key in self.values:
-            del self.values[key]
-            self._dirty.add(key)
-
-    def load(self, items: Mapping[str, Any]) -> None:
-        self.values = dict(items)
-        self._dirty.clear()
-
-    def changes(self) -> dict[str, Any | None]:
-        out = {k: self.values.get(k) for k in self._dirty}
-        self._dirty.clear()
-        return out
