@@ -42,6 +42,13 @@ def write_config(path: Path, body: str, *, state: Path, url: str, extra_agent: s
     return path
 
 
+def config_in(tmp_path: Path, body: str, url: str, extra_agent: str = "") -> Path:
+    """``tmp_path/rules.yaml`` with the state file beside it (the usual test set-up)."""
+    return write_config(
+        tmp_path / "rules.yaml", body, state=tmp_path / "state.db", url=url, extra_agent=extra_agent
+    )
+
+
 class AgentProcess:
     def __init__(self, config: Path, env: dict[str, str] | None = None) -> None:
         self.config = config

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from tests.agent_proc import AgentProcess, free_port, write_config
+from tests.agent_proc import AgentProcess, config_in, free_port
 from tests.receiver import Receiver
 
 pytestmark = pytest.mark.slow
@@ -54,12 +54,7 @@ async def test_error_line_alerts_threshold_fires_once_and_sigterm_exits_zero(
     log.touch()
     auth.touch()
     async with Receiver() as rx:
-        cfg = write_config(
-            tmp_path / "rules.yaml",
-            RULES.format(log=log, auth=auth),
-            state=tmp_path / "state.db",
-            url=rx.url + "/hook",
-        )
+        cfg = config_in(tmp_path, RULES.format(log=log, auth=auth), rx.url + "/hook")
         agent = await AgentProcess(cfg).start()
         try:
             append(log, "2026-11-25T10:00:00Z ERROR disk full on /var")
@@ -107,12 +102,7 @@ async def test_sigkill_mid_stream_loses_no_alert_and_duplicates_only_share_an_ev
     log.touch()
     total = 300
     async with Receiver() as rx:
-        cfg = write_config(
-            tmp_path / "rules.yaml",
-            KILL_RULES.format(log=log),
-            state=tmp_path / "state.db",
-            url=rx.url + "/hook",
-        )
+        cfg = config_in(tmp_path, KILL_RULES.format(log=log), rx.url + "/hook")
         agent = await AgentProcess(cfg).start()
         try:
             for i in range(0, 100):
@@ -146,12 +136,7 @@ async def test_alerts_raised_while_the_receiver_is_down_arrive_once_it_is_up_eve
     log = tmp_path / "app.log"
     log.touch()
     port = free_port()
-    cfg = write_config(
-        tmp_path / "rules.yaml",
-        KILL_RULES.format(log=log),
-        state=tmp_path / "state.db",
-        url=f"http://127.0.0.1:{port}/hook",
-    )
+    cfg = config_in(tmp_path, KILL_RULES.format(log=log), f"http://127.0.0.1:{port}/hook")
     agent = await AgentProcess(cfg).start()
     try:
         append(log, "job=1 failed", "job=2 failed")
@@ -191,12 +176,7 @@ async def test_silent_heartbeat_fires_within_a_second_of_its_deadline_and_resolv
     log = tmp_path / "app.log"
     log.touch()
     async with Receiver() as rx:
-        cfg = write_config(
-            tmp_path / "rules.yaml",
-            SILENCE_RULES.format(log=log),
-            state=tmp_path / "state.db",
-            url=rx.url + "/hook",
-        )
+        cfg = config_in(tmp_path, SILENCE_RULES.format(log=log), rx.url + "/hook")
         agent = await AgentProcess(cfg).start()
         try:
             append(log, "alive")
@@ -240,12 +220,7 @@ async def test_sigkill_during_a_window_then_restart_after_it_closed(tmp_path: Pa
     a.touch()
     b.touch()
     async with Receiver() as rx:
-        cfg = write_config(
-            tmp_path / "rules.yaml",
-            WINDOW_RULES.format(a=a, b=b),
-            state=tmp_path / "state.db",
-            url=rx.url + "/hook",
-        )
+        cfg = config_in(tmp_path, WINDOW_RULES.format(a=a, b=b), rx.url + "/hook")
         agent = await AgentProcess(cfg).start()
         try:
             now = dt.datetime.now(dt.UTC)
@@ -291,12 +266,7 @@ async def test_agent_speaks_sd_notify_ready_reloading_and_stopping(tmp_path: Pat
                 await asyncio.sleep(0.05)
 
     async with Receiver() as rx:
-        cfg = write_config(
-            tmp_path / "rules.yaml",
-            RULES.format(log=log, auth=log),
-            state=tmp_path / "state.db",
-            url=rx.url + "/hook",
-        )
+        cfg = config_in(tmp_path, RULES.format(log=log, auth=log), rx.url + "/hook")
         agent = await AgentProcess(cfg, env={"NOTIFY_SOCKET": str(sock_path)}).start()
         try:
             await wait_for("READY=1")
@@ -335,12 +305,7 @@ async def test_catastrophic_regexes_on_long_lines_do_not_stall_the_agent(tmp_pat
     evil.touch()
     good.touch()
     async with Receiver() as rx:
-        cfg = write_config(
-            tmp_path / "rules.yaml",
-            REDOS_RULES.format(evil=evil, good=good),
-            state=tmp_path / "state.db",
-            url=rx.url + "/hook",
-        )
+        cfg = config_in(tmp_path, REDOS_RULES.format(evil=evil, good=good), rx.url + "/hook")
         agent = await AgentProcess(cfg).start()
         try:
             # each of these takes Python's re far beyond any sane bound (> 5 s at 40 characters)
@@ -368,12 +333,7 @@ async def test_status_after_a_run_shows_positions_lag_last_match_deadlines_and_a
     log.touch()
     auth.touch()
     async with Receiver() as rx:
-        cfg = write_config(
-            tmp_path / "rules.yaml",
-            RULES.format(log=log, auth=auth),
-            state=tmp_path / "state.db",
-            url=rx.url + "/hook",
-        )
+        cfg = config_in(tmp_path, RULES.format(log=log, auth=auth), rx.url + "/hook")
         agent = await AgentProcess(cfg).start()
         try:
             append(log, "ERROR disk full")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from tests.agent_proc import AgentProcess, write_config
+from tests.agent_proc import AgentProcess, config_in
 from tests.journald_env import (
     JournaldNamespace,
     journald_fixture,  # noqa: F401  (fixture "journald")
@@ -39,12 +39,7 @@ async def test_agent_alerts_on_journal_entries_with_fields_and_watches_their_sil
         journald.send({"MESSAGE": message, "DETECTOR_TEST": tag, **fields})
 
     async with Receiver() as rx:
-        cfg = write_config(
-            tmp_path / "rules.yaml",
-            RULES.format(ns=journald.name, tag=tag),
-            state=tmp_path / "state.db",
-            url=rx.url + "/hook",
-        )
+        cfg = config_in(tmp_path, RULES.format(ns=journald.name, tag=tag), rx.url + "/hook")
         agent = await AgentProcess(cfg).start()
         try:
             send("tick")

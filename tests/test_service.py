@@ -14,7 +14,7 @@ from typing import Any
 
 from detector.clock import FakeClock
 from detector.service import Agent
-from tests.agent_proc import write_config
+from tests.agent_proc import config_in, write_config
 from tests.receiver import Receiver
 
 WINDOW_RULES = """\
@@ -58,12 +58,7 @@ async def _restart_across_window(
     # 00:30 Berlin (CEST, UTC+2) on 10 June: before the 02:00–03:00 window
     clock = FakeClock(datetime(2026, 6, 9, 22, 30, tzinfo=UTC))
     async with Receiver() as rx:
-        cfg = write_config(
-            tmp_path / "rules.yaml",
-            WINDOW_RULES.format(log=log),
-            state=tmp_path / "state.db",
-            url=rx.url + "/hook",
-        )
+        cfg = config_in(tmp_path, WINDOW_RULES.format(log=log), rx.url + "/hook")
         await run_agent(cfg, clock)
         assert rx.received == []
         # the agent is down from 00:30 to 04:10 Berlin; the window closes at 03:00 meanwhile
@@ -112,12 +107,7 @@ async def test_reload_under_load_valid_invalid_valid_loses_and_doubles_nothing(
     log.touch()
     clock = FakeClock(datetime(2026, 6, 9, 12, 0, tzinfo=UTC))
     async with Receiver() as rx:
-        cfg = write_config(
-            tmp_path / "rules.yaml",
-            RELOAD_RULES.format(log=log),
-            state=tmp_path / "state.db",
-            url=rx.url + "/hook",
-        )
+        cfg = config_in(tmp_path, RELOAD_RULES.format(log=log), rx.url + "/hook")
         good = cfg.read_text()
 
         async def body(agent: Agent) -> None:
@@ -179,11 +169,10 @@ async def test_an_unreadable_source_becomes_an_agent_alert_after_its_grace(tmp_p
     missing.mkdir()
     clock = FakeClock(datetime(2026, 6, 9, 12, 0, tzinfo=UTC))
     async with Receiver() as rx:
-        cfg = write_config(
-            tmp_path / "rules.yaml",
+        cfg = config_in(
+            tmp_path,
             RELOAD_RULES.format(log=missing),
-            state=tmp_path / "state.db",
-            url=rx.url + "/hook",
+            rx.url + "/hook",
             extra_agent="source_grace: 1m\n",
         )
 
@@ -206,12 +195,7 @@ async def test_an_edit_of_rules_yaml_on_disk_reloads_without_a_signal(tmp_path: 
     log.touch()
     clock = FakeClock(datetime(2026, 6, 9, 12, 0, tzinfo=UTC))
     async with Receiver() as rx:
-        cfg = write_config(
-            tmp_path / "rules.yaml",
-            RELOAD_RULES.format(log=log),
-            state=tmp_path / "state.db",
-            url=rx.url + "/hook",
-        )
+        cfg = config_in(tmp_path, RELOAD_RULES.format(log=log), rx.url + "/hook")
 
         async def body(agent: Agent) -> None:
             cfg.write_text(cfg.read_text().replace("name: errors", "name: errors2"))
@@ -296,11 +280,10 @@ async def test_the_dead_mans_switch_stops_while_a_source_is_broken_and_resumes_a
     log.touch()
     clock = FakeClock(datetime(2026, 6, 9, 12, 0, tzinfo=UTC))
     async with Receiver() as rx, Receiver() as hb:
-        cfg = write_config(
-            tmp_path / "rules.yaml",
+        cfg = config_in(
+            tmp_path,
             RELOAD_RULES.format(log=log),
-            state=tmp_path / "state.db",
-            url=rx.url + "/hook",
+            rx.url + "/hook",
             extra_agent=f"heartbeat: {hb.url}/ping\nheartbeat_every: 1m\n",
         )
 
@@ -360,9 +343,7 @@ async def test_reload_opens_added_sources_closes_removed_ones_and_resumes_them_w
         return TWO_SOURCES.format(sources=sources, rules=rules)
 
     async with Receiver() as rx:
-        cfg = write_config(
-            tmp_path / "rules.yaml", body_for(["a"]), state=tmp_path / "state.db", url=rx.url + "/h"
-        )
+        cfg = config_in(tmp_path, body_for(["a"]), rx.url + "/h")
 
         def seen(status: str = "firing") -> list[tuple[str, str]]:
             return sorted(
@@ -414,9 +395,7 @@ rules:
     expect: {{every: 1m}}
 """
     async with Receiver() as rx:
-        cfg = write_config(
-            tmp_path / "rules.yaml", body_yaml, state=tmp_path / "state.db", url=rx.url + "/h"
-        )
+        cfg = config_in(tmp_path, body_yaml, rx.url + "/h")
         agent = Agent(cfg, clock, catch_up_limit_s=1.0)
         task = asyncio.create_task(agent.run())
         try:
