@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import statistics
 import subprocess
 import sys
@@ -28,6 +27,8 @@ from pathlib import Path
 from aiohttp import web
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from live import start_agent, start_receiver  # bench/live.py, next to this script
 
 from detector.clock import SystemClock
 from detector.matching import Matcher, PatternSpec
@@ -212,13 +213,7 @@ async def end_to_end(ns: JournaldNamespace, count: int) -> list[float]:
             all_in.set()
         return web.Response(text="ok")
 
-    app = web.Application()
-    app.router.add_post("/hook", handle)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    runner, port = await start_receiver(handle)
     with tempfile.TemporaryDirectory() as tmp:
         cfg = Path(tmp) / "rules.yaml"
         cfg.write_text(
@@ -228,21 +223,7 @@ async def end_to_end(ns: JournaldNamespace, count: int) -> list[float]:
             f"match: {{DETECTOR_TEST: {tag}}}}}}}}}\n"
             "rules:\n  - {name: probe, source: jd, match: 'e2e-probe (?P<n>\\d+)', group_by: [n]}\n"
         )
-        agent = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "detector",
-            "run",
-            "-c",
-            str(cfg),
-            stderr=asyncio.subprocess.PIPE,
-            cwd=str(ROOT),
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        )
-        assert agent.stderr is not None
-        while b"deadlines are live" not in await agent.stderr.readline():
-            pass
-        drain = asyncio.create_task(agent.stderr.read())
+        agent, drain = await start_agent(Path(str(cfg)))
         for i in range(count):
             sent[str(i)] = time.perf_counter()
             ns.send({"MESSAGE": f"e2e-probe {i}", "DETECTOR_TEST": tag})

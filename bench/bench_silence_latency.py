@@ -12,15 +12,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import statistics
-import sys
 import tempfile
 import time
 from datetime import UTC, datetime
 from pathlib import Path
 
 from aiohttp import web
+from live import start_agent, start_receiver  # bench/live.py, next to this script
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -47,13 +46,7 @@ async def main() -> None:
             done.set()
         return web.Response(text="ok")
 
-    app = web.Application()
-    app.router.add_post("/hook", handle)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    runner, port = await start_receiver(handle)
     with tempfile.TemporaryDirectory() as tmp:
         d = Path(tmp)
         log = d / "hb.log"
@@ -67,21 +60,7 @@ async def main() -> None:
             f"webhooks: {{hook: {{url: 'http://127.0.0.1:{port}/hook'}}}}\n"
             f"sources: {{app: {{file: '{log}'}}}}\nrules:\n{rules}\n"
         )
-        agent = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "detector",
-            "run",
-            "-c",
-            str(d / "rules.yaml"),
-            stderr=asyncio.subprocess.PIPE,
-            cwd=str(ROOT),
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        )
-        assert agent.stderr is not None
-        while b"deadlines are live" not in await agent.stderr.readline():
-            pass
-        drain = asyncio.create_task(agent.stderr.read())
+        agent, drain = await start_agent(Path(str(d / "rules.yaml")))
         with log.open("a") as f:
             f.write("".join(f"hb{i} alive\n" for i in range(args.rules)))
         try:
