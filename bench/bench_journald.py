@@ -36,8 +36,6 @@ from detector.model import JournaldSourceConfig
 from detector.sources.journald import JournaldSource
 from tests.journald_env import JournaldNamespace, start_journald_namespace, unique_tag
 
-ROOT = Path(__file__).resolve().parents[1]
-
 RULES = [
     r"upstream timed out .* upstream: \"(?P<upstream>[^\"]+)\"",
     r"Failed password for .* from (?P<ip>\S+)",

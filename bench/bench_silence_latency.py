@@ -21,8 +21,6 @@ from pathlib import Path
 from aiohttp import web
 from live import start_agent, start_receiver  # bench/live.py, next to this script
 
-ROOT = Path(__file__).resolve().parents[1]
-
 
 def quantile(values: list[float], q: float) -> float:
     ordered = sorted(values)
