@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 import os
 import platform
@@ -164,6 +163,8 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    import asyncio  # noqa: PLC0415 - only the agent needs it (other commands start faster)
+
     from detector import logs  # noqa: PLC0415
     from detector.clock import SystemClock  # noqa: PLC0415
     from detector.config import ConfigError  # noqa: PLC0415

@@ -4,9 +4,12 @@ the state file, failing with a clear message and exit code instead of a tracebac
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from detector.model import Config
-from detector.store.db import Store, StoreError
+
+if TYPE_CHECKING:
+    from detector.store.db import Store
 
 
 class CommandError(Exception):
@@ -27,6 +30,8 @@ def load(path: str | Path) -> Config:
 
 
 def open_state(config: Config) -> Store:
+    from detector.store.db import Store, StoreError  # noqa: PLC0415 - `detector test` needs no SQLite
+
     if not config.agent.state.exists():
         raise CommandError(f"no state file at {config.agent.state} (the agent has not run yet)")
     try:

@@ -26,7 +26,7 @@ from detector.rules.base import Evaluator, Signal, When
 from detector.rules.registry import build_evaluator
 from detector.schedule import DeadlineHeap
 from detector.sources.base import Batch, Line
-from detector.store.db import Commit
+from detector.store.records import Commit
 
 log = logging.getLogger("detector.pipeline")
 StateLoader = Callable[[str], Mapping[str, Any]]

@@ -49,7 +49,8 @@ from detector.rules.base import Signal, When
 from detector.sdnotify import Notifier, watchdog_loop
 from detector.sources.base import Batch, Line, Source
 from detector.store import outbox
-from detector.store.db import AsyncStore, Commit, Store, StoreError
+from detector.store.db import AsyncStore, Store, StoreError
+from detector.store.records import Commit
 
 log = logging.getLogger("detector")
 

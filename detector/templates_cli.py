@@ -9,7 +9,7 @@ import sys
 
 from detector.cli_support import load, open_state
 from detector.rules.anomaly import list_templates, mark_known
-from detector.store.db import Commit
+from detector.store.records import Commit
 
 
 def templates_main(args: argparse.Namespace) -> int:

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from dataclasses import fields
 from datetime import timedelta
 
-from detector.alerts import AGENT_RULE, AlertBook, fingerprint
+from detector.alerts import AGENT_RULE, Alert, AlertBook, fingerprint
 from detector.rules.base import Signal
 from tests.helpers import at, rule
 
@@ -93,6 +94,24 @@ def test_alerts_survive_a_reload_from_rows() -> None:
     b2.apply([fire(1)], at(1))
     assert b2.take()[1] == []  # still the same open alert: no new notification
     assert b2.firing()[0].count == 2
+
+
+def test_an_alert_row_holds_every_field_and_loads_back_equal_and_independent() -> None:
+    b = book()
+    s = fire(0, key="k", sample="first")
+    s.evidence = {"window": {"from": "02:00"}}
+    b.apply([s], at(0))
+    alert = b.firing()[0]
+    alert.resolved_at = at(5)
+    row = alert.to_row()
+    assert set(row) == {f.name for f in fields(Alert)}
+    assert Alert.from_row(row) == alert
+    row["labels"]["rule"] = "changed"
+    row["samples"].append("more")
+    row["evidence"]["window"]["from"] = "03:00"
+    assert alert.labels["rule"] == "r"
+    assert alert.samples == ["first"]
+    assert alert.evidence == {"window": {"from": "02:00"}}
 
 
 def test_info_signals_notify_without_opening_an_alert() -> None:

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from detector.sources.base import Checkpoint
-from detector.store.db import SCHEMA_VERSION, Commit, OutboxRow, Store, StoreError
+from detector.store.db import SCHEMA_VERSION, Store, StoreError
+from detector.store.records import Commit, OutboxRow
 from tests.helpers import at
 
 

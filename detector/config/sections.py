@@ -35,7 +35,7 @@ from detector.model import (
     WebhookConfig,
     WebhookFormat,
 )
-from detector.store.db import default_state_path
+from detector.store.records import default_state_path
 
 JOURNALD_PRIORITIES: Mapping[str, int] = {
     "emerg": 0,

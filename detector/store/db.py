@@ -15,17 +15,15 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import json
-import os
 import sqlite3
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
 import sqlite_utils
 
-from detector.sources.base import Checkpoint
+from detector.store.records import Commit
 
 SCHEMA_VERSION = 1
 T = TypeVar("T")
@@ -45,30 +43,6 @@ def from_ts(value: float) -> datetime:
 
 def iso_ts(value: float | None) -> str | None:
     return None if value is None else from_ts(value).isoformat(timespec="seconds")
-
-
-@dataclass(frozen=True)
-class OutboxRow:
-    webhook: str
-    event_id: str
-    fingerprint: str
-    status: str  # "firing" | "resolved"
-    payload: Mapping[str, Any]  # the alert snapshot (alerts.Alert.to_json()); rendered at delivery
-    created_at: datetime
-
-
-@dataclass
-class Commit:
-    """Everything one batch (or one round of deadlines) changed."""
-
-    checkpoints: list[Checkpoint] = field(default_factory=list)
-    rule_state: dict[str, dict[str, Any | None]] = field(default_factory=dict)
-    alerts: dict[str, Mapping[str, Any] | None] = field(default_factory=dict)  # fingerprint -> row
-    outbox: list[OutboxRow] = field(default_factory=list)
-    meta: dict[str, Any] = field(default_factory=dict)
-
-    def empty(self) -> bool:
-        return not (self.checkpoints or self.rule_state or self.alerts or self.outbox or self.meta)
 
 
 def _migrate_1(db: sqlite_utils.Database) -> None:
@@ -307,14 +281,6 @@ class _Tx:
             self.conn.execute("COMMIT")
         else:
             self.conn.execute("ROLLBACK")
-
-
-def default_state_path(env: Mapping[str, str] | None = None) -> Path:
-    """``$STATE_DIRECTORY/state.db`` (systemd StateDirectory=), else ./detector-state.db."""
-    state_dir = (os.environ if env is None else env).get("STATE_DIRECTORY")
-    if state_dir:
-        return Path(state_dir.split(":")[0]) / "state.db"
-    return Path("detector-state.db")
 
 
 class AsyncStore:

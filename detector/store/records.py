@@ -1,0 +1,46 @@
+"""The plain records the store commits: what one batch changed (``Commit``), an outbox row, and
+where the state file lives by default. Kept apart from ``db`` so that the pipeline, the alert book
+and the config loader do not import SQLite helpers (``detector test`` starts faster)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from detector.sources.base import Checkpoint
+
+
+@dataclass(frozen=True)
+class OutboxRow:
+    webhook: str
+    event_id: str
+    fingerprint: str
+    status: str  # "firing" | "resolved"
+    payload: Mapping[str, Any]  # the alert snapshot (alerts.Alert.to_json()); rendered at delivery
+    created_at: datetime
+
+
+@dataclass
+class Commit:
+    """Everything one batch (or one round of deadlines) changed."""
+
+    checkpoints: list[Checkpoint] = field(default_factory=list)
+    rule_state: dict[str, dict[str, Any | None]] = field(default_factory=dict)
+    alerts: dict[str, Mapping[str, Any] | None] = field(default_factory=dict)  # fingerprint -> row
+    outbox: list[OutboxRow] = field(default_factory=list)
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def empty(self) -> bool:
+        return not (self.checkpoints or self.rule_state or self.alerts or self.outbox or self.meta)
+
+
+def default_state_path(env: Mapping[str, str] | None = None) -> Path:
+    """``$STATE_DIRECTORY/state.db`` (systemd StateDirectory=), else ./detector-state.db."""
+    state_dir = (os.environ if env is None else env).get("STATE_DIRECTORY")
+    if state_dir:
+        return Path(state_dir.split(":")[0]) / "state.db"
+    return Path("detector-state.db")
