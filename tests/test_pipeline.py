@@ -6,6 +6,7 @@ from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 
+from detector.alerts import iso
 from detector.model import ThresholdSpec
 from detector.pipeline import Pipeline
 from detector.replay import TimeParser, replay
@@ -55,6 +56,18 @@ def test_error_alert_resolves_after_resolve_after_without_match() -> None:
     assert p.next_deadline() == at(900)
     c = p.tick(at(900))
     assert [o.payload["notification"] for o in c.outbox] == ["resolved"]
+
+
+def test_a_new_match_moves_the_resolve_deadline_exactly() -> None:
+    p = Pipeline(config(rule("e", resolve_after=timedelta(minutes=15))), at(0), lambda r: {})
+    p.process(batch("ERROR x"), exact(0), at(0))
+    p.process(batch("ERROR y"), exact(600), at(600))
+    assert p.next_deadline() == at(1500)
+    assert p.tick(at(1499)).outbox == []
+    assert p.alerts.firing()[0].count == 2
+    c = p.tick(at(1500))
+    assert [o.payload["notification"] for o in c.outbox] == ["resolved"]
+    assert c.outbox[0].payload["resolved_at"] == iso(at(1500))
 
 
 def test_reconfigure_keeps_unchanged_rules_and_resolves_removed_ones() -> None:

@@ -33,27 +33,35 @@ class MatchEvaluator:
     def observe(self, hit: Hit, line: Line, when: When) -> list[Signal]:
         if hit.role != "match":
             return []
-        fields = hit_fields(hit, line)
-        key, labels = group_key(self.rule.group_by, fields)
-        if self.rule.summary or self.rule.description:
+        rule = self.rule
+        if rule.group_by or rule.summary or rule.description or line.fields:
+            fields = hit_fields(hit, line)
+            key, group_labels = group_key(rule.group_by, fields)
+            labels = {**hit.groups, **group_labels}
+        else:  # the common case, kept cheap: one alert per rule, default summary
+            fields, key, group_labels, labels = hit.groups, "", {}, hit.groups
+        if rule.summary or rule.description:
             ctx = {**fields, "line": line.text, "source": line.source}
-            summary, description = summarize(self.rule, "", ctx)
+            summary, description = summarize(rule, "", ctx)
         else:
-            summary, description = f"{self.rule.name}: {line.text[:200]}", ""
+            summary, description = f"{rule.name}: {line.text[:200]}", ""
         previous = self._last.get(key)
         at = when.at if previous is None or when.at > previous else previous
+        if key:
+            self._deadlines.push(key, at + rule.resolve_after)
+        # else: the one key of a rule without group_by, whose deadline next_deadline() derives
+        # from _last: no heap work per hit (a replay asks for the next deadline after each hit)
         self._last[key] = at
-        self._labels[key] = labels
+        self._labels[key] = group_labels
         self._dirty.add(key)
-        self._deadlines.push(key, at + self.rule.resolve_after)
         return [
             Signal(
-                rule=self.rule.name,
+                rule=rule.name,
                 kind="error",
                 key=key,
                 action="fire",
                 at=when.at,
-                labels={**hit.groups, **labels},
+                labels=labels,
                 summary=summary,
                 description=description,
                 sample=line.text,
@@ -65,12 +73,21 @@ class MatchEvaluator:
         return []
 
     def next_deadline(self) -> datetime | None:
-        return self._deadlines.next_at()
+        grouped = self._deadlines.next_at()
+        last = self._last.get("")
+        if last is None:
+            return grouped
+        single = last + self.rule.resolve_after
+        return single if grouped is None or single < grouped else grouped
 
     def due(self, now: datetime) -> list[Signal]:
         out: list[Signal] = []
         quiet = human_duration(self.rule.resolve_after)
-        for key in self._deadlines.pop_due(now):
+        due = self._deadlines.pop_due(now)
+        last = self._last.get("")
+        if last is not None and last + self.rule.resolve_after <= now:
+            due.append("")
+        for key in due:
             at = self._last.pop(key) + self.rule.resolve_after
             self._labels.pop(key, None)
             self._dirty.add(key)
@@ -109,4 +126,5 @@ class MatchEvaluator:
                 continue  # written by another version of the rule: that group starts afresh
             self._last[key] = last
             self._labels[key] = dict(value.get("labels", {}))
-            self._deadlines.push(key, last + self.rule.resolve_after)
+            if key:
+                self._deadlines.push(key, last + self.rule.resolve_after)
