@@ -257,9 +257,17 @@ class _Block:
     """Matched in a worker process; None: the pipeline's own matcher runs."""
 
 
-def _serial_blocks(stream: IO[bytes], block: int) -> Iterator[_Block]:
-    for texts in read_blocks(stream, block):
-        yield _Block(texts, sum(map(len, texts)) + len(texts), texts[:50], texts[-50:], None)
+def _serial_blocks(
+    stream: IO[bytes], block: int, matcher: Matcher, source: str, all_texts: bool
+) -> Iterator[_Block]:
+    """Blocks matched here, as bytes: only the lines with hits are decoded (unless a rule reads
+    every line)."""
+    for _offset, raw, final in raw_blocks(stream, block):
+        n, chars, found, texts, head, tail = _match_data(
+            matcher, source, normalize(raw, final=final), all_texts
+        )
+        lines = texts if isinstance(texts, list) else _SomeLines(n, texts)
+        yield _Block(lines, chars, head, tail, found)
 
 
 class _SomeLines(Sequence[str]):
@@ -321,22 +329,32 @@ def _match_block(matcher: Matcher, fd: int, task: _Task) -> _Result:
     raw = os.pread(fd, length, offset)
     if len(raw) != length:
         raise OSError(f"{_path}: short read at {offset} (file changed during the replay?)")
-    data = normalize(raw, final=final)
-    n, found = matcher.match_block(source, data + b"\n")
+    n, chars, found, texts, head, tail = _match_data(
+        matcher, source, normalize(raw, final=final), all_texts
+    )
     hits = [(h.line, h.rule, h.role, h.groups) for h in found]
+    return n, chars, hits, texts, head, tail
+
+
+def _match_data(
+    matcher: Matcher, source: str, data: bytes, all_texts: bool
+) -> tuple[int, int, list[Hit], dict[int, str] | list[str], list[str], list[str]]:
+    """Match one normalized block: (lines, chars, hits, texts of hit lines — or of every line
+    with ``all_texts`` —, first 50, last 50 lines)."""
+    n, found = matcher.match_block(source, data + b"\n")
     if all_texts or not data.isascii():
         decoded = data.decode("utf-8", "replace")
         chars = len(decoded) + 1
         if all_texts:
             every = decoded.split("\n")
-            return n, chars, hits, every, every[:50], every[-50:]
+            return n, chars, found, every, every[:50], every[-50:]
     else:
         chars = len(data) + 1
     lines = data.split(b"\n")
     texts = {h.line: lines[h.line].decode("utf-8", "replace") for h in found}
     head = [t.decode("utf-8", "replace") for t in lines[:50]]
     tail = [t.decode("utf-8", "replace") for t in lines[-50:]]
-    return n, chars, hits, texts, head, tail
+    return n, chars, found, texts, head, tail
 
 
 class _MatchPool:
@@ -441,19 +459,19 @@ def replay(
         for path, source in files:
             parser = TimeParser(time_format, clock_now.year)
             stream: IO[bytes] | None = None
+            all_texts = any(
+                ev.wants_all_lines and source in ev.rule.sources
+                for ev in pipeline.evaluators.values()
+            )
             if jobs > 1 and path != "-" and os.path.getsize(path) > block:
                 if pool is None:
                     for name in {s for _p, s in files}:
                         pipeline.matcher.match(name, [])  # compiled once, before the fork
                     pool = _MatchPool(pipeline.matcher, pattern_specs(config.rules), jobs)
-                all_texts = any(
-                    ev.wants_all_lines and source in ev.rule.sources
-                    for ev in pipeline.evaluators.values()
-                )
                 blocks = pool.blocks(path, source, all_texts, block)
             else:
                 stream = sys.stdin.buffer if path == "-" else open(path, "rb")  # noqa: SIM115
-                blocks = _serial_blocks(stream, block)
+                blocks = _serial_blocks(stream, block, pipeline.matcher, source, all_texts)
             try:
                 for b in blocks:
                     texts = b.texts
