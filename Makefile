@@ -13,7 +13,8 @@ $(VENV)/.installed: pyproject.toml
 
 venv: $(VENV)/.installed
 
-# Debian packages the tests use for real (journald, systemd-analyze, Alertmanager, grep).
+# Debian packages the tests and benchmarks use for real (journald, systemd-analyze,
+# Alertmanager, grep, ripgrep).
 system-deps:
 	scripts/system-deps
 
@@ -30,7 +31,7 @@ lint: venv
 types: venv
 	$(VENV)/bin/mypy detector
 
-bench: venv
+bench: system-deps venv
 	$(PY) bench/run_all.py
 
 clean:
