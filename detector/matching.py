@@ -11,19 +11,23 @@ line the translation is exact, so a pattern without named groups needs no furthe
 lines it is a superset, so a line Hyperscan does not report never matches. Reported lines that
 need it are confirmed, and their groups extracted, per pattern:
 
-* ``re`` — patterns without nested repetition (``matching_translate`` decides; a repeat whose
-  iterations start with a delimiter, like ``(?:\\.\\d+)*``, is fine): backtracking is polynomial
-  at worst, and for exact patterns ``re`` runs only on lines known to match. Lines longer than
-  ``RE_MAX_CHARS`` go to the Pike VM when it can run the pattern;
-* Pike VM (``matching_pike``) — risky patterns: linear time in the line length, Python's own
-  character semantics, leftmost-first captures;
-* ``re`` capped — risky patterns the Pike VM cannot run (backreferences, lookaround, atomic or
-  possessive parts combined with nested repetition): only lines up to ``RISKY_RE_MAX_CHARS`` are
-  confirmed, longer ones count as no match. This is the one case without a hard time bound, and
-  ``report()`` says so (for ``detector check``).
+* Pike VM (``matching_pike``) — risky patterns (nested repetition, ``matching_translate``
+  decides): linear time in the line length, Python's own character semantics, leftmost-first
+  captures;
+* ``re`` under a CPU budget (``matching_budget``, ``CONFIRM_BUDGET_S`` per pattern and line) —
+  every other pattern. A search that runs over the budget is answered by the Pike VM when it can
+  run the pattern (same result, counted per rule as ``slow``); otherwise (backreferences,
+  lookaround, atomic or possessive parts, conditionals) the line counts as not matching for that
+  pattern and is recorded for ``take_abandoned()``, which the agent turns into an alert.
 
-Guarantee: candidate detection is linear-time (Hyperscan automata); confirmation is linear-time
-(Pike VM) or polynomial backtracking for every pattern except the capped class above.
+Guarantee: candidate detection is linear-time (Hyperscan automata); confirming one line against
+one pattern costs at most the budget plus a linear-time Pike VM run. No result is ever changed
+silently: the only lines whose answer can differ from ``re.search`` are the abandoned ones, and
+they are reported. ``report()`` says per pattern which bound applies (for ``detector check``).
+The budget needs signals, so it only works in the main thread (the agent and ``detector test``
+match there). A ``Matcher`` used from another thread keeps the static caps instead: lines over
+``RE_MAX_CHARS`` go to the Pike VM when it can run the pattern, and risky patterns it cannot run
+treat lines over ``RISKY_RE_MAX_CHARS`` as not matching (polynomial backtracking otherwise).
 A line containing ``\\n`` (journald messages) and patterns Hyperscan rejects take the same
 confirmation path without the prefilter. Without the ``hyperscan`` wheel every line goes through
 that path (``ENGINE`` says so). The Hyperscan database of a source is compiled on its first
@@ -36,10 +40,12 @@ import re
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from time import perf_counter
 from typing import Any, Literal
 
+from detector.matching_budget import ARMED, CONFIRM_BUDGET_S, BudgetExceeded, Watchdog
 from detector.matching_pike import PikeProgram, PikeUnsupported, compile_pike
-from detector.matching_translate import Analysis, CharCache, analyse
+from detector.matching_translate import _PIKE_UNSUPPORTED, Analysis, CharCache, analyse
 
 _hs: Any
 try:
@@ -51,9 +57,11 @@ Role = Literal["match", "ignore", "fail", "start", "end"]
 Confirm = Literal["re", "pike", "re-capped"]
 
 RE_MAX_CHARS = 4096
-"""Longest line confirmed with ``re`` for patterns without nested repetition."""
+"""Without the budget (not the main thread): longest line confirmed with ``re`` when the Pike VM
+can run the pattern."""
 RISKY_RE_MAX_CHARS = 256
-"""Longest line confirmed for risky patterns the Pike VM cannot run; longer lines never match."""
+"""Without the budget (not the main thread): longest line confirmed for risky patterns the Pike
+VM cannot run; longer lines never match."""
 
 ENGINE = (
     f"hyperscan {getattr(_hs, '__version__', '?')} block prefilter + re/Pike VM confirm"
@@ -81,6 +89,20 @@ class Hit:
 
 
 @dataclass(frozen=True)
+class Abandoned:
+    """Lines on which one rule's pattern ran over the budget and had no linear engine to fall
+    back on: they counted as not matching for that pattern."""
+
+    rule: str
+    lines: int
+    """Abandoned confirmations (one pattern on one line) since the last ``take_abandoned()``."""
+    longest: int
+    """Length in characters of the longest such line."""
+    sample: str
+    """The first 200 characters of the first such line."""
+
+
+@dataclass(frozen=True)
 class PatternReport:
     rule: str
     role: Role
@@ -97,6 +119,8 @@ class _Compiled:
     confirm: Confirm
     named: bool
     """Groups must be extracted (named groups, and not an ignore pattern)."""
+    no_pike: str
+    """Why the Pike VM cannot run the pattern ("" if it can)."""
 
 
 @dataclass(frozen=True)
@@ -117,7 +141,7 @@ _BOTH, _ASCII_ONLY, _HIGH_ONLY = 0, 1, 2
 
 
 class Matcher:
-    def __init__(self, specs: Sequence[PatternSpec]) -> None:
+    def __init__(self, specs: Sequence[PatternSpec], *, budget_s: float = CONFIRM_BUDGET_S) -> None:
         cache: CharCache = {}
         # re's FutureWarnings ("possible nested set") were shown to the user by `detector check`
         # (config.nodes.regex); compiling the same and derived patterns here must stay quiet.
@@ -125,6 +149,10 @@ class Matcher:
             warnings.simplefilter("ignore", FutureWarning)
             self._compiled = [_compile(s, cache) for s in specs]
         self._plans: dict[str, _Plan] = {}
+        self._budget_s = budget_s
+        self._watchdog = Watchdog(budget_s)
+        self._abandoned: dict[str, Abandoned] = {}
+        self._slow: dict[str, int] = {}
 
     # ------------------------------------------------------------ public API
 
@@ -134,8 +162,45 @@ class Matcher:
         plan = self._plan(source)
         if not plan.active or not texts:
             return []
+        try:
+            return self._match(plan, texts)
+        finally:
+            self._watchdog.disarm()
+
+    def match_block(self, source: str, data: bytes) -> tuple[int, list[Hit]]:
+        """Match raw bytes holding whole lines separated by ``b"\\n"`` (a final newline is
+        optional). Returns (number of lines, hits); ``Hit.line`` indexes those lines. Same result
+        as ``match`` on the lines decoded with ``errors="replace"``, but only lines with
+        candidate hits are ever decoded."""
+        nlines = data.count(b"\n") + (0 if not data or data.endswith(b"\n") else 1)
+        plan = self._plan(source)
+        if not plan.active or nlines == 0:
+            return nlines, []
+        try:
+            return nlines, self._match_block(plan, data, nlines)
+        finally:
+            self._watchdog.disarm()
+
+    def take_abandoned(self) -> dict[str, Abandoned]:
+        """Per rule, the lines abandoned (over the budget, no linear engine) since the last call;
+        they were treated as not matching. Resets the record."""
+        out, self._abandoned = self._abandoned, {}
+        return out
+
+    def take_slow(self) -> dict[str, int]:
+        """Per rule, the ``re`` confirmations that ran over the budget and were answered by the
+        Pike VM instead (same result) since the last call. Resets the counts."""
+        out, self._slow = self._slow, {}
+        return out
+
+    def report(self) -> list[PatternReport]:
+        return [_report(c, self._budget_s) for c in self._compiled]
+
+    # ------------------------------------------------------------ internals
+
+    def _match(self, plan: _Plan, texts: Sequence[str]) -> list[Hit]:
         if plan.db is None:
-            return self._slow(plan, texts, range(len(texts)))
+            return self._slow_lines(plan, texts, range(len(texts)))
         joined = "\n".join(texts)
         multiline: list[int] = []
         if joined.count("\n") != len(texts) - 1:
@@ -147,22 +212,13 @@ class Matcher:
         cands = self._scan(plan, data, len(texts), lambda i, _s, _e: texts[i])
         hits = self._finish(plan, cands, lambda i: texts[i], len(texts), set(multiline))
         if multiline:
-            hits.extend(self._slow(plan, texts, multiline))
+            hits.extend(self._slow_lines(plan, texts, multiline))
             hits.sort(key=lambda h: h.line)  # stable: spec order kept within a line
         return hits
 
-    def match_block(self, source: str, data: bytes) -> tuple[int, list[Hit]]:
-        """Match raw bytes holding whole lines separated by ``b"\\n"`` (a final newline is
-        optional). Returns (number of lines, hits); ``Hit.line`` indexes those lines. Same result
-        as ``match`` on the lines decoded with ``errors="replace"``, but only lines with
-        candidate hits are ever decoded."""
-        nlines = data.count(b"\n") + (0 if not data or data.endswith(b"\n") else 1)
-        plan = self._plan(source)
-        if not plan.active or nlines == 0:
-            return nlines, []
+    def _match_block(self, plan: _Plan, data: bytes, nlines: int) -> list[Hit]:
         if plan.db is None or plan.always:
-            texts = data.decode("utf-8", "replace").split("\n")[:nlines]
-            return nlines, self.match(source, texts)
+            return self._match(plan, data.decode("utf-8", "replace").split("\n")[:nlines])
         line_text: dict[int, str] = {}
 
         def text_at(i: int, start: int, end: int) -> str:
@@ -173,12 +229,7 @@ class Matcher:
         if not data.endswith(b"\n"):
             data += b"\n"  # see match()
         cands = self._scan(plan, data, nlines, text_at)
-        return nlines, self._finish(plan, cands, line_text.__getitem__, nlines, set())
-
-    def report(self) -> list[PatternReport]:
-        return [_report(c) for c in self._compiled]
-
-    # ------------------------------------------------------------ internals
+        return self._finish(plan, cands, line_text.__getitem__, nlines, set())
 
     def _plan(self, source: str) -> _Plan:
         plan = self._plans.get(source)
@@ -252,7 +303,9 @@ class Matcher:
             hits.extend(self._line(plan, i, text_of(i), cands[i]))
         return hits
 
-    def _slow(self, plan: _Plan, texts: Sequence[str], lines: Sequence[int] | range) -> list[Hit]:
+    def _slow_lines(
+        self, plan: _Plan, texts: Sequence[str], lines: Sequence[int] | range
+    ) -> list[Hit]:
         everything = dict.fromkeys(range(len(plan.active)), False)
         hits: list[Hit] = []
         for i in lines:
@@ -266,7 +319,7 @@ class Matcher:
             c = plan.active[index]
             groups: dict[str, str] | None = {}
             if not cands[index] or c.named:
-                groups = _confirm(c, text)
+                groups = self._confirm(c, text)
             if groups is None:
                 continue
             if c.spec.role == "ignore":
@@ -277,36 +330,64 @@ class Matcher:
             return [h for h in found if h.rule not in ignored]
         return found
 
+    def _confirm(self, c: _Compiled, text: str) -> dict[str, str] | None:
+        """Does the pattern match this line (Python semantics)? Its named groups if so."""
+        if c.confirm == "pike":
+            assert c.pike is not None
+            return c.pike.search(text)
+        watchdog = self._watchdog
+        if watchdog.state == ARMED or watchdog.arm():
+            try:  # watchdog.search(c.rx, text), inlined: this runs once per confirmation
+                watchdog.started = perf_counter()
+                m = c.rx.search(text)
+                watchdog.started = 0.0
+            except BudgetExceeded:
+                return self._over_budget(c, text)
+        else:
+            # Not the main thread: no budget, the static caps instead (module docstring).
+            if c.pike is not None and len(text) > RE_MAX_CHARS:
+                return c.pike.search(text)
+            if c.confirm == "re-capped" and len(text) > RISKY_RE_MAX_CHARS:
+                return None
+            m = c.rx.search(text)
+        if m is None:
+            return None
+        if not c.named:
+            return {}
+        return {k: v for k, v in m.groupdict().items() if v is not None}
+
+    def _over_budget(self, c: _Compiled, text: str) -> dict[str, str] | None:
+        rule = c.spec.rule
+        if c.pike is not None:
+            self._slow[rule] = self._slow.get(rule, 0) + 1
+            return c.pike.search(text)
+        old = self._abandoned.get(rule)
+        if old is None:
+            self._abandoned[rule] = Abandoned(rule, 1, len(text), text[:200])
+        else:
+            self._abandoned[rule] = Abandoned(
+                rule, old.lines + 1, max(old.longest, len(text)), old.sample
+            )
+        return None
+
 
 def _compile(spec: PatternSpec, cache: CharCache) -> _Compiled:
     rx = re.compile(spec.regex)
     analysis = analyse(spec.regex, cache)
     pike: PikeProgram | None = None
-    if analysis.pike_ok:
-        try:
-            pike = compile_pike(spec.regex)
-        except PikeUnsupported:
-            pike = None
+    no_pike = ""
+    try:
+        # compile_pike stops at the first construct it cannot run: that names the reason
+        pike = compile_pike(spec.regex)
+    except PikeUnsupported as exc:
+        no_pike = _PIKE_UNSUPPORTED.get(str(exc), str(exc))
+    if pike is not None and not analysis.pike_ok:  # pragma: no cover - the two agree
+        pike, no_pike = None, "unsupported construct"
     confirm: Confirm = "re"
     if analysis.risky:
         confirm = "pike" if pike is not None else "re-capped"
     named = bool(rx.groupindex) and spec.role != "ignore"
-    return _Compiled(spec, rx, analysis, pike, confirm, named)
-
-
-def _confirm(c: _Compiled, text: str) -> dict[str, str] | None:
-    """Does the pattern match this line (Python semantics)? Its named groups if so."""
-    if c.confirm == "pike" or (c.pike is not None and len(text) > RE_MAX_CHARS):
-        assert c.pike is not None
-        return c.pike.search(text)
-    if c.confirm == "re-capped" and len(text) > RISKY_RE_MAX_CHARS:
-        return None
-    m = c.rx.search(text)
-    if m is None:
-        return None
-    if not c.named:
-        return {}
-    return {k: v for k, v in m.groupdict().items() if v is not None}
+    return _Compiled(spec, rx, analysis, pike, confirm, named, no_pike)
 
 
 def _hs_flags() -> int:
@@ -373,7 +454,7 @@ def _compile_db(exprs: list[bytes]) -> Any:
     return db
 
 
-def _report(c: _Compiled) -> PatternReport:
+def _report(c: _Compiled, budget_s: float) -> PatternReport:
     a = c.analysis
     notes = list(a.reasons)
     if _hs is None or a.hs is None:
@@ -382,18 +463,19 @@ def _report(c: _Compiled) -> PatternReport:
         prefilter = "hyperscan (exact on ASCII lines)"
     else:
         prefilter = "hyperscan prefilter"
+    budget = f"each re search has a {budget_s * 1000:g} ms CPU budget"
     if c.confirm == "pike":
         engine = f"{prefilter} + Pike VM (linear time)"
-    elif c.confirm == "re-capped":
-        engine = f"{prefilter} + re (capped)"
+    elif c.pike is None:
+        engine = f"{prefilter} + re (no linear fallback)"
         notes.append(
-            f"backtracking not bounded by a linear engine: lines over {RISKY_RE_MAX_CHARS} "
-            "characters are treated as not matching"
+            f"{budget}; a line that exceeds it counts as not matching and raises an agent "
+            f"alert ({c.no_pike}: no linear engine)"
         )
     elif a.exact and not c.named and a.hs is not None and _hs is not None:
+        # re confirms only non-ASCII lines, under the budget with the Pike VM behind it
         engine = prefilter
     else:
         engine = f"{prefilter} + re"
-        if c.pike is not None:
-            notes.append(f"lines over {RE_MAX_CHARS} characters use the Pike VM")
+        notes.append(f"{budget}; over it, the Pike VM answers (linear time, same result)")
     return PatternReport(c.spec.rule, c.spec.role, engine, "; ".join(notes))
