@@ -16,11 +16,12 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from detector.alerts import AGENT_RULE, AlertBook
-from detector.matching import Hit, Matcher, PatternSpec
+from detector.matching import Abandoned, Hit, Matcher, PatternSpec
+from detector.matching_budget import CONFIRM_BUDGET_S
 from detector.model import Config, RuleConfig
 from detector.rules.base import Evaluator, Signal, When
 from detector.rules.registry import build_evaluator
@@ -30,6 +31,10 @@ from detector.store.records import Commit
 
 log = logging.getLogger("detector.pipeline")
 StateLoader = Callable[[str], Mapping[str, Any]]
+
+REGEX_QUIET = timedelta(hours=1)
+"""An agent alert about lines a rule's regex could not decide in time resolves after this long
+without another such line."""
 
 
 def pattern_specs(rules: Iterable[RuleConfig]) -> list[PatternSpec]:
@@ -72,6 +77,10 @@ class Pipeline:
         self.rule_errors: Counter[str] = Counter()
         self.lines_matched: Counter[str] = Counter()
         self.last_match_at: dict[str, datetime] = {}
+        self.lines_undecided: Counter[str] = Counter()
+        """Per rule, lines its regex could not decide within the budget (counted as no match)."""
+        self._undecided_at: dict[str, datetime] = {}
+        self._foreign_abandoned: list[dict[str, Abandoned]] = []
         self._unsaved: set[str] = set()
         self._build(config, now, load_state, keep={})
 
@@ -219,12 +228,62 @@ class Pipeline:
                         signals.extend(ev.observe_line(line, when))
                     except Exception as e:  # as above
                         signals.append(self._rule_failed(ev.rule.name, e, line.text, when.at))
+        self._undecided(signals, now)
         self.alerts.apply(signals, now)
         for name in touched:
             self._deadlines.push(name, self.evaluators[name].next_deadline())
         commit = Commit()
         self._collect(commit, touched)
         return commit
+
+    def note_abandoned(self, abandoned: dict[str, Abandoned]) -> None:
+        """Lines abandoned by a matcher of another process (``detector test --jobs``): reported
+        with the next batch like the pipeline's own matcher's."""
+        if abandoned:
+            self._foreign_abandoned.append(abandoned)
+
+    def _undecided(self, signals: list[Signal], now: datetime) -> None:
+        """Lines a rule's regex could not decide within the confirmation budget (backreferences
+        or lookaround with catastrophic backtracking; see matching.py) counted as not matching:
+        that must not pass silently. Raise (or raise the count of) an agent alert per rule."""
+        found = [self.matcher.take_abandoned(), *self._foreign_abandoned]
+        self._foreign_abandoned.clear()
+        for batch in found:
+            for rule, a in batch.items():
+                self.lines_undecided[rule] += a.lines
+                if rule not in self._undecided_at:
+                    log.warning(
+                        "rule %s: a line took over %.0f ms to match and was treated as not "
+                        "matching (%d characters): %r",
+                        rule,
+                        CONFIRM_BUDGET_S * 1000,
+                        a.longest,
+                        a.sample,
+                    )
+                self._undecided_at[rule] = now
+                signals.append(
+                    Signal(
+                        rule=AGENT_RULE,
+                        kind="agent",
+                        key=f"regex:{rule}",
+                        action="fire",
+                        at=now,
+                        count=a.lines,
+                        summary=(
+                            f"rule {rule}: lines took over {CONFIRM_BUDGET_S * 1000:.0f} ms to "
+                            "match and were treated as not matching"
+                        ),
+                        description=(
+                            "The rule's pattern needs backtracking that no linear-time engine "
+                            "can run (backreference or lookaround; `detector check` names it), "
+                            f"and it ran over its budget on these lines (longest: {a.longest} "
+                            "characters), so they could not be decided and were skipped for this "
+                            "rule. Fix: rewrite the pattern without the backreference/lookaround, "
+                            "or make it anchored and specific so that it cannot backtrack."
+                        ),
+                        sample=a.sample,
+                    )
+                )
 
     def _rule_failed(self, rule: str, error: Exception, text: str | None, at: datetime) -> Signal:
         """A rule raised: log it with the line, skip that one event, and raise an agent alert
@@ -256,6 +315,19 @@ class Pipeline:
             except Exception as e:  # as above
                 signals.append(self._rule_failed(name, e, None, now))
             self._deadlines.push(name, ev.next_deadline())
+        for rule, last in list(self._undecided_at.items()):
+            if last + REGEX_QUIET <= now:
+                del self._undecided_at[rule]
+                signals.append(
+                    Signal(
+                        rule=AGENT_RULE,
+                        kind="agent",
+                        key=f"regex:{rule}",
+                        action="resolve",
+                        at=now,
+                        summary=f"rule {rule}: every line decided in time for an hour",
+                    )
+                )
         self.alerts.apply(signals, now)
         self.alerts.due(now)
         return touched
@@ -274,8 +346,11 @@ class Pipeline:
         return commit
 
     def next_deadline(self) -> datetime | None:
+        undecided = min(self._undecided_at.values()) + REGEX_QUIET if self._undecided_at else None
         present = [
-            c for c in (self._deadlines.next_at(), self.alerts.next_deadline()) if c is not None
+            c
+            for c in (self._deadlines.next_at(), self.alerts.next_deadline(), undecided)
+            if c is not None
         ]
         return min(present) if present else None
 

@@ -34,7 +34,7 @@ from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import IO, Any, overload
 
-from detector.matching import Hit, Matcher, PatternSpec, Role
+from detector.matching import Abandoned, Hit, Matcher, PatternSpec, Role
 from detector.model import Config, FileSourceConfig
 from detector.pipeline import Pipeline, pattern_specs
 from detector.rules.base import When
@@ -255,6 +255,8 @@ class _Block:
     tail: Sequence[str]
     hits: Sequence[Hit] | None
     """Matched in a worker process; None: the pipeline's own matcher runs."""
+    abandoned: dict[str, Abandoned] = field(default_factory=dict)
+    """Lines a worker's matcher could not decide in time (reported by the pipeline)."""
 
 
 def _serial_blocks(
@@ -295,8 +297,17 @@ _Task = tuple[str, str, int, int, bool, bool]
 """(path, source, offset, length, final, all_texts): one block for a worker."""
 _HitTuple = tuple[int, str, Role, dict[str, str]]
 """A Hit as a plain tuple: unpickling a dataclass costs ~15 µs, a tuple far less."""
-_Result = tuple[int, int, list[_HitTuple], "dict[int, str] | list[str]", list[str], list[str]]
-"""(lines, chars, hits, texts of hit lines — or of every line —, first 50, last 50 lines)."""
+_Result = tuple[
+    int,
+    int,
+    list[_HitTuple],
+    "dict[int, str] | list[str]",
+    list[str],
+    list[str],
+    "dict[str, Abandoned]",
+]
+"""(lines, chars, hits, texts of hit lines — or of every line —, first 50, last 50 lines, lines
+abandoned by the matcher)."""
 
 
 def _match_worker(conn: Connection, matcher: Matcher | list[PatternSpec]) -> None:
@@ -333,7 +344,7 @@ def _match_block(matcher: Matcher, fd: int, task: _Task) -> _Result:
         matcher, source, normalize(raw, final=final), all_texts
     )
     hits = [(h.line, h.rule, h.role, h.groups) for h in found]
-    return n, chars, hits, texts, head, tail
+    return n, chars, hits, texts, head, tail, matcher.take_abandoned()
 
 
 def _match_data(
@@ -412,9 +423,9 @@ class _MatchPool:
             raise RuntimeError("a matching worker process died") from None
         if isinstance(answer, str):
             raise RuntimeError(f"a matching worker failed: {answer}")
-        n, chars, hits, texts, head, tail = answer
+        n, chars, hits, texts, head, tail, abandoned = answer
         lines = texts if isinstance(texts, list) else _SomeLines(n, texts)
-        return _Block(lines, chars, head, tail, [Hit(*h) for h in hits])
+        return _Block(lines, chars, head, tail, [Hit(*h) for h in hits], abandoned)
 
     def close(self, *, abort: bool = False) -> None:
         for conn in self._conns:
@@ -499,6 +510,7 @@ def replay(
                                 pipeline.tick(first)
                                 break
                     now = current[0] or clock_now
+                    pipeline.note_abandoned(b.abandoned)
                     pipeline.process_texts(
                         source, texts, line_at, when_for, now, interleave_ticks=True, hits=b.hits
                     )

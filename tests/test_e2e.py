@@ -294,6 +294,9 @@ rules:
   - name: nested
     source: evil
     match: '(a|aa)+c'
+  - name: lookbehind
+    source: evil
+    match: '^(\\w+\\s?)+$(?<=z)'
   - name: plain-errors
     source: good
     match: 'ERROR'
@@ -316,8 +319,23 @@ async def test_catastrophic_regexes_on_long_lines_do_not_stall_the_agent(tmp_pat
             await rx.wait_for(1, within=10)
             assert time.monotonic() - started < 5.0
             await asyncio.sleep(1.0)
-            rules = [a["labels"]["rule"] for a in alerts_of(rx)]
-            assert rules == ["plain-errors"]  # and the pathological lines matched nothing
+            # the pathological lines matched nothing
+            assert [a["labels"]["rule"] for a in alerts_of(rx)] == ["plain-errors"]
+            # no linear-time engine for the lookbehind: these lines (which `catastrophic` does
+            # match) run into the regex budget; the agent says so instead of skipping silently
+            undecided_line = ("word " * 8).strip() + "y"
+            append(evil, *[undecided_line for _ in range(3)])
+            await rx.wait_for(3, within=10)
+            alerts = alerts_of(rx)
+            assert sorted(a["labels"]["rule"] for a in alerts) == [
+                "catastrophic",
+                "detector-agent",
+                "plain-errors",
+            ]
+            undecided = next(a for a in alerts if a["labels"]["rule"] == "detector-agent")
+            assert "rule lookbehind: lines took over 50 ms" in undecided["annotations"]["summary"]
+            assert undecided["x"]["count"] == 3
+            assert undecided["x"]["samples"] == [undecided_line]
         finally:
             assert await agent.terminate() == 0
 

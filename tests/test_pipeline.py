@@ -12,6 +12,7 @@ from detector.pipeline import Pipeline
 from detector.replay import TimeParser, replay
 from detector.rules.base import When
 from detector.sources.base import Batch, Checkpoint, Line
+from detector.store.records import Commit
 from tests.helpers import at, config, line, rule
 
 
@@ -183,3 +184,28 @@ def test_replay_keeps_the_first_notifications_of_each_rule_and_counts_all(tmp_pa
     assert res.firing == KEEP_PER_RULE + 30
     assert len(res.notifications) == KEEP_PER_RULE
     assert res.counts[("e", "firing")] == KEEP_PER_RULE + 30
+
+
+def test_undecided_lines_raise_one_agent_alert_that_resolves_after_a_quiet_hour() -> None:
+    p = Pipeline(
+        config(rule("slow", match=r"word (\w+\s?)+$(?<=z)"), rule("e", match="ERROR")),
+        at(0),
+        lambda r: {},
+    )
+    undecided = "word " * 8 + "wordy"
+    c = p.process(batch(undecided, "ERROR x", undecided), exact(0), at(0))
+    agent = [o.payload for o in c.outbox if o.payload["rule"] == "detector-agent"]
+    assert [(a["notification"], a["count"], a["samples"]) for a in agent] == [
+        ("firing", 2, [undecided])
+    ]
+    assert p.lines_undecided == {"slow": 2} and p.lines_matched == {"e": 1}
+    p.process(batch(undecided), exact(1800), at(1800))  # the quiet hour starts again
+    assert next(a for a in p.alerts.firing() if a.rule == "detector-agent").count == 3
+
+    def agent_rows(c: Commit) -> list[str]:
+        return [
+            o.payload["notification"] for o in c.outbox if o.payload["rule"] == "detector-agent"
+        ]
+
+    assert agent_rows(p.tick(at(1800 + 3599))) == []
+    assert agent_rows(p.tick(at(1800 + 3600))) == ["resolved"]

@@ -125,6 +125,25 @@ def test_lines_reach_rules_exactly_as_read_in_one_process(tmp_path: Path) -> Non
     assert two.lines == log.read_bytes().count(b"\n") + 1
 
 
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_lines_a_regex_cannot_decide_in_time_are_reported_not_skipped(
+    tmp_path: Path, jobs: int
+) -> None:
+    """A lookbehind has no linear-time engine: on these lines `re` runs over its budget. The
+    replay (whether the lines are matched here or in a worker) says so with an agent alert."""
+    log = generated_log(tmp_path / "app.log", lines=2000, seed=5)
+    undecided = "2026-03-01T13:00:00Z host app[1]: " + "word " * 8 + "wordy"
+    with log.open("ab") as f:
+        f.write(b"\n" + "\n".join([undecided] * 2).encode() + b"\n")
+    cfg = config(rule("errors", match=r"ERROR"), rule("slow", match=r"word (\w+\s?)+$(?<=z)"))
+    res = replay(cfg, [(str(log), "s")], started_at=STARTED_AT, jobs=jobs, block=SMALL_BLOCK)
+    assert res.matches["errors"] > 50 and res.matches["slow"] == 0
+    agent = [n for n in res.notifications if n["rule"] == "detector-agent"]
+    assert [(n["notification"], n["count"]) for n in agent] == [("firing", 2)]
+    assert agent[0]["summary"].startswith("rule slow: lines took over 50 ms to match")
+    assert agent[0]["samples"] == [undecided]
+
+
 def test_rules_over_every_line_see_every_line_with_jobs(tmp_path: Path) -> None:
     log = generated_log(tmp_path / "app.log", lines=3000, seed=5)
     rate = rule(
