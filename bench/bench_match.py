@@ -1,13 +1,15 @@
-"""Matching throughput: the detector's matcher against ``grep -c -E -f`` on the same file.
+"""Matching throughput: the detector against ``grep -c -E -f`` and ripgrep on the same files.
 
-One command (``.venv/bin/python bench/bench_match.py``; ``--lines N`` to change the input size)
-generates the input with ``gen_log.py``, checks that the translated ERE file agrees with Python
-``re`` rule by rule, then runs, each as a child process pinned to one CPU: GNU grep (C locale) over
-the whole file, the matcher replaying the file in 4 MiB blocks (``Matcher.match_block``), and the
-matcher with 10/50/200/500 rules on a prefix. It prints lines/s, MB/s, peak RSS and the ratio to
-grep. ``measure(name, argv, lines, size)`` times any command, so the full agent replay
-(``detector test -c rules.yaml LOG``) is one more call (see ``main``), and ``detector test --jobs
-2`` one more, given two CPUs (``cpus=2``).
+One command (``.venv/bin/python bench/bench_match.py``; ``--lines N`` to change the input size,
+``--profile dense|quiet`` for one workload) generates two logs with ``gen_log.py`` — *dense*, a
+host under attack where ~39 % of lines match a rule, and *quiet*, a healthy host where ~1 % do —,
+checks on each that the translated ERE file agrees with Python ``re`` rule by rule, then runs, each
+as a child process pinned to one CPU: GNU grep (C locale), ripgrep (one thread; skipped with a
+note when not installed), the matcher alone replaying the file in 4 MiB blocks
+(``Matcher.match_block``), the whole ``detector test`` replay (matcher + rule evaluation + alerts)
+and ``detector test --jobs 2`` (given two CPUs). It prints lines/s, MB/s, peak RSS and the ratio to
+grep as markdown tables, checks that grep, ripgrep and the matcher count the same matching lines,
+and ends with the matcher at 10/50/200/500 rules on a prefix of the dense log.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import argparse
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -136,54 +139,51 @@ def prefix(log: Path, out: Path, lines: int) -> tuple[Path, int]:
     return out, out.stat().st_size
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--lines", type=int, default=2_000_000)
-    ap.add_argument("--scale-lines", type=int, default=500_000)
-    ap.add_argument("--workdir", type=Path, default=Path("/tmp/detector-bench"))
-    ap.add_argument("--worker", nargs=3, metavar=("LOG", "RULES_JSON", "MAX_LINES"))
-    args = ap.parse_args()
-    if args.worker:
-        worker(Path(args.worker[0]), Path(args.worker[1]), int(args.worker[2]))
-        return
-
-    work: Path = args.workdir
-    work.mkdir(parents=True, exist_ok=True)
-    log = work / f"mixed-{args.lines}.log"
+def workload(args: argparse.Namespace, work: Path, profile: str, env: dict[str, str]) -> list[Row]:
+    """Every run on one generated log: grep, ripgrep, the matcher, ``detector test`` (1 and 2
+    jobs). Prints the table; returns the rows (grep first)."""
+    log = work / f"{profile}-{args.lines}.log"
     if not log.exists():
         print(f"generating {log} …", flush=True)
-        gen_log.generate(log, args.lines)
+        gen_log.generate(log, args.lines, profile=profile)
     size = log.stat().st_size
-    env = dict(os.environ, LC_ALL="C")
     rule_set = gen_log.RULES
-    (work / "rules.ere").write_text("\n".join(gen_log.to_ere(r) for _, r in rule_set) + "\n")
-    (work / "rules.json").write_text(json.dumps(rule_set))
-    gen_log.write_rules_yaml(work / "rules.yaml", log, rule_set)
-
-    sample, _ = prefix(log, work / "sample-100k.log", 100_000)
+    rules_yaml = gen_log.write_rules_yaml(work / f"rules-{profile}.yaml", log, rule_set)
+    sample, _ = prefix(log, work / f"sample-{profile}-100k.log", 100_000)
     bad = check_ere(sample, rule_set, env)
     print(
-        f"ERE translation: {len(rule_set) - len(bad)}/{len(rule_set)} rules agree with re"
-        + ("" if not bad else "; MISMATCH " + "; ".join(bad)),
+        f"ERE translation on a {profile} sample: {len(rule_set) - len(bad)}/{len(rule_set)} "
+        "rules agree with re" + ("" if not bad else "; MISMATCH " + "; ".join(bad)),
         flush=True,
     )
-
+    ere = str(work / "rules.ere")
     me = [sys.executable, str(Path(__file__).resolve()), "--worker"]
     rows = [
         measure(
-            "grep -c -E -f (C)",
-            ["grep", "-c", "-E", "-f", str(work / "rules.ere"), str(log)],
-            args.lines,
-            size,
-            env,
-        ),
+            "grep -c -E -f (C)", ["grep", "-c", "-E", "-f", ere, str(log)], args.lines, size, env
+        )
+    ]
+    if shutil.which("rg"):
+        # -j1: one thread, like everything else here (one file is searched by one thread anyway)
+        rows.append(
+            measure(
+                "ripgrep -c -f (1 thread)",
+                ["rg", "-j1", "-c", "-f", ere, str(log)],
+                args.lines,
+                size,
+                env,
+            )
+        )
+    else:
+        print("ripgrep not installed (scripts/system-deps installs it): no ripgrep row")
+    rows.append(
         measure(
-            f"detector {len(rule_set)} rules",
+            f"detector matcher, {len(rule_set)} rules",
             [*me, str(log), str(work / "rules.json"), str(args.lines)],
             args.lines,
             size,
-        ),
-    ]
+        )
+    )
     # The full agent path: `detector test` = block reads + matcher + rule evaluation + alerts.
     replay_argv = [
         sys.executable,
@@ -191,7 +191,7 @@ def main() -> None:
         "detector",
         "test",
         "-c",
-        str(work / "rules.yaml"),
+        str(rules_yaml),
         str(log),
         "--quiet",
         "--no-progress",
@@ -207,22 +207,58 @@ def main() -> None:
             cpus=2,
         )
     )
-    grep_rate = rows[0].lines_per_s
-    agree = int(rows[0].output) == json.loads(rows[1].output)["matched_lines"]
-    print(f"\nlines matched by any rule: grep and detector {'agree' if agree else 'DISAGREE'}")
+    grep = rows[0]
+    info = json.loads(next(r for r in rows if r.name.startswith("detector matcher")).output)
+    counts = {r.name: r.output for r in rows if not r.name.startswith("detector")}
+    agree = all(int(c) == info["matched_lines"] for c in counts.values())
+    share = info["matched_lines"] / args.lines
     print(
-        f"\n{args.lines:,} lines, {size / 1e6:.0f} MB; grep matched lines: {rows[0].output}; "
-        f"detector: {rows[1].output}\n"
+        f"\n{profile}: {args.lines:,} lines, {size / 1e6:.0f} MB, {share:.1%} of lines matched "
+        f"({info['hits']:,} hits); lines matched by any rule: grep, ripgrep and detector "
+        + ("agree" if agree else f"DISAGREE: {counts} vs {info['matched_lines']}")
+        + "\n"
     )
-    print(f"{'run':32} {'lines/s':>12} {'MB/s':>8} {'peak RSS':>9} {'vs grep':>8}")
+    print(f"| {profile} log | lines/s | MB/s | peak RSS | vs grep |")
+    print("|---|---:|---:|---:|---:|")
     for row in rows:
         print(
-            f"{row.name:32} {row.lines_per_s:12,.0f} {row.mb_per_s:8.1f} "
-            f"{row.peak_rss_kb / 1024:7.1f}MB {row.lines_per_s / grep_rate:7.2f}x"
+            f"| {row.name} | {row.lines_per_s:,.0f} | {row.mb_per_s:.1f} | "
+            f"{row.peak_rss_kb / 1024:.1f} MB | {row.lines_per_s / grep.lines_per_s:.2f}× |"
         )
+    print(flush=True)
+    return rows
 
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--lines", type=int, default=2_000_000)
+    ap.add_argument("--scale-lines", type=int, default=500_000)
+    ap.add_argument("--workdir", type=Path, default=Path("/tmp/detector-bench"))
+    ap.add_argument("--profile", choices=[*gen_log.PROFILES, "all"], default="all")
+    ap.add_argument("--worker", nargs=3, metavar=("LOG", "RULES_JSON", "MAX_LINES"))
+    args = ap.parse_args()
+    if args.worker:
+        worker(Path(args.worker[0]), Path(args.worker[1]), int(args.worker[2]))
+        return
+
+    work: Path = args.workdir
+    work.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ, LC_ALL="C")
+    rule_set = gen_log.RULES
+    (work / "rules.ere").write_text("\n".join(gen_log.to_ere(r) for _, r in rule_set) + "\n")
+    (work / "rules.json").write_text(json.dumps(rule_set))
+    profiles = gen_log.PROFILES if args.profile == "all" else (args.profile,)
+    for profile in profiles:
+        workload(args, work, profile, env)
+
+    log = work / f"dense-{args.lines}.log"
+    if not log.exists():
+        gen_log.generate(log, args.lines)
+    me = [sys.executable, str(Path(__file__).resolve()), "--worker"]
     part, part_size = prefix(log, work / f"prefix-{args.scale_lines}.log", args.scale_lines)
-    print(f"\ncost per line vs rule count ({args.scale_lines:,} lines):")
+    print(f"cost per line vs rule count ({args.scale_lines:,} dense lines):\n")
+    print("| rules | lines/s | MB/s | peak RSS | matching only | build |")
+    print("|---:|---:|---:|---:|---:|---:|")
     for n in (10, 50, 200, 500):
         rules_n = work / f"rules-{n}.json"
         rules_n.write_text(json.dumps(gen_log.rules(n)))
@@ -234,9 +270,9 @@ def main() -> None:
         )
         info = json.loads(row.output)
         print(
-            f"{row.name:28} {row.lines_per_s:12,.0f} {row.mb_per_s:8.1f} "
-            f"{row.peak_rss_kb / 1024:7.1f}MB  matching only: "
-            f"{1e9 * info['match_s'] / info['lines']:5.0f} ns/line, build {info['build_s']:.1f}s"
+            f"| {n} | {row.lines_per_s:,.0f} | {row.mb_per_s:.1f} | "
+            f"{row.peak_rss_kb / 1024:.1f} MB | "
+            f"{1e9 * info['match_s'] / info['lines']:.0f} ns/line | {info['build_s']:.1f} s |"
         )
 
 

@@ -256,13 +256,65 @@ def _line(r: random.Random, n: int) -> str:
     return f"{ts} {host} kernel: [{n / 100:.6f}] e1000e: eth0 NIC Link is Up 1000 Mbps Full Duplex"
 
 
-def generate(path: Path, lines: int = 2_000_000, seed: int = 1) -> Path:
-    """Write ``lines`` lines to ``path`` (deterministic for a given seed)."""
+def _quiet_line(r: random.Random, n: int) -> str:
+    """A line of a healthy host: no rule of ``RULES`` matches it."""
+    sec = n // 40
+    ts = f"Nov {25 + sec // 86400 % 3} {sec // 3600 % 24:02d}:{sec // 60 % 60:02d}:{sec % 60:02d}"
+    host = f"web{n % 7}"
+    pid = r.randint(300, 65000)
+    x = r.random()
+    if x < 0.45:
+        return (
+            f"{_ip(r)} - - [25/Nov/2026:{sec // 3600 % 24:02d}:{sec // 60 % 60:02d}:{sec % 60:02d}"
+            f' +0000] "{r.choice(["GET", "GET", "POST", "PUT"])} '
+            f"{r.choice(_PATHS)}/{r.randint(1, 9999)}"
+            f' HTTP/1.1" {r.choice([200, 200, 200, 201, 204, 301, 304, 404])} '
+            f'{r.randint(100, 90000)} "-" "Mozilla/5.0 (X11; Linux x86_64)"'
+            f" rt={r.choice(['0.004', '0.012', '0.120', '0.031', '0.010'])}"
+        )
+    if x < 0.75:
+        return (
+            f"{ts} {host} app[{pid}]: level={r.choice(['info'] * 8 + ['debug', 'warn'])} "
+            f'msg="{r.choice(["request done", "cache miss", "db query", "user login"])}" '
+            f"path={r.choice(_PATHS)} status={r.choice([200, 200, 201, 304, 404])} "
+            f"duration={r.choice([3, 12, 40, 250, 20])}ms"
+        )
+    if x < 0.85:
+        return r.choice(
+            [
+                f"{ts} {host} sshd[{pid}]: Connection closed by {_ip(r)} port 22 [preauth]",
+                f"{ts} {host} systemd[1]: Started Session {pid} of user {r.choice(_USERS)}.",
+                f"{ts} {host} systemd[1]: Starting Cleanup of Temporary Directories...",
+                f"{ts} {host} systemd-logind[612]: New session {pid} of user {r.choice(_USERS)}.",
+            ]
+        )
+    if x < 0.95:
+        return f"2026-11-25 {ts[7:]}.{n % 1000:03d} UTC [{pid}] LOG:  " + r.choice(
+            [
+                f"checkpoint complete: wrote {pid} buffers (1.2%); total=0.50 s",
+                "connection received: host=10.0.0.5 port=5432",
+                "duration: 12.3 ms  statement: SELECT 1",
+            ]
+        )
+    return f"{ts} {host} kernel: [{n / 100:.6f}] e1000e: eth0 NIC Link is Up 1000 Mbps Full Duplex"
+
+
+PROFILES = ("dense", "quiet")
+"""``dense``: the mix of ``_line``, where ~39 % of lines match a rule (a host under attack, with
+failing services); ``quiet``: a healthy host, 97 % of lines from ``_quiet_line`` (no match) and
+3 % from the dense mix."""
+
+
+def generate(path: Path, lines: int = 2_000_000, seed: int = 1, profile: str = "dense") -> Path:
+    """Write ``lines`` lines to ``path`` (deterministic for a given seed and profile)."""
+    if profile not in PROFILES:
+        raise ValueError(f"unknown profile {profile!r}; one of {PROFILES}")
     r = random.Random(seed)
+    quiet = profile == "quiet"
     with path.open("w", encoding="utf-8", newline="\n") as f:
         chunk: list[str] = []
         for n in range(lines):
-            chunk.append(_line(r, n))
+            chunk.append(_quiet_line(r, n) if quiet and r.random() < 0.97 else _line(r, n))
             if len(chunk) == 10_000:
                 f.write("\n".join(chunk) + "\n")
                 chunk.clear()
