@@ -15,12 +15,14 @@ and ends with the matcher at 10/50/200/500 rules on a prefix of the dense log.
 from __future__ import annotations
 
 import argparse
+import compileall
 import json
 import os
 import re
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,6 +55,12 @@ class Row:
         return self.size / self.seconds / 1e6
 
 
+GNU_TIME = "/usr/bin/time"
+"""Reports a command's own peak RSS. ``ru_maxrss`` of a child forked from this process is useless
+for that: Linux carries the parent's high-water mark over the exec, so every child would show at
+least this process's ~45 MB (scripts/system-deps installs Debian's ``time``)."""
+
+
 def measure(
     name: str,
     argv: list[str],
@@ -62,19 +70,24 @@ def measure(
     cpus: int = 1,
 ) -> Row:
     """Run ``argv`` to completion on ``cpus`` CPUs (one unless told); wall time and the peak RSS
-    of the child (of its largest process, for ``--jobs``: wait4 reports the maximum)."""
-    start = time.perf_counter()
+    of its largest process (GNU time: the command or, for ``--jobs``, its biggest worker)."""
+    if not os.access(GNU_TIME, os.X_OK):
+        raise SystemExit(f"{GNU_TIME} missing: run scripts/system-deps (Debian package 'time')")
     cpu = ",".join(str(c) for c in sorted(os.sched_getaffinity(0))[:cpus])
-    proc = subprocess.Popen(
-        ["taskset", "-c", cpu, *argv], stdout=subprocess.PIPE, env=env, text=True
-    )
-    out = proc.stdout.read() if proc.stdout else ""
-    _pid, status, usage = os.wait4(proc.pid, 0)
-    seconds = time.perf_counter() - start
-    proc.returncode = os.waitstatus_to_exitcode(status)
+    with tempfile.NamedTemporaryFile("r", suffix=".rss") as rss:
+        start = time.perf_counter()
+        proc = subprocess.run(
+            [GNU_TIME, "-q", "-f", "%M", "-o", rss.name, "taskset", "-c", cpu, *argv],
+            stdout=subprocess.PIPE,
+            env=env,
+            text=True,
+            check=False,
+        )
+        seconds = time.perf_counter() - start
+        peak_kb = int(rss.read().split()[-1])
     if proc.returncode not in (0, 1):  # grep exits 1 when nothing matched
         raise RuntimeError(f"{argv[0]} failed with {proc.returncode}")
-    return Row(name, lines, seconds, size, usage.ru_maxrss, out.strip())
+    return Row(name, lines, seconds, size, peak_kb, proc.stdout.strip())
 
 
 def worker(log: Path, rules_json: Path, max_lines: int) -> None:
@@ -243,6 +256,9 @@ def main() -> None:
 
     work: Path = args.workdir
     work.mkdir(parents=True, exist_ok=True)
+    # Byte-compile the package as pip does at install time: with PYTHONDONTWRITEBYTECODE set
+    # (as on some CI machines) every `detector test` would otherwise compile its sources anew.
+    compileall.compile_dir(Path(__file__).resolve().parents[1] / "detector", quiet=1)
     env = dict(os.environ, LC_ALL="C")
     rule_set = gen_log.RULES
     (work / "rules.ere").write_text("\n".join(gen_log.to_ere(r) for _, r in rule_set) + "\n")

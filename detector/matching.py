@@ -167,17 +167,20 @@ class Matcher:
         finally:
             self._watchdog.disarm()
 
-    def match_block(self, source: str, data: bytes) -> tuple[int, list[Hit]]:
+    def match_block(
+        self, source: str, data: bytes, texts: dict[int, str] | None = None
+    ) -> tuple[int, list[Hit]]:
         """Match raw bytes holding whole lines separated by ``b"\\n"`` (a final newline is
         optional). Returns (number of lines, hits); ``Hit.line`` indexes those lines. Same result
         as ``match`` on the lines decoded with ``errors="replace"``, but only lines with
-        candidate hits are ever decoded."""
-        nlines = data.count(b"\n") + (0 if not data or data.endswith(b"\n") else 1)
+        candidate hits are ever decoded; ``texts``, if given, receives the decoded text of (at
+        least) every line with a hit, by line index. The newlines are counted once, during the
+        scan."""
         plan = self._plan(source)
-        if not plan.active or nlines == 0:
-            return nlines, []
+        if not plan.active or not data:
+            return data.count(b"\n") + (0 if not data or data.endswith(b"\n") else 1), []
         try:
-            return nlines, self._match_block(plan, data, nlines)
+            return self._match_block(plan, data, {} if texts is None else texts)
         finally:
             self._watchdog.disarm()
 
@@ -209,17 +212,23 @@ class Matcher:
             joined = "\n".join("" if i in bad else t for i, t in enumerate(texts))
         # A final newline: Hyperscan does not report an empty match at the very end of data.
         data = joined.encode("utf-8", "surrogatepass") + b"\n"
-        cands = self._scan(plan, data, len(texts), lambda i, _s, _e: texts[i])
+        cands, _ = self._scan(plan, data, lambda i, _s, _e: texts[i])
         hits = self._finish(plan, cands, lambda i: texts[i], len(texts), set(multiline))
         if multiline:
             hits.extend(self._slow_lines(plan, texts, multiline))
             hits.sort(key=lambda h: h.line)  # stable: spec order kept within a line
         return hits
 
-    def _match_block(self, plan: _Plan, data: bytes, nlines: int) -> list[Hit]:
+    def _match_block(
+        self, plan: _Plan, data: bytes, line_text: dict[int, str]
+    ) -> tuple[int, list[Hit]]:
         if plan.db is None or plan.always:
-            return self._match(plan, data.decode("utf-8", "replace").split("\n")[:nlines])
-        line_text: dict[int, str] = {}
+            nlines = data.count(b"\n") + (0 if data.endswith(b"\n") else 1)
+            every = data.decode("utf-8", "replace").split("\n")[:nlines]
+            hits = self._match(plan, every)
+            for h in hits:
+                line_text[h.line] = every[h.line]
+            return nlines, hits
 
         def text_at(i: int, start: int, end: int) -> str:
             if i not in line_text:
@@ -228,8 +237,8 @@ class Matcher:
 
         if not data.endswith(b"\n"):
             data += b"\n"  # see match()
-        cands = self._scan(plan, data, nlines, text_at)
-        return self._finish(plan, cands, line_text.__getitem__, nlines, set())
+        cands, nlines = self._scan(plan, data, text_at, count_lines=True)
+        return nlines, self._finish(plan, cands, line_text.__getitem__, nlines, set())
 
     def _plan(self, source: str) -> _Plan:
         plan = self._plans.get(source)
@@ -245,10 +254,13 @@ class Matcher:
         self,
         plan: _Plan,
         data: bytes,
-        nlines: int,
         text_at: Callable[[int, int, int], str],
-    ) -> dict[int, dict[int, bool]]:
-        """One Hyperscan pass: line → {active index: hyperscan's verdict is exact}."""
+        *,
+        count_lines: bool = False,
+    ) -> tuple[dict[int, dict[int, bool]], int]:
+        """One Hyperscan pass over ``data`` (whole lines, the last one ending in a newline):
+        line → {active index: hyperscan's verdict is exact}, and the number of lines if
+        ``count_lines`` (else 0). Newlines are counted once, between events, on the way."""
         events: list[tuple[int, int]] = []
         append = events.append
 
@@ -259,17 +271,18 @@ class Matcher:
         cands: dict[int, dict[int, bool]] = {}
         ids = plan.ids
         active = plan.active
+        end = len(data)
         line = 0
         pos = 0
         is_ascii = True
         last_to = -1
         for to, hid in events:
             if to != last_to:
+                if to == end:  # an empty match after the final newline: no line of the data
+                    break
                 line += data.count(b"\n", pos, to)
                 pos = to
                 last_to = to
-                if line >= nlines:
-                    break
                 start = data.rfind(b"\n", 0, to) + 1
                 is_ascii = data[start:to].isascii()
                 text_at(line, start, to)
@@ -280,7 +293,7 @@ class Matcher:
                 continue
             exact = is_ascii and active[index].analysis.exact
             cands.setdefault(line, {})[index] = exact
-        return cands
+        return cands, (line + data.count(b"\n", pos) if count_lines else 0)
 
     def _finish(
         self,

@@ -21,14 +21,13 @@ import argparse
 import contextlib
 import multiprocessing
 import os
-import re
 import sys
 import threading
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta, timezone, tzinfo
+from datetime import UTC, datetime
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from pathlib import Path
@@ -39,112 +38,10 @@ from detector.model import Config, FileSourceConfig
 from detector.pipeline import Pipeline, pattern_specs
 from detector.rules.base import When
 from detector.sources.base import Line
+from detector.timestamps import TimeParser
 
 BLOCK = 1 << 20
 KEEP_PER_RULE = 20
-_MONTHS = {
-    m: i
-    for i, m in enumerate(
-        ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"), 1
-    )
-}
-_ISO = re.compile(
-    r"(\d{4})-(\d\d)-(\d\d)[T ](\d\d):(\d\d):(\d\d)(?:[.,](\d{1,9}))?\s?(Z|[+-]\d\d:?\d\d)?"
-)
-_SYSLOG = re.compile(r"([A-Z][a-z]{2}) +(\d{1,2}) (\d\d):(\d\d):(\d\d)")
-_CLF = re.compile(r"\[(\d\d)/([A-Z][a-z]{2})/(\d{4}):(\d\d):(\d\d):(\d\d) ([+-]\d{4})\]")
-
-
-def _tz(text: str | None) -> tzinfo:
-    if not text or text == "Z":
-        return UTC
-    sign = -1 if text[0] == "-" else 1
-    digits = text[1:].replace(":", "")
-    return timezone(sign * timedelta(hours=int(digits[:2]), minutes=int(digits[2:4])))
-
-
-class TimeParser:
-    """Finds a timestamp in a line; the first format that works is kept for the rest."""
-
-    def __init__(self, time_format: str | None, year: int) -> None:
-        self.year = year
-        self.fixed = time_format
-        self._order: list[Callable[[str], datetime | None]] = [self._iso, self._syslog, self._clf]
-        self._cache: dict[str, datetime] = {}
-        self._stamp_lens: list[int] = []
-        """Lines of a log start with stamps of a few lengths: a stamp seen before (followed by a
-        space) is answered from the cache without a regex or a datetime construction."""
-
-    def parse(self, text: str) -> datetime | None:
-        cache = self._cache
-        for n in self._stamp_lens:
-            if text[n : n + 1] == " ":
-                hit = cache.get(text[:n])
-                if hit is not None:
-                    return hit
-        at = self._parse(text)
-        if at is not None and self._last_start == 0:
-            if len(cache) > 4096:
-                cache.clear()
-            n = self._last_end
-            if n not in self._stamp_lens and len(self._stamp_lens) < 4:
-                self._stamp_lens.append(n)
-            cache[text[:n]] = at
-        return at
-
-    def _parse(self, text: str) -> datetime | None:
-        self._last_start = -1
-        self._last_end = 0
-        if self.fixed is not None:
-            return self._strptime(text)
-        for i, fn in enumerate(self._order):
-            at = fn(text)
-            if at is not None:
-                if i:
-                    self._order.insert(0, self._order.pop(i))
-                return at
-        return None
-
-    def _strptime(self, text: str) -> datetime | None:
-        assert self.fixed is not None
-        for cut in range(min(len(text), 64), 5, -1):
-            try:
-                at = datetime.strptime(text[:cut], self.fixed)  # noqa: DTZ007 - tz set below
-            except ValueError:
-                continue
-            return at if at.tzinfo else at.replace(tzinfo=UTC)
-        return None
-
-    def _iso(self, text: str) -> datetime | None:
-        m = _ISO.match(text) or _ISO.search(text, 0, 64)
-        if m is None:
-            return None
-        self._last_start, self._last_end = m.start(), m.end()
-        y, mo, d, h, mi, s, frac, tz = m.groups()
-        us = int((frac or "0")[:6].ljust(6, "0"))
-        try:
-            return datetime(int(y), int(mo), int(d), int(h), int(mi), int(s), us, tzinfo=_tz(tz))
-        except ValueError:
-            return None
-
-    def _syslog(self, text: str) -> datetime | None:
-        m = _SYSLOG.match(text)
-        if m is None or m.group(1) not in _MONTHS:
-            return None
-        self._last_start, self._last_end = m.start(), m.end()
-        mon, day, h, mi, s = m.groups()
-        try:
-            return datetime(self.year, _MONTHS[mon], int(day), int(h), int(mi), int(s), tzinfo=UTC)
-        except ValueError:
-            return None
-
-    @staticmethod
-    def _clf(text: str) -> datetime | None:
-        m = _CLF.search(text)
-        if m is None or m.group(2) not in _MONTHS:
-            return None
-        d, mon, y, h, mi, s, tz = m.groups()
-        return datetime(int(y), _MONTHS[mon], int(d), int(h), int(mi), int(s), tzinfo=_tz(tz))
 
 
 @dataclass
@@ -352,19 +249,15 @@ def _match_data(
 ) -> tuple[int, int, list[Hit], dict[int, str] | list[str], list[str], list[str]]:
     """Match one normalized block: (lines, chars, hits, texts of hit lines — or of every line
     with ``all_texts`` —, first 50, last 50 lines)."""
-    n, found = matcher.match_block(source, data + b"\n")
-    if all_texts or not data.isascii():
-        decoded = data.decode("utf-8", "replace")
-        chars = len(decoded) + 1
-        if all_texts:
-            every = decoded.split("\n")
-            return n, chars, found, every, every[:50], every[-50:]
-    else:
-        chars = len(data) + 1
-    lines = data.split(b"\n")
-    texts = {h.line: lines[h.line].decode("utf-8", "replace") for h in found}
-    head = [t.decode("utf-8", "replace") for t in lines[:50]]
-    tail = [t.decode("utf-8", "replace") for t in lines[-50:]]
+    if all_texts:
+        n, found = matcher.match_block(source, data + b"\n")
+        every = data.decode("utf-8", "replace").split("\n")
+        return n, len(every) + sum(map(len, every)), found, every, every[:50], every[-50:]
+    texts: dict[int, str] = {}
+    n, found = matcher.match_block(source, data + b"\n", texts)
+    chars = len(data) + 1 if data.isascii() else len(data.decode("utf-8", "replace")) + 1
+    head = [t.decode("utf-8", "replace") for t in data.split(b"\n", 50)[:50]]
+    tail = [t.decode("utf-8", "replace") for t in data.rsplit(b"\n", 50)[-50:]]
     return n, chars, found, texts, head, tail
 
 

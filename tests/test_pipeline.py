@@ -9,7 +9,7 @@ from pathlib import Path
 from detector.alerts import iso
 from detector.model import ThresholdSpec
 from detector.pipeline import Pipeline
-from detector.replay import TimeParser, replay
+from detector.replay import replay
 from detector.rules.base import When
 from detector.sources.base import Batch, Checkpoint, Line
 from detector.store.records import Commit
@@ -121,15 +121,6 @@ def test_replay_runs_deadlines_between_hits_in_time_order(tmp_path: Path) -> Non
         ("firing", "2026-03-01T12:05:30.000Z"),
     ]
     assert res.lines == 4
-
-
-def test_time_parser_reads_iso_syslog_and_nginx_stamps() -> None:
-    p = TimeParser(None, 2026)
-    assert p.parse("2026-03-01 12:00:00,250 INFO x") == at(0.25)
-    assert p.parse("Mar  1 12:00:05 host sshd[1]: x") == at(5)
-    assert p.parse('1.2.3.4 - - [01/Mar/2026:13:00:10 +0100] "GET /"') == at(10)
-    assert p.parse("no time here") is None
-    assert TimeParser("%d.%m.%Y %H:%M", 2026).parse("01.03.2026 12:01 x") == at(60)
 
 
 def test_lines_of_other_sources_are_not_seen_by_a_rule() -> None:
