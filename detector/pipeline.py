@@ -17,7 +17,7 @@ import logging
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, overload
 
 from detector.alerts import AGENT_RULE, AlertBook
 from detector.matching import Abandoned, Hit, Matcher, PatternSpec
@@ -54,6 +54,27 @@ def pattern_specs(rules: Iterable[RuleConfig]) -> list[PatternSpec]:
             if regex is not None:
                 specs.append(PatternSpec(r.name, role, regex, sources))
     return specs
+
+
+class SparseTexts(Sequence[str]):
+    """The lines of a block of ``n`` lines of which only some were decoded (those with hits): its
+    length, and the texts of those lines. Any other index is an error."""
+
+    def __init__(self, n: int, texts: dict[int, str]) -> None:
+        self._n = n
+        self._texts = texts
+
+    def __len__(self) -> int:
+        return self._n
+
+    @overload
+    def __getitem__(self, i: int) -> str: ...
+    @overload
+    def __getitem__(self, i: slice) -> Sequence[str]: ...
+    def __getitem__(self, i: int | slice) -> str | Sequence[str]:
+        if isinstance(i, slice):
+            return [self[k] for k in range(*i.indices(self._n))]
+        return self._texts[i + self._n if i < 0 else i]
 
 
 class Pipeline:
@@ -155,17 +176,42 @@ class Pipeline:
     ) -> Commit:
         """Run one batch. With ``interleave_ticks`` (replay of timestamped lines), deadlines that
         fall between two hits run between them, in time order."""
-        lines = batch.lines
-        commit = self.process_texts(
-            batch.source,
-            [ln.text for ln in lines],
-            lines.__getitem__,
-            when_for,
-            now,
-            interleave_ticks=interleave_ticks,
-        )
+        if batch.block is not None and not batch.lines:
+            commit = self._process_block(batch, when_for, now, interleave_ticks)
+        else:
+            lines = batch.all_lines()  # the lines themselves, unless a block came too
+            commit = self.process_texts(
+                batch.source,
+                [ln.text for ln in lines],
+                lines.__getitem__,
+                when_for,
+                now,
+                interleave_ticks=interleave_ticks,
+            )
         commit.checkpoints.extend(batch.checkpoints)
         return commit
+
+    def _process_block(
+        self, batch: Batch, when_for: Callable[[Line], When], now: datetime, interleave: bool
+    ) -> Commit:
+        """A batch of raw lines (``Batch.block``): matched as bytes, and only the lines a rule
+        needs are decoded and made into Lines."""
+        assert batch.block is not None
+        source, path = batch.source, batch.block_path
+        texts: dict[int, str] = {}
+        n, hits = self.matcher.match_block(source, batch.block, texts)
+        seq: Sequence[str]
+        if self._all_lines.get(source):
+            seq = batch.block.decode("utf-8", "replace").split("\n")[:n]
+        else:
+            seq = SparseTexts(n, texts)
+
+        def line_at(i: int) -> Line:
+            return Line(source, seq[i], path=path)
+
+        return self.process_texts(
+            source, seq, line_at, when_for, now, interleave_ticks=interleave, hits=hits
+        )
 
     def process_texts(
         self,

@@ -31,11 +31,11 @@ from datetime import UTC, datetime
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from pathlib import Path
-from typing import IO, Any, overload
+from typing import IO, Any
 
 from detector.matching import Abandoned, Hit, Matcher, PatternSpec, Role
 from detector.model import Config, FileSourceConfig
-from detector.pipeline import Pipeline, pattern_specs
+from detector.pipeline import Pipeline, SparseTexts, pattern_specs
 from detector.rules.base import When
 from detector.sources.base import Line
 from detector.timestamps import TimeParser
@@ -144,7 +144,7 @@ class _Block:
     """One block of lines, ready for rule evaluation."""
 
     texts: Sequence[str]
-    """All lines (one process), or only those evaluation reads (``--jobs``: see _SomeLines)."""
+    """All lines, or only those evaluation reads (``pipeline.SparseTexts``)."""
     chars: int
     """Characters of the decoded lines plus one per line (what ``ReplayResult.bytes`` counts)."""
     head: Sequence[str]
@@ -165,29 +165,8 @@ def _serial_blocks(
         n, chars, found, texts, head, tail = _match_data(
             matcher, source, normalize(raw, final=final), all_texts
         )
-        lines = texts if isinstance(texts, list) else _SomeLines(n, texts)
+        lines = texts if isinstance(texts, list) else SparseTexts(n, texts)
         yield _Block(lines, chars, head, tail, found)
-
-
-class _SomeLines(Sequence[str]):
-    """The lines of a block matched by a worker: its length, and the texts of only the lines the
-    pipeline reads (hit lines). Any other index is an error."""
-
-    def __init__(self, n: int, texts: dict[int, str]) -> None:
-        self._n = n
-        self._texts = texts
-
-    def __len__(self) -> int:
-        return self._n
-
-    @overload
-    def __getitem__(self, i: int) -> str: ...
-    @overload
-    def __getitem__(self, i: slice) -> Sequence[str]: ...
-    def __getitem__(self, i: int | slice) -> str | Sequence[str]:
-        if isinstance(i, slice):
-            return [self[k] for k in range(*i.indices(self._n))]
-        return self._texts[i + self._n if i < 0 else i]
 
 
 _Task = tuple[str, str, int, int, bool, bool]
@@ -317,7 +296,7 @@ class _MatchPool:
         if isinstance(answer, str):
             raise RuntimeError(f"a matching worker failed: {answer}")
         n, chars, hits, texts, head, tail, abandoned = answer
-        lines = texts if isinstance(texts, list) else _SomeLines(n, texts)
+        lines = texts if isinstance(texts, list) else SparseTexts(n, texts)
         return _Block(lines, chars, head, tail, [Hit(*h) for h in hits], abandoned)
 
     def close(self, *, abort: bool = False) -> None:

@@ -401,8 +401,8 @@ class Agent:
         for rule, n in self.pipeline.lines_matched.items():
             if n != matched_before.get(rule, 0):
                 h.inc("lines_matched", n - matched_before.get(rule, 0), rule=rule)
-        if batch.lines:
-            last = batch.lines[-1].event_at or now
+        if batch.lines or batch.block:
+            last = (batch.lines[-1].event_at if batch.lines else None) or now
             h.set_time("last_event_at", last, source=batch.source)
 
     async def _commit(self, commit: Commit) -> None:

@@ -23,6 +23,7 @@ from hypothesis import strategies as st
 
 from detector.clock import FakeClock
 from detector.model import FileSourceConfig
+from detector.sources import files
 from detector.sources.base import Batch, Line
 from detector.sources.files import FileSource
 
@@ -62,7 +63,7 @@ class Tail:
     def commit(self, batches: list[Batch]) -> None:
         for b in batches:
             self.batches.append(b)
-            self.lines.extend(b.lines)
+            self.lines.extend(b.all_lines())
             for cp in b.checkpoints:
                 if cp.delete:
                     self.committed.pop(cp.key, None)
@@ -72,7 +73,7 @@ class Tail:
     async def poll(self) -> list[str]:
         batches = await self.source.poll_once()
         self.commit(batches)
-        return [line.text for b in batches for line in b.lines]
+        return [line.text for b in batches for line in b.all_lines()]
 
     async def drain(self) -> list[str]:
         """Poll until a sweep produces nothing; return the texts read."""
@@ -82,7 +83,7 @@ class Tail:
             if not batches:
                 return texts
             self.commit(batches)
-            texts += [line.text for b in batches for line in b.lines]
+            texts += [line.text for b in batches for line in b.all_lines()]
         raise AssertionError("the source never went idle")
 
     async def restart(self) -> None:
@@ -112,7 +113,7 @@ async def collect_until(
     texts: list[str] = []
     async with asyncio.timeout(within):
         async for batch in batches:
-            texts += [line.text for line in batch.lines]
+            texts += [line.text for line in batch.all_lines()]
             if done(texts):
                 return texts
     raise AssertionError("batches() ended")
@@ -206,19 +207,49 @@ async def test_long_lines_are_cut_at_max_line_bytes_also_across_reads(tmp_path: 
         assert sum(b.truncated_lines for b in t.batches) == 2
 
 
-async def test_many_lines_are_split_into_batches_each_with_its_own_offset(tmp_path: Path) -> None:
+async def test_many_decoded_lines_are_split_into_batches_each_with_its_own_offset(
+    tmp_path: Path,
+) -> None:
     log = tmp_path / "app.log"
     append(log, "0")  # a pending partial line first, completed by the big block
     async with tailing(config(log)) as t:
         assert await t.drain() == []
-        append(log, "\n" + "".join(f"{i}\n" for i in range(1, 25_000)))
+        # CRLF endings: the lines must be decoded one by one (not passed on as a block)
+        append(log, "\r\n" + "".join(f"{i}\r\n" for i in range(1, 25_000)))
         texts = await t.drain()
         assert texts == [str(i) for i in range(25_000)]
         line_batches = [b for b in t.batches if b.lines]
+        assert all(b.block is None for b in t.batches)
         assert max(len(b.lines) for b in line_batches) <= 10_000
         for b in line_batches:  # each checkpoint points right after its batch's last line
             last = int(b.lines[-1].text)
-            assert b.checkpoints[-1].value["offset"] == sum(len(f"{i}\n") for i in range(last + 1))
+            offset = sum(len(f"{i}\r\n") for i in range(last + 1))
+            assert b.checkpoints[-1].value["offset"] == offset
+
+
+async def test_plain_lines_go_on_as_raw_blocks_cut_at_line_ends_with_exact_offsets(
+    tmp_path: Path,
+) -> None:
+    log = tmp_path / "app.log"
+    append(log, "0")  # a pending partial line first, completed by the next read
+    lines = [f"{i} caf\u00e9 " + "x" * (i % 300) for i in range(1, 30_000)]
+    async with tailing(config(log)) as t:
+        assert await t.drain() == []
+        append(log, "\n" + "".join(f"{line}\n" for line in lines) + "partial")
+        texts = await t.drain()
+        assert texts == ["0", *lines]  # the partial last line waits for its newline
+        blocks = [b for b in t.batches if b.block is not None]
+        assert len(blocks) >= 4 and all(not b.lines for b in blocks)  # over 4 MiB in 1 MiB reads
+        data = log.read_bytes()
+        for b in blocks:
+            assert b.block is not None and b.block.endswith(b"\n")
+            assert len(b.block) <= 1 << 20 and b"\r" not in b.block
+            offset = b.checkpoints[-1].value["offset"]
+            assert data[offset - len(b.block) : offset] == b.block  # exactly what was read
+            assert b.block_path == str(log)
+        assert t.committed[next(iter(t.committed))]["offset"] == len(data) - len("partial")
+        append(log, "\n")
+        assert await t.drain() == ["partial"]
 
 
 # ---------------------------------------------------------------- start position
@@ -666,3 +697,19 @@ def test_any_mix_of_appends_rotations_truncations_and_restarts_yields_exactly_th
 ) -> None:
     with tempfile.TemporaryDirectory() as d:
         asyncio.run(run_scenario(Path(d), ops))
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(ops=ops_strategy, block=st.sampled_from([29, 64, 200]))
+def test_the_same_holds_with_reads_smaller_than_a_line_or_a_few_lines(
+    ops: list[Op], block: int
+) -> None:
+    """Tiny reads take every path of the reader: a read inside one line (held), a full read cut
+    at its last newline (the rest read again), raw blocks and decoded lines side by side."""
+    saved = files.BLOCK_BYTES
+    files.BLOCK_BYTES = block
+    try:
+        with tempfile.TemporaryDirectory() as d:
+            asyncio.run(run_scenario(Path(d), ops))
+    finally:
+        files.BLOCK_BYTES = saved

@@ -51,6 +51,24 @@ class Batch:
     a rotated file and the start of its successor."""
     truncated_lines: int = 0
     """How many lines in this batch were cut at max_line_bytes (for metrics)."""
+    block: bytes | None = None
+    """The batch's lines as raw bytes instead of ``lines`` (which is then empty): whole lines,
+    each ending in ``b"\\n"``, none with a ``\\r`` or longer than the source's max_line_bytes.
+    A file source sends most of what it reads this way, so that only lines a rule needs are ever
+    decoded (with ``errors="replace"``, like every line) or made into a :class:`Line`."""
+    block_path: str | None = None
+    """The file the block came from (``Line.path`` of its lines)."""
+
+    def line_count(self) -> int:
+        return len(self.lines) + (self.block.count(b"\n") if self.block else 0)
+
+    def all_lines(self) -> list[Line]:
+        """Every line of the batch as a :class:`Line` (decoding the block: for tests and tools,
+        not the hot path)."""
+        if not self.block:
+            return list(self.lines)
+        texts = self.block.decode("utf-8", "replace").split("\n")[:-1]
+        return [*self.lines, *(Line(self.source, t, path=self.block_path) for t in texts)]
 
 
 @dataclass(frozen=True, slots=True)

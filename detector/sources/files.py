@@ -38,18 +38,21 @@ clock, so it works without inotify too. Choices, in the order a file meets them:
    arrives; the checkpoint stays before it. One ``\\r`` before the newline is stripped. Bytes are
    decoded with ``errors="replace"``. A line longer than ``max_line_bytes`` is cut to that many
    bytes plus `` …[truncated N bytes]`` and counted in ``Batch.truncated_lines``; the rest of it is
-   skipped while streaming, so memory stays bounded whatever the line length.
+   skipped while streaming, so memory stays bounded whatever the line length. Lines that need
+   none of this (no ``\r``, none too long: nearly always) go on as read, undecoded, in
+   ``Batch.block``; a full 1 MiB read ends at its last newline, the partial line after it is read
+   again, whole, with the next block.
 6. *Problems* never raise out of :meth:`batches`: a missing explicit path, a broken symlink, a
    directory or other non-regular file where a log is expected, a permission error, a failing read
    each become a :class:`~detector.sources.base.SourceProblem` (key ``file:<path>``) that is
    dropped from :meth:`problems` when the path reads again. (Tests run as root, where ``chmod 000``
    does not stop reads; they use a directory and a broken symlink instead.)
-7. Batches: new checkpoints (start-up position, restart at 0) and deletions go out in a batch
-   without lines. A sweep reads at most 4 MiB of lines per file and 16 MiB in total (rotated files
-   first, then in path order), then the next sweep follows at once; blocks inside one over-long
-   line do not count, as nothing of them is kept. Cancelling :meth:`batches` during a sweep drops
-   what that sweep read: cancel means shut down, and the next process resumes from the committed
-   checkpoints.
+7. Batches: at most 10,000 decoded lines, or one block of at most 1 MiB; new checkpoints
+   (start-up position, restart at 0) and deletions go out in a batch without lines. A sweep reads
+   at most 4 MiB of lines per file and 16 MiB in total (rotated files first, then in path order),
+   then the next sweep follows at once; blocks inside one over-long line do not count, as nothing
+   of them is kept. Cancelling :meth:`batches` during a sweep drops what that sweep read: cancel
+   means shut down, and the next process resumes from the committed checkpoints.
 8. Limits, by design: a file that is rotated away and replaced *twice* between two sweeps (under
    ``poll_interval``, and unseen by inotify) has its middle generation skipped; a file deleted
    while the agent is down is lost; the same first bytes rewritten after a truncation to at least
@@ -101,6 +104,19 @@ class _Chunk:
     texts: list[str]
     end: int  # bytes of the fed block consumed through this chunk's last newline
     truncated: int
+    block: bytes | None = None  # instead of texts: whole lines as read (Batch.block)
+
+
+def _has_long_line(body: bytes, limit: int) -> bool:
+    """Does a line of ``body`` (lines separated by newlines) exceed ``limit`` bytes? One look
+    per ``limit`` bytes: the last newline of each window must exist."""
+    pos, n = 0, len(body)
+    while n - pos > limit:
+        nl = body.rfind(b"\n", pos, pos + limit + 1)
+        if nl < 0:
+            return True
+        pos = nl + 1
+    return False
 
 
 class _LineAssembler:
@@ -169,6 +185,13 @@ class _LineAssembler:
             pos = first_nl + 1
         if pos <= last_nl:
             body = data[pos:last_nl]
+            if b"\r" not in body and not _has_long_line(body, self._max):
+                # The common case: whole lines, as read. They go on undecoded (Batch.block).
+                self._hold(data[last_nl + 1 :])
+                block = _Chunk([], last_nl + 1, 0, data[pos : last_nl + 1])
+                if texts:  # a held partial line completed first: a batch of its own
+                    return [_Chunk(texts, pos, len(cut_at)), block]
+                return [block]
             parts = body.split(b"\n")
             long = len(body) > self._max and max(map(len, parts)) > self._max
             if not long and b"\r" not in body:
@@ -606,6 +629,12 @@ class FileSource:
                 data = os.pread(tf.fd, BLOCK_BYTES, tf.read_pos)
                 if not data:
                     break
+                if len(data) == BLOCK_BYTES and not tf.assembler.pending:
+                    # More follows: stop at the last newline and read the partial line again,
+                    # whole, next time (rather than hold it and split the next block's batch).
+                    last_nl = data.rfind(b"\n")
+                    if last_nl >= 0:
+                        data = data[: last_nl + 1]
                 base = tf.read_pos
                 tf.read_pos += len(data)
                 chunks = tf.assembler.feed(data)
@@ -613,7 +642,10 @@ class FileSource:
                 for chunk in chunks:
                     tf.offset = base + chunk.end
                     lines = [Line(source=self.name, text=t, path=tf.path) for t in chunk.texts]
-                    batches.append(Batch(self.name, lines, [self._checkpoint(tf)], chunk.truncated))
+                    batch = Batch(self.name, lines, [self._checkpoint(tf)], chunk.truncated)
+                    if chunk.block is not None:
+                        batch.block, batch.block_path = chunk.block, tf.path
+                    batches.append(batch)
                     tf.dirty = False
                 tf.size = max(tf.size, tf.read_pos)
         except OSError as e:
