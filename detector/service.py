@@ -54,7 +54,9 @@ from detector.store.records import Commit
 
 log = logging.getLogger("detector")
 
-QUEUE_BATCHES = 8
+QUEUE_BATCHES = 2
+"""Batches waiting for the pipeline: with 4 MiB file blocks and a 16 MiB sweep, at most ~24 MiB of
+read lines are in memory at once."""
 ALIVE_EVERY_S = 15.0
 SELF_CHECK_EVERY_S = 2.0
 CONFIG_POLL_S = 1.0

@@ -170,9 +170,9 @@ async def test_invalid_utf8_is_replaced_not_fatal(tmp_path: Path) -> None:
         assert await t.drain() == ["bad \ufffd\ufffd byte", "cut \ufffd", "nul \x00 ok"]
 
 
-async def test_ten_megabyte_line_is_cut_counted_and_never_held_whole(tmp_path: Path) -> None:
+async def test_huge_line_is_cut_counted_and_never_held_whole(tmp_path: Path) -> None:
     log = tmp_path / "app.log"
-    size = 10 * 1024 * 1024
+    size = 8 * files.BLOCK_BYTES  # 32 MiB: far more than the reads the tailer holds at once
     with log.open("wb") as f:
         f.write(b"before\n")
         for _ in range(size // (1 << 20)):
@@ -187,7 +187,7 @@ async def test_ten_megabyte_line_is_cut_counted_and_never_held_whole(tmp_path: P
             tracemalloc.stop()
         assert texts == ["before", "x" * 1000 + f" …[truncated {size - 1000} bytes]", "after"]
         assert sum(b.truncated_lines for b in t.batches) == 1
-        assert peak < 4 * 1024 * 1024  # 1 MiB blocks, never the 10 MB line
+        assert peak < 3 * files.BLOCK_BYTES  # a read or two, never the whole line
         assert next(iter(t.committed.values()))["offset"] == log.stat().st_size
 
 
@@ -232,18 +232,19 @@ async def test_plain_lines_go_on_as_raw_blocks_cut_at_line_ends_with_exact_offse
 ) -> None:
     log = tmp_path / "app.log"
     append(log, "0")  # a pending partial line first, completed by the next read
-    lines = [f"{i} caf\u00e9 " + "x" * (i % 300) for i in range(1, 30_000)]
+    n = 5 * files.BLOCK_BYTES // 150  # lines of ~160 bytes: over four reads' worth
+    lines = [f"{i} caf\u00e9 " + "x" * (i % 300) for i in range(1, n)]
     async with tailing(config(log)) as t:
         assert await t.drain() == []
         append(log, "\n" + "".join(f"{line}\n" for line in lines) + "partial")
         texts = await t.drain()
         assert texts == ["0", *lines]  # the partial last line waits for its newline
         blocks = [b for b in t.batches if b.block is not None]
-        assert len(blocks) >= 4 and all(not b.lines for b in blocks)  # over 4 MiB in 1 MiB reads
+        assert len(blocks) >= 4 and all(not b.lines for b in blocks)  # cut at read boundaries
         data = log.read_bytes()
         for b in blocks:
             assert b.block is not None and b.block.endswith(b"\n")
-            assert len(b.block) <= 1 << 20 and b"\r" not in b.block
+            assert len(b.block) <= files.BLOCK_BYTES and b"\r" not in b.block
             offset = b.checkpoints[-1].value["offset"]
             assert data[offset - len(b.block) : offset] == b.block  # exactly what was read
             assert b.block_path == str(log)
@@ -298,7 +299,8 @@ async def test_file_created_after_start_is_read_from_its_beginning_despite_start
 async def test_caught_up_once_every_file_present_at_start_was_read_to_its_end(
     tmp_path: Path,
 ) -> None:
-    (tmp_path / "big.log").write_bytes((b"y" * 99 + b"\n") * 60_000)  # > 1 sweep of reading
+    reads = files.FILE_BLOCKS_PER_SWEEP + 1  # more than one sweep reads of a file
+    (tmp_path / "big.log").write_bytes((b"y" * 99 + b"\n") * (reads * files.BLOCK_BYTES // 100))
     (tmp_path / "small.log").write_text("s\n")
     async with tailing(config(tmp_path / "*.log")) as t:
         assert not t.source.caught_up()
