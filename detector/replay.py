@@ -9,10 +9,11 @@ Reading is block-wise: 1 MiB of bytes at a time, decoded and split once; a ``Lin
 only for lines some rule hit, and timestamps are parsed only for those lines and for the last line
 of each block (to advance the clock). That is what keeps a replay at grep-like speed.
 
-``--jobs N`` (backfills): N worker processes match the blocks (the same cuts, see
-:func:`raw_blocks`) and send back only the hits and the texts of hit lines; this process still
-evaluates every block in order, so deadlines, windows and dedup see exactly what they see in one
-process. Only matching runs in parallel; rule evaluation stays sequential.
+``--jobs N`` (backfills): N worker processes find the blocks (the same cuts as
+:func:`raw_blocks`, from the file alone), read and match them, and send back only the hits and
+the texts of hit lines; this process reads nothing of the file and still evaluates every block in
+order, so deadlines, windows and dedup see exactly what they see in one process. Only matching
+runs in parallel; rule evaluation stays sequential.
 """
 
 from __future__ import annotations
@@ -170,7 +171,10 @@ def _serial_blocks(
 
 
 _Task = tuple[str, str, int, int, bool, bool]
-"""(path, source, offset, length, final, all_texts): one block for a worker."""
+"""(path, source, lo, hi, final, all_texts): one block for a worker, as the window of the file
+that :func:`raw_blocks` reads as one chunk (see :func:`_block_at`)."""
+LOOKBACK = 64 * 1024
+"""How far back a worker reads at a time to find where its block starts."""
 _HitTuple = tuple[int, str, Role, dict[str, str]]
 """A Hit as a plain tuple: unpickling a dataclass costs ~15 µs, a tuple far less."""
 _Result = tuple[
@@ -211,11 +215,42 @@ def _match_worker(conn: Connection, matcher: Matcher | list[PatternSpec]) -> Non
         conn.close()
 
 
-def _match_block(matcher: Matcher, fd: int, task: _Task) -> _Result:
-    _path, source, offset, length, final, all_texts = task
-    raw = os.pread(fd, length, offset)
-    if len(raw) != length:
-        raise OSError(f"{_path}: short read at {offset} (file changed during the replay?)")
+def _last_newline(fd: int, floor: int, pos: int, step: int = LOOKBACK) -> int:
+    """Offset of the last newline in the file's bytes [floor, pos), or -1 if there is none
+    (read backwards ``step`` bytes at a time)."""
+    while pos > floor:
+        lo = max(floor, pos - step)
+        nl = os.pread(fd, pos - lo, lo).rfind(b"\n")
+        if nl >= 0:
+            return lo + nl
+        pos = lo
+    return -1
+
+
+def _block_at(fd: int, lo: int, hi: int, final: bool, step: int = LOOKBACK) -> bytes | None:
+    """The block :func:`raw_blocks` yields for the chunk it reads at [lo, hi), found from the
+    file alone, so that every worker finds its own blocks and this process reads nothing: the
+    lines after the last newline before ``lo`` up to (without) the last newline before ``hi``;
+    None if no line ends in the chunk (raw_blocks reads on without yielding). ``final``: the
+    file's unterminated last line (lo == hi == size)."""
+    start = _last_newline(fd, 0, lo, step) + 1
+    end = hi if final else _last_newline(fd, start, hi, step)
+    if end < start:
+        return None
+    raw = os.pread(fd, end - start, start)
+    if len(raw) != end - start:
+        raise OSError(f"short read at {start} (file changed during the replay?)")
+    return raw
+
+
+def _match_block(matcher: Matcher, fd: int, task: _Task) -> _Result | None:
+    path, source, lo, hi, final, all_texts = task
+    try:
+        raw = _block_at(fd, lo, hi, final)
+    except OSError as e:
+        raise OSError(f"{path}: {e}") from e
+    if raw is None:
+        return None
     n, chars, found, texts, head, tail = _match_data(
         matcher, source, normalize(raw, final=final), all_texts
     )
@@ -243,9 +278,10 @@ def _match_data(
 class _MatchPool:
     """``jobs`` worker processes, each with its own Matcher: a copy of the parent's, compiled
     before the fork, or (fork server) one built once from the pattern specs. Blocks go to them
-    round robin as (offset, length) descriptors — each worker reads its blocks itself — and
-    results are taken back in block order, at most ``2 * jobs`` blocks ahead of evaluation, so
-    memory stays flat whatever the file size."""
+    round robin as chunk windows — each worker finds the line ends of its block and reads it
+    itself (:func:`_block_at`), so this process never reads the file — and results are taken
+    back in block order, at most ``2 * jobs`` blocks ahead of evaluation, so memory stays flat
+    whatever the file size."""
 
     def __init__(self, matcher: Matcher, specs: list[PatternSpec], jobs: int) -> None:
         # fork: quick to start, nothing to re-import. A process with threads cannot fork safely:
@@ -275,26 +311,42 @@ class _MatchPool:
             raise
 
     def blocks(self, path: str, source: str, all_texts: bool, block: int) -> Iterator[_Block]:
+        """The blocks of ``path`` as it is now (its size when the replay of it starts), in
+        order. This process sends only chunk windows; each worker finds and reads its block."""
+        with open(path, "rb") as stream:
+            size = os.fstat(stream.fileno()).st_size
+            unterminated = size > 0 and os.pread(stream.fileno(), 1, size - 1) != b"\n"
+        tasks: list[_Task] = [
+            (path, source, lo, min(lo + block, size), False, all_texts)
+            for lo in range(0, size, block)
+        ]
+        if unterminated:
+            tasks.append((path, source, size, size, True, all_texts))
         window: deque[Connection] = deque()
         conns = self._conns
-        with open(path, "rb") as stream:
-            for k, (offset, data, final) in enumerate(raw_blocks(stream, block)):
-                conn = conns[k % len(conns)]
-                conn.send((path, source, offset, len(data), final, all_texts))
-                window.append(conn)
-                if len(window) >= 2 * len(conns):
-                    yield self._take(window.popleft())
+        for k, task in enumerate(tasks):
+            conn = conns[k % len(conns)]
+            conn.send(task)
+            window.append(conn)
+            if len(window) >= 2 * len(conns):
+                got = self._take(window.popleft())
+                if got is not None:
+                    yield got
         while window:
-            yield self._take(window.popleft())
+            got = self._take(window.popleft())
+            if got is not None:
+                yield got
 
     @staticmethod
-    def _take(conn: Connection) -> _Block:
+    def _take(conn: Connection) -> _Block | None:
         try:
             answer = conn.recv()
         except (EOFError, OSError):
             raise RuntimeError("a matching worker process died") from None
         if isinstance(answer, str):
             raise RuntimeError(f"a matching worker failed: {answer}")
+        if answer is None:  # no line ends in that chunk (inside a line longer than a block)
+            return None
         n, chars, hits, texts, head, tail, abandoned = answer
         lines = texts if isinstance(texts, list) else SparseTexts(n, texts)
         return _Block(lines, chars, head, tail, [Hit(*h) for h in hits], abandoned)

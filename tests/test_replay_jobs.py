@@ -12,10 +12,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from detector.cli import build_parser
 from detector.model import AnomalyRateSpec, HeartbeatSpec, RuleConfig, ThresholdSpec
-from detector.replay import ReplayResult, read_blocks, replay
+from detector.replay import ReplayResult, _block_at, raw_blocks, read_blocks, replay
 from tests.helpers import config, rule
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -287,3 +289,42 @@ def test_block_cuts_never_change_the_lines_for_awkward_bytes() -> None:
         block = r.choice((1, 2, 3, 7, 64))
         got = [line for lines in read_blocks(io.BytesIO(data), block) for line in lines]
         assert got == _expected_lines(data), (data, block)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    parts=st.lists(
+        st.one_of(
+            st.sampled_from([b"\n", b"\r\n", b"a", b"\xff", b"\xe2\x82"]),
+            st.integers(1, 300).map(lambda n: b"x" * n),
+        ),
+        max_size=40,
+    ),
+    block=st.integers(1, 64),
+    step=st.integers(1, 9),
+)
+def test_workers_find_exactly_the_blocks_one_process_reads(
+    tmp_path_factory: pytest.TempPathFactory, parts: list[bytes], block: int, step: int
+) -> None:
+    """Each --jobs worker finds its block from the file alone (from a chunk window, looking back
+    ``step`` bytes at a time); the blocks must be exactly those :func:`raw_blocks` yields while
+    reading the whole file in one process: same bytes, same order, same final flag."""
+    data = b"".join(parts)
+    path = tmp_path_factory.mktemp("cuts") / "log"
+    path.write_bytes(data)
+    with path.open("rb") as f:
+        expected = [(raw, final) for _offset, raw, final in raw_blocks(f, block)]
+    found: list[tuple[bytes, bool]] = []
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        for lo in range(0, len(data), block):
+            raw = _block_at(fd, lo, min(lo + block, len(data)), False, step)
+            if raw is not None:
+                found.append((raw, False))
+        if data and not data.endswith(b"\n"):
+            raw = _block_at(fd, len(data), len(data), True, step)
+            assert raw is not None
+            found.append((raw, True))
+    finally:
+        os.close(fd)
+    assert found == expected
