@@ -76,6 +76,15 @@ class SparseTexts(Sequence[str]):
             return [self[k] for k in range(*i.indices(self._n))]
         return self._texts[i + self._n if i < 0 else i]
 
+    def text(self, i: int) -> str:
+        """``self[i]`` for a line index ``i >= 0``, without the generic indexing (hot path)."""
+        return self._texts[i]
+
+
+def text_getter(texts: Sequence[str]) -> Callable[[int], str]:
+    """The fastest way to get line ``i >= 0`` of ``texts`` (a list or ``SparseTexts``)."""
+    return texts.text if isinstance(texts, SparseTexts) else texts.__getitem__
+
 
 class Pipeline:
     def __init__(
@@ -206,8 +215,10 @@ class Pipeline:
         else:
             seq = SparseTexts(n, texts)
 
+        text = text_getter(seq)
+
         def line_at(i: int) -> Line:
-            return Line(source, seq[i], path=path)
+            return Line(source, text(i), path=path)
 
         return self.process_texts(
             source, seq, line_at, when_for, now, interleave_ticks=interleave, hits=hits

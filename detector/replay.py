@@ -36,7 +36,7 @@ from typing import IO, Any
 
 from detector.matching import Abandoned, Hit, Matcher, PatternSpec, Role
 from detector.model import Config, FileSourceConfig
-from detector.pipeline import Pipeline, SparseTexts, pattern_specs
+from detector.pipeline import Pipeline, SparseTexts, pattern_specs, text_getter
 from detector.rules.base import When
 from detector.sources.base import Line
 from detector.timestamps import TimeParser
@@ -349,7 +349,7 @@ class _MatchPool:
             return None
         n, chars, hits, texts, head, tail, abandoned = answer
         lines = texts if isinstance(texts, list) else SparseTexts(n, texts)
-        return _Block(lines, chars, head, tail, [Hit(*h) for h in hits], abandoned)
+        return _Block(lines, chars, head, tail, list(map(Hit._make, hits)), abandoned)
 
     def close(self, *, abort: bool = False) -> None:
         for conn in self._conns:
@@ -413,10 +413,15 @@ def replay(
                     result.lines += len(texts)
                     result.bytes += b.chars
 
+                    text = text_getter(texts)
+
                     def line_at(
-                        i: int, texts: Sequence[str] = texts, source: str = source, path: str = path
+                        i: int,
+                        text: Callable[[int], str] = text,
+                        source: str = source,
+                        path: str = path,
                     ) -> Line:
-                        return Line(source, texts[i], path=path)
+                        return Line(source, text(i), path=path)
 
                     def when_for(line: Line, parser: TimeParser = parser) -> When:
                         at = parser.parse(line.text)

@@ -16,16 +16,16 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, NamedTuple, Protocol
 
 from detector.matching import Hit
 from detector.model import AlertKind, RuleConfig
 from detector.sources.base import Line
 
 
-@dataclass(frozen=True, slots=True)
-class When:
-    """When a line happened, as far as the agent knows.
+class When(NamedTuple):
+    """When a line happened, as far as the agent knows. (A NamedTuple: immutable like a frozen
+    dataclass, at a third less per build; a replay builds one per hit.)
 
     ``at`` is the line's own timestamp (journald) or its arrival time. While catching up after the
     agent was down, a line without its own timestamp may have been written at any moment between
@@ -38,11 +38,16 @@ class When:
 
     @staticmethod
     def exact(at: datetime) -> When:
-        return When(at, at)
+        return _new_when(When, (at, at))
 
     @property
     def uncertain(self) -> bool:
         return self.earliest != self.at
+
+
+_new_when = tuple.__new__
+"""``When.exact`` builds its tuple directly, as ``When._make`` does, without the checks of
+``When(...)`` (it runs once per hit of a replay)."""
 
 
 @dataclass(slots=True)
