@@ -276,7 +276,7 @@ class Matcher:
         end = len(data)
         line = 0
         pos = 0
-        is_ascii = True
+        all_ascii = is_ascii = data.isascii()  # one fast pass; then no per-line check
         last_to = -1
         for to, hid in events:
             if to != last_to:
@@ -286,7 +286,8 @@ class Matcher:
                 pos = to
                 last_to = to
                 start = data.rfind(b"\n", 0, to) + 1
-                is_ascii = data[start:to].isascii()
+                if not all_ascii:
+                    is_ascii = data[start:to].isascii()
                 text_at(line, start, to)
             index, variant = ids[hid]
             if variant == _ASCII_ONLY and not is_ascii:
@@ -369,7 +370,10 @@ class Matcher:
             return None
         if not c.named:
             return {}
-        return {k: v for k, v in m.groupdict().items() if v is not None}
+        groups = m.groupdict()
+        if None in groups.values():  # groups that did not take part are not fields
+            return {k: v for k, v in groups.items() if v is not None}
+        return groups
 
     def _over_budget(self, c: _Compiled, text: str) -> dict[str, str] | None:
         rule = c.spec.rule
