@@ -2,7 +2,8 @@
 
 One command (``.venv/bin/python bench/bench_match.py``; ``--lines N`` to change the input size,
 ``--profile dense|quiet`` for one workload) generates two logs with ``gen_log.py`` — *dense*, a
-host under attack where ~39 % of lines match a rule, and *quiet*, a healthy host where ~1 % do —,
+host under attack where ~39 % of lines match a rule, and *quiet*, a healthy host where ~1 % do —
+plus a *backfill*, the quiet log four times over (``--backfill N``),
 checks on each that the translated ERE file agrees with Python ``re`` rule by rule, then runs, each
 as a child process pinned to one CPU: GNU grep (C locale), ripgrep (one thread; skipped with a
 note when not installed), the matcher alone replaying the file in 4 MiB blocks
@@ -152,13 +153,23 @@ def prefix(log: Path, out: Path, lines: int) -> tuple[Path, int]:
     return out, out.stat().st_size
 
 
-def workload(args: argparse.Namespace, work: Path, profile: str, env: dict[str, str]) -> list[Row]:
-    """Every run on one generated log: grep, ripgrep, the matcher, ``detector test`` (1 and 2
-    jobs). Prints the table; returns the rows (grep first)."""
-    log = work / f"{profile}-{args.lines}.log"
-    if not log.exists():
-        print(f"generating {log} …", flush=True)
-        gen_log.generate(log, args.lines, profile=profile)
+def workload(
+    args: argparse.Namespace,
+    work: Path,
+    profile: str,
+    env: dict[str, str],
+    log: Path | None = None,
+    lines: int | None = None,
+) -> list[Row]:
+    """Every run on one generated log (``log`` of ``lines`` lines, else the profile's log of
+    ``--lines``): grep, ripgrep, the matcher, ``detector test`` (1 and 2 jobs). Prints the
+    table; returns the rows (grep first)."""
+    if log is None:
+        log = work / f"{profile}-{args.lines}.log"
+        if not log.exists():
+            print(f"generating {log} …", flush=True)
+            gen_log.generate(log, args.lines, profile=profile)
+    n_lines = lines or args.lines
     size = log.stat().st_size
     rule_set = gen_log.RULES
     rules_yaml = gen_log.write_rules_yaml(work / f"rules-{profile}.yaml", log, rule_set)
@@ -172,9 +183,7 @@ def workload(args: argparse.Namespace, work: Path, profile: str, env: dict[str, 
     ere = str(work / "rules.ere")
     me = [sys.executable, str(Path(__file__).resolve()), "--worker"]
     rows = [
-        measure(
-            "grep -c -E -f (C)", ["grep", "-c", "-E", "-f", ere, str(log)], args.lines, size, env
-        )
+        measure("grep -c -E -f (C)", ["grep", "-c", "-E", "-f", ere, str(log)], n_lines, size, env)
     ]
     if shutil.which("rg"):
         # -j1: one thread, like everything else here (one file is searched by one thread anyway)
@@ -182,7 +191,7 @@ def workload(args: argparse.Namespace, work: Path, profile: str, env: dict[str, 
             measure(
                 "ripgrep -c -f (1 thread)",
                 ["rg", "-j1", "-c", "-f", ere, str(log)],
-                args.lines,
+                n_lines,
                 size,
                 env,
             )
@@ -192,8 +201,8 @@ def workload(args: argparse.Namespace, work: Path, profile: str, env: dict[str, 
     rows.append(
         measure(
             f"detector matcher, {len(rule_set)} rules",
-            [*me, str(log), str(work / "rules.json"), str(args.lines)],
-            args.lines,
+            [*me, str(log), str(work / "rules.json"), str(n_lines)],
+            n_lines,
             size,
         )
     )
@@ -209,13 +218,13 @@ def workload(args: argparse.Namespace, work: Path, profile: str, env: dict[str, 
         "--quiet",
         "--no-progress",
     ]
-    rows.append(measure("detector test (replay)", replay_argv, args.lines, size))
+    rows.append(measure("detector test (replay)", replay_argv, n_lines, size))
     # Backfill: two worker processes match, the main process evaluates; given two CPUs.
     rows.append(
         measure(
             "detector test --jobs 2 (2 CPUs)",
             [*replay_argv, "--jobs", "2"],
-            args.lines,
+            n_lines,
             size,
             cpus=2,
         )
@@ -224,9 +233,9 @@ def workload(args: argparse.Namespace, work: Path, profile: str, env: dict[str, 
     info = json.loads(next(r for r in rows if r.name.startswith("detector matcher")).output)
     counts = {r.name: r.output for r in rows if not r.name.startswith("detector")}
     agree = all(int(c) == info["matched_lines"] for c in counts.values())
-    share = info["matched_lines"] / args.lines
+    share = info["matched_lines"] / n_lines
     print(
-        f"\n{profile}: {args.lines:,} lines, {size / 1e6:.0f} MB, {share:.1%} of lines matched "
+        f"\n{profile}: {n_lines:,} lines, {size / 1e6:.0f} MB, {share:.1%} of lines matched "
         f"({info['hits']:,} hits); lines matched by any rule: grep, ripgrep and detector "
         + ("agree" if agree else f"DISAGREE: {counts} vs {info['matched_lines']}")
         + "\n"
@@ -246,6 +255,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--lines", type=int, default=2_000_000)
     ap.add_argument("--scale-lines", type=int, default=500_000)
+    ap.add_argument(
+        "--backfill", type=int, default=4, help="the quiet log this many times over (0: no run)"
+    )
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/detector-bench"))
     ap.add_argument("--profile", choices=[*gen_log.PROFILES, "all"], default="all")
     ap.add_argument("--worker", nargs=3, metavar=("LOG", "RULES_JSON", "MAX_LINES"))
@@ -266,6 +278,17 @@ def main() -> None:
     profiles = gen_log.PROFILES if args.profile == "all" else (args.profile,)
     for profile in profiles:
         workload(args, work, profile, env)
+    if "quiet" in profiles and args.backfill > 1:
+        # A backfill: the quiet log, --backfill times over (a large archive of a healthy host),
+        # where --jobs 2 is meant to approach ripgrep.
+        quiet = work / f"quiet-{args.lines}.log"
+        big = work / f"backfill-{args.backfill}x{args.lines}.log"
+        if not big.exists():
+            with quiet.open("rb") as src, big.open("wb") as dst:
+                for _ in range(args.backfill):
+                    src.seek(0)
+                    shutil.copyfileobj(src, dst, 16 << 20)
+        workload(args, work, "backfill", env, big, args.backfill * args.lines)
 
     log = work / f"dense-{args.lines}.log"
     if not log.exists():
