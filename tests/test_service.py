@@ -7,6 +7,8 @@ is fake, so "the agent was down from 00:30 to 04:10" takes no time.
 from __future__ import annotations
 
 import asyncio
+import json
+import sqlite3
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -410,3 +412,35 @@ rules:
         finally:
             agent.request_stop()
             assert await task == 0
+
+
+async def test_a_backlog_is_committed_in_fewer_transactions_than_batches_losing_no_line(
+    tmp_path: Path,
+) -> None:
+    """Catching up, the batches waiting in the queue are committed together: far fewer commits
+    than 1 MiB blocks, every line still matched once, the read position at the end."""
+    log = tmp_path / "app.log"
+    lines = [f"2026-06-10T00:00:00Z app[{i}]: request {i} " + "x" * 100 for i in range(60_000)]
+    lines[::1000] = [f"2026-06-10T00:00:00Z app[1]: ERROR number {k}" for k in range(60)]
+    log.write_text("\n".join(lines) + "\n")
+    clock = FakeClock(datetime(2026, 6, 10, tzinfo=UTC))
+    body = f"""\
+sources:
+  app: {{file: "{log}", start_at: beginning}}
+rules:
+  - name: errors
+    source: app
+    match: 'ERROR number (?P<n>\\d+)'
+"""
+    async with Receiver() as rx:
+        cfg = config_in(tmp_path, body, rx.url + "/hook")
+        agent = await run_agent(cfg, clock)
+    assert agent.pipeline.lines_read["app"] == 60_000
+    assert agent.pipeline.lines_matched["errors"] == 60
+    blocks = log.stat().st_size // (1 << 20) + 1
+    assert agent.state.batches >= blocks > 4
+    assert agent.state.commits < agent.state.batches / 2
+    con = sqlite3.connect(tmp_path / "state.db")
+    (value,) = con.execute("SELECT value FROM checkpoints WHERE source='app'").fetchone()
+    con.close()
+    assert json.loads(value)["offset"] == log.stat().st_size

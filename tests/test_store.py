@@ -6,6 +6,8 @@ import sqlite3
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from detector.sources.base import Checkpoint
 from detector.store.db import SCHEMA_VERSION, Store, StoreError
@@ -83,3 +85,66 @@ def test_a_newer_schema_is_refused(tmp_path: Path) -> None:
     with pytest.raises(StoreError, match="newer than this detector"):
         Store(tmp_path / "state.db")
     assert sqlite3.connect(tmp_path / "state.db").execute("SELECT 1").fetchone() == (1,)
+
+
+_KEYS = st.sampled_from(["a", "b", "c"])
+_COMMITS = st.builds(
+    Commit,
+    checkpoints=st.lists(
+        st.builds(
+            Checkpoint,
+            source=st.sampled_from(["s1", "s2"]),
+            key=_KEYS,
+            value=st.fixed_dictionaries({"offset": st.integers(0, 9)}),
+            delete=st.booleans(),
+        ),
+        max_size=3,
+    ),
+    rule_state=st.dictionaries(
+        st.sampled_from(["r1", "r2"]),
+        st.dictionaries(_KEYS, st.none() | st.integers(0, 9).map(lambda n: {"n": n})),
+        max_size=2,
+    ),
+    alerts=st.dictionaries(
+        _KEYS,
+        st.none() | st.integers(0, 9).map(lambda n: {"rule": "r", "status": "firing", "n": n}),
+        max_size=3,
+    ),
+    outbox=st.lists(
+        st.builds(
+            OutboxRow,
+            webhook=st.sampled_from(["w1", "w2"]),
+            event_id=st.uuids().map(str),
+            fingerprint=_KEYS,
+            status=st.just("firing"),
+            payload=st.just({}),
+            created_at=st.just(at(0)),
+        ),
+        max_size=2,
+    ),
+    meta=st.dictionaries(_KEYS, st.integers(0, 9), max_size=2),
+)
+
+
+def _tables(s: Store) -> dict[str, list[tuple[object, ...]]]:
+    return {
+        t: s.execute(f"SELECT * FROM {t} ORDER BY 1, 2")
+        for t in ("checkpoints", "rule_state", "alerts", "outbox", "meta")
+    }
+
+
+@settings(max_examples=60, deadline=None)
+@given(commits=st.lists(_COMMITS, min_size=1, max_size=6))
+def test_batches_committed_together_leave_what_committing_them_one_by_one_leaves(
+    tmp_path_factory: pytest.TempPathFactory, commits: list[Commit]
+) -> None:
+    """The agent commits the batches waiting in its queue in one transaction (Commit.absorb):
+    the state file must end up exactly as after one commit per batch, in order."""
+    d = tmp_path_factory.mktemp("absorb")
+    one_by_one, together = Store(d / "one.db"), Store(d / "together.db")
+    merged = Commit()
+    for c in commits:
+        one_by_one.commit(c, at(1))
+        merged.absorb(c)
+    together.commit(merged, at(1))
+    assert _tables(together) == _tables(one_by_one)

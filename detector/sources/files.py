@@ -4,7 +4,7 @@
 :class:`~detector.sources.base.Batch` es of complete lines, each carrying the checkpoint to commit
 with it. All file I/O happens in :meth:`FileSource.poll_once`, one *sweep* run in a worker thread:
 expand the globs, ``stat`` every path, open new files, notice rotation and truncation, read what was
-appended (4 MiB blocks, bytes, split once, at most 10 000 lines per batch) and retire rotated files
+appended (1 MiB blocks, bytes, split once, at most 10 000 lines per batch) and retire rotated files
 once they are drained. :meth:`FileSource.batches` repeats sweeps; it wakes early on inotify events
 (a watchdog Observer on the parent directories, whose thread only calls
 ``loop.call_soon_threadsafe(event.set)``) and otherwise every ``poll_interval`` of the injected
@@ -40,16 +40,16 @@ clock, so it works without inotify too. Choices, in the order a file meets them:
    bytes plus `` …[truncated N bytes]`` and counted in ``Batch.truncated_lines``; the rest of it is
    skipped while streaming, so memory stays bounded whatever the line length. Lines that need
    none of this (no ``\r``, none too long: nearly always) go on as read, undecoded, in
-   ``Batch.block``; a full 4 MiB read ends at its last newline, the partial line after it is read
+   ``Batch.block``; a full 1 MiB read ends at its last newline, the partial line after it is read
    again, whole, with the next block.
 6. *Problems* never raise out of :meth:`batches`: a missing explicit path, a broken symlink, a
    directory or other non-regular file where a log is expected, a permission error, a failing read
    each become a :class:`~detector.sources.base.SourceProblem` (key ``file:<path>``) that is
    dropped from :meth:`problems` when the path reads again. (Tests run as root, where ``chmod 000``
    does not stop reads; they use a directory and a broken symlink instead.)
-7. Batches: at most 10,000 decoded lines, or one block of at most 4 MiB; new checkpoints
+7. Batches: at most 10,000 decoded lines, or one block of at most 1 MiB; new checkpoints
    (start-up position, restart at 0) and deletions go out in a batch without lines. A sweep reads
-   at most 8 MiB of lines per file and 16 MiB in total (rotated files first, then in path order),
+   at most 4 MiB of lines per file and 16 MiB in total (rotated files first, then in path order),
    then the next sweep follows at once; blocks inside one over-long line do not count, as nothing
    of them is kept. Cancelling :meth:`batches` during a sweep drops what that sweep read: cancel
    means shut down, and the next process resumes from the committed checkpoints.
@@ -82,13 +82,14 @@ from detector.sources.base import Batch, Checkpoint, Line, SourceProblem
 
 log = logging.getLogger(__name__)
 
-BLOCK_BYTES = 4 << 20
-"""One read. Large, because every batch costs a commit, a sweep and a hand-over between threads:
-catching up on a big file with 4 MiB reads ran ~1.3x faster than with 1 MiB (bench_ingest.py)."""
+BLOCK_BYTES = 1 << 20
+"""One read. Not larger: matching runs several passes over a block (Hyperscan, newline count),
+which are fastest while it fits the CPU's L2 cache; 2 and 4 MiB reads matched up to 1.5x slower
+here. The cost of a batch (a commit) is shared by the agent committing queued batches together."""
 MAX_BATCH_LINES = 10_000
 FP_BYTES = 256
-FILE_BLOCKS_PER_SWEEP = 2
-SWEEP_BLOCKS = 4
+FILE_BLOCKS_PER_SWEEP = 4
+SWEEP_BLOCKS = 16
 START_TAIL_BYTES = 64 * 1024  # how far back start_at=end looks for the last newline
 GLOB_CHARS = frozenset("*?[")
 OBSERVER_STOP_TIMEOUT = 5.0  # seconds to wait for the watchdog thread to end

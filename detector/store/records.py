@@ -37,6 +37,16 @@ class Commit:
     def empty(self) -> bool:
         return not (self.checkpoints or self.rule_state or self.alerts or self.outbox or self.meta)
 
+    def absorb(self, later: Commit) -> None:
+        """Add what ``later`` (the next batch's commit) changed: committing the two together is
+        the same as committing this one, then ``later``."""
+        self.checkpoints.extend(later.checkpoints)
+        for rule, changes in later.rule_state.items():
+            self.rule_state.setdefault(rule, {}).update(changes)
+        self.alerts.update(later.alerts)
+        self.outbox.extend(later.outbox)
+        self.meta.update(later.meta)
+
 
 def default_state_path(env: Mapping[str, str] | None = None) -> Path:
     """``$STATE_DIRECTORY/state.db`` (systemd StateDirectory=), else ./detector-state.db."""
