@@ -270,9 +270,29 @@ def _match_data(
     texts: dict[int, str] = {}
     n, found = matcher.match_block(source, data + b"\n", texts)
     chars = len(data) + 1 if data.isascii() else len(data.decode("utf-8", "replace")) + 1
-    head = [t.decode("utf-8", "replace") for t in data.split(b"\n", 50)[:50]]
-    tail = [t.decode("utf-8", "replace") for t in data.rsplit(b"\n", 50)[-50:]]
+    head, tail = _edges(data)
     return n, chars, found, texts, head, tail
+
+
+def _edges(data: bytes, k: int = 50) -> tuple[list[str], list[str]]:
+    """The first and the last ``k`` lines of a block, decoded (where the replay reads the clock
+    when no rule hits), without splitting or copying the rest of the block."""
+    end = -1
+    for _ in range(k):
+        end = data.find(b"\n", end + 1)
+        if end < 0:
+            break
+    start = len(data)
+    for _ in range(k):
+        start = data.rfind(b"\n", 0, start)
+        if start < 0:
+            break
+    head = data if end < 0 else data[:end]
+    tail = data if start < 0 else data[start + 1 :]
+    return (
+        head.decode("utf-8", "replace").split("\n"),
+        tail.decode("utf-8", "replace").split("\n"),
+    )
 
 
 class _MatchPool:

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from detector.cli import build_parser
 from detector.model import AnomalyRateSpec, HeartbeatSpec, RuleConfig, ThresholdSpec
-from detector.replay import ReplayResult, _block_at, raw_blocks, read_blocks, replay
+from detector.replay import ReplayResult, _block_at, _edges, raw_blocks, read_blocks, replay
 from tests.helpers import config, rule
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -328,3 +328,16 @@ def test_workers_find_exactly_the_blocks_one_process_reads(
     finally:
         os.close(fd)
     assert found == expected
+
+
+@given(
+    data=st.lists(st.sampled_from([b"a", b"\n", b"\xff", b"\xe2\x82", b"bc"]), max_size=80).map(
+        b"".join
+    ),
+    k=st.integers(1, 8),
+)
+def test_block_edges_are_its_first_and_last_lines_decoded(data: bytes, k: int) -> None:
+    """Where the replay reads the clock when no rule hits: found without splitting the block."""
+    head = [t.decode("utf-8", "replace") for t in data.split(b"\n", k)[:k]]
+    tail = [t.decode("utf-8", "replace") for t in data.rsplit(b"\n", k)[-k:]]
+    assert _edges(data, k) == (head, tail)
