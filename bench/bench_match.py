@@ -3,10 +3,10 @@
 One command (``.venv/bin/python bench/bench_match.py``; ``--lines N`` to change the input size,
 ``--profile dense|quiet`` for one workload) generates two logs with ``gen_log.py`` — *dense*, a
 host under attack where ~39 % of lines match a rule, and *quiet*, a healthy host where ~1 % do —
-plus a *backfill*, the quiet log four times over (``--backfill N``),
-checks on each that the translated ERE file agrees with Python ``re`` rule by rule, then runs, each
-as a child process pinned to one CPU: GNU grep (C locale), ripgrep (one thread; skipped with a
-note when not installed), the matcher alone replaying the file in 4 MiB blocks
+plus a *backfill*, the quiet log four times over (``--backfill N``), checks on each that the
+translated ERE file agrees with Python ``re`` rule by rule, then runs, each as a child process
+pinned to one CPU: GNU grep (C locale), ripgrep (one thread; skipped with a note when not
+installed), the matcher alone replaying the file in the 1 MiB blocks of ``detector test``
 (``Matcher.match_block``), the whole ``detector test`` replay (matcher + rule evaluation + alerts)
 and ``detector test --jobs 2`` (given two CPUs). It prints lines/s, MB/s, peak RSS and the ratio to
 grep as markdown tables, checks that grep, ripgrep and the matcher count the same matching lines,
@@ -34,8 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import gen_log
 
 from detector.matching import ENGINE, Matcher, PatternSpec
-
-BLOCK = 4 << 20
+from detector.replay import BLOCK  # the block size of `detector test`
 
 
 @dataclass(frozen=True)
