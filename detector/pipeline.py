@@ -218,7 +218,7 @@ class Pipeline:
         text = text_getter(seq)
 
         def line_at(i: int) -> Line:
-            return Line(source, text(i), path=path)
+            return Line(source, text(i), None, path)
 
         return self.process_texts(
             source, seq, line_at, when_for, now, interleave_ticks=interleave, hits=hits

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import itertools
 import multiprocessing
 import os
 import sys
@@ -233,10 +234,12 @@ def _block_at(fd: int, lo: int, hi: int, final: bool, step: int = LOOKBACK) -> b
     lines after the last newline before ``lo`` up to (without) the last newline before ``hi``;
     None if no line ends in the chunk (raw_blocks reads on without yielding). ``final``: the
     file's unterminated last line (lo == hi == size)."""
-    start = _last_newline(fd, 0, lo, step) + 1
-    end = hi if final else _last_newline(fd, start, hi, step)
-    if end < start:
+    # The end first, within the chunk alone: a chunk inside one long line is skipped without
+    # looking back, so a line of many blocks costs one look back to its start, not one per block.
+    end = hi if final else _last_newline(fd, lo, hi, step)
+    if end < 0:
         return None
+    start = _last_newline(fd, 0, lo, step) + 1
     raw = os.pread(fd, end - start, start)
     if len(raw) != end - start:
         raise OSError(f"short read at {start} (file changed during the replay?)")
@@ -336,12 +339,13 @@ class _MatchPool:
         with open(path, "rb") as stream:
             size = os.fstat(stream.fileno()).st_size
             unterminated = size > 0 and os.pread(stream.fileno(), 1, size - 1) != b"\n"
-        tasks: list[_Task] = [
-            (path, source, lo, min(lo + block, size), False, all_texts)
-            for lo in range(0, size, block)
-        ]
-        if unterminated:
-            tasks.append((path, source, size, size, True, all_texts))
+        tasks = itertools.chain(
+            (
+                (path, source, lo, min(lo + block, size), False, all_texts)
+                for lo in range(0, size, block)
+            ),
+            [(path, source, size, size, True, all_texts)] if unterminated else [],
+        )
         window: deque[Connection] = deque()
         conns = self._conns
         for k, task in enumerate(tasks):
@@ -369,7 +373,8 @@ class _MatchPool:
             return None
         n, chars, hits, texts, head, tail, abandoned = answer
         lines = texts if isinstance(texts, list) else SparseTexts(n, texts)
-        return _Block(lines, chars, head, tail, list(map(Hit._make, hits)), abandoned)
+        new = tuple.__new__  # Hit._make without its length check: the tuples are Hits' own
+        return _Block(lines, chars, head, tail, [new(Hit, h) for h in hits], abandoned)
 
     def close(self, *, abort: bool = False) -> None:
         for conn in self._conns:
@@ -441,7 +446,7 @@ def replay(
                         source: str = source,
                         path: str = path,
                     ) -> Line:
-                        return Line(source, text(i), path=path)
+                        return Line(source, text(i), None, path)
 
                     def when_for(line: Line, parser: TimeParser = parser) -> When:
                         at = parser.parse(line.text)
