@@ -38,16 +38,11 @@ class When(NamedTuple):
 
     @staticmethod
     def exact(at: datetime) -> When:
-        return _new_when(When, (at, at))
+        return When(at, at)
 
     @property
     def uncertain(self) -> bool:
         return self.earliest != self.at
-
-
-_new_when = tuple.__new__
-"""``When.exact`` builds its tuple directly, as ``When._make`` does, without the checks of
-``When(...)`` (it runs once per hit of a replay)."""
 
 
 @dataclass(slots=True)
