@@ -18,10 +18,13 @@ need it are confirmed, and their groups extracted, per pattern:
   every other pattern. A search that runs over the budget is answered by the Pike VM when it can
   run the pattern (same result, counted per rule as ``slow``); otherwise (backreferences,
   lookaround, atomic or possessive parts, conditionals) the line counts as not matching for that
-  pattern and is recorded for ``take_abandoned()``, which the agent turns into an alert.
+  pattern and is recorded for ``take_abandoned()``, which the agent turns into an alert. After
+  ``MAX_OVERRUNS_PER_CALL`` such lines in one ``match`` call, the rule's other candidate lines of
+  that call are abandoned untried (and recorded too), so a flood of them costs a bounded time.
 
 Guarantee: candidate detection is linear-time (Hyperscan automata); confirming one line against
-one pattern costs at most the budget plus a linear-time Pike VM run. No result is ever changed
+one pattern costs at most the budget plus a linear-time Pike VM run, and all the budget overruns of
+one rule in one call at most ``MAX_OVERRUNS_PER_CALL`` budgets. No result is ever changed
 silently: the only lines whose answer can differ from ``re.search`` are the abandoned ones, and
 they are reported. ``report()`` says per pattern which bound applies (for ``detector check``).
 The budget needs signals, so it only works in the main thread (the agent and ``detector test``
@@ -59,6 +62,12 @@ Confirm = Literal["re", "pike", "re-capped"]
 RE_MAX_CHARS = 4096
 """Without the budget (not the main thread): longest line confirmed with ``re`` when the Pike VM
 can run the pattern."""
+MAX_OVERRUNS_PER_CALL = 8
+"""A rule whose pattern (with no linear engine to fall back on) ran over the budget this many times
+in one ``match`` call (one batch, one block) tries none of its other candidate lines of that call:
+they are abandoned, and reported, untried. Each line is bounded by the budget; this bounds a flood
+of such lines (``MAX_OVERRUNS_PER_CALL`` x budget per rule and call), so that one block of them
+cannot hold the agent's event loop, and the systemd watchdog ping, for minutes."""
 RISKY_RE_MAX_CHARS = 256
 """Without the budget (not the main thread): longest line confirmed for risky patterns the Pike
 VM cannot run; longer lines never match."""
@@ -102,6 +111,9 @@ class Abandoned:
     """Length in characters of the longest such line."""
     sample: str
     """The first 200 characters of the first such line."""
+    untried: int = 0
+    """Of ``lines``, those not even tried: the rule had run over the budget
+    ``MAX_OVERRUNS_PER_CALL`` times in the same ``match`` call already."""
 
 
 @dataclass(frozen=True)
@@ -155,6 +167,8 @@ class Matcher:
         self._watchdog = Watchdog(budget_s)
         self._abandoned: dict[str, Abandoned] = {}
         self._slow: dict[str, int] = {}
+        self._overruns: dict[str, int] = {}
+        """Budget overruns without a linear fallback in the current ``match`` call, per rule."""
 
     # ------------------------------------------------------------ public API
 
@@ -168,6 +182,7 @@ class Matcher:
             return self._match(plan, texts)
         finally:
             self._watchdog.disarm()
+            self._overruns.clear()
 
     def match_block(
         self, source: str, data: bytes, texts: dict[int, str] | None = None
@@ -185,6 +200,7 @@ class Matcher:
             return self._match_block(plan, data, {} if texts is None else texts)
         finally:
             self._watchdog.disarm()
+            self._overruns.clear()
 
     def take_abandoned(self) -> dict[str, Abandoned]:
         """Per rule, the lines abandoned (over the budget, no linear engine) since the last call;
@@ -351,6 +367,10 @@ class Matcher:
         if c.confirm == "pike":
             assert c.pike is not None
             return c.pike.search(text)
+        overruns = self._overruns
+        if overruns and c.pike is None and overruns.get(c.spec.rule, 0) >= MAX_OVERRUNS_PER_CALL:
+            self._abandon(c.spec.rule, text, untried=True)
+            return None
         watchdog = self._watchdog
         if watchdog.state == ARMED or watchdog.arm():
             try:  # watchdog.search(c.rx, text), inlined: this runs once per confirmation
@@ -380,14 +400,22 @@ class Matcher:
         if c.pike is not None:
             self._slow[rule] = self._slow.get(rule, 0) + 1
             return c.pike.search(text)
+        self._overruns[rule] = self._overruns.get(rule, 0) + 1
+        self._abandon(rule, text, untried=False)
+        return None
+
+    def _abandon(self, rule: str, text: str, *, untried: bool) -> None:
         old = self._abandoned.get(rule)
         if old is None:
-            self._abandoned[rule] = Abandoned(rule, 1, len(text), text[:200])
+            self._abandoned[rule] = Abandoned(rule, 1, len(text), text[:200], int(untried))
         else:
             self._abandoned[rule] = Abandoned(
-                rule, old.lines + 1, max(old.longest, len(text)), old.sample
+                rule,
+                old.lines + 1,
+                max(old.longest, len(text)),
+                old.sample,
+                old.untried + untried,
             )
-        return None
 
 
 def _compile(spec: PatternSpec, cache: CharCache) -> _Compiled:
@@ -489,7 +517,8 @@ def _report(c: _Compiled, budget_s: float) -> PatternReport:
         engine = f"{prefilter} + re (no linear fallback)"
         notes.append(
             f"{budget}; a line that exceeds it counts as not matching and raises an agent "
-            f"alert ({c.no_pike}: no linear engine)"
+            f"alert ({c.no_pike}: no linear engine); after {MAX_OVERRUNS_PER_CALL} such lines "
+            "in one batch, the rule's other candidates of that batch are skipped (and counted)"
         )
     elif a.exact and not c.named and a.hs is not None and _hs is not None:
         # re confirms only non-ASCII lines, under the budget with the Pike VM behind it

@@ -20,7 +20,7 @@ from datetime import datetime, timedelta
 from typing import Any, overload
 
 from detector.alerts import AGENT_RULE, AlertBook
-from detector.matching import Abandoned, Hit, Matcher, PatternSpec
+from detector.matching import MAX_OVERRUNS_PER_CALL, Abandoned, Hit, Matcher, PatternSpec
 from detector.matching_budget import CONFIRM_BUDGET_S
 from detector.model import Config, RuleConfig
 from detector.rules.base import Evaluator, Signal, When
@@ -335,7 +335,16 @@ class Pipeline:
                             "can run (backreference or lookaround; `detector check` names it), "
                             f"and it ran over its budget on these lines (longest: {a.longest} "
                             "characters), so they could not be decided and were skipped for this "
-                            "rule. Fix: rewrite the pattern without the backreference/lookaround, "
+                            "rule."
+                            + (
+                                f" {a.untried} of them were not even tried: after "
+                                f"{MAX_OVERRUNS_PER_CALL} lines over the budget in one batch, "
+                                "the rule skips its other candidate lines of that batch, so that "
+                                "a flood of them cannot stall the agent."
+                                if a.untried
+                                else ""
+                            )
+                            + " Fix: rewrite the pattern without the backreference/lookaround, "
                             "or make it anchored and specific so that it cannot backtrack."
                         ),
                         sample=a.sample,

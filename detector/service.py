@@ -29,6 +29,7 @@ import contextlib
 import logging
 import os
 import signal
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -58,7 +59,10 @@ log = logging.getLogger("detector")
 QUEUE_BATCHES = 8
 COALESCE_BATCHES = 8
 """At most this many batches already waiting in the queue are processed together and committed
-in one transaction (catching up: one commit per ~8 MiB instead of per 1 MiB block)."""
+in one transaction (catching up: one commit per ~8 MiB instead of per 1 MiB block)..."""
+COALESCE_S = 0.25
+"""...and no more once processing them took this long (physical time): the event loop, and with it
+the systemd watchdog ping, must not wait for eight slow batches (lines at the regex budget)."""
 ALIVE_EVERY_S = 15.0
 SELF_CHECK_EVERY_S = 2.0
 CONFIG_POLL_S = 1.0
@@ -371,11 +375,9 @@ class Agent:
                 if fut is not getter:
                     fut.cancel()
             if getter in done:
-                batches = [getter.result()]
+                batch = getter.result()
                 getter = None
-                while len(batches) < COALESCE_BATCHES and not self.queue.empty():
-                    batches.append(self.queue.get_nowait())
-                await self._handle_batches(batches)
+                await self._handle_batches(batch, COALESCE_BATCHES)
         if getter is not None:
             getter.cancel()
 
@@ -391,16 +393,26 @@ class Agent:
 
         return when_for
 
-    async def _handle_batches(self, batches: list[Batch]) -> None:
-        """Run batches (in queue order) through the pipeline and commit what they changed, read
-        positions included, in one transaction: a crash before it re-reads them all."""
+    async def _handle_batches(self, first: Batch, most: int = 1) -> None:
+        """Run ``first`` and the batches already waiting behind it in the queue (up to ``most``
+        in all, for at most ``COALESCE_S``) through the pipeline, in queue order, and commit what
+        they changed, read positions included, in one transaction: a crash before it re-reads
+        them all."""
+        started = time.perf_counter()
         now = self.clock.now()
         when_for = self._when_for(now)
         read_before = dict(self.pipeline.lines_read)
         matched_before = dict(self.pipeline.lines_matched)
         commit = Commit()
-        for batch in batches:
-            commit.absorb(self.pipeline.process(batch, when_for, now))
+        batches = [first]
+        commit.absorb(self.pipeline.process(first, when_for, now))
+        while (
+            len(batches) < most
+            and not self.queue.empty()
+            and time.perf_counter() - started < COALESCE_S
+        ):
+            batches.append(self.queue.get_nowait())
+            commit.absorb(self.pipeline.process(batches[-1], when_for, now))
         self.state.batches += len(batches)
         await self._commit(commit)
         h = self.health
@@ -468,7 +480,7 @@ class Agent:
         for name in changed:
             await self._stop_source(name)
         while not self.queue.empty():  # everything already read is processed under the old rules
-            await self._handle_batches([self.queue.get_nowait()])
+            await self._handle_batches(self.queue.get_nowait())
         now = self.clock.now()
         states = await self.db.run(_all_rule_state)
         commit = self.pipeline.reconfigure(config, now, lambda r: states.get(r, {}))

@@ -12,7 +12,7 @@ from types import FrameType
 
 import pytest
 
-from detector.matching import Abandoned, Hit, Matcher, PatternSpec
+from detector.matching import MAX_OVERRUNS_PER_CALL, Abandoned, Hit, Matcher, PatternSpec
 from detector.matching_budget import CONFIRM_BUDGET_S, BudgetExceeded, Watchdog
 from detector.matching_pike import compile_pike
 
@@ -155,6 +155,33 @@ def test_budget_bounds_the_wait_per_line() -> None:
     assert elapsed >= 4 * 0.02  # each line really ran its budget
     assert elapsed < 4 * 0.02 * 10
     assert m.take_abandoned()["r"].lines == 4
+
+
+def test_a_flood_of_undecidable_lines_is_bounded_per_call_and_reported_untried() -> None:
+    """Each line is bounded by the budget; a block full of such lines must be bounded too. After
+    MAX_OVERRUNS_PER_CALL overruns a rule tries none of its other candidates of that call (they
+    are abandoned and counted as untried); other rules stay exact; the next call tries again."""
+    specs = [
+        PatternSpec("slow", "match", r"^(\w+\s?)+$(?<=z)", SRC),
+        PatternSpec("errors", "match", r"ERROR (?P<what>\w+)", SRC),
+    ]
+    m = Matcher(specs, budget_s=0.02)
+    bad = "a" * 40 + "y"
+    lines = [bad] * 500 + ["ERROR disk"]
+    start = time.perf_counter()
+    count, hits = m.match_block("s", ("\n".join(lines) + "\n").encode())
+    elapsed = time.perf_counter() - start
+    assert count == 501
+    assert hits == [Hit(500, "errors", "match", {"what": "disk"})]
+    tried = MAX_OVERRUNS_PER_CALL
+    assert elapsed >= tried * 0.02  # the tried ones really ran their budget
+    assert elapsed < 500 * 0.02 / 4  # but not all 500 (10 s): those were never tried
+    # "ERROR disk" is a candidate of `slow` too (its prefilter is a superset), and untried
+    assert m.take_abandoned() == {
+        "slow": Abandoned("slow", 501, 41, bad, untried=501 - tried),
+    }
+    assert m.match("s", [bad, "aaz"]) == [Hit(1, "slow", "match", {})]  # tried again
+    assert m.take_abandoned() == {"slow": Abandoned("slow", 1, 41, bad)}
 
 
 # ---------------------------------------------------------------- signal hygiene
@@ -316,6 +343,8 @@ def test_report_says_which_bound_applies_to_each_pattern() -> None:
     assert "Pike VM (linear time)" in reports[2].engine and "budget" not in reports[2].note
     assert reports[3].note.endswith(
         "each re search has a 200 ms CPU budget; a line that exceeds it counts as not matching "
-        "and raises an agent alert (backreference: no linear engine)"
+        "and raises an agent alert (backreference: no linear engine); after "
+        f"{MAX_OVERRUNS_PER_CALL} such lines in one batch, the rule's other candidates of that "
+        "batch are skipped (and counted)"
     )
     assert "50 ms CPU budget" in Matcher(specs).report()[1].note

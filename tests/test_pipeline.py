@@ -7,6 +7,7 @@ from datetime import timedelta
 from pathlib import Path
 
 from detector.alerts import iso
+from detector.matching import MAX_OVERRUNS_PER_CALL
 from detector.model import ThresholdSpec
 from detector.pipeline import Pipeline
 from detector.replay import replay
@@ -175,6 +176,16 @@ def test_replay_keeps_the_first_notifications_of_each_rule_and_counts_all(tmp_pa
     assert res.firing == KEEP_PER_RULE + 30
     assert len(res.notifications) == KEEP_PER_RULE
     assert res.counts[("e", "firing")] == KEEP_PER_RULE + 30
+
+
+def test_a_batch_full_of_undecidable_lines_is_cut_short_and_the_alert_says_how() -> None:
+    p = Pipeline(config(rule("slow", match=r"word (\w+\s?)+$(?<=z)")), at(0), lambda r: {})
+    undecided = "word " * 8 + "wordy"
+    c = p.process(batch(*[undecided] * 40), exact(0), at(0))
+    (agent,) = [o.payload for o in c.outbox if o.payload["rule"] == "detector-agent"]
+    assert agent["count"] == 40 and p.lines_undecided == {"slow": 40}
+    untried = 40 - MAX_OVERRUNS_PER_CALL
+    assert f"{untried} of them were not even tried" in agent["description"]
 
 
 def test_undecided_lines_raise_one_agent_alert_that_resolves_after_a_quiet_hour() -> None:

@@ -444,3 +444,32 @@ rules:
     (value,) = con.execute("SELECT value FROM checkpoints WHERE source='app'").fetchone()
     con.close()
     assert json.loads(value)["offset"] == log.stat().st_size
+
+
+async def test_slow_batches_are_committed_one_by_one_so_the_loop_is_not_held(
+    tmp_path: Path,
+) -> None:
+    """Coalescing stops after COALESCE_S of processing: batches whose lines run into the regex
+    budget (50 ms each, several per batch) are each committed on their own, so the event loop
+    (and the systemd watchdog ping on it) never waits for a whole queue of them."""
+    log = tmp_path / "app.log"
+    filler = "-" * 200  # no candidate: the prefilter rejects it
+    evil = ("word " * 8).strip() + "y"  # undecidable in time by the lookbehind rule
+    per_block = (1 << 20) // (len(filler) + 1)
+    log.write_text(("\n".join([evil] * 6 + [filler] * per_block) + "\n") * 3)
+    clock = FakeClock(datetime(2026, 6, 10, tzinfo=UTC))
+    body = f"""\
+sources:
+  app: {{file: "{log}", start_at: beginning}}
+rules:
+  - name: lookbehind
+    source: app
+    match: '^(\\w+\\s?)+$(?<=z)'
+"""
+    async with Receiver() as rx:
+        cfg = config_in(tmp_path, body, rx.url + "/hook")
+        agent = await run_agent(cfg, clock)
+    assert agent.pipeline.lines_read["app"] == 3 * (6 + per_block)
+    assert agent.pipeline.lines_undecided["lookbehind"] == 18
+    assert agent.state.batches >= 3
+    assert agent.state.commits >= agent.state.batches
