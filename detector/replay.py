@@ -171,9 +171,10 @@ def _serial_blocks(
         yield _Block(lines, chars, head, tail, found)
 
 
-_Task = tuple[str, str, int, int, bool, bool]
-"""(path, source, lo, hi, final, all_texts): one block for a worker, as the window of the file
-that :func:`raw_blocks` reads as one chunk (see :func:`_block_at`)."""
+_Task = tuple[str, tuple[int, int], str, int, int, bool, bool]
+"""(path, (st_dev, st_ino), source, lo, hi, final, all_texts): one block for a worker, as the
+window of the file that :func:`raw_blocks` reads as one chunk (see :func:`_block_at`); the
+identity is that of the file this process measured, which the worker must find at ``path``."""
 LOOKBACK = 64 * 1024
 """How far back a worker reads at a time to find where its block starts."""
 _HitTuple = tuple[int, str, Role, dict[str, str]]
@@ -196,23 +197,31 @@ def _match_worker(conn: Connection, matcher: Matcher | list[PatternSpec]) -> Non
     ``matcher`` is the parent's, already compiled (fork), or the specs to build one from."""
     if not isinstance(matcher, Matcher):
         matcher = Matcher(matcher)
-    opened: tuple[str, int] | None = None
+    opened: tuple[str, tuple[int, int], int] | None = None
     try:
         while (task := conn.recv()) is not None:
-            path = task[0]
+            path, ident = task[0], task[1]
             try:
-                if opened is None or opened[0] != path:
+                if opened is None or opened[:2] != (path, ident):
                     if opened is not None:
-                        os.close(opened[1])
-                    opened = (path, os.open(path, os.O_RDONLY))
-                conn.send(_match_block(matcher, opened[1], task))
+                        os.close(opened[2])
+                        opened = None
+                    fd = os.open(path, os.O_RDONLY)
+                    st = os.fstat(fd)
+                    opened = (path, ident, fd)
+                    if (st.st_dev, st.st_ino) != ident:
+                        raise OSError(
+                            f"{path} was replaced during the replay (rotated?): replay the "
+                            "file it was moved to, or run without --jobs"
+                        )
+                conn.send(_match_block(matcher, opened[2], task))
             except Exception as e:  # reported to, and raised in, the main process
                 conn.send(f"{type(e).__name__}: {e}")
     except (EOFError, KeyboardInterrupt):
         pass
     finally:
         if opened is not None:
-            os.close(opened[1])
+            os.close(opened[2])
         conn.close()
 
 
@@ -247,7 +256,7 @@ def _block_at(fd: int, lo: int, hi: int, final: bool, step: int = LOOKBACK) -> b
 
 
 def _match_block(matcher: Matcher, fd: int, task: _Task) -> _Result | None:
-    path, source, lo, hi, final, all_texts = task
+    path, _ident, source, lo, hi, final, all_texts = task
     try:
         raw = _block_at(fd, lo, hi, final)
     except OSError as e:
@@ -337,14 +346,15 @@ class _MatchPool:
         """The blocks of ``path`` as it is now (its size when the replay of it starts), in
         order. This process sends only chunk windows; each worker finds and reads its block."""
         with open(path, "rb") as stream:
-            size = os.fstat(stream.fileno()).st_size
+            st = os.fstat(stream.fileno())
+            size, ident = st.st_size, (st.st_dev, st.st_ino)
             unterminated = size > 0 and os.pread(stream.fileno(), 1, size - 1) != b"\n"
         tasks = itertools.chain(
             (
-                (path, source, lo, min(lo + block, size), False, all_texts)
+                (path, ident, source, lo, min(lo + block, size), False, all_texts)
                 for lo in range(0, size, block)
             ),
-            [(path, source, size, size, True, all_texts)] if unterminated else [],
+            [(path, ident, source, size, size, True, all_texts)] if unterminated else [],
         )
         window: deque[Connection] = deque()
         conns = self._conns

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import io
+import multiprocessing
 import os
 import random
 import subprocess
 import sys
+import threading
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -16,8 +18,17 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from detector.cli import build_parser
+from detector.matching import PatternSpec
 from detector.model import AnomalyRateSpec, HeartbeatSpec, RuleConfig, ThresholdSpec
-from detector.replay import ReplayResult, _block_at, _edges, raw_blocks, read_blocks, replay
+from detector.replay import (
+    ReplayResult,
+    _block_at,
+    _edges,
+    _match_worker,
+    raw_blocks,
+    read_blocks,
+    replay,
+)
 from tests.helpers import config, rule
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -341,3 +352,28 @@ def test_block_edges_are_its_first_and_last_lines_decoded(data: bytes, k: int) -
     head = [t.decode("utf-8", "replace") for t in data.split(b"\n", k)[:k]]
     tail = [t.decode("utf-8", "replace") for t in data.rsplit(b"\n", k)[-k:]]
     assert _edges(data, k) == (head, tail)
+
+
+def test_a_worker_refuses_a_file_replaced_since_the_replay_measured_it(tmp_path: Path) -> None:
+    """Workers open the path themselves: if it now leads to another file (rotated meanwhile),
+    they must say so, not read the new file's bytes at the old file's offsets."""
+    log = tmp_path / "app.log"
+    log.write_text("ERROR old\n")
+    old = log.stat()
+    log.rename(tmp_path / "app.log.1")
+    log.write_text("ERROR new\n")
+    new = log.stat()
+    here, there = multiprocessing.Pipe()
+    specs = [PatternSpec("r", "match", r"ERROR (?P<w>\w+)", frozenset({"s"}))]
+    worker = threading.Thread(target=_match_worker, args=(there, specs))
+    worker.start()
+    try:
+        here.send((str(log), (old.st_dev, old.st_ino), "s", 0, 10, False, False))
+        answer = here.recv()
+        assert isinstance(answer, str) and "was replaced during the replay" in answer
+        here.send((str(log), (new.st_dev, new.st_ino), "s", 0, 10, False, False))
+        lines, _chars, hits, texts, *_ = here.recv()
+        assert (lines, hits, texts) == (1, [(0, "r", "match", {"w": "new"})], {0: "ERROR new"})
+    finally:
+        here.send(None)
+        worker.join(timeout=10)
