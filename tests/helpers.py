@@ -18,6 +18,20 @@ from detector.rules.base import When
 from detector.sources.base import Line
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+LOGHUB = Path(__file__).resolve().parents[1].parent / "shared" / "testdata" / "loghub" / "2k"
+"""The Loghub 2k samples: ``../shared/testdata`` beside the repository, as CI lays it."""
+
+
+def loghub_log(name: str = "*") -> list[Path]:
+    """The Loghub sample logs (``name``: a dataset, e.g. ``OpenSSH``; default all). Missing
+    samples are an error that says where they belong, never a skipped test."""
+    logs = sorted(LOGHUB.glob(f"{name}/*_2k.log"))
+    if not logs:
+        raise FileNotFoundError(
+            f"no Loghub sample {name!r} under {LOGHUB}: the tests read ../shared/testdata beside "
+            "the repository (CI lays it there); put a copy of shared/ next to the checkout"
+        )
+    return logs
 
 
 def at(seconds: float = 0, base: datetime = T0) -> datetime:

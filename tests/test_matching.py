@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import re
 import time
-from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -15,8 +14,8 @@ from detector import matching
 from detector.matching import ENGINE, Hit, Matcher, PatternSpec
 from detector.matching_pike import compile_pike
 from detector.matching_translate import analyse
+from tests.helpers import loghub_log
 
-LOGHUB = Path(__file__).parents[1].parent / "shared/testdata/loghub/2k"
 SRC = frozenset({"s"})
 
 
@@ -46,7 +45,7 @@ def specs_of(*patterns: str) -> list[PatternSpec]:
 
 def loghub_lines() -> list[str]:
     lines: list[str] = []
-    for path in sorted(LOGHUB.glob("*/*_2k.log")):
+    for path in loghub_log():
         lines.extend(path.read_text(encoding="utf-8", errors="replace").splitlines()[:150])
     return lines
 

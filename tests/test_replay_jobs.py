@@ -29,10 +29,9 @@ from detector.replay import (
     read_blocks,
     replay,
 )
-from tests.helpers import config, rule
+from tests.helpers import config, loghub_log, rule
 
 ROOT = Path(__file__).resolve().parents[1]
-LOGHUB = ROOT.parent / "shared" / "testdata" / "loghub" / "2k"
 STARTED_AT = datetime(2026, 2, 1, tzinfo=UTC)
 """The replays' wall clock, fixed so that two replays can be compared field by field."""
 SMALL_BLOCK = 4096
@@ -171,9 +170,8 @@ def test_rules_over_every_line_see_every_line_with_jobs(tmp_path: Path) -> None:
     assert outcome(two) == outcome(one)
 
 
-@pytest.mark.skipif(not LOGHUB.is_dir(), reason="loghub samples not present")
 def test_two_jobs_agree_with_one_on_the_loghub_openssh_sample() -> None:
-    log = LOGHUB / "OpenSSH" / "OpenSSH_2k.log"
+    (log,) = loghub_log("OpenSSH")
     cfg = config(
         rule(
             "invalid-user",
