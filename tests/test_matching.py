@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import re
 import time
+import tomllib
+from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from packaging.requirements import Requirement
 
 from detector import matching
 from detector.matching import ENGINE, Hit, Matcher, PatternSpec
@@ -361,3 +364,18 @@ def test_fast_matcher_equals_naive_re_on_unicode_lines(
 ) -> None:
     specs = specs_of(*patterns)
     assert Matcher(specs).match("s", texts) == naive(specs, "s", texts)
+
+
+@pytest.mark.parametrize(
+    ("machine", "wheel"),
+    [("x86_64", True), ("aarch64", True), ("arm64", True), ("armv7l", False), ("ppc64le", False)],
+)
+def test_the_hyperscan_wheel_is_required_exactly_where_pypi_has_one(
+    machine: str, wheel: bool
+) -> None:
+    """hyperscan 0.9 ships wheels (Vectorscan) for x86_64, aarch64 and arm64: those hosts get
+    the fast engine; elsewhere requiring it would make pip build it from source and fail."""
+    project = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["project"]
+    (req,) = [Requirement(d) for d in project["dependencies"] if d.startswith("hyperscan")]
+    assert req.marker is not None
+    assert req.marker.evaluate({"platform_machine": machine}) is wheel
