@@ -215,10 +215,9 @@ class Agent:
             len(config.webhooks),
             config.agent.state,
         )
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self.request_stop)
-        loop.add_signal_handler(signal.SIGHUP, self.request_reload)
+        previous_handlers = _handle_signals(
+            asyncio.get_running_loop(), stop=self.request_stop, reload=self.request_reload
+        )
         self.health.add_status_section("agent", self._status_section)
         runner = None
         self.session = aiohttp.ClientSession()
@@ -260,6 +259,9 @@ class Agent:
         finally:
             self.notifier.stopping()
             await self._shutdown(runner)
+            for sig, handler in previous_handlers.items():
+                if handler is not None:  # None: installed outside Python, nothing to put back
+                    signal.signal(sig, handler)
         log.info("detector stopped")
         return 0
 
@@ -655,6 +657,27 @@ class Agent:
 
 class _Stop(Exception):
     pass
+
+
+def _handle_signals(
+    loop: asyncio.AbstractEventLoop, *, stop: Callable[[], None], reload: Callable[[], None]
+) -> dict[int, Any]:
+    """SIGTERM and SIGINT stop, SIGHUP reloads; returns the handlers they replace.
+
+    Plain Python signal handlers that hand over to the loop with ``call_soon_threadsafe``, not
+    ``loop.add_signal_handler``: that one makes every signal the process receives write a byte to
+    asyncio's self-pipe (``signal.set_wakeup_fd``), the regex budget's SIGVTALRM ticks
+    (matching_budget, every 12.5 ms of CPU) included. The pipe holds 278 bytes; a few seconds of
+    budgeted matching filled it, printed a BlockingIOError per tick, and a SIGTERM arriving then
+    was lost. Here a signal's own handler always runs (Python runs it in the main thread at the
+    next bytecode, and retries an interrupted ``epoll_wait`` after it), and its callback waits in
+    the loop's ready queue, whatever the state of the pipe."""
+    actions = {signal.SIGTERM: stop, signal.SIGINT: stop, signal.SIGHUP: reload}
+
+    def on_signal(signum: int, _frame: object) -> None:
+        loop.call_soon_threadsafe(actions[signal.Signals(signum)])
+
+    return {sig: signal.signal(sig, on_signal) for sig in actions}
 
 
 def _iso_or_none(at: datetime | None) -> str | None:
