@@ -19,12 +19,13 @@ need it are confirmed, and their groups extracted, per pattern:
   run the pattern (same result, counted per rule as ``slow``); otherwise (backreferences,
   lookaround, atomic or possessive parts, conditionals) the line counts as not matching for that
   pattern and is recorded for ``take_abandoned()``, which the agent turns into an alert. After
-  ``MAX_OVERRUNS_PER_CALL`` such lines in one ``match`` call, the rule's other candidate lines of
-  that call are abandoned untried (and recorded too), so a flood of them costs a bounded time.
+  ``MAX_OVERRUNS_PER_CALL`` such lines in one ``match`` call (``MAX_OVERRUNS_PER_CALL_ALL`` for
+  all rules together), the rule's other candidate lines of that call are abandoned untried (and
+  recorded too), so a flood of them costs a bounded time.
 
 Guarantee: candidate detection is linear-time (Hyperscan automata); confirming one line against
 one pattern costs at most the budget plus a linear-time Pike VM run, and all the budget overruns of
-one rule in one call at most ``MAX_OVERRUNS_PER_CALL`` budgets. No result is ever changed
+one call at most ``MAX_OVERRUNS_PER_CALL_ALL`` budgets. No result is ever changed
 silently: the only lines whose answer can differ from ``re.search`` are the abandoned ones, and
 they are reported. ``report()`` says per pattern which bound applies (for ``detector check``).
 The budget needs signals, so it only works in the main thread (the agent and ``detector test``
@@ -68,6 +69,9 @@ in one ``match`` call (one batch, one block) tries none of its other candidate l
 they are abandoned, and reported, untried. Each line is bounded by the budget; this bounds a flood
 of such lines (``MAX_OVERRUNS_PER_CALL`` x budget per rule and call), so that one block of them
 cannot hold the agent's event loop, and the systemd watchdog ping, for minutes."""
+MAX_OVERRUNS_PER_CALL_ALL = 40
+"""The same bound for all such rules of a ``match`` call together (40 x 50 ms = 2 s): many rules
+of that kind must not add up to a stall either."""
 RISKY_RE_MAX_CHARS = 256
 """Without the budget (not the main thread): longest line confirmed for risky patterns the Pike
 VM cannot run; longer lines never match."""
@@ -112,8 +116,9 @@ class Abandoned:
     sample: str
     """The first 200 characters of the first such line."""
     untried: int = 0
-    """Of ``lines``, those not even tried: the rule had run over the budget
-    ``MAX_OVERRUNS_PER_CALL`` times in the same ``match`` call already."""
+    """Of ``lines``, those not even tried: the rule (or all rules together) had run over the
+    budget ``MAX_OVERRUNS_PER_CALL`` (``MAX_OVERRUNS_PER_CALL_ALL``) times in that ``match`` call
+    already."""
 
 
 @dataclass(frozen=True)
@@ -169,6 +174,8 @@ class Matcher:
         self._slow: dict[str, int] = {}
         self._overruns: dict[str, int] = {}
         """Budget overruns without a linear fallback in the current ``match`` call, per rule."""
+        self._overrun_total = 0
+        """Their sum."""
 
     # ------------------------------------------------------------ public API
 
@@ -182,7 +189,7 @@ class Matcher:
             return self._match(plan, texts)
         finally:
             self._watchdog.disarm()
-            self._overruns.clear()
+            self._forget_overruns()
 
     def match_block(
         self, source: str, data: bytes, texts: dict[int, str] | None = None
@@ -200,7 +207,7 @@ class Matcher:
             return self._match_block(plan, data, {} if texts is None else texts)
         finally:
             self._watchdog.disarm()
-            self._overruns.clear()
+            self._forget_overruns()
 
     def take_abandoned(self) -> dict[str, Abandoned]:
         """Per rule, the lines abandoned (over the budget, no linear engine) since the last call;
@@ -368,7 +375,14 @@ class Matcher:
             assert c.pike is not None
             return c.pike.search(text)
         overruns = self._overruns
-        if overruns and c.pike is None and overruns.get(c.spec.rule, 0) >= MAX_OVERRUNS_PER_CALL:
+        if (
+            overruns
+            and c.pike is None
+            and (
+                overruns.get(c.spec.rule, 0) >= MAX_OVERRUNS_PER_CALL
+                or self._overrun_total >= MAX_OVERRUNS_PER_CALL_ALL
+            )
+        ):
             self._abandon(c.spec.rule, text, untried=True)
             return None
         watchdog = self._watchdog
@@ -401,8 +415,14 @@ class Matcher:
             self._slow[rule] = self._slow.get(rule, 0) + 1
             return c.pike.search(text)
         self._overruns[rule] = self._overruns.get(rule, 0) + 1
+        self._overrun_total += 1
         self._abandon(rule, text, untried=False)
         return None
+
+    def _forget_overruns(self) -> None:
+        if self._overruns:
+            self._overruns.clear()
+            self._overrun_total = 0
 
     def _abandon(self, rule: str, text: str, *, untried: bool) -> None:
         old = self._abandoned.get(rule)
@@ -518,7 +538,8 @@ def _report(c: _Compiled, budget_s: float) -> PatternReport:
         notes.append(
             f"{budget}; a line that exceeds it counts as not matching and raises an agent "
             f"alert ({c.no_pike}: no linear engine); after {MAX_OVERRUNS_PER_CALL} such lines "
-            "in one batch, the rule's other candidates of that batch are skipped (and counted)"
+            f"in one batch ({MAX_OVERRUNS_PER_CALL_ALL} for all rules together), the rule's "
+            "other candidates of that batch are skipped (and counted)"
         )
     elif a.exact and not c.named and a.hs is not None and _hs is not None:
         # re confirms only non-ASCII lines, under the budget with the Pike VM behind it

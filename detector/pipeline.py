@@ -20,7 +20,14 @@ from datetime import datetime, timedelta
 from typing import Any, overload
 
 from detector.alerts import AGENT_RULE, AlertBook
-from detector.matching import MAX_OVERRUNS_PER_CALL, Abandoned, Hit, Matcher, PatternSpec
+from detector.matching import (
+    MAX_OVERRUNS_PER_CALL,
+    MAX_OVERRUNS_PER_CALL_ALL,
+    Abandoned,
+    Hit,
+    Matcher,
+    PatternSpec,
+)
 from detector.matching_budget import CONFIRM_BUDGET_S
 from detector.model import Config, RuleConfig
 from detector.rules.base import Evaluator, Signal, When
@@ -338,9 +345,10 @@ class Pipeline:
                             "rule."
                             + (
                                 f" {a.untried} of them were not even tried: after "
-                                f"{MAX_OVERRUNS_PER_CALL} lines over the budget in one batch, "
-                                "the rule skips its other candidate lines of that batch, so that "
-                                "a flood of them cannot stall the agent."
+                                f"{MAX_OVERRUNS_PER_CALL} lines over the budget in one batch "
+                                f"({MAX_OVERRUNS_PER_CALL_ALL} for all rules together), a rule "
+                                "skips its other candidate lines of that batch, so that a flood "
+                                "of them cannot stall the agent."
                                 if a.untried
                                 else ""
                             )

@@ -12,7 +12,14 @@ from types import FrameType
 
 import pytest
 
-from detector.matching import MAX_OVERRUNS_PER_CALL, Abandoned, Hit, Matcher, PatternSpec
+from detector.matching import (
+    MAX_OVERRUNS_PER_CALL,
+    MAX_OVERRUNS_PER_CALL_ALL,
+    Abandoned,
+    Hit,
+    Matcher,
+    PatternSpec,
+)
 from detector.matching_budget import CONFIRM_BUDGET_S, BudgetExceeded, Watchdog
 from detector.matching_pike import compile_pike
 
@@ -184,6 +191,20 @@ def test_a_flood_of_undecidable_lines_is_bounded_per_call_and_reported_untried()
     assert m.take_abandoned() == {"slow": Abandoned("slow", 1, 41, bad)}
 
 
+def test_many_rules_of_undecidable_lines_are_bounded_together_per_call() -> None:
+    """Twenty such rules would each try MAX_OVERRUNS_PER_CALL lines (160 budgets); together they
+    stop at MAX_OVERRUNS_PER_CALL_ALL, and every line is still accounted for."""
+    specs = [PatternSpec(f"slow{k}", "match", rf"^(\w+\s?)+$(?<=z{k})", SRC) for k in range(20)]
+    m = Matcher(specs, budget_s=0.01)
+    bad = "a" * 40 + "y"
+    count, hits = m.match_block("s", ("\n".join([bad] * 30) + "\n").encode())
+    assert (count, hits) == (30, [])
+    abandoned = m.take_abandoned()
+    assert sum(a.lines for a in abandoned.values()) == 20 * 30  # every candidate accounted for
+    tried = sum(a.lines - a.untried for a in abandoned.values())
+    assert tried == MAX_OVERRUNS_PER_CALL_ALL < 20 * MAX_OVERRUNS_PER_CALL
+
+
 # ---------------------------------------------------------------- signal hygiene
 
 
@@ -344,7 +365,7 @@ def test_report_says_which_bound_applies_to_each_pattern() -> None:
     assert reports[3].note.endswith(
         "each re search has a 200 ms CPU budget; a line that exceeds it counts as not matching "
         "and raises an agent alert (backreference: no linear engine); after "
-        f"{MAX_OVERRUNS_PER_CALL} such lines in one batch, the rule's other candidates of that "
-        "batch are skipped (and counted)"
+        f"{MAX_OVERRUNS_PER_CALL} such lines in one batch ({MAX_OVERRUNS_PER_CALL_ALL} for all "
+        "rules together), the rule's other candidates of that batch are skipped (and counted)"
     )
     assert "50 ms CPU budget" in Matcher(specs).report()[1].note
