@@ -21,11 +21,13 @@ need it are confirmed, and their groups extracted, per pattern:
   pattern and is recorded for ``take_abandoned()``, which the agent turns into an alert. After
   ``MAX_OVERRUNS_PER_CALL`` such lines in one ``match`` call (``MAX_OVERRUNS_PER_CALL_ALL`` for
   all rules together), the rule's other candidate lines of that call are abandoned untried (and
-  recorded too), so a flood of them costs a bounded time.
+  recorded too), so a flood of them costs a bounded time; likewise the Pike VM confirmations of a
+  call after ``PIKE_S_PER_CALL`` seconds of them.
 
 Guarantee: candidate detection is linear-time (Hyperscan automata); confirming one line against
-one pattern costs at most the budget plus a linear-time Pike VM run, and all the budget overruns of
-one call at most ``MAX_OVERRUNS_PER_CALL_ALL`` budgets. No result is ever changed
+one pattern costs at most the budget plus a linear-time Pike VM run, all the budget overruns of
+one call at most ``MAX_OVERRUNS_PER_CALL_ALL`` budgets, and all its Pike VM runs about
+``PIKE_S_PER_CALL``. No result is ever changed
 silently: the only lines whose answer can differ from ``re.search`` are the abandoned ones, and
 they are reported. ``report()`` says per pattern which bound applies (for ``detector check``).
 The budget needs signals, so it only works in the main thread (the agent and ``detector test``
@@ -72,6 +74,12 @@ cannot hold the agent's event loop, and the systemd watchdog ping, for minutes."
 MAX_OVERRUNS_PER_CALL_ALL = 40
 """The same bound for all such rules of a ``match`` call together (40 x 50 ms = 2 s): many rules
 of that kind must not add up to a stall either."""
+PIKE_S_PER_CALL = 5.0
+"""The Pike VM is linear in the line length but slow (~0.6 s for a 64 KiB line with captures):
+after this much of it in one ``match`` call, the call's remaining Pike confirmations are abandoned
+untried (and recorded). Normal work stays far below it (a 1 MiB block of 100-character lines
+through a risky pattern: ~1 s); a flood of long lines through several risky patterns would
+otherwise hold the event loop past the systemd watchdog."""
 RISKY_RE_MAX_CHARS = 256
 """Without the budget (not the main thread): longest line confirmed for risky patterns the Pike
 VM cannot run; longer lines never match."""
@@ -160,7 +168,13 @@ _BOTH, _ASCII_ONLY, _HIGH_ONLY = 0, 1, 2
 
 
 class Matcher:
-    def __init__(self, specs: Sequence[PatternSpec], *, budget_s: float = CONFIRM_BUDGET_S) -> None:
+    def __init__(
+        self,
+        specs: Sequence[PatternSpec],
+        *,
+        budget_s: float = CONFIRM_BUDGET_S,
+        pike_s_per_call: float = PIKE_S_PER_CALL,
+    ) -> None:
         cache: CharCache = {}
         # re's FutureWarnings ("possible nested set") were shown to the user by `detector check`
         # (config.nodes.regex); compiling the same and derived patterns here must stay quiet.
@@ -176,6 +190,9 @@ class Matcher:
         """Budget overruns without a linear fallback in the current ``match`` call, per rule."""
         self._overrun_total = 0
         """Their sum."""
+        self._pike_s = 0.0
+        """Seconds spent in the Pike VM in the current ``match`` call."""
+        self._pike_s_per_call = pike_s_per_call
 
     # ------------------------------------------------------------ public API
 
@@ -189,7 +206,7 @@ class Matcher:
             return self._match(plan, texts)
         finally:
             self._watchdog.disarm()
-            self._forget_overruns()
+            self._end_call()
 
     def match_block(
         self, source: str, data: bytes, texts: dict[int, str] | None = None
@@ -207,7 +224,7 @@ class Matcher:
             return self._match_block(plan, data, {} if texts is None else texts)
         finally:
             self._watchdog.disarm()
-            self._forget_overruns()
+            self._end_call()
 
     def take_abandoned(self) -> dict[str, Abandoned]:
         """Per rule, the lines abandoned (over the budget, no linear engine) since the last call;
@@ -372,8 +389,7 @@ class Matcher:
     def _confirm(self, c: _Compiled, text: str) -> dict[str, str] | None:
         """Does the pattern match this line (Python semantics)? Its named groups if so."""
         if c.confirm == "pike":
-            assert c.pike is not None
-            return c.pike.search(text)
+            return self._pike(c, text)
         overruns = self._overruns
         if (
             overruns
@@ -396,7 +412,7 @@ class Matcher:
         else:
             # Not the main thread: no budget, the static caps instead (module docstring).
             if c.pike is not None and len(text) > RE_MAX_CHARS:
-                return c.pike.search(text)
+                return self._pike(c, text)
             if c.confirm == "re-capped" and len(text) > RISKY_RE_MAX_CHARS:
                 return None
             m = c.rx.search(text)
@@ -413,16 +429,31 @@ class Matcher:
         rule = c.spec.rule
         if c.pike is not None:
             self._slow[rule] = self._slow.get(rule, 0) + 1
-            return c.pike.search(text)
+            return self._pike(c, text)
         self._overruns[rule] = self._overruns.get(rule, 0) + 1
         self._overrun_total += 1
         self._abandon(rule, text, untried=False)
         return None
 
-    def _forget_overruns(self) -> None:
+    def _pike(self, c: _Compiled, text: str) -> dict[str, str] | None:
+        """``c.pike.search(text)``, unless this call already spent ``PIKE_S_PER_CALL`` in the
+        Pike VM: then the line is abandoned untried (and recorded)."""
+        assert c.pike is not None
+        if self._pike_s >= self._pike_s_per_call:
+            self._abandon(c.spec.rule, text, untried=True)
+            return None
+        started = perf_counter()
+        try:
+            return c.pike.search(text)
+        finally:
+            self._pike_s += perf_counter() - started
+
+    def _end_call(self) -> None:
+        """Forget the per-call bounds' accounting (at the end of every ``match`` call)."""
         if self._overruns:
             self._overruns.clear()
             self._overrun_total = 0
+        self._pike_s = 0.0
 
     def _abandon(self, rule: str, text: str, *, untried: bool) -> None:
         old = self._abandoned.get(rule)

@@ -23,6 +23,7 @@ from detector.alerts import AGENT_RULE, AlertBook
 from detector.matching import (
     MAX_OVERRUNS_PER_CALL,
     MAX_OVERRUNS_PER_CALL_ALL,
+    PIKE_S_PER_CALL,
     Abandoned,
     Hit,
     Matcher,
@@ -346,9 +347,10 @@ class Pipeline:
                             + (
                                 f" {a.untried} of them were not even tried: after "
                                 f"{MAX_OVERRUNS_PER_CALL} lines over the budget in one batch "
-                                f"({MAX_OVERRUNS_PER_CALL_ALL} for all rules together), a rule "
-                                "skips its other candidate lines of that batch, so that a flood "
-                                "of them cannot stall the agent."
+                                f"({MAX_OVERRUNS_PER_CALL_ALL} for all rules together), or "
+                                f"after {PIKE_S_PER_CALL:g} s of linear-time (Pike VM) matching "
+                                "in one batch, the rules skip their other candidate lines of "
+                                "that batch, so that a flood of them cannot stall the agent."
                                 if a.untried
                                 else ""
                             )

@@ -205,6 +205,20 @@ def test_many_rules_of_undecidable_lines_are_bounded_together_per_call() -> None
     assert tried == MAX_OVERRUNS_PER_CALL_ALL < 20 * MAX_OVERRUNS_PER_CALL
 
 
+def test_a_flood_of_long_lines_through_the_pike_vm_is_bounded_per_call() -> None:
+    """The Pike VM is linear but slow on long lines (a risky pattern with a capture): after
+    ``pike_s_per_call`` of it in one call the other lines are abandoned untried and recorded,
+    so that sixteen 64 KiB lines x several such rules cannot hold the loop past the watchdog."""
+    m = one(r"(?P<w>^(\w+\s?)+$)", pike_s_per_call=0.05)
+    assert "Pike VM" in m.report()[0].engine
+    long = ("word " * 13_000).strip()
+    count, hits = m.match_block("s", ("\n".join([long] * 10) + "\n").encode())
+    untried = m.take_abandoned()["r"].untried
+    assert count == 10 and len(hits) >= 1 and untried >= 5  # one 64 KiB line is well over 50 ms
+    assert len(hits) + untried == 10 and all(h.groups == {"w": long} for h in hits)
+    assert len(m.match("s", [long])) == 1  # the next call starts afresh
+
+
 # ---------------------------------------------------------------- signal hygiene
 
 
