@@ -346,9 +346,9 @@ async def test_sigterm_during_a_long_stretch_of_matching_stops_the_agent_quietly
     """The regex budget ticks (SIGVTALRM, every 12.5 ms of CPU while a batch is matched) must not
     go through asyncio's signal pipe: it holds 278 bytes, so seconds of matching filled it,
     printed a BlockingIOError per tick on stderr, and lost a SIGTERM arriving then. Here one
-    batch keeps the matcher busy for ~9 s (16 lines of 60,000 characters through the linear but
-    slow Pike VM, a rule confirmed by `re` keeping the budget armed) and SIGTERM comes in its
-    middle."""
+    batch keeps the matcher busy for ~7 s, the most the per-batch bounds allow (16 lines of
+    60,000 characters: 5 s of the linear but slow Pike VM, then 40 regex budgets of 50 ms), and
+    SIGTERM comes in its middle."""
     log = tmp_path / "long.log"
     log.touch()
     body = f"""\
@@ -361,13 +361,16 @@ rules:
   - name: risky
     source: long
     match: '(?P<w>^(\\w+\\s?)+$)'
-"""
+""" + "".join(
+        f"  - name: lookbehind-{k}\n    source: long\n    match: '^(\\w+\\s?)+$(?<=z{k})'\n"
+        for k in range(5)
+    )
     async with Receiver() as rx:
         cfg = config_in(tmp_path, body, rx.url + "/hook")
         agent = await AgentProcess(cfg).start()
         try:
             append(log, *[("word " * 12_000).strip() for _ in range(16)])
-            await asyncio.sleep(6.0)  # well past 278 ticks into the batch
+            await asyncio.sleep(5.0)  # past 278 ticks (3.5 s) into the batch, before its end
             started = time.monotonic()
             assert await agent.terminate(within=30) == 0
             assert time.monotonic() - started < 20  # the rest of that batch, then a clean exit
