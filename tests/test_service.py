@@ -414,6 +414,21 @@ rules:
             assert await task == 0
 
 
+async def catch_up_on(tmp_path: Path, log: Path, rule: str, match: str) -> Agent:
+    """Run the agent once over ``log`` from its beginning, with one rule; returns it stopped."""
+    body = f"""\
+sources:
+  app: {{file: "{log}", start_at: beginning}}
+rules:
+  - name: {rule}
+    source: app
+    match: '{match}'
+"""
+    async with Receiver() as rx:
+        cfg = config_in(tmp_path, body, rx.url + "/hook")
+        return await run_agent(cfg, FakeClock(datetime(2026, 6, 10, tzinfo=UTC)))
+
+
 async def test_a_backlog_is_committed_in_fewer_transactions_than_batches_losing_no_line(
     tmp_path: Path,
 ) -> None:
@@ -423,18 +438,7 @@ async def test_a_backlog_is_committed_in_fewer_transactions_than_batches_losing_
     lines = [f"2026-06-10T00:00:00Z app[{i}]: request {i} " + "x" * 100 for i in range(60_000)]
     lines[::1000] = [f"2026-06-10T00:00:00Z app[1]: ERROR number {k}" for k in range(60)]
     log.write_text("\n".join(lines) + "\n")
-    clock = FakeClock(datetime(2026, 6, 10, tzinfo=UTC))
-    body = f"""\
-sources:
-  app: {{file: "{log}", start_at: beginning}}
-rules:
-  - name: errors
-    source: app
-    match: 'ERROR number (?P<n>\\d+)'
-"""
-    async with Receiver() as rx:
-        cfg = config_in(tmp_path, body, rx.url + "/hook")
-        agent = await run_agent(cfg, clock)
+    agent = await catch_up_on(tmp_path, log, "errors", r"ERROR number (?P<n>\d+)")
     assert agent.pipeline.lines_read["app"] == 60_000
     assert agent.pipeline.lines_matched["errors"] == 60
     blocks = log.stat().st_size // (1 << 20) + 1
@@ -457,18 +461,7 @@ async def test_slow_batches_are_committed_one_by_one_so_the_loop_is_not_held(
     evil = ("word " * 8).strip() + "y"  # undecidable in time by the lookbehind rule
     per_block = (1 << 20) // (len(filler) + 1)
     log.write_text(("\n".join([evil] * 6 + [filler] * per_block) + "\n") * 3)
-    clock = FakeClock(datetime(2026, 6, 10, tzinfo=UTC))
-    body = f"""\
-sources:
-  app: {{file: "{log}", start_at: beginning}}
-rules:
-  - name: lookbehind
-    source: app
-    match: '^(\\w+\\s?)+$(?<=z)'
-"""
-    async with Receiver() as rx:
-        cfg = config_in(tmp_path, body, rx.url + "/hook")
-        agent = await run_agent(cfg, clock)
+    agent = await catch_up_on(tmp_path, log, "lookbehind", r"^(\w+\s?)+$(?<=z)")
     assert agent.pipeline.lines_read["app"] == 3 * (6 + per_block)
     assert agent.pipeline.lines_undecided["lookbehind"] == 18
     assert agent.state.batches >= 3
