@@ -388,21 +388,20 @@ class Matcher:
 
     def _confirm(self, c: _Compiled, text: str) -> dict[str, str] | None:
         """Does the pattern match this line (Python semantics)? Its named groups if so."""
-        if c.confirm == "pike":
-            return self._pike(c, text)
         overruns = self._overruns
-        if (
-            overruns
-            and c.pike is None
-            and (
-                overruns.get(c.spec.rule, 0) >= MAX_OVERRUNS_PER_CALL
-                or self._overrun_total >= MAX_OVERRUNS_PER_CALL_ALL
-            )
+        if overruns and (
+            overruns.get(c.spec.rule, 0) >= MAX_OVERRUNS_PER_CALL
+            or self._overrun_total >= MAX_OVERRUNS_PER_CALL_ALL
         ):
+            # this call's lines keep running this rule's re over the budget: stop trying re
+            if c.pike is not None:
+                return self._pike(c, text)
             self._abandon(c.spec.rule, text, untried=True)
             return None
         watchdog = self._watchdog
         if watchdog.state == ARMED or watchdog.arm():
+            # Risky patterns too: re is ~1000x faster than the Pike VM on ordinary lines, and the
+            # budget hands the pathological ones over to the Pike VM.
             try:  # watchdog.search(c.rx, text), inlined: this runs once per confirmation
                 watchdog.started = perf_counter()
                 m = c.rx.search(text)
@@ -411,6 +410,8 @@ class Matcher:
                 return self._over_budget(c, text)
         else:
             # Not the main thread: no budget, the static caps instead (module docstring).
+            if c.confirm == "pike":
+                return self._pike(c, text)
             if c.pike is not None and len(text) > RE_MAX_CHARS:
                 return self._pike(c, text)
             if c.confirm == "re-capped" and len(text) > RISKY_RE_MAX_CHARS:
@@ -427,11 +428,12 @@ class Matcher:
 
     def _over_budget(self, c: _Compiled, text: str) -> dict[str, str] | None:
         rule = c.spec.rule
-        if c.pike is not None:
-            self._slow[rule] = self._slow.get(rule, 0) + 1
-            return self._pike(c, text)
         self._overruns[rule] = self._overruns.get(rule, 0) + 1
         self._overrun_total += 1
+        if c.pike is not None:
+            if self._pike_s < self._pike_s_per_call:  # else _pike abandons it
+                self._slow[rule] = self._slow.get(rule, 0) + 1
+            return self._pike(c, text)
         self._abandon(rule, text, untried=False)
         return None
 
@@ -562,9 +564,7 @@ def _report(c: _Compiled, budget_s: float) -> PatternReport:
     else:
         prefilter = "hyperscan prefilter"
     budget = f"each re search has a {budget_s * 1000:g} ms CPU budget"
-    if c.confirm == "pike":
-        engine = f"{prefilter} + Pike VM (linear time)"
-    elif c.pike is None:
+    if c.pike is None:
         engine = f"{prefilter} + re (no linear fallback)"
         notes.append(
             f"{budget}; a line that exceeds it counts as not matching and raises an agent "
@@ -577,5 +577,9 @@ def _report(c: _Compiled, budget_s: float) -> PatternReport:
         engine = prefilter
     else:
         engine = f"{prefilter} + re"
-        notes.append(f"{budget}; over it, the Pike VM answers (linear time, same result)")
+        notes.append(
+            f"{budget}; over it, the Pike VM answers (linear time, same result), and after "
+            f"{MAX_OVERRUNS_PER_CALL} such lines in one batch it answers the rule's other "
+            "candidates of that batch at once"
+        )
     return PatternReport(c.spec.rule, c.spec.role, engine, "; ".join(notes))

@@ -347,7 +347,7 @@ async def test_sigterm_during_a_long_stretch_of_matching_stops_the_agent_quietly
     go through asyncio's signal pipe: it holds 278 bytes, so seconds of matching filled it,
     printed a BlockingIOError per tick on stderr, and lost a SIGTERM arriving then. Here one
     batch keeps the matcher busy for ~7 s, the most the per-batch bounds allow (16 lines of
-    60,000 characters: 5 s of the linear but slow Pike VM, then 40 regex budgets of 50 ms), and
+    60,000 characters: 40 regex budgets of 50 ms and 5 s of the linear but slow Pike VM), and
     SIGTERM comes in its middle."""
     log = tmp_path / "long.log"
     log.touch()
@@ -369,7 +369,9 @@ rules:
         cfg = config_in(tmp_path, body, rx.url + "/hook")
         agent = await AgentProcess(cfg).start()
         try:
-            append(log, *[("word " * 12_000).strip() for _ in range(16)])
+            # "…": no \w for Python, a high byte for the prefilter: candidates on which re
+            # backtracks without end, so that every rule runs into its budgets
+            append(log, *[("word " * 12_000).strip() + "\u2026" for _ in range(16)])
             await asyncio.sleep(5.0)  # past 278 ticks (3.5 s) into the batch, before its end
             started = time.monotonic()
             assert await agent.terminate(within=30) == 0
