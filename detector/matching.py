@@ -388,12 +388,12 @@ class Matcher:
 
     def _confirm(self, c: _Compiled, text: str) -> dict[str, str] | None:
         """Does the pattern match this line (Python semantics)? Its named groups if so."""
-        overruns = self._overruns
+        overruns = self._overruns.get(c.spec.rule, 0) if self._overruns else 0
         if overruns and (
-            overruns.get(c.spec.rule, 0) >= MAX_OVERRUNS_PER_CALL
-            or self._overrun_total >= MAX_OVERRUNS_PER_CALL_ALL
+            overruns >= MAX_OVERRUNS_PER_CALL or self._overrun_total >= MAX_OVERRUNS_PER_CALL_ALL
         ):
-            # this call's lines keep running this rule's re over the budget: stop trying re
+            # this call's lines keep running this rule's re over the budget: stop trying re (a
+            # rule that has not run over in this call keeps its re, whatever the others do)
             if c.pike is not None:
                 return self._pike(c, text)
             self._abandon(c.spec.rule, text, untried=True)

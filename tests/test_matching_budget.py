@@ -193,13 +193,17 @@ def test_a_flood_of_undecidable_lines_is_bounded_per_call_and_reported_untried()
 
 def test_many_rules_of_undecidable_lines_are_bounded_together_per_call() -> None:
     """Twenty such rules would each try MAX_OVERRUNS_PER_CALL lines (160 budgets); together they
-    stop at MAX_OVERRUNS_PER_CALL_ALL, and every line is still accounted for."""
+    stop at MAX_OVERRUNS_PER_CALL_ALL, and every line is still accounted for. A rule that never
+    ran over keeps its own re meanwhile (no Pike VM, nothing abandoned)."""
     specs = [PatternSpec(f"slow{k}", "match", rf"^(\w+\s?)+$(?<=z{k})", SRC) for k in range(20)]
-    m = Matcher(specs, budget_s=0.01)
+    specs.append(PatternSpec("good", "match", r"(?P<first>a)", SRC))
+    m = Matcher(specs, budget_s=0.01, pike_s_per_call=0.0)  # any Pike VM use would abandon
     bad = "a" * 40 + "y"
     count, hits = m.match_block("s", ("\n".join([bad] * 30) + "\n").encode())
-    assert (count, hits) == (30, [])
+    assert count == 30 and hits == [Hit(i, "good", "match", {"first": "a"}) for i in range(30)]
+    assert m.take_slow() == {}  # "good" never went to the Pike VM
     abandoned = m.take_abandoned()
+    assert "good" not in abandoned
     assert sum(a.lines for a in abandoned.values()) == 20 * 30  # every candidate accounted for
     tried = sum(a.lines - a.untried for a in abandoned.values())
     assert tried == MAX_OVERRUNS_PER_CALL_ALL < 20 * MAX_OVERRUNS_PER_CALL
