@@ -10,7 +10,8 @@ installed), the matcher alone replaying the file in the 1 MiB blocks of ``detect
 (``Matcher.match_block``), the whole ``detector test`` replay (matcher + rule evaluation + alerts)
 and ``detector test --jobs 2`` (given two CPUs). It prints lines/s, MB/s, peak RSS and the ratio to
 grep as markdown tables, checks that grep, ripgrep and the matcher count the same matching lines,
-and ends with the matcher at 10/50/200/500 rules on a prefix of the dense log.
+and ends with the matcher at 10/50/200/500 rules on a prefix of the dense log, and with a risky
+capturing key=value rule on a log where every line matches it.
 """
 
 from __future__ import annotations
@@ -311,6 +312,47 @@ def main() -> None:
             f"| {n} | {row.lines_per_s:,.0f} | {row.mb_per_s:.1f} | "
             f"{row.peak_rss_kb / 1024:.1f} MB | "
             f"{1e9 * info['match_s'] / info['lines']:.0f} ns/line | {info['build_s']:.1f} s |"
+        )
+    risky(work, env)
+
+
+KV_RULE = ("kv-pairs", r"app\[\d+\]: (?P<pairs>(?:\w+=\S+\s?)+)$")
+"""A key=value rule with nested repetition ("risky": it can backtrack exponentially), whose
+capture must be extracted on every line it matches."""
+
+
+def risky(work: Path, env: dict[str, str], lines: int = 500_000) -> None:
+    """The matcher on a log where every line matches a risky capturing rule, beside grep: re
+    confirms such patterns under the budget, with the (much slower) Pike VM only behind it."""
+    log = work / f"kv-{lines}.log"
+    if not log.exists():
+        with log.open("w") as f:
+            for i in range(lines):
+                f.write(
+                    f"Nov 25 10:{i // 60 % 60:02d}:{i % 60:02d} web{i % 7} app[{300 + i % 900}]: "
+                    f"user=u{i % 97} path=/api/v1/items/{i} status={(200, 200, 404, 500)[i % 4]} "
+                    f"ms={i % 700}\n"
+                )
+    size = log.stat().st_size
+    rules_json = work / "rules-kv.json"
+    rules_json.write_text(json.dumps([KV_RULE]))
+    ere = work / "rules-kv.ere"
+    ere.write_text(gen_log.to_ere(KV_RULE[1]) + "\n")
+    me = [sys.executable, str(Path(__file__).resolve()), "--worker"]
+    grep = measure("grep", ["grep", "-c", "-E", "-f", str(ere), str(log)], lines, size, env)
+    row = measure("kv", [*me, str(log), str(rules_json), str(lines)], lines, size)
+    info = json.loads(row.output)
+    agree = int(grep.output) == info["matched_lines"] == lines
+    print(
+        f"\na risky capturing rule (`{KV_RULE[1]}`) on {lines:,} lines that all match it "
+        f"(grep and detector {'agree' if agree else 'DISAGREE'}):\n"
+    )
+    print("| run | lines/s | MB/s | vs grep |")
+    print("|---|---:|---:|---:|")
+    for name, r in (("grep -c -E -f (C)", grep), ("detector matcher", row)):
+        print(
+            f"| {name} | {r.lines_per_s:,.0f} | {r.mb_per_s:.1f} | "
+            f"{r.lines_per_s / grep.lines_per_s:.2f}× |"
         )
 
 
