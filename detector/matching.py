@@ -66,11 +66,12 @@ RE_MAX_CHARS = 4096
 """Without the budget (not the main thread): longest line confirmed with ``re`` when the Pike VM
 can run the pattern."""
 MAX_OVERRUNS_PER_CALL = 8
-"""A rule whose pattern (with no linear engine to fall back on) ran over the budget this many times
-in one ``match`` call (one batch, one block) tries none of its other candidate lines of that call:
-they are abandoned, and reported, untried. Each line is bounded by the budget; this bounds a flood
-of such lines (``MAX_OVERRUNS_PER_CALL`` x budget per rule and call), so that one block of them
-cannot hold the agent's event loop, and the systemd watchdog ping, for minutes."""
+"""A rule whose ``re`` ran over the budget this many times in one ``match`` call (one batch, one
+block) runs ``re`` on none of its other candidate lines of that call: the Pike VM answers them, or,
+for a pattern it cannot run, they are abandoned, and reported, untried. Each line is bounded by
+the budget; this bounds a flood of such lines (``MAX_OVERRUNS_PER_CALL`` x budget per rule and
+call), so that one block of them cannot hold the agent's event loop, and the systemd watchdog
+ping, for minutes."""
 MAX_OVERRUNS_PER_CALL_ALL = 40
 """The same bound for all such rules of a ``match`` call together (40 x 50 ms = 2 s): many rules
 of that kind must not add up to a stall either."""
@@ -187,7 +188,7 @@ class Matcher:
         self._abandoned: dict[str, Abandoned] = {}
         self._slow: dict[str, int] = {}
         self._overruns: dict[str, int] = {}
-        """Budget overruns without a linear fallback in the current ``match`` call, per rule."""
+        """``re`` budget overruns in the current ``match`` call, per rule."""
         self._overrun_total = 0
         """Their sum."""
         self._pike_s = 0.0
@@ -431,19 +432,20 @@ class Matcher:
         self._overruns[rule] = self._overruns.get(rule, 0) + 1
         self._overrun_total += 1
         if c.pike is not None:
-            if self._pike_s < self._pike_s_per_call:  # else _pike abandons it
-                self._slow[rule] = self._slow.get(rule, 0) + 1
-            return self._pike(c, text)
+            return self._pike(c, text, slow=True)
         self._abandon(rule, text, untried=False)
         return None
 
-    def _pike(self, c: _Compiled, text: str) -> dict[str, str] | None:
+    def _pike(self, c: _Compiled, text: str, *, slow: bool = False) -> dict[str, str] | None:
         """``c.pike.search(text)``, unless this call already spent ``PIKE_S_PER_CALL`` in the
-        Pike VM: then the line is abandoned untried (and recorded)."""
+        Pike VM: then the line is abandoned untried (and recorded). ``slow``: it answers for an
+        ``re`` search that ran over the budget (counted for ``take_slow()``)."""
         assert c.pike is not None
         if self._pike_s >= self._pike_s_per_call:
             self._abandon(c.spec.rule, text, untried=True)
             return None
+        if slow:
+            self._slow[c.spec.rule] = self._slow.get(c.spec.rule, 0) + 1
         started = perf_counter()
         try:
             return c.pike.search(text)

@@ -406,15 +406,13 @@ class Agent:
         read_before = dict(self.pipeline.lines_read)
         matched_before = dict(self.pipeline.lines_matched)
         commit = Commit()
-        batches = [first]
-        commit.absorb(self.pipeline.process(first, when_for, now))
-        while (
-            len(batches) < most
-            and not self.queue.empty()
-            and time.perf_counter() - started < COALESCE_S
-        ):
-            batches.append(self.queue.get_nowait())
-            commit.absorb(self.pipeline.process(batches[-1], when_for, now))
+        batches: list[Batch] = []
+        batch: Batch | None = first
+        while batch is not None:
+            batches.append(batch)
+            commit.absorb(self.pipeline.process(batch, when_for, now))
+            more = len(batches) < most and time.perf_counter() - started < COALESCE_S
+            batch = self.queue.get_nowait() if more and not self.queue.empty() else None
         self.state.batches += len(batches)
         await self._commit(commit)
         h = self.health
@@ -661,7 +659,7 @@ class _Stop(Exception):
 
 def _handle_signals(
     loop: asyncio.AbstractEventLoop, *, stop: Callable[[], None], reload: Callable[[], None]
-) -> dict[int, Any]:
+) -> dict[signal.Signals, Any]:
     """SIGTERM and SIGINT stop, SIGHUP reloads; returns the handlers they replace.
 
     Plain Python signal handlers that hand over to the loop with ``call_soon_threadsafe``, not
