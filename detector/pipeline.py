@@ -21,6 +21,7 @@ from typing import Any, overload
 
 from detector.alerts import AGENT_RULE, AlertBook
 from detector.matching import (
+    CONFIRM_BUDGET_S,
     MAX_OVERRUNS_PER_CALL,
     MAX_OVERRUNS_PER_CALL_ALL,
     PIKE_S_PER_CALL,
@@ -29,7 +30,6 @@ from detector.matching import (
     Matcher,
     PatternSpec,
 )
-from detector.matching_budget import CONFIRM_BUDGET_S
 from detector.model import Config, RuleConfig
 from detector.rules.base import Evaluator, Signal, When
 from detector.rules.registry import build_evaluator

@@ -13,10 +13,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from packaging.requirements import Requirement
 
-from detector import matching
-from detector.matching import ENGINE, Hit, Matcher, PatternSpec
-from detector.matching_pike import compile_pike
-from detector.matching_translate import analyse
+from detector.matching import ENGINE, Hit, Matcher, PatternSpec, engine
+from detector.matching.pike import compile_pike
+from detector.matching.translate import analyse
 from tests.helpers import loghub_log
 
 SRC = frozenset({"s"})
@@ -347,7 +346,7 @@ def test_fast_matcher_equals_naive_re_on_random_rules_and_loghub_lines(
 
 def test_matcher_without_hyperscan_still_matches_like_re(monkeypatch: pytest.MonkeyPatch) -> None:
     # Simulates a host without the wheel (the module falls back to per-line re + Pike VM).
-    monkeypatch.setattr(matching, "_hs", None)
+    monkeypatch.setattr(engine, "_hs", None)
     specs = specs_of(*TRICKY)
     assert Matcher(specs).match("s", TRICKY_LINES) == naive(specs, "s", TRICKY_LINES)
 

@@ -13,6 +13,7 @@ from types import FrameType
 import pytest
 
 from detector.matching import (
+    CONFIRM_BUDGET_S,
     MAX_OVERRUNS_PER_CALL,
     MAX_OVERRUNS_PER_CALL_ALL,
     Abandoned,
@@ -20,8 +21,8 @@ from detector.matching import (
     Matcher,
     PatternSpec,
 )
-from detector.matching_budget import CONFIRM_BUDGET_S, BudgetExceeded, Watchdog
-from detector.matching_pike import compile_pike
+from detector.matching.budget import BudgetExceeded, Watchdog
+from detector.matching.pike import compile_pike
 
 SRC = frozenset({"s"})
 WALL = 1.5

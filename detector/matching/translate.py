@@ -1,7 +1,7 @@
 """Pattern analysis for matching: Python ``re`` syntax → a Hyperscan byte pattern plus facts.
 
-Used only by ``matching.py`` when it builds a matcher. A rule's regex is parsed with Python's own
-parser (``re._parser``), then walked once to produce:
+Used by ``engine`` (and ``pike``) when a matcher is built. A rule's regex is parsed with Python's
+own parser (``re._parser``), then walked once to produce:
 
 * ``hs`` — a Hyperscan pattern over the UTF-8 bytes of one line (lines never contain ``\\n`` on
   the block path). Every single-character test (literal, class, ``.``, ``\\w``…) is turned into an
@@ -16,7 +16,7 @@ parser (``re._parser``), then walked once to produce:
 * ``risky`` — a static ReDoS check: a repeat of something that can itself repeat or branch (the
   shape of exponential backtracking). Polynomial backtracking (``.*a.*b``) is bounded instead by
   the prefilter (``re`` runs only on lines that match) and a line-length cap. Risky patterns
-  never run through backtracking ``re`` when the linear-time Pike VM (``matching_pike.py``) can
+  never run through backtracking ``re`` when the linear-time Pike VM (``pike``) can
   run them.
 * ``pike_ok`` — the pattern only uses constructs the Pike VM supports.
 """

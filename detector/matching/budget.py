@@ -1,15 +1,15 @@
 """A CPU-time budget for the ``re`` searches that confirm candidate lines in matching.
 
-Used only by ``matching.py``: ``Watchdog.search(rx, text)`` is ``rx.search(text)`` that raises
-``BudgetExceeded`` once the search has run longer than the budget, so no backtracking regex can
-hang the agent. Python's ``re`` checks for signals while it matches, so a ``SIGVTALRM`` handler
+Used only by ``engine`` (the ``Matcher``): ``Watchdog.search(rx, text)`` is ``rx.search(text)`` that
+raises ``BudgetExceeded`` once the search has run longer than the budget, so no backtracking regex
+can hang the agent. Python's ``re`` checks for signals while it matches, so a ``SIGVTALRM`` handler
 that raises interrupts it. The interval timer (``ITIMER_VIRTUAL``: process CPU time, tick = a
-quarter of the budget) is armed lazily by the first search of a ``Matcher.match`` call and
-disarmed by ``disarm()`` at its end, which restores the previous handler and timer. Per
-search only a start time is stored; a tick interrupts a search once it has seen a full budget of
-process CPU time (counted in ticks) *and* of wall time, so neither another busy thread nor a
-descheduled process aborts a search early. Signal handlers can only be installed from the main
-thread: elsewhere ``arm()`` returns False and matching keeps its static caps instead.
+quarter of the budget) is armed lazily by the first search of a ``Matcher.match`` call and disarmed
+by ``disarm()`` at its end, which restores the previous handler and timer. Per search only a start
+time is stored; a tick interrupts a search once it has seen a full budget of process CPU time
+(counted in ticks) *and* of wall time, so neither another busy thread nor a descheduled process
+aborts a search early. Signal handlers can only be installed from the main thread: elsewhere
+``arm()`` returns False and matching keeps its static caps instead.
 """
 
 from __future__ import annotations

@@ -1,13 +1,13 @@
 """A linear-time regex runner (Pike VM) for patterns that could make ``re`` backtrack for ever.
 
-Used by ``matching.py`` to confirm a candidate line and extract its groups when a rule's pattern is
-classified risky (nested repetition…). It runs the parse tree of Python's own parser as a
-thread-list NFA: time is O(len(line) × program size), whatever the pattern or the line. Every
-character test and every anchor is delegated to a tiny compiled Python ``re`` of that one node
-with the pattern's flags in effect there, so character semantics (Unicode ``\\w``, case folding,
-``\\b`` next to non-ASCII letters) are Python's own. Threads are kept in priority order and a
-repeat that made no progress stops looping, which gives Python's leftmost-first result and its
-captures. Backreferences, lookaround, atomic groups and possessive repeats are not supported
+Used by ``engine`` (the ``Matcher``) to confirm a candidate line and extract its groups when a
+rule's pattern is classified risky (nested repetition…). It runs the parse tree of Python's own
+parser as a thread-list NFA: time is O(len(line) × program size), whatever the pattern or the line.
+Every character test and every anchor is delegated to a tiny compiled Python ``re`` of that one
+node with the pattern's flags in effect there, so character semantics (Unicode ``\\w``, case
+folding, ``\\b`` next to non-ASCII letters) are Python's own. Threads are kept in priority order
+and a repeat that made no progress stops looping, which gives Python's leftmost-first result and
+its captures. Backreferences, lookaround, atomic groups and possessive repeats are not supported
 (``compile_pike`` raises ``PikeUnsupported``).
 """
 
@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from detector.matching_translate import (
+from detector.matching.translate import (
     _FLAG_MASK,
     MAXREPEAT,
     at_source,

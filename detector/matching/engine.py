@@ -5,16 +5,16 @@ of every rule bound to that source; rules then see only their hits. Semantics ar
 ``re.search`` per line with the pattern's own flags; named groups that took part become fields.
 
 How (DESIGN.md §6): the lines of a batch are joined into one UTF-8 block and scanned once by a
-Hyperscan database holding every pattern of the source (translated by ``matching_translate``).
+Hyperscan database holding every pattern of the source (translated by ``translate``).
 Each Hyperscan pattern ends in ``[^\\n]*$`` so it reports at most once per line. On a pure-ASCII
 line the translation is exact, so a pattern without named groups needs no further work; on other
 lines it is a superset, so a line Hyperscan does not report never matches. Reported lines that
 need it are confirmed, and their groups extracted, per pattern:
 
-* ``re`` under a CPU budget (``matching_budget``, ``CONFIRM_BUDGET_S`` per pattern and line) —
-  every pattern, risky ones (nested repetition, ``matching_translate`` decides) included: ``re``
+* ``re`` under a CPU budget (``budget``, ``CONFIRM_BUDGET_S`` per pattern and line) —
+  every pattern, risky ones (nested repetition, ``translate`` decides) included: ``re``
   is ~1000x faster than the Pike VM on ordinary lines. A search that runs over the budget is
-  answered by the Pike VM (``matching_pike``: linear time in the line length, Python's own
+  answered by the Pike VM (``pike``: linear time in the line length, Python's own
   character semantics, leftmost-first captures) when it can run the pattern (same result,
   counted per rule as ``slow``); otherwise (backreferences, lookaround, atomic or possessive
   parts, conditionals) the line counts as not matching for that pattern and is recorded for
@@ -49,9 +49,9 @@ from dataclasses import dataclass
 from time import perf_counter
 from typing import Any, Literal, NamedTuple
 
-from detector.matching_budget import ARMED, CONFIRM_BUDGET_S, BudgetExceeded, Watchdog
-from detector.matching_pike import PikeProgram, PikeUnsupported, compile_pike
-from detector.matching_translate import _PIKE_UNSUPPORTED, Analysis, CharCache, analyse
+from detector.matching.budget import ARMED, CONFIRM_BUDGET_S, BudgetExceeded, Watchdog
+from detector.matching.pike import PikeProgram, PikeUnsupported, compile_pike
+from detector.matching.translate import _PIKE_UNSUPPORTED, Analysis, CharCache, analyse
 
 _hs: Any
 try:
