@@ -42,6 +42,7 @@ that path (``ENGINE`` says so). The Hyperscan database of a source is compiled o
 
 from __future__ import annotations
 
+import importlib
 import re
 import warnings
 from collections.abc import Callable, Sequence
@@ -53,9 +54,11 @@ from detector.matching.budget import ARMED, CONFIRM_BUDGET_S, BudgetExceeded, Wa
 from detector.matching.pike import PikeProgram, PikeUnsupported, compile_pike
 from detector.matching.translate import _PIKE_UNSUPPORTED, Analysis, CharCache, analyse
 
+# Imported by name, not with an import statement: mypy then types ``_hs`` as Any whether or not
+# the wheel is installed (a static import is a module with it and a redefinition without it).
 _hs: Any
 try:
-    import hyperscan as _hs
+    _hs = importlib.import_module("hyperscan")
 except ImportError:  # pragma: no cover - exercised on hosts without the wheel
     _hs = None
 
