@@ -36,7 +36,9 @@ pattern, risky patterns always do, and risky patterns it cannot run treat lines 
 ``RISKY_RE_MAX_CHARS`` as not matching (polynomial backtracking otherwise).
 A line containing ``\\n`` (journald messages) and patterns Hyperscan rejects take the same
 confirmation path without the prefilter. Without the ``hyperscan`` wheel every line goes through
-that path (``ENGINE`` says so). The Hyperscan database of a source is compiled on its first
+that path (``ENGINE`` says so); so it does on a Python whose ``re._parser`` ``translate`` cannot
+read (``PARSER_PROBLEM``), with no Pike VM behind the budget either (``ENGINE`` and ``report()``
+say so). The Hyperscan database of a source is compiled on its first
 ``match`` (``match(source, [])`` warms it up). A ``Matcher`` is used by one thread at a time.
 """
 
@@ -50,9 +52,16 @@ from dataclasses import dataclass
 from time import perf_counter
 from typing import Any, Literal, NamedTuple
 
+from detector.matching import translate as _translate
 from detector.matching.budget import ARMED, CONFIRM_BUDGET_S, BudgetExceeded, Watchdog
 from detector.matching.pike import PikeProgram, PikeUnsupported, compile_pike
-from detector.matching.translate import _PIKE_UNSUPPORTED, Analysis, CharCache, analyse
+from detector.matching.translate import (
+    _PIKE_UNSUPPORTED,
+    Analysis,
+    CharCache,
+    analyse,
+    unanalysed,
+)
 
 # Imported by name, not with an import statement: mypy then types ``_hs`` as Any whether or not
 # the wheel is installed (a static import is a module with it and a redefinition without it).
@@ -88,11 +97,18 @@ RISKY_RE_MAX_CHARS = 256
 """Without the budget (not the main thread): longest line confirmed for risky patterns the Pike
 VM cannot run; longer lines never match."""
 
-ENGINE = (
-    f"hyperscan {getattr(_hs, '__version__', '?')} block prefilter + re/Pike VM confirm"
-    if _hs is not None
-    else "re + Pike VM per line (pure Python: hyperscan not installed)"
-)
+
+def engine_name(hs: Any, parser_problem: str) -> str:
+    """What ``ENGINE`` says, given the hyperscan module (or None) and ``PARSER_PROBLEM``."""
+    if parser_problem:
+        unused = "" if hs is None else f"hyperscan {getattr(hs, '__version__', '?')} unused, "
+        return f"re per line ({unused}no prefilter, no Pike VM: {parser_problem})"
+    if hs is not None:
+        return f"hyperscan {getattr(hs, '__version__', '?')} block prefilter + re/Pike VM confirm"
+    return "re + Pike VM per line (pure Python: hyperscan not installed)"
+
+
+ENGINE = engine_name(_hs, _translate.PARSER_PROBLEM)
 
 
 @dataclass(frozen=True)
@@ -478,6 +494,21 @@ class Matcher:
 
 def _compile(spec: PatternSpec, cache: CharCache) -> _Compiled:
     rx = re.compile(spec.regex)
+    named = bool(rx.groupindex) and spec.role != "ignore"
+    problem = _translate.PARSER_PROBLEM
+    if not problem:
+        try:
+            return _compile_analysed(spec, rx, named, cache)
+        except Exception as exc:  # a parse tree the walkers do not expect: match without them
+            problem = f"pattern analysis failed ({type(exc).__name__}: {exc})"
+    # re alone, under the budget; "re-capped" off the main thread (risk unknown)
+    analysis = unanalysed(problem)
+    return _Compiled(spec, rx, analysis, None, "re-capped", named, "pattern not analysed")
+
+
+def _compile_analysed(
+    spec: PatternSpec, rx: re.Pattern[str], named: bool, cache: CharCache
+) -> _Compiled:
     analysis = analyse(spec.regex, cache)
     pike: PikeProgram | None = None
     no_pike = ""
@@ -491,7 +522,6 @@ def _compile(spec: PatternSpec, cache: CharCache) -> _Compiled:
     confirm: Confirm = "re"
     if analysis.risky:
         confirm = "pike" if pike is not None else "re-capped"
-    named = bool(rx.groupindex) and spec.role != "ignore"
     return _Compiled(spec, rx, analysis, pike, confirm, named, no_pike)
 
 

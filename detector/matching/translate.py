@@ -19,19 +19,106 @@ own parser (``re._parser``), then walked once to produce:
   never run through backtracking ``re`` when the linear-time Pike VM (``pike``) can
   run them.
 * ``pike_ok`` — the pattern only uses constructs the Pike VM supports.
+
+``re._parser`` is private to CPython: it is read only on the versions in ``SUPPORTED_PYTHONS`` and
+only if a probe pattern parses to the tree this module (and ``pike``) expects. Otherwise
+``PARSER_PROBLEM`` says why, and ``engine`` translates nothing: every pattern runs through ``re``
+on every line, under the budget, with no Pike VM behind it (``ENGINE`` and ``report()`` say so).
 """
 
 from __future__ import annotations
 
 import importlib
 import re
+import sys
 from dataclasses import dataclass
 from typing import Any
 
-_parser: Any = importlib.import_module("re._parser")
-_c: Any = importlib.import_module("re._constants")
+SUPPORTED_PYTHONS = ((3, 11), (3, 12), (3, 13))
+"""CPython versions whose ``re._parser`` trees this module and ``pike`` were checked against
+(same translations, same Pike VM results). Widen it only after running the tests there."""
 
-MAXREPEAT: int = _c.MAXREPEAT
+_PROBE = r"^(?i:a[^b-d\w.])(?P<n>xa|yb)*?[^c]z{2,3}+\b(?<=q)(?<!r)(?>s)(?-i:(?(n)t|u))\1.\Z"
+"""Uses every node and argument shape the walkers here and in ``pike`` read."""
+_PROBE_TREE: Any = (
+    ("AT", "AT_BEGINNING"),
+    ("SUBPATTERN", (None, 2, 0, (
+        ("LITERAL", 97),
+        ("IN", (("NEGATE", None), ("RANGE", (98, 100)), ("CATEGORY", "CATEGORY_WORD"),
+                ("LITERAL", 46))),
+    ))),
+    ("MIN_REPEAT", (0, "MAXREPEAT", (
+        ("SUBPATTERN", (1, 0, 0, (
+            ("BRANCH", (None, (
+                (("LITERAL", 120), ("LITERAL", 97)),
+                (("LITERAL", 121), ("LITERAL", 98)),
+            ))),
+        ))),
+    ))),
+    ("NOT_LITERAL", 99),
+    ("POSSESSIVE_REPEAT", (2, 3, (("LITERAL", 122),))),
+    ("AT", "AT_BOUNDARY"),
+    ("ASSERT", (-1, (("LITERAL", 113),))),
+    ("ASSERT_NOT", (-1, (("LITERAL", 114),))),
+    ("ATOMIC_GROUP", (("LITERAL", 115),)),
+    ("SUBPATTERN", (None, 0, 2, (
+        ("GROUPREF_EXISTS", (1, (("LITERAL", 116),), (("LITERAL", 117),))),
+    ))),
+    ("GROUPREF", 1),
+    ("ANY", None),
+    ("AT", "AT_END_STRING"),
+)  # fmt: skip
+"""``_PROBE``'s tree on the supported versions, named constants by name (``_shape``)."""
+
+
+def _shape(node: Any) -> Any:
+    """A parse tree as plain data: named constants (opcodes, ``MAXREPEAT``…) as their names,
+    sequences (``SubPattern``, lists, tuples) as tuples."""
+    if node is None or type(node) in (int, str):
+        return node
+    if isinstance(node, int):
+        return str(node)
+    return tuple(_shape(item) for item in node)
+
+
+def parser_problem(
+    version: tuple[int, int], implementation: str, parser: Any, constants: Any
+) -> str:
+    """Why parse trees from ``parser`` (``re._parser``, with ``re._constants``) cannot be used on
+    this Python, or "" if they can."""
+    known = ", ".join(f"{major}.{minor}" for major, minor in SUPPORTED_PYTHONS)
+    if implementation != "cpython" or version not in SUPPORTED_PYTHONS:
+        return (
+            f"re parser of {implementation} {version[0]}.{version[1]} not checked "
+            f"(CPython {known} are)"
+        )
+    if parser is None or constants is None:
+        return "re._parser is missing"
+    try:
+        tree = parser.parse(_PROBE, 0)
+        if _shape(list(tree)) != _PROBE_TREE or str(constants.MAXREPEAT) != "MAXREPEAT":
+            return "re._parser's parse tree is not the expected shape"
+        state = tree.state
+        if (state.flags, state.groups, dict(state.groupdict)) != (re.UNICODE, 2, {"n": 1}):
+            return "re._parser's parse state is not the expected shape"
+    except Exception as exc:  # any failure to read the tree means it cannot be used
+        return f"re._parser cannot be read ({type(exc).__name__}: {exc})"
+    return ""
+
+
+def _import(name: str) -> Any:
+    try:
+        return importlib.import_module(name)
+    except ImportError:
+        return None
+
+
+_parser: Any = _import("re._parser")
+_c: Any = _import("re._constants")
+
+PARSER_PROBLEM = parser_problem(sys.version_info[:2], sys.implementation.name, _parser, _c)
+"""Why ``re._parser`` is not used on this Python ("" when it is)."""
+MAXREPEAT: int = -1 if PARSER_PROBLEM else _c.MAXREPEAT
 _NL = 0x0A
 _HIGH = r"[\x80-\xff]"
 _HIGH_RUN = r"[\x80-\xff]{1,4}"
@@ -78,8 +165,20 @@ class Analysis:
     """Why the pattern is inexact / risky, for ``PatternReport.note``."""
 
 
+class ParserUnavailable(Exception):
+    """``re._parser`` cannot be used on this Python (``PARSER_PROBLEM``)."""
+
+
 def parse(regex: str) -> Any:
+    if PARSER_PROBLEM:
+        raise ParserUnavailable(PARSER_PROBLEM)
     return _parser.parse(regex, 0)
+
+
+def unanalysed(why: str) -> Analysis:
+    """The analysis of a pattern whose parse tree cannot be read: no prefilter, no Pike VM, and
+    assumed risky (so off the main thread the static caps of risky patterns apply)."""
+    return Analysis(None, False, None, True, False, (f"no prefilter, no Pike VM: {why}",))
 
 
 def char_source(op: Any, av: Any) -> str:
