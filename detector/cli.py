@@ -1,4 +1,4 @@
-"""The ``detector`` command: run | check | test | status | send-test | templates |
+"""The ``detector`` command: run | reload | check | test | status | send-test | templates |
 version."""
 
 from __future__ import annotations
@@ -52,6 +52,29 @@ def build_parser() -> argparse.ArgumentParser:
         "default $DETECTOR_LOG_FORMAT, else agent: log_format in rules.yaml, else auto",
     )
     p.add_argument("--log-level", default="INFO")
+
+    p = sub.add_parser(
+        "reload",
+        help="reload the running agent and wait for its answer",
+        description="Validate rules.yaml, send SIGHUP to the agent and wait until it answers "
+        "(systemd's ExecReload). Exit 0 once the agent runs the new configuration; 1 if the "
+        "file is invalid (nothing is signalled) or the agent refused it (its error is printed); "
+        "2 if there is no agent to ask, it exited, or it did not answer in time.",
+    )
+    _add_config(p)
+    p.add_argument(
+        "--pid",
+        type=_positive_int,
+        default=None,
+        help="the agent's process id (default: $MAINPID, which systemd sets for ExecReload)",
+    )
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="how long to wait for the agent's answer (default 30)",
+    )
 
     p = sub.add_parser(
         "check",
@@ -212,6 +235,12 @@ def _positive_int(text: str) -> int:
     return n
 
 
+def cmd_reload(args: argparse.Namespace) -> int:
+    from detector.reload_cli import reload_main  # noqa: PLC0415
+
+    return reload_main(args)
+
+
 def cmd_test(args: argparse.Namespace) -> int:
     from detector.replay import main as replay_main  # noqa: PLC0415
 
@@ -238,6 +267,7 @@ def cmd_templates(args: argparse.Namespace) -> int:
 
 COMMANDS = {
     "run": cmd_run,
+    "reload": cmd_reload,
     "check": cmd_check,
     "test": cmd_test,
     "status": cmd_status,
