@@ -1,8 +1,10 @@
-"""The ``detector`` command: run | check | test | status | send-test | templates | version."""
+"""The ``detector`` command: run | reload | check | test | status | send-test | templates |
+version."""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import platform
@@ -42,8 +44,37 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", help="run the agent", description="Run the agent in the foreground.")
     _add_config(p)
-    p.add_argument("--log-format", choices=("text", "json"), default=None)
+    p.add_argument(
+        "--log-format",
+        choices=("auto", "text", "json", "journal"),
+        default=None,
+        help="auto (default): native journal entries when stderr is the journal, else text; "
+        "default $DETECTOR_LOG_FORMAT, else agent: log_format in rules.yaml, else auto",
+    )
     p.add_argument("--log-level", default="INFO")
+
+    p = sub.add_parser(
+        "reload",
+        help="reload the running agent and wait for its answer",
+        description="Validate rules.yaml, send SIGHUP to the agent and wait until it answers "
+        "(systemd's ExecReload). Exit 0 once the agent runs the new configuration; 1 if the "
+        "file is invalid (nothing is signalled) or the agent refused it (its error is printed); "
+        "2 if there is no agent to ask, it exited, or it did not answer in time.",
+    )
+    _add_config(p)
+    p.add_argument(
+        "--pid",
+        type=_positive_int,
+        default=None,
+        help="the agent's process id (default: $MAINPID, which systemd sets for ExecReload)",
+    )
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="how long to wait for the agent's answer (default 30)",
+    )
 
     p = sub.add_parser(
         "check",
@@ -118,7 +149,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return handler(args)
     except CommandError as e:
-        print(str(e), file=sys.stderr)
+        from detector.logs import print_error  # noqa: PLC0415
+
+        print_error(str(e))  # under systemd: one journal entry at priority err
         return e.code
     except KeyboardInterrupt:
         return 130
@@ -135,16 +168,17 @@ def cmd_version(args: argparse.Namespace) -> int:
 
 def cmd_check(args: argparse.Namespace) -> int:
     from detector.config import ConfigError, load_config  # noqa: PLC0415
+    from detector.logs import print_error  # noqa: PLC0415
     from detector.matching import Matcher  # noqa: PLC0415
     from detector.pipeline import pattern_specs  # noqa: PLC0415
 
     try:
         config = load_config(args.config)
     except ConfigError as e:
-        print(str(e), file=sys.stderr)
+        print_error(str(e))  # ExecStartPre: one journal entry at priority err
         return 1
     except OSError as e:
-        print(f"{args.config}: cannot read: {e.strerror}", file=sys.stderr)
+        print_error(f"{args.config}: cannot read: {e.strerror}")
         return 1
     matcher = Matcher(pattern_specs(config.rules))
     print(
@@ -167,11 +201,19 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     from detector import logs  # noqa: PLC0415
     from detector.clock import SystemClock  # noqa: PLC0415
-    from detector.config import ConfigError  # noqa: PLC0415
+    from detector.config import ConfigError, load_config  # noqa: PLC0415
     from detector.service import Agent  # noqa: PLC0415
     from detector.store.db import StoreError  # noqa: PLC0415
 
-    logs.setup(args.log_format or os.environ.get("DETECTOR_LOG_FORMAT", "text"), args.log_level)
+    chosen = args.log_format or os.environ.get("DETECTOR_LOG_FORMAT")
+    if chosen is not None and chosen not in logs.LOG_FORMATS:
+        chosen = None  # a bad environment value must not stop the agent: auto
+    logs.setup(chosen or "auto", args.log_level)
+    if chosen is None:
+        # agent: log_format applies from the start; read at start only (a reload keeps it).
+        # An unreadable or invalid file is reported by the agent below, in the format set here.
+        with contextlib.suppress(ConfigError, OSError):
+            logs.setup(load_config(args.config).agent.log_format, args.log_level)
     agent = Agent(Path(args.config), SystemClock())
     try:
         return asyncio.run(agent.run())
@@ -191,6 +233,12 @@ def _positive_int(text: str) -> int:
     if n < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, not {n}")
     return n
+
+
+def cmd_reload(args: argparse.Namespace) -> int:
+    from detector.reload_cli import reload_main  # noqa: PLC0415
+
+    return reload_main(args)
 
 
 def cmd_test(args: argparse.Namespace) -> int:
@@ -219,6 +267,7 @@ def cmd_templates(args: argparse.Namespace) -> int:
 
 COMMANDS = {
     "run": cmd_run,
+    "reload": cmd_reload,
     "check": cmd_check,
     "test": cmd_test,
     "status": cmd_status,

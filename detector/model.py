@@ -48,7 +48,7 @@ class AgentConfig:
     heartbeat_every: timedelta = timedelta(minutes=1)
     fallback: tuple[str, ...] = ()  # webhooks for agent alerts (and delivery failures)
     source_grace: timedelta = timedelta(minutes=5)  # a source broken this long -> agent alert
-    log_format: Literal["text", "json"] = "text"
+    log_format: Literal["auto", "text", "json", "journal"] = "auto"  # see detector/logs.py
 
 
 @dataclass(frozen=True)

@@ -472,6 +472,7 @@ class Agent:
                 str(e),
             )
             self.notifier.ready(self._status_line())
+            await self._note_reload(str(e))
             return
         old = self.config
         changed = [
@@ -506,6 +507,19 @@ class Agent:
         log.info(
             "configuration reloaded: %d rules, %d sources", len(config.rules), len(config.sources)
         )
+        await self._note_reload(None)
+
+    async def _note_reload(self, error: str | None) -> None:
+        """The answer `detector reload` waits for: meta ``reload``, its seq one higher after every
+        attempt (read from the file, so it keeps growing across restarts)."""
+        at, path = self.clock.now().isoformat(), str(self.config_path)
+
+        def write(store: Store) -> None:
+            seq = int((store.get_meta("reload") or {}).get("seq", 0)) + 1
+            answer = {"seq": seq, "ok": error is None, "error": error, "at": at, "config": path}
+            store.set_meta({"reload": answer})
+
+        await self.db.run(write)
 
     async def _watch_config(self) -> None:
         """Reload when rules.yaml changes on disk (inode, mtime or size: editors that replace the

@@ -1,8 +1,8 @@
 """systemd/detector.service: verified by the real systemd-analyze, hardening exposure held down.
 
-``systemd-analyze verify`` checks that ExecStart's binary exists and is executable, so the tests
-verify a copy of the unit whose ExecStart points at an executable script in tmp_path (same
-arguments); everything else is the shipped file byte for byte.
+``systemd-analyze verify`` checks that every Exec*= binary exists and is executable, so the tests
+verify a copy of the unit whose ExecStartPre/ExecStart/ExecReload point at an executable script in
+tmp_path (same arguments); everything else is the shipped file byte for byte.
 """
 
 from __future__ import annotations
@@ -48,8 +48,10 @@ def testable_unit(tmp_path: Path) -> Path:
     exe.write_text("#!/bin/sh\nexit 0\n")
     exe.chmod(0o755)
     text = UNIT.read_text()
-    text, n = re.subn(r"^ExecStart=/usr/local/bin/detector ", f"ExecStart={exe} ", text, flags=re.M)
-    assert n == 1
+    text, n = re.subn(
+        r"^(Exec\w+)=/usr/local/bin/detector ", rf"\1={exe} ", text, flags=re.MULTILINE
+    )
+    assert n == 3
     unit = tmp_path / "detector.service"
     unit.write_text(text)
     return unit
@@ -102,7 +104,13 @@ def test_unit_is_a_notify_service_with_watchdog_restart_and_reload() -> None:
     assert service["WatchdogSec"][0]
     assert service["Restart"] == ["on-failure"]
     assert service["ExecStart"] == ["/usr/local/bin/detector run -c /etc/detector/rules.yaml"]
-    assert service["ExecReload"] == ["/bin/kill -HUP $MAINPID"]
+    # reload validates, signals and waits for the agent's answer (tests/test_reload.py)
+    assert service["ExecReload"] == [
+        "/usr/local/bin/detector reload -c /etc/detector/rules.yaml --pid $MAINPID"
+    ]
+    # a broken rules.yaml fails the start with its error, checked in the agent's environment
+    assert service["ExecStartPre"] == ["/usr/local/bin/detector check -c /etc/detector/rules.yaml"]
+    assert service["EnvironmentFile"] == ["-/etc/detector/detector.env"]
     assert service["StateDirectory"] == ["detector"]
     assert service["ConfigurationDirectory"] == ["detector"]
     assert service["StandardOutput"] == ["journal"]

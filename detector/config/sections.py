@@ -22,6 +22,7 @@ from yaml.nodes import Node, ScalarNode
 
 from detector.config.nodes import TAG_INT, NodeReader, did_you_mean
 from detector.delivery.template import validate as template_problem
+from detector.logs import LOG_FORMATS
 from detector.model import (
     SEVERITIES,
     WEBHOOK_FORMATS,
@@ -146,7 +147,7 @@ def read_agent(r: NodeReader, declared: Declared, node: Node | None) -> AgentCon
         if names is not None:
             kw["fallback"] = names
     if "log_format" in entries:
-        c = r.choice(entries["log_format"][1], f"{w}: log_format", ("text", "json"))
+        c = r.choice(entries["log_format"][1], f"{w}: log_format", LOG_FORMATS)
         if c is not None:
             kw["log_format"] = c
     return AgentConfig(state=state, host=host, **kw)
