@@ -144,12 +144,14 @@ class Agent:
         env: Mapping[str, str] | None = None,
         notifier: Notifier | None = None,
         catch_up_limit_s: float = CATCH_UP_LIMIT_S,
+        loop_lag_limit: timedelta = timedelta(seconds=5),
     ) -> None:
         self.config_path = Path(config_path)
         self.clock = clock
         self.env = env
         self.notifier = notifier or Notifier()
         self.catch_up_limit_s = catch_up_limit_s
+        self.loop_lag_limit = loop_lag_limit
         self.problems = Problems()
         self.health = Health(clock, problems=self.problems)
         self.monitor = SelfMonitor(
@@ -216,7 +218,9 @@ class Agent:
             async with asyncio.TaskGroup() as tg:
                 self.tg = tg
                 tg.create_task(watchdog_loop(self.notifier, self.clock, self.health.live))
-                tg.create_task(loop_lag_monitor(self.health), name="loop-lag")
+                tg.create_task(
+                    loop_lag_monitor(self.health, threshold=self.loop_lag_limit), name="loop-lag"
+                )
                 tg.create_task(self.monitor.run(self._poll), name="self-monitor")
                 if config.agent.listen:
                     await self._listen()
