@@ -141,6 +141,7 @@ class Agent:
         self,
         config_path: Path,
         clock: Clock,
+        *,
         env: Mapping[str, str] | None = None,
         notifier: Notifier | None = None,
         catch_up_limit_s: float = CATCH_UP_LIMIT_S,
