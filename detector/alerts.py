@@ -34,7 +34,6 @@ from detector.store.records import OutboxRow
 
 MAX_SAMPLES = 5
 MAX_SAMPLE_CHARS = 2000
-AGENT_RULE = "detector-agent"
 AGENT_REPEAT = timedelta(hours=4)
 RESOLVED_KEEP = timedelta(days=7)
 PRUNE_EVERY = timedelta(hours=1)
@@ -256,7 +255,7 @@ class AlertBook:
         if s.sample is not None and len(alert.samples) < MAX_SAMPLES:
             alert.samples.append(s.sample[:MAX_SAMPLE_CHARS])
         self._changed[fp] = alert
-        if opening:
+        if opening or s.renotify:
             self._notify(alert, "firing", now)
 
     def _resolve(self, rule: str, key: str, at: datetime, now: datetime, s: Signal | None) -> None:

@@ -25,6 +25,7 @@ from typing import Any, Literal
 
 from detector import __version__
 from detector.clock import Clock
+from detector.problems import Component, Problem, Problems
 from detector.sources.base import SourceProblem
 
 log = logging.getLogger(__name__)
@@ -144,32 +145,18 @@ _OUTBOX_AGE = MetricSpec(
 _ENTITY_SECTIONS = {"source": "sources", "rule": "rules", "webhook": "webhooks"}
 
 
-@dataclass(frozen=True)
-class Problem:
-    """A condition that makes the agent unhealthy until cleared. ``fatal`` ones also stop the
-    systemd watchdog pings (the agent cannot do its job and a restart may help)."""
-
-    key: str
-    component: str
-    message: str
-    since_at: datetime
-    fatal: bool = False
-
-    @property
-    def reason(self) -> str:
-        return f"{self.component}: {self.message}"
-
-
 class Health:
     """Counters, gauges and problems of one running agent. Not thread-safe: use it from the loop."""
 
-    def __init__(self, clock: Clock, version: str = __version__) -> None:
+    def __init__(
+        self, clock: Clock, version: str = __version__, problems: Problems | None = None
+    ) -> None:
         self._clock = clock
+        self.registry = problems if problems is not None else Problems()
         self._version = version
         self._started_at = clock.now()
         self._values: dict[MetricName, dict[tuple[str, ...], float]] = {m: {} for m in METRICS}
         self._outbox_oldest: dict[str, datetime | None] = {}
-        self._problems: dict[str, Problem] = {}
         self._sections: dict[str, Callable[[], Mapping[str, Any]]] = {}
 
     # ------------------------------------------------------------------ metrics
@@ -217,36 +204,39 @@ class Health:
 
     # ------------------------------------------------------------------ problems
 
-    def set_problem(self, key: str, component: str, message: str, *, fatal: bool = False) -> bool:
-        """Raise (or update) a problem. True if it is new, so the caller can log/alert once."""
-        old = self._problems.get(key)
-        since_at = old.since_at if old is not None else self._clock.now()
-        self._problems[key] = Problem(key, component, message, since_at, fatal)
-        return old is None
+    def set_problem(
+        self, key: str, component: Component, message: str, *, fatal: bool = False
+    ) -> bool:
+        """Raise (or update) a problem with no grace in the registry. True if it is new."""
+        new = self.registry.get(key) is None
+        self.registry.raise_(key, component, message, self._clock.now(), fatal=fatal)
+        return new
 
     def clear_problem(self, key: str) -> bool:
         """Clear a problem. True if there was one."""
-        return self._problems.pop(key, None) is not None
+        return self.registry.clear(key, self._clock.now())
 
     def apply_source_problem(self, problem: SourceProblem) -> bool:
         """Mirror a source's :class:`SourceProblem` (raise or clear). True if anything changed."""
         key = f"source/{problem.source}/{problem.key}"
         if not problem.active:
             return self.clear_problem(key)
-        old = self._problems.get(key)
-        self.set_problem(key, "source", f"{problem.source}: {problem.message}")
-        return old is None or old.message != self._problems[key].message
+        old = self.registry.get(key)
+        message = f"{problem.source}: {problem.message}"
+        self.set_problem(key, "source", message)
+        return old is None or old.message != message
 
     def problems(self) -> list[Problem]:
-        return sorted(self._problems.values(), key=lambda p: (p.since_at, p.key))
+        """The problems past their grace: what makes the agent unhealthy."""
+        return self.registry.reported()
 
     def healthy(self) -> bool:
-        """No problem at all: /healthz is 200 and the dead man's switch is pinged."""
-        return not self._problems
+        """No reported problem: /healthz is 200 and the dead man's switch is pinged."""
+        return not self.registry.reported()
 
     def live(self) -> bool:
         """No fatal problem: the systemd watchdog keeps being pinged."""
-        return not any(p.fatal for p in self._problems.values())
+        return not any(p.fatal for p in self.registry.reported())
 
     def reasons(self) -> list[str]:
         return [p.reason for p in self.problems()]
@@ -269,7 +259,7 @@ class Health:
                 }
                 _render_family(out, _OUTBOX_AGE, ages.items())
         by_component: dict[tuple[str, ...], float] = {}
-        for p in self._problems.values():
+        for p in self.problems():
             by_component[(p.component,)] = by_component.get((p.component,), 0.0) + 1
         extra = (
             (MetricSpec("detector_healthy", "gauge", "1 when no problem is active.", ()),

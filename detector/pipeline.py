@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any, overload
 
-from detector.alerts import AGENT_RULE, AlertBook
+from detector.alerts import AlertBook
 from detector.matching import (
     CONFIRM_BUDGET_S,
     MAX_OVERRUNS_PER_CALL,
@@ -31,6 +31,7 @@ from detector.matching import (
     PatternSpec,
 )
 from detector.model import Config, RuleConfig
+from detector.problems import agent_signal
 from detector.rules.base import Evaluator, Signal, When
 from detector.rules.registry import build_evaluator
 from detector.schedule import DeadlineHeap
@@ -327,12 +328,10 @@ class Pipeline:
                     )
                 self._undecided_at[rule] = now
                 signals.append(
-                    Signal(
-                        rule=AGENT_RULE,
-                        kind="agent",
-                        key=f"regex:{rule}",
-                        action="fire",
-                        at=now,
+                    agent_signal(
+                        f"regex:{rule}",
+                        "fire",
+                        now,
                         count=a.lines,
                         summary=(
                             f"rule {rule}: lines took over {CONFIRM_BUDGET_S * 1000:.0f} ms to "
@@ -368,12 +367,10 @@ class Pipeline:
         self.rule_errors[rule] += 1
         if self.rule_errors[rule] <= 3:
             log.exception("rule %s failed on %r; the event is skipped", rule, (text or "")[:200])
-        return Signal(
-            rule=AGENT_RULE,
-            kind="agent",
-            key=f"rule:{rule}",
-            action="fire",
-            at=at,
+        return agent_signal(
+            f"rule:{rule}",
+            "fire",
+            at,
             summary=f"rule {rule} failed: {type(error).__name__}: {error}"[:300],
             description="The event was skipped; details are in the agent's log.",
             sample=text,
@@ -395,12 +392,10 @@ class Pipeline:
             if last + REGEX_QUIET <= now:
                 del self._undecided_at[rule]
                 signals.append(
-                    Signal(
-                        rule=AGENT_RULE,
-                        kind="agent",
-                        key=f"regex:{rule}",
-                        action="resolve",
-                        at=now,
+                    agent_signal(
+                        f"regex:{rule}",
+                        "resolve",
+                        now,
                         summary=f"rule {rule}: every line decided in time for an hour",
                     )
                 )

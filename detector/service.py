@@ -15,8 +15,15 @@ Read top to bottom, this is the data flow of DESIGN.md §2:
 4. one delivery worker per webhook sends what the commits put in the outbox;
 5. around it: signals (SIGTERM/SIGINT stop, SIGHUP reloads), a config-file watcher, sd_notify
    (READY, STATUS, WATCHDOG, RELOADING, STOPPING), the health state behind the optional HTTP
-   listener and the dead man's switch, and self-monitoring that turns the agent's own problems
-   (unreadable source, failing webhook, refused reload, corrupt state) into agent alerts.
+   listener and the dead man's switch, and self-monitoring (``selfmon.py``): every problem of
+   the agent's own (unreadable source, failing webhook, dead letters, refused reload, state file
+   failing, listener down, an unclean previous stop) goes into one problem registry
+   (``problems.py``), which turns it into an agent alert once it has lasted its grace.
+
+The agent never exits on a problem it can outlive: a state file it cannot write (disk full,
+read-only) or a listen address in use leaves it running degraded — READY=1 is sent, /healthz is
+503, agent alerts go out straight from memory — and it retries until the problem is gone, so that
+systemd's start limit can never leave it dead and silent.
 
 Every mutation of the pipeline happens on the processor task (reloads and agent signals are handed
 to it), so commits are ordered and no lock is needed. Shutdown runs in reverse order of start-up.
@@ -26,12 +33,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import signal
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -39,20 +47,24 @@ from typing import Any
 import aiohttp
 
 from detector import __version__
-from detector.alerts import AGENT_RULE
+from detector.alerts import AlertBook
 from detector.clock import Clock
 from detector.config import ConfigError, load_config
+from detector.delivery import formats
+from detector.delivery.transport import post
 from detector.delivery.worker import DeliveryWorker
 from detector.health import Health, loop_lag_monitor
 from detector.http import heartbeat_loop, start_http
 from detector.model import FileSourceConfig, SourceConfig
 from detector.pipeline import Pipeline
+from detector.problems import AGENT_RULE, Problems
 from detector.rules.base import Signal, When
 from detector.sdnotify import Notifier, watchdog_loop
+from detector.selfmon import PreviousRun, SelfMonitor
 from detector.sources.base import Batch, Line, Source
 from detector.store import outbox
 from detector.store.db import AsyncStore, Store, StoreError
-from detector.store.records import Commit
+from detector.store.records import Commit, OutboxRow
 
 log = logging.getLogger("detector")
 
@@ -64,8 +76,10 @@ COALESCE_S = 0.25
 """...and no more once processing them took this long (physical time): the event loop, and with it
 the systemd watchdog ping, must not wait for eight slow batches (lines at the regex budget)."""
 ALIVE_EVERY_S = 15.0
-SELF_CHECK_EVERY_S = 2.0
 CONFIG_POLL_S = 1.0
+RETRY_S = 30.0
+"""A state file or listen address that failed is tried again this often."""
+DIRECT_TIMEOUT_S = 10.0
 CATCH_UP_RECHECK_S = 0.2
 CATCH_UP_LIMIT_S = 120.0
 OUTBOX_KEEP = timedelta(days=7)
@@ -88,6 +102,8 @@ def open_store(path: Path, now: datetime) -> tuple[Store, str | None]:
     read-only, disk full) are raised: moving a good file aside would lose state."""
     try:
         return Store(path), None
+    except OSError as e:
+        raise StoreError(f"cannot open state file {path}: {e}") from e
     except StoreError as e:
         text = str(e).lower()
         if "not a database" not in text and "malformed" not in text:
@@ -111,19 +127,11 @@ class _Running:
 
 
 @dataclass
-class _Problem:
-    since: datetime
-    message: str
-    alerted: bool = False
-
-
-@dataclass
 class AgentState:
     """What the agent knows about itself beyond the metrics (for /status and agent alerts)."""
 
     started_at: datetime
     caught_up: bool = False
-    problems: dict[str, _Problem] = field(default_factory=dict)
     batches: int = 0
     commits: int = 0
 
@@ -133,19 +141,34 @@ class Agent:
         self,
         config_path: Path,
         clock: Clock,
+        *,
         env: Mapping[str, str] | None = None,
         notifier: Notifier | None = None,
         catch_up_limit_s: float = CATCH_UP_LIMIT_S,
+        loop_lag_limit: timedelta = timedelta(seconds=5),
     ) -> None:
         self.config_path = Path(config_path)
         self.clock = clock
         self.env = env
         self.notifier = notifier or Notifier()
         self.catch_up_limit_s = catch_up_limit_s
-        self.health = Health(clock)
+        self.loop_lag_limit = loop_lag_limit
+        self.problems = Problems()
+        self.health = Health(clock, problems=self.problems)
+        self.monitor = SelfMonitor(
+            problems=self.problems,
+            health=self.health,
+            clock=clock,
+            notifier=self.notifier,
+            emit=self.raise_agent_signal,
+            status_line=self._status_line,
+        )
         self._stop = asyncio.Event()
         self._wake = asyncio.Event()
         self._reload_requested = False
+        self._reload_explicit = False
+        self.previous: PreviousRun | None = None
+        self._db: AsyncStore | None = None
         self._pending_signals: list[Signal] = []
         self.queue: asyncio.Queue[Batch] = asyncio.Queue(maxsize=QUEUE_BATCHES)
         self.sources: dict[str, _Running] = {}
@@ -153,14 +176,23 @@ class Agent:
         self.down_since: datetime | None = None
         self._delivery_seen: dict[tuple[str, str], int] = {}
 
+    @property
+    def db(self) -> AsyncStore:
+        """The state file (open once ``_open_state`` succeeded; nothing runs before that)."""
+        assert self._db is not None, "the state file is not open"
+        return self._db
+
     # ---------------------------------------------------------------- public controls
 
     def request_stop(self) -> None:
         self._stop.set()
         self._wake.set()
 
-    def request_reload(self) -> None:
+    def request_reload(self, explicit: bool = True) -> None:
+        """Reload rules.yaml. ``explicit``: asked for (SIGHUP, ``systemctl reload``), so a refusal
+        is reported at once; the file watcher's reloads get a grace period."""
         self._reload_requested = True
+        self._reload_explicit = self._reload_explicit or explicit
         self._wake.set()
 
     def raise_agent_signal(self, s: Signal) -> None:
@@ -168,45 +200,102 @@ class Agent:
         self._pending_signals.append(s)
         self._wake.set()
 
-    def _agent_signal(
-        self, key: str, fire: bool, summary: str = "", description: str = "", **kw: Any
-    ) -> None:
-        self.raise_agent_signal(
-            Signal(
-                rule=AGENT_RULE,
-                kind="agent",
-                key=key,
-                action="fire" if fire else "resolve",
-                at=self.clock.now(),
-                summary=summary,
-                description=description,
-                **kw,
-            )
-        )
-
     # ---------------------------------------------------------------- start-up
 
     async def run(self) -> int:
         config = await asyncio.to_thread(load_config, self.config_path, self.env)
         self.config = config
+        self.monitor.config = config
         now = self.clock.now()
         self.state = AgentState(started_at=now)
         self._started_loop_time = asyncio.get_running_loop().time()
-        store, corrupt = await asyncio.to_thread(open_store, config.agent.state, now)
-        self.db = AsyncStore(store)
-        last_alive = await self.db.run(lambda s: s.get_meta("last_alive_at"))
+        previous_handlers = _handle_signals(
+            asyncio.get_running_loop(), stop=self.request_stop, reload=self.request_reload
+        )
+        self.health.add_status_section("agent", self._status_section)
+        self._runner: Any = None
+        self.session = aiohttp.ClientSession()
+        try:
+            async with asyncio.TaskGroup() as tg:
+                self.tg = tg
+                tg.create_task(watchdog_loop(self.notifier, self.clock, self.health.live))
+                tg.create_task(
+                    loop_lag_monitor(self.health, threshold=self.loop_lag_limit), name="loop-lag"
+                )
+                tg.create_task(self.monitor.run(self._poll), name="self-monitor")
+                if config.agent.listen:
+                    await self._listen()
+                if not await self._open_state():
+                    raise _Stop
+                await self._start(tg)
+                await self._stop.wait()
+                raise _Stop
+        except* _Stop:
+            pass
+        finally:
+            self.notifier.stopping()
+            await self._shutdown()
+            for sig, handler in previous_handlers.items():
+                if handler is not None:  # None: installed outside Python, nothing to put back
+                    signal.signal(sig, handler)
+        log.info("detector stopped")
+        return 0
+
+    async def _open_state(self) -> bool:
+        """Open the state file and prove it takes a write, before READY=1. If it cannot (disk
+        full, read-only, a directory in the way), stay up degraded: tell systemd we are running
+        (with the reason in STATUS=), report the problem straight from memory, and try again
+        every RETRY_S. False if asked to stop meanwhile."""
+        config = self.config
+        book: AlertBook | None = None
+        while True:
+            now = self.clock.now()
+            try:
+                store, corrupt = await asyncio.to_thread(open_store, config.agent.state, now)
+                prior = await asyncio.to_thread(_begin_run, store, now)
+                break
+            except StoreError as e:
+                log.error("%s", e)
+                self.monitor.state_failed(str(e))
+                if book is None:
+                    book = AlertBook(config.agent.host, {}, config.webhooks, config.agent.fallback)
+                    self.notifier.ready(self._status_line())
+                await self._send_from_memory(book, self.monitor.flush())
+                if not await self._pause(RETRY_S):
+                    return False
+        self._db = AsyncStore(store)
+        if book is not None:  # resolve the alert sent from memory the same way
+            self.monitor.state_ok()
+            await self._send_from_memory(book, self.monitor.flush())
+        self.previous = prior
+        self._corrupt = corrupt
+        return True
+
+    async def _start(self, tg: asyncio.TaskGroup) -> None:
+        config = self.config
+        now = self.clock.now()
         alert_rows = await self.db.run(lambda s: s.load_alerts())
         states = await self.db.run(_all_rule_state)
         self.pipeline = Pipeline(config, now, lambda r: states.get(r, {}), alert_rows)
         await asyncio.to_thread(self.pipeline.warm)
         await self._commit(self.pipeline.apply_signals([], now))  # initial schedules
-        if corrupt:
-            log.error("%s", corrupt)
-            self._agent_signal("state", True, "state file was corrupt and was rebuilt", corrupt)
-        if last_alive is not None:
-            self.down_since = datetime.fromisoformat(last_alive)
+        self.problems.adopt(
+            [
+                a.key
+                for a in self.pipeline.alerts.firing()
+                if a.rule == AGENT_RULE and not a.key.startswith(("regex:", "rule:"))
+            ],
+            now,
+        )
+        if self._corrupt:
+            self.problems.raise_(
+                "state-rebuilt", "state", "state file was corrupt and was rebuilt", now,
+                description=self._corrupt, expires_after=timedelta(hours=1),
+            )  # fmt: skip
+        if self.previous is not None and self.previous.last_alive_at is not None:
+            self.down_since = self.previous.last_alive_at
             self.pipeline.note_downtime(self.down_since, now)
-            log.info("agent was down since %s; catching up before deadlines run", last_alive)
+            log.info("agent was down since %s; catching up before deadlines run", self.down_since)
         log.info(
             "detector %s starting: %d sources, %d rules, %d webhooks, state %s",
             __version__,
@@ -215,55 +304,83 @@ class Agent:
             len(config.webhooks),
             config.agent.state,
         )
-        previous_handlers = _handle_signals(
-            asyncio.get_running_loop(), stop=self.request_stop, reload=self.request_reload
-        )
-        self.health.add_status_section("agent", self._status_section)
-        runner = None
-        self.session = aiohttp.ClientSession()
+        for webhook in config.webhooks:
+            self._start_worker(webhook)
+        for name, cfg in config.sources.items():
+            await self._start_source(name, cfg)
+        tg.create_task(self._processor(), name="processor")
+        tg.create_task(self._alive_loop(), name="alive")
+        tg.create_task(self._watch_config(), name="config-watch")
+        if config.agent.heartbeat:
+            tg.create_task(
+                heartbeat_loop(
+                    config.agent.heartbeat,
+                    config.agent.heartbeat_every,
+                    self.health,
+                    self.clock,
+                    self.session,
+                ),
+                name="heartbeat",
+            )
+        self.notifier.ready(self._status_line())
+        log.info("ready")
+
+    async def _listen(self) -> None:
+        """Start the HTTP listener; an address in use (or any bind error) is a problem, not a
+        crash: retried every RETRY_S in the background."""
+        listen = self.config.agent.listen
+        assert listen is not None
         try:
-            if config.agent.listen:
-                runner = await start_http(
-                    self.health, config.agent.listen, config.agent.listen_token
-                )
-                log.info("HTTP listener on %s (/healthz /metrics /status)", config.agent.listen)
-            async with asyncio.TaskGroup() as tg:
-                self.tg = tg
-                for webhook in config.webhooks:
-                    self._start_worker(webhook)
-                for name, cfg in config.sources.items():
-                    await self._start_source(name, cfg)
-                tg.create_task(self._processor(), name="processor")
-                tg.create_task(self._alive_loop(), name="alive")
-                tg.create_task(self._watch_config(), name="config-watch")
-                tg.create_task(self._self_check_loop(), name="self-check")
-                tg.create_task(watchdog_loop(self.notifier, self.clock, self.health.live))
-                tg.create_task(loop_lag_monitor(self.health), name="loop-lag")
-                if config.agent.heartbeat:
-                    tg.create_task(
-                        heartbeat_loop(
-                            config.agent.heartbeat,
-                            config.agent.heartbeat_every,
-                            self.health,
-                            self.clock,
-                            self.session,
-                        ),
-                        name="heartbeat",
+            self._runner = await start_http(self.health, listen, self.config.agent.listen_token)
+        except OSError as e:
+            reason = e.strerror or str(e)
+            log.error("cannot listen on %s: %s", listen, reason)
+            self.monitor.listener_failed(listen, reason)
+            self.tg.create_task(self._listen_later(), name="listen-retry")
+            return
+        self.monitor.listener_ok()
+        log.info("HTTP listener on %s (/healthz /metrics /status)", listen)
+
+    async def _listen_later(self) -> None:
+        if await self._pause(RETRY_S):
+            await self._listen()
+
+    async def _pause(self, seconds: float) -> bool:
+        """Wait ``seconds`` on the agent's clock; False if a stop was asked for meanwhile."""
+        stop = asyncio.ensure_future(self._stop.wait())
+        timer = asyncio.ensure_future(
+            self.clock.sleep_until(self.clock.now() + timedelta(seconds=seconds))
+        )
+        await asyncio.wait({stop, timer}, return_when=asyncio.FIRST_COMPLETED)
+        for fut in (stop, timer):
+            fut.cancel()
+        return not self._stop.is_set()
+
+    async def _send_from_memory(self, book: AlertBook, signals: list[Signal]) -> Commit:
+        """Deliver agent alerts without the outbox (the state file is failing): apply them to
+        ``book``, render and POST each notification once, now. Returns what is left to commit:
+        the changed alerts and the rows that did not get through."""
+        book.apply(signals, self.clock.now())
+        alerts, rows = book.take()
+        failed: list[OutboxRow] = []
+        for row in rows:
+            webhook = self.config.webhooks.get(row.webhook)
+            if webhook is None:
+                continue
+            now = self.clock.now()
+            try:
+                request = formats.render(row.payload, webhook, attempt=1, now=now)
+                async with asyncio.timeout(DIRECT_TIMEOUT_S):
+                    outcome = await post(
+                        self.session, webhook, request, event_id=row.event_id, now=now
                     )
-                self.notifier.ready(self._status_line())
-                log.info("ready")
-                await self._stop.wait()
-                raise _Stop
-        except* _Stop:
-            pass
-        finally:
-            self.notifier.stopping()
-            await self._shutdown(runner)
-            for sig, handler in previous_handlers.items():
-                if handler is not None:  # None: installed outside Python, nothing to put back
-                    signal.signal(sig, handler)
-        log.info("detector stopped")
-        return 0
+                ok = outcome.ok
+            except Exception as e:  # any failure: the row waits for the outbox
+                log.warning("agent alert to %s not sent from memory: %s", row.webhook, e)
+                ok = False
+            if not ok:
+                failed.append(row)
+        return Commit(alerts=alerts, outbox=failed)
 
     async def _start_source(self, name: str, cfg: SourceConfig) -> None:
         checkpoints = await self.db.run(lambda s: s.load_checkpoints(name))
@@ -290,7 +407,7 @@ class Agent:
             self.clock,
             host=self.config.agent.host,
             session=self.session,
-            on_path_health=self._on_path_health,
+            on_path_health=self.monitor.path_health,
         )
         task = self.tg.create_task(worker.run(), name=f"delivery:{name}")
         self.workers[name] = (worker, task)
@@ -302,21 +419,23 @@ class Agent:
             await task
         await worker.aclose()
 
-    async def _shutdown(self, runner: Any) -> None:
-        """Reverse order of start-up: sources, workers, listener, HTTP session, state file."""
-        last_status = self._snapshot()  # while the sources are still there to describe
+    async def _shutdown(self) -> None:
+        """Reverse order of start-up: sources, workers, listener, HTTP session, state file (a
+        clean stop is marked there: the next start knows this one was not a crash)."""
+        last_status = self._snapshot() if hasattr(self, "pipeline") else None
         for name in list(self.sources):
             with contextlib.suppress(Exception):
                 await self._stop_source(name)
         for name in list(self.workers):
             with contextlib.suppress(Exception):
                 await self._stop_worker(name)
-        if runner is not None:
-            await runner.cleanup()
+        if self._runner is not None:
+            await self._runner.cleanup()
         await self.session.close()
-        with contextlib.suppress(Exception):
-            await self._mark_alive(last_status)
-        self.db.close()
+        if self._db is not None:
+            with contextlib.suppress(Exception):
+                await self._mark_alive(last_status, stopped=True)
+            self._db.close()
 
     # ---------------------------------------------------------------- the processor
 
@@ -333,6 +452,10 @@ class Agent:
         if not self.queue.empty():
             return False
         self.state.caught_up = True
+        if self.previous is not None and self.previous.unclean:
+            text = self.previous.describe(self.clock.now(), sum(self.pipeline.lines_read.values()))
+            log.error("%s", text)
+            self.monitor.unclean_restart(text)
         if behind:
             log.warning(
                 "deadlines are live although %s did not catch up within %.0f s",
@@ -353,9 +476,10 @@ class Agent:
                         await getter
                     getter = None
                 self._reload_requested = False
-                await self._reload()
+                explicit, self._reload_explicit = self._reload_explicit, False
+                await self._reload(explicit)
             if self._pending_signals:
-                signals, self._pending_signals = self._pending_signals, []
+                signals = self._take_signals()
                 await self._commit(self.pipeline.apply_signals(signals, self.clock.now()))
             caught_up = self._all_caught_up()
             deadline = self.pipeline.next_deadline() if caught_up else None
@@ -382,6 +506,10 @@ class Agent:
                 await self._handle_batches(batch, COALESCE_BATCHES)
         if getter is not None:
             getter.cancel()
+
+    def _take_signals(self) -> list[Signal]:
+        signals, self._pending_signals = self._pending_signals, []
+        return signals
 
     def _when_for(self, now: datetime) -> Callable[[Line], When]:
         catching_up = not self.state.caught_up and self.down_since is not None
@@ -430,17 +558,34 @@ class Agent:
                 h.inc("lines_matched", n - matched_before.get(rule, 0), rule=rule)
 
     async def _commit(self, commit: Commit) -> None:
+        """Write ``commit`` in one transaction. If the state file fails (disk full, read-only),
+        the agent does not exit: it reports the problem with alerts sent straight from memory,
+        holds the commit (read positions included: nothing read is lost) and retries it every
+        RETRY_S; meanwhile the bounded queue stops the sources. A stop while it waits drops the
+        commit: what it held is read again at the next start."""
         if commit.empty():
             return
-        now = self.clock.now()
-        commit.meta["last_alive_at"] = now.isoformat()
-        try:
-            await self.db.run(lambda s: s.commit(commit, now))
-        except StoreError as e:
-            # Fatal for the watchdog: systemd restarts the agent; the batch is re-read then.
-            self.health.set_problem("state", "state", str(e), fatal=True)
-            log.error("cannot commit to the state file: %s", e)
-            raise
+        db = self.db
+        failing = False
+        while True:
+            now = self.clock.now()
+            commit.meta["last_alive_at"] = now.isoformat()
+            try:
+                await db.run(functools.partial(Store.commit, c=commit, now=now))
+                break
+            except StoreError as e:
+                if not failing:
+                    log.error(
+                        "cannot commit to the state file (retrying every %gs): %s", RETRY_S, e
+                    )
+                failing = True
+                self.monitor.state_failed(str(e))
+                signals = self.monitor.flush() + self._take_signals()
+                commit.absorb(await self._send_from_memory(self.pipeline.alerts, signals))
+                if not await self._pause(RETRY_S):
+                    return
+        if failing:
+            self.monitor.state_ok()
         self.state.commits += 1
         woken: set[str] = set()
         seen_events: set[str] = set()
@@ -457,20 +602,14 @@ class Agent:
 
     # ---------------------------------------------------------------- reload
 
-    async def _reload(self) -> None:
+    async def _reload(self, explicit: bool = True) -> None:
         self.notifier.reloading()
         try:
             config = await asyncio.to_thread(load_config, self.config_path, self.env)
         except (ConfigError, OSError) as e:
             log.error("reload refused, the running configuration stays in force:\n%s", e)
             self.health.inc("config_reloads", result="refused")
-            self.health.set_problem("config", "config", f"reload refused: {e}".splitlines()[0])
-            self._agent_signal(
-                "config",
-                True,
-                f"configuration reload refused: {self.config_path} is invalid",
-                str(e),
-            )
+            self.monitor.config_refused(str(self.config_path), str(e), explicit=explicit)
             self.notifier.ready(self._status_line())
             await self._note_reload(str(e))
             return
@@ -486,14 +625,10 @@ class Agent:
         states = await self.db.run(_all_rule_state)
         commit = self.pipeline.reconfigure(config, now, lambda r: states.get(r, {}))
         await asyncio.to_thread(self.pipeline.warm)
-        resolved = self.pipeline.apply_signals(
-            [Signal(rule=AGENT_RULE, kind="agent", key="config", action="resolve", at=now)], now
-        )
-        commit.alerts.update(resolved.alerts)
-        commit.outbox.extend(resolved.outbox)
         await self._commit(commit)
         self.config = config
-        self.health.clear_problem("config")
+        self.monitor.config = config
+        self.monitor.config_ok()
         self.health.inc("config_reloads", result="ok")
         for name in [n for n in self.workers if old.webhooks.get(n) != config.webhooks.get(n)]:
             await self._stop_worker(name)
@@ -533,13 +668,17 @@ class Agent:
             return (st.st_ino, st.st_mtime_ns, st.st_size)
 
         last = await asyncio.to_thread(stamp)
+        seen = last
         while True:
             await asyncio.sleep(CONFIG_POLL_S)
             now_stamp = await asyncio.to_thread(stamp)
-            if now_stamp is not None and now_stamp != last:
+            # Debounced: reload once the file has stopped changing for one poll (an editor
+            # writing in several steps), and a refusal is only reported after CONFIG_GRACE.
+            if now_stamp is not None and now_stamp != last and now_stamp == seen:
                 last = now_stamp
                 log.info("%s changed on disk; reloading", self.config_path)
-                self.request_reload()
+                self.request_reload(explicit=False)
+            seen = now_stamp
 
     # ---------------------------------------------------------------- self-monitoring
 
@@ -554,82 +693,39 @@ class Agent:
                 last_prune = now
                 await self.db.run(_pruner(now - OUTBOX_KEEP))
 
-    async def _mark_alive(self, status: dict[str, Any] | None = None) -> None:
-        meta = {
-            "last_alive_at": self.clock.now().isoformat(),
+    async def _mark_alive(
+        self, status: dict[str, Any] | None = None, stopped: bool = False
+    ) -> None:
+        now = self.clock.now()
+        meta: dict[str, Any] = {
+            "last_alive_at": now.isoformat(),
             "agent_status": status or self._snapshot(),
         }
+        if stopped:
+            meta["agent_run"] = {
+                "started_at": self.state.started_at.isoformat(),
+                "pid": os.getpid(),
+                "stopped_at": now.isoformat(),
+            }
+        await self.db.run(lambda store: store.set_meta(meta))
 
-        def write(store: Store) -> None:
-            store.set_meta(meta)
-
-        await self.db.run(write)
-
-    async def _self_check_loop(self) -> None:
-        while True:
-            await asyncio.sleep(SELF_CHECK_EVERY_S)
-            self._check_sources()
-            for name, (worker, _task) in self.workers.items():
-                st = worker.stats()
-                self.health.set_outbox(name, st.queue_depth, st.oldest_pending_at)
-                for metric, value in (
-                    ("delivery_attempts", st.attempts),
-                    ("delivery_failures", st.failures),
-                    ("dead_letters", st.dead),
-                ):
-                    before = self._delivery_seen.get((name, metric), 0)
-                    delta = value - before if value >= before else value  # worker restarted
-                    self._delivery_seen[(name, metric)] = value
-                    if delta:
-                        self.health.inc(metric, delta, webhook=name)  # type: ignore[arg-type]
-
-    def _check_sources(self) -> None:
-        """Source problems: logged at once, on /healthz at once, alerted after ``source_grace``."""
-        now = self.clock.now()
-        grace = self.config.agent.source_grace
-        seen: set[str] = set()
-        for name, running in self.sources.items():
-            for p in running.source.problems():
-                self.health.apply_source_problem(p)
-                if not p.active:
-                    continue
-                key = f"source:{name}:{p.key}"
-                seen.add(key)
-                known = self.state.problems.get(key)
-                if known is None:
-                    log.error("source %s: %s", name, p.message)
-                    known = self.state.problems[key] = _Problem(now, p.message)
-                if not known.alerted and now - known.since >= grace:
-                    known.alerted = True
-                    self._agent_signal(key, True, f"source {name}: {p.message}", source=name)
-        for key in [k for k in self.state.problems if k.startswith("source:") and k not in seen]:
-            gone = self.state.problems.pop(key)
-            log.info("%s: recovered (%s)", key, gone.message)
-            _, name, pkey = key.split(":", 2)
-            self.health.clear_problem(f"source/{name}/{pkey}")
-            if gone.alerted:
-                self._agent_signal(key, False, f"{key}: recovered")
-
-    def _on_path_health(self, webhook: str, failing: bool, reason: str) -> None:
-        key = f"delivery:{webhook}"
-        cfg = self.config.webhooks.get(webhook)
-        fallback = tuple(cfg.fallback if cfg and cfg.fallback else self.config.agent.fallback)
-        notify = tuple(w for w in fallback if w != webhook)
-        if failing:
-            log.error("delivery to %s failing: %s", webhook, reason)
-            self.health.set_problem(key, "delivery", f"delivery to {webhook} failing: {reason}")
-        else:
-            log.info("delivery to %s recovered", webhook)
-            self.health.clear_problem(key)
-        if notify:
-            self._agent_signal(
-                key,
-                failing,
-                f"delivery to {webhook} failing: {reason}"
-                if failing
-                else f"delivery to {webhook} recovered",
-                notify=notify,
-            )
+    def _poll(self) -> None:
+        """Every few seconds (self-monitor task): the sources' problems, the outbox gauges and
+        the delivery counters."""
+        self.monitor.sources({n: r.source.problems() for n, r in self.sources.items()})
+        for name, (worker, _task) in self.workers.items():
+            st = worker.stats()
+            self.health.set_outbox(name, st.queue_depth, st.oldest_pending_at)
+            for metric, value in (
+                ("delivery_attempts", st.attempts),
+                ("delivery_failures", st.failures),
+                ("dead_letters", st.dead),
+            ):
+                before = self._delivery_seen.get((name, metric), 0)
+                delta = value - before if value >= before else value  # worker restarted
+                self._delivery_seen[(name, metric)] = value
+                if delta:
+                    self.health.inc(metric, delta, webhook=name)  # type: ignore[arg-type]
 
     def _snapshot(self) -> dict[str, Any]:
         """What `detector status` shows beyond the stored state: read positions and sizes, the
@@ -650,12 +746,17 @@ class Agent:
         }
 
     def _status_line(self) -> str:
+        """systemd's STATUS= text: the counts, and the first problem if there is one."""
         firing = len(self.pipeline.alerts.firing()) if hasattr(self, "pipeline") else 0
-        problems = len(self.health.problems())
-        return (
+        problems = self.health.problems()
+        line = (
             f"{len(self.sources)} sources, {len(self.config.rules)} rules, {firing} firing, "
-            f"{problems} problems"
+            f"{len(problems)} problems"
         )
+        if problems:
+            more = f" (+{len(problems) - 1} more)" if len(problems) > 1 else ""
+            line = f"degraded: {problems[0].reason}{more}; {line}"
+        return line
 
     def _status_section(self) -> Mapping[str, Any]:
         return {
@@ -698,6 +799,16 @@ def _iso_or_none(at: datetime | None) -> str | None:
 
 def _pruner(before: datetime) -> Callable[[Store], int]:
     return lambda store: outbox.prune(store, before)
+
+
+def _begin_run(store: Store, now: datetime) -> PreviousRun:
+    """Read how the last run ended, and mark this one as running (the first write, so a state
+    file that cannot take one is found before READY=1)."""
+    prior = PreviousRun.from_meta(
+        store.get_meta("agent_run"), store.get_meta("last_alive_at"), store.get_meta("systemd_stop")
+    )
+    store.set_meta({"agent_run": {"started_at": now.isoformat(), "pid": os.getpid()}})
+    return prior
 
 
 def _all_rule_state(store: Store) -> dict[str, dict[str, Any]]:

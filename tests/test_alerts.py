@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import fields
 from datetime import timedelta
 
-from detector.alerts import AGENT_RULE, Alert, AlertBook, fingerprint
+from detector.alerts import Alert, AlertBook, fingerprint
+from detector.problems import AGENT_RULE
 from detector.rules.base import Signal
 from tests.helpers import at, rule
 

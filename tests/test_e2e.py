@@ -31,6 +31,10 @@ def alerts_of(rx: Receiver) -> list[dict[str, Any]]:
     return out
 
 
+def job_alerts(rx: Receiver) -> list[dict[str, Any]]:
+    return [a for a in alerts_of(rx) if a["labels"]["rule"] == "job-failed"]
+
+
 RULES = """\
 sources:
   app: {{file: "{log}"}}
@@ -117,13 +121,16 @@ async def test_sigkill_mid_stream_loses_no_alert_and_duplicates_only_share_an_ev
             for i in range(200, total):
                 append(log, f"job={i} failed")
             async with asyncio.timeout(30):
-                while len({a["labels"]["job"] for a in alerts_of(rx)}) < total:
+                while len({a["labels"]["job"] for a in job_alerts(rx)}) < total:
                     await asyncio.sleep(0.2)
             await asyncio.sleep(1.0)
         finally:
             await agent.terminate()
+    # the kill itself is told: the restarted agent reports its unclean stop
+    [restart] = [a for a in alerts_of(rx) if a["labels"]["rule"] == "detector-agent"]
+    assert "restarted after an unclean stop" in restart["annotations"]["summary"]
     ids: dict[str, set[str]] = defaultdict(set)
-    for a in alerts_of(rx):
+    for a in job_alerts(rx):
         ids[a["labels"]["job"]].add(a["x"]["event_id"])
     assert sorted(ids, key=int) == [str(i) for i in range(total)]
     doubled = {job: ev for job, ev in ids.items() if len(ev) != 1}
@@ -147,12 +154,12 @@ async def test_alerts_raised_while_the_receiver_is_down_arrive_once_it_is_up_eve
         await asyncio.sleep(1.0)
         async with Receiver(port=port) as rx:
             async with asyncio.timeout(40):
-                while len({a["labels"]["job"] for a in alerts_of(rx)}) < 3:
+                while len({a["labels"]["job"] for a in job_alerts(rx)}) < 3:
                     await asyncio.sleep(0.2)
-            jobs = sorted(a["labels"]["job"] for a in alerts_of(rx))
+            jobs = sorted(a["labels"]["job"] for a in job_alerts(rx))
             assert jobs[:3] == ["1", "2", "3"]
             per_job = defaultdict(set)
-            for a in alerts_of(rx):
+            for a in job_alerts(rx):
                 per_job[a["labels"]["job"]].add(a["x"]["event_id"])
             assert all(len(v) == 1 for v in per_job.values())
     finally:
@@ -235,8 +242,11 @@ async def test_sigkill_during_a_window_then_restart_after_it_closed(tmp_path: Pa
             await asyncio.sleep(1.5)
         finally:
             await agent.terminate()
-    alerts = alerts_of(rx)
+    alerts = [a for a in alerts_of(rx) if a["labels"]["rule"] != "detector-agent"]
     assert [x["labels"]["rule"] for x in alerts] == ["backup-b"]
+    # and the SIGKILL itself was told
+    [restart] = [a for a in alerts_of(rx) if a["labels"]["rule"] == "detector-agent"]
+    assert "restarted after an unclean stop" in restart["annotations"]["summary"]
     text = " ".join(alerts[0]["annotations"].values()).lower()
     assert "down" in text
 

@@ -179,12 +179,17 @@ async def test_an_unreadable_source_becomes_an_agent_alert_after_its_grace(tmp_p
         )
 
         async def body(agent: Agent) -> None:
-            await asyncio.sleep(2.5)  # one self-check round: a problem, but within its grace
-            assert agent.health.healthy() is False
+            async with asyncio.timeout(10):  # the self-monitor's first look at the sources
+                while not agent.problems.pending():
+                    await asyncio.sleep(0.05)
+            # known, logged as a warning, but within its grace: nobody paged, /healthz still ok
+            assert "dir-not-file" in agent.problems.pending()[0].message
+            assert agent.health.healthy() is True
             assert rx.received == []
-            assert "dir-not-file" in " ".join(agent.health.reasons())
             clock.advance(timedelta(minutes=2))
             await rx.wait_for(1, within=6)
+            assert agent.health.healthy() is False
+            assert "dir-not-file" in " ".join(agent.health.reasons())
 
         await run_agent(cfg, clock, body)
         alert = alerts_of(rx)[0]
@@ -286,7 +291,7 @@ async def test_the_dead_mans_switch_stops_while_a_source_is_broken_and_resumes_a
             tmp_path,
             RELOAD_RULES.format(log=log),
             rx.url + "/hook",
-            extra_agent=f"heartbeat: {hb.url}/ping\nheartbeat_every: 1m\n",
+            extra_agent=f"heartbeat: {hb.url}/ping\nheartbeat_every: 1m\nsource_grace: 20s\n",
         )
 
         async def minute() -> None:

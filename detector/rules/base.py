@@ -69,6 +69,9 @@ class Signal:
     notify: tuple[str, ...] = ()
     """Webhooks to notify instead of the rule's own (agent alerts about one webhook's failing
     path go to that webhook's ``fallback``)."""
+    renotify: bool = False
+    """``fire`` on an open alert notifies again: a new occurrence of the same problem (a second
+    cursor gap, another crash), not the same one still going on (agent problems only)."""
 
 
 class Evaluator(Protocol):

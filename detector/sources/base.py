@@ -82,6 +82,9 @@ class SourceProblem:
     key: str
     message: str
     active: bool = True
+    occurrence: int = 0
+    """Raised by the source each time the problem happens anew (a second cursor gap, another
+    crash of journalctl): the agent notifies again instead of only counting."""
 
 
 class Source(Protocol):

@@ -90,7 +90,12 @@ class Store:
     def __init__(self, path: Path | str) -> None:
         self.path = Path(path)
         if str(self.path) != ":memory:":
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise StoreError(
+                    f"cannot create the state directory {self.path.parent}: {e}"
+                ) from e
         try:
             conn = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None)
             conn.execute("PRAGMA journal_mode=WAL")
@@ -214,11 +219,15 @@ class Store:
             ex("INSERT OR REPLACE INTO meta(key, value) VALUES(?,?)", (key, json.dumps(value)))
 
     def set_meta(self, items: Mapping[str, Any]) -> None:
-        with self._tx():
-            for key, value in items.items():
-                self.conn.execute(
-                    "INSERT OR REPLACE INTO meta(key, value) VALUES(?,?)", (key, json.dumps(value))
-                )
+        try:
+            with self._tx():
+                for key, value in items.items():
+                    self.conn.execute(
+                        "INSERT OR REPLACE INTO meta(key, value) VALUES(?,?)",
+                        (key, json.dumps(value)),
+                    )
+        except sqlite3.DatabaseError as e:
+            raise StoreError(f"cannot write state file {self.path}: {e}") from e
 
     def snapshot(self) -> dict[str, Any]:
         """Everything ``detector status`` shows, read in one go."""

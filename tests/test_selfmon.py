@@ -1,0 +1,336 @@
+"""Never silent, for real: the agent in-process (real files, SQLite, receivers on 127.0.0.1 and a
+NOTIFY_SOCKET), only the clock fake. Every way an alert could fail to reach a person reaches one:
+a failing webhook beside a healthy one, a state file that cannot be written (at start and while
+running), a listen address in use, a stalled loop, a half-saved rules.yaml."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+import subprocess
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from detector.clock import FakeClock
+from detector.sdnotify import Notifier
+from detector.service import Agent
+from tests.agent_proc import config_in, free_port, write_config
+from tests.receiver import Receiver
+
+T0 = datetime(2026, 6, 9, 12, 0, tzinfo=UTC)
+
+RULES = """\
+sources:
+  app: {{file: "{log}"}}
+rules:
+  - name: errors
+    source: app
+    match: 'ERROR (?P<n>\\d+)'
+    group_by: [n]
+    repeat: never
+"""
+
+
+@contextlib.asynccontextmanager
+async def running(cfg: Path, clock: FakeClock, **kw: Any) -> AsyncIterator[Agent]:
+    agent = Agent(cfg, clock, **kw)
+    task = asyncio.create_task(agent.run())
+    try:
+        yield agent
+    finally:
+        agent.request_stop()
+        async with asyncio.timeout(20):
+            assert await task == 0
+
+
+async def until(
+    cond: Callable[[], bool],
+    clock: FakeClock | None = None,
+    step: timedelta = timedelta(seconds=5),
+    within: float = 15,
+    what: str = "condition",
+) -> None:
+    """Wait for ``cond``; with ``clock``, move it on by ``step`` between looks."""
+    try:
+        async with asyncio.timeout(within):
+            while not cond():
+                if clock is not None:
+                    clock.advance(step)
+                await asyncio.sleep(0.05)
+    except TimeoutError:
+        raise AssertionError(f"timed out waiting for {what}") from None
+
+
+def agent_alerts(rx: Receiver) -> list[dict[str, Any]]:
+    return [a for b in rx.bodies() for a in b["alerts"] if a["labels"]["rule"] == "detector-agent"]
+
+
+def summaries(rx: Receiver) -> list[tuple[str, str]]:
+    return [(a["status"], a["annotations"]["summary"]) for a in agent_alerts(rx)]
+
+
+def rule_alerts(rx: Receiver) -> list[dict[str, Any]]:
+    return [a for b in rx.bodies() for a in b["alerts"] if a["labels"]["rule"] == "errors"]
+
+
+async def test_a_failing_webhook_is_told_to_the_healthy_one_when_no_fallback_is_set(
+    tmp_path: Path,
+) -> None:
+    log = tmp_path / "app.log"
+    log.touch()
+    pager_port = free_port()
+    clock = FakeClock(T0)
+    async with Receiver() as chat:
+        cfg = tmp_path / "rules.yaml"
+        cfg.write_text(
+            f"version: 1\nagent: {{state: {tmp_path / 'state.db'}, host: t}}\n"
+            "webhooks:\n"
+            f"  pager: {{url: 'http://127.0.0.1:{pager_port}/in', fail_after: 2}}\n"
+            f"  chat: {{url: '{chat.url}/chat'}}\n"
+            + RULES.format(log=log).replace("repeat: never", "repeat: never\n    notify: [pager]")
+        )
+        async with running(cfg, clock) as agent:
+            await until(lambda: hasattr(agent, "pipeline") and agent.state.caught_up)
+            log.write_text("ERROR 1\n")
+            await until(lambda: bool(agent_alerts(chat)), clock, what="an agent alert at chat")
+            [(status, summary)] = summaries(chat)
+            assert status == "firing"
+            assert "delivery to pager failing" in summary
+            assert not agent.health.healthy()
+            async with Receiver(port=pager_port) as pager:
+                await until(lambda: bool(rule_alerts(pager)), clock, what="the backlog at pager")
+                await until(lambda: len(agent_alerts(chat)) == 2, clock, what="the resolve")
+            assert summaries(chat)[1] == ("resolved", "delivery to pager recovered")
+            assert rule_alerts(chat) == []  # the rule's own alerts still go only to pager
+            await until(agent.health.healthy, what="healthy again")
+
+
+@pytest.fixture
+def notify_socket(tmp_path: Path) -> Iterator[tuple[str, socket.socket]]:
+    path = str(tmp_path / "notify.sock")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(path)
+    sock.setblocking(False)
+    try:
+        yield path, sock
+    finally:
+        sock.close()
+
+
+def datagrams(sock: socket.socket) -> list[str]:
+    out = []
+    while True:
+        try:
+            out.append(sock.recv(4096).decode())
+        except BlockingIOError:
+            return out
+
+
+async def test_a_state_file_that_cannot_be_opened_leaves_the_agent_up_degraded_until_it_can(
+    tmp_path: Path, notify_socket: tuple[str, socket.socket]
+) -> None:
+    path, sock = notify_socket
+    log = tmp_path / "app.log"
+    log.touch()
+    blocker = tmp_path / "statedir"
+    blocker.write_text("a file where the state directory should be\n")
+    listen = free_port()
+    clock = FakeClock(T0)
+    async with Receiver() as rx:
+        cfg = write_config(
+            tmp_path / "rules.yaml",
+            RULES.format(log=log),
+            state=blocker / "state.db",
+            url=rx.url + "/hook",
+            extra_agent=f"listen: 127.0.0.1:{listen}\n",
+        )
+        notifier = Notifier({"NOTIFY_SOCKET": path})
+        async with running(cfg, clock, notifier=notifier) as agent:
+            await until(lambda: bool(agent_alerts(rx)), what="the agent alert from memory")
+            [(status, summary)] = summaries(rx)
+            assert status == "firing" and "state file cannot be written" in summary
+            sent = "\n".join(datagrams(sock))
+            assert "READY=1" in sent  # systemd sees it started: no restart loop into the limit
+            assert "STATUS=degraded: state: state file cannot be written" in sent
+            import aiohttp
+
+            async with (
+                aiohttp.ClientSession() as s,
+                s.get(f"http://127.0.0.1:{listen}/healthz") as r,
+            ):
+                assert r.status == 503
+                assert "state file" in await r.text()
+            # the disk is fixed: within the next retry the agent opens it and runs normally
+            blocker.unlink()
+            blocker.mkdir()
+            await until(lambda: len(agent_alerts(rx)) >= 2, clock, what="the resolve")
+            assert summaries(rx)[1][0] == "resolved", summaries(rx)
+            await until(lambda: agent.state.caught_up, what="normal start")
+            with log.open("a") as f:
+                f.write("ERROR 7\n")
+            await until(lambda: bool(rule_alerts(rx)), clock, what="a rule alert after recovery")
+            assert (blocker / "state.db").exists()
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A real 512 KiB tmpfs (the tests run as root, as CI does)."""
+    mnt = tmp_path / "disk"
+    mnt.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=512k", "tmpfs", str(mnt)], check=True)
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=True)
+
+
+def fill(disk: Path) -> Path:
+    filler = disk / "filler"
+    with filler.open("wb") as f, contextlib.suppress(OSError):
+        while True:
+            f.write(b"\0" * 4096)
+            f.flush()
+            os.fsync(f.fileno())
+    return filler
+
+
+async def test_a_full_state_disk_while_running_is_alerted_from_memory_and_nothing_is_lost(
+    tmp_path: Path, small_disk: Path
+) -> None:
+    log = tmp_path / "app.log"
+    log.touch()
+    clock = FakeClock(T0)
+    async with Receiver() as rx:
+        cfg = write_config(
+            tmp_path / "rules.yaml",
+            RULES.format(log=log),
+            state=small_disk / "state.db",
+            url=rx.url + "/hook",
+        )
+        async with running(cfg, clock) as agent:
+            await until(lambda: hasattr(agent, "pipeline") and agent.state.caught_up)
+            filler = fill(small_disk)
+            with log.open("a") as f:
+                for n in range(200):
+                    f.write(f"ERROR {n} " + "x" * 2000 + "\n")
+            await until(lambda: bool(agent_alerts(rx)), what="the agent alert from memory")
+            [(status, summary)] = summaries(rx)
+            assert status == "firing" and "state file cannot be written" in summary
+            assert "disk is full" in summary or "disk" in agent_alerts(rx)[0]["annotations"].get(
+                "description", ""
+            )
+            assert not agent.health.healthy()
+            assert agent.health.live()  # no watchdog restart into the same full disk
+            filler.unlink()
+            await until(lambda: len(rule_alerts(rx)) >= 200, clock, what="every rule alert")
+            await until(lambda: len(agent_alerts(rx)) >= 2, clock, what="the resolve")
+        assert sorted({a["labels"]["n"] for a in rule_alerts(rx)}, key=int) == [
+            str(n) for n in range(200)
+        ]
+        assert [s for s, _ in summaries(rx)][:2] == ["firing", "resolved"]
+
+
+async def test_a_listen_address_in_use_is_a_problem_not_a_crash_and_is_retried(
+    tmp_path: Path,
+) -> None:
+    log = tmp_path / "app.log"
+    log.touch()
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    port = taken.getsockname()[1]
+    clock = FakeClock(T0)
+    async with Receiver() as rx:
+        cfg = config_in(
+            tmp_path, RULES.format(log=log), rx.url + "/hook", f"listen: 127.0.0.1:{port}\n"
+        )
+        async with running(cfg, clock) as agent:
+            await until(lambda: bool(agent_alerts(rx)), what="the agent alert")
+            [(status, summary)] = summaries(rx)
+            assert status == "firing"
+            assert summary.startswith(f"cannot listen on 127.0.0.1:{port}: ")
+            assert "in use" in summary
+            taken.close()
+            await until(lambda: len(agent_alerts(rx)) == 2, clock, what="the listener coming up")
+            assert summaries(rx)[1] == ("resolved", "listener up")
+            await until(agent.health.healthy, what="healthy")
+
+
+async def test_a_stalled_event_loop_becomes_an_agent_alert(tmp_path: Path) -> None:
+    log = tmp_path / "app.log"
+    log.touch()
+    clock = FakeClock(T0)
+    async with Receiver() as rx:
+        cfg = config_in(tmp_path, RULES.format(log=log), rx.url + "/hook")
+        async with running(cfg, clock, loop_lag_limit=timedelta(seconds=0.2)) as agent:
+            await until(lambda: hasattr(agent, "pipeline") and agent.state.caught_up)
+            # the stall itself: the loop is blocked, as by a CPU-bound call on its thread
+            asyncio.get_running_loop().call_soon(time.sleep, 1.0)
+            await until(lambda: bool(agent_alerts(rx)), what="the agent alert")
+            [(status, summary)] = summaries(rx)
+            assert status == "firing" and "event loop stalled" in summary
+
+
+async def test_a_half_saved_rules_yaml_fixed_within_the_grace_pages_nobody(
+    tmp_path: Path,
+) -> None:
+    log = tmp_path / "app.log"
+    log.touch()
+    clock = FakeClock(T0)
+    async with Receiver() as rx:
+        cfg = config_in(tmp_path, RULES.format(log=log), rx.url + "/hook")
+        good = cfg.read_text()
+        async with running(cfg, clock) as agent:
+            await until(lambda: hasattr(agent, "pipeline") and agent.state.caught_up)
+            cfg.write_text(good[: len(good) // 2] + "\n  - name: [\n")  # an editor mid-save
+            await until(
+                lambda: agent.health.value("config_reloads", result="refused") >= 1,
+                within=20,
+                what="the refused reload",
+            )
+            assert [p.key for p in agent.problems.pending()] == ["config"]
+            assert agent.health.healthy()
+            cfg.write_text(good + "# saved\n")
+            await until(
+                lambda: agent.health.value("config_reloads", result="ok") >= 1,
+                within=20,
+                what="the good reload",
+            )
+            clock.advance(timedelta(minutes=5))
+            await until(lambda: agent.problems.problems == {}, what="no problem left")
+            with log.open("a") as f:
+                f.write("ERROR 1\n")
+            await until(lambda: bool(rule_alerts(rx)), clock, what="the rule still works")
+        assert agent_alerts(rx) == []
+
+
+async def test_a_rules_yaml_that_stays_invalid_past_the_grace_is_alerted_with_its_error(
+    tmp_path: Path,
+) -> None:
+    log = tmp_path / "app.log"
+    log.touch()
+    clock = FakeClock(T0)
+    async with Receiver() as rx:
+        cfg = config_in(tmp_path, RULES.format(log=log), rx.url + "/hook")
+        async with running(cfg, clock) as agent:
+            await until(lambda: hasattr(agent, "pipeline") and agent.state.caught_up)
+            cfg.write_text(cfg.read_text().replace("repeat: never", "repaet: never"))
+            await until(
+                lambda: agent.health.value("config_reloads", result="refused") >= 1,
+                within=20,
+                what="the refused reload",
+            )
+            assert agent_alerts(rx) == []
+            clock.advance(timedelta(minutes=1))
+            await until(lambda: bool(agent_alerts(rx)), what="the agent alert")
+            [alert] = agent_alerts(rx)
+            assert "configuration reload refused" in alert["annotations"]["summary"]
+            assert "repaet" in alert["annotations"]["description"]
+            assert not agent.health.healthy()
