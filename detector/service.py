@@ -780,7 +780,7 @@ def _handle_signals(
     Plain Python signal handlers that hand over to the loop with ``call_soon_threadsafe``, not
     ``loop.add_signal_handler``: that one makes every signal the process receives write a byte to
     asyncio's self-pipe (``signal.set_wakeup_fd``), the regex budget's SIGVTALRM ticks
-    (matching_budget, every 12.5 ms of CPU) included. The pipe holds 278 bytes; a few seconds of
+    (matching.budget, every 12.5 ms of CPU) included. The pipe holds 278 bytes; a few seconds of
     budgeted matching filled it, printed a BlockingIOError per tick, and a SIGTERM arriving then
     was lost. Here a signal's own handler always runs (Python runs it in the main thread at the
     next bytecode, and retries an interrupted ``epoll_wait`` after it), and its callback waits in
