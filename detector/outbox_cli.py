@@ -99,7 +99,8 @@ def render(rows: list[outbox.ListedRow], limit: int) -> str:
             )
             for r in these[:limit]:
                 at = r["next_attempt_at"] or r["dead_at"] or "-"
-                error = (r["last_error"] or "-")[:ERROR_CHARS]
+                held = "(held with its webhook)" if state == "failing" else "-"
+                error = (r["last_error"] or held)[:ERROR_CHARS]
                 lines.append(
                     f"    {r['event_id']:<28} {r['rule'] or '-':<20} {r['status']:<9} "
                     f"{r['attempts']:>5}  {at[:25]:<25} {error}"

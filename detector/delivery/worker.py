@@ -507,9 +507,11 @@ class DeliveryWorker:
         waiters: set[asyncio.Task[object]] = {asyncio.create_task(self._woken.wait())}
         if at is not None:
             waiters.add(asyncio.create_task(self.clock.sleep_until(at)))
+        self.sleeping_until = at
         try:
             await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
         finally:
+            self.sleeping_until = None
             for task in waiters:
                 task.cancel()
             for task in waiters:
