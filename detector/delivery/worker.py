@@ -364,7 +364,10 @@ class DeliveryWorker:
         self._hold_until = until
         expired = [r for r, _ in failed if now >= r.created_at + self.webhook.max_age]
         gone = {r.id for r in expired}
-        live = [(r.id, o.error or "failed") for r, o in failed if r.id not in gone]
+        live: dict[str, list[int]] = {}  # error → ids (a digest's rows share one)
+        for r, o in failed:
+            if r.id not in gone:
+                live.setdefault(o.error or "failed", []).append(r.id)
         if expired:
             error = outcome.error or "failed"
             await self._dead_letter(
@@ -372,8 +375,8 @@ class DeliveryWorker:
             )
 
         def write(s: Store) -> None:
-            for row_id, error in live:
-                outbox.mark_retry(s, [row_id], until, error)
+            for error, ids in live.items():
+                outbox.mark_retry(s, ids, until, error)
             outbox.hold(s, self.name, until)
 
         await self.db.run(write)
