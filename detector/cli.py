@@ -1,5 +1,5 @@
-"""The ``detector`` command: run | reload | check | test | status | send-test | templates |
-version."""
+"""The ``detector`` command: run | reload | check | test | status | outbox | send-test |
+templates | version."""
 
 from __future__ import annotations
 
@@ -115,6 +115,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_config(p)
     p.add_argument("--json", action="store_true", help="machine-readable output")
+
+    p = sub.add_parser(
+        "outbox",
+        help="list pending, failing and dead notifications; re-queue dead letters",
+        description="List the delivery outbox per webhook: pending, failing (held or retrying, "
+        "with last error and next attempt) and dead rows. `detector outbox retry` puts dead "
+        "letters back in the queue (due now, attempts reset); a running agent sends them "
+        "within 30 s.",
+    )
+    _add_config(p)
+    p.add_argument("action", nargs="?", choices=("list", "retry"), default="list")
+    p.add_argument("--webhook", metavar="W", help="only this webhook")
+    p.add_argument("--id", metavar="EVENT", help="retry: only the dead letter with this event id")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--limit", type=int, default=20, help="rows shown per webhook and state")
 
     p = sub.add_parser(
         "send-test",
@@ -253,6 +268,12 @@ def cmd_status(args: argparse.Namespace) -> int:
     return status_main(args)
 
 
+def cmd_outbox(args: argparse.Namespace) -> int:
+    from detector.outbox_cli import main as outbox_main  # noqa: PLC0415
+
+    return outbox_main(args)
+
+
 def cmd_send_test(args: argparse.Namespace) -> int:
     from detector.delivery.cli import send_test_main  # noqa: PLC0415
 
@@ -271,6 +292,7 @@ COMMANDS = {
     "check": cmd_check,
     "test": cmd_test,
     "status": cmd_status,
+    "outbox": cmd_outbox,
     "send-test": cmd_send_test,
     "templates": cmd_templates,
     "version": cmd_version,

@@ -3,6 +3,7 @@
 Also builds the storm-control digest: many pending notifications of one webhook folded into ONE
 message ("37 more alerts: …"). The digest is a synthetic alert rendered by the webhook's own
 format, except for ``alertmanager``, whose API takes a list: its digest is every alert in one POST.
+:func:`judge` reads a receiver's answer with the format's knowledge of its service first.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ from detector.delivery import (
     template,
 )
 from detector.delivery.common import RenderedRequest, clip, iso
+from detector.delivery.policy import Answer
+from detector.delivery.policy import judge as default_judge
 from detector.model import SEVERITIES, WebhookConfig
 
 DIGEST_RULE = "detector-digest"
@@ -49,6 +52,24 @@ FORMATS: dict[str, Renderer] = {
     "pagerduty": pagerduty.render,
     "alertmanager": alertmanager.render,
 }
+
+
+class Judge(Protocol):
+    def __call__(self, status: int, body: str) -> Answer | None: ...
+
+
+# formats that know more about their service's answers than the policy's status-code default
+JUDGES: dict[str, Judge] = {
+    "slack": slack.judge,
+    "pagerduty": pagerduty.judge,
+}
+
+
+def judge(format_name: str, status: int, body: str) -> Answer:
+    """``ok`` / ``transient`` / ``path`` / ``row`` for one answer (see :mod:`policy`)."""
+    special = JUDGES.get(format_name)
+    answer = special(status, body) if special is not None else None
+    return answer if answer is not None else default_judge(status)
 
 
 def render(

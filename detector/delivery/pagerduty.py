@@ -4,6 +4,11 @@ firing/repeat/info → ``trigger``, resolved → ``resolve``, always with ``dedu
 fingerprint so repeats update one incident and the resolve closes it. Severities map one to one
 (critical, error, warning, info). Events over PagerDuty's 512 KB cap are trimmed: samples first,
 then evidence, then the description.
+
+Answers (https://developer.pagerduty.com/docs/events-api-v2/trigger-events/ "Response codes"):
+202 accepted; 400 "Invalid event" is the event's fault — unless its ``errors`` are about the
+``routing_key``, which every event of this webhook carries (:func:`judge`: the path's); 429 is
+"too many events", retried with backoff (PagerDuty sends no Retry-After); 5xx are retried.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from datetime import datetime
 from typing import Any
 
 from detector.delivery.common import RenderedRequest, clip, clip_bytes, dumps
+from detector.delivery.policy import Answer
 from detector.model import WebhookConfig
 
 MAX_BYTES = 512 * 1024
@@ -86,3 +92,12 @@ def _fit(body: dict[str, Any], details: dict[str, Any]) -> None:
     if over > 0:
         text: str = details["description"]
         details["description"] = clip_bytes(text, max(len(text.encode()) - over - 16, 0))
+
+
+def judge(status: int, body: str) -> Answer | None:
+    """PagerDuty-specific reading of an answer (None: the policy's default)."""
+    if status == 400 and "routing_key" in body:
+        return "path"  # e.g. "Length of 'routing_key' is incorrect": no event can get through
+    if status == 400:
+        return "row"
+    return None

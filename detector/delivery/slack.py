@@ -1,6 +1,7 @@
 """The ``slack`` format: an incoming-webhook message with ``text`` (the notification fallback) and
 Block Kit ``blocks`` (header, description, fields, samples, context), within Slack's limits
-(header 150 chars, section text 3000, 10 fields of 2000, 50 blocks).
+(header 150 chars, section text 3000, 10 fields of 2000, 50 blocks). :func:`judge` says which of
+Slack's answers mean the webhook itself is broken.
 """
 
 from __future__ import annotations
@@ -10,12 +11,21 @@ from datetime import datetime
 from typing import Any
 
 from detector.delivery.common import RenderedRequest, clip, emoji, facts, samples_text, title
+from detector.delivery.policy import Answer
 from detector.model import WebhookConfig
 
 HEADER_MAX = 150
 SECTION_MAX = 3000
 FIELD_MAX = 2000
 FIELDS_MAX = 10
+# Slack answers a webhook error with a plain-text code in the body
+# (https://api.slack.com/messaging/webhooks#handling_errors): 403 action_prohibited /
+# posting_to_general_channel_denied, 404 channel_not_found / no_service / no_team / team_disabled,
+# 410 channel_is_archived are the webhook's (policy's default for 401/403/404/410). Among the 400s,
+# these are the webhook's too: no message can get through until someone re-creates it.
+# ``invalid_token``: the user who made the webhook was deactivated (Healthchecks treats it as
+# permanent). The other 400s (invalid_payload, too_many_attachments…) are the message's.
+PATH_400 = frozenset({"invalid_token", "no_service_id", "user_not_found"})
 
 
 def escape(text: str) -> str:
@@ -59,3 +69,10 @@ def render(
         context = f"<{alert['runbook']}|Runbook> · " + context
     blocks.append({"type": "context", "elements": [{"type": "mrkdwn", "text": context}]})
     return RenderedRequest(url=webhook.url, json_body={"text": clip(head, 3000), "blocks": blocks})
+
+
+def judge(status: int, body: str) -> Answer | None:
+    """Slack-specific reading of an answer (None: the policy's default)."""
+    if status == 400 and body.strip() in PATH_400:
+        return "path"
+    return None

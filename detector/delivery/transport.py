@@ -1,9 +1,11 @@
 """One POST of a rendered request: headers, HMAC signature, timeouts, and a verdict.
 
 Only this module speaks HTTP out. It never raises for a delivery problem: it returns an
-:class:`Outcome` whose ``error`` text has every secret of the webhook redacted (the URL's path and
-query, the signing secret, the routing key, the configured header values), so it can be logged,
-stored in ``outbox.last_error`` and shown by ``detector status``.
+:class:`Outcome`, judged by the webhook's format (:func:`detector.delivery.formats.judge`: success,
+transient, or permanent by the fault of the path or of the row), whose ``error`` text has every
+secret of the webhook redacted (the URL's path and query, the signing secret, the routing key, the
+configured header values), so it can be logged, stored in ``outbox.last_error`` and shown by
+``detector status`` and ``detector outbox``.
 
 Signature: ``X-Detector-Signature: t=<unix>,v1=<hex>`` where hex = HMAC-SHA256(secret,
 ``f"{t}.".encode() + body``) — the receiver recomputes it over the raw body and rejects stale ``t``.
@@ -16,16 +18,20 @@ import hashlib
 import hmac
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from http import HTTPStatus
+from typing import Literal
 from urllib.parse import urlsplit
 
 import aiohttp
 
+from detector.delivery import formats
 from detector.delivery.common import USER_AGENT, RenderedRequest
-from detector.delivery.policy import RETRY_AFTER_STATUSES, classify, parse_retry_after
+from detector.delivery.policy import RETRY_AFTER_STATUSES, parse_retry_after
 from detector.model import WebhookConfig
 
 MAX_RESPONSE_BYTES = 64 * 1024
 BODY_IN_ERROR = 200
+Fault = Literal["path", "row"]
 
 
 @dataclass(frozen=True)
@@ -37,6 +43,19 @@ class Outcome:
     retry_after: timedelta | None = None
     path_down: bool = False  # nothing reached the receiver (connect failure, timeout)
     body: str = ""  # start of the response body, redacted
+    fault: Fault | None = None  # whose fault a permanent failure is (None: ok or transient)
+
+    @property
+    def answer(self) -> str:
+        """What the receiver said, for reasons and listings: ``HTTP 404 Not Found: no_service``."""
+        if self.status is None:
+            return self.error or "failed"
+        try:
+            phrase = " " + HTTPStatus(self.status).phrase
+        except ValueError:
+            phrase = ""
+        snippet = " ".join(self.body[:BODY_IN_ERROR].split())
+        return f"HTTP {self.status}{phrase}" + (f": {snippet}" if snippet else "")
 
 
 def sign(secret: str, t: int, body: bytes) -> str:
@@ -133,6 +152,7 @@ async def post(
             permanent=permanent,
             path_down=path_down,
             error=redact(error, webhook, request.url),
+            fault="path" if permanent else None,  # only a bad URL is permanent here
         )
 
     try:
@@ -161,7 +181,7 @@ async def post(
     except asyncio.CancelledError:
         raise
     text = redact(raw.decode(errors="replace"), webhook, request.url)
-    verdict = classify(status)
+    verdict = formats.judge(webhook.format, status, text)
     if verdict == "ok":
         return Outcome(ok=True, status=status, body=text)
     snippet = " ".join(text[:BODY_IN_ERROR].split())
@@ -171,9 +191,10 @@ async def post(
     retry_after = parse_retry_after(retry_header, now) if status in RETRY_AFTER_STATUSES else None
     return Outcome(
         ok=False,
-        permanent=verdict == "permanent",
+        permanent=verdict in ("path", "row"),
         status=status,
         error=redact(error, webhook, request.url),
         retry_after=retry_after,
         body=text,
+        fault=verdict if verdict in ("path", "row") else None,
     )

@@ -2,23 +2,38 @@
 
 Each pass (:meth:`DeliveryWorker.run_once`) does, with ``now`` read once from the injected clock:
 
-1. if the path is on hold (it failed as a whole: connection refused, timeout, Retry-After, or two
-   different rows failing in a row), do nothing until the hold ends;
+1. if the path is on hold (it failed as a whole), do nothing until the hold ends;
 2. for ``alertmanager`` webhooks, re-post every firing alert once per ``resend_every``;
 3. read the due rows (heads of their fingerprint only, so order per fingerprint holds) in id order;
 4. if a ``rate`` is set and more rows are due than the minute's budget allows, send budget-1 of
    them and fold the rest into ONE digest message (PagerDuty resolves are never folded: they
    wait for the budget, since only a resolve with its dedup_key closes the incident);
-5. POST each; write the result at once (delivered / dead / retry at ``next_attempt_at``), so a
-   restart continues the schedule exactly;
-6. on a path failure, hold every pending row of the webhook until the path backoff ends (written
-   to the rows too); on the first success after that, make every pending row due again so the
-   backlog drains in id order;
-7. tell ``on_path_health`` when the path starts failing (``fail_after`` consecutive failures or
-   5 minutes of failures) and when it recovers.
+5. POST each and judge the answer (:func:`detector.delivery.formats.judge`). A delivered row is
+   written at once. A failed row's fate waits for the next answer, since one answer cannot tell
+   whose fault it is:
 
-The service calls :meth:`wake` after a commit that added rows; between wakes the loop sleeps on
-``clock.sleep_until`` (the earliest due row, hold end, budget refill or re-send).
+   - the PATH failed when the answer says so (401/403/404/410 and the formats' own cases:
+     revoked token, endpoint gone), when nothing reached the receiver (connection refused,
+     timeout), on ``Retry-After``, when two different rows fail back to back (two 400s included),
+     or when the first row after a hold fails again. Then the whole webhook is held: every
+     pending row waits until ``now`` + path backoff (≤ 30 s, jittered) or ``Retry-After``, written
+     to the rows, logged once with that time, and that is exactly when the next pass tries;
+   - otherwise it is the ROW's: a refused payload (400/413/422…) is dead-lettered once another
+     row got through around it (the row after it in this pass, or the attempt before it), and
+     reported through ``on_dead_letter``; a transient failure is retried after the row's own
+     backoff (≤ 30 s), logged with the time it is really tried;
+
+6. on the first success after a hold, make every pending row due again so the backlog drains in
+   id order, and tell ``on_path_health`` the path recovered;
+7. tell ``on_path_health`` when the path starts failing: at once when the receiver refused the
+   webhook itself (the reason quotes its answer, ``HTTP 404 Not Found: no_service``), else after
+   ``fail_after`` consecutive failures or 5 minutes of failures.
+
+Rows past the webhook's ``max_age`` are dead-lettered when they fail again (also reported). The
+service calls :meth:`wake` after a commit that added rows; between wakes the loop sleeps on
+``clock.sleep_until`` (the earliest due row, hold end, budget refill or re-send), and at most
+:data:`RESCAN_EVERY`, so rows re-queued from outside (``detector outbox retry``) go out without a
+restart.
 """
 
 from __future__ import annotations
@@ -43,12 +58,16 @@ from detector.store.db import AsyncStore, Store
 
 log = logging.getLogger("detector.delivery")
 
-PathHealth = Callable[[str, bool, str], None]
+PathHealth = Callable[[str, bool, str], None]  # (webhook, failing, reason)
+DeadLetter = Callable[[str, str, str], None]  # (webhook, event_id, reason)
 RATE_WINDOW = timedelta(minutes=1)
 FAILING_AFTER = timedelta(minutes=5)
 KEEP_RESOLVES = frozenset({"pagerduty"})  # formats whose resolves are never folded into a digest
-PATH_FAILURES_IN_PASS = 2
-IDLE_GUARD = timedelta(seconds=1)  # different rows failing back to back = the path, not the row
+PATH_FAILURES_IN_PASS = 2  # different rows failing back to back = the path, not the row
+IDLE_GUARD = timedelta(seconds=1)
+RESCAN_EVERY = timedelta(seconds=30)  # re-read the outbox at least this often (rows re-queued)
+
+Failed = tuple[outbox.OutboxEntry, Outcome]
 
 
 @dataclass(frozen=True)
@@ -67,6 +86,7 @@ class DeliveryStats:
     failing: bool
     consecutive_failures: int
     last_error: str | None
+    held_until: datetime | None = None  # the path is on hold: the next attempt, exactly
 
 
 class DeliveryWorker:
@@ -80,6 +100,7 @@ class DeliveryWorker:
         session: aiohttp.ClientSession | None = None,
         rng: random.Random | None = None,
         on_path_health: PathHealth | None = None,
+        on_dead_letter: DeadLetter | None = None,
         batch: int = 100,
         digest_max: int = 5000,
         resend_every: timedelta | None = None,
@@ -94,6 +115,7 @@ class DeliveryWorker:
         self._own_session = session is None
         self._rng = rng or random.Random()  # noqa: S311 (jitter, not cryptography)
         self._on_path_health = on_path_health
+        self._on_dead_letter = on_dead_letter
         self._batch = batch
         self._digest_max = digest_max
         if resend_every is None and webhook.format == "alertmanager":
@@ -108,7 +130,9 @@ class DeliveryWorker:
         self._consecutive = 0
         self._failing_since: datetime | None = None
         self._failing = False
+        self._last_ok = False  # the latest attempt was delivered (evidence that the path works)
         self._sent_at: deque[datetime] = deque()
+        self.sleeping_until: datetime | None = None  # the deadline the loop sleeps on (None: awake)
         # counters
         self._attempts = 0
         self._failures = 0
@@ -141,6 +165,7 @@ class DeliveryWorker:
             failing=self._failing,
             consecutive_failures=self._consecutive,
             last_error=self._last_error,
+            held_until=self._hold_until,
         )
 
     async def run(self) -> None:
@@ -155,8 +180,10 @@ class DeliveryWorker:
                     at = now + IDLE_GUARD  # a pass that could send nothing must not spin
             except Exception:
                 log.exception("delivery to %s: pass failed; retrying in 5s", self.name)
-                at = self.clock.now() + timedelta(seconds=5)
-            await self._sleep(at)
+                now = self.clock.now()
+                at = now + timedelta(seconds=5)
+            rescan = now + RESCAN_EVERY  # rows may be re-queued by `detector outbox retry`
+            await self._sleep(rescan if at is None else min(at, rescan))
 
     async def aclose(self) -> None:
         if self._own_session and self._session is not None:
@@ -212,23 +239,29 @@ class DeliveryWorker:
                 folded = [r for r in folded if r.status != "resolved"]
                 if not folded:  # only resolves left: spend the whole budget on them
                     singles = rows[:budget]
-        failed_in_pass: list[outbox.OutboxEntry] = []
+        failed: list[Failed] = []  # failed in this pass, whose fault not known yet
+        path_ok_before = False  # the attempt before the first of ``failed`` was delivered
         for row in singles:
             now = self.clock.now()
+            prior_ok = self._last_ok
             outcome = await self._send_row(row, now)
             posts += 1
-            if outcome.ok or outcome.permanent:
-                failed_in_pass.clear()
+            if outcome is None:  # could not render: dead-lettered, the path is not involved
                 continue
-            failed_in_pass.append(row)
-            if (
-                outcome.path_down
-                or outcome.retry_after is not None
-                or len(failed_in_pass) >= PATH_FAILURES_IN_PASS
-            ):
-                await self._path_failed(now, outcome, failed_in_pass)
+            if outcome.ok:
+                await self._settle(failed, self.clock.now(), path_ok=True)
+                failed.clear()
+                continue
+            if not failed:
+                path_ok_before = prior_ok
+            failed.append((row, outcome))
+            if self._is_path_failure(outcome, failed):
+                await self._path_failed(now, outcome, failed)
+                failed.clear()
                 folded = ()
                 break
+        if failed:  # nothing after it told whose fault it was
+            await self._settle(failed, self.clock.now(), path_ok=path_ok_before)
         if folded:
             await self._send_digest(folded, self.clock.now())
             posts += 1
@@ -237,82 +270,129 @@ class DeliveryWorker:
 
     # ---------------------------------------------------------------- one row
 
-    async def _send_row(self, row: outbox.OutboxEntry, now: datetime) -> Outcome:
+    async def _send_row(self, row: outbox.OutboxEntry, now: datetime) -> Outcome | None:
+        """POST one row; a delivery is written here, a failure is left to the caller.
+
+        None: the payload cannot be rendered (it never will): dead-lettered here.
+        """
         attempt = row.attempts + 1
         try:
             request = formats.render(row.payload, self.webhook, attempt=attempt, now=now)
         except Exception as e:  # a payload we cannot render will never render: dead letter
-            outcome = Outcome(ok=False, permanent=True, error=f"cannot render: {e!r}")
-            await self._record(row, outcome, now)
-            return outcome  # not the path's fault: health unchanged
+            self._failures += 1
+            await self._dead_letter([row], now, f"cannot render: {e!r}")
+            return None  # not the path's fault: health unchanged
         outcome = await post(
             self._get_session(), self.webhook, request, event_id=row.event_id, now=now
         )
         self._attempts += 1
         self._note_sent(now)
-        await self._record(row, outcome, now)
         self._health(outcome, now)
         if outcome.ok:
+            self._delivered += 1
+            ids = [row.id]
+            await self.db.run(lambda s: outbox.mark_delivered(s, ids, now))
             await self._after_success(now)
+        else:
+            self._failures += 1
+            self._last_error = outcome.error or "failed"
         return outcome
 
-    async def _record(self, row: outbox.OutboxEntry, outcome: Outcome, now: datetime) -> None:
+    def _is_path_failure(self, outcome: Outcome, failed: Sequence[Failed]) -> bool:
+        if outcome.fault == "path" or outcome.path_down or outcome.retry_after is not None:
+            return True
+        if len(failed) >= PATH_FAILURES_IN_PASS:
+            return True  # two different rows failing back to back (two 400s included)
+        return outcome.fault is None and self._path_failures > 0  # the probe after a hold
+
+    async def _settle(self, failed: Sequence[Failed], now: datetime, *, path_ok: bool) -> None:
+        """The failures were the rows' own: dead-letter refused rows, retry the others."""
+        for row, outcome in failed:
+            error = outcome.error or "failed"
+            give_up_at = row.created_at + self.webhook.max_age
+            if outcome.fault == "row" and path_ok:
+                await self._dead_letter([row], now, f"refused: {outcome.answer}")
+            elif now >= give_up_at:
+                await self._dead_letter(
+                    [row], now, f"gave up after {self.webhook.max_age} of retries: {error}"
+                )
+            else:
+                next_at = min(now + policy.backoff(row.attempts + 1, self._rng), give_up_at)
+                log.warning(
+                    "delivery to %s: event %s attempt %d failed, next attempt at %s: %s",
+                    self.name,
+                    row.event_id,
+                    row.attempts + 1,
+                    next_at.isoformat(),
+                    error,
+                )
+                await self._retry_later(row, next_at, error)
+
+    async def _retry_later(self, row: outbox.OutboxEntry, at: datetime, error: str) -> None:
         ids = [row.id]
-        if outcome.ok:
-            self._delivered += 1
-            await self.db.run(lambda s: outbox.mark_delivered(s, ids, now))
-            return
-        self._failures += 1
-        error = outcome.error or "failed"
-        self._last_error = error
-        if outcome.permanent:
-            self._dead += 1
-            log.error("delivery to %s: event %s dead: %s", self.name, row.event_id, error)
-            await self.db.run(lambda s: outbox.mark_dead(s, ids, now, error))
-            return
-        give_up_at = row.created_at + self.webhook.max_age
-        if now >= give_up_at:
-            self._dead += 1
-            log.error(
-                "delivery to %s: event %s dead after %s of retries: %s",
-                self.name,
-                row.event_id,
-                self.webhook.max_age,
-                error,
-            )
-            await self.db.run(lambda s: outbox.mark_dead(s, ids, now, f"gave up: {error}"))
-            return
-        delay = outcome.retry_after or policy.backoff(row.attempts + 1, self._rng)
-        next_at = min(now + delay, give_up_at)
-        log.warning(
-            "delivery to %s: event %s attempt %d failed, retry at %s: %s",
-            self.name,
-            row.event_id,
-            row.attempts + 1,
-            next_at.isoformat(),
-            error,
-        )
-        await self.db.run(lambda s: outbox.mark_retry(s, ids, next_at, error))
+        await self.db.run(lambda s: outbox.mark_retry(s, ids, at, error))
+
+    async def _dead_letter(
+        self, rows: Sequence[outbox.OutboxEntry], now: datetime, reason: str
+    ) -> None:
+        """Give up on ``rows`` (written, counted, logged and reported one by one)."""
+        ids = [r.id for r in rows]
+        await self.db.run(lambda s: outbox.mark_dead(s, ids, now, reason))
+        self._dead += len(rows)
+        self._last_error = reason
+        for row in rows:
+            log.error("delivery to %s: event %s dead: %s", self.name, row.event_id, reason)
+            if self._on_dead_letter is not None:
+                self._on_dead_letter(self.name, row.event_id, reason)
 
     # ---------------------------------------------------------------- the path
 
-    async def _path_failed(
-        self, now: datetime, outcome: Outcome, failed: Sequence[outbox.OutboxEntry]
-    ) -> None:
-        """Hold the whole webhook: nothing is sent until the path backoff (or Retry-After) ends."""
+    async def _path_failed(self, now: datetime, outcome: Outcome, failed: Sequence[Failed]) -> None:
+        """Hold the whole webhook: nothing is sent until the path backoff (or Retry-After) ends.
+
+        1. the hold ends at ``now`` + :func:`policy.path_backoff` (≤ 30 s) or ``Retry-After``;
+        2. the rows that failed get one more attempt counted, their error and that time;
+           those past ``max_age`` are dead-lettered instead;
+        3. every other pending row of the webhook is pushed to at least that time (persisted,
+           so a restart keeps the hold);
+        4. one log line says why and when the next attempt is, which is when the worker wakes;
+        5. if the receiver refused the webhook itself, the path is reported failing at once.
+        """
         self._path_failures += 1
-        delay = outcome.retry_after or policy.backoff(self._path_failures, self._rng)
+        delay = outcome.retry_after or policy.path_backoff(self._path_failures, self._rng)
         until = now + delay
         self._hold_until = until
-        live = [r.id for r in failed if now < r.created_at + self.webhook.max_age]
+        expired = [r for r, _ in failed if now >= r.created_at + self.webhook.max_age]
+        gone = {r.id for r in expired}
+        live: dict[str, list[int]] = {}  # error → ids (a digest's rows share one)
+        for r, o in failed:
+            if r.id not in gone:
+                live.setdefault(o.error or "failed", []).append(r.id)
+        if expired:
+            error = outcome.error or "failed"
+            await self._dead_letter(
+                expired, now, f"gave up after {self.webhook.max_age} of retries: {error}"
+            )
 
         def write(s: Store) -> None:
-            outbox.reschedule(s, live, until)
+            for error, ids in live.items():
+                outbox.mark_retry(s, ids, until, error)
             outbox.hold(s, self.name, until)
 
         await self.db.run(write)
+        log.warning(
+            "delivery to %s: path failing (%s); every pending notification held, "
+            "next attempt at %s",
+            self.name,
+            outcome.answer,
+            until.isoformat(),
+        )
+        refused_all = len(failed) >= PATH_FAILURES_IN_PASS and all(o.fault for _, o in failed)
+        if outcome.fault == "path" or refused_all:
+            self._report_failing(outcome.answer)
 
     def _health(self, outcome: Outcome, now: datetime) -> None:
+        self._last_ok = outcome.ok
         if outcome.ok:
             was_failing, failures = self._failing, self._consecutive
             self._consecutive = 0
@@ -331,14 +411,18 @@ class DeliveryWorker:
         too_many = self._consecutive >= self.webhook.fail_after
         too_long = now - self._failing_since >= self._failing_after
         if too_many or too_long:
-            self._failing = True
-            reason = (
+            self._report_failing(
                 f"{self._consecutive} consecutive delivery failures to {self.name}"
                 f" since {self._failing_since.isoformat()}: {outcome.error}"
             )
-            log.error("delivery path %s failing: %s", self.name, reason)
-            if self._on_path_health is not None:
-                self._on_path_health(self.name, True, reason)
+
+    def _report_failing(self, reason: str) -> None:
+        if self._failing:
+            return
+        self._failing = True
+        log.error("delivery path %s failing: %s", self.name, reason)
+        if self._on_path_health is not None:
+            self._on_path_health(self.name, True, reason)
 
     async def _after_success(self, now: datetime) -> None:
         if self._path_failures or self._hold_until is not None:
@@ -382,17 +466,11 @@ class DeliveryWorker:
             await self._after_success(now)
             return
         self._failures += 1
-        error = outcome.error or "failed"
-        self._last_error = error
-        if outcome.permanent:
-            self._dead += len(rows)
-            await self.db.run(lambda s: outbox.mark_dead(s, ids, now, f"digest: {error}"))
+        self._last_error = outcome.error or "failed"
+        if outcome.fault == "row":  # the receiver refused the digest itself
+            await self._dead_letter(rows, now, f"digest refused: {outcome.answer}")
             return
-        expired = [r.id for r in rows if now >= r.created_at + self.webhook.max_age]
-        if expired:
-            self._dead += len(expired)
-            await self.db.run(lambda s: outbox.mark_dead(s, expired, now, f"gave up: {error}"))
-        await self._path_failed(now, outcome, [r for r in rows if r.id not in set(expired)])
+        await self._path_failed(now, outcome, [(r, outcome) for r in rows])
 
     # ---------------------------------------------------------------- alertmanager re-send
 
@@ -432,9 +510,11 @@ class DeliveryWorker:
         waiters: set[asyncio.Task[object]] = {asyncio.create_task(self._woken.wait())}
         if at is not None:
             waiters.add(asyncio.create_task(self.clock.sleep_until(at)))
+        self.sleeping_until = at
         try:
             await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
         finally:
+            self.sleeping_until = None
             for task in waiters:
                 task.cancel()
             for task in waiters:

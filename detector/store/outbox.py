@@ -6,7 +6,8 @@ moves ``pending`` → ``delivered`` or ``pending`` → ``dead``; while pending, 
 (unix seconds) is its persisted schedule, so a restarted worker continues where the old one was.
 Ordering per fingerprint is enforced here: only the oldest pending row of a fingerprint (its
 "head": ``MIN(id) … GROUP BY fingerprint``) is ever handed out, so a later notification can never
-overtake an earlier one.
+overtake an earlier one. ``detector outbox`` lists the rows (:func:`listing`) and puts dead
+letters back in the queue (:func:`requeue_dead`), from its own connection beside the agent's.
 """
 
 from __future__ import annotations
@@ -224,3 +225,106 @@ def prune(store: Store, before: datetime) -> int:
             (ts(before),),
         )
         return cur.rowcount
+
+
+@dataclass(frozen=True)
+class ListedRow:
+    """One row as ``detector outbox`` shows it. ``state``: pending (due, not tried yet), failing
+    (tried and retrying, or held with its failing webhook; due at ``next_attempt_at``) or dead."""
+
+    id: int
+    webhook: str
+    event_id: str
+    fingerprint: str
+    status: str  # firing | resolved …
+    rule: str | None
+    state: str
+    attempts: int
+    created_at: datetime
+    next_attempt_at: datetime | None  # None for dead rows
+    dead_at: datetime | None  # when it was given up on (dead rows only)
+    last_error: str | None
+
+
+def listing(store: Store, webhook: str | None = None) -> list[ListedRow]:
+    """Every pending and dead row (of ``webhook``, or all), by webhook then id."""
+    sql = (
+        "SELECT id, webhook, event_id, fingerprint, status, payload, state, attempts, "
+        "created_at, next_attempt_at, last_error FROM outbox WHERE state IN ('pending', 'dead')"
+    )
+    params: tuple[Any, ...] = ()
+    if webhook is not None:
+        sql += " AND webhook=?"
+        params = (webhook,)
+    out = []
+    for row_id, hook, ev, fp, st, payload, stored, tries, created, next_at, err in store.execute(
+        sql + " ORDER BY webhook, id", params
+    ):
+        rule = json.loads(payload).get("rule")
+        attempts = tries or 0
+        state = stored
+        if stored == "pending" and (attempts or err or next_at > created):
+            state = "failing"  # tried and retrying, or held with its webhook
+        out.append(
+            ListedRow(
+                id=row_id,
+                webhook=hook,
+                event_id=ev,
+                fingerprint=fp,
+                status=st,
+                rule=None if rule is None else str(rule),
+                state=state,
+                attempts=attempts,
+                created_at=from_ts(created),
+                next_attempt_at=None if state == "dead" else from_ts(next_at),
+                dead_at=from_ts(next_at) if state == "dead" else None,  # mark_dead stores it there
+                last_error=err,
+            )
+        )
+    return out
+
+
+@dataclass(frozen=True)
+class Requeued:
+    requeued: list[tuple[str, str]]  # (webhook, event_id) back in the queue
+    superseded: list[tuple[str, str]]  # left dead: a later notification of it was delivered
+
+
+def requeue_dead(
+    store: Store, now: datetime, webhook: str | None = None, event_id: str | None = None
+) -> Requeued:
+    """Put dead letters back in the queue: pending, due ``now``, attempts 0, error cleared.
+
+    ``created_at`` becomes ``now`` too, so the row gets a full ``max_age`` of retries again (its
+    payload keeps the alert's own times). A dead row whose fingerprint had a LATER notification
+    delivered to the same webhook stays dead: re-sending an old "firing" after its "resolved" would
+    re-open the incident. One transaction; the running agent's worker sees the rows at its next
+    re-read (at most 30 s later).
+    """
+    sql = "SELECT id, webhook, event_id, fingerprint FROM outbox WHERE state='dead'"
+    params: list[Any] = []
+    if webhook is not None:
+        sql += " AND webhook=?"
+        params.append(webhook)
+    if event_id is not None:
+        sql += " AND event_id=?"
+        params.append(event_id)
+    requeued: list[tuple[str, str]] = []
+    superseded: list[tuple[str, str]] = []
+    with store._tx() as conn:
+        for row_id, hook, ev, fp in list(conn.execute(sql + " ORDER BY id", params)):
+            later = conn.execute(
+                "SELECT 1 FROM outbox WHERE webhook=? AND fingerprint=? AND id>? "
+                "AND state='delivered' LIMIT 1",
+                (hook, fp, row_id),
+            ).fetchone()
+            if later:
+                superseded.append((hook, ev))
+                continue
+            conn.execute(
+                "UPDATE outbox SET state='pending', attempts=0, last_error=NULL, "
+                "next_attempt_at=?, created_at=? WHERE id=? AND state='dead'",
+                (ts(now), ts(now), row_id),
+            )
+            requeued.append((hook, ev))
+    return Requeued(requeued, superseded)
