@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -102,14 +102,14 @@ class SelfMonitor:
 
     # ---------------------------------------------------------------- the task
 
-    async def run(self, poll: Callable[[], None]) -> None:
+    async def run(self, poll: Callable[[], Awaitable[None]]) -> None:
         """Report what is due, hand agent alerts to the processor, refresh STATUS=; wake on any
         change, at the registry's next deadline, and every POLL_S to ``poll`` the sources."""
         loop = asyncio.get_running_loop()
         next_poll = loop.time()
         while True:
             if loop.time() >= next_poll:
-                poll()
+                await poll()
                 next_poll = loop.time() + POLL_S
             self.flush()
             self._changed.clear()

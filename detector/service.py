@@ -408,6 +408,7 @@ class Agent:
             host=self.config.agent.host,
             session=self.session,
             on_path_health=self.monitor.path_health,
+            on_dead_letter=self.monitor.dead_letter,
         )
         task = self.tg.create_task(worker.run(), name=f"delivery:{name}")
         self.workers[name] = (worker, task)
@@ -574,10 +575,9 @@ class Agent:
                 await db.run(functools.partial(Store.commit, c=commit, now=now))
                 break
             except StoreError as e:
-                if not failing:
-                    log.error(
-                        "cannot commit to the state file (retrying every %gs): %s", RETRY_S, e
-                    )
+                (log.error if not failing else log.warning)(
+                    "cannot commit to the state file (retrying every %gs): %s", RETRY_S, e
+                )
                 failing = True
                 self.monitor.state_failed(str(e))
                 signals = self.monitor.flush() + self._take_signals()
@@ -709,10 +709,18 @@ class Agent:
             }
         await self.db.run(lambda store: store.set_meta(meta))
 
-    def _poll(self) -> None:
-        """Every few seconds (self-monitor task): the sources' problems, the outbox gauges and
-        the delivery counters."""
+    async def _poll(self) -> None:
+        """Every few seconds (self-monitor task): the sources' problems, the outbox gauges, the
+        delivery counters, and whether dead letters reported earlier are still there (they
+        leave when `detector outbox retry` queues them again, or when pruned)."""
         self.monitor.sources({n: r.source.problems() for n, r in self.sources.items()})
+        dead_reported = [p.key for p in self.problems.reported() if p.component == "dead-letter"]
+        if dead_reported and self._db is not None:
+            counts = await self.db.run(outbox.state_counts)
+            for key in dead_reported:
+                webhook = key.split("/", 1)[1]
+                if not counts.get(webhook, {}).get("dead"):
+                    self.monitor.dead_letters_cleared(webhook)
         for name, (worker, _task) in self.workers.items():
             st = worker.stats()
             self.health.set_outbox(name, st.queue_depth, st.oldest_pending_at)

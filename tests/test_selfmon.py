@@ -21,8 +21,9 @@ import pytest
 from detector.clock import FakeClock
 from detector.sdnotify import Notifier
 from detector.service import Agent
+from detector.store import outbox
 from tests.agent_proc import config_in, free_port, write_config
-from tests.receiver import Receiver
+from tests.receiver import Receiver, Reply
 
 T0 = datetime(2026, 6, 9, 12, 0, tzinfo=UTC)
 
@@ -181,10 +182,10 @@ async def test_a_state_file_that_cannot_be_opened_leaves_the_agent_up_degraded_u
 
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
-    """A real 512 KiB tmpfs (the tests run as root, as CI does)."""
+    """A real 8 MiB tmpfs (the tests run as root, as CI does)."""
     mnt = tmp_path / "disk"
     mnt.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=512k", "tmpfs", str(mnt)], check=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mnt)], check=True)
     try:
         yield mnt
     finally:
@@ -193,7 +194,7 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
 
 def fill(disk: Path) -> Path:
     filler = disk / "filler"
-    with filler.open("wb") as f, contextlib.suppress(OSError):
+    with contextlib.suppress(OSError), filler.open("wb") as f:
         while True:
             f.write(b"\0" * 4096)
             f.flush()
@@ -219,7 +220,7 @@ async def test_a_full_state_disk_while_running_is_alerted_from_memory_and_nothin
             filler = fill(small_disk)
             with log.open("a") as f:
                 for n in range(200):
-                    f.write(f"ERROR {n} " + "x" * 2000 + "\n")
+                    f.write(f"ERROR {n} " + "x" * 200 + "\n")
             await until(lambda: bool(agent_alerts(rx)), what="the agent alert from memory")
             [(status, summary)] = summaries(rx)
             assert status == "firing" and "state file cannot be written" in summary
@@ -334,3 +335,72 @@ async def test_a_rules_yaml_that_stays_invalid_past_the_grace_is_alerted_with_it
             assert "configuration reload refused" in alert["annotations"]["summary"]
             assert "repaet" in alert["annotations"]["description"]
             assert not agent.health.healthy()
+
+
+async def test_a_404_on_a_backlog_of_50_holds_it_alerts_with_the_answer_and_delivers_all_later(
+    tmp_path: Path,
+) -> None:
+    log = tmp_path / "app.log"
+    log.touch()
+    clock = FakeClock(T0)
+    gone = Reply(404, "no_service")
+    async with Receiver(default=gone) as pager, Receiver() as chat:
+        cfg = tmp_path / "rules.yaml"
+        cfg.write_text(
+            f"version: 1\nagent: {{state: {tmp_path / 'state.db'}, host: t}}\n"
+            "webhooks:\n"
+            f"  pager: {{url: '{pager.url}/in'}}\n"
+            f"  chat: {{url: '{chat.url}/chat'}}\n"
+            + RULES.format(log=log).replace("repeat: never", "repeat: never\n    notify: [pager]")
+        )
+        async with running(cfg, clock) as agent:
+            await until(lambda: hasattr(agent, "pipeline") and agent.state.caught_up)
+            with log.open("a") as f:
+                f.writelines(f"ERROR {n}\n" for n in range(50))
+            await until(lambda: bool(agent_alerts(chat)), clock, what="an agent alert at chat")
+            [(status, summary)] = summaries(chat)
+            assert status == "firing"
+            assert summary.startswith("delivery to pager failing: HTTP 404")
+            assert "no_service" in summary
+            assert len(pager.received) < 5, (
+                "held as a path, not tried (and dead-lettered) row by row"
+            )
+            pager.default = Reply(200)  # the token is fixed
+            await until(lambda: len(rule_alerts(pager)) >= 50, clock, what="the whole backlog")
+            await until(lambda: len(agent_alerts(chat)) == 2, clock, what="the resolve")
+            counts = await agent.db.run(outbox.state_counts)
+        assert sorted({a["labels"]["n"] for a in rule_alerts(pager)}, key=int) == [
+            str(n) for n in range(50)
+        ]
+        assert "dead" not in counts.get("pager", {})
+        assert summaries(chat)[1] == ("resolved", "delivery to pager recovered")
+
+
+async def test_a_dead_letter_is_an_agent_alert_naming_the_webhook_and_the_answer(
+    tmp_path: Path,
+) -> None:
+    log = tmp_path / "app.log"
+    log.touch()
+    clock = FakeClock(T0)
+    async with Receiver() as pager, Receiver() as chat:
+        cfg = tmp_path / "rules.yaml"
+        cfg.write_text(
+            f"version: 1\nagent: {{state: {tmp_path / 'state.db'}, host: t}}\n"
+            "webhooks:\n"
+            f"  pager: {{url: '{pager.url}/in'}}\n"
+            f"  chat: {{url: '{chat.url}/chat'}}\n"
+            + RULES.format(log=log).replace("repeat: never", "repeat: never\n    notify: [pager]")
+        )
+        async with running(cfg, clock) as agent:
+            await until(lambda: hasattr(agent, "pipeline") and agent.state.caught_up)
+            with log.open("a") as f:
+                f.write("ERROR 1\n")
+            await until(lambda: len(rule_alerts(pager)) == 1, clock, what="the first alert")
+            pager.push(Reply(400, "invalid payload"))  # this one row is refused...
+            with log.open("a") as f:
+                f.write("ERROR 2\nERROR 3\n")  # ...while the next gets through
+            await until(lambda: bool(agent_alerts(chat)), clock, what="the dead-letter alert")
+            [(status, summary)] = summaries(chat)
+            assert status == "firing"
+            assert summary.startswith("pager rejected a notification for good: refused: HTTP 400")
+            await until(lambda: len(rule_alerts(pager)) >= 2, clock, what="the other row")
