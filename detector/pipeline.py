@@ -31,11 +31,11 @@ from detector.matching import (
 )
 from detector.matching_budget import CONFIRM_BUDGET_S
 from detector.model import Config, RuleConfig
+from detector.records import Commit
 from detector.rules.base import Evaluator, Signal, When
 from detector.rules.registry import build_evaluator
 from detector.schedule import DeadlineHeap
 from detector.sources.base import Batch, Line
-from detector.store.records import Commit
 
 log = logging.getLogger("detector.pipeline")
 StateLoader = Callable[[str], Mapping[str, Any]]

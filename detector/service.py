@@ -47,12 +47,12 @@ from detector.health import Health, loop_lag_monitor
 from detector.http import heartbeat_loop, start_http
 from detector.model import FileSourceConfig, SourceConfig
 from detector.pipeline import Pipeline
+from detector.records import Commit
 from detector.rules.base import Signal, When
 from detector.sdnotify import Notifier, watchdog_loop
 from detector.sources.base import Batch, Line, Source
 from detector.store import outbox
 from detector.store.db import AsyncStore, Store, StoreError
-from detector.store.records import Commit
 
 log = logging.getLogger("detector")
 

@@ -8,8 +8,8 @@ import argparse
 import sys
 
 from detector.cli_support import load, open_state
+from detector.records import Commit
 from detector.rules.anomaly import list_templates, mark_known
-from detector.store.records import Commit
 
 
 def templates_main(args: argparse.Namespace) -> int:

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from detector.cli import COMMANDS, build_parser, main
+from detector.records import Commit, OutboxRow
 from detector.store.db import Store
-from detector.store.records import Commit, OutboxRow
 from tests.agent_proc import free_port, write_config
 from tests.receiver import Receiver, Reply
 
