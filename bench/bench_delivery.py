@@ -27,8 +27,8 @@ from aiohttp import web
 from detector.clock import SystemClock
 from detector.delivery.worker import DeliveryWorker
 from detector.model import WebhookConfig
+from detector.records import Commit, OutboxRow
 from detector.store.db import AsyncStore, Store
-from detector.store.records import Commit, OutboxRow
 
 
 def snapshot(i: int, now: datetime) -> dict[str, Any]:

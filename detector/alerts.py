@@ -28,9 +28,9 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from detector.model import AlertKind, RuleConfig, Severity
+from detector.records import OutboxRow
 from detector.rules.base import Signal
 from detector.schedule import DeadlineHeap
-from detector.store.records import OutboxRow
 
 MAX_SAMPLES = 5
 MAX_SAMPLE_CHARS = 2000

@@ -1,5 +1,11 @@
 """The ``detector`` command: run | reload | check | test | status | outbox | send-test |
-templates | version."""
+templates | version.
+
+The top of the flow: parses the arguments and hands each command to its module. Every command
+follows one exit-code convention (0 ok, 1 findings, 2 usage or config error; see
+:mod:`detector.cli_support`), and a closed output pipe (``detector check | head -1``) ends any of
+them quietly.
+"""
 
 from __future__ import annotations
 
@@ -34,6 +40,17 @@ def _add_config(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_env_file(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--env-file",
+        default=None,
+        metavar="FILE",
+        help="systemd EnvironmentFile= whose variables the ${VAR}s of rules.yaml see, over the "
+        "environment (default: /etc/detector/detector.env, the unit's, when it exists and is "
+        "readable)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="detector",
@@ -42,7 +59,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("run", help="run the agent", description="Run the agent in the foreground.")
+    p = sub.add_parser(
+        "run",
+        help="run the agent",
+        description="Run the agent in the foreground. Exit 0 after a clean stop, 2 if rules.yaml "
+        "is invalid, 3 if the state file cannot be used (its own codes: it is what systemd runs).",
+    )
     _add_config(p)
     p.add_argument(
         "--log-format",
@@ -79,18 +101,21 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "check",
         help="validate rules.yaml",
-        description="Validate rules.yaml: exit 0 if it is valid, 1 with every error otherwise.",
+        description="Validate rules.yaml: exit 0 if it is valid, 2 with every error otherwise.",
     )
     _add_config(p)
+    _add_env_file(p)
 
     p = sub.add_parser(
         "test",
         help="dry-run log files through the rules",
         description="Replay log files through the real matcher and rule evaluators with simulated "
         "time taken from the lines' timestamps, and print what would have fired. Nothing is sent "
-        "and no state is written. Exit 0 if no alert would fire, 1 if some would.",
+        "and no state is written. Exit 0 if no alert would fire, 1 if some would, 2 if rules.yaml "
+        "or a FILE cannot be used.",
     )
     _add_config(p)
+    _add_env_file(p)
     p.add_argument("files", nargs="+", metavar="FILE", help="log files to replay (- for stdin)")
     p.add_argument("--source", help="treat the lines as coming from this source")
     p.add_argument("--time-format", help="strptime format of the timestamp at the line start")
@@ -114,6 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
         "and the delivery outbox.",
     )
     _add_config(p)
+    _add_env_file(p)
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
     p = sub.add_parser(
@@ -122,10 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="List the delivery outbox per webhook: pending, failing (held or retrying, "
         "with last error and next attempt) and dead rows. `detector outbox retry` puts dead "
         "letters back in the queue (due now, attempts reset); a running agent sends them "
-        "within 30 s.",
-    )
-    _add_config(p)
-    p.add_argument("action", nargs="?", choices=("list", "retry"), default="list")
+XX, nargs="?", choices=("list", "retry"), default="list")
     p.add_argument("--webhook", metavar="W", help="only this webhook")
     p.add_argument("--id", metavar="EVENT", help="retry: only the dead letter with this event id")
     p.add_argument("--json", action="store_true", help="machine-readable output")
@@ -135,9 +158,10 @@ def build_parser() -> argparse.ArgumentParser:
         "send-test",
         help="send a test alert to a webhook",
         description="Send a test alert through the real delivery path to WEBHOOK and print the "
-        "receiver's answer. Exit 0 if it was accepted.",
+        "receiver's answer. Exit 0 if it was accepted, 1 if not, 2 if there is no such webhook.",
     )
     _add_config(p)
+    _add_env_file(p)
     p.add_argument("webhook", metavar="WEBHOOK", help="webhook name from rules.yaml")
 
     p = sub.add_parser(
@@ -147,6 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
         "first/last seen; --known marks one as known so it never alerts.",
     )
     _add_config(p)
+    _add_env_file(p)
     p.add_argument("--rule", help="only this rule")
     p.add_argument("--known", metavar="TEMPLATE_ID", help="mark this template as known")
 
@@ -155,21 +180,30 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    if getattr(args, "config", "") is None:
-        args.config = _default_config()
-    handler = COMMANDS[args.command]
-    from detector.cli_support import CommandError  # noqa: PLC0415
+    from detector.cli_support import EXIT_BROKEN_PIPE, CommandError  # noqa: PLC0415
 
     try:
-        return handler(args)
-    except CommandError as e:
-        from detector.logs import print_error  # noqa: PLC0415
+        try:
+            args = build_parser().parse_args(argv)
+            if getattr(args, "config", "") is None:
+                args.config = _default_config()
+            return COMMANDS[args.command](args)
+        except CommandError as e:
+            from detector.logs import print_error  # noqa: PLC0415
 
-        print_error(str(e))  # under systemd: one journal entry at priority err
-        return e.code
+            print_error(str(e))  # under systemd: one journal entry at priority err
+            return e.code
+        finally:
+            sys.stdout.flush()  # here (--help too), so that a closed pipe is caught below
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # The reader went away (`detector check | head -1`). Point stdout at /dev/null so that
+        # the interpreter's own flush at exit does not fail again, and stop without a word.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return EXIT_BROKEN_PIPE
 
 
 def cmd_version(args: argparse.Namespace) -> int:
@@ -182,19 +216,11 @@ def cmd_version(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from detector.config import ConfigError, load_config  # noqa: PLC0415
-    from detector.logs import print_error  # noqa: PLC0415
+    from detector.cli_support import load_config_or_exit  # noqa: PLC0415
     from detector.matching import Matcher  # noqa: PLC0415
     from detector.pipeline import pattern_specs  # noqa: PLC0415
 
-    try:
-        config = load_config(args.config)
-    except ConfigError as e:
-        print_error(str(e))  # ExecStartPre: one journal entry at priority err
-        return 1
-    except OSError as e:
-        print_error(f"{args.config}: cannot read: {e.strerror}")
-        return 1
+    config = load_config_or_exit(args)  # an invalid file: CommandError, exit 2
     matcher = Matcher(pattern_specs(config.rules))
     print(
         f"{args.config}: OK — {len(config.sources)} sources, {len(config.rules)} rules, "
@@ -257,8 +283,15 @@ def cmd_reload(args: argparse.Namespace) -> int:
 
 
 def cmd_test(args: argparse.Namespace) -> int:
+    from detector.cli_support import CommandError  # noqa: PLC0415
     from detector.replay import main as replay_main  # noqa: PLC0415
 
+    for name in args.files:
+        if name != "-":
+            try:
+                Path(name).open("rb").close()
+            except OSError as e:
+                raise CommandError(f"{name}: cannot read: {e.strerror or e}") from e
     return replay_main(args)
 
 

@@ -12,7 +12,7 @@ import sys
 from datetime import UTC, datetime
 from typing import Any
 
-from detector.cli_support import load, open_state
+from detector.cli_support import load_config_or_exit, open_state
 from detector.store import outbox
 from detector.store.db import Store
 
@@ -21,7 +21,7 @@ ERROR_CHARS = 90
 
 
 def main(args: argparse.Namespace) -> int:
-    config = load(args.config)
+    config = load_config_or_exit(args)
     store = open_state(config)
     try:
         if args.action == "retry":

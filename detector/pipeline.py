@@ -32,11 +32,11 @@ from detector.matching import (
 )
 from detector.model import Config, RuleConfig
 from detector.problems import agent_signal
+from detector.records import Commit
 from detector.rules.base import Evaluator, Signal, When
 from detector.rules.registry import build_evaluator
 from detector.schedule import DeadlineHeap
 from detector.sources.base import Batch, Line
-from detector.store.records import Commit
 
 log = logging.getLogger("detector.pipeline")
 StateLoader = Callable[[str], Mapping[str, Any]]

@@ -5,8 +5,9 @@ Beside the agent, not in its flow: it validates rules.yaml with the same loader 
 the state file (meta ``reload``, written by ``Agent._reload`` after every attempt, its ``seq`` one
 higher each time), sends SIGHUP to the agent and polls the state file every 100 ms until a newer
 answer appears: exit 0 once the agent runs the new configuration, 1 with the agent's error if it
-refused it, 2 if the agent is gone or did not answer within ``--timeout``. Errors go through
-:func:`detector.logs.print_error`, so under systemd they are one journal entry at priority err.
+refused it, 2 if the file is invalid, the agent is gone or did not answer within ``--timeout``.
+Errors go through :func:`detector.logs.print_error`, so under systemd they are one journal entry
+at priority err.
 """
 
 from __future__ import annotations
@@ -74,10 +75,10 @@ def reload_main(args: argparse.Namespace) -> int:
         config = load_config(args.config)
     except ConfigError as e:
         print_error(f"reload refused, the running configuration stays in force:\n{e}")
-        return 1
+        return 2  # a config error, as for every command
     except OSError as e:
         print_error(f"reload refused: {args.config}: cannot read: {e.strerror}")
-        return 1
+        return 2
     pid = _agent_pid(args)
     state = config.agent.state
     if not state.exists():

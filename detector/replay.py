@@ -506,13 +506,9 @@ def replay(
 
 
 def main(args: argparse.Namespace) -> int:
-    from detector.config import ConfigError, load_config  # noqa: PLC0415
+    from detector.cli_support import load_config_or_exit  # noqa: PLC0415 - the CLI layer
 
-    try:
-        config = load_config(args.config)
-    except ConfigError as e:
-        print(str(e), file=sys.stderr)
-        return 2
+    config = load_config_or_exit(args)
     files = [(f, pick_source(config, f, args.source)) for f in args.files]
     total = sum(Path(f).stat().st_size for f, _ in files if f != "-")
     show = not args.no_progress and sys.stderr.isatty() and total > 32 * BLOCK

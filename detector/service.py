@@ -58,13 +58,13 @@ from detector.http import heartbeat_loop, start_http
 from detector.model import FileSourceConfig, SourceConfig
 from detector.pipeline import Pipeline
 from detector.problems import AGENT_RULE, Problems
+from detector.records import Commit, OutboxRow
 from detector.rules.base import Signal, When
 from detector.sdnotify import Notifier, watchdog_loop
 from detector.selfmon import PreviousRun, SelfMonitor
 from detector.sources.base import Batch, Line, Source
 from detector.store import outbox
 from detector.store.db import AsyncStore, Store, StoreError
-from detector.store.records import Commit, OutboxRow
 
 log = logging.getLogger("detector")
 

@@ -10,7 +10,7 @@ import json
 from datetime import UTC, datetime
 from typing import Any
 
-from detector.cli_support import load, open_state
+from detector.cli_support import load_config_or_exit, open_state
 
 
 def _ago(at: str | None, now: datetime) -> str:
@@ -93,7 +93,7 @@ def render(snap: dict[str, Any], rules: list[tuple[str, str]]) -> str:
 
 
 def main(args: argparse.Namespace) -> int:
-    config = load(args.config)
+    config = load_config_or_exit(args)
     store = open_state(config)
     try:
         snap = store.snapshot()

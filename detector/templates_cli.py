@@ -7,21 +7,21 @@ from __future__ import annotations
 import argparse
 import sys
 
-from detector.cli_support import load, open_state
+from detector.cli_support import EXIT_USAGE, load_config_or_exit, open_state
+from detector.records import Commit
 from detector.rules.anomaly import list_templates, mark_known
-from detector.store.records import Commit
 
 
 def templates_main(args: argparse.Namespace) -> int:
     from datetime import UTC, datetime  # noqa: PLC0415
 
-    config = load(args.config)
+    config = load_config_or_exit(args)
     rules = [r for r in config.rules if r.kind == "anomaly_new"]
     if args.rule:
         rules = [r for r in rules if r.name == args.rule]
         if not rules:
             print(f"no `anomaly: new` rule named {args.rule!r}", file=sys.stderr)
-            return 2
+            return EXIT_USAGE
     store = open_state(config)
     try:
         if args.known:
@@ -38,7 +38,7 @@ def templates_main(args: argparse.Namespace) -> int:
                 )
                 return 0
             print(f"no template with id {args.known!r}", file=sys.stderr)
-            return 1
+            return EXIT_USAGE
         for r in rules:
             infos = list_templates(store.load_rule_state(r.name))
             print(f"rule {r.name}: {len(infos)} templates")

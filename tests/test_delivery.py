@@ -22,9 +22,9 @@ from detector.delivery import policy
 from detector.delivery.sendtest import send_test
 from detector.delivery.worker import DeliveryWorker
 from detector.model import WebhookConfig
+from detector.records import Commit, OutboxRow
 from detector.store import outbox
 from detector.store.db import AsyncStore, Store
-from detector.store.records import Commit, OutboxRow
 from tests.receiver import Cut, Hang, Receiver, Reply
 
 START = datetime(2026, 3, 1, 12, 0, 0, tzinfo=UTC)

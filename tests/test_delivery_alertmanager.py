@@ -22,8 +22,8 @@ import pytest
 from detector.clock import FakeClock
 from detector.delivery.worker import DeliveryWorker
 from detector.model import WebhookConfig
+from detector.records import Commit, OutboxRow
 from detector.store.db import AsyncStore, Store
-from detector.store.records import Commit, OutboxRow
 from tests.receiver import Receiver
 
 AM_BIN = "/usr/bin/prometheus-alertmanager"

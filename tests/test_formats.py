@@ -10,7 +10,8 @@ from typing import Any
 
 import pytest
 
-from detector.delivery import discord, formats, ntfy, pagerduty, template
+from detector import templating
+from detector.delivery import discord, formats, ntfy, pagerduty
 from detector.delivery.common import dumps
 from detector.model import WEBHOOK_FORMATS, WebhookConfig
 
@@ -171,10 +172,10 @@ def test_template_inserts_json_escaped_values() -> None:
 
 
 def test_template_problems_are_reported_by_validate() -> None:
-    assert template.validate('{"a": "$summary"}') is None
-    assert "unknown placeholder $nope" in (template.validate('{"a": "$nope"}') or "")
-    assert "valid JSON" in (template.validate('{"a": $summary}') or "")
-    assert template.validate('{"a": "$label_team"}') is None
+    assert templating.validate('{"a": "$summary"}') is None
+    assert "unknown placeholder $nope" in (templating.validate('{"a": "$nope"}') or "")
+    assert "valid JSON" in (templating.validate('{"a": $summary}') or "")
+    assert templating.validate('{"a": "$label_team"}') is None
 
 
 def test_digest_lists_rules_and_is_capped() -> None:

@@ -10,10 +10,10 @@ from detector.alerts import iso
 from detector.matching import MAX_OVERRUNS_PER_CALL
 from detector.model import ThresholdSpec
 from detector.pipeline import Pipeline
+from detector.records import Checkpoint, Commit
 from detector.replay import replay
 from detector.rules.base import When
-from detector.sources.base import Batch, Checkpoint, Line
-from detector.store.records import Commit
+from detector.sources.base import Batch, Line
 from tests.helpers import at, config, line, rule
 
 

@@ -122,7 +122,7 @@ async def test_reload_of_an_invalid_file_fails_with_its_error_and_the_old_rules_
             broken = NEW.format(log=log).replace("match: 'NEW", "mach: 'NEW")
             config_in(tmp_path, broken, rx.url + "/hook")
             rc, out, err = await reload(cfg, agent.proc.pid)
-            assert rc == 1
+            assert rc == 2  # a config error
             assert out == ""
             assert "reload refused, the running configuration stays in force" in err
             assert "mach" in err  # the file's own error, where it is

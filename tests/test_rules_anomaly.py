@@ -10,10 +10,10 @@ from typing import Any
 from detector.clock import FakeClock
 from detector.matching import Hit
 from detector.model import AnomalyNewSpec, AnomalyRateSpec, RuleConfig
+from detector.records import Commit
 from detector.rules.anomaly import NewKindEvaluator, RateEvaluator, list_templates, mark_known
 from detector.rules.base import Evaluator, Signal, When
 from detector.store.db import Store
-from detector.store.records import Commit
 from tests.helpers import T0, at, line, rule, when
 
 # ====================================================================== anomaly: new

@@ -9,9 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from detector.sources.base import Checkpoint
+from detector.records import Checkpoint, Commit, OutboxRow
 from detector.store.db import SCHEMA_VERSION, Store, StoreError
-from detector.store.records import Commit, OutboxRow
 from tests.helpers import at
 
 

@@ -21,7 +21,6 @@ from urllib.parse import urlsplit
 from yaml.nodes import Node, ScalarNode
 
 from detector.config.nodes import TAG_INT, NodeReader, did_you_mean
-from detector.delivery.template import validate as template_problem
 from detector.logs import LOG_FORMATS
 from detector.model import (
     SEVERITIES,
@@ -36,7 +35,8 @@ from detector.model import (
     WebhookConfig,
     WebhookFormat,
 )
-from detector.store.records import default_state_path
+from detector.records import default_state_path
+from detector.templating import validate as template_problem
 
 JOURNALD_PRIORITIES: Mapping[str, int] = {
     "emerg": 0,
@@ -370,7 +370,7 @@ def read_webhooks(r: NodeReader, declared: Declared, node: Node) -> dict[str, We
                     body["template"][1],
                     f"{w}: template",
                     f"{problem} — placeholders are $summary, $rule, $label_<name>, … "
-                    "(see detector/delivery/template.py)",
+                    "(see detector/templating.py)",
                 )
         if fmt == "pagerduty" and "routing_key" not in body:
             r.err(

@@ -10,14 +10,19 @@ from detector.delivery.sendtest import send_test
 
 
 def send_test_main(args: argparse.Namespace) -> int:
-    from detector.cli_support import load  # noqa: PLC0415 - the CLI layer, above delivery
+    from detector.cli_support import (  # noqa: PLC0415 - the CLI layer, above delivery
+        EXIT_FINDINGS,
+        EXIT_OK,
+        EXIT_USAGE,
+        load_config_or_exit,
+    )
 
-    config = load(args.config)
+    config = load_config_or_exit(args)
     webhook = config.webhooks.get(args.webhook)
     if webhook is None:
         names = ", ".join(sorted(config.webhooks)) or "none"
         print(f"no webhook named {args.webhook!r} (have: {names})", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     result = asyncio.run(send_test(webhook, config.agent.host))
     status = result.status if result.status is not None else "no answer"
     print(f"webhook {webhook.name} ({webhook.format}): {status}")
@@ -26,4 +31,4 @@ def send_test_main(args: argparse.Namespace) -> int:
     if result.error:
         print(f"error: {result.error}", file=sys.stderr)
     print("OK: the receiver accepted the test alert" if result.ok else "FAILED")
-    return 0 if result.ok else 1
+    return EXIT_OK if result.ok else EXIT_FINDINGS

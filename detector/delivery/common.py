@@ -63,14 +63,6 @@ def is_resolved(alert: Mapping[str, Any]) -> bool:
     return alert.get("status") == "resolved"
 
 
-def title(alert: Mapping[str, Any]) -> str:
-    """``[FIRING] critical nginx-5xx on db1: summary`` — one line every format can use."""
-    state = alert.get("notification") or alert.get("status") or "firing"
-    word = {"firing": "FIRING", "repeat": "STILL FIRING", "resolved": "RESOLVED", "info": "INFO"}
-    head = word.get(str(state), str(state).upper())
-    return f"[{head}] {alert.get('rule')} on {alert.get('host')}: {alert.get('summary')}"
-
-
 def emoji(alert: Mapping[str, Any]) -> str:
     if is_resolved(alert):
         return RESOLVED_EMOJI

@@ -17,9 +17,9 @@ from detector.delivery.common import (
     emoji,
     facts,
     samples_text,
-    title,
 )
 from detector.model import WebhookConfig
+from detector.templating import title
 
 CONTENT_MAX = 2000
 TITLE_MAX = 256

@@ -19,9 +19,9 @@ from detector.delivery.common import (
     clip_bytes,
     is_resolved,
     samples_text,
-    title,
 )
 from detector.model import WebhookConfig
+from detector.templating import title
 
 MESSAGE_MAX_BYTES = 4000
 PRIORITY = {"critical": 5, "error": 4, "warning": 3, "info": 2}

@@ -10,9 +10,10 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
-from detector.delivery.common import RenderedRequest, clip, emoji, facts, samples_text, title
+from detector.delivery.common import RenderedRequest, clip, emoji, facts, samples_text
 from detector.delivery.policy import Answer
 from detector.model import WebhookConfig
+from detector.templating import title
 
 HEADER_MAX = 150
 SECTION_MAX = 3000

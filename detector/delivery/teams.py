@@ -17,9 +17,9 @@ from detector.delivery.common import (
     facts,
     is_resolved,
     samples_text,
-    title,
 )
 from detector.model import WebhookConfig
+from detector.templating import title
 
 TEXT_MAX = 8000
 SAMPLES_MAX = 8000

@@ -1,108 +1,19 @@
-"""Per-webhook custom bodies (``template:`` in rules.yaml), rendered with ``string.Template``.
+"""Per-webhook custom bodies (``template:`` in rules.yaml): the delivery end.
 
-Why ``string.Template`` and not Jinja2: a template here only needs to place alert fields into a
-JSON body, and ``string.Template`` can do nothing else — no attribute access, no calls, no loops,
-no new dependency, nothing to sandbox. (``str.format`` would allow ``{x.__class__}`` attribute
-walks; Jinja2 needs its sandbox and a dependency for power nobody asked for.)
-
-Placeholders (``$summary`` or ``${summary}``) go INSIDE JSON strings: every value is inserted
-JSON-string-escaped, so the result is valid JSON whatever a log line contains::
-
-    {"text": "$status: $summary on $host", "runbook": "$runbook"}
-
-Available: every top-level payload key (lists and objects appear as their JSON text), plus
-``$title``, ``$samples_text`` (newline-joined samples), ``$attempt`` and ``$label_<name>`` for
-each label whose name is an identifier. ``$$`` is a literal dollar sign.
+Renders a webhook's body template into the :class:`RenderedRequest` the worker POSTs. The template
+language itself (``string.Template`` placeholders inside JSON strings, every value JSON-escaped;
+the placeholders available; validation for ``detector check``) lives in
+:mod:`detector.templating`, below the config loader, which validates templates at load time.
 """
 
 from __future__ import annotations
 
-import json
-import string
 from collections.abc import Mapping
 from typing import Any
 
-from detector.delivery.common import JSON_TYPE, RenderedRequest, title
+from detector.delivery.common import JSON_TYPE, RenderedRequest
 from detector.model import WebhookConfig
-
-EXAMPLE_ALERT: dict[str, Any] = {
-    "event_id": "e",
-    "fingerprint": "f",
-    "notification": "firing",
-    "status": "firing",
-    "rule": "r",
-    "kind": "error",
-    "severity": "warning",
-    "summary": "s",
-    "description": "d",
-    "labels": {"host": "h"},
-    "owner": None,
-    "runbook": None,
-    "host": "h",
-    "source": None,
-    "first_seen_at": "2026-01-01T00:00:00.000Z",
-    "last_seen_at": "2026-01-01T00:00:00.000Z",
-    "resolved_at": None,
-    "count": 1,
-    "samples": [],
-    "evidence": {},
-    "created_at": "2026-01-01T00:00:00.000Z",
-}
-
-
-class TemplateError(ValueError):
-    """The template does not produce valid JSON, or names an unknown placeholder."""
-
-
-def _escaped(value: Any) -> str:
-    if value is None:
-        text = ""
-    elif isinstance(value, str):
-        text = value
-    elif isinstance(value, bool | int | float):
-        text = json.dumps(value)
-    else:
-        text = json.dumps(value, ensure_ascii=False, sort_keys=True)
-    return json.dumps(text, ensure_ascii=False)[1:-1]
-
-
-def variables(alert: Mapping[str, Any], attempt: int) -> dict[str, str]:
-    out = {str(k): _escaped(v) for k, v in alert.items()}
-    out["title"] = _escaped(title(alert))
-    out["samples_text"] = _escaped("\n".join(str(s) for s in alert.get("samples") or []))
-    out["attempt"] = str(attempt)
-    for key, value in (alert.get("labels") or {}).items():
-        if str(key).isidentifier():
-            out[f"label_{key}"] = _escaped(value)
-    return out
-
-
-def render_text(template: str, alert: Mapping[str, Any], attempt: int) -> bytes:
-    """The body; a placeholder with no value (a label this alert lacks) stays as written."""
-    text = string.Template(template).safe_substitute(variables(alert, attempt))
-    try:
-        json.loads(text)
-    except json.JSONDecodeError as e:
-        raise TemplateError(
-            f"template does not render valid JSON: {e.msg} at char {e.pos}"
-        ) from None
-    return text.encode()
-
-
-def validate(template: str) -> str | None:
-    """For ``detector check``: None if the template is usable, else what is wrong."""
-    tpl = string.Template(template)
-    if not tpl.is_valid():
-        return "bad placeholder (a lone $; write $$ for a dollar sign)"
-    known = set(variables(EXAMPLE_ALERT, 1))
-    unknown = [n for n in tpl.get_identifiers() if n not in known and not n.startswith("label_")]
-    if unknown:
-        return f"unknown placeholder ${unknown[0]} (known: {', '.join(sorted(known))})"
-    try:
-        render_text(template, EXAMPLE_ALERT, 1)
-    except TemplateError as e:
-        return str(e)
-    return None
+from detector.templating import render_text
 
 
 def render(

@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
 
+from detector.records import Checkpoint
+
 
 @dataclass(slots=True)
 class Line:
@@ -29,17 +31,6 @@ class Line:
     fields: Mapping[str, str] | None = None
     """Structured fields (journald fields), None for plain files. Captured groups are added by
     matching, not here."""
-
-
-@dataclass(frozen=True, slots=True)
-class Checkpoint:
-    """Where to resume. ``key`` is unique within a source (a file identity, or "cursor")."""
-
-    source: str
-    key: str
-    value: Mapping[str, Any]
-    """JSON-serialisable. ``{}`` with ``delete=True`` removes the checkpoint (file gone)."""
-    delete: bool = False
 
 
 @dataclass(slots=True)

@@ -53,7 +53,8 @@ from typing import Any
 
 from detector.clock import Clock
 from detector.model import JournaldSourceConfig
-from detector.sources.base import Batch, Checkpoint, Line, SourceProblem
+from detector.records import Checkpoint
+from detector.sources.base import Batch, Line, SourceProblem
 
 log = logging.getLogger(__name__)
 

@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 
 import sqlite_utils
 
-from detector.store.records import Commit
+from detector.records import Commit
 
 SCHEMA_VERSION = 1
 T = TypeVar("T")

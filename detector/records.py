@@ -1,6 +1,10 @@
-"""The plain records the store commits: what one batch changed (``Commit``), an outbox row, and
-where the state file lives by default. Kept apart from ``db`` so that the pipeline, the alert book
-and the config loader do not import SQLite helpers (``detector test`` starts faster)."""
+"""The plain records that travel down the flow: where a source resumes (``Checkpoint``), an outbox
+row, what one batch changed (``Commit``) and where the state file lives by default.
+
+Sources produce checkpoints, the pipeline and the alert book build commits, the store persists
+them and the config loader needs the default state path. The module sits at the bottom of the
+import layers (it imports nothing from ``detector``), so each of them can use these types without
+importing another stage — and without SQLite (``detector test`` starts faster)."""
 
 from __future__ import annotations
 
@@ -11,7 +15,16 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from detector.sources.base import Checkpoint
+
+@dataclass(frozen=True, slots=True)
+class Checkpoint:
+    """Where to resume. ``key`` is unique within a source (a file identity, or "cursor")."""
+
+    source: str
+    key: str
+    value: Mapping[str, Any]
+    """JSON-serialisable. ``{}`` with ``delete=True`` removes the checkpoint (file gone)."""
+    delete: bool = False
 
 
 @dataclass(frozen=True)
