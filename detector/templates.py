@@ -1,6 +1,6 @@
 """Online log-template mining: the engine behind ``anomaly: new`` rules.
 
-Sits inside the ``anomaly: new`` evaluator (``rules/anomaly.py``), which feeds it one line at a
+Sits inside the ``anomaly: new`` evaluator (``rules/anomaly_new.py``), which feeds it one line at a
 time on the hot path. A line is first *masked*: a syslog header loses its timestamp and host, then
 timestamps, UUIDs, IP addresses, URLs, paths, hex ids, durations and numbers (after the rule's own
 masks) become typed placeholders such as ``<NUM>``, so raw lines with their headers are handled as

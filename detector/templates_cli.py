@@ -8,7 +8,7 @@ import argparse
 import sys
 
 from detector.cli_support import load, open_state
-from detector.rules.anomaly import list_templates, mark_known
+from detector.rules.anomaly_new import list_templates, mark_known
 from detector.store.records import Commit
 
 
