@@ -30,6 +30,7 @@ from detector.model import (
 )
 from detector.rules.base import Evaluator, Signal, When
 from detector.rules.registry import build_evaluator
+from detector.rules.state import KeyedState
 from detector.sources.base import Line
 from detector.store.db import Store
 from detector.store.records import Commit
@@ -242,3 +243,34 @@ def test_a_state_file_written_earlier_loads_and_the_rule_goes_on_as_if_never_sto
     assert _rows(store, kind) == _rows(kept_store, kind)
     store.close()
     kept_store.close()
+
+
+# ---------------------------------------------------------------- KeyedState itself
+
+
+def test_keyed_state_writes_the_touched_keys_once_and_deletes_the_gone_ones() -> None:
+    values = {"a": 1, "b": 2}
+    rows = KeyedState(values, lambda key, v: {"key": key, "v": v}, "n:")
+    rows.touch("a")
+    del values["b"]
+    rows.touch("b")
+    assert rows.changes() == {"n:a": {"key": "a", "v": 1}, "n:b": None}
+    assert rows.changes() == {}, "changes are reported once"
+
+
+def test_keyed_state_sync_touches_only_rows_that_differ() -> None:
+    rows = KeyedState[Any]({"spec": "x", "w:1": {"n": 1}}, lambda _, v: v)
+    rows.sync({"spec": "x", "w:1": {"n": 2}, "w:2": {"n": 0}})
+    assert rows.changes() == {"w:1": {"n": 2}, "w:2": {"n": 0}}
+    rows.sync({"spec": "x", "w:2": {"n": 0}})
+    assert rows.changes() == {"w:1": None}
+
+
+def test_keyed_state_loads_its_own_rows_and_drops_unreadable_ones_if_asked() -> None:
+    items = {"n:a": {"v": 1}, "n:b": "garbage", "n:c": {}, "other": {"v": 9}}
+    kept = KeyedState[int]({}, lambda _, v: v, "n:")
+    assert kept.load(items, lambda _, value: int(value["v"])) == [("a", 1)]
+    assert kept.changes() == {}, "without drop_bad an unreadable row stays as it is"
+    dropping = KeyedState[int]({}, lambda _, v: v, "n:")
+    assert dropping.load(items, lambda _, value: int(value["v"]), drop_bad=True) == [("a", 1)]
+    assert dropping.changes() == {"n:b": None, "n:c": None}

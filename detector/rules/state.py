@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator, Mapping
 from typing import Any, Generic, TypeVar
 
 V = TypeVar("V")
+T = TypeVar("T")
 
 META_KEY = "meta"
 """The row that holds an evaluator's one-of-a-kind state (learning progress, the open bucket)."""
@@ -71,16 +72,16 @@ class KeyedState(Generic[V]):
     def load(
         self,
         items: Mapping[str, Any],
-        decode: Callable[[str, Any], V | None],
+        decode: Callable[[str, Any], T | None],
         *,
         drop_bad: bool = False,
-    ) -> list[tuple[str, V]]:
+    ) -> list[tuple[str, T]]:
         """This family's rows in ``items``, decoded, in stored order. A row that ``decode`` refuses
         (returns None, or raises ``KeyError``/``TypeError``/``ValueError``: another version's
         format, another rule definition's keys) is left out, and with ``drop_bad`` touched, so the
         next :meth:`changes` deletes it (or rewrites it, if ``values`` holds that key by then).
         Putting the decoded values into ``values`` is the caller's business."""
-        out: list[tuple[str, V]] = []
+        out: list[tuple[str, T]] = []
         for key, stored in self.rows(items):
             try:
                 value = decode(key, stored)
