@@ -34,7 +34,8 @@ from drain3 import TemplateMiner as Drain3Miner
 from drain3.template_miner_config import TemplateMinerConfig
 
 from detector.model import AnomalyNewSpec, AnomalyRateSpec, RuleConfig
-from detector.rules.anomaly import NewKindEvaluator, RateEvaluator, _Ewma, _RateKey
+from detector.rules.anomaly_new import NewKindEvaluator
+from detector.rules.anomaly_rate import RateEvaluator, _Ewma, _RateKey
 from detector.rules.base import Signal, When
 from detector.sources.base import Line
 from detector.templates import TemplateMiner

@@ -24,13 +24,14 @@ import hashlib
 import uuid
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from detector.model import AlertKind, RuleConfig, Severity
 from detector.records import OutboxRow
 from detector.rules.base import Signal
 from detector.schedule import DeadlineHeap
+from detector.timefmt import iso_or_none, parse_iso_or_none
 
 MAX_SAMPLES = 5
 MAX_SAMPLE_CHARS = 2000
@@ -42,18 +43,6 @@ PRUNE_EVERY = timedelta(hours=1)
 @functools.lru_cache(maxsize=65536)
 def fingerprint(rule: str, key: str) -> str:
     return hashlib.sha256(f"{rule}\x00{key}".encode()).hexdigest()[:16]
-
-
-def iso(at: datetime | None) -> str | None:
-    if at is None:
-        return None
-    return at.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def parse_iso(text: str | None) -> datetime | None:
-    if text is None:
-        return None
-    return datetime.fromisoformat(text.replace("Z", "+00:00"))
 
 
 @dataclass
@@ -97,21 +86,23 @@ class Alert:
             "runbook": self.runbook,
             "host": self.host,
             "source": self.source,
-            "first_seen_at": iso(self.first_seen_at),
-            "last_seen_at": iso(self.last_seen_at),
-            "resolved_at": iso(self.resolved_at),
+            "first_seen_at": iso_or_none(self.first_seen_at, timespec="milliseconds", zulu=True),
+            "last_seen_at": iso_or_none(self.last_seen_at, timespec="milliseconds", zulu=True),
+            "resolved_at": iso_or_none(self.resolved_at, timespec="milliseconds", zulu=True),
             "count": self.count,
             "samples": list(self.samples),
             "evidence": copy.deepcopy(self.evidence) if self.evidence else {},
             "notify": list(self.notify),
-            "last_notified_at": iso(self.last_notified_at),
+            "last_notified_at": iso_or_none(
+                self.last_notified_at, timespec="milliseconds", zulu=True
+            ),
         }
 
     @staticmethod
     def from_row(row: Mapping[str, Any]) -> Alert:
         data = dict(row)
         for name in ("first_seen_at", "last_seen_at", "resolved_at", "last_notified_at"):
-            data[name] = parse_iso(data.get(name))
+            data[name] = parse_iso_or_none(data.get(name))
         data["notify"] = tuple(data.get("notify") or ())
         known = set(Alert.__dataclass_fields__)
         return Alert(**{k: v for k, v in data.items() if k in known})
@@ -133,13 +124,13 @@ class Alert:
             "runbook": self.runbook,
             "host": self.host,
             "source": self.source,
-            "first_seen_at": iso(self.first_seen_at),
-            "last_seen_at": iso(self.last_seen_at),
-            "resolved_at": iso(self.resolved_at),
+            "first_seen_at": iso_or_none(self.first_seen_at, timespec="milliseconds", zulu=True),
+            "last_seen_at": iso_or_none(self.last_seen_at, timespec="milliseconds", zulu=True),
+            "resolved_at": iso_or_none(self.resolved_at, timespec="milliseconds", zulu=True),
             "count": self.count,
             "samples": list(self.samples),
             "evidence": dict(self.evidence),
-            "created_at": iso(now),
+            "created_at": iso_or_none(now, timespec="milliseconds", zulu=True),
         }
 
 

@@ -148,7 +148,11 @@ def build_parser() -> argparse.ArgumentParser:
         description="List the delivery outbox per webhook: pending, failing (held or retrying, "
         "with last error and next attempt) and dead rows. `detector outbox retry` puts dead "
         "letters back in the queue (due now, attempts reset); a running agent sends them "
-XX, nargs="?", choices=("list", "retry"), default="list")
+        "within 30 s.",
+    )
+    _add_config(p)
+    _add_env_file(p)
+    p.add_argument("action", nargs="?", choices=("list", "retry"), default="list")
     p.add_argument("--webhook", metavar="W", help="only this webhook")
     p.add_argument("--id", metavar="EVENT", help="retry: only the dead letter with this event id")
     p.add_argument("--json", action="store_true", help="machine-readable output")

@@ -7,24 +7,25 @@ from __future__ import annotations
 
 import argparse
 import json
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from detector.cli_support import load_config_or_exit, open_state
+from detector.timefmt import format_duration, parse_iso
 
 
 def _ago(at: str | None, now: datetime) -> str:
     if not at:
         return "never"
-    secs = int((now - datetime.fromisoformat(at)).total_seconds())
+    secs = int((now - parse_iso(at)).total_seconds())
     if secs < 0:
-        return f"in {-secs}s"
-    return f"{secs}s ago" if secs < 120 else f"{secs // 60}m ago"
+        return f"in {format_duration(timedelta(seconds=-secs))}"
+    return f"{format_duration(timedelta(seconds=secs))} ago"
 
 
 def render(snap: dict[str, Any], rules: list[tuple[str, str]]) -> str:
     live = snap.get("agent_status") or {}
-    now = datetime.fromisoformat(live["at"]) if live.get("at") else datetime.now(UTC)
+    now = parse_iso(live["at"]) if live.get("at") else datetime.now(UTC)
     out: list[str] = []
     out.append(f"state schema v{snap['schema_version']}, agent last alive {snap['last_alive_at']}")
     if live.get("problems"):

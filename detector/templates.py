@@ -1,6 +1,6 @@
 """Online log-template mining: the engine behind ``anomaly: new`` rules.
 
-Sits inside the ``anomaly: new`` evaluator (``rules/anomaly.py``), which feeds it one line at a
+Sits inside the ``anomaly: new`` evaluator (``rules/anomaly_new.py``), which feeds it one line at a
 time on the hot path. A line is first *masked*: a syslog header loses its timestamp and host, then
 timestamps, UUIDs, IP addresses, URLs, paths, hex ids, durations and numbers (after the rule's own
 masks) become typed placeholders such as ``<NUM>``, so raw lines with their headers are handled as
@@ -25,6 +25,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
+
+from detector.timefmt import iso_or_none, parse_iso_or_none
 
 WILDCARD = "<*>"
 MAX_LINE_CHARS = 4096  # longer lines are mined on their first 4 KiB
@@ -199,8 +201,8 @@ class Template:
         return {
             "tokens": self.tokens,
             "count": self.count,
-            "first_at": self.first_at.isoformat() if self.first_at else None,
-            "last_at": self.last_at.isoformat() if self.last_at else None,
+            "first_at": iso_or_none(self.first_at, keep_offset=True),
+            "last_at": iso_or_none(self.last_at, keep_offset=True),
             "example": self.example,
             "known": self.known,
             **({"extra": self.extra} if self.extra else {}),
@@ -212,16 +214,12 @@ class Template:
             id=tid,
             tokens=[str(t) for t in value["tokens"]],
             count=int(value.get("count", 0)),
-            first_at=_parse_at(value.get("first_at")),
-            last_at=_parse_at(value.get("last_at")),
+            first_at=parse_iso_or_none(value.get("first_at")),
+            last_at=parse_iso_or_none(value.get("last_at")),
             example=str(value.get("example", "")),
             known=bool(value.get("known", False)),
             extra=dict(value.get("extra") or {}),
         )
-
-
-def _parse_at(value: Any) -> datetime | None:
-    return datetime.fromisoformat(value) if isinstance(value, str) else None
 
 
 @dataclass(frozen=True, slots=True)

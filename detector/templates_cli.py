@@ -9,7 +9,8 @@ import sys
 
 from detector.cli_support import EXIT_USAGE, load_config_or_exit, open_state
 from detector.records import Commit
-from detector.rules.anomaly import list_templates, mark_known
+from detector.rules.anomaly_new import list_templates, mark_known
+from detector.timefmt import iso
 
 
 def templates_main(args: argparse.Namespace) -> int:
@@ -49,8 +50,14 @@ def templates_main(args: argparse.Namespace) -> int:
                     + ("L" if t.learned else "-")
                     + ("A" if t.alerted else "-")
                 )
-                first = t.first_at.isoformat(timespec="seconds")[:19] if t.first_at else "-"
-                last = t.last_at.isoformat(timespec="seconds")[:19] if t.last_at else "-"
+                first = (
+                    iso(t.first_at, timespec="seconds", keep_offset=True)[:19]
+                    if t.first_at
+                    else "-"
+                )
+                last = (
+                    iso(t.last_at, timespec="seconds", keep_offset=True)[:19] if t.last_at else "-"
+                )
                 print(f"  {t.id:<8} {t.count:>8}  {first:<20} {last:<20} {flags:<5}  {t.template}")
         print("flags: K known, L learned during the learning period, A alerted")
     finally:

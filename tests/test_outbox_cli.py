@@ -6,9 +6,9 @@ import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from detector.records import Commit, OutboxRow
 from detector.store import outbox
 from detector.store.db import Store
-from detector.store.records import Commit, OutboxRow
 from tests.test_cli import run
 
 NOW = datetime(2026, 11, 25, 10, tzinfo=UTC)

@@ -6,7 +6,6 @@ from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 
-from detector.alerts import iso
 from detector.matching import MAX_OVERRUNS_PER_CALL
 from detector.model import ThresholdSpec
 from detector.pipeline import Pipeline
@@ -14,6 +13,7 @@ from detector.records import Checkpoint, Commit
 from detector.replay import replay
 from detector.rules.base import When
 from detector.sources.base import Batch, Line
+from detector.timefmt import iso
 from tests.helpers import at, config, line, rule
 
 
@@ -69,7 +69,7 @@ def test_a_new_match_moves_the_resolve_deadline_exactly() -> None:
     assert p.alerts.firing()[0].count == 2
     c = p.tick(at(1500))
     assert [o.payload["notification"] for o in c.outbox] == ["resolved"]
-    assert c.outbox[0].payload["resolved_at"] == iso(at(1500))
+    assert c.outbox[0].payload["resolved_at"] == iso(at(1500), timespec="milliseconds", zulu=True)
 
 
 def test_reconfigure_keeps_unchanged_rules_and_resolves_removed_ones() -> None:

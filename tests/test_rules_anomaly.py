@@ -11,7 +11,8 @@ from detector.clock import FakeClock
 from detector.matching import Hit
 from detector.model import AnomalyNewSpec, AnomalyRateSpec, RuleConfig
 from detector.records import Commit
-from detector.rules.anomaly import NewKindEvaluator, RateEvaluator, list_templates, mark_known
+from detector.rules.anomaly_new import NewKindEvaluator, list_templates, mark_known
+from detector.rules.anomaly_rate import RateEvaluator
 from detector.rules.base import Evaluator, Signal, When
 from detector.store.db import Store
 from tests.helpers import T0, at, line, rule, when

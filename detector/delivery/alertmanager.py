@@ -14,9 +14,10 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from detector.delivery.common import RenderedRequest, iso
+from detector.delivery.common import RenderedRequest
 from detector.delivery.json_v4 import am_annotations, am_labels
 from detector.model import WebhookConfig
+from detector.timefmt import iso
 
 RESEND_EVERY = timedelta(minutes=1)
 VALID_FOR = 4 * RESEND_EVERY
@@ -37,7 +38,7 @@ def postable(alert: Mapping[str, Any], now: datetime | None) -> dict[str, Any]:
     if alert.get("status") == "resolved":
         entry["endsAt"] = alert.get("resolved_at") or alert.get("last_seen_at")
     elif now is not None:
-        entry["endsAt"] = iso(now + VALID_FOR)
+        entry["endsAt"] = iso(now + VALID_FOR, timespec="milliseconds", zulu=True)
     if alert.get("runbook"):
         entry["generatorURL"] = str(alert["runbook"])
     return entry

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
 from detector import __version__
@@ -73,17 +72,6 @@ def colour(alert: Mapping[str, Any]) -> int:
     if is_resolved(alert):
         return RESOLVED_COLOUR
     return SEVERITY_COLOUR.get(str(alert.get("severity")), 0x808080)
-
-
-def parse_time(text: str | None) -> datetime | None:
-    if not text:
-        return None
-    at = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    return at if at.tzinfo else at.replace(tzinfo=UTC)
-
-
-def iso(at: datetime) -> str:
-    return at.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def facts(alert: Mapping[str, Any]) -> list[tuple[str, str]]:

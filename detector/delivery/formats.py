@@ -23,10 +23,11 @@ from detector.delivery import (
     teams,
     template,
 )
-from detector.delivery.common import RenderedRequest, clip, iso
+from detector.delivery.common import RenderedRequest, clip
 from detector.delivery.policy import Answer
 from detector.delivery.policy import judge as default_judge
 from detector.model import SEVERITIES, WebhookConfig
+from detector.timefmt import iso
 
 DIGEST_RULE = "detector-digest"
 DIGEST_LINES = 20
@@ -101,7 +102,7 @@ def digest_alert(alerts: Sequence[Mapping[str, Any]], host: str, now: datetime) 
     severity = max(severities, key=SEVERITIES.index) if severities else "warning"
     ids = [str(a.get("event_id")) for a in alerts]
     event_id = "digest-" + hashlib.sha256("\n".join(ids).encode()).hexdigest()[:24]
-    stamp = iso(now)
+    stamp = iso(now, timespec="milliseconds", zulu=True)
     return {
         "event_id": event_id,
         "fingerprint": event_id,

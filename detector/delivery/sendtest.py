@@ -15,9 +15,9 @@ from typing import Any
 import aiohttp
 
 from detector.delivery import formats
-from detector.delivery.common import iso
 from detector.delivery.transport import post
 from detector.model import WebhookConfig
+from detector.timefmt import iso
 
 TEST_RULE = "detector-send-test"
 
@@ -33,7 +33,7 @@ class TestResult:
 
 
 def test_alert(host: str, now: datetime, event_id: str | None = None) -> dict[str, Any]:
-    stamp = iso(now)
+    stamp = iso(now, timespec="milliseconds", zulu=True)
     return {
         "event_id": event_id or f"test-{uuid.uuid4().hex}",
         "fingerprint": "0000000000000000",

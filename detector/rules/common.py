@@ -1,16 +1,18 @@
-"""Small pieces every evaluator uses: the fields a hit exposes, grouping keys, summaries, and the
-timestamps and downtime notes of stored state and messages."""
+"""Small pieces every evaluator uses: the fields a hit exposes, grouping keys, summaries and the
+note about the agent's downtime in messages (times and durations are written by
+``detector.timefmt``, state rows kept by ``rules.state``)."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 from detector.matching import Hit
 from detector.model import RuleConfig
 from detector.sources.base import Line
 from detector.templating import render
+from detector.timefmt import format_duration, utc_text
 
 
 def hit_fields(hit: Hit | None, line: Line) -> dict[str, str]:
@@ -39,38 +41,6 @@ def summarize(
     return summary, description
 
 
-def human_duration(d: timedelta) -> str:
-    """``timedelta(hours=1, minutes=5)`` → ``"1h5m"``."""
-    secs = int(d.total_seconds())
-    parts = []
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
-        if secs >= size:
-            parts.append(f"{secs // size}{unit}")
-            secs %= size
-    return "".join(parts) or "0s"
-
-
-def utc_text(at: datetime) -> str:
-    return at.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC")
-
-
-def parse_at(value: Any) -> datetime | None:
-    """An ISO timestamp from stored state, as aware UTC; None if absent or malformed."""
-    if not isinstance(value, str):
-        return None
-    try:
-        at = datetime.fromisoformat(value)
-    except ValueError:
-        return None
-    if at.tzinfo is None:
-        return None
-    return at.astimezone(UTC)
-
-
-def iso(at: datetime | None) -> str | None:
-    return None if at is None else at.astimezone(UTC).isoformat()
-
-
 def downtime_note(
     down: tuple[datetime, datetime] | None, start_at: datetime, end_at: datetime
 ) -> str:
@@ -82,6 +52,6 @@ def downtime_note(
         return ""
     return (
         f"The agent was down from {utc_text(since)} to {utc_text(until)} "
-        f"({human_duration(until - since)}), during part of this period; "
+        f"({format_duration(until - since)}), during part of this period; "
         "the log read since shows no match."
     )

@@ -28,18 +28,11 @@ from typing import Any, Literal
 from detector.matching import Hit
 from detector.model import HeartbeatSpec, RuleConfig
 from detector.rules.base import Signal, When
-from detector.rules.common import (
-    downtime_note,
-    group_key,
-    hit_fields,
-    human_duration,
-    iso,
-    parse_at,
-    summarize,
-    utc_text,
-)
+from detector.rules.common import downtime_note, group_key, hit_fields, summarize
+from detector.rules.state import KeyedState
 from detector.schedule import DeadlineHeap
 from detector.sources.base import Line
+from detector.timefmt import at_or_none, format_duration, iso_or_none, utc_text
 
 
 class _Beat:
@@ -62,12 +55,13 @@ class HeartbeatEvaluator:
         self.rule = rule
         self.spec: HeartbeatSpec = rule.heartbeat
         self._period = self.spec.every + self.spec.grace
-        self._every_text = human_duration(self.spec.every)
-        self._grace_text = human_duration(self.spec.grace)
+        self._every_text = format_duration(self.spec.every)
+        self._grace_text = format_duration(self.spec.grace)
         self._start_at = now
         self._beats: dict[str, _Beat] = {}
         self._heap = DeadlineHeap()
-        self._dirty: set[str] = set()
+        self._rows = KeyedState(self._beats, _row)
+        self._touch = self._rows.touch
         self._down: tuple[datetime, datetime] | None = None
         by = self.spec.by
         if by is None:
@@ -91,7 +85,7 @@ class HeartbeatEvaluator:
 
     def _schedule(self, key: str, beat: _Beat) -> None:
         self._heap.push(key, self._deadline(beat))
-        self._dirty.add(key)
+        self._touch(key)
 
     def _key_for(self, hit: Hit, line: Line) -> tuple[str, dict[str, str]] | None:
         by = self.spec.by
@@ -106,7 +100,7 @@ class HeartbeatEvaluator:
         return {
             **beat.labels,
             "count": 1,
-            "silent_for": human_duration(silent_for),
+            "silent_for": format_duration(silent_for),
             "last_seen": utc_text(beat.last_at) if beat.last_at else "never",
             "every": self._every_text,
             "grace": self._grace_text,
@@ -133,9 +127,9 @@ class HeartbeatEvaluator:
         extra = {"line": line.text, "source": line.source}
         if beat.firing:
             default = f"{self.rule.name}{self._who(beat)}: " + (
-                f"back after {human_duration(silent_for)} of silence"
+                f"back after {format_duration(silent_for)} of silence"
                 if beat.last_at is not None
-                else f"first seen {human_duration(silent_for)} after {utc_text(base_at)}"
+                else f"first seen {format_duration(silent_for)} after {utc_text(base_at)}"
             )
             summary, description = summarize(self.rule, default, self._ctx(beat, silent_for, extra))
             out.append(
@@ -148,7 +142,7 @@ class HeartbeatEvaluator:
             # now (catching up, or a stalled loop): the silence is over, tell it once.
             note = downtime_note(self._down, base_at, when.at)
             default = (
-                f"{self.rule.name}{self._who(beat)}: was silent for {human_duration(silent_for)}"
+                f"{self.rule.name}{self._who(beat)}: was silent for {format_duration(silent_for)}"
                 f" (from {utc_text(base_at)} to {utc_text(when.at)}); back now"
             )
             ctx = self._ctx(beat, silent_for, {**extra, "agent_down": bool(note)})
@@ -180,19 +174,19 @@ class HeartbeatEvaluator:
             if beat.last_at is None:
                 default = (
                     f"{self.rule.name}{self._who(beat)}: never seen since "
-                    f"{utc_text(beat.since_at)} ({human_duration(silent_for)})"
+                    f"{utc_text(beat.since_at)} ({format_duration(silent_for)})"
                 )
             else:
                 default = (
                     f"{self.rule.name}{self._who(beat)}: no match for "
-                    f"{human_duration(silent_for)} (last {utc_text(beat.last_at)})"
+                    f"{format_duration(silent_for)} (last {utc_text(beat.last_at)})"
                 )
             if note:
                 default += "; the agent was down for part of it"
             ctx = self._ctx(beat, silent_for, {"agent_down": bool(note)})
             summary, description = summarize(self.rule, default, ctx)
             beat.firing = True
-            self._dirty.add(key)
+            self._touch(key)
             out.append(
                 self._signal(
                     key, beat, "fire", now, summary, description=description or note, line=None
@@ -223,9 +217,9 @@ class HeartbeatEvaluator:
             description=description,
             sample=None if line is None else line.text,
             evidence={
-                "last_seen_at": iso(beat.last_at),
-                "since_at": iso(beat.since_at),
-                "deadline_at": iso(base_at + self._period),
+                "last_seen_at": iso_or_none(beat.last_at),
+                "since_at": iso_or_none(beat.since_at),
+                "deadline_at": iso_or_none(base_at + self._period),
                 "silent_for_s": (at - base_at).total_seconds(),
                 "every_s": self.spec.every.total_seconds(),
                 "grace_s": self.spec.grace.total_seconds(),
@@ -237,31 +231,18 @@ class HeartbeatEvaluator:
         self._down = (since, until)
 
     def state_changes(self) -> dict[str, Any | None]:
-        out: dict[str, Any | None] = {}
-        for key in self._dirty:
-            beat = self._beats.get(key)
-            out[key] = (
-                None
-                if beat is None
-                else {
-                    "last": iso(beat.last_at),
-                    "since": iso(beat.since_at),
-                    "firing": beat.firing,
-                    "labels": beat.labels,
-                }
-            )
-        self._dirty.clear()
-        return out
+        return self._rows.changes()
 
     def load_state(self, items: Mapping[str, Any]) -> None:
-        by = self.spec.by
-        for key, value in items.items():
-            beat = self._restore(value, {by} if by is not None else set())
-            if beat is None or not self._applies(key, beat):
-                self._dirty.add(key)  # malformed, or from another `by:`/`keys:`: drop (or rewrite)
-                continue
+        # a row malformed, or from another `by:`/`keys:`, is dropped (or rewritten)
+        for key, beat in self._rows.load(items, self._decode, drop_bad=True):
             self._beats[key] = beat
             self._schedule(key, beat)
+
+    def _decode(self, key: str, value: Any) -> _Beat | None:
+        by = self.spec.by
+        beat = self._restore(value, {by} if by is not None else set())
+        return beat if beat is not None and self._applies(key, beat) else None
 
     def _applies(self, key: str, beat: _Beat) -> bool:
         by = self.spec.by
@@ -276,11 +257,20 @@ class HeartbeatEvaluator:
     def _restore(value: Any, want_labels: set[str]) -> _Beat | None:
         if not isinstance(value, Mapping):
             return None
-        since_at = parse_at(value.get("since"))
+        since_at = at_or_none(value.get("since"))
         labels = value.get("labels")
         if since_at is None or not isinstance(labels, Mapping) or set(labels) != want_labels:
             return None
         beat = _Beat(since_at, {str(k): str(v) for k, v in labels.items()})
-        beat.last_at = parse_at(value.get("last"))
+        beat.last_at = at_or_none(value.get("last"))
         beat.firing = value.get("firing") is True
         return beat
+
+
+def _row(_key: str, beat: _Beat) -> dict[str, Any]:
+    return {
+        "last": iso_or_none(beat.last_at),
+        "since": iso_or_none(beat.since_at),
+        "firing": beat.firing,
+        "labels": beat.labels,
+    }

@@ -15,9 +15,11 @@ from typing import Any
 from detector.matching import Hit
 from detector.model import RuleConfig
 from detector.rules.base import Signal, When
-from detector.rules.common import group_key, hit_fields, human_duration, summarize
+from detector.rules.common import group_key, hit_fields, summarize
+from detector.rules.state import KeyedState
 from detector.schedule import DeadlineHeap
 from detector.sources.base import Line
+from detector.timefmt import format_duration, iso, parse_iso
 
 
 class MatchEvaluator:
@@ -27,7 +29,8 @@ class MatchEvaluator:
         self.rule = rule
         self._last: dict[str, datetime] = {}
         self._labels: dict[str, dict[str, str]] = {}
-        self._dirty: set[str] = set()
+        self._rows = KeyedState(self._last, self._row)
+        self._touch = self._rows.touch
         self._deadlines = DeadlineHeap()
 
     def observe(self, hit: Hit, line: Line, when: When) -> list[Signal]:
@@ -53,7 +56,7 @@ class MatchEvaluator:
         # from _last: no heap work per hit (a replay asks for the next deadline after each hit)
         self._last[key] = at
         self._labels[key] = group_labels
-        self._dirty.add(key)
+        self._touch(key)
         return [
             Signal(
                 rule=rule.name,
@@ -82,7 +85,7 @@ class MatchEvaluator:
 
     def due(self, now: datetime) -> list[Signal]:
         out: list[Signal] = []
-        quiet = human_duration(self.rule.resolve_after)
+        quiet = format_duration(self.rule.resolve_after)
         due = self._deadlines.pop_due(now)
         last = self._last.get("")
         if last is not None and last + self.rule.resolve_after <= now:
@@ -90,7 +93,7 @@ class MatchEvaluator:
         for key in due:
             at = self._last.pop(key) + self.rule.resolve_after
             self._labels.pop(key, None)
-            self._dirty.add(key)
+            self._touch(key)
             out.append(
                 Signal(
                     rule=self.rule.name,
@@ -107,24 +110,19 @@ class MatchEvaluator:
         return None
 
     def state_changes(self) -> dict[str, Any | None]:
-        out: dict[str, Any | None] = {}
-        for key in self._dirty:
-            last = self._last.get(key)
-            out[key] = (
-                None
-                if last is None
-                else {"last": last.isoformat(), "labels": self._labels.get(key, {})}
-            )
-        self._dirty.clear()
-        return out
+        return self._rows.changes()
+
+    def _row(self, key: str, last: datetime) -> dict[str, Any]:
+        return {"last": iso(last, keep_offset=True), "labels": self._labels.get(key, {})}
 
     def load_state(self, items: Mapping[str, Any]) -> None:
-        for key, value in items.items():
-            try:
-                last = datetime.fromisoformat(value["last"])
-            except (KeyError, TypeError, ValueError):
-                continue  # written by another version of the rule: that group starts afresh
+        # a row written by another version of the rule is left out: that group starts afresh
+        for key, (last, value) in self._rows.load(items, _decode):
             self._last[key] = last
             self._labels[key] = dict(value.get("labels", {}))
             if key:
                 self._deadlines.push(key, last + self.rule.resolve_after)
+
+
+def _decode(_key: str, value: Any) -> tuple[datetime, Any]:
+    return parse_iso(value["last"]), value

@@ -29,17 +29,11 @@ from typing import Any, Literal
 from detector.matching import Hit
 from detector.model import PairSpec, RuleConfig
 from detector.rules.base import Signal, When
-from detector.rules.common import (
-    downtime_note,
-    group_key,
-    human_duration,
-    iso,
-    parse_at,
-    summarize,
-    utc_text,
-)
+from detector.rules.common import downtime_note, group_key, summarize
+from detector.rules.state import KeyedState
 from detector.schedule import DeadlineHeap
 from detector.sources.base import Line
+from detector.timefmt import at_or_none, format_duration, iso_or_none, utc_text
 
 
 def shared_groups(start: str, end: str) -> tuple[str, ...]:
@@ -71,13 +65,14 @@ class PairEvaluator:
         self.by = shared_groups(self.spec.start, self.spec.end)
         self._open: dict[str, _Open] = {}
         self._heap = DeadlineHeap()
-        self._dirty: set[str] = set()
+        self._rows = KeyedState(self._open, _row)
+        self._touch = self._rows.touch
         self._down: tuple[datetime, datetime] | None = None
 
     # ---------------------------------------------------------------- helpers
 
     def _schedule(self, key: str, pair: _Open | None) -> None:
-        self._dirty.add(key)
+        self._touch(key)
         if pair is None:
             self._heap.remove(key)
         else:
@@ -136,7 +131,10 @@ class PairEvaluator:
                 f"{self.rule.name}{self._who(labels)}: started again at {utc_text(when.at)} "
                 f"while the run started at {utc_text(pair.started_at)} is still open (ran twice?)"
             )
-            evidence = {"problem": "double_start", "previous_start_at": iso(pair.started_at)}
+            evidence = {
+                "problem": "double_start",
+                "previous_start_at": iso_or_none(pair.started_at),
+            }
             out.append(
                 self._signal(
                     f"{key}#double_start",
@@ -185,21 +183,21 @@ class PairEvaluator:
         deadline = pair.started_at + self.spec.within
         over = max(took - self.spec.within, timedelta(0))
         ctx |= {
-            "duration": human_duration(took),
-            "within": human_duration(self.spec.within),
-            "late_by": human_duration(over),
+            "duration": format_duration(took),
+            "within": format_duration(self.spec.within),
+            "late_by": format_duration(over),
             "started": utc_text(pair.started_at),
         }
         evidence: dict[str, Any] = {
-            "started_at": iso(pair.started_at),
-            "ended_at": iso(when.at),
+            "started_at": iso_or_none(pair.started_at),
+            "ended_at": iso_or_none(when.at),
             "duration_s": took.total_seconds(),
         }
-        limit = f"{human_duration(self.spec.within)} limit"
+        limit = f"{format_duration(self.spec.within)} limit"
         if pair.firing:
             default = (
-                f"{self.rule.name}{self._who(labels)}: finished after {human_duration(took)}, "
-                f"{human_duration(over)} over the {limit}"
+                f"{self.rule.name}{self._who(labels)}: finished after {format_duration(took)}, "
+                f"{format_duration(over)} over the {limit}"
             )
             return [
                 self._signal(
@@ -216,8 +214,8 @@ class PairEvaluator:
         if deadline < when.earliest:
             note = downtime_note(self._down, pair.started_at, when.at)
             default = (
-                f"{self.rule.name}{self._who(labels)}: finished after {human_duration(took)}, "
-                f"{human_duration(over)} over the {limit} (seen late)"
+                f"{self.rule.name}{self._who(labels)}: finished after {format_duration(took)}, "
+                f"{format_duration(over)} over the {limit} (seen late)"
             )
             return [
                 self._signal(
@@ -234,10 +232,10 @@ class PairEvaluator:
             ]
         fast = self.spec.min_duration
         if fast is not None and longest < fast:
-            ctx["min_duration"] = human_duration(fast)
+            ctx["min_duration"] = format_duration(fast)
             default = (
-                f"{self.rule.name}{self._who(labels)}: finished after {human_duration(took)}, "
-                f"sooner than the {human_duration(fast)} minimum"
+                f"{self.rule.name}{self._who(labels)}: finished after {format_duration(took)}, "
+                f"sooner than the {format_duration(fast)} minimum"
             )
             return [
                 self._signal(
@@ -264,23 +262,26 @@ class PairEvaluator:
         for key in self._heap.pop_due(now):
             pair = self._open[key]
             pair.firing = True
-            self._dirty.add(key)
+            self._touch(key)
             running = now - pair.started_at
             note = downtime_note(self._down, pair.started_at, now)
             default = (
                 f"{self.rule.name}{self._who(pair.labels)}: started at "
                 f"{utc_text(pair.started_at)} and not finished within "
-                f"{human_duration(self.spec.within)}"
+                f"{format_duration(self.spec.within)}"
             )
             if note:
                 default += "; the agent was down for part of it"
             ctx: dict[str, Any] = {
-                "duration": human_duration(running),
-                "within": human_duration(self.spec.within),
+                "duration": format_duration(running),
+                "within": format_duration(self.spec.within),
                 "started": utc_text(pair.started_at),
                 "agent_down": bool(note),
             }
-            evidence = {"started_at": iso(pair.started_at), "running_s": running.total_seconds()}
+            evidence = {
+                "started_at": iso_or_none(pair.started_at),
+                "running_s": running.total_seconds(),
+            }
             out.append(
                 self._signal(
                     key,
@@ -300,43 +301,39 @@ class PairEvaluator:
         self._down = (since, until)
 
     def state_changes(self) -> dict[str, Any | None]:
-        out: dict[str, Any | None] = {}
-        for key in self._dirty:
-            pair = self._open.get(key)
-            out[key] = (
-                None
-                if pair is None
-                else {
-                    "started": iso(pair.started_at),
-                    "earliest": iso(pair.earliest_at),
-                    "firing": pair.firing,
-                    "labels": pair.labels,
-                }
-            )
-        self._dirty.clear()
-        return out
+        return self._rows.changes()
 
     def load_state(self, items: Mapping[str, Any]) -> None:
-        for key, value in items.items():
-            pair = self._restore(value)
-            if pair is None or group_key(self.by, pair.labels)[0] != key:
-                self._dirty.add(key)  # malformed or keyed by other groups: drop it
-                continue
+        # a row malformed or keyed by other groups is dropped
+        for key, pair in self._rows.load(items, self._decode, drop_bad=True):
             self._open[key] = pair
             self._schedule(key, pair)
-        self._dirty -= set(self._open)
+        self._rows.touched.difference_update(self._open)  # loaded as stored: nothing to rewrite
+
+    def _decode(self, key: str, value: Any) -> _Open | None:
+        pair = self._restore(value)
+        return pair if pair is not None and group_key(self.by, pair.labels)[0] == key else None
 
     def _restore(self, value: Any) -> _Open | None:
         if not isinstance(value, Mapping):
             return None
-        started_at = parse_at(value.get("started"))
+        started_at = at_or_none(value.get("started"))
         labels = value.get("labels")
         if started_at is None or not isinstance(labels, Mapping) or set(labels) != set(self.by):
             return None
         pair = _Open(
             started_at,
-            parse_at(value.get("earliest")) or started_at,
+            at_or_none(value.get("earliest")) or started_at,
             {str(k): str(v) for k, v in labels.items()},
         )
         pair.firing = value.get("firing") is True
         return pair
+
+
+def _row(_key: str, pair: _Open) -> dict[str, Any]:
+    return {
+        "started": iso_or_none(pair.started_at),
+        "earliest": iso_or_none(pair.earliest_at),
+        "firing": pair.firing,
+        "labels": pair.labels,
+    }

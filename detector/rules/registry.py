@@ -7,7 +7,8 @@ from collections.abc import Callable
 from datetime import datetime
 
 from detector.model import RuleConfig, RuleKind
-from detector.rules.anomaly import NewKindEvaluator, RateEvaluator
+from detector.rules.anomaly_new import NewKindEvaluator
+from detector.rules.anomaly_rate import RateEvaluator
 from detector.rules.base import Evaluator
 from detector.rules.heartbeat import HeartbeatEvaluator
 from detector.rules.match import MatchEvaluator

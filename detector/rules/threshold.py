@@ -17,8 +17,10 @@ from typing import Any
 from detector.matching import Hit
 from detector.model import RuleConfig, ThresholdSpec
 from detector.rules.base import Signal, When
-from detector.rules.common import group_key, hit_fields, human_duration, summarize
+from detector.rules.common import group_key, hit_fields, summarize
+from detector.rules.state import KeyedState
 from detector.sources.base import Line
+from detector.timefmt import format_duration, iso, parse_iso
 
 
 class _Key:
@@ -38,7 +40,8 @@ class ThresholdEvaluator:
         self.rule = rule
         self.spec: ThresholdSpec = rule.threshold
         self.keys: dict[str, _Key] = {}
-        self._dirty: set[str] = set()
+        self._rows = KeyedState(self.keys, _row)
+        self._touch = self._rows.touch
         self._heap: list[tuple[datetime, str]] = []
 
     # deadline of a key: firing → when the window drops below count; idle → when it empties
@@ -65,7 +68,7 @@ class ThresholdEvaluator:
         if k.times and at < k.times[-1]:
             at = k.times[-1]  # out-of-order timestamps: never let the window run backwards
         k.times.append(at)
-        self._dirty.add(key)
+        self._touch(key)
         full = len(k.times) == self.spec.count and k.times[0] > at - self.spec.within
         out: list[Signal] = []
         if full or k.firing:
@@ -74,12 +77,12 @@ class ThresholdEvaluator:
                 "line": line.text,
                 "count": len(k.times),
                 "source": line.source,
-                "within": human_duration(self.spec.within),
+                "within": format_duration(self.spec.within),
             }
             by = ", ".join(f"{n}={v}" for n, v in labels.items())
             default = (
                 f"{self.rule.name}: {self.spec.count} matches within "
-                f"{human_duration(self.spec.within)}" + (f" ({by})" if by else "")
+                f"{format_duration(self.spec.within)}" + (f" ({by})" if by else "")
             )
             summary, description = summarize(self.rule, default, ctx)
             out.append(
@@ -126,7 +129,7 @@ class ThresholdEvaluator:
             horizon = at - self.spec.within
             while k.times and k.times[0] <= horizon:
                 k.times.popleft()
-            self._dirty.add(key)
+            self._touch(key)
             if k.firing:
                 k.firing = False
                 out.append(
@@ -138,7 +141,7 @@ class ThresholdEvaluator:
                         at=at,
                         labels=k.labels,
                         summary=f"{self.rule.name}: back below {self.spec.count} matches within "
-                        f"{human_duration(self.spec.within)}",
+                        f"{format_duration(self.spec.within)}",
                     )
                 )
             if not k.times:
@@ -151,29 +154,25 @@ class ThresholdEvaluator:
         return None
 
     def state_changes(self) -> dict[str, Any | None]:
-        out: dict[str, Any | None] = {}
-        for key in self._dirty:
-            k = self.keys.get(key)
-            out[key] = (
-                None
-                if k is None
-                else {
-                    "times": [t.isoformat() for t in k.times],
-                    "firing": k.firing,
-                    "labels": k.labels,
-                }
-            )
-        self._dirty.clear()
-        return out
+        return self._rows.changes()
 
     def load_state(self, items: Mapping[str, Any]) -> None:
-        for key, value in items.items():
-            try:
-                k = _Key(self.spec.count)
-                k.times.extend(datetime.fromisoformat(t) for t in value["times"])
-                k.firing = bool(value["firing"])
-                k.labels = dict(value.get("labels", {}))
-            except (KeyError, TypeError, ValueError):
-                continue  # state from an older/different rule definition: start this key afresh
+        # a row from an older/different rule definition is left out: that key starts afresh
+        for key, k in self._rows.load(items, self._decode):
             self.keys[key] = k
             self._push(key, k)
+
+    def _decode(self, _key: str, value: Any) -> _Key:
+        k = _Key(self.spec.count)
+        k.times.extend(parse_iso(t) for t in value["times"])
+        k.firing = bool(value["firing"])
+        k.labels = dict(value.get("labels", {}))
+        return k
+
+
+def _row(_key: str, k: _Key) -> dict[str, Any]:
+    return {
+        "times": [iso(t, keep_offset=True) for t in k.times],
+        "firing": k.firing,
+        "labels": k.labels,
+    }

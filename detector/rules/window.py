@@ -44,15 +44,10 @@ from cronsim import CronSim, CronSimError
 from detector.matching import Hit
 from detector.model import RuleConfig, WindowSpec
 from detector.rules.base import Signal, When
-from detector.rules.common import (
-    downtime_note,
-    hit_fields,
-    human_duration,
-    iso,
-    parse_at,
-    summarize,
-)
+from detector.rules.common import downtime_note, hit_fields, summarize
+from detector.rules.state import KeyedState
 from detector.sources.base import Line
+from detector.timefmt import at_or_none, format_duration, iso_or_none
 
 MAX_WINDOWS = 1000
 """At most this many windows are kept (a minutely cron after a week of downtime)."""
@@ -71,11 +66,11 @@ class _Win:
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "close": iso(self.close_at),
+            "close": iso_or_none(self.close_at),
             "count": self.count,
             "late": self.late,
             "status": self.status,
-            "failed_at": iso(self.failed_at),
+            "failed_at": iso_or_none(self.failed_at),
         }
 
 
@@ -113,7 +108,8 @@ class WindowEvaluator:
         self._firing_open: datetime | None = None
         self._firing = False
         self._down: tuple[datetime, datetime] | None = None
-        self._saved: dict[str, Any] = {}
+        self._rows = KeyedState[Any]({}, _as_is)
+        """The rows as last stored: each round's snapshot is compared with them (``sync``)."""
 
     # ---------------------------------------------------------------- schedule
 
@@ -214,8 +210,8 @@ class WindowEvaluator:
         ev: dict[str, Any] = {"timezone": self.spec.timezone, "cron": self.spec.cron}
         if w is not None:
             ev |= {
-                "window_start_at": iso(w.open_at),
-                "window_end_at": iso(w.close_at),
+                "window_start_at": iso_or_none(w.open_at),
+                "window_end_at": iso_or_none(w.close_at),
                 "count": w.count,
                 "min_count": self.spec.min_count,
             }
@@ -304,10 +300,10 @@ class WindowEvaluator:
             note = downtime_note(self._down, w.open_at, when.at)
             default = (
                 f"{self.rule.name}: {self._pattern()} arrived at {self._fmt(when.at)} "
-                f"{self.spec.timezone}, {human_duration(late_by)} late "
+                f"{self.spec.timezone}, {format_duration(late_by)} late "
                 f"(window {self._window_text(w)})"
             )
-            ctx = self._ctx(w, {**fields, "late_by": human_duration(late_by)})
+            ctx = self._ctx(w, {**fields, "late_by": format_duration(late_by)})
             evidence = {"late_by_s": late_by.total_seconds()}
             sig = self._signal(
                 "info", when.at, w, default, ctx, line=line, description=note, evidence=evidence
@@ -337,10 +333,10 @@ class WindowEvaluator:
                 f"{self._fmt(w.failed_at or when.at)} (window {self._window_text(w)})"
             )
         elif late_by is not None:
-            extra["late_by"] = human_duration(late_by)
+            extra["late_by"] = format_duration(late_by)
             default = (
                 f"{self.rule.name}: {self._pattern()} arrived at {self._fmt(when.at)} "
-                f"{self.spec.timezone}, {human_duration(late_by)} late "
+                f"{self.spec.timezone}, {format_duration(late_by)} late "
                 f"(window {self._window_text(w)})"
             )
         else:
@@ -364,10 +360,10 @@ class WindowEvaluator:
         early_by = nxt - when.at
         default = (
             f"{self.rule.name}: {self._pattern()} at {self._fmt(when.at)} {self.spec.timezone}, "
-            f"outside any window ({human_duration(early_by)} before the window "
+            f"outside any window ({format_duration(early_by)} before the window "
             f"{self._window_text(w)})"
         )
-        ctx = self._ctx(w, {**fields, "early_by": human_duration(early_by)})
+        ctx = self._ctx(w, {**fields, "early_by": format_duration(early_by)})
         return self._signal(
             "info",
             when.at,
@@ -421,41 +417,38 @@ class WindowEvaluator:
     def _snapshot(self) -> dict[str, Any]:
         snap: dict[str, Any] = {
             "spec": self._spec_id,
-            "next_open": iso(self._next_open),
-            "last_open": iso(self._last_open),
+            "next_open": iso_or_none(self._next_open),
+            "last_open": iso_or_none(self._last_open),
         }
         if self._firing:
-            snap["firing"] = {"open": iso(self._firing_open)}
+            snap["firing"] = {"open": iso_or_none(self._firing_open)}
         for w in self._wins:
-            snap[f"w:{iso(w.open_at)}"] = w.to_json()
+            snap[f"w:{iso_or_none(w.open_at)}"] = w.to_json()
         return snap
 
     def state_changes(self) -> dict[str, Any | None]:
-        snap = self._snapshot()
-        out: dict[str, Any | None] = {k: v for k, v in snap.items() if self._saved.get(k) != v}
-        out |= {k: None for k in self._saved if k not in snap}
-        self._saved = snap
-        return out
+        self._rows.sync(self._snapshot())
+        return self._rows.changes()
 
     def load_state(self, items: Mapping[str, Any]) -> None:
-        self._saved = dict(items)
+        self._rows.values = dict(items)
         firing = items.get("firing")
         if isinstance(firing, Mapping):
             self._firing = True
-            self._firing_open = parse_at(firing.get("open"))
+            self._firing_open = at_or_none(firing.get("open"))
         if items.get("spec") != self._spec_id:
             return  # a different schedule: its windows no longer apply
         if "next_open" in items:
             nxt = items["next_open"]
             if nxt is None:
                 self._next_open = None  # the cron expression has no further match
-            elif (parsed := parse_at(nxt)) is not None:
+            elif (parsed := at_or_none(nxt)) is not None:
                 self._next_open = parsed
         wins: list[_Win] = []
         for key, value in items.items():
             if not key.startswith("w:") or not isinstance(value, Mapping):
                 continue
-            open_at, close_at = parse_at(key[2:]), parse_at(value.get("close"))
+            open_at, close_at = at_or_none(key[2:]), at_or_none(value.get("close"))
             status = value.get("status")
             count, late = value.get("count"), value.get("late")
             if (
@@ -467,8 +460,12 @@ class WindowEvaluator:
             ):
                 continue
             wins.append(
-                _Win(open_at, close_at, count, late, status, parse_at(value.get("failed_at")))
+                _Win(open_at, close_at, count, late, status, at_or_none(value.get("failed_at")))
             )
         self._wins = sorted(wins, key=lambda w: w.open_at)
         last = items.get("last_open")
-        self._last_open = parse_at(last) or (self._wins[-1].open_at if self._wins else None)
+        self._last_open = at_or_none(last) or (self._wins[-1].open_at if self._wins else None)
+
+
+def _as_is(_key: str, value: Any) -> Any:
+    return value

@@ -24,6 +24,7 @@ from typing import Any, TypeVar
 import sqlite_utils
 
 from detector.records import Commit
+from detector.timefmt import iso
 
 SCHEMA_VERSION = 1
 T = TypeVar("T")
@@ -42,7 +43,7 @@ def from_ts(value: float) -> datetime:
 
 
 def iso_ts(value: float | None) -> str | None:
-    return None if value is None else from_ts(value).isoformat(timespec="seconds")
+    return None if value is None else iso(from_ts(value), timespec="seconds")
 
 
 def _migrate_1(db: sqlite_utils.Database) -> None:

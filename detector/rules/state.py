@@ -1,0 +1,95 @@
+"""The bookkeeping between an evaluator's memory and its ``rule_state`` rows in SQLite.
+
+Sits under every evaluator of ``detector.rules``: an evaluator keeps one row per key (an alert
+key, a template, a window…) so that a batch rewrites only the rows it touched; the service commits
+what ``state_changes()`` returns with the batch, and hands the rows back to ``load_state()`` at the
+next start. :class:`KeyedState` does the counting of touched keys and the writing and reading of
+rows; what a row holds stays the evaluator's business (its ``encode``/``decode``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any, Generic, TypeVar
+
+V = TypeVar("V")
+T = TypeVar("T")
+
+META_KEY = "meta"
+"""The row that holds an evaluator's one-of-a-kind state (learning progress, the open bucket)."""
+
+_BAD_ROW = (KeyError, TypeError, ValueError)
+
+
+class KeyedState(Generic[V]):
+    """The rows of one family of values, one row per key of ``values`` (named ``prefix + key``).
+
+    Call :attr:`touch` with the key after adding, changing or deleting ``values[key]``; it is the
+    touched set's own ``add``, so it costs no more than that on the hot path. :meth:`changes` then
+    gives ``{prefix + key: encode(key, value)}`` for every touched key, ``None`` for one no longer
+    in ``values`` (its row is deleted), and starts counting afresh. An evaluator that rebuilds all
+    its rows as JSON each round instead uses :meth:`sync`, which touches the rows that differ.
+    """
+
+    __slots__ = ("encode", "prefix", "touch", "touched", "values")
+
+    def __init__(
+        self, values: Mapping[str, V], encode: Callable[[str, V], Any], prefix: str = ""
+    ) -> None:
+        self.values = values
+        self.encode = encode
+        self.prefix = prefix
+        self.touched: set[str] = set()
+        """Never rebound (``touch`` is its ``add``): clear or update it in place."""
+        self.touch: Callable[[str], None] = self.touched.add
+
+    def changes(self) -> dict[str, Any | None]:
+        """The rows of the keys touched since the last call: ``{row: JSON or None}``."""
+        values, encode, prefix = self.values, self.encode, self.prefix
+        out: dict[str, Any | None] = {}
+        for key in self.touched:
+            value = values.get(key)
+            out[prefix + key] = None if value is None else encode(key, value)
+        self.touched.clear()
+        return out
+
+    def sync(self, values: Mapping[str, V]) -> None:
+        """Take ``values`` as the new contents, touching every key whose value is not equal to the
+        one held before (or is gone)."""
+        old = self.values
+        self.touched.update(k for k, v in values.items() if old.get(k) != v)
+        self.touched.update(k for k in old if k not in values)
+        self.values = values
+
+    def rows(self, items: Mapping[str, Any]) -> Iterator[tuple[str, Any]]:
+        """This family's stored rows in ``items`` (all of one rule's rows), as ``(key, JSON)`` with
+        the prefix removed."""
+        prefix, n = self.prefix, len(self.prefix)
+        for row, value in items.items():
+            if row.startswith(prefix):
+                yield row[n:], value
+
+    def load(
+        self,
+        items: Mapping[str, Any],
+        decode: Callable[[str, Any], T | None],
+        *,
+        drop_bad: bool = False,
+    ) -> list[tuple[str, T]]:
+        """This family's rows in ``items``, decoded, in stored order. A row that ``decode`` refuses
+        (returns None, or raises ``KeyError``/``TypeError``/``ValueError``: another version's
+        format, another rule definition's keys) is left out, and with ``drop_bad`` touched, so the
+        next :meth:`changes` deletes it (or rewrites it, if ``values`` holds that key by then).
+        Putting the decoded values into ``values`` is the caller's business."""
+        out: list[tuple[str, T]] = []
+        for key, stored in self.rows(items):
+            try:
+                value = decode(key, stored)
+            except _BAD_ROW:
+                value = None
+            if value is None:
+                if drop_bad:
+                    self.touched.add(key)
+                continue
+            out.append((key, value))
+        return out
