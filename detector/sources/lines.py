@@ -29,7 +29,7 @@ which are fastest while it fits the CPU's L2 cache; 2 and 4 MiB reads matched up
 here. The cost of a batch (a commit) is shared by the agent committing queued batches together."""
 MAX_BATCH_LINES = 10_000
 """Decoded lines per chunk at most."""
-LOOKBACK = 64 * 1024
+LOOKBACK = 8 * 1024
 """How far back :func:`read_plan` reads at a time to find where a read ends."""
 
 
