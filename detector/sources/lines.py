@@ -195,6 +195,11 @@ class LineAssembler:
             chunks.append(Chunk(texts[a:b], end, cut_at=cut_at))
         return chunks
 
+    def take_skipped(self) -> int:
+        """:attr:`skipped` so far, reset to 0."""
+        n, self.skipped = self.skipped, 0
+        return n
+
     def split(self, data: bytes) -> list[bytes]:
         """The non-empty lines ``data`` completes, as bytes without their newline (journalctl's
         JSON entries). A line longer than ``max_line_bytes`` is dropped and counted in
