@@ -1,4 +1,5 @@
-"""Timestamps read from log lines, for ``detector test`` (a replay runs on the lines' own time).
+"""Timestamps read from log lines, for ``detector test`` (a replay runs on the lines' own time),
+and the time of a journal entry (:func:`realtime_at`, which the journald source gives its lines).
 
 ``TimeParser.parse(text)`` finds the stamp of one line: ISO 8601 (``2026-11-25T10:00:00.123Z``,
 ``2026-11-25 10:00:00,250``, with or without an offset), syslog (``Nov 25 10:00:00``, no year: the
@@ -31,6 +32,7 @@ _ISO = re.compile(
 _SYSLOG = re.compile(r"([A-Z][a-z]{2}) +(\d{1,2}) (\d\d):(\d\d):(\d\d)")
 _CLF = re.compile(r"\[(\d\d)/([A-Z][a-z]{2})/(\d{4}):(\d\d):(\d\d):(\d\d) ([+-]\d{4})\]")
 _SLASHED = re.compile(r"(\d{4})/(\d\d)/(\d\d) (\d\d):(\d\d):(\d\d)")
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _SCAN = 64
 """How far into a line a stamp is looked for when the line does not start with one."""
 _CACHE_MAX = 4096
@@ -58,6 +60,19 @@ def _seconds(digits: str) -> timedelta | None:
 def _fraction(digits: str) -> timedelta:
     """``"123"`` (of ``10:00:00.123``) → 123 ms; nanoseconds are cut to microseconds."""
     return timedelta(microseconds=int(digits[:6].ljust(6, "0")))
+
+
+def realtime_at(value: object) -> datetime | None:
+    """The time of a journal entry: its ``__REALTIME_TIMESTAMP`` (microseconds since the epoch,
+    as journalctl's JSON gives it: a string of digits, or an int once stored), aware UTC; None if
+    ``value`` is not one. The one definition of a journald line's time (``Line.event_at``)."""
+    if isinstance(value, str):
+        if not (value.isascii() and value.isdigit()):
+            return None
+        value = int(value)
+    if type(value) is not int:
+        return None
+    return _EPOCH + timedelta(microseconds=value)
 
 
 class TimeParser:

@@ -24,7 +24,8 @@ from hypothesis import strategies as st
 from detector.clock import FakeClock, SystemClock
 from detector.matching import Matcher, PatternSpec
 from detector.model import JournaldSourceConfig
-from detector.sources.journald import JournaldSource, _Splitter, field_str
+from detector.sources.journald import MAX_ENTRY_BYTES, JournaldSource, field_str
+from detector.sources.lines import LineAssembler
 from tests.journald_env import (
     Collector,
     JournaldNamespace,
@@ -146,18 +147,19 @@ def test_splitter_returns_exactly_the_lines_however_the_output_is_chunked(
 ):
     data = b"".join(line + b"\n" for line in lines)
     points = sorted({0, len(data), *(c for c in cuts if c < len(data))})
-    splitter = _Splitter()
-    out = [ln for a, b in itertools.pairwise(points) for ln in splitter.feed(data[a:b])]
+    splitter = LineAssembler(MAX_ENTRY_BYTES)
+    out = [ln for a, b in itertools.pairwise(points) for ln in splitter.split(data[a:b])]
     assert out == lines
     assert splitter.take_skipped() == 0
 
 
 def test_splitter_skips_an_oversized_line_and_keeps_the_next():
-    splitter = _Splitter(max_line=100)
-    out = splitter.feed(b"ok 1\n" + b"x" * 60)
-    out += splitter.feed(b"x" * 60)  # over the limit: dropped, not buffered
-    out += splitter.feed(b"x" * 500)
-    out += splitter.feed(b"xx\nok 2\n")
+    splitter = LineAssembler(100)
+    out = splitter.split(b"ok 1\n" + b"x" * 60)
+    out += splitter.split(b"x" * 60)  # over the limit: dropped, not buffered
+    out += splitter.split(b"x" * 500)
+    assert len(splitter._buf) <= 100  # only the start of it is held
+    out += splitter.split(b"xx\nok 2\n")
     assert out == [b"ok 1", b"ok 2"]
     assert splitter.take_skipped() == 1
 
@@ -590,6 +592,49 @@ async def test_restarts_wait_for_the_backoff_on_the_injected_clock(journald: Jou
         clock.advance(timedelta(seconds=1))  # doubled
         await c.wait_for(lambda: src.status()["consecutive_failures"] == 3, what="3rd failure")
         assert [p.key for p in src.problems() if p.active] == ["journalctl"]
+    finally:
+        await c.close()
+
+
+async def test_journalctl_that_keeps_dying_is_a_crash_loop_problem_until_quiet(
+    journald: JournaldNamespace,
+):
+    """Each restart catches up, so no entry is lost and the failures in a row never add up:
+    the exits within the window do, and say so until a whole window passes without one."""
+    clock = FakeClock(datetime.now(UTC))
+    tag = unique_tag()
+    src = JournaldSource(
+        config(journald, tag),
+        {},
+        clock,
+        backoff_initial=timedelta(milliseconds=20),
+        backoff_max=timedelta(milliseconds=20),
+        crash_loop_after=5,
+        crash_window=timedelta(minutes=2),
+    )
+    c = await read_existing(src)
+    try:
+        for i in range(6):
+            send(journald, tag, f"entry {i}")
+            await c.wait_lines(i + 1)
+            await c.wait_for(lambda: src.status()["pid"] is not None, what="a journalctl")
+            pid = src.status()["pid"]
+            os.kill(pid, signal.SIGKILL)
+            await c.wait_for(lambda n=i + 1: src.status()["restarts"] == n, what=f"exit {i + 1}")
+            looping = [p for p in src.problems() if p.key == "crash-loop" and p.active]
+            assert bool(looping) == (i + 1 >= 5)  # from the 5th exit on
+            assert [p.key for p in src.problems() if p.active and p.key == "journalctl"] == []
+            clock.advance(timedelta(seconds=10))  # past the backoff: it restarts
+        send(journald, tag, "entry 6")
+        assert await c.wait_lines(7) == [f"entry {i}" for i in range(7)]  # nothing lost
+        (problem,) = [p for p in src.problems() if p.key == "crash-loop"]
+        assert problem.active
+        assert problem.message.startswith("journalctl exited 6 times in the last 2m: ")
+        assert "killed by signal 9" in problem.message
+        clock.advance(timedelta(minutes=1))  # 70 s after the last exit: still in the window
+        assert [p.active for p in src.problems() if p.key == "crash-loop"] == [True]
+        clock.advance(timedelta(minutes=1))  # a whole window without an exit
+        assert [p.active for p in src.problems() if p.key == "crash-loop"] == [False]
     finally:
         await c.close()
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import multiprocessing
 import os
 import random
@@ -20,15 +19,10 @@ from hypothesis import strategies as st
 from detector.cli import build_parser
 from detector.matching import PatternSpec
 from detector.model import AnomalyRateSpec, HeartbeatSpec, RuleConfig, ThresholdSpec
-from detector.replay import (
-    ReplayResult,
-    _block_at,
-    _edges,
-    _match_worker,
-    raw_blocks,
-    read_blocks,
-    replay,
-)
+from detector.replay import ReplayResult, replay
+from detector.replay.blocks import assembler, edges, read_chunks
+from detector.replay.jobs import match_worker
+from detector.sources.lines import Chunk, read_block, read_plan
 from tests.helpers import config, loghub_log, rule
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -36,6 +30,17 @@ STARTED_AT = datetime(2026, 2, 1, tzinfo=UTC)
 """The replays' wall clock, fixed so that two replays can be compared field by field."""
 SMALL_BLOCK = 4096
 """Read size for these tests: a few hundred blocks, so work really goes through the workers."""
+
+
+def read_lines(path: Path, block: int, max_line: int = 64 * 1024) -> list[str]:
+    """Every line of ``path`` as ``detector test`` reads it (one process)."""
+    out: list[str] = []
+    for chunk in read_chunks(str(path), max_line, block):
+        if chunk.block is None:
+            out += chunk.texts
+        else:
+            out += chunk.block.decode("utf-8", "replace").split("\n")[:-1]
+    return out
 
 
 def rules() -> tuple[RuleConfig, ...]:
@@ -128,8 +133,7 @@ def test_lines_reach_rules_exactly_as_read_in_one_process(tmp_path: Path) -> Non
     log = generated_log(tmp_path / "app.log", lines=3000, seed=3)
     cfg = config(rule("any", match=r"ERROR", repeat=None))
     two = replay(cfg, [(str(log), "s")], started_at=STARTED_AT, jobs=2, block=SMALL_BLOCK)
-    with log.open("rb") as f:
-        expected = [t for block in read_blocks(f, SMALL_BLOCK) for t in block if "ERROR" in t]
+    expected = [t for t in read_lines(log, SMALL_BLOCK) if "ERROR" in t]
     samples = [s for n in two.notifications for s in n.get("samples", ())]
     assert samples and set(samples) <= set(expected)
     assert any("\ufffd" in s for s in samples)  # invalid bytes replaced, as in one process
@@ -279,7 +283,7 @@ def _expected_lines(data: bytes) -> list[str]:
     return [line.decode("utf-8", "replace") for line in lines]
 
 
-def test_block_cuts_never_change_the_lines_for_awkward_bytes() -> None:
+def test_block_cuts_never_change_the_lines_for_awkward_bytes(tmp_path: Path) -> None:
 
     r = random.Random(11)
     alphabet = [
@@ -296,7 +300,9 @@ def test_block_cuts_never_change_the_lines_for_awkward_bytes() -> None:
     for _ in range(300):
         data = b"".join(r.choice(alphabet) for _ in range(r.randrange(0, 60)))
         block = r.choice((1, 2, 3, 7, 64))
-        got = [line for lines in read_blocks(io.BytesIO(data), block) for line in lines]
+        log = tmp_path / "log"
+        log.write_bytes(data)
+        got = read_lines(log, block)
         assert got == _expected_lines(data), (data, block)
 
 
@@ -315,28 +321,36 @@ def test_block_cuts_never_change_the_lines_for_awkward_bytes() -> None:
 def test_workers_find_exactly_the_blocks_one_process_reads(
     tmp_path_factory: pytest.TempPathFactory, parts: list[bytes], block: int, step: int
 ) -> None:
-    """Each --jobs worker finds its block from the file alone (from a chunk window, looking back
-    ``step`` bytes at a time); the blocks must be exactly those :func:`raw_blocks` yields while
-    reading the whole file in one process: same bytes, same order, same final flag."""
+    """Each --jobs worker reads its span of the file alone (the spans found by looking back
+    ``step`` bytes at a time from the end of each read); the chunks of lines must be exactly
+    those one process makes reading the whole file: same lines, same cuts, same order."""
     data = b"".join(parts)
     path = tmp_path_factory.mktemp("cuts") / "log"
     path.write_bytes(data)
-    with path.open("rb") as f:
-        expected = [(raw, final) for _offset, raw, final in raw_blocks(f, block)]
-    found: list[tuple[bytes, bool]] = []
+    max_line = 50  # some lines are cut, some held across reads
+    expected = list(read_chunks(str(path), max_line, block))
+    found: list[Chunk] = []
     fd = os.open(path, os.O_RDONLY)
     try:
-        for lo in range(0, len(data), block):
-            raw = _block_at(fd, lo, min(lo + block, len(data)), False, step)
-            if raw is not None:
-                found.append((raw, False))
-        if data and not data.endswith(b"\n"):
-            raw = _block_at(fd, len(data), len(data), True, step)
-            assert raw is not None
-            found.append((raw, True))
+        spans = list(read_plan(fd, len(data), block, step))
+        for lo, hi in spans:
+            lines = assembler(max_line)
+            pos = lo
+            while pos < hi:
+                n, chunks = read_block(fd, pos, lines, block, end=hi)
+                assert n > 0
+                pos += n
+                found += chunks
+            if hi == len(data):
+                last = lines.flush()
+                found += [last] if last is not None else []
+            else:
+                assert lines.pending == 0  # a span ends where nothing is held
     finally:
         os.close(fd)
     assert found == expected
+    assert [lo for lo, _ in spans[1:]] == [hi for _, hi in spans[:-1]]  # the file, whole
+    assert not data or (spans[0][0], spans[-1][1]) == (0, len(data))
 
 
 @given(
@@ -349,7 +363,7 @@ def test_block_edges_are_its_first_and_last_lines_decoded(data: bytes, k: int) -
     """Where the replay reads the clock when no rule hits: found without splitting the block."""
     head = [t.decode("utf-8", "replace") for t in data.split(b"\n", k)[:k]]
     tail = [t.decode("utf-8", "replace") for t in data.rsplit(b"\n", k)[-k:]]
-    assert _edges(data, k) == (head, tail)
+    assert edges(data, k) == (head, tail)
 
 
 def test_a_worker_refuses_a_file_replaced_since_the_replay_measured_it(tmp_path: Path) -> None:
@@ -363,14 +377,14 @@ def test_a_worker_refuses_a_file_replaced_since_the_replay_measured_it(tmp_path:
     new = log.stat()
     here, there = multiprocessing.Pipe()
     specs = [PatternSpec("r", "match", r"ERROR (?P<w>\w+)", frozenset({"s"}))]
-    worker = threading.Thread(target=_match_worker, args=(there, specs))
+    worker = threading.Thread(target=match_worker, args=(there, specs))
     worker.start()
     try:
-        here.send((str(log), (old.st_dev, old.st_ino), "s", 0, 10, False, False))
+        here.send((str(log), (old.st_dev, old.st_ino), "s", 0, 10, True, False, 1000, 4096))
         answer = here.recv()
         assert isinstance(answer, str) and "was replaced during the replay" in answer
-        here.send((str(log), (new.st_dev, new.st_ino), "s", 0, 10, False, False))
-        lines, _chars, hits, texts, *_ = here.recv()
+        here.send((str(log), (new.st_dev, new.st_ino), "s", 0, 10, True, False, 1000, 4096))
+        [(lines, _chars, hits, texts, *_)] = here.recv()
         assert (lines, hits, texts) == (1, [(0, "r", "match", {"w": "new"})], {0: "ERROR new"})
     finally:
         here.send(None)

@@ -4,11 +4,12 @@
 :class:`~detector.sources.base.Batch` es of complete lines, each carrying the checkpoint to commit
 with it. All file I/O happens in :meth:`FileSource.poll_once`, one *sweep* run in a worker thread:
 expand the globs, ``stat`` every path, open new files, notice rotation and truncation, read what was
-appended (1 MiB blocks, bytes, split once, at most 10 000 lines per batch) and retire rotated files
-once they are drained. :meth:`FileSource.batches` repeats sweeps; it wakes early on inotify events
-(a watchdog Observer on the parent directories, whose thread only calls
-``loop.call_soon_threadsafe(event.set)``) and otherwise every ``poll_interval`` of the injected
-clock, so it works without inotify too. Choices, in the order a file meets them:
+appended (1 MiB blocks, bytes, split once, at most 10 000 lines per batch: the reads and the lines
+are those of ``sources/lines.py``, which ``detector test`` reads files with too) and retire rotated
+files once they are drained. :meth:`FileSource.batches` repeats sweeps; it wakes early on inotify
+events (``sources/watch.py``: a watchdog Observer on the parent directories, whose thread only
+calls ``loop.call_soon_threadsafe(event.set)``) and otherwise every ``poll_interval`` of the
+injected clock, so it works without inotify too. Choices, in the order a file meets them:
 
 1. *Identity* is ``(st_dev, st_ino)`` plus a fingerprint ``"<n>:<hash>"`` of the first ``n`` bytes
    (``n`` grows with the file up to 256). The checkpoint is ``key="<dev>:<ino>"``, ``value={path,
@@ -38,7 +39,9 @@ clock, so it works without inotify too. Choices, in the order a file meets them:
    arrives; the checkpoint stays before it. One ``\\r`` before the newline is stripped. Bytes are
    decoded with ``errors="replace"``. A line longer than ``max_line_bytes`` is cut to that many
    bytes plus `` …[truncated N bytes]`` and counted in ``Batch.truncated_lines``; the rest of it is
-   skipped while streaming, so memory stays bounded whatever the line length. Lines that need
+   skipped while streaming, so memory stays bounded whatever the line length. A cut line is also
+   logged as a WARNING naming the file and the line's byte offset, at most one per source a
+   minute (the lines cut meanwhile are counted and told with the next one). Lines that need
    none of this (no ``\r``, none too long: nearly always) go on as read, undecoded, in
    ``Batch.block``; a full 1 MiB read ends at its last newline, the partial line after it is read
    again, whole, with the next block.
@@ -63,7 +66,6 @@ clock, so it works without inotify too. Choices, in the order a file meets them:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import glob
 import hashlib
 import logging
@@ -71,7 +73,7 @@ import os
 import stat
 import threading
 from collections.abc import AsyncGenerator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -80,146 +82,23 @@ from detector.clock import Clock
 from detector.model import FileSourceConfig
 from detector.records import Checkpoint
 from detector.sources.base import Batch, Line, SourceProblem
+from detector.sources.lines import BLOCK_BYTES, Chunk, LineAssembler, read_block
+from detector.sources.watch import Watcher
 
 log = logging.getLogger(__name__)
 
-BLOCK_BYTES = 1 << 20
-"""One read. Not larger: matching runs several passes over a block (Hyperscan, newline count),
-which are fastest while it fits the CPU's L2 cache; 2 and 4 MiB reads matched up to 1.5x slower
-here. The cost of a batch (a commit) is shared by the agent committing queued batches together."""
-MAX_BATCH_LINES = 10_000
 FP_BYTES = 256
 FILE_BLOCKS_PER_SWEEP = 4
 SWEEP_BLOCKS = 16
 START_TAIL_BYTES = 64 * 1024  # how far back start_at=end looks for the last newline
 GLOB_CHARS = frozenset("*?[")
-OBSERVER_STOP_TIMEOUT = 5.0  # seconds to wait for the watchdog thread to end
+CUT_WARNING_EVERY = timedelta(minutes=1)
+"""At most one warning per source this often about lines cut at max_line_bytes (the others are
+counted, and the count told with the next warning)."""
 
 INTERNAL = "file-source:internal"  # problem key of an unexpected failure of a sweep
 
 Identity = tuple[int, int]
-
-
-# ---------------------------------------------------------------- lines out of blocks
-
-
-@dataclass(frozen=True, slots=True)
-class _Chunk:
-    texts: list[str]
-    end: int  # bytes of the fed block consumed through this chunk's last newline
-    truncated: int
-    block: bytes | None = None  # instead of texts: whole lines as read (Batch.block)
-
-
-def _has_long_line(body: bytes, limit: int) -> bool:
-    """Does a line of ``body`` (lines separated by newlines) exceed ``limit`` bytes? One look
-    per ``limit`` bytes: the last newline of each window must exist."""
-    pos, n = 0, len(body)
-    while n - pos > limit:
-        nl = body.rfind(b"\n", pos, pos + limit + 1)
-        if nl < 0:
-            return True
-        pos = nl + 1
-    return False
-
-
-class _LineAssembler:
-    """Turns blocks of bytes into decoded lines, holding a bounded partial last line."""
-
-    def __init__(self, max_line_bytes: int) -> None:
-        self._max = max(1, max_line_bytes)
-        self._buf = bytearray()  # first _max bytes of the pending partial line
-        self.pending = 0  # full length in bytes of the pending partial line
-        self._last = b""  # its last byte (to strip a "\r" that was skipped)
-
-    def reset(self) -> None:
-        self._buf.clear()
-        self.pending = 0
-        self._last = b""
-
-    def _hold(self, data: bytes) -> None:
-        room = self._max - len(self._buf)
-        if room > 0:
-            self._buf += data[:room]
-        self.pending += len(data)
-        if data:
-            self._last = data[-1:]
-
-    def _complete(self, tail: bytes) -> tuple[str, int]:
-        total = self.pending + len(tail)
-        if (tail[-1:] or self._last) == b"\r":
-            total -= 1
-        keep = min(total, self._max)
-        buf = bytes(self._buf) + tail[: max(0, keep - len(self._buf))]
-        self.reset()
-        return self._cut(buf[:keep], total - keep)
-
-    def _cut(self, raw: bytes, cut: int) -> tuple[str, int]:
-        text = raw.decode("utf-8", "replace")
-        if cut > 0:
-            return f"{text} …[truncated {cut} bytes]", 1
-        return text, 0
-
-    def _one(self, raw: bytes) -> tuple[str, int]:
-        if raw.endswith(b"\r"):
-            raw = raw[:-1]
-        return self._cut(raw[: self._max], len(raw) - self._max)
-
-    def flush(self) -> str | None:
-        """The pending partial line as a final line (its file is finished), or None."""
-        if not self.pending:
-            return None
-        return self._complete(b"")[0]
-
-    def feed(self, data: bytes) -> list[_Chunk]:
-        last_nl = data.rfind(b"\n")
-        if last_nl < 0:
-            self._hold(data)
-            return []
-        texts: list[str] = []
-        cut_at: list[int] = []
-        parts: list[bytes] = []
-        pos = 0
-        if self.pending:
-            first_nl = data.find(b"\n")
-            text, cut = self._complete(data[:first_nl])
-            texts.append(text)
-            if cut:
-                cut_at.append(0)
-            pos = first_nl + 1
-        if pos <= last_nl:
-            body = data[pos:last_nl]
-            if b"\r" not in body and not _has_long_line(body, self._max):
-                # The common case: whole lines, as read. They go on undecoded (Batch.block).
-                self._hold(data[last_nl + 1 :])
-                block = _Chunk([], last_nl + 1, 0, data[pos : last_nl + 1])
-                if texts:  # a held partial line completed first: a batch of its own
-                    return [_Chunk(texts, pos, len(cut_at)), block]
-                return [block]
-            parts = body.split(b"\n")
-            long = len(body) > self._max and max(map(len, parts)) > self._max
-            if not long and b"\r" not in body:
-                texts.extend(body.decode("utf-8", "replace").split("\n"))
-            else:
-                for raw in parts:
-                    text, cut = self._one(raw)
-                    if cut:
-                        cut_at.append(len(texts))
-                    texts.append(text)
-        self._hold(data[last_nl + 1 :])
-        if len(texts) <= MAX_BATCH_LINES:
-            return [_Chunk(texts, last_nl + 1, len(cut_at))]
-        chunks = []
-        shift = len(texts) - len(parts)  # 1 if texts[0] completed a pending line
-        end, done = pos, 0  # end offset after the first `done` lines of `parts`
-        for a in range(0, len(texts), MAX_BATCH_LINES):
-            b = min(a + MAX_BATCH_LINES, len(texts))
-            upto = b - shift
-            end += sum(map(len, parts[done:upto])) + (upto - done)
-            done = upto
-            n_cut = sum(1 for i in cut_at if a <= i < b)
-            chunks.append(_Chunk(texts[a:b], end, n_cut))
-        return chunks
 
 
 # ---------------------------------------------------------------- per-file state
@@ -233,7 +112,7 @@ class _Tracked:
     fd: int
     dev: int
     ino: int
-    assembler: _LineAssembler
+    assembler: LineAssembler
     offset: int = 0  # after the last complete line emitted
     read_pos: int = 0  # offset + assembler.pending
     fp: str = "0:"
@@ -312,7 +191,9 @@ class FileSource:
         self._lock = threading.Lock()
         self._closed = False
         self._wake: asyncio.Event | None = None
-        self._watcher: _Watcher | None = None
+        self._watcher: Watcher | None = None
+        self._cut_warned_at: datetime | None = None
+        self._cuts_unwarned = 0  # lines cut since the last warning, not warned about
 
     # ------------------------------------------------------------ public API
 
@@ -320,7 +201,7 @@ class FileSource:
         """Yield batches until cancelled. Never raises for I/O problems (see :meth:`problems`)."""
         self._wake = asyncio.Event()
         if self._use_watcher and self._watcher is None:
-            self._watcher = _Watcher.start(asyncio.get_running_loop(), self._wake)
+            self._watcher = Watcher.start(asyncio.get_running_loop(), self._wake)
         while True:
             self._wake.clear()
             for batch in await self.poll_once():
@@ -435,7 +316,7 @@ class FileSource:
                 break
             budget -= self._read(tf, now, batches, problems)
             if self._should_retire(tf, now):
-                batches.extend(self._retire(tf))
+                batches.extend(self._retire(tf, now))
 
         if first:
             self._initial = {i for i, tf in self._files.items() if not tf.seen_end}
@@ -454,6 +335,7 @@ class FileSource:
             log.info("%s: %s is readable again", self.name, key.removeprefix("file:"))
         self._problems = problems
         self._watch_dirs = self._dirs_to_watch()
+        self._warn_cuts_left(now)
         return batches
 
     def _probe(
@@ -503,7 +385,7 @@ class FileSource:
             if (st.st_dev, st.st_ino) in self._files:  # replaced between stat and open
                 os.close(fd)
                 return self._files[(st.st_dev, st.st_ino)]
-            tf = _Tracked(path, fd, st.st_dev, st.st_ino, _LineAssembler(self._max_line()))
+            tf = _Tracked(path, fd, st.st_dev, st.st_ino, LineAssembler(self._max_line()))
             tf.offset = tf.read_pos = self._start_offset(tf, st.st_size, first)
             tf.fp = _fingerprint(fd)
             tf.changed_at = now
@@ -594,7 +476,7 @@ class FileSource:
             log.info("%s: finishing %s (rotated from %s)", self.name, sib, path)
             # It keeps its old path, in its lines and its checkpoint, so that a later restart
             # looks for it again among the siblings of that path.
-            tf = _Tracked(str(path), fd, dev, ino, _LineAssembler(self._max_line()))
+            tf = _Tracked(str(path), fd, dev, ino, LineAssembler(self._max_line()))
             tf.offset = tf.read_pos = offset
             tf.fp, tf.changed_at, tf.draining_since = fp, now, now
             tf.age = st.st_mtime_ns
@@ -630,18 +512,11 @@ class FileSource:
                     tf.fp = _fingerprint(tf.fd)
                     tf.dirty = True
             while tf.read_pos < tf.size and blocks < FILE_BLOCKS_PER_SWEEP:
-                data = os.pread(tf.fd, BLOCK_BYTES, tf.read_pos)
-                if not data:
-                    break
-                if len(data) == BLOCK_BYTES and not tf.assembler.pending:
-                    # More follows: stop at the last newline and read the partial line again,
-                    # whole, next time (rather than hold it and split the next block's batch).
-                    last_nl = data.rfind(b"\n")
-                    if last_nl >= 0:
-                        data = data[: last_nl + 1]
                 base = tf.read_pos
-                tf.read_pos += len(data)
-                chunks = tf.assembler.feed(data)
+                n, chunks = read_block(tf.fd, base, tf.assembler, BLOCK_BYTES)
+                if not n:
+                    break
+                tf.read_pos += n
                 blocks += bool(chunks)
                 for chunk in chunks:
                     tf.offset = base + chunk.end
@@ -651,6 +526,8 @@ class FileSource:
                         batch.block, batch.block_path = chunk.block, tf.path
                     batches.append(batch)
                     tf.dirty = False
+                    if chunk.cut_at:
+                        self._warn_cut(tf, base, chunk, now)
                 tf.size = max(tf.size, tf.read_pos)
         except OSError as e:
             key = f"file:{tf.path}"
@@ -675,14 +552,52 @@ class FileSource:
             gone = True
         return gone or os.path.lexists(tf.path)
 
-    def _retire(self, tf: _Tracked) -> list[Batch]:
+    def _retire(self, tf: _Tracked, now: datetime) -> list[Batch]:
         log.info("%s: finished %s", self.name, tf.path)
         last = tf.assembler.flush()
-        lines = [] if last is None else [Line(source=self.name, text=last, path=tf.path)]
+        lines: list[Line] = []
+        if last is not None:
+            lines = [Line(source=self.name, text=t, path=tf.path) for t in last.texts]
+            if last.cut_at:
+                self._warn_cut(tf, tf.read_pos, last, now)
         del self._files[tf.identity]
         self._initial.discard(tf.identity)
         os.close(tf.fd)
-        return [Batch(self.name, lines, [Checkpoint(self.name, tf.key, {}, delete=True)])]
+        delete = Checkpoint(self.name, tf.key, {}, delete=True)
+        return [Batch(self.name, lines, [delete], last.truncated if last is not None else 0)]
+
+    def _warn_cut(self, tf: _Tracked, base: int, chunk: Chunk, now: datetime) -> None:
+        """Say that lines were cut at max_line_bytes: at most one warning per
+        CUT_WARNING_EVERY, the others counted and told with the next one."""
+        for start in chunk.cut_at:
+            at = self._cut_warned_at
+            if at is not None and now - at < CUT_WARNING_EVERY:
+                self._cuts_unwarned += 1
+                continue
+            more = self._cuts_unwarned
+            log.warning(
+                "%s: %s: the line at byte %d is longer than max_line_bytes (%d): only its first "
+                "%d bytes are matched%s",
+                self.name,
+                tf.path,
+                base + start,
+                self._max_line(),
+                self._max_line(),
+                f" ({more} more lines were cut since the last warning)" if more else "",
+            )
+            self._cut_warned_at, self._cuts_unwarned = now, 0
+
+    def _warn_cuts_left(self, now: datetime) -> None:
+        """Tell the count of cut lines not warned about once their minute is over."""
+        at = self._cut_warned_at
+        if self._cuts_unwarned and at is not None and now - at >= CUT_WARNING_EVERY:
+            log.warning(
+                "%s: %d more lines were longer than max_line_bytes (%d) and cut",
+                self.name,
+                self._cuts_unwarned,
+                self._max_line(),
+            )
+            self._cut_warned_at, self._cuts_unwarned = now, 0
 
     def _checkpoint(self, tf: _Tracked) -> Checkpoint:
         value = {"path": tf.path, "dev": tf.dev, "ino": tf.ino, "fp": tf.fp, "offset": tf.offset}
@@ -715,65 +630,3 @@ class FileSource:
                 for tf in self._files.values()
             ],
         }
-
-
-# ---------------------------------------------------------------- inotify wake-ups
-
-
-@dataclass
-class _Watcher:
-    """A watchdog Observer whose handler only sets an asyncio.Event on the loop."""
-
-    observer: Any
-    handler: Any
-    watches: dict[str, Any] = field(default_factory=dict)
-
-    @staticmethod
-    def start(loop: asyncio.AbstractEventLoop, wake: asyncio.Event) -> _Watcher | None:
-        try:
-            from watchdog.events import FileSystemEvent, FileSystemEventHandler  # noqa: PLC0415
-            from watchdog.observers import Observer  # noqa: PLC0415
-
-            class _Wake(FileSystemEventHandler):
-                def on_any_event(self, event: FileSystemEvent) -> None:
-                    # The loop may be closed already: then nobody is left to wake.
-                    with contextlib.suppress(RuntimeError):
-                        loop.call_soon_threadsafe(wake.set)
-
-            observer = Observer()
-            observer.daemon = True
-            observer.start()
-        except Exception as e:  # no inotify: the poll sweep still works
-            log.info("file watcher unavailable (%s); polling only", e)
-            return None
-        return _Watcher(observer, _Wake())
-
-    def watch(self, dirs: set[str]) -> None:
-        from watchdog import events as ev  # noqa: PLC0415
-
-        wanted = [
-            ev.FileCreatedEvent,
-            ev.FileModifiedEvent,
-            ev.FileAttribEvent,
-            ev.FileMovedEvent,
-            ev.FileDeletedEvent,
-            ev.FileClosedEvent,
-            ev.DirCreatedEvent,
-            ev.DirDeletedEvent,
-            ev.DirMovedEvent,
-        ]
-        for d in dirs - self.watches.keys():
-            try:
-                self.watches[d] = self.observer.schedule(self.handler, d, event_filter=wanted)
-            except Exception as e:  # e.g. the inotify watch limit; the poll sweep covers it
-                log.info("cannot watch %s (%s); polling it", d, e)
-                self.watches[d] = None
-        for d in self.watches.keys() - dirs:
-            w = self.watches.pop(d)
-            if w is not None:
-                with contextlib.suppress(Exception):  # gone with its directory already
-                    self.observer.unschedule(w)
-
-    def stop(self) -> None:
-        self.observer.stop()
-        self.observer.join(OBSERVER_STOP_TIMEOUT)

@@ -31,10 +31,14 @@ next restart of journalctl, not live.
 **Never silent.** journalctl missing, exiting or failing (e.g. "insufficient permissions") is
 restarted with exponential backoff; after ``fail_after`` failures in a row a ``journalctl`` problem
 carries the reason (exit status and its last stderr line). It clears once a journalctl delivers
-entries, finishes its catch-up, or keeps running for ``healthy_after``.
+entries, finishes its catch-up, or keeps running for ``healthy_after``. A journalctl that keeps
+dying but catches up after each restart loses nothing and never fails ``fail_after`` times in a
+row: ``crash_loop_after`` exits within ``crash_window`` are a ``crash-loop`` problem instead,
+active while exits keep coming and cleared after a whole ``crash_window`` without one.
 
 :meth:`JournaldSource.problems` lists every problem raised so far with its current ``active``
-flag, by key: ``journalctl`` (failing, with the reason), ``permissions`` (journalctl says it cannot
+flag, by key: ``journalctl`` (failing, with the reason), ``crash-loop`` (exiting again and again),
+``permissions`` (journalctl says it cannot
 see everything: add the agent to ``systemd-journal``), ``cursor-gap`` (a notice, active for
 ``gap_notice_for``) and ``config`` (an invalid filter; nothing is read).
 """
@@ -46,20 +50,22 @@ import contextlib
 import json
 import logging
 import re
+from collections import deque
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from detector.clock import Clock
 from detector.model import JournaldSourceConfig
 from detector.records import Checkpoint
 from detector.sources.base import Batch, Line, SourceProblem
+from detector.sources.lines import LineAssembler
+from detector.timestamps import realtime_at
 
 log = logging.getLogger(__name__)
 
 CHECKPOINT_KEY = "cursor"
-EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 FIELD_NAME = re.compile(r"[A-Z_][A-Z0-9_]*\Z")
 READ_SIZE = 1 << 20
 STREAM_LIMIT = 1 << 20  # the pipe buffer may hold 2x this before journalctl is paused
@@ -115,10 +121,7 @@ def entry_to_line(source: str, entry: dict[str, Any], all_str: bool = False) -> 
             if s is not None:
                 fields[k] = s
     text = fields.get("MESSAGE", "").rstrip("\n")
-    event_at: datetime | None = None
-    realtime = fields.get("__REALTIME_TIMESTAMP")
-    if realtime is not None and realtime.isdigit():
-        event_at = EPOCH + timedelta(microseconds=int(realtime))
+    event_at = realtime_at(fields.get("__REALTIME_TIMESTAMP"))
     return Line(source=source, text=text, event_at=event_at, fields=fields)
 
 
@@ -160,15 +163,6 @@ def _fmt_duration(d: timedelta) -> str:
     return text + (f"{s}s" if s or not text else "")
 
 
-def _realtime_at(entry: Mapping[str, Any] | None) -> datetime | None:
-    if entry is None:
-        return None
-    value = entry.get("__REALTIME_TIMESTAMP")
-    if isinstance(value, str) and value.isdigit():
-        return EPOCH + timedelta(microseconds=int(value))
-    return None
-
-
 async def _first_line(stream: asyncio.StreamReader) -> bytes:
     """The first line of ``stream`` (or what there is before EOF), however long, up to a cap."""
     data = b""
@@ -180,40 +174,6 @@ async def _first_line(stream: asyncio.StreamReader) -> bytes:
     if len(data) > MAX_ENTRY_BYTES and b"\n" not in data:
         raise JournalctlFailed(f"journalctl printed an entry over {MAX_ENTRY_BYTES} bytes")
     return data.split(b"\n", 1)[0]
-
-
-class _Splitter:
-    """Cuts journalctl's output into lines; a line over MAX_ENTRY_BYTES is skipped, not kept."""
-
-    def __init__(self, max_line: int = MAX_ENTRY_BYTES) -> None:
-        self._max_line = max_line
-        self._parts: list[bytes] = []
-        self._size = 0
-        self._oversized = False  # inside a line being skipped
-        self.skipped = 0
-
-    def feed(self, chunk: bytes) -> list[bytes]:
-        if b"\n" not in chunk:
-            if not self._oversized:
-                self._parts.append(chunk)
-                self._size += len(chunk)
-                if self._size > self._max_line:
-                    self._parts, self._size, self._oversized = [], 0, True
-                    self.skipped += 1
-            return []
-        lines = chunk.split(b"\n")
-        if self._oversized:
-            lines[0] = b""  # the end of the skipped line
-            self._oversized = False
-        elif self._parts:
-            lines[0] = b"".join([*self._parts, lines[0]])
-        rest = lines.pop()
-        self._parts, self._size = ([rest], len(rest)) if rest else ([], 0)
-        return [line for line in lines if line]
-
-    def take_skipped(self) -> int:
-        n, self.skipped = self.skipped, 0
-        return n
 
 
 class JournaldSource:
@@ -231,6 +191,8 @@ class JournaldSource:
         healthy_after: timedelta = timedelta(seconds=10),
         gap_notice_for: timedelta = timedelta(minutes=15),
         max_batch: int = 5000,
+        crash_loop_after: int = 5,
+        crash_window: timedelta = timedelta(minutes=5),
     ) -> None:
         self.name = config.name
         self._config = config
@@ -241,6 +203,9 @@ class JournaldSource:
         self._healthy_after = healthy_after
         self._gap_notice_for = gap_notice_for
         self._max_batch = max_batch
+        self._crash_loop_after = crash_loop_after
+        self._crash_window = crash_window
+        self._exits: deque[float] = deque()  # clock.monotonic() of each failure in the window
         self._filters = filter_args(config)
 
         stored = checkpoints.get(CHECKPOINT_KEY)
@@ -321,6 +286,12 @@ class JournaldSource:
             and now - since >= self._gap_notice_for
         ):
             self._problems["cursor-gap"] = SourceProblem(self.name, gap.key, gap.message, False)
+        looping = self._problems.get("crash-loop")
+        if looping is not None and looping.active:
+            self._forget_old_exits()
+            if not self._exits:  # quiet for a whole window
+                log.info("journald source %s: journalctl no longer crash-looping", self.name)
+                self._clear("crash-loop")
         failing = self._problems.get("journalctl")
         if self._running_for() >= self._healthy_after:
             if failing is not None and failing.active:
@@ -339,9 +310,7 @@ class JournaldSource:
             "caught_up": self._caught_up,
             "cursor": self._cursor,
             "last_event_at": (
-                (EPOCH + timedelta(microseconds=self._last_realtime_us)).isoformat()
-                if self._last_realtime_us is not None
-                else None
+                at.isoformat() if (at := realtime_at(self._last_realtime_us)) else None
             ),
             "pid": proc.pid if proc is not None and proc.returncode is None else None,
             "entries_read": self._entries_read,
@@ -387,13 +356,9 @@ class JournaldSource:
         self, cursor: str, stored: Mapping[str, Any] | None, first: _Probe
     ) -> None:
         oldest = (await self._probe([])).entry
-        since_at: datetime | None = None
         realtime = stored.get("realtime_us") if stored else None
-        if isinstance(realtime, int):
-            since_at = EPOCH + timedelta(microseconds=realtime)
-        elif self._last_realtime_us is not None:
-            since_at = EPOCH + timedelta(microseconds=self._last_realtime_us)
-        oldest_at = _realtime_at(oldest)
+        since_at = realtime_at(realtime if isinstance(realtime, int) else self._last_realtime_us)
+        oldest_at = realtime_at(oldest.get("__REALTIME_TIMESTAMP")) if oldest else None
         msg = (
             "journald no longer has the stored cursor (journal vacuumed, rotated away or replaced)"
         )
@@ -474,14 +439,14 @@ class JournaldSource:
         stderr_lines: list[str] = []
         stderr_task = asyncio.ensure_future(self._drain_stderr(proc.stderr, stderr_lines))
         held: Batch | None = None  # catch-up holds one batch back to know if it was the last
-        splitter = _Splitter()
+        splitter = LineAssembler(MAX_ENTRY_BYTES)  # an entry over that is skipped, not kept
         try:
             while True:
                 chunk = await proc.stdout.read(READ_SIZE)
                 if not chunk:
                     break
                 entries: list[Line] = []
-                for raw in splitter.feed(chunk):
+                for raw in splitter.split(chunk):
                     try:
                         entry = json.loads(raw)
                     except ValueError:
@@ -615,11 +580,26 @@ class JournaldSource:
         self._failures += 1
         self._last_error = reason
         log.warning("journald source %s: %s (failure %d)", self.name, reason, self._failures)
+        # Restarts that each catch up clear the failures above, but not this: a journalctl
+        # that keeps dying is a problem even when every entry is still read.
+        self._exits.append(self._clock.monotonic())
+        self._forget_old_exits()
+        if len(self._exits) >= self._crash_loop_after:
+            self._raise_problem(
+                "crash-loop",
+                f"journalctl exited {len(self._exits)} times in the last "
+                f"{_fmt_duration(self._crash_window)}: {reason}",
+            )
         if self._failures >= self._fail_after:
             self._raise_problem(
                 "journalctl",
                 f"{reason} ({self._failures} failures in a row; restarting with backoff)",
             )
+
+    def _forget_old_exits(self) -> None:
+        oldest = self._clock.monotonic() - self._crash_window.total_seconds()
+        while self._exits and self._exits[0] <= oldest:
+            self._exits.popleft()
 
     def _clear_failures(self) -> None:
         self._failures = 0

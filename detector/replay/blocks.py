@@ -1,0 +1,152 @@
+"""The lines of a replayed file, read as the file tailer reads them, and matched a block at a time.
+
+Between the sources and the replay's evaluation (``detector/replay/__init__.py``): a file given to
+``detector test`` is read with ``sources/lines.py`` (:func:`~detector.sources.lines.read_block`
+into a :class:`~detector.sources.lines.LineAssembler` with the source's ``max_line_bytes``), so
+its lines, their cuts and the text matched are the live tailer's; only CRLF lines stay in blocks
+(``crlf="normalize"``), which gives the same lines faster. Each chunk of lines becomes a
+:class:`ReplayBlock`: matched here as bytes (only lines with hits are decoded), or in a ``--jobs``
+worker (``detector/replay/jobs.py``), which makes the same blocks of its span of the file.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Generator, Iterator, Sequence
+from dataclasses import dataclass, field
+
+from detector.matching import Abandoned, Hit, Matcher
+from detector.model import Config, FileSourceConfig
+from detector.pipeline import SparseTexts
+from detector.sources.lines import BLOCK_BYTES, Chunk, LineAssembler, read_block
+
+EDGE_LINES = 50
+"""Lines at each end of a block where the clock is read when no rule hits."""
+
+Matched = tuple[int, int, list[Hit], "dict[int, str] | list[str]", list[str], list[str], int]
+"""(lines, chars, hits, texts of hit lines — or of every line —, first 50, last 50 lines, lines
+cut at max_line_bytes)."""
+
+
+@dataclass(frozen=True)
+class ReplayBlock:
+    """One block of lines, ready for rule evaluation."""
+
+    texts: Sequence[str]
+    """All lines, or only those evaluation reads (``pipeline.SparseTexts``)."""
+    chars: int
+    """Characters of the decoded lines plus one per line (what ``ReplayResult.bytes`` counts)."""
+    head: Sequence[str]
+    """The first 50 lines, the last 50 lines: where the clock is read when no rule hits."""
+    tail: Sequence[str]
+    hits: Sequence[Hit] | None
+    """Matched in a worker process; None: the pipeline's own matcher runs."""
+    truncated: int = 0
+    """Lines of the block cut at max_line_bytes."""
+    abandoned: dict[str, Abandoned] = field(default_factory=dict)
+    """Lines a worker's matcher could not decide in time (reported by the pipeline)."""
+
+
+def max_line_bytes(config: Config, source: str) -> int:
+    """Where the tailer of ``source`` cuts lines (the file default for a journald source)."""
+    src = config.sources.get(source)
+    if isinstance(src, FileSourceConfig):
+        return src.max_line_bytes
+    return FileSourceConfig.max_line_bytes
+
+
+def assembler(max_line: int) -> LineAssembler:
+    return LineAssembler(max_line, crlf="normalize")
+
+
+def read_chunks(path: str, max_line: int, block: int = BLOCK_BYTES) -> Iterator[Chunk]:
+    """Every line of ``path`` (``-``: standard input) in chunks, as the tailer reads them; the
+    unterminated last line, if any, last."""
+    lines = assembler(max_line)
+    if path == "-":
+        stream = sys.stdin.buffer
+        while data := stream.read(block):
+            yield from lines.feed(data)
+    else:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            pos = 0
+            while True:
+                n, chunks = read_block(fd, pos, lines, block)
+                if not n:
+                    break
+                pos += n
+                yield from chunks
+        finally:
+            os.close(fd)
+    last = lines.flush()
+    if last is not None:
+        yield last
+
+
+def serial_blocks(
+    path: str, matcher: Matcher, source: str, *, max_line: int, block: int, all_texts: bool
+) -> Generator[ReplayBlock, None, None]:
+    """The blocks of ``path``, matched here: only the lines with hits are decoded (unless a
+    rule reads every line)."""
+    for chunk in read_chunks(path, max_line, block):
+        if chunk.block is None:  # decoded lines (some cut): the pipeline matches them
+            texts = chunk.texts
+            chars = len(texts) + sum(map(len, texts))
+            head, tail = texts[:EDGE_LINES], texts[-EDGE_LINES:]
+            yield ReplayBlock(texts, chars, head, tail, None, chunk.truncated)
+            continue
+        n, chars, found, got, head, tail, _ = match_chunk(matcher, source, chunk, all_texts)
+        lines = got if isinstance(got, list) else SparseTexts(n, got)
+        yield ReplayBlock(lines, chars, head, tail, found)
+
+
+def match_chunk(matcher: Matcher, source: str, chunk: Chunk, all_texts: bool) -> Matched:
+    """Match one chunk of lines (see :data:`Matched`)."""
+    if chunk.block is None:
+        texts = chunk.texts
+        found = matcher.match(source, texts)
+        chars = len(texts) + sum(map(len, texts))
+        return (
+            len(texts),
+            chars,
+            found,
+            texts,
+            texts[:EDGE_LINES],
+            texts[-EDGE_LINES:],
+            chunk.truncated,
+        )
+    data = chunk.block
+    if all_texts:
+        n, found = matcher.match_block(source, data)
+        every = data.decode("utf-8", "replace").split("\n")
+        every.pop()  # after the last newline
+        chars = len(every) + sum(map(len, every))
+        return n, chars, found, every, every[:EDGE_LINES], every[-EDGE_LINES:], 0
+    hit_texts: dict[int, str] = {}
+    n, found = matcher.match_block(source, data, hit_texts)
+    chars = len(data) if data.isascii() else len(data.decode("utf-8", "replace"))
+    head, tail = edges(data[:-1])
+    return n, chars, found, hit_texts, head, tail, 0
+
+
+def edges(data: bytes, k: int = EDGE_LINES) -> tuple[list[str], list[str]]:
+    """The first and the last ``k`` lines of a block (without its last newline), decoded (where
+    the replay reads the clock when no rule hits), without splitting the rest of the block."""
+    end = -1
+    for _ in range(k):
+        end = data.find(b"\n", end + 1)
+        if end < 0:
+            break
+    start = len(data)
+    for _ in range(k):
+        start = data.rfind(b"\n", 0, start)
+        if start < 0:
+            break
+    head = data if end < 0 else data[:end]
+    tail = data if start < 0 else data[start + 1 :]
+    return (
+        head.decode("utf-8", "replace").split("\n"),
+        tail.decode("utf-8", "replace").split("\n"),
+    )

@@ -1,0 +1,284 @@
+"""Bytes to lines: the one line assembler under every source and under ``detector test``.
+
+Sits at the very start of the flow, below the sources: the file tailer (``sources/files.py``), the
+replay of ``detector test`` and its ``--jobs`` workers (``detector/replay``) read a file with
+:func:`read_block` into a :class:`LineAssembler`, which turns the bytes into :class:`Chunk` s of
+whole lines; journald (``sources/journald.py``) cuts journalctl's JSON output into lines with
+:meth:`LineAssembler.split`. So a line is the same line wherever it is read: split at LF, one CR
+before the LF dropped (an unterminated last line, given by :meth:`LineAssembler.flush`, loses all
+its trailing CRs), decoded with ``errors="replace"``; a partial last line is held (at most
+``max_line_bytes`` of it) until its newline arrives; a line longer than ``max_line_bytes`` is cut
+to that many bytes plus `` …[truncated N bytes]`` and counted (:attr:`Chunk.cut_at`), the rest of
+it skipped while streaming, so memory stays bounded whatever the line length (``split`` drops such
+a line instead, and counts it in :attr:`LineAssembler.skipped`). Lines that need none of this go
+on undecoded (:attr:`Chunk.block`). A full read of :func:`read_block` ends at its last newline; the
+partial line after it is read again, whole, with the next read: :func:`read_plan` finds those same
+reads from the file alone, for the ``--jobs`` workers.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Literal
+
+BLOCK_BYTES = 1 << 20
+"""One read. Not larger: matching runs several passes over a block (Hyperscan, newline count),
+which are fastest while it fits the CPU's L2 cache; 2 and 4 MiB reads matched up to 1.5x slower
+here. The cost of a batch (a commit) is shared by the agent committing queued batches together."""
+MAX_BATCH_LINES = 10_000
+"""Decoded lines per chunk at most."""
+LOOKBACK = 8 * 1024
+"""How far back :func:`read_plan` reads at a time to find where a read ends."""
+
+
+@dataclass(frozen=True, slots=True)
+class Chunk:
+    """Whole lines out of :meth:`LineAssembler.feed`: decoded ``texts``, or ``block``."""
+
+    texts: list[str]
+    end: int
+    """Bytes of the fed data consumed through this chunk's last newline."""
+    block: bytes | None = None
+    """Instead of texts: whole lines, each ending in ``b"\\n"``, none longer than the limit and
+    none with a CR (unless the assembler normalizes CRLF: then CRLF became LF)."""
+    cut_at: tuple[int, ...] = ()
+    """Where each line of this chunk that was cut at ``max_line_bytes`` starts, in bytes from
+    the start of the fed data (negative: the line began in data fed before)."""
+
+    @property
+    def truncated(self) -> int:
+        """How many lines of this chunk were cut at ``max_line_bytes``."""
+        return len(self.cut_at)
+
+
+def _has_long_line(body: bytes, limit: int) -> bool:
+    """Does a line of ``body`` (lines separated by newlines) exceed ``limit`` bytes? One look
+    per ``limit`` bytes: the last newline of each window must exist."""
+    pos, n = 0, len(body)
+    while n - pos > limit:
+        nl = body.rfind(b"\n", pos, pos + limit + 1)
+        if nl < 0:
+            return True
+        pos = nl + 1
+    return False
+
+
+def _cut(raw: bytes, cut: int) -> str:
+    text = raw.decode("utf-8", "replace")
+    return f"{text} …[truncated {cut} bytes]" if cut > 0 else text
+
+
+class LineAssembler:
+    """Turns bytes into lines, holding a bounded partial last line (module docstring).
+
+    ``crlf="normalize"`` lets lines with CRLF endings go on as a block (CRLF made LF) instead
+    of being decoded one by one: the same lines, for readers that match blocks of bytes (the
+    replay); the file tailer keeps its blocks exactly as read.
+    """
+
+    def __init__(
+        self, max_line_bytes: int, *, crlf: Literal["decode", "normalize"] = "decode"
+    ) -> None:
+        self.max_line_bytes = max(1, max_line_bytes)
+        self._normalize = crlf == "normalize"
+        self._buf = bytearray()  # first max_line_bytes bytes of the pending partial line
+        self.pending = 0
+        """Full length in bytes of the pending partial line."""
+        self._crs = 0  # trailing CRs of the pending partial line
+        self.skipped = 0
+        """Lines :meth:`split` dropped for being longer than ``max_line_bytes``."""
+
+    def reset(self) -> None:
+        """Forget the pending partial line (its file was truncated)."""
+        self._buf.clear()
+        self.pending = 0
+        self._crs = 0
+
+    def _hold(self, data: bytes) -> None:
+        if not data:
+            return
+        room = self.max_line_bytes - len(self._buf)
+        if room > 0:
+            self._buf += data[:room]
+        self.pending += len(data)
+        if data[-1:] == b"\r":
+            crs = len(data) - len(data.rstrip(b"\r"))
+            self._crs = self._crs + crs if crs == len(data) else crs
+        else:
+            self._crs = 0
+
+    def _complete(self, tail: bytes, *, final: bool = False) -> tuple[str, int]:
+        """The pending line ended by ``tail`` (its bytes up to the newline): (text, bytes cut)."""
+        total = self.pending + len(tail)
+        if final:
+            total -= self._crs  # the stream's last line: every trailing CR goes
+        elif tail[-1:] == b"\r" or (not tail and self._crs):
+            total -= 1
+        keep = min(total, self.max_line_bytes)
+        buf = bytes(self._buf) + tail[: max(0, keep - len(self._buf))]
+        self.reset()
+        return _cut(buf[:keep], total - keep), total - keep
+
+    def _one(self, raw: bytes) -> tuple[str, int]:
+        if raw.endswith(b"\r"):
+            raw = raw[:-1]
+        n = self.max_line_bytes
+        return _cut(raw[:n], len(raw) - n), len(raw) - n
+
+    def flush(self) -> Chunk | None:
+        """The pending partial line as a final line (its file is finished), or None. Its
+        ``cut_at`` counts from the end of the data fed so far."""
+        if not self.pending:
+            return None
+        start = -self.pending
+        text, cut = self._complete(b"", final=True)
+        return Chunk([text], 0, cut_at=(start,) if cut > 0 else ())
+
+    def feed(self, data: bytes) -> list[Chunk]:
+        """The lines that ``data`` completes, in chunks; what follows its last newline is held."""
+        last_nl = data.rfind(b"\n")
+        if last_nl < 0:
+            self._hold(data)
+            return []
+        texts: list[str] = []
+        cuts: list[tuple[int, int]] = []  # (index in texts, start offset) of each cut line
+        parts: list[bytes] = []
+        pos = 0
+        if self.pending:
+            first_nl = data.find(b"\n")
+            start = -self.pending
+            text, cut = self._complete(data[:first_nl])
+            texts.append(text)
+            if cut > 0:
+                cuts.append((0, start))
+            pos = first_nl + 1
+        if pos <= last_nl:
+            body = data[pos:last_nl]
+            limit = self.max_line_bytes
+            has_cr = b"\r" in body
+            if (not has_cr or self._normalize) and not _has_long_line(body, limit):
+                # The common case: whole lines, as read. They go on undecoded (Chunk.block).
+                self._hold(data[last_nl + 1 :])
+                raw = data[pos : last_nl + 1]
+                if has_cr:
+                    raw = raw.replace(b"\r\n", b"\n")
+                block = Chunk([], last_nl + 1, raw)
+                if texts:  # a held partial line completed first: a chunk of its own
+                    return [Chunk(texts, pos, cut_at=tuple(s for _, s in cuts)), block]
+                return [block]
+            parts = body.split(b"\n")
+            long = len(body) > limit and max(map(len, parts)) > limit
+            if not long and not has_cr:
+                texts.extend(body.decode("utf-8", "replace").split("\n"))
+            else:
+                at = pos
+                for raw in parts:
+                    text, cut = self._one(raw)
+                    if cut > 0:
+                        cuts.append((len(texts), at))
+                    texts.append(text)
+                    at += len(raw) + 1
+        self._hold(data[last_nl + 1 :])
+        if len(texts) <= MAX_BATCH_LINES:
+            return [Chunk(texts, last_nl + 1, cut_at=tuple(s for _, s in cuts))]
+        chunks = []
+        shift = len(texts) - len(parts)  # 1 if texts[0] completed a pending line
+        end, done = pos, 0  # end offset after the first `done` lines of `parts`
+        for a in range(0, len(texts), MAX_BATCH_LINES):
+            b = min(a + MAX_BATCH_LINES, len(texts))
+            upto = b - shift
+            end += sum(map(len, parts[done:upto])) + (upto - done)
+            done = upto
+            cut_at = tuple(s for i, s in cuts if a <= i < b)
+            chunks.append(Chunk(texts[a:b], end, cut_at=cut_at))
+        return chunks
+
+    def take_skipped(self) -> int:
+        """:attr:`skipped` so far, reset to 0."""
+        n, self.skipped = self.skipped, 0
+        return n
+
+    def split(self, data: bytes) -> list[bytes]:
+        """The non-empty lines ``data`` completes, as bytes without their newline (journalctl's
+        JSON entries). A line longer than ``max_line_bytes`` is dropped and counted in
+        :attr:`skipped`, never held whole."""
+        if b"\n" not in data:
+            self._hold(data)
+            return []
+        lines = data.split(b"\n")
+        rest = lines.pop()
+        limit = self.max_line_bytes
+        if self.pending:
+            if self.pending + len(lines[0]) > limit:
+                lines[0] = b""
+                self.skipped += 1
+            else:
+                lines[0] = bytes(self._buf) + lines[0]
+            self.reset()
+        self._hold(rest)
+        if len(data) > limit:
+            kept = [line for line in lines if len(line) <= limit]
+            self.skipped += len(lines) - len(kept)
+            lines = kept
+        return [line for line in lines if line]
+
+
+def read_block(
+    fd: int,
+    pos: int,
+    assembler: LineAssembler,
+    size: int = BLOCK_BYTES,
+    end: int | None = None,
+) -> tuple[int, list[Chunk]]:
+    """One read of the file ``fd`` at ``pos`` (at most ``size`` bytes, none past ``end``):
+    (bytes consumed, the chunks ``assembler`` made of them). A full read stops at its last
+    newline: the partial line after it is read again, whole, with the next read (rather than
+    held, which would split the next read's lines into two chunks). 0 bytes: nothing to read."""
+    want = size if end is None else min(size, end - pos)
+    data = os.pread(fd, want, pos) if want > 0 else b""
+    if not data:
+        return 0, []
+    if len(data) == size:
+        last_nl = data.rfind(b"\n")
+        if last_nl >= 0:
+            data = data[: last_nl + 1]
+    return len(data), assembler.feed(data)
+
+
+def _last_newline(fd: int, floor: int, pos: int, step: int = LOOKBACK) -> int:
+    """Offset of the last newline in the file's bytes [floor, pos), or -1 if there is none
+    (read backwards ``step`` bytes at a time)."""
+    while pos > floor:
+        lo = max(floor, pos - step)
+        nl = os.pread(fd, pos - lo, lo).rfind(b"\n")
+        if nl >= 0:
+            return lo + nl
+        pos = lo
+    return -1
+
+
+def read_plan(
+    fd: int, length: int, size: int = BLOCK_BYTES, step: int = LOOKBACK
+) -> Iterator[tuple[int, int]]:
+    """The reads of :func:`read_block` over the first ``length`` bytes of ``fd``, grouped into
+    spans ``(lo, hi)`` that each start at a line start with nothing held: reading a span alone,
+    with a fresh assembler, from ``lo`` up to ``end=hi`` (and flushing it if ``hi == length``),
+    gives exactly the chunks that reading the whole file from 0 gives for it. Found by looking
+    back from the end of each full read for its last newline (``step`` bytes at a time), so
+    only the ends of the reads are read here."""
+    lo = pos = 0
+    while pos < length:
+        if length - pos < size:  # the last read: not full, it takes what is left
+            pos = length
+            break
+        nl = _last_newline(fd, pos, pos + size, step)
+        if nl < 0:  # inside one long line: the next read goes on holding it
+            pos += size
+            continue
+        pos = nl + 1
+        yield lo, pos
+        lo = pos
+    if pos > lo:
+        yield lo, pos
