@@ -1,5 +1,5 @@
-"""The ``detector`` command: run | reload | check | test | status | outbox | send-test |
-templates | version.
+"""The ``detector`` command: run | reload | note-stop | check | test | status | outbox |
+send-test | templates | version.
 
 The top of the flow: parses the arguments and hands each command to its module. Every command
 follows one exit-code convention (0 ok, 1 findings, 2 usage or config error; see
@@ -80,8 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="reload the running agent and wait for its answer",
         description="Validate rules.yaml, send SIGHUP to the agent and wait until it answers "
         "(systemd's ExecReload). Exit 0 once the agent runs the new configuration; 1 if the "
-        "file is invalid (nothing is signalled) or the agent refused it (its error is printed); "
-        "2 if there is no agent to ask, it exited, or it did not answer in time.",
+        "agent refused it (its error is printed); 2 if the file is invalid (nothing is "
+        "signalled), there is no agent to ask, it exited, or it did not answer in time.",
     )
     _add_config(p)
     p.add_argument(
@@ -97,6 +97,16 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="how long to wait for the agent's answer (default 30)",
     )
+
+    p = sub.add_parser(
+        "note-stop",
+        help="record why systemd saw the agent stop (the unit's ExecStopPost)",
+        description="Store $SERVICE_RESULT, $EXIT_CODE and $EXIT_STATUS (set by systemd for "
+        "ExecStopPost) in the state file, so that the agent's next start can say why it was "
+        "restarted (watchdog, a signal, OOM…). Always exits 0.",
+    )
+    _add_config(p)
+    p.add_argument("--state", help="the state file (default: agent.state of rules.yaml)")
 
     p = sub.add_parser(
         "check",
@@ -280,6 +290,12 @@ def _positive_int(text: str) -> int:
     return n
 
 
+def cmd_note_stop(args: argparse.Namespace) -> int:
+    from detector.stopnote_cli import note_stop_main  # noqa: PLC0415
+
+    return note_stop_main(args)
+
+
 def cmd_reload(args: argparse.Namespace) -> int:
     from detector.reload_cli import reload_main  # noqa: PLC0415
 
@@ -326,6 +342,7 @@ def cmd_templates(args: argparse.Namespace) -> int:
 COMMANDS = {
     "run": cmd_run,
     "reload": cmd_reload,
+    "note-stop": cmd_note_stop,
     "check": cmd_check,
     "test": cmd_test,
     "status": cmd_status,

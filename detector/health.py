@@ -27,6 +27,7 @@ from detector import __version__
 from detector.clock import Clock
 from detector.problems import Component, Problem, Problems
 from detector.sources.base import SourceProblem
+from detector.timefmt import iso
 
 log = logging.getLogger(__name__)
 
@@ -336,7 +337,7 @@ def _age(now: datetime, oldest_at: datetime | None) -> float:
 
 
 def _iso(timestamp: float) -> str:
-    return datetime.fromtimestamp(timestamp, UTC).isoformat()
+    return iso(datetime.fromtimestamp(timestamp, UTC))
 
 
 def _render_family(

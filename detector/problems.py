@@ -36,6 +36,7 @@ from datetime import datetime, timedelta
 from typing import Any, Literal
 
 from detector.rules.base import Signal
+from detector.timefmt import format_duration
 
 log = logging.getLogger("detector")
 
@@ -101,6 +102,7 @@ class Problem:
     """Occurrences since the last notification (new occurrences waiting for RENOTIFY_MIN)."""
     adopted: bool = False
     expires_at: datetime | None = None
+    settle: timedelta = timedelta(0)
     """A problem that is an event, not a condition (an unclean restart), clears by itself."""
 
     @property
@@ -150,7 +152,7 @@ class Problems:
                 p = Problem(key, component, message, now, grace, description, fatal)
                 self.problems[key] = p
                 if grace > timedelta(0):
-                    log.warning("%s (reported if it lasts %s)", p.reason, _short_duration(grace))
+                    log.warning("%s (reported if it lasts %s)", p.reason, format_duration(grace))
             else:  # an alert from before the restart: the same problem, still there
                 p.adopted = False
                 p.since_at, p.grace = now, grace
@@ -162,7 +164,7 @@ class Problems:
             p.unnotified += 1
         p.grace = min(p.grace, grace)
         if expires_after is not None:
-            p.expires_at = now + expires_after
+            p.expires_at, p.settle = now + expires_after, expires_after
         p.message, p.fatal = message, fatal
         p.description = description or p.description
         p.notify, p.source = tuple(notify), source
@@ -219,7 +221,9 @@ class Problems:
         alerts nobody raised again."""
         for p in list(self.problems.values()):
             if p.expires_at is not None and now >= p.expires_at:
-                self.clear(p.key, now, f"no new occurrence for {_short_duration(now - p.since_at)}")
+                self.clear(
+                    p.key, now, f"settled: {p.message}; nothing new for {format_duration(p.settle)}"
+                )
                 continue
             if p.adopted:
                 if now >= p.report_at():
@@ -298,12 +302,3 @@ class Problems:
     def _changed(self) -> None:
         if self.on_change is not None:
             self.on_change()
-
-
-def _short_duration(d: timedelta) -> str:
-    s = int(d.total_seconds())
-    if s % 3600 == 0 and s >= 3600:
-        return f"{s // 3600}h"
-    if s % 60 == 0 and s >= 60:
-        return f"{s // 60}m"
-    return f"{s}s"

@@ -28,6 +28,7 @@ from detector.problems import Problems
 from detector.rules.base import Signal
 from detector.sdnotify import Notifier
 from detector.sources.base import SourceProblem
+from detector.timefmt import format_duration, parse_iso_or_none
 
 log = logging.getLogger("detector")
 
@@ -57,7 +58,7 @@ class PreviousRun:
     ) -> PreviousRun:
         """``run`` is the ``agent_run`` meta (``stopped_at`` is written by a clean stop only);
         state files older than that record are taken as clean."""
-        alive = datetime.fromisoformat(last_alive) if last_alive else None
+        alive = parse_iso_or_none(last_alive)
         unclean = run is not None and not run.get("stopped_at")
         if systemd_stop and run and str(systemd_stop.get("at", "")) < str(run.get("started_at")):
             systemd_stop = None  # about an earlier run
@@ -66,7 +67,7 @@ class PreviousRun:
     def describe(self, now: datetime, lines: int) -> str:
         down = ""
         if self.last_alive_at is not None:
-            down = f", down {_duration(now - self.last_alive_at)}"
+            down = f", down {format_duration(now - self.last_alive_at)}"
         why = ""
         if self.systemd:
             result = self.systemd.get("result") or "?"
@@ -153,7 +154,9 @@ class SelfMonitor:
                     "source",
                     f"source {name}: {p.message}",
                     now,
-                    grace=grace,
+                    # a problem with occurrences is an event (entries lost in a cursor gap),
+                    # not a condition that may pass by itself: no grace
+                    grace=timedelta(0) if p.occurrence else grace,
                     source=name,
                     occurrence=self._new_occurrence(key, p.occurrence),
                 )
@@ -266,12 +269,3 @@ class SelfMonitor:
                 w for w in sorted(self.config.webhooks) if w not in self._failing_webhooks
             )
         return tuple(w for w in chosen if w != webhook)
-
-
-def _duration(d: timedelta) -> str:
-    s = max(0, int(d.total_seconds()))
-    if s < 120:
-        return f"{s} s"
-    if s < 7200:
-        return f"{s // 60} min"
-    return f"{s // 3600} h {s % 3600 // 60} min"

@@ -65,6 +65,7 @@ from detector.selfmon import PreviousRun, SelfMonitor
 from detector.sources.base import Batch, Line, Source
 from detector.store import outbox
 from detector.store.db import AsyncStore, Store, StoreError
+from detector.timefmt import iso_or_none
 
 log = logging.getLogger("detector")
 
@@ -745,8 +746,12 @@ class Agent:
             "problems": self.health.reasons(),
             "rules": {
                 name: {
-                    "last_match_at": _iso_or_none(p.last_match_at.get(name)),
-                    "next_deadline": _iso_or_none(ev.next_deadline()),
+                    "last_match_at": iso_or_none(
+                        p.last_match_at.get(name), timespec="seconds", keep_offset=True
+                    ),
+                    "next_deadline": iso_or_none(
+                        ev.next_deadline(), timespec="seconds", keep_offset=True
+                    ),
                     "matched": p.lines_matched.get(name, 0),
                 }
                 for name, ev in p.evaluators.items()
@@ -799,10 +804,6 @@ def _handle_signals(
         loop.call_soon_threadsafe(actions[signal.Signals(signum)])
 
     return {sig: signal.signal(sig, on_signal) for sig in actions}
-
-
-def _iso_or_none(at: datetime | None) -> str | None:
-    return None if at is None else at.isoformat(timespec="seconds")
 
 
 def _pruner(before: datetime) -> Callable[[Store], int]:

@@ -469,6 +469,7 @@ async def test_malformed_cursor_is_a_gap_not_a_crash(journald: JournaldNamespace
         assert c.texts() == ["x"]
         [gap] = [p for p in src.problems() if p.active]
         assert gap.key == "cursor-gap"
+        assert gap.occurrence == 1  # an event: each new gap counts, and is notified again
         assert "Failed to seek to cursor" in gap.message
     finally:
         await c.close()

@@ -24,17 +24,20 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     # rules.yaml into the model; the state file (SQLite), which stores records only
     ("config", "store"),
     # where lines come from, and what matches them
-    ("sources", "matching", "matching_budget", "matching_pike", "matching_translate"),
+    ("sources", "matching"),
     ("rules",),
+    # the agent's own problems, as agent-alert signals (pipeline and health build on it)
+    ("problems",),
     ("alerts",),
     ("pipeline",),
     ("delivery",),
     ("health", "sdnotify", "http"),
-    ("problems",),
+    ("selfmon",),
     # the agent, and what the commands share
     ("service", "cli_support"),
     # the commands
-    ("replay", "status", "templates_cli", "delivery.cli"),
+    ("replay", "status", "templates_cli", "delivery.cli", "reload_cli", "outbox_cli",
+     "stopnote_cli"),
     ("cli", "__main__"),
 )
 # fmt: on

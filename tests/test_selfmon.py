@@ -19,8 +19,13 @@ from typing import Any
 import pytest
 
 from detector.clock import FakeClock
+from detector.health import Health
+from detector.problems import RENOTIFY_MIN, Problems
+from detector.rules.base import Signal
 from detector.sdnotify import Notifier
+from detector.selfmon import SelfMonitor
 from detector.service import Agent
+from detector.sources.base import SourceProblem
 from detector.store import outbox
 from tests.agent_proc import config_in, free_port, write_config
 from tests.receiver import Receiver, Reply
@@ -404,3 +409,38 @@ async def test_a_dead_letter_is_an_agent_alert_naming_the_webhook_and_the_answer
             assert status == "firing"
             assert summary.startswith("pager rejected a notification for good: refused: HTTP 400")
             await until(lambda: len(rule_alerts(pager)) >= 2, clock, what="the other row")
+
+
+def test_a_second_cursor_gap_while_the_first_is_open_notifies_again() -> None:
+    clock = FakeClock(T0)
+    sent: list[Signal] = []
+    problems = Problems()
+    monitor = SelfMonitor(
+        problems=problems,
+        health=Health(clock, problems=problems),
+        clock=clock,
+        notifier=Notifier({}),
+        emit=sent.append,
+        status_line=lambda: "",
+    )
+
+    def look(occurrence: int, message: str) -> None:
+        monitor.sources(
+            {"kernel": [SourceProblem("kernel", "cursor-gap", message, True, occurrence)]}
+        )
+        monitor.flush()
+
+    look(1, "10 entries lost")
+    assert [(s.action, s.renotify) for s in sent] == [("fire", False)]  # an event: no grace
+    look(1, "10 entries lost")  # the same gap, looked at again
+    clock.advance(RENOTIFY_MIN)
+    monitor.flush()
+    assert len(sent) == 1
+    look(2, "another 10 entries lost")  # a new gap while the first alert is open
+    clock.advance(RENOTIFY_MIN)
+    monitor.flush()
+    assert [(s.action, s.renotify) for s in sent] == [("fire", False), ("fire", True)]
+    assert sent[1].summary == "source kernel: another 10 entries lost"
+    monitor.sources({"kernel": []})  # the notice ends
+    monitor.flush()
+    assert sent[-1].action == "resolve"

@@ -49,9 +49,9 @@ def testable_unit(tmp_path: Path) -> Path:
     exe.chmod(0o755)
     text = UNIT.read_text()
     text, n = re.subn(
-        r"^(Exec\w+)=/usr/local/bin/detector ", rf"\1={exe} ", text, flags=re.MULTILINE
+        r"^(Exec\w+)=(-?)/usr/local/bin/detector ", rf"\1=\2{exe} ", text, flags=re.MULTILINE
     )
-    assert n == 3
+    assert n == 4
     unit = tmp_path / "detector.service"
     unit.write_text(text)
     return unit
@@ -111,6 +111,12 @@ def test_unit_is_a_notify_service_with_watchdog_restart_and_reload() -> None:
     # a broken rules.yaml fails the start with its error, checked in the agent's environment
     assert service["ExecStartPre"] == ["/usr/local/bin/detector check -c /etc/detector/rules.yaml"]
     assert service["EnvironmentFile"] == ["-/etc/detector/detector.env"]
+    # why the last run ended is written down for the next start's unclean-stop alert
+    assert service["ExecStopPost"] == [
+        "-/usr/local/bin/detector note-stop -c /etc/detector/rules.yaml"
+    ]
+    # never a start limit that leaves the agent dead and silent
+    assert parse_unit(UNIT.read_text())["Unit"]["StartLimitIntervalSec"] == ["0"]
     assert service["StateDirectory"] == ["detector"]
     assert service["ConfigurationDirectory"] == ["detector"]
     assert service["StandardOutput"] == ["journal"]

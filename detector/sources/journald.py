@@ -61,6 +61,7 @@ from detector.model import JournaldSourceConfig
 from detector.records import Checkpoint
 from detector.sources.base import Batch, Line, SourceProblem
 from detector.sources.lines import LineAssembler
+from detector.timefmt import format_duration
 from detector.timestamps import realtime_at
 
 log = logging.getLogger(__name__)
@@ -147,20 +148,6 @@ def config_errors(config: JournaldSourceConfig) -> list[str]:
     if config.priority is not None and not 0 <= config.priority <= 7:
         errors.append(f"priority {config.priority} is not 0 (emerg) .. 7 (debug)")
     return errors
-
-
-def _fmt_duration(d: timedelta) -> str:
-    s = int(d.total_seconds())
-    days, s = divmod(s, 86400)
-    hours, s = divmod(s, 3600)
-    minutes, s = divmod(s, 60)
-    parts = [
-        f"{days}d" if days else "",
-        f"{hours}h" if hours else "",
-        f"{minutes}m" if minutes else "",
-    ]
-    text = "".join(parts)
-    return text + (f"{s}s" if s or not text else "")
 
 
 async def _first_line(stream: asyncio.StreamReader) -> bytes:
@@ -369,7 +356,7 @@ class JournaldSource:
             if since_at is not None and oldest_at > since_at:
                 msg += (
                     f"; entries between {since_at.isoformat()} and {oldest_at.isoformat()} "
-                    f"(up to {_fmt_duration(oldest_at - since_at)}) may be missing"
+                    f"(up to {format_duration(oldest_at - since_at)}) may be missing"
                 )
             elif since_at is not None:
                 msg += (
@@ -382,7 +369,7 @@ class JournaldSource:
             msg += " (the cursor points past the end of this journal)"
         log.warning("journald source %s: %s (cursor %s)", self.name, msg, cursor)
         self._gap_since = self._clock.now()
-        self._raise_problem("cursor-gap", msg)
+        self._raise_problem("cursor-gap", msg, anew=True)
         self._cursor = None
 
     async def _probe(self, args: Sequence[str], *, bad_cursor_ok: bool = False) -> _Probe:
@@ -588,7 +575,7 @@ class JournaldSource:
             self._raise_problem(
                 "crash-loop",
                 f"journalctl exited {len(self._exits)} times in the last "
-                f"{_fmt_duration(self._crash_window)}: {reason}",
+                f"{format_duration(self._crash_window)}: {reason}",
             )
         if self._failures >= self._fail_after:
             self._raise_problem(
@@ -608,7 +595,11 @@ class JournaldSource:
     def _clear(self, key: str) -> None:
         p = self._problems.get(key)
         if p is not None and p.active:
-            self._problems[key] = SourceProblem(self.name, key, p.message, False)
+            self._problems[key] = SourceProblem(self.name, key, p.message, False, p.occurrence)
 
-    def _raise_problem(self, key: str, message: str) -> None:
-        self._problems[key] = SourceProblem(self.name, key, message)
+    def _raise_problem(self, key: str, message: str, *, anew: bool = False) -> None:
+        """Raise ``key``; ``anew``: a new occurrence of it (another gap), which the agent
+        notifies again even while the first one's alert is open."""
+        old = self._problems.get(key)
+        seq = old.occurrence if old is not None and old.active else 0
+        self._problems[key] = SourceProblem(self.name, key, message, occurrence=seq + anew)
