@@ -175,7 +175,6 @@ class Agent:
         self.sources: dict[str, _Running] = {}
         self.workers: dict[str, tuple[DeliveryWorker, asyncio.Task[None]]] = {}
         self.down_since: datetime | None = None
-        self._delivery_seen: dict[tuple[str, str], int] = {}
 
     @property
     def db(self) -> AsyncStore:
@@ -410,6 +409,7 @@ class Agent:
             session=self.session,
             on_path_health=self.monitor.path_health,
             on_dead_letter=self.monitor.dead_letter,
+            on_count=lambda metric, n: self.health.inc(metric, n, webhook=name),
         )
         task = self.tg.create_task(worker.run(), name=f"delivery:{name}")
         self.workers[name] = (worker, task)
@@ -711,8 +711,8 @@ class Agent:
         await self.db.run(lambda store: store.set_meta(meta))
 
     async def _poll(self) -> None:
-        """Every few seconds (self-monitor task): the sources' problems, the outbox gauges, the
-        delivery counters, and whether dead letters reported earlier are still there (they
+        """Every few seconds (self-monitor task): the sources' problems, the outbox gauges, and
+        whether dead letters reported earlier are still there (they
         leave when `detector outbox retry` queues them again, or when pruned)."""
         self.monitor.sources({n: r.source.problems() for n, r in self.sources.items()})
         dead_reported = [p.key for p in self.problems.reported() if p.component == "dead-letter"]
@@ -725,16 +725,6 @@ class Agent:
         for name, (worker, _task) in self.workers.items():
             st = worker.stats()
             self.health.set_outbox(name, st.queue_depth, st.oldest_pending_at)
-            for metric, value in (
-                ("delivery_attempts", st.attempts),
-                ("delivery_failures", st.failures),
-                ("dead_letters", st.dead),
-            ):
-                before = self._delivery_seen.get((name, metric), 0)
-                delta = value - before if value >= before else value  # worker restarted
-                self._delivery_seen[(name, metric)] = value
-                if delta:
-                    self.health.inc(metric, delta, webhook=name)  # type: ignore[arg-type]
 
     def _snapshot(self) -> dict[str, Any]:
         """What `detector status` shows beyond the stored state: read positions and sizes, the

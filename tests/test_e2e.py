@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -422,3 +423,58 @@ async def test_status_after_a_run_shows_positions_lag_last_match_deadlines_and_a
     assert "s ago" in rule  # last match
     assert "in " in rule  # the next deadline: the error alert resolves after 15 min
     assert "[warning] app-errors: app error: disk full" in out
+
+
+async def test_after_a_kill_the_restart_alert_says_what_systemd_saw(tmp_path: Path) -> None:
+    """ExecStopPost=detector note-stop stores $SERVICE_RESULT/$EXIT_CODE/$EXIT_STATUS; the next
+    start's unclean-stop alert names them, with the downtime and the lines caught up."""
+    import subprocess
+    import sys
+
+    log = tmp_path / "app.log"
+    log.touch()
+    async with Receiver() as rx:
+        cfg = config_in(tmp_path, KILL_RULES.format(log=log), rx.url + "/hook")
+        agent = await AgentProcess(cfg).start()
+        try:
+            await agent.kill()
+            append(log, "job=1 failed", "job=2 failed")  # written while it is down
+            env = {"SERVICE_RESULT": "watchdog", "EXIT_CODE": "killed", "EXIT_STATUS": "ABRT"}
+            done = subprocess.run(
+                [sys.executable, "-m", "detector", "note-stop", "-c", str(cfg)],
+                env={**os.environ, **env},
+                capture_output=True,
+                text=True,
+                check=False,
+            )
+            assert done.returncode == 0, done.stderr
+            agent = await AgentProcess(cfg).start()
+            async with asyncio.timeout(20):
+                while not [a for a in alerts_of(rx) if a["labels"]["rule"] == "detector-agent"]:
+                    await asyncio.sleep(0.1)
+        finally:
+            await agent.terminate()
+    [restart] = [a for a in alerts_of(rx) if a["labels"]["rule"] == "detector-agent"]
+    summary = restart["annotations"]["summary"]
+    assert summary.startswith(
+        "restarted after an unclean stop (systemd: result 'watchdog', killed ABRT)"
+    )
+    assert ", down " in summary
+    assert summary.endswith("caught up 2 lines")
+    assert restart["labels"]["severity"] == "error"
+
+
+async def test_a_clean_stop_is_not_reported_as_unclean(tmp_path: Path) -> None:
+    log = tmp_path / "app.log"
+    log.touch()
+    async with Receiver() as rx:
+        cfg = config_in(tmp_path, KILL_RULES.format(log=log), rx.url + "/hook")
+        agent = await AgentProcess(cfg).start()
+        assert await agent.terminate() == 0
+        agent = await AgentProcess(cfg).start()
+        try:
+            append(log, "job=9 failed")
+            await rx.wait_for(1, within=15)  # the agent runs, and delivers
+        finally:
+            await agent.terminate()
+    assert [a["labels"]["rule"] for a in alerts_of(rx)] == ["job-failed"]

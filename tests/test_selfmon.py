@@ -374,6 +374,10 @@ async def test_a_404_on_a_backlog_of_50_holds_it_alerts_with_the_answer_and_deli
             await until(lambda: len(rule_alerts(pager)) >= 50, clock, what="the whole backlog")
             await until(lambda: len(agent_alerts(chat)) == 2, clock, what="the resolve")
             counts = await agent.db.run(outbox.state_counts)
+            # /metrics counts each attempt as it happens (no copying of the workers' counters)
+            assert agent.health.value("delivery_attempts", webhook="pager") >= 51
+            assert agent.health.value("delivery_failures", webhook="pager") >= 1
+            assert agent.health.value("dead_letters", webhook="pager") == 0
         assert sorted({a["labels"]["n"] for a in rule_alerts(pager)}, key=int) == [
             str(n) for n in range(50)
         ]
@@ -409,6 +413,7 @@ async def test_a_dead_letter_is_an_agent_alert_naming_the_webhook_and_the_answer
             assert status == "firing"
             assert summary.startswith("pager rejected a notification for good: refused: HTTP 400")
             await until(lambda: len(rule_alerts(pager)) >= 2, clock, what="the other row")
+            assert agent.health.value("dead_letters", webhook="pager") == 1
 
 
 def test_a_second_cursor_gap_while_the_first_is_open_notifies_again() -> None:

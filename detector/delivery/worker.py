@@ -46,6 +46,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Literal
 
 import aiohttp
 
@@ -59,6 +60,7 @@ from detector.store.db import AsyncStore, Store
 log = logging.getLogger("detector.delivery")
 
 PathHealth = Callable[[str, bool, str], None]  # (webhook, failing, reason)
+Counted = Literal["delivery_attempts", "delivery_failures", "dead_letters"]
 DeadLetter = Callable[[str, str, str], None]  # (webhook, event_id, reason)
 RATE_WINDOW = timedelta(minutes=1)
 FAILING_AFTER = timedelta(minutes=5)
@@ -101,6 +103,7 @@ class DeliveryWorker:
         rng: random.Random | None = None,
         on_path_health: PathHealth | None = None,
         on_dead_letter: DeadLetter | None = None,
+        on_count: Callable[[Counted, int], None] | None = None,
         batch: int = 100,
         digest_max: int = 5000,
         resend_every: timedelta | None = None,
@@ -116,6 +119,8 @@ class DeliveryWorker:
         self._rng = rng or random.Random()  # noqa: S311 (jitter, not cryptography)
         self._on_path_health = on_path_health
         self._on_dead_letter = on_dead_letter
+        self._on_count = on_count
+        """Told each attempt, failure and dead letter as it happens (the agent's /metrics)."""
         self._batch = batch
         self._digest_max = digest_max
         if resend_every is None and webhook.format == "alertmanager":
@@ -144,6 +149,16 @@ class DeliveryWorker:
         self._stats_at: datetime | None = None
 
     # ---------------------------------------------------------------- public
+
+    def _count(self, metric: Counted, n: int = 1) -> None:
+        if metric == "delivery_attempts":
+            self._attempts += n
+        elif metric == "delivery_failures":
+            self._failures += n
+        else:
+            self._dead += n
+        if self._on_count is not None:
+            self._on_count(metric, n)
 
     def wake(self) -> None:
         """New rows were committed: run a pass now instead of at the next deadline."""
@@ -279,13 +294,13 @@ class DeliveryWorker:
         try:
             request = formats.render(row.payload, self.webhook, attempt=attempt, now=now)
         except Exception as e:  # a payload we cannot render will never render: dead letter
-            self._failures += 1
+            self._count("delivery_failures")
             await self._dead_letter([row], now, f"cannot render: {e!r}")
             return None  # not the path's fault: health unchanged
         outcome = await post(
             self._get_session(), self.webhook, request, event_id=row.event_id, now=now
         )
-        self._attempts += 1
+        self._count("delivery_attempts")
         self._note_sent(now)
         self._health(outcome, now)
         if outcome.ok:
@@ -294,7 +309,7 @@ class DeliveryWorker:
             await self.db.run(lambda s: outbox.mark_delivered(s, ids, now))
             await self._after_success(now)
         else:
-            self._failures += 1
+            self._count("delivery_failures")
             self._last_error = outcome.error or "failed"
         return outcome
 
@@ -338,7 +353,7 @@ class DeliveryWorker:
         """Give up on ``rows`` (written, counted, logged and reported one by one)."""
         ids = [r.id for r in rows]
         await self.db.run(lambda s: outbox.mark_dead(s, ids, now, reason))
-        self._dead += len(rows)
+        self._count("dead_letters", len(rows))
         self._last_error = reason
         for row in rows:
             log.error("delivery to %s: event %s dead: %s", self.name, row.event_id, reason)
@@ -454,7 +469,7 @@ class DeliveryWorker:
             [r.payload for r in rows], self.webhook, host=self.host, attempt=attempt, now=now
         )
         outcome = await post(self._get_session(), self.webhook, request, event_id=key, now=now)
-        self._attempts += 1
+        self._count("delivery_attempts")
         self._note_sent(now)
         self._health(outcome, now)
         ids = [r.id for r in rows]
@@ -465,7 +480,7 @@ class DeliveryWorker:
             await self.db.run(lambda s: outbox.mark_delivered(s, ids, now, f"in digest {key}"))
             await self._after_success(now)
             return
-        self._failures += 1
+        self._count("delivery_failures")
         self._last_error = outcome.error or "failed"
         if outcome.fault == "row":  # the receiver refused the digest itself
             await self._dead_letter(rows, now, f"digest refused: {outcome.answer}")
@@ -483,10 +498,10 @@ class DeliveryWorker:
         request = alertmanager.render_many(alerts, self.webhook, attempt=1, now=now)
         key = f"resend-{self.name}-{int(now.timestamp())}"
         outcome = await post(self._get_session(), self.webhook, request, event_id=key, now=now)
-        self._attempts += 1
+        self._count("delivery_attempts")
         self._health(outcome, now)
         if not outcome.ok:
-            self._failures += 1
+            self._count("delivery_failures")
             self._last_error = outcome.error
             log.warning(
                 "delivery to %s: re-send of firing alerts failed: %s", self.name, outcome.error
