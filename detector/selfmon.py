@@ -17,8 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 from detector.clock import Clock
@@ -28,7 +27,6 @@ from detector.problems import Problems
 from detector.rules.base import Signal
 from detector.sdnotify import Notifier
 from detector.sources.base import SourceProblem
-from detector.timefmt import format_duration, parse_iso_or_none
 
 log = logging.getLogger("detector")
 
@@ -40,41 +38,6 @@ CONFIG_GRACE = timedelta(minutes=1)
 ``systemctl reload``) is reported at once."""
 RESTART_SETTLED = timedelta(minutes=10)
 """The "restarted after an unclean stop" alert resolves after this long without another one."""
-
-
-@dataclass(frozen=True)
-class PreviousRun:
-    """How the last run of the agent on this state file ended (from its meta records)."""
-
-    unclean: bool
-    last_alive_at: datetime | None
-    systemd: Mapping[str, Any] | None = None
-
-    @staticmethod
-    def from_meta(
-        run: Mapping[str, Any] | None,
-        last_alive: str | None,
-        systemd_stop: Mapping[str, Any] | None,
-    ) -> PreviousRun:
-        """``run`` is the ``agent_run`` meta (``stopped_at`` is written by a clean stop only);
-        state files older than that record are taken as clean."""
-        alive = parse_iso_or_none(last_alive)
-        unclean = run is not None and not run.get("stopped_at")
-        if systemd_stop and run and str(systemd_stop.get("at", "")) < str(run.get("started_at")):
-            systemd_stop = None  # about an earlier run
-        return PreviousRun(unclean, alive, systemd_stop)
-
-    def describe(self, now: datetime, lines: int) -> str:
-        down = ""
-        if self.last_alive_at is not None:
-            down = f", down {format_duration(now - self.last_alive_at)}"
-        why = ""
-        if self.systemd:
-            result = self.systemd.get("result") or "?"
-            code, status = self.systemd.get("exit_code"), self.systemd.get("exit_status")
-            detail = f", {code} {status}" if code else ""
-            why = f" (systemd: result '{result}'{detail})"
-        return f"restarted after an unclean stop{why}{down}, caught up {lines} lines"
 
 
 class SelfMonitor:

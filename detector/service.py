@@ -35,7 +35,6 @@ import asyncio
 import contextlib
 import functools
 import logging
-import os
 import signal
 import time
 from collections.abc import Callable, Mapping
@@ -50,21 +49,22 @@ from detector import __version__
 from detector.alerts import AlertBook
 from detector.clock import Clock
 from detector.config import ConfigError, load_config
-from detector.delivery import formats
-from detector.delivery.transport import post
+from detector.config.watch import file_changes
+from detector.delivery.direct import send_from_memory
 from detector.delivery.worker import DeliveryWorker
 from detector.health import Health, loop_lag_monitor
 from detector.http import heartbeat_loop, start_http
 from detector.model import FileSourceConfig, SourceConfig
 from detector.pipeline import Pipeline
 from detector.problems import AGENT_RULE, Problems
-from detector.records import Commit, OutboxRow
+from detector.records import Commit
 from detector.rules.base import Signal, When
 from detector.sdnotify import Notifier, watchdog_loop
-from detector.selfmon import PreviousRun, SelfMonitor
+from detector.selfmon import SelfMonitor
 from detector.sources.base import Batch, Line, Source
 from detector.store import outbox
 from detector.store.db import AsyncStore, Store, StoreError
+from detector.store.runs import PreviousRun, all_rule_state, begin_run, end_run, open_store, pruner
 from detector.timefmt import iso_or_none
 
 log = logging.getLogger("detector")
@@ -80,7 +80,6 @@ ALIVE_EVERY_S = 15.0
 CONFIG_POLL_S = 1.0
 RETRY_S = 30.0
 """A state file or listen address that failed is tried again this often."""
-DIRECT_TIMEOUT_S = 10.0
 CATCH_UP_RECHECK_S = 0.2
 CATCH_UP_LIMIT_S = 120.0
 OUTBOX_KEEP = timedelta(days=7)
@@ -95,29 +94,6 @@ def build_source(cfg: SourceConfig, checkpoints: Mapping[str, Any], clock: Clock
     from detector.sources.journald import JournaldSource  # noqa: PLC0415
 
     return JournaldSource(cfg, checkpoints, clock)
-
-
-def open_store(path: Path, now: datetime) -> tuple[Store, str | None]:
-    """Open the state file. A file SQLite cannot read as a database is moved aside and a new one
-    is created; the returned message says so (it becomes an agent alert). Other errors (locked,
-    read-only, disk full) are raised: moving a good file aside would lose state."""
-    try:
-        return Store(path), None
-    except OSError as e:
-        raise StoreError(f"cannot open state file {path}: {e}") from e
-    except StoreError as e:
-        text = str(e).lower()
-        if "not a database" not in text and "malformed" not in text:
-            raise
-        aside = path.with_name(f"{path.name}.corrupt-{now.strftime('%Y%m%dT%H%M%SZ')}")
-        for suffix in ("", "-wal", "-shm"):
-            src = Path(str(path) + suffix)
-            if src.exists():
-                src.rename(Path(str(aside) + suffix))
-        return Store(path), (
-            f"state file {path} was unreadable ({e}); moved aside to {aside} and started afresh: "
-            "read positions restart per start_at and open alerts were forgotten"
-        )
 
 
 @dataclass
@@ -252,7 +228,7 @@ class Agent:
             now = self.clock.now()
             try:
                 store, corrupt = await asyncio.to_thread(open_store, config.agent.state, now)
-                prior = await asyncio.to_thread(_begin_run, store, now)
+                prior = await asyncio.to_thread(begin_run, store, now)
                 break
             except StoreError as e:
                 log.error("%s", e)
@@ -275,7 +251,7 @@ class Agent:
         config = self.config
         now = self.clock.now()
         alert_rows = await self.db.run(lambda s: s.load_alerts())
-        states = await self.db.run(_all_rule_state)
+        states = await self.db.run(all_rule_state)
         self.pipeline = Pipeline(config, now, lambda r: states.get(r, {}), alert_rows)
         await asyncio.to_thread(self.pipeline.warm)
         await self._commit(self.pipeline.apply_signals([], now))  # initial schedules
@@ -357,30 +333,7 @@ class Agent:
         return not self._stop.is_set()
 
     async def _send_from_memory(self, book: AlertBook, signals: list[Signal]) -> Commit:
-        """Deliver agent alerts without the outbox (the state file is failing): apply them to
-        ``book``, render and POST each notification once, now. Returns what is left to commit:
-        the changed alerts and the rows that did not get through."""
-        book.apply(signals, self.clock.now())
-        alerts, rows = book.take()
-        failed: list[OutboxRow] = []
-        for row in rows:
-            webhook = self.config.webhooks.get(row.webhook)
-            if webhook is None:
-                continue
-            now = self.clock.now()
-            try:
-                request = formats.render(row.payload, webhook, attempt=1, now=now)
-                async with asyncio.timeout(DIRECT_TIMEOUT_S):
-                    outcome = await post(
-                        self.session, webhook, request, event_id=row.event_id, now=now
-                    )
-                ok = outcome.ok
-            except Exception as e:  # any failure: the row waits for the outbox
-                log.warning("agent alert to %s not sent from memory: %s", row.webhook, e)
-                ok = False
-            if not ok:
-                failed.append(row)
-        return Commit(alerts=alerts, outbox=failed)
+        return await send_from_memory(book, signals, self.config.webhooks, self.session, self.clock)
 
     async def _start_source(self, name: str, cfg: SourceConfig) -> None:
         checkpoints = await self.db.run(lambda s: s.load_checkpoints(name))
@@ -623,7 +576,7 @@ class Agent:
         while not self.queue.empty():  # everything already read is processed under the old rules
             await self._handle_batches(self.queue.get_nowait())
         now = self.clock.now()
-        states = await self.db.run(_all_rule_state)
+        states = await self.db.run(all_rule_state)
         commit = self.pipeline.reconfigure(config, now, lambda r: states.get(r, {}))
         await asyncio.to_thread(self.pipeline.warm)
         await self._commit(commit)
@@ -658,28 +611,11 @@ class Agent:
         await self.db.run(write)
 
     async def _watch_config(self) -> None:
-        """Reload when rules.yaml changes on disk (inode, mtime or size: editors that replace the
-        file and editors that rewrite it in place are both seen)."""
-
-        def stamp() -> tuple[int, int, int] | None:
-            try:
-                st = os.stat(self.config_path)
-            except OSError:
-                return None
-            return (st.st_ino, st.st_mtime_ns, st.st_size)
-
-        last = await asyncio.to_thread(stamp)
-        seen = last
-        while True:
-            await asyncio.sleep(CONFIG_POLL_S)
-            now_stamp = await asyncio.to_thread(stamp)
-            # Debounced: reload once the file has stopped changing for one poll (an editor
-            # writing in several steps), and a refusal is only reported after CONFIG_GRACE.
-            if now_stamp is not None and now_stamp != last and now_stamp == seen:
-                last = now_stamp
-                log.info("%s changed on disk; reloading", self.config_path)
-                self.request_reload(explicit=False)
-            seen = now_stamp
+        """Reload when rules.yaml changes on disk (debounced; a refusal of such a reload is only
+        reported after the config grace: an editor's half-saved file pages nobody)."""
+        async for _ in file_changes(self.config_path, CONFIG_POLL_S):
+            log.info("%s changed on disk; reloading", self.config_path)
+            self.request_reload(explicit=False)
 
     # ---------------------------------------------------------------- self-monitoring
 
@@ -692,7 +628,7 @@ class Agent:
             now = self.clock.now()
             if now - last_prune > timedelta(hours=1):
                 last_prune = now
-                await self.db.run(_pruner(now - OUTBOX_KEEP))
+                await self.db.run(pruner(now - OUTBOX_KEEP))
 
     async def _mark_alive(
         self, status: dict[str, Any] | None = None, stopped: bool = False
@@ -703,11 +639,7 @@ class Agent:
             "agent_status": status or self._snapshot(),
         }
         if stopped:
-            meta["agent_run"] = {
-                "started_at": self.state.started_at.isoformat(),
-                "pid": os.getpid(),
-                "stopped_at": now.isoformat(),
-            }
+            meta["agent_run"] = end_run(self.state.started_at, now)
         await self.db.run(lambda store: store.set_meta(meta))
 
     async def _poll(self) -> None:
@@ -794,21 +726,3 @@ def _handle_signals(
         loop.call_soon_threadsafe(actions[signal.Signals(signum)])
 
     return {sig: signal.signal(sig, on_signal) for sig in actions}
-
-
-def _pruner(before: datetime) -> Callable[[Store], int]:
-    return lambda store: outbox.prune(store, before)
-
-
-def _begin_run(store: Store, now: datetime) -> PreviousRun:
-    """Read how the last run ended, and mark this one as running (the first write, so a state
-    file that cannot take one is found before READY=1)."""
-    prior = PreviousRun.from_meta(
-        store.get_meta("agent_run"), store.get_meta("last_alive_at"), store.get_meta("systemd_stop")
-    )
-    store.set_meta({"agent_run": {"started_at": now.isoformat(), "pid": os.getpid()}})
-    return prior
-
-
-def _all_rule_state(store: Store) -> dict[str, dict[str, Any]]:
-    return {rule: store.load_rule_state(rule) for rule in store.rules_with_state()}
