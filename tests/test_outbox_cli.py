@@ -94,5 +94,5 @@ def test_outbox_retry_of_a_webhook_not_in_the_config_warns(tmp_path: Path) -> No
 
 def test_outbox_without_a_state_file_says_so(tmp_path: Path) -> None:
     out = run("outbox", "-c", "rules.yaml", env={"STATE_DIRECTORY": str(tmp_path / "none")})
-    assert out.returncode == 1
+    assert out.returncode == 2  # a usage error, as for every command
     assert "has not run yet" in out.stderr
