@@ -151,6 +151,10 @@ class Agent:
         self.sources: dict[str, _Running] = {}
         self.workers: dict[str, tuple[DeliveryWorker, asyncio.Task[None]]] = {}
         self.down_since: datetime | None = None
+        # wait_idle(): while the processor is parked with nothing to do, what it waits on and the
+        # deadline the clock would wake it at (None while it works); the event tells waiters.
+        self._parked: tuple[set[asyncio.Future[Any]], datetime | None] | None = None
+        self._parked_event = asyncio.Event()
 
     @property
     def db(self) -> AsyncStore:
@@ -175,6 +179,37 @@ class Agent:
         """Hand an agent alert to the processor (callable from any task on the loop)."""
         self._pending_signals.append(s)
         self._wake.set()
+
+    async def wait_idle(self) -> None:
+        """Return once the agent has nothing left to do right now. For in-process tests: drive
+        the agent to idle, then assert what did (or did not) happen.
+
+        Idle means: the processor is parked with the queue empty, every source caught up, no
+        reload or agent signal pending and no deadline due on the clock; and every delivery
+        worker is parked with nothing due now (held or backed-off rows wait for the clock and do
+        not count). Lines a source has not noticed yet are not seen: first wait for them to be
+        read (``pipeline.lines_read``), then for idle. Never returns once the agent stopped."""
+        while True:
+            await self._parked_event.wait()
+            for worker, _task in list(self.workers.values()):
+                await worker.wait_idle()
+            if self._idle_now():
+                return
+            await asyncio.sleep(0)  # parked, but a wake-up is on its way: let it run, look again
+
+    def _idle_now(self) -> bool:
+        if self._parked is None:
+            return False
+        waits, deadline = self._parked
+        return (
+            not self._wake.is_set()  # reload, agent signal or stop pending
+            and self.queue.empty()
+            and not any(f.done() for f in waits)  # a batch taken, or the deadline reached
+            and (deadline is None or deadline > self.clock.now())
+            and self.state.caught_up
+            and all(r.source.caught_up() for r in self.sources.values())
+            and all(w.idle() for w, _task in self.workers.values())
+        )
 
     # ---------------------------------------------------------------- start-up
 
@@ -451,7 +486,12 @@ class Agent:
                 waits.add(asyncio.ensure_future(self.clock.sleep_until(deadline)))
             elif not caught_up:
                 waits.add(asyncio.ensure_future(asyncio.sleep(CATCH_UP_RECHECK_S)))
+            self._parked = (waits, deadline)  # for wait_idle()
+            if caught_up:
+                self._parked_event.set()
             done, pending = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            self._parked = None
+            self._parked_event.clear()
             for fut in pending:
                 if fut is not getter:
                     fut.cancel()

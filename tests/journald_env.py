@@ -298,8 +298,11 @@ def start_journald_namespace(
     """
     if os.geteuid() != 0:
         raise JournaldUnavailable("starting a private journald needs root")
-    if not JOURNALD.exists():
-        raise JournaldUnavailable(f"{JOURNALD} does not exist (is systemd installed?)")
+    if not JOURNALD.exists() or shutil.which("journalctl") is None:
+        raise JournaldUnavailable(
+            f"{JOURNALD} or journalctl is missing: install the Debian package systemd "
+            "(scripts/system-deps does)"
+        )
     name = name or f"dt{uuid.uuid4().hex[:12]}"
     machine_id = ensure_machine_id()
     conf_path = Path(f"/etc/systemd/journald@{name}.conf")

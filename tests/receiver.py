@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections import deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -102,8 +102,12 @@ class Receiver:
 
     async def wait_for(self, n: int, within: float = 5.0) -> None:
         """Until at least ``n`` requests have arrived."""
+        await self.wait_until(lambda: len(self.received) >= n, within)
+
+    async def wait_until(self, condition: Callable[[], bool], within: float = 5.0) -> None:
+        """Until ``condition()`` holds, looked at again as each request arrives."""
         async with asyncio.timeout(within), self._arrived:
-            await self._arrived.wait_for(lambda: len(self.received) >= n)
+            await self._arrived.wait_for(condition)
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         body = await request.read()

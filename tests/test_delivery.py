@@ -468,7 +468,7 @@ async def test_wake_makes_the_running_worker_send_new_rows_at_once(
     w = worker(hook(rx.url), db, clock, session)
     task = asyncio.create_task(w.run())
     try:
-        await asyncio.sleep(0.05)
+        await w.wait_idle()  # its first pass found nothing: only the wake can send the row
         enqueue(store, "hook", [("ev-1", "fp1")])
         w.wake()
         await rx.wait_for(1, within=5)
@@ -489,7 +489,7 @@ async def test_the_running_worker_retries_when_the_fake_clock_reaches_the_backof
     task = asyncio.create_task(w.run())
     try:
         await rx.wait_for(1)
-        await asyncio.sleep(0.05)
+        await w.wait_idle()  # the 429 is recorded; the worker waits for the clock
         assert len(rx.received) == 1
         clock.advance(timedelta(seconds=60))
         await rx.wait_for(2)

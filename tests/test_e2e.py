@@ -13,6 +13,7 @@ import pytest
 
 from tests.agent_proc import AgentProcess, config_in, free_port
 from tests.receiver import Receiver
+from tests.waiting import eventually, outbox_rows, settled
 
 pytestmark = pytest.mark.slow
 
@@ -21,6 +22,13 @@ def append(path: Path, *lines: str) -> None:
     with path.open("a") as f:
         for line in lines:
             f.write(line + "\n")
+
+
+def user_cpu_s(pid: int) -> float:
+    """User CPU time of process ``pid`` so far: what ITIMER_VIRTUAL (the regex budget's ticks)
+    counts (/proc/PID/stat, field 14)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return int(fields[11]) / os.sysconf("SC_CLK_TCK")
 
 
 def alerts_of(rx: Receiver) -> list[dict[str, Any]]:
@@ -77,7 +85,9 @@ async def test_error_line_alerts_threshold_fires_once_and_sigterm_exits_zero(
                 ],
             )
             await rx.wait_for(2, within=10)
-            await asyncio.sleep(1.5)  # more matches must not produce more alerts
+            # every line read and committed, every alert it raised delivered: only now does
+            # "one alert" say that more matches produced no more
+            await settled(tmp_path / "state.db", [log, auth])
             threshold = [a for a in alerts_of(rx) if a["labels"]["rule"] == "ssh-bruteforce"]
             assert len(threshold) == 1
             assert threshold[0]["labels"]["ip"] == "203.0.113.9"
@@ -121,10 +131,10 @@ async def test_sigkill_mid_stream_loses_no_alert_and_duplicates_only_share_an_ev
             agent = await AgentProcess(cfg).start()
             for i in range(200, total):
                 append(log, f"job={i} failed")
-            async with asyncio.timeout(30):
-                while len({a["labels"]["job"] for a in job_alerts(rx)}) < total:
-                    await asyncio.sleep(0.2)
-            await asyncio.sleep(1.0)
+            await rx.wait_until(
+                lambda: len({a["labels"]["job"] for a in job_alerts(rx)}) >= total, within=30
+            )
+            await settled(tmp_path / "state.db", [log])  # a duplicate is delivered by now
         finally:
             await agent.terminate()
     # the kill itself is told: the restarted agent reports its unclean stop
@@ -145,18 +155,23 @@ async def test_alerts_raised_while_the_receiver_is_down_arrive_once_it_is_up_eve
     log.touch()
     port = free_port()
     cfg = config_in(tmp_path, KILL_RULES.format(log=log), f"http://127.0.0.1:{port}/hook")
+    state = tmp_path / "state.db"
+
+    def outbox_has(rows: int) -> bool:  # that many alerts committed, and an attempt failed
+        return len(outbox_rows(state)) == rows and bool(outbox_rows(state, "attempts >= 1"))
+
     agent = await AgentProcess(cfg).start()
     try:
         append(log, "job=1 failed", "job=2 failed")
-        await asyncio.sleep(2.0)  # attempts fail: connection refused
+        await eventually(lambda: outbox_has(2), within=20, what="attempts fail: refused")
         await agent.kill()  # restart during the retries
         agent = await AgentProcess(cfg).start()
         append(log, "job=3 failed")
-        await asyncio.sleep(1.0)
+        await eventually(lambda: outbox_has(3), within=20, what="job 3 in the outbox")
         async with Receiver(port=port) as rx:
-            async with asyncio.timeout(40):
-                while len({a["labels"]["job"] for a in job_alerts(rx)}) < 3:
-                    await asyncio.sleep(0.2)
+            await rx.wait_until(
+                lambda: len({a["labels"]["job"] for a in job_alerts(rx)}) >= 3, within=40
+            )
             jobs = sorted(a["labels"]["job"] for a in job_alerts(rx))
             assert jobs[:3] == ["1", "2", "3"]
             per_job = defaultdict(set)
@@ -227,20 +242,30 @@ async def test_sigkill_during_a_window_then_restart_after_it_closed(tmp_path: Pa
     a, b = tmp_path / "a.log", tmp_path / "b.log"
     a.touch()
     b.touch()
+    # the scenario's own time: the real clock (the agent's). Start outside a window (one open
+    # at start would fire both rules first); the next one opens at the next full minute…
+    now = dt.datetime.now(dt.UTC)
+    if now.second < 10:
+        await asyncio.sleep(10 - now.second - now.microsecond / 1e6)
+        now = dt.datetime.now(dt.UTC)
+    opens = now.replace(second=0, microsecond=0) + dt.timedelta(minutes=1)
+    closes = opens + dt.timedelta(seconds=8)
     async with Receiver() as rx:
         cfg = config_in(tmp_path, WINDOW_RULES.format(a=a, b=b), rx.url + "/hook")
         agent = await AgentProcess(cfg).start()
         try:
-            now = dt.datetime.now(dt.UTC)
-            opens = now.replace(second=0, microsecond=0) + dt.timedelta(minutes=1)
-            await asyncio.sleep((opens - now).total_seconds() + 2.0)  # inside the window
+            until = opens + dt.timedelta(seconds=2)  # inside the window
+            await asyncio.sleep((until - dt.datetime.now(dt.UTC)).total_seconds())
             await agent.kill()
             append(a, "backup complete")  # while the agent is dead, inside the window
-            closes = opens + dt.timedelta(seconds=8)
+            assert dt.datetime.now(dt.UTC) < closes, "too slow: the write missed the window"
+            # …and its end passes while the agent is dead
             await asyncio.sleep((closes - dt.datetime.now(dt.UTC)).total_seconds() + 1.5)
             agent = await AgentProcess(cfg).start()
             await rx.wait_for(1, within=10)
-            await asyncio.sleep(1.5)
+            # both windows closed at the same deadline: the tick that fired B judged A too, and
+            # whatever it raised is delivered once both logs are read and the outbox drained
+            await settled(tmp_path / "state.db", [a, b])
         finally:
             await agent.terminate()
     alerts = [a for a in alerts_of(rx) if a["labels"]["rule"] != "detector-agent"]
@@ -271,10 +296,11 @@ async def test_agent_speaks_sd_notify_ready_reloading_and_stopping(tmp_path: Pat
             except BlockingIOError:
                 return received
 
-    async def wait_for(text: str) -> None:
+    async def wait_for(text: str) -> None:  # on the socket: wakes as each datagram arrives
+        loop = asyncio.get_running_loop()
         async with asyncio.timeout(15):
             while not any(text in m for m in drain()):
-                await asyncio.sleep(0.05)
+                received.append((await loop.sock_recv(sock, 4096)).decode())
 
     async with Receiver() as rx:
         cfg = config_in(tmp_path, RULES.format(log=log, auth=log), rx.url + "/hook")
@@ -329,8 +355,8 @@ async def test_catastrophic_regexes_on_long_lines_do_not_stall_the_agent(tmp_pat
             append(good, "ERROR still watching")
             await rx.wait_for(1, within=10)
             assert time.monotonic() - started < 5.0
-            await asyncio.sleep(1.0)
-            # the pathological lines matched nothing
+            await settled(tmp_path / "state.db", [evil, good], within=30)
+            # the pathological lines (all read now) matched nothing
             assert [a["labels"]["rule"] for a in alerts_of(rx)] == ["plain-errors"]
             # no linear-time engine for the lookbehind: these lines (which `catastrophic` does
             # match) run into the regex budget; the agent says so instead of skipping silently
@@ -382,8 +408,14 @@ rules:
         try:
             # "…": no \w for Python, a high byte for the prefilter: candidates on which re
             # backtracks without end, so that every rule runs into its budgets
+            assert agent.proc is not None
+            pid = agent.proc.pid
+            before = user_cpu_s(pid)
             append(log, *[("word " * 12_000).strip() + "\u2026" for _ in range(16)])
-            await asyncio.sleep(5.0)  # past 278 ticks (3.5 s) into the batch, before its end
+            # past 278 ticks (3.5 s of the agent's CPU) into the batch, before its end (~7 s)
+            await eventually(
+                lambda: user_cpu_s(pid) - before >= 3.6, within=60, what="3.6 s of matching"
+            )
             started = time.monotonic()
             assert await agent.terminate(within=30) == 0
             assert time.monotonic() - started < 20  # the rest of that batch, then a clean exit

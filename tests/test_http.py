@@ -510,7 +510,8 @@ async def test_loop_lag_above_threshold_raises_a_problem_that_clears_after_hold(
         )
     )
     try:
-        await asyncio.sleep(0.05)
+        reading = re.compile(r"^detector_loop_lag_seconds ", re.M)
+        await eventually(lambda: reading.search(health.render_prometheus()) is not None)
         assert health.healthy()
         time.sleep(0.4)  # the point: block the event loop
         await eventually(lambda: not health.healthy(), within=1)

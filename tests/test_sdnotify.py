@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import os
 import socket
@@ -171,6 +172,19 @@ async def test_watchdog_loop_returns_at_once_without_a_watchdog(
     assert drain(sock) == []
 
 
+async def pings(sock: socket.socket, n: int, within: float = 5.0) -> list[float]:
+    """Arrival times (``time.monotonic``) of the next ``n`` datagrams, each a WATCHDOG=1 ping:
+    waits on the socket itself (the loop wakes as each one arrives), at most ``within`` s."""
+    loop = asyncio.get_running_loop()
+    sock.setblocking(False)
+    times: list[float] = []
+    async with asyncio.timeout(within):
+        while len(times) < n:
+            assert (await loop.sock_recv(sock, 4096)).decode() == "WATCHDOG=1"
+            times.append(time.monotonic())
+    return times
+
+
 async def test_watchdog_loop_pings_at_half_the_interval(
     notify_socket: tuple[str, socket.socket],
 ) -> None:
@@ -179,12 +193,13 @@ async def test_watchdog_loop_pings_at_half_the_interval(
     notifier = Notifier({"NOTIFY_SOCKET": path, "WATCHDOG_USEC": "200000"})
     task = asyncio.create_task(watchdog_loop(notifier, SystemClock(), lambda: True))
     try:
-        await asyncio.sleep(0.45)
+        at = await pings(sock, 5)
     finally:
         await stop(task)
-    pings = drain(sock)
-    assert set(pings) == {"WATCHDOG=1"}
-    assert 3 <= len(pings) <= 6  # 0, 0.1, 0.2, 0.3, 0.4 s (slack for a busy machine)
+    # Ping k is due k periods after the first (a late one never pulls the next forward), so
+    # four periods is a floor whatever the load; at the full interval it would take 0.8 s.
+    span = at[-1] - at[0]
+    assert 0.4 - 0.02 <= span < 0.8, span
 
 
 async def test_watchdog_loop_with_a_clock_that_never_moves_pings_once_per_period(
@@ -194,10 +209,12 @@ async def test_watchdog_loop_with_a_clock_that_never_moves_pings_once_per_period
     notifier = Notifier({"NOTIFY_SOCKET": path, "WATCHDOG_USEC": "200000"})
     task = asyncio.create_task(watchdog_loop(notifier, FakeClock(), lambda: True))
     try:
-        await asyncio.sleep(0.45)
+        at = await pings(sock, 5)
     finally:
         await stop(task)
-    assert 3 <= len(drain(sock)) <= 6  # not a burst, not twice per period
+    gaps = [b - a for a, b in itertools.pairwise(at)]
+    assert min(gaps) >= 0.1 - 0.01, gaps  # not a burst, not twice per period
+    assert sum(gaps) < 0.8, gaps  # nor once per two periods (or ever slower)
 
 
 async def test_watchdog_loop_stops_pinging_while_the_event_loop_is_blocked(
@@ -207,12 +224,11 @@ async def test_watchdog_loop_stops_pinging_while_the_event_loop_is_blocked(
     notifier = Notifier({"NOTIFY_SOCKET": path, "WATCHDOG_USEC": "100000"})  # ping every 50 ms
     task = asyncio.create_task(watchdog_loop(notifier, SystemClock(), lambda: True))
     try:
-        await asyncio.sleep(0.12)
-        assert drain(sock), "pings while the loop runs"
+        assert await pings(sock, 1), "pings while the loop runs"
+        drain(sock)
         time.sleep(0.3)  # the point: a stalled event loop
         assert drain(sock) == [], "a stalled loop must not ping (a thread would)"
-        await asyncio.sleep(0.12)
-        assert drain(sock), "pings resume when the loop runs again"
+        assert await pings(sock, 1), "pings resume when the loop runs again"
     finally:
         await stop(task)
 
@@ -222,18 +238,27 @@ async def test_watchdog_pings_only_while_the_agent_is_live(
 ) -> None:
     path, sock = notify_socket
     health = Health(FakeClock())
+    declined = asyncio.Event()  # set each time the loop asked and the agent was not live
+
+    def live() -> bool:
+        if not health.live():
+            declined.set()
+            return False
+        return True
+
     notifier = Notifier({"NOTIFY_SOCKET": path, "WATCHDOG_USEC": "100000"})
-    task = asyncio.create_task(watchdog_loop(notifier, SystemClock(), health.live))
+    task = asyncio.create_task(watchdog_loop(notifier, SystemClock(), live))
     try:
         health.set_problem("webhook/ops", "delivery", "ops: HTTP 500 five times")
-        await asyncio.sleep(0.12)
-        assert drain(sock), "a failing webhook must not get the agent restarted"
+        assert await pings(sock, 1), "a failing webhook must not get the agent restarted"
         health.set_problem("store", "store", "state file writer stuck", fatal=True)
         drain(sock)
-        await asyncio.sleep(0.15)
+        for _ in range(2):  # two rounds of the loop asked, and sent nothing
+            async with asyncio.timeout(5):
+                await declined.wait()
+            declined.clear()
         assert drain(sock) == []
         health.clear_problem("store")
-        await asyncio.sleep(0.12)
-        assert drain(sock)
+        assert await pings(sock, 1)
     finally:
         await stop(task)

@@ -18,6 +18,7 @@ from detector.clock import FakeClock
 from detector.service import Agent
 from tests.agent_proc import config_in, write_config
 from tests.receiver import Receiver
+from tests.waiting import eventually
 
 WINDOW_RULES = """\
 sources:
@@ -30,17 +31,26 @@ rules:
 """
 
 
+async def idle(agent: Agent, within: float = 15) -> None:
+    """Until the agent has nothing left to do now (``Agent.wait_idle``): what it has read is
+    processed and committed, due deadlines ran, due deliveries went out."""
+    await asyncio.sleep(0)  # a caller looping on idle() lets the loop (and its timeouts) run
+    async with asyncio.timeout(within):
+        await agent.wait_idle()
+
+
 async def run_agent(
     cfg: Path, clock: FakeClock, body: Callable[[Agent], Awaitable[None]] | None = None
 ) -> Agent:
     agent = Agent(cfg, clock)
     task = asyncio.create_task(agent.run())
-    async with asyncio.timeout(15):
-        while not (hasattr(agent, "state") and agent.state.caught_up):
-            if task.done():
-                await task
-            await asyncio.sleep(0.02)
-    await asyncio.sleep(0.3)  # let due deadlines run and deliveries go out
+    settled = asyncio.ensure_future(idle(agent))  # caught up, due deadlines run, deliveries out
+    await asyncio.wait({task, settled}, return_when=asyncio.FIRST_COMPLETED)
+    if not settled.done():
+        settled.cancel()
+        await task  # the agent stopped before it was idle: its error, or
+        raise AssertionError("the agent exited before it was idle")
+    await settled
     if body is not None:
         await body(agent)
     agent.request_stop()
@@ -124,18 +134,21 @@ async def test_reload_under_load_valid_invalid_valid_loses_and_doubles_nothing(
                 if step == 1:
                     cfg.write_text(good.replace("group_by: [n]", "group_by: [n]\n    tresholds: 3"))
                     agent.request_reload()
+                    # the invalid file must be seen before step 3 overwrites it
+                    await eventually(lambda: reloads(agent, "refused") >= 1, what="a refusal")
                 elif step == 3:
                     cfg.write_text(good + "\n# edited\n")
                     agent.request_reload()
-                await asyncio.sleep(0.1)
-            async with asyncio.timeout(20):
-                while (
+                    await eventually(lambda: reloads(agent, "ok") >= 1, what="a reload")
+            await rx.wait_until(
+                lambda: (
                     len(
                         {a["labels"]["n"] for a in alerts_of(rx) if a["labels"]["rule"] == "errors"}
                     )
-                    < n
-                ):
-                    await asyncio.sleep(0.05)
+                    >= n
+                ),
+                within=20,
+            )
 
         agent = await run_agent(cfg, clock, body)
         errors = [a for a in alerts_of(rx) if a["labels"]["rule"] == "errors"]
@@ -147,6 +160,10 @@ async def test_reload_under_load_valid_invalid_valid_loses_and_doubles_nothing(
         # each edit is seen by SIGHUP-style request and possibly again by the file watcher
         assert agent.health.value("config_reloads", result="refused") >= 1
         assert agent.health.value("config_reloads", result="ok") >= 1
+
+
+def reloads(agent: Agent, result: str) -> float:
+    return agent.health.value("config_reloads", result=result)
 
 
 async def test_a_corrupt_state_file_is_moved_aside_and_reported(tmp_path: Path) -> None:
@@ -179,10 +196,10 @@ async def test_an_unreadable_source_becomes_an_agent_alert_after_its_grace(tmp_p
         )
 
         async def body(agent: Agent) -> None:
-            async with asyncio.timeout(10):  # the self-monitor's first look at the sources
-                while not agent.problems.pending():
-                    await asyncio.sleep(0.05)
-            # known, logged as a warning, but within its grace: nobody paged, /healthz still ok
+            # the self-monitor's first look at the sources: known, logged as a warning, but
+            # within its grace: nobody paged, /healthz still ok
+            await eventually(lambda: bool(agent.problems.pending()), what="the self-check round")
+            await idle(agent)
             assert "dir-not-file" in agent.problems.pending()[0].message
             assert agent.health.healthy() is True
             assert rx.received == []
@@ -206,9 +223,7 @@ async def test_an_edit_of_rules_yaml_on_disk_reloads_without_a_signal(tmp_path: 
 
         async def body(agent: Agent) -> None:
             cfg.write_text(cfg.read_text().replace("name: errors", "name: errors2"))
-            async with asyncio.timeout(10):
-                while "errors2" not in agent.pipeline.evaluators:
-                    await asyncio.sleep(0.05)
+            await eventually(lambda: "errors2" in agent.pipeline.evaluators, what="the reload")
             with log.open("a") as f:
                 f.write("ERROR 7\n")
             await rx.wait_for(1, within=5)
@@ -259,20 +274,22 @@ async def test_a_failing_webhook_alerts_the_fallback_degrades_healthz_and_recove
                 assert (await healthz(session))[0] == 200
                 with log.open("a") as f:
                     f.write("ERROR boom\n")
-                async with asyncio.timeout(20):
-                    while not fallback.received:
-                        clock.advance(timedelta(seconds=5))
-                        await asyncio.sleep(0.1)
+                await eventually(lambda: agent.pipeline.lines_matched.get("errors", 0) == 1)
+
+                async def advance_until(done: Callable[[], bool]) -> None:
+                    async with asyncio.timeout(20):
+                        while not done():  # the clock moves only once the agent is idle
+                            clock.advance(timedelta(seconds=5))
+                            await idle(agent)
+
+                await advance_until(lambda: bool(fallback.received))
                 failing = alerts_of(fallback)[0]
                 assert failing["status"] == "firing"
                 assert "delivery to primary failing" in failing["annotations"]["summary"]
                 status, text = await healthz(session)
                 assert status == 503 and "primary" in text
                 async with Receiver(port=primary_port) as primary:
-                    async with asyncio.timeout(20):
-                        while len(fallback.received) < 2 or not primary.received:
-                            clock.advance(timedelta(seconds=5))
-                            await asyncio.sleep(0.1)
+                    await advance_until(lambda: len(fallback.received) >= 2 and primary.received)
                     assert alerts_of(primary)[0]["labels"]["rule"] == "errors"
                     assert alerts_of(fallback)[1]["status"] == "resolved"
                     assert (await healthz(session))[0] == 200
@@ -294,17 +311,24 @@ async def test_the_dead_mans_switch_stops_while_a_source_is_broken_and_resumes_a
             extra_agent=f"heartbeat: {hb.url}/ping\nheartbeat_every: 1m\nsource_grace: 20s\n",
         )
 
-        async def minute() -> None:
-            clock.advance(timedelta(minutes=1))
-            await asyncio.sleep(0.2)
-
-        async def until(cond: Callable[[], bool], within: float = 10) -> None:
-            async with asyncio.timeout(within):
-                while not cond():
-                    clock.advance(timedelta(seconds=1))  # drives the file source's stat sweep
-                    await asyncio.sleep(0.1)
-
         async def body(agent: Agent) -> None:
+            def rounds() -> float:  # of the heartbeat loop: pinged, failed or skipped
+                h = agent.health
+                return sum(
+                    h.value("heartbeats", result=r) for r in ("sent", "failed", "skipped_unhealthy")
+                )
+
+            async def minute() -> None:
+                before = rounds()
+                clock.advance(timedelta(minutes=1))
+                await eventually(lambda: rounds() > before, what="the next heartbeat round")
+
+            async def until(cond: Callable[[], bool], within: float = 10) -> None:
+                # each look moves the clock a second: drives the file source's stat sweep
+                await eventually(
+                    cond, within, step=lambda: clock.advance(timedelta(seconds=1)), every=0.1
+                )
+
             await hb.wait_for(1, within=5)  # pinged at start
             await minute()
             assert len(hb.received) == 2
@@ -362,9 +386,7 @@ async def test_reload_opens_added_sources_closes_removed_ones_and_resumes_them_w
         async def reload_to(agent: Agent, names: list[str]) -> None:
             write_config(cfg, body_for(names), state=tmp_path / "state.db", url=rx.url + "/h")
             agent.request_reload()
-            async with asyncio.timeout(10):
-                while sorted(agent.sources) != sorted(names):
-                    await asyncio.sleep(0.05)
+            await eventually(lambda: sorted(agent.sources) == sorted(names), what="the reload")
 
         async def body(agent: Agent) -> None:
             with a.open("a") as f:
@@ -403,14 +425,20 @@ rules:
 """
     async with Receiver() as rx:
         cfg = config_in(tmp_path, body_yaml, rx.url + "/h")
-        agent = Agent(cfg, clock, catch_up_limit_s=1.0)
+        agent = Agent(cfg, clock, catch_up_limit_s=3.0)
         task = asyncio.create_task(agent.run())
         try:
-            await asyncio.sleep(0.5)
-            assert not agent.state.caught_up  # journald cannot start: still waiting
-            async with asyncio.timeout(10):
-                while not agent.state.caught_up:
-                    await asyncio.sleep(0.05)
+
+            def only_journald_behind() -> bool:
+                src = agent.sources
+                if sorted(src) != ["app", "jd"] or not src["app"].source.caught_up():
+                    return False
+                return int(src["jd"].source.status()["consecutive_failures"]) >= 1
+
+            # the file is read and journalctl failed to start (well within the limit)…
+            await eventually(only_journald_behind, what="journalctl failing, the file read")
+            assert not agent.state.caught_up  # …journald cannot start: still waiting
+            await eventually(lambda: agent.state.caught_up, what="the catch-up limit")
             clock.advance(timedelta(minutes=2))
             await rx.wait_for(1, within=5)
             assert alerts_of(rx)[0]["labels"]["rule"] == "alive"

@@ -129,6 +129,9 @@ class DeliveryWorker:
         self._next_resend_at: datetime | None = None
         self._failing_after = failing_after
         self._woken = asyncio.Event()
+        # wait_idle(): set while run() is parked, with the time it wakes at (None: only a wake)
+        self._parked = asyncio.Event()
+        self._parked_until: datetime | None = None
         # path state (in memory; the hold is also written to the rows)
         self._hold_until: datetime | None = None
         self._path_failures = 0
@@ -198,7 +201,27 @@ class DeliveryWorker:
                 now = self.clock.now()
                 at = now + timedelta(seconds=5)
             rescan = now + RESCAN_EVERY  # rows may be re-queued by `detector outbox retry`
-            await self._sleep(rescan if at is None else min(at, rescan))
+            wake_at = rescan if at is None else min(at, rescan)
+            self._parked_until = wake_at
+            self._parked.set()
+            await self._sleep(wake_at)
+            self._parked.clear()
+
+    def idle(self) -> bool:
+        """True while :meth:`run` is parked with nothing due now: no wake pending, and the time it
+        wakes at (a held or backed-off row, the rate budget, a re-send, the rescan) still ahead
+        on the clock."""
+        at = self._parked_until
+        parked = self._parked.is_set() and not self._woken.is_set()
+        return parked and (at is None or at > self.clock.now())
+
+    async def wait_idle(self) -> None:
+        """Until :meth:`idle`: everything due now was attempted and its result recorded (tests)."""
+        while not self.idle():
+            if self._parked.is_set():
+                await asyncio.sleep(0)  # parked, but woken or due: a pass is about to start
+            else:
+                await self._parked.wait()
 
     async def aclose(self) -> None:
         if self._own_session and self._session is not None:
