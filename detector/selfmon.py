@@ -15,6 +15,7 @@ else every webhook (the alert book's routing).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import timedelta
@@ -90,7 +91,7 @@ class SelfMonitor:
         """Report what is due now and emit the agent alerts it produced (also called directly by
         the service when it cannot wait for the task, e.g. while the state file is failing)."""
         self.problems.due(self.clock.now())
-        signals = self.problems.take_signals()
+        signals = [self._routed(s) for s in self.problems.take_signals()]
         for s in signals:
             self.emit(s)
         status = self.status_line()
@@ -219,6 +220,16 @@ class SelfMonitor:
         self.problems.raise_(
             "restart", "restart", text, now, occurrence=True, expires_after=RESTART_SETTLED
         )
+
+    def _routed(self, s: Signal) -> Signal:
+        """An agent alert with no receivers of its own goes to ``agent.fallback``, else to every
+        webhook that is not failing right now (a failing one would only hold it)."""
+        if s.notify or s.action != "fire" or self.config is None or self.config.agent.fallback:
+            return s
+        working = tuple(w for w in sorted(self.config.webhooks) if w not in self._failing_webhooks)
+        if not working or len(working) == len(self.config.webhooks):
+            return s
+        return dataclasses.replace(s, notify=working)
 
     def route_around(self, webhook: str) -> tuple[str, ...]:
         """Who hears about trouble with ``webhook``: its fallback, else agent.fallback, else

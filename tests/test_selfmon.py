@@ -449,3 +449,37 @@ def test_a_second_cursor_gap_while_the_first_is_open_notifies_again() -> None:
     monitor.sources({"kernel": []})  # the notice ends
     monitor.flush()
     assert sent[-1].action == "resolve"
+
+
+def test_agent_alerts_route_around_a_failing_webhook(tmp_path: Path) -> None:
+    from detector.config import load_config
+
+    cfg = tmp_path / "rules.yaml"
+    cfg.write_text(
+        f"version: 1\nagent: {{state: {tmp_path / 'state.db'}, host: t}}\n"
+        "webhooks:\n  pager: {url: 'http://127.0.0.1:9/p'}\n  chat: {url: 'http://127.0.0.1:9/c'}\n"
+        + RULES.format(log=tmp_path / "app.log")
+    )
+    clock = FakeClock(T0)
+    sent: list[Signal] = []
+    problems = Problems()
+    monitor = SelfMonitor(
+        problems=problems,
+        health=Health(clock, problems=problems),
+        clock=clock,
+        notifier=Notifier({}),
+        emit=sent.append,
+        status_line=lambda: "",
+    )
+    monitor.config = load_config(cfg)
+    monitor.path_health("pager", True, "HTTP 503")
+    monitor.state_failed("disk full")
+    monitor.flush()
+    assert [(s.key, s.notify) for s in sent] == [
+        ("delivery/pager", ("chat",)),
+        ("state", ("chat",)),  # not to pager, which would only hold it
+    ]
+    monitor.path_health("pager", False, "")
+    monitor.listener_failed("127.0.0.1:9465", "Address already in use")
+    monitor.flush()
+    assert sent[-1].key == "http" and sent[-1].notify == ()  # every webhook: all work again
