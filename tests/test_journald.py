@@ -632,6 +632,7 @@ async def test_journalctl_that_keeps_dying_is_a_crash_loop_problem_until_quiet(
         assert problem.active
         assert problem.message.startswith("journalctl exited 6 times in the last 2m: ")
         assert "killed by signal 9" in problem.message
+        assert problem.occurrence == 1  # one crash loop (reported at once), not one per exit
         clock.advance(timedelta(minutes=1))  # 70 s after the last exit: still in the window
         assert [p.active for p in src.problems() if p.key == "crash-loop"] == [True]
         clock.advance(timedelta(minutes=1))  # a whole window without an exit

@@ -205,6 +205,12 @@ async def test_install_start_alert_reload_watchdog_restart_stop(
         steps.check(
             got, "an agent alert with 'unclean stop' arrives after the restart", summaries(rx)
         )
+        # ExecStopPost=detector note-stop wrote down what systemd saw, and the alert says it
+        steps.check(
+            any("(systemd: result 'watchdog'" in s for s in summaries(rx)),
+            "the unclean-stop alert names systemd's reason (watchdog)",
+            summaries(rx),
+        )
 
         # stop cleanly
         done = await sh("stop", unit)

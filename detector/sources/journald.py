@@ -572,10 +572,14 @@ class JournaldSource:
         self._exits.append(self._clock.monotonic())
         self._forget_old_exits()
         if len(self._exits) >= self._crash_loop_after:
+            looping = self._problems.get("crash-loop")
             self._raise_problem(
                 "crash-loop",
                 f"journalctl exited {len(self._exits)} times in the last "
                 f"{format_duration(self._crash_window)}: {reason}",
+                # a crash loop is already many failures: an event, reported at once; a new one
+                # (after it had settled) is a new occurrence
+                anew=looping is None or not looping.active,
             )
         if self._failures >= self._fail_after:
             self._raise_problem(
