@@ -7,7 +7,6 @@ import hashlib
 import hmac
 import random
 import socket
-from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 from pathlib import Path
@@ -79,32 +78,6 @@ def states(store: Store) -> dict[str, tuple[str, int]]:
 
 def hook(url: str, **over: Any) -> WebhookConfig:
     return WebhookConfig(name="hook", url=url, **over)
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
-    s = Store(tmp_path / "state.db")
-    yield s
-    s.close()
-
-
-@pytest.fixture
-async def db(store: Store) -> AsyncIterator[AsyncStore]:
-    a = AsyncStore(store)
-    yield a
-    a._pool.shutdown(wait=True)
-
-
-@pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as s:
-        yield s
-
-
-@pytest.fixture
-async def rx() -> AsyncIterator[Receiver]:
-    async with Receiver() as r:
-        yield r
 
 
 def worker(

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -26,32 +25,6 @@ from tests.receiver import Receiver, Reply
 from tests.test_delivery import START, drain, enqueue, hook, states, worker
 
 NEXT_AT = re.compile(r"next attempt at (\d{4}-\S+?\+00:00)")
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
-    s = Store(tmp_path / "state.db")
-    yield s
-    s.close()
-
-
-@pytest.fixture
-async def db(store: Store) -> AsyncIterator[AsyncStore]:
-    a = AsyncStore(store)
-    yield a
-    a._pool.shutdown(wait=True)
-
-
-@pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as s:
-        yield s
-
-
-@pytest.fixture
-async def rx() -> AsyncIterator[Receiver]:
-    async with Receiver() as r:
-        yield r
 
 
 class Reports:

@@ -86,6 +86,33 @@ def rule_alerts(rx: Receiver) -> list[dict[str, Any]]:
     return [a for b in rx.bodies() for a in b["alerts"] if a["labels"]["rule"] == "errors"]
 
 
+def pager_and_chat(tmp_path: Path, pager: str, chat: str, extra: str = "") -> Path:
+    """rules.yaml with two webhooks, ``pager`` (which the rule notifies) and ``chat``, and no
+    fallback: agent alerts about pager must reach chat by themselves."""
+    cfg = tmp_path / "rules.yaml"
+    cfg.write_text(
+        f"version: 1\nagent: {{state: {tmp_path / 'state.db'}, host: t}}\n"
+        f"webhooks:\n  pager: {{url: '{pager}'{extra}}}\n  chat: {{url: '{chat}'}}\n"
+        + RULES.format(log=tmp_path / "app.log").replace(
+            "repeat: never", "repeat: never\n    notify: [pager]"
+        )
+    )
+    return cfg
+
+
+def monitor_for(clock: FakeClock, sent: list[Signal]) -> SelfMonitor:
+    """A real SelfMonitor and registry, its agent alerts collected in ``sent``."""
+    problems = Problems()
+    return SelfMonitor(
+        problems=problems,
+        health=Health(clock, problems=problems),
+        clock=clock,
+        notifier=Notifier({}),
+        emit=sent.append,
+        status_line=lambda: "",
+    )
+
+
 async def test_a_failing_webhook_is_told_to_the_healthy_one_when_no_fallback_is_set(
     tmp_path: Path,
 ) -> None:
@@ -94,13 +121,8 @@ async def test_a_failing_webhook_is_told_to_the_healthy_one_when_no_fallback_is_
     pager_port = free_port()
     clock = FakeClock(T0)
     async with Receiver() as chat:
-        cfg = tmp_path / "rules.yaml"
-        cfg.write_text(
-            f"version: 1\nagent: {{state: {tmp_path / 'state.db'}, host: t}}\n"
-            "webhooks:\n"
-            f"  pager: {{url: 'http://127.0.0.1:{pager_port}/in', fail_after: 2}}\n"
-            f"  chat: {{url: '{chat.url}/chat'}}\n"
-            + RULES.format(log=log).replace("repeat: never", "repeat: never\n    notify: [pager]")
+        cfg = pager_and_chat(
+            tmp_path, f"http://127.0.0.1:{pager_port}/in", chat.url + "/chat", ", fail_after: 2"
         )
         async with running(cfg, clock) as agent:
             await until(lambda: hasattr(agent, "pipeline") and agent.state.caught_up)
@@ -350,14 +372,7 @@ async def test_a_404_on_a_backlog_of_50_holds_it_alerts_with_the_answer_and_deli
     clock = FakeClock(T0)
     gone = Reply(404, "no_service")
     async with Receiver(default=gone) as pager, Receiver() as chat:
-        cfg = tmp_path / "rules.yaml"
-        cfg.write_text(
-            f"version: 1\nagent: {{state: {tmp_path / 'state.db'}, host: t}}\n"
-            "webhooks:\n"
-            f"  pager: {{url: '{pager.url}/in'}}\n"
-            f"  chat: {{url: '{chat.url}/chat'}}\n"
-            + RULES.format(log=log).replace("repeat: never", "repeat: never\n    notify: [pager]")
-        )
+        cfg = pager_and_chat(tmp_path, pager.url + "/in", chat.url + "/chat")
         async with running(cfg, clock) as agent:
             await until(lambda: hasattr(agent, "pipeline") and agent.state.caught_up)
             with log.open("a") as f:
@@ -392,14 +407,7 @@ async def test_a_dead_letter_is_an_agent_alert_naming_the_webhook_and_the_answer
     log.touch()
     clock = FakeClock(T0)
     async with Receiver() as pager, Receiver() as chat:
-        cfg = tmp_path / "rules.yaml"
-        cfg.write_text(
-            f"version: 1\nagent: {{state: {tmp_path / 'state.db'}, host: t}}\n"
-            "webhooks:\n"
-            f"  pager: {{url: '{pager.url}/in'}}\n"
-            f"  chat: {{url: '{chat.url}/chat'}}\n"
-            + RULES.format(log=log).replace("repeat: never", "repeat: never\n    notify: [pager]")
-        )
+        cfg = pager_and_chat(tmp_path, pager.url + "/in", chat.url + "/chat")
         async with running(cfg, clock) as agent:
             await until(lambda: hasattr(agent, "pipeline") and agent.state.caught_up)
             with log.open("a") as f:
@@ -419,15 +427,7 @@ async def test_a_dead_letter_is_an_agent_alert_naming_the_webhook_and_the_answer
 def test_a_second_cursor_gap_while_the_first_is_open_notifies_again() -> None:
     clock = FakeClock(T0)
     sent: list[Signal] = []
-    problems = Problems()
-    monitor = SelfMonitor(
-        problems=problems,
-        health=Health(clock, problems=problems),
-        clock=clock,
-        notifier=Notifier({}),
-        emit=sent.append,
-        status_line=lambda: "",
-    )
+    monitor = monitor_for(clock, sent)
 
     def look(occurrence: int, message: str) -> None:
         monitor.sources(
@@ -454,23 +454,10 @@ def test_a_second_cursor_gap_while_the_first_is_open_notifies_again() -> None:
 def test_agent_alerts_route_around_a_failing_webhook(tmp_path: Path) -> None:
     from detector.config import load_config
 
-    cfg = tmp_path / "rules.yaml"
-    cfg.write_text(
-        f"version: 1\nagent: {{state: {tmp_path / 'state.db'}, host: t}}\n"
-        "webhooks:\n  pager: {url: 'http://127.0.0.1:9/p'}\n  chat: {url: 'http://127.0.0.1:9/c'}\n"
-        + RULES.format(log=tmp_path / "app.log")
-    )
+    cfg = pager_and_chat(tmp_path, "http://127.0.0.1:9/p", "http://127.0.0.1:9/c")
     clock = FakeClock(T0)
     sent: list[Signal] = []
-    problems = Problems()
-    monitor = SelfMonitor(
-        problems=problems,
-        health=Health(clock, problems=problems),
-        clock=clock,
-        notifier=Notifier({}),
-        emit=sent.append,
-        status_line=lambda: "",
-    )
+    monitor = monitor_for(clock, sent)
     monitor.config = load_config(cfg)
     monitor.path_health("pager", True, "HTTP 503")
     monitor.state_failed("disk full")

@@ -1,0 +1,39 @@
+"""Fixtures shared by the delivery tests: a real SQLite state file, the store's single-writer
+thread, an HTTP session and a receiver on 127.0.0.1 (a module may define its own to override)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from detector.store.db import AsyncStore, Store
+from tests.receiver import Receiver
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[Store]:
+    s = Store(tmp_path / "state.db")
+    yield s
+    s.close()
+
+
+@pytest.fixture
+async def db(store: Store) -> AsyncIterator[AsyncStore]:
+    a = AsyncStore(store)
+    yield a
+    a._pool.shutdown(wait=True)
+
+
+@pytest.fixture
+async def session() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as s:
+        yield s
+
+
+@pytest.fixture
+async def rx() -> AsyncIterator[Receiver]:
+    async with Receiver() as r:
+        yield r
