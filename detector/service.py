@@ -512,9 +512,7 @@ class Agent:
         default = When(now, earliest)
 
         def when_for(line: Line) -> When:
-            if line.event_at is not None:
-                return When.exact(line.event_at)
-            return default
+            return When.of(line.event_at, default)
 
         return when_for
 

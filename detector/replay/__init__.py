@@ -159,14 +159,6 @@ def replay(
                     ) -> Line:
                         return Line(source, text(i), None, path)
 
-                    def when_for(line: Line, parser: TimeParser = parser) -> When:
-                        at = parser.parse(line.text)
-                        if at is None:
-                            at = current[0] or clock_now
-                        elif current[0] is None or at > current[0]:
-                            current[0] = at
-                        return When.exact(at)
-
                     if current[0] is None:
                         for t in b.head:
                             first = parser.parse(t)
@@ -175,6 +167,18 @@ def replay(
                                 pipeline.tick(first)
                                 break
                     now = current[0] or clock_now
+                    # a line without a time of its own happened at the last time seen
+                    seen = [When.exact(now)]
+
+                    def when_for(
+                        line: Line, parser: TimeParser = parser, seen: list[When] = seen
+                    ) -> When:
+                        at = parser.parse(line.text)
+                        if at is not None and (current[0] is None or at > current[0]):
+                            current[0] = at
+                            seen[0] = When(at, at)
+                        return When.of(at, seen[0])
+
                     pipeline.note_abandoned(b.abandoned)
                     pipeline.process_texts(
                         source, texts, line_at, when_for, now, interleave_ticks=True, hits=b.hits

@@ -40,6 +40,14 @@ class When(NamedTuple):
     def exact(at: datetime) -> When:
         return When(at, at)
 
+    @staticmethod
+    def of(own: datetime | None, default: When) -> When:
+        """THE definition of a line's time, live and in ``detector test``: its own timestamp,
+        exactly, when it has one (journald's ``__REALTIME_TIMESTAMP``, or the one ``detector
+        test`` parses from its text); else ``default``, the clock's view (arrival, uncertain
+        while catching up; in a replay, the last time seen)."""
+        return default if own is None else When(own, own)
+
     @property
     def uncertain(self) -> bool:
         return self.earliest != self.at
