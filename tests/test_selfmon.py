@@ -251,9 +251,7 @@ async def test_a_full_state_disk_while_running_is_alerted_from_memory_and_nothin
             await until(lambda: bool(agent_alerts(rx)), what="the agent alert from memory")
             [(status, summary)] = summaries(rx)
             assert status == "firing" and "state file cannot be written" in summary
-            assert "disk is full" in summary or "disk" in agent_alerts(rx)[0]["annotations"].get(
-                "description", ""
-            )
+            assert summary.endswith(f"(no space left on the file system of {small_disk})")
             assert not agent.health.healthy()
             assert agent.health.live()  # no watchdog restart into the same full disk
             filler.unlink()
@@ -470,3 +468,37 @@ def test_agent_alerts_route_around_a_failing_webhook(tmp_path: Path) -> None:
     monitor.listener_failed("127.0.0.1:9465", "Address already in use")
     monitor.flush()
     assert sent[-1].key == "http" and sent[-1].notify == ()  # every webhook: all work again
+
+
+async def test_a_read_only_state_disk_at_start_is_degraded_not_a_crash_loop(
+    tmp_path: Path, small_disk: Path
+) -> None:
+    log = tmp_path / "app.log"
+    log.touch()
+    clock = FakeClock(T0)
+    async with Receiver() as rx:
+        cfg = write_config(
+            tmp_path / "rules.yaml",
+            RULES.format(log=log),
+            state=small_disk / "state.db",
+            url=rx.url + "/hook",
+        )
+        async with running(cfg, clock) as agent:  # a first, normal run makes the state file
+            await until(lambda: hasattr(agent, "pipeline") and agent.state.caught_up)
+        subprocess.run(["mount", "-o", "remount,ro", str(small_disk)], check=True)
+        try:
+            async with running(cfg, clock) as agent:
+                await until(lambda: bool(agent_alerts(rx)), what="the agent alert from memory")
+                [(status, summary)] = summaries(rx)
+                assert status == "firing" and summary.startswith("state file cannot be written")
+                assert summary.endswith("is on a read-only file system)")
+                assert not hasattr(agent, "pipeline")  # waiting for the disk, not running blind
+                subprocess.run(["mount", "-o", "remount,rw", str(small_disk)], check=True)
+                await until(lambda: len(agent_alerts(rx)) >= 2, clock, what="the resolve")
+                await until(lambda: agent.state.caught_up, what="a normal start")
+                with log.open("a") as f:
+                    f.write("ERROR 5\n")
+                await until(lambda: bool(rule_alerts(rx)), clock, what="a rule alert")
+        finally:
+            subprocess.run(["mount", "-o", "remount,rw", str(small_disk)], check=False)
+        assert summaries(rx)[1][0] == "resolved"

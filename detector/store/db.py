@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import json
+import os
 import sqlite3
 from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime
@@ -32,6 +33,25 @@ T = TypeVar("T")
 
 class StoreError(Exception):
     """The state file cannot be used (corrupt, locked, disk full…)."""
+
+
+def _why(path: Path) -> str:
+    """What SQLite's terse "unable to open database file" usually means, found out: a
+    directory that cannot be written (read-only file system, permissions) or a full disk."""
+    if str(path) == ":memory:":
+        return ""
+    folder = path.parent
+    try:
+        st = os.statvfs(folder)
+    except OSError:
+        return ""
+    if st.f_flag & os.ST_RDONLY:
+        return f" ({folder} is on a read-only file system)"
+    if not os.access(folder, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        return f" ({path if path.exists() else folder} is not writable for this user)"
+    if st.f_bavail == 0:
+        return f" (no space left on the file system of {folder})"
+    return ""
 
 
 def ts(at: datetime) -> float:
@@ -106,7 +126,7 @@ class Store:
             self.db = sqlite_utils.Database(conn)
             self.migrate()
         except sqlite3.DatabaseError as e:
-            raise StoreError(f"cannot open state file {self.path}: {e}") from e
+            raise StoreError(f"cannot open state file {self.path}: {e}{_why(self.path)}") from e
 
     def close(self) -> None:
         self.conn.close()
@@ -171,7 +191,7 @@ class Store:
             with self._tx():
                 self._write(c, t)
         except sqlite3.DatabaseError as e:
-            raise StoreError(f"cannot write state file {self.path}: {e}") from e
+            raise StoreError(f"cannot write state file {self.path}: {e}{_why(self.path)}") from e
 
     def _write(self, c: Commit, t: float) -> None:
         ex = self.conn.execute
@@ -228,7 +248,7 @@ class Store:
                         (key, json.dumps(value)),
                     )
         except sqlite3.DatabaseError as e:
-            raise StoreError(f"cannot write state file {self.path}: {e}") from e
+            raise StoreError(f"cannot write state file {self.path}: {e}{_why(self.path)}") from e
 
     def snapshot(self) -> dict[str, Any]:
         """Everything ``detector status`` shows, read in one go."""
