@@ -73,6 +73,8 @@ class FileSourceConfig:
     max_line_bytes: int = 64 * 1024
     poll_interval: timedelta = timedelta(seconds=1)  # stat sweep (safety net under inotify)
     location: Location | None = None
+    rotated: str | None = None  # glob of rotated copies beyond logrotate's own names (olddir)
+    exclude: tuple[str, ...] = ()  # globs never read (full path, or file name if no '/')
 
 
 @dataclass(frozen=True)

@@ -49,6 +49,11 @@ def append(path: Path, data: bytes | str) -> None:
         f.write(data.encode() if isinstance(data, str) else data)
 
 
+def file_checkpoints(committed: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """The checkpoints of files being read (not the list of rotated files read to their end)."""
+    return {k: v for k, v in committed.items() if k != files.DONE_KEY}
+
+
 class Tail:
     """A FileSource driven by poll_once whose checkpoints are committed like the service does."""
 
@@ -356,7 +361,8 @@ async def test_rotated_file_is_kept_until_quiet_and_its_partial_last_line_is_emi
         assert len(t.committed) == 1
         append(log, "b1\n")
         assert await t.drain() == ["unfinished", "b1"]  # quiet and replaced: finished first
-        assert len(t.committed) == 1
+        assert len(file_checkpoints(t.committed)) == 1  # and remembered as read to its end:
+        assert t.committed[files.DONE_KEY]["files"][0][4] == len("a1\nunfinished")
 
 
 async def test_copytruncate_restarts_at_zero(tmp_path: Path) -> None:

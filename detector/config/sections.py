@@ -67,7 +67,7 @@ _AGENT_KEYS = (
     "log_format",
 )
 DEFAULTS_KEYS = ("severity", "notify", "repeat", "resolve_after", "owner", "runbook", "labels")
-_FILE_KEYS = ("file", "start_at", "max_line_bytes", "poll_interval")
+_FILE_KEYS = ("file", "start_at", "max_line_bytes", "poll_interval", "rotated", "exclude")
 _JOURNALD_KEYS = (
     "units",
     "identifiers",
@@ -243,15 +243,31 @@ def _file(
         kw["max_line_bytes"] = r.integer(body["max_line_bytes"][1], f"{w}: max_line_bytes", 1)
     if "poll_interval" in body:
         kw["poll_interval"] = r.span(body["poll_interval"][1], f"{w}: poll_interval")
+    if "rotated" in body:
+        kw["rotated"] = _glob(r, body["rotated"][1], f"{w}: rotated")
+    if "exclude" in body:
+        globs = r.strings(body["exclude"][1], f"{w}: exclude", "glob")
+        if globs is not None and any(not g.strip() for g in globs):
+            r.err(body["exclude"][1], f"{w}: exclude", "empty glob — write e.g. ['*.gz']")
+            globs = None
+        kw["exclude"] = globs
     if paths is None or any(v is None for v in kw.values()):
         return None
     return FileSourceConfig(name=name, paths=paths, location=loc, **kw)
 
 
+def _glob(r: NodeReader, node: Node, w: str) -> str | None:
+    got = r.string(node, w, "a glob of rotated copies")
+    if got is not None and not got.strip():
+        r.err(node, w, "empty glob — write e.g. /var/log/old/app.log-*")
+        return None
+    return got
+
+
 def _journald(
     r: NodeReader, name: str, body: dict[str, tuple[Node, Node]], w: str, loc: Location
 ) -> JournaldSourceConfig | None:
-    for key in ("max_line_bytes", "poll_interval", "file"):
+    for key in ("max_line_bytes", "poll_interval", "file", "rotated", "exclude"):
         if key in body:
             r.err(body[key][0], w, f"'{key}' applies to file sources only — remove it")
     inner = r.mapping(

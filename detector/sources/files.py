@@ -66,23 +66,36 @@ injected clock, so it works without inotify too. Choices, in the order a file me
 from __future__ import annotations
 
 import asyncio
+import fnmatch
 import glob
 import hashlib
 import logging
 import os
+import re
 import stat
 import threading
+import time
 from collections.abc import AsyncGenerator, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from detector.clock import Clock
 from detector.model import FileSourceConfig
 from detector.records import Checkpoint
 from detector.sources.base import Batch, Line, SourceProblem
-from detector.sources.lines import BLOCK_BYTES, Chunk, LineAssembler, read_block
+from detector.sources.lines import (
+    BLOCK_BYTES,
+    Chunk,
+    LineAssembler,
+    open_stream,
+    read_block,
+    read_stream,
+    skip_stream,
+    sniff,
+    stream_head,
+)
 from detector.sources.watch import Watcher
 
 log = logging.getLogger(__name__)
@@ -97,6 +110,35 @@ CUT_WARNING_EVERY = timedelta(minutes=1)
 counted, and the count told with the next warning)."""
 
 INTERNAL = "file-source:internal"  # problem key of an unexpected failure of a sweep
+DONE_KEY = "rotated:done"
+"""Checkpoint key of the rotated files read to their end: ``{"files": [[dev, ino, size, fp,
+offset], …]}``, the newest last, at most DONE_MAX: what lets a copy or a compressed copy of one
+of them be read from where it ended, across restarts."""
+DONE_MAX = 256
+SINCE_MARGIN_NS = 1_000_000_000
+"""File times are coarse (a kernel tick): a sibling modified up to this long before the last
+committed sweep began still counts as modified after it."""
+LOSS_NOTICE_FOR = timedelta(minutes=10)
+"""How long a loss event stays listed in problems() (it is reported at once: occurrence > 0)."""
+_DATE = r"(?:\d{8}(?:\d{2,6})?|\d{4}-\d{2}-\d{2}(?:[-_T]?\d{2}(?:[-:]?\d{2}){0,2})?|\d{10})"
+_COMPRESSED = r"(?:\.(?:gz|xz|bz2))?"
+
+
+def _sibling_re(name: str) -> re.Pattern[str]:
+    """logrotate's names for rotations of the file ``name``: ``name.1``, ``name-20260101``
+    (dateext, also with hours or ``%Y-%m-%d``, or ``-%s``), ``name.1.gz``…; and with
+    ``extension .log``: ``app.1.log``, ``app-20260101.log``."""
+    n = re.escape(name)
+    forms = [rf"{n}\.\d+", rf"{n}[-_.]{_DATE}"]
+    stem, dot, ext = name.rpartition(".")
+    if dot and stem:
+        forms.append(rf"{re.escape(stem)}(?:\.\d+|[-_.]{_DATE}){re.escape(dot + ext)}")
+    return re.compile(rf"(?:{'|'.join(forms)}){_COMPRESSED}")
+
+
+def _numbered_re(name: str) -> re.Pattern[str]:
+    return re.compile(rf"{re.escape(name)}\.(\d+){_COMPRESSED}")
+
 
 Identity = tuple[int, int]
 
@@ -123,6 +165,8 @@ class _Tracked:
     age: int = 0  # mtime_ns when adopted at start-up: finish older rotated files first
     dirty: bool = True  # its checkpoint changed without a line to carry it
     seen_end: bool = False
+    comp: str | None = None  # a compressed rotation, read through ``stream``
+    stream: BinaryIO | None = None
 
     @property
     def identity(self) -> Identity:
@@ -148,6 +192,24 @@ def _fp_matches(fd: int, fp: str) -> bool:
     return len(head) == n and f"{n}:{hashlib.sha256(head).hexdigest()[:32]}" == fp
 
 
+def _fp_of(head: bytes) -> str:
+    return f"{len(head)}:{hashlib.sha256(head).hexdigest()[:32]}"
+
+
+def _fp_len(fp: str) -> int:
+    try:
+        return int(fp.partition(":")[0])
+    except ValueError:
+        return 0
+
+
+def _head_matches(head: bytes, fp: str) -> bool:
+    """Do the first bytes ``head`` of a file start like the file of fingerprint ``fp``? Never
+    for an empty fingerprint (every file starts with nothing)."""
+    n = _fp_len(fp)
+    return 0 < n <= len(head) and _fp_of(head[:n]) == fp
+
+
 def _has_magic(pattern: str) -> bool:
     return any(c in GLOB_CHARS for c in pattern)
 
@@ -156,6 +218,25 @@ def _expand(pattern: str) -> list[str]:
     if not _has_magic(pattern):
         return [pattern]
     return sorted(glob.glob(pattern))  # includes broken symlinks, which become problems
+
+
+def _load_done(cp: Mapping[str, Any] | None) -> list[tuple[int, int, int, str, int]]:
+    out: list[tuple[int, int, int, str, int]] = []
+    files = cp.get("files") if isinstance(cp, Mapping) else None
+    for item in files if isinstance(files, list) else []:
+        try:
+            dev, ino, size, fp, offset = item
+            out.append((int(dev), int(ino), int(size), str(fp), int(offset)))
+        except (TypeError, ValueError):
+            continue
+    return out[-DONE_MAX:]
+
+
+def _close(tf: _Tracked) -> None:
+    if tf.stream is not None:
+        tf.stream.close()
+        tf.stream = None
+    os.close(tf.fd)
 
 
 # ---------------------------------------------------------------- the source
@@ -194,6 +275,18 @@ class FileSource:
         self._watcher: Watcher | None = None
         self._cut_warned_at: datetime | None = None
         self._cuts_unwarned = 0  # lines cut since the last warning, not warned about
+        self._done = _load_done(self._checkpoints.pop(DONE_KEY, None))
+        self._done_dirty = False
+        seen = [v.get("seen") for v in checkpoints.values()]
+        stamps = [t for t in seen if isinstance(t, int)]
+        self._since_ns: int | None = max(stamps) - SINCE_MARGIN_NS if stamps else None
+        self._sweep_ns = time.time_ns()
+        self._pending_copies: list[tuple[str, int, str, int]] = []  # fp, offset, path, size
+        self._consumed: list[str] = []  # checkpoint keys resolved by fingerprint
+        self._scan_wanted = True
+        self._events: dict[str, SourceProblem] = {}
+        self._event_at: dict[str, datetime] = {}
+        self._gaps_told: set[tuple[str, frozenset[int]]] = set()
 
     # ------------------------------------------------------------ public API
 
@@ -250,7 +343,7 @@ class FileSource:
         with self._lock:
             self._closed = True
             for tf in self._files.values():
-                os.close(tf.fd)
+                _close(tf)
             self._files.clear()
 
     # ------------------------------------------------------------ the sweep (worker thread)
@@ -274,6 +367,7 @@ class FileSource:
 
     def _sweep(self) -> list[Batch]:
         now = self._clock.now()
+        self._sweep_ns = time.time_ns()
         first = self._first_sweep
         self._first_sweep = False
         problems: dict[str, SourceProblem] = {}
@@ -284,7 +378,7 @@ class FileSource:
         for pattern in self._config.paths:
             explicit = not _has_magic(pattern)
             for path in _expand(pattern):
-                if path not in seen_paths:
+                if path not in seen_paths and (explicit or not self._excluded(path)):
                     seen_paths.add(path)
                     candidates.append((path, explicit))
 
@@ -296,12 +390,20 @@ class FileSource:
                 order.append(tf)
 
         if first:
-            cp_only.extend(self._adopt_rotated_checkpoints(found, seen_paths, now))
+            self._adopt_rotated_checkpoints(found, now)
 
         for tf in self._files.values():
             if tf.identity not in found and tf.draining_since is None:
                 log.info("%s: %s was rotated or deleted; reading it to its end", self.name, tf.path)
                 tf.draining_since = now
+                self._scan_wanted = True
+        if self._scan_wanted:
+            self._scan_wanted = False
+            self._scan(now, seen_paths)
+        if first:
+            cp_only.extend(self._forget_lost_checkpoints(seen_paths, now))
+        cp_only.extend(Checkpoint(self.name, k, {}, delete=True) for k in self._consumed)
+        self._consumed.clear()
         draining = sorted(
             (tf for tf in self._files.values() if tf.draining_since is not None),
             key=lambda tf: (tf.draining_since or now, tf.age, tf.path),
@@ -326,6 +428,8 @@ class FileSource:
             if tf.dirty:
                 cp_only.append(self._checkpoint(tf))
                 tf.dirty = False
+        if self._done_dirty:
+            cp_only.append(self._done_checkpoint())
         if cp_only:
             batches.append(Batch(self.name, [], cp_only))
 
@@ -336,6 +440,10 @@ class FileSource:
         self._problems = problems
         self._watch_dirs = self._dirs_to_watch()
         self._warn_cuts_left(now)
+        self._since_ns = self._sweep_ns - SINCE_MARGIN_NS
+        for key, at in list(self._event_at.items()):
+            if now - at >= LOSS_NOTICE_FOR:
+                del self._event_at[key], self._events[key]
         return batches
 
     def _probe(
@@ -386,7 +494,11 @@ class FileSource:
                 os.close(fd)
                 return self._files[(st.st_dev, st.st_ino)]
             tf = _Tracked(path, fd, st.st_dev, st.st_ino, LineAssembler(self._max_line()))
-            tf.offset = tf.read_pos = self._start_offset(tf, st.st_size, first)
+            start = self._start_offset(tf, st, first, explicit)
+            if start is None:  # a copy of a file being read: only read if that one is truncated
+                os.close(fd)
+                return None
+            tf.offset = tf.read_pos = start
             tf.fp = _fingerprint(fd)
             tf.changed_at = now
         except OSError as e:
@@ -394,24 +506,43 @@ class FileSource:
             problem(f"cannot read: {e.strerror or e}")
             return None
         self._files[tf.identity] = tf
+        if not first:
+            self._scan_wanted = True  # a new file: something may have been rotated meanwhile
         return tf
 
     def _max_line(self) -> int:
         return self._config.max_line_bytes
 
-    def _start_offset(self, tf: _Tracked, size: int, first: bool) -> int:
+    def _start_offset(
+        self, tf: _Tracked, st: os.stat_result, first: bool, explicit: bool
+    ) -> int | None:
+        """Where to start reading a file newly opened; None: not now (a copy of a file being
+        read, whose lines that file gives)."""
+        size = st.st_size
         cp = self._checkpoints.pop(tf.key, None)
         if cp is not None:
             offset = cp.get("offset")
-            if isinstance(offset, int) and _fp_matches(tf.fd, str(cp.get("fp", ""))):
+            fp = str(cp.get("fp", ""))
+            if isinstance(offset, int) and _fp_matches(tf.fd, fp):
                 if offset <= size:
                     return offset
                 log.info("%s: %s is shorter than its checkpoint; from 0", self.name, tf.path)
+            if isinstance(offset, int) and offset > 0 and _fp_len(fp) > 0:
+                # truncated (copytruncate) while we were down: its copy has the rest
+                size_then = cp.get("size")
+                known = size_then if isinstance(size_then, int) else offset
+                self._pending_copies.append((fp, offset, tf.path, known))
             return 0
+        got = None if explicit else self._classify(tf.identity, size, os.pread(tf.fd, FP_BYTES, 0))
+        if got is not None:
+            kind, offset, _ = got
+            return None if kind == "defer" else min(offset, size)
         if not first:
             return 0  # found after start-up: all of it is new
         if any(cp.get("path") == tf.path for cp in self._checkpoints.values()):
             return 0  # its path had another file at the checkpoint: this one is new since
+        if self._since_ns is not None and st.st_mtime_ns >= self._since_ns:
+            return 0  # written since the last committed position: nothing of it was read
         if self._config.start_at == "beginning":
             return 0
         start = max(0, size - START_TAIL_BYTES)
@@ -421,21 +552,39 @@ class FileSource:
             return start + nl + 1
         return 0 if start == 0 else size
 
-    def _adopt_rotated_checkpoints(
-        self, found: set[Identity], candidates: set[str], now: datetime
-    ) -> list[Checkpoint]:
-        """At start-up: finish files rotated while we were down, forget those that are gone."""
-        deletes: list[Checkpoint] = []
+    def _adopt_rotated_checkpoints(self, found: set[Identity], now: datetime) -> None:
+        """At start-up: finish the files rotated while we were down (found by inode)."""
         for key, cp in list(self._checkpoints.items()):
             tf = self._find_rotated(cp, now)
             if tf is not None:
                 self._files[tf.identity] = tf
                 found.add(tf.identity)
                 del self._checkpoints[key]
-            elif not (cp.get("path") in candidates and self._still_at_path(cp)):
-                deletes.append(Checkpoint(self.name, key, {}, delete=True))
-                del self._checkpoints[key]
-            # else: its file is still there but could not be opened; resume once it can be
+
+    def _forget_lost_checkpoints(self, candidates: set[str], now: datetime) -> list[Checkpoint]:
+        """At start-up, after the sibling scan: forget the checkpoints whose file is gone, and
+        say so when that file had bytes we know were not read."""
+        deletes: list[Checkpoint] = []
+        for key, cp in list(self._checkpoints.items()):
+            if cp.get("path") in candidates and self._still_at_path(cp):
+                continue  # its file is still there but could not be opened; resume once it can
+            deletes.append(Checkpoint(self.name, key, {}, delete=True))
+            del self._checkpoints[key]
+            offset, size = cp.get("offset"), cp.get("size")
+            if isinstance(offset, int) and isinstance(size, int) and size > offset:
+                self._loss(
+                    f"gone:{cp.get('path')}",
+                    f"{cp.get('path')}: a rotation of it was deleted while the agent was down "
+                    f"before it was read to its end: at least {size - offset} bytes after byte "
+                    f"{offset} of it were never read",
+                    now,
+                )
+            else:
+                log.info(
+                    "%s: %s: its rotated file is gone (it had been read to the end last seen)",
+                    self.name,
+                    cp.get("path"),
+                )
         return deletes
 
     @staticmethod
@@ -467,9 +616,11 @@ class FileSource:
             except OSError:
                 continue
             try:
-                same = _fp_matches(fd, fp) and offset <= st.st_size
+                comp = sniff(fd)
+                head = stream_head(fd, comp, FP_BYTES)
+                same = _head_matches(head, fp) and (comp is not None or offset <= st.st_size)
                 if not same:  # rewritten before it was rotated: all of it is new
-                    offset, fp = 0, _fingerprint(fd)
+                    offset, fp = 0, _fp_of(head)
             except OSError:
                 os.close(fd)
                 return None
@@ -481,8 +632,213 @@ class FileSource:
             tf.fp, tf.changed_at, tf.draining_since = fp, now, now
             tf.age = st.st_mtime_ns
             tf.dirty = False
+            tf.comp = comp
             return tf
         return None
+
+    # ------------------------------------------------------------ rotated siblings
+
+    def _excluded(self, path: str) -> bool:
+        name = os.path.basename(path)
+        return any(
+            fnmatch.fnmatchcase(path, g) or ("/" not in g and fnmatch.fnmatchcase(name, g))
+            for g in self._config.exclude
+        )
+
+    def _classify(
+        self, ident: Identity, size: int, head: bytes, comp: str | None = None
+    ) -> tuple[str, int, str] | None:
+        """What is known of a file not tracked by its identity, by its first bytes: ``("known",
+        offset, path)``: a copy of lines read up to ``offset`` (of the file at ``path``), to be
+        read from there; ``("defer", 0, path)``: a copy of a file being read now; None: unknown.
+        The longest matching fingerprint wins."""
+        best: tuple[int, str, int, str, Any] | None = None  # (fp length, kind, offset, path, ref)
+
+        def offer(fp: str, kind: str, offset: int, path: str, ref: Any) -> None:
+            nonlocal best
+            n = _fp_len(fp)
+            if _head_matches(head, fp) and (best is None or n > best[0]):
+                best = (n, kind, offset, path, ref)
+
+        for i, (fp, offset, path, _) in enumerate(self._pending_copies):
+            if comp is not None or size >= offset:
+                offer(fp, "copy", offset, path, i)
+        for key, cp in self._checkpoints.items():
+            at = cp.get("offset")
+            if isinstance(at, int) and not self._still_at_path(cp):
+                offer(str(cp.get("fp", "")), "cp", at, str(cp.get("path")), key)
+        for tf in self._files.values():
+            if tf.identity != ident and tf.comp is None:
+                offer(tf.fp, "defer", 0, tf.path, None)
+        for dev, ino, _, fp, offset in self._done:
+            if (dev, ino) != ident:
+                offer(fp, "known", offset, "", None)
+        if best is None:
+            return None
+        _, kind, offset, path, ref = best
+        if kind == "copy":
+            del self._pending_copies[ref]
+            kind = "known"
+        elif kind == "cp":
+            del self._checkpoints[ref]
+            self._consumed.append(ref)
+            kind = "known"
+        return kind, offset, path
+
+    def _sibling_paths(self, seen_paths: set[str]) -> dict[str, str]:
+        """Rotated copies of the watched files: path → the watched path their lines belong to."""
+        watched = set(seen_paths) | {tf.path for tf in self._files.values()}
+        watched |= {p for p in self._config.paths if not _has_magic(p)}
+        listings: dict[str, list[str]] = {}
+        out: dict[str, str] = {}
+        for path in sorted(watched):
+            parent, name = os.path.split(path)
+            if parent not in listings:
+                try:
+                    listings[parent] = sorted(os.listdir(parent or "."))
+                except OSError:
+                    listings[parent] = []
+            pattern = _sibling_re(name)
+            for sib in listings[parent]:
+                if pattern.fullmatch(sib):
+                    out.setdefault(os.path.join(parent, sib), path)
+        if self._config.rotated:
+            for sib in _expand(self._config.rotated):
+                out.setdefault(sib, sib)
+        for path in seen_paths:  # globbed files: copies of one another are found here too
+            out.setdefault(path, path)
+        return {p: w for p, w in out.items() if not self._excluded(p)}
+
+    def _scan(self, now: datetime, seen_paths: set[str]) -> None:
+        """At start and at every rotation: open the rotated copies whose lines were not read
+        (module docstring, 9.), and tell what cannot be read."""
+        since = self._since_ns
+        done_ids = {(dev, ino): (size, offset) for dev, ino, size, _, offset in self._done}
+        siblings = self._sibling_paths(seen_paths)
+        for path, owner in siblings.items():
+            try:
+                st = os.stat(path)
+            except OSError:
+                continue
+            ident = (st.st_dev, st.st_ino)
+            if not stat.S_ISREG(st.st_mode) or ident in self._files or not st.st_size:
+                continue
+            done = done_ids.get(ident)
+            if done is not None and done[0] == st.st_size:
+                continue  # read to its end already
+            self._open_sibling(path, owner, st, done=done, since=since, now=now)
+        self._check_gaps(siblings, since, now)
+        for _, offset, path, size in self._pending_copies:
+            unread = size - offset
+            self._loss(
+                f"truncated:{path}",
+                f"{path} was truncated and no copy of it (a rotated file starting with the same "
+                f"bytes, at least {offset} bytes long) was found: the lines written after byte "
+                f"{offset} before the truncation were not read"
+                + (f" (at least {unread} bytes)" if unread > 0 else ""),
+                now,
+            )
+        self._pending_copies.clear()
+
+    def _open_sibling(
+        self,
+        path: str,
+        owner: str,
+        st: os.stat_result,
+        *,
+        done: tuple[int, int] | None,
+        since: int | None,
+        now: datetime,
+    ) -> None:
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            return
+        try:
+            comp = sniff(fd)
+            head = stream_head(fd, comp, FP_BYTES)
+        except OSError:
+            os.close(fd)
+            return
+        ident = (st.st_dev, st.st_ino)
+        got = self._classify(ident, st.st_size, head, comp) if head else None
+        if got is not None and got[0] == "defer":
+            os.close(fd)
+            return
+        if got is not None:
+            offset, owner = got[1], got[2] or owner
+        elif done is not None:
+            offset = done[1]  # read to its end, and it grew since
+        elif since is not None and st.st_mtime_ns >= since:
+            offset = 0  # written since the last committed position, and never read
+        else:
+            os.close(fd)
+            return
+        if comp is None and offset >= st.st_size:
+            os.close(fd)
+            self._record_done(ident, st.st_size, _fp_of(head), offset)
+            return
+        what = "from its start" if offset == 0 else f"from byte {offset}"
+        log.info("%s: reading rotated file %s %s (lines of %s)", self.name, path, what, owner)
+        tf = _Tracked(owner, fd, st.st_dev, st.st_ino, LineAssembler(self._max_line()))
+        tf.offset = tf.read_pos = offset
+        tf.fp, tf.comp = _fp_of(head), comp
+        tf.changed_at = tf.draining_since = now
+        tf.age = st.st_mtime_ns
+        self._files[ident] = tf
+
+    def _check_gaps(self, siblings: Mapping[str, str], since: int | None, now: datetime) -> None:
+        """A gap in rotation numbers (``app.log.1``, ``.3``: no ``.2``) newer than the last
+        committed position: a rotated file deleted before it was read."""
+        if since is None:
+            return
+        by_owner: dict[str, dict[int, int]] = {}
+        for path, owner in siblings.items():
+            m = _numbered_re(os.path.basename(owner)).fullmatch(os.path.basename(path))
+            if m is None or os.path.dirname(path) != os.path.dirname(owner):
+                continue
+            try:
+                mtime = os.stat(path).st_mtime_ns
+            except OSError:
+                continue
+            by_owner.setdefault(owner, {})[int(m.group(1))] = mtime
+        for owner, numbers in by_owner.items():
+            if 1 not in numbers or max(numbers) > 1000:
+                continue
+            missing = frozenset(set(range(1, max(numbers))) - numbers.keys())
+            if not missing or (owner, missing) in self._gaps_told:
+                continue
+            if not any(mtime >= since for n, mtime in numbers.items() if n > min(missing)):
+                continue  # an old gap, there before the last committed position
+            self._gaps_told.add((owner, missing))
+            names = ", ".join(f"{owner}.{n}" for n in sorted(missing))
+            self._loss(
+                f"gap:{owner}",
+                f"{owner}: rotated files are missing ({names}): deleted before they were read; "
+                "their lines were not read",
+                now,
+            )
+
+    def _loss(self, key: str, message: str, now: datetime) -> None:
+        """An event: lines that cannot be read. Reported at once (occurrence bumped)."""
+        log.warning("%s: %s", self.name, message)
+        old = self._events.get(key)
+        seq = old.occurrence if old is not None else 0
+        self._events[key] = SourceProblem(self.name, key, message, occurrence=seq + 1)
+        self._event_at[key] = now
+
+    def _record_done(self, ident: Identity, size: int, fp: str, offset: int) -> None:
+        if _fp_len(fp) == 0:
+            return
+        self._done = [e for e in self._done if (e[0], e[1]) != ident]
+        self._done.append((ident[0], ident[1], size, fp, offset))
+        del self._done[:-DONE_MAX]
+        self._done_dirty = True
+
+    def _done_checkpoint(self) -> Checkpoint:
+        self._done_dirty = False
+        value = {"files": [list(e) for e in self._done], "seen": self._sweep_ns}
+        return Checkpoint(self.name, DONE_KEY, value)
 
     def _read(
         self,
@@ -496,6 +852,8 @@ class FileSource:
         Blocks inside one over-long line yield nothing to hold in memory, so they do not count
         against the sweep's budget: such a line is streamed through in one go.
         """
+        if tf.comp is not None:
+            return self._read_stream(tf, now, batches, problems)
         blocks = 0
         try:
             st = os.fstat(tf.fd)
@@ -503,6 +861,9 @@ class FileSource:
                 tf.changed_at = now
                 if st.st_size < tf.read_pos or not _fp_matches(tf.fd, tf.fp):
                     log.info("%s: %s was truncated; reading it from the start", self.name, tf.path)
+                    if tf.offset > 0 and _fp_len(tf.fp) > 0:  # copytruncate: find the copy
+                        self._pending_copies.append((tf.fp, tf.offset, tf.path, tf.size))
+                        self._scan_wanted = self._more = True
                     tf.offset = tf.read_pos = 0
                     tf.assembler.reset()
                     tf.fp = _fingerprint(tf.fd)
@@ -540,7 +901,60 @@ class FileSource:
             self._more = True
         return blocks
 
+    def _read_stream(
+        self,
+        tf: _Tracked,
+        now: datetime,
+        batches: list[Batch],
+        problems: dict[str, SourceProblem],
+    ) -> int:
+        """Read a compressed rotation (it does not change: read once, to its end)."""
+        blocks = 0
+        try:
+            if tf.stream is None:
+                tf.stream = open_stream(tf.fd, tf.comp or "gz")
+                skipped = skip_stream(tf.stream, tf.read_pos, BLOCK_BYTES)
+                if skipped < tf.read_pos:
+                    tf.seen_end = True  # it ends before where we were: nothing more in it
+                    tf.size = tf.read_pos
+            while not tf.seen_end and blocks < FILE_BLOCKS_PER_SWEEP:
+                base = tf.read_pos
+                n, chunks = read_stream(tf.stream, tf.assembler, BLOCK_BYTES)
+                if not n:
+                    tf.seen_end = True
+                    break
+                tf.read_pos += n
+                tf.size = tf.read_pos
+                blocks += bool(chunks)
+                for chunk in chunks:
+                    tf.offset = base + chunk.end
+                    lines = [Line(source=self.name, text=t, path=tf.path) for t in chunk.texts]
+                    batch = Batch(self.name, lines, [self._checkpoint(tf)], chunk.truncated)
+                    if chunk.block is not None:
+                        batch.block, batch.block_path = chunk.block, tf.path
+                    batches.append(batch)
+                    tf.dirty = False
+                    if chunk.cut_at:
+                        self._warn_cut(tf, base, chunk, now)
+        except EOFError:  # still being written (compressed right now): again from here later
+            if tf.stream is not None:
+                tf.stream.close()
+                tf.stream = None
+            self._more = blocks > 0
+            return blocks
+        except (OSError, ValueError) as e:
+            key = f"file:{tf.path}"
+            problems[key] = SourceProblem(self.name, key, f"{tf.path}: cannot decompress: {e}")
+            return blocks
+        if tf.seen_end:
+            self._initial.discard(tf.identity)
+        else:
+            self._more = True
+        return blocks
+
     def _should_retire(self, tf: _Tracked, now: datetime) -> bool:
+        if tf.comp is not None:
+            return tf.seen_end
         if tf.draining_since is None or tf.read_pos < tf.size:
             return False
         quiet_since = max(tf.draining_since, tf.changed_at or tf.draining_since)
@@ -562,9 +976,29 @@ class FileSource:
                 self._warn_cut(tf, tf.read_pos, last, now)
         del self._files[tf.identity]
         self._initial.discard(tf.identity)
-        os.close(tf.fd)
-        delete = Checkpoint(self.name, tf.key, {}, delete=True)
-        return [Batch(self.name, lines, [delete], last.truncated if last is not None else 0)]
+        try:
+            st = os.fstat(tf.fd)
+            if st.st_nlink > 0 and self._findable(tf):
+                self._record_done(tf.identity, st.st_size, tf.fp, tf.read_pos)
+        except OSError:
+            pass
+        _close(tf)
+        cps = [Checkpoint(self.name, tf.key, {}, delete=True)]
+        if self._done_dirty:
+            cps.append(self._done_checkpoint())
+        return [Batch(self.name, lines, cps, last.truncated if last is not None else 0)]
+
+    def _findable(self, tf: _Tracked) -> bool:
+        """Is the file still where a later sibling scan would look (then it is remembered as
+        read to its end)?"""
+        for path in self._sibling_paths({tf.path}):
+            try:
+                st = os.stat(path)
+            except OSError:
+                continue
+            if (st.st_dev, st.st_ino) == tf.identity:
+                return True
+        return False
 
     def _warn_cut(self, tf: _Tracked, base: int, chunk: Chunk, now: datetime) -> None:
         """Say that lines were cut at max_line_bytes: at most one warning per
@@ -600,7 +1034,17 @@ class FileSource:
             self._cut_warned_at, self._cuts_unwarned = now, 0
 
     def _checkpoint(self, tf: _Tracked) -> Checkpoint:
-        value = {"path": tf.path, "dev": tf.dev, "ino": tf.ino, "fp": tf.fp, "offset": tf.offset}
+        value: dict[str, Any] = {
+            "path": tf.path,
+            "dev": tf.dev,
+            "ino": tf.ino,
+            "fp": tf.fp,
+            "offset": tf.offset,
+            "size": tf.size,
+            "seen": self._sweep_ns,
+        }
+        if tf.comp is not None:
+            value["comp"] = tf.comp
         return Checkpoint(self.name, tf.key, value)
 
     def _dirs_to_watch(self) -> set[str]:
@@ -613,7 +1057,7 @@ class FileSource:
 
     def _publish(self) -> None:
         """Snapshots for problems()/status(), read from the event loop while sweeps run."""
-        self._problem_view = tuple(self._problems.values())
+        self._problem_view = (*self._problems.values(), *self._events.values())
         self._status_view = {
             "name": self.name,
             "watcher": "inotify" if self._watcher is not None else "polling",

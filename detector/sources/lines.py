@@ -13,15 +13,20 @@ it skipped while streaming, so memory stays bounded whatever the line length (``
 a line instead, and counts it in :attr:`LineAssembler.skipped`). Lines that need none of this go
 on undecoded (:attr:`Chunk.block`). A full read of :func:`read_block` ends at its last newline; the
 partial line after it is read again, whole, with the next read: :func:`read_plan` finds those same
-reads from the file alone, for the ``--jobs`` workers.
+reads from the file alone, for the ``--jobs`` workers. Rotated files compressed by logrotate
+(gzip, xz, bzip2: :func:`sniff`) are read as a stream (:func:`open_stream`, :func:`read_stream`)
+into the same assembler, in bounded memory.
 """
 
 from __future__ import annotations
 
+import bz2
+import gzip
+import lzma
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Literal
+from typing import BinaryIO, Literal
 
 BLOCK_BYTES = 1 << 20
 """One read. Not larger: matching runs several passes over a block (Hyperscan, newline count),
@@ -282,3 +287,69 @@ def read_plan(
         lo = pos
     if pos > lo:
         yield lo, pos
+
+
+# ---------------------------------------------------------------- compressed rotations
+
+COMPRESSED_MAGIC: dict[str, bytes] = {
+    "gz": b"\x1f\x8b",
+    "xz": b"\xfd7zXZ\x00",
+    "bz2": b"BZh",
+}
+"""The compressions a rotated file is read through (the standard library's: gzip, xz, bzip2),
+told by the file's first bytes, not by its name."""
+
+
+def sniff(fd: int) -> str | None:
+    """The compression of the file ``fd`` (a key of :data:`COMPRESSED_MAGIC`), or None."""
+    head = os.pread(fd, 6, 0)
+    for kind, magic in COMPRESSED_MAGIC.items():
+        if head.startswith(magic):
+            return kind
+    return None
+
+
+def open_stream(fd: int, kind: str) -> BinaryIO:
+    """A decompressing reader of the whole file ``fd`` (left open when the reader is closed).
+    The decompressors read and inflate in small steps: memory stays bounded by the read size."""
+    raw = os.fdopen(os.dup(fd), "rb")
+    if kind == "gz":
+        return gzip.GzipFile(fileobj=raw, mode="rb")  # type: ignore[return-value]
+    if kind == "xz":
+        return lzma.LZMAFile(raw)  # type: ignore[return-value]
+    return bz2.BZ2File(raw)  # type: ignore[return-value]
+
+
+def stream_head(fd: int, kind: str | None, n: int) -> bytes:
+    """The first ``n`` bytes of the file, decompressed if it is compressed (b"" if that fails:
+    a compressed file still being written)."""
+    if kind is None:
+        return os.pread(fd, n, 0)
+    try:
+        with open_stream(fd, kind) as f:
+            return f.read(n)
+    except (EOFError, OSError, lzma.LZMAError, ValueError):
+        return b""
+
+
+def read_stream(
+    stream: BinaryIO, assembler: LineAssembler, size: int = BLOCK_BYTES
+) -> tuple[int, list[Chunk]]:
+    """One read of a decompressing ``stream`` (at most ``size`` bytes): (bytes consumed, the
+    chunks ``assembler`` made of them); 0 bytes: its end. A partial last line is held by the
+    assembler (a stream cannot be read again)."""
+    data = stream.read(size)
+    if not data:
+        return 0, []
+    return len(data), assembler.feed(data)
+
+
+def skip_stream(stream: BinaryIO, n: int, size: int = BLOCK_BYTES) -> int:
+    """Read and drop the first ``n`` bytes of ``stream``, ``size`` at a time; the bytes dropped."""
+    done = 0
+    while done < n:
+        data = stream.read(min(size, n - done))
+        if not data:
+            break
+        done += len(data)
+    return done
