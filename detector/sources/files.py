@@ -33,8 +33,8 @@ injected clock, so it works without inotify too. Choices, in the order a file me
    its file is still at a globbed path but cannot be opened).
 4. *Truncation* (copytruncate, ``> file``): the file is now shorter than what was read, or its
    fingerprint changed → it is read again from 0. Lines appended between the last sweep and the
-   truncation cannot be read by anyone (the copy is another file); globs should not match the
-   copies, which would otherwise be read as new files.
+   truncation are read from the copy, if one is found (9.); a glob that matches the copies
+   leaves them alone while the file they copy is read.
 5. *Lines.* A partial last line is held (at most ``max_line_bytes`` of it) until its newline
    arrives; the checkpoint stays before it. One ``\\r`` before the newline is stripped. Bytes are
    decoded with ``errors="replace"``. A line longer than ``max_line_bytes`` is cut to that many
@@ -56,11 +56,22 @@ injected clock, so it works without inotify too. Choices, in the order a file me
    then the next sweep follows at once; blocks inside one over-long line do not count, as nothing
    of them is kept. Cancelling :meth:`batches` during a sweep drops what that sweep read: cancel
    means shut down, and the next process resumes from the committed checkpoints.
-8. Limits, by design: a file that is rotated away and replaced *twice* between two sweeps (under
-   ``poll_interval``, and unseen by inotify) has its middle generation skipped; a file deleted
+8. Limits, by design: a file deleted
    while the agent is down is lost; the same first bytes rewritten after a truncation to at least
    the old size cannot be told apart from the old content. If inotify is unavailable (or a watched
    directory is deleted) the sweep every ``poll_interval`` still finds everything.
+9. *Rotated siblings.* At start and at every rotation (a file left its path, a new file, a
+   truncation) the sweep looks at the rotated copies of each watched path: logrotate's names
+   (:func:`_sibling_re`), the source's ``rotated:`` glob, the globbed files, minus ``exclude:``.
+   One tracked by identity is skipped; one whose first bytes match a known file (a checkpoint
+   whose file is gone, a file truncated just now, one of the ``DONE_KEY`` files read to their
+   end) is read from that file's offset; one matching a file being read is a copy of it and is
+   left; one never seen, modified since the last committed sweep began (``seen`` in the
+   checkpoints), is read from 0; older ones are history. gzip/xz/bzip2 copies are read as
+   streams (``sources/lines.py``). What cannot be read is an *event* problem (occurrence > 0): a
+   checkpointed file gone with bytes known unread (``gone:``), a gap in rotation numbers
+   (``gap:``), a truncation whose copy is not found (``truncated:``); each stays listed for
+   ``LOSS_NOTICE_FOR``. So a file rotated twice between two sweeps is no longer skipped.
 """
 
 from __future__ import annotations
@@ -115,12 +126,14 @@ DONE_KEY = "rotated:done"
 offset], …]}``, the newest last, at most DONE_MAX: what lets a copy or a compressed copy of one
 of them be read from where it ended, across restarts."""
 DONE_MAX = 256
-SINCE_MARGIN_NS = 1_000_000_000
+SINCE_MARGIN_NS = 50_000_000
 """File times are coarse (a kernel tick): a sibling modified up to this long before the last
 committed sweep began still counts as modified after it."""
 LOSS_NOTICE_FOR = timedelta(minutes=10)
 """How long a loss event stays listed in problems() (it is reported at once: occurrence > 0)."""
-_DATE = r"(?:\d{8}(?:\d{2,6})?|\d{4}-\d{2}-\d{2}(?:[-_T]?\d{2}(?:[-:]?\d{2}){0,2})?|\d{10})"
+_DATE = (
+    r"(?:\d{8}(?:\d{2,6}|-\d{9,11})?|\d{4}-\d{2}-\d{2}(?:[-_T]?\d{2}(?:[-:]?\d{2}){0,2})?|\d{10})"
+)
 _COMPRESSED = r"(?:\.(?:gz|xz|bz2))?"
 
 
@@ -619,9 +632,10 @@ class FileSource:
                 comp = sniff(fd)
                 head = stream_head(fd, comp, FP_BYTES)
                 same = _head_matches(head, fp) and (comp is not None or offset <= st.st_size)
-                if not same:  # rewritten before it was rotated: all of it is new
-                    offset, fp = 0, _fp_of(head)
             except OSError:
+                os.close(fd)
+                return None
+            if not same:  # its inode reused (a compressed copy…): the sibling scan decides
                 os.close(fd)
                 return None
             log.info("%s: finishing %s (rotated from %s)", self.name, sib, path)
@@ -732,8 +746,9 @@ class FileSource:
             unread = size - offset
             self._loss(
                 f"truncated:{path}",
-                f"{path} was truncated and no copy of it (a rotated file starting with the same "
-                f"bytes, at least {offset} bytes long) was found: the lines written after byte "
+                f"{path} was truncated (or replaced by a file on the same inode) and no copy of "
+                f"it (a rotated file starting with the same bytes, at least {offset} bytes long) "
+                f"was found: the lines written after byte "
                 f"{offset} before the truncation were not read"
                 + (f" (at least {unread} bytes)" if unread > 0 else ""),
                 now,
@@ -980,6 +995,8 @@ class FileSource:
             st = os.fstat(tf.fd)
             if st.st_nlink > 0 and self._findable(tf):
                 self._record_done(tf.identity, st.st_size, tf.fp, tf.read_pos)
+            elif st.st_nlink == 0 and tf.comp is None:
+                self._record_compressed(tf)
         except OSError:
             pass
         _close(tf)
@@ -987,6 +1004,24 @@ class FileSource:
         if self._done_dirty:
             cps.append(self._done_checkpoint())
         return [Batch(self.name, lines, cps, last.truncated if last is not None else 0)]
+
+    def _record_compressed(self, tf: _Tracked) -> None:
+        """A deleted file read to its end: if it was deleted because it was compressed
+        (logrotate's ``compress``), remember the compressed copy as read to that end."""
+        for path in self._sibling_paths({tf.path}):
+            try:
+                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            except OSError:
+                continue
+            try:
+                st = os.fstat(fd)
+                comp = sniff(fd)
+                if comp is not None and _head_matches(stream_head(fd, comp, FP_BYTES), tf.fp):
+                    self._record_done((st.st_dev, st.st_ino), st.st_size, tf.fp, tf.read_pos)
+            except OSError:
+                pass
+            finally:
+                os.close(fd)
 
     def _findable(self, tf: _Tracked) -> bool:
         """Is the file still where a later sibling scan would look (then it is remembered as

@@ -310,14 +310,15 @@ def sniff(fd: int) -> str | None:
 
 
 def open_stream(fd: int, kind: str) -> BinaryIO:
-    """A decompressing reader of the whole file ``fd`` (left open when the reader is closed).
-    The decompressors read and inflate in small steps: memory stays bounded by the read size."""
-    raw = os.fdopen(os.dup(fd), "rb")
+    """A decompressing reader of the whole file ``fd`` (opened anew through ``/proc/self/fd``,
+    so the file is read even once deleted; ``fd`` stays open). The decompressors read and
+    inflate in small steps: memory stays bounded by the read size."""
+    path = f"/proc/self/fd/{fd}"
     if kind == "gz":
-        return gzip.GzipFile(fileobj=raw, mode="rb")  # type: ignore[return-value]
+        return gzip.open(path, "rb")  # type: ignore[return-value]
     if kind == "xz":
-        return lzma.LZMAFile(raw)  # type: ignore[return-value]
-    return bz2.BZ2File(raw)  # type: ignore[return-value]
+        return lzma.open(path, "rb")  # type: ignore[return-value]
+    return bz2.open(path, "rb")  # type: ignore[return-value]
 
 
 def stream_head(fd: int, kind: str | None, n: int) -> bytes:
