@@ -413,10 +413,14 @@ class FileSource:
         if self._scan_wanted:
             self._scan_wanted = False
             self._scan(now, seen_paths)
+        deletes = [Checkpoint(self.name, k, {}, delete=True) for k in self._consumed]
         if first:
-            cp_only.extend(self._forget_lost_checkpoints(seen_paths, now))
-        cp_only.extend(Checkpoint(self.name, k, {}, delete=True) for k in self._consumed)
+            deletes.extend(self._forget_lost_checkpoints(seen_paths, now))
         self._consumed.clear()
+        # a key now tracked again (its inode found by the scan, or reused) keeps its checkpoint:
+        # the deletion would otherwise be committed after that file's new positions
+        tracked = {tf.key for tf in self._files.values()}
+        cp_only.extend(d for d in deletes if d.key not in tracked)
         draining = sorted(
             (tf for tf in self._files.values() if tf.draining_since is not None),
             key=lambda tf: (tf.draining_since or now, tf.age, tf.path),
