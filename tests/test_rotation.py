@@ -9,6 +9,7 @@ import dataclasses
 import gzip
 import os
 import shutil
+import time
 from pathlib import Path
 
 from detector.sources import files
@@ -173,8 +174,10 @@ async def test_a_gap_in_rotation_numbers_is_a_loss_event(tmp_path: Path) -> None
     async with tailing(config(log)) as t:
         await t.drain()
         await t.source.aclose()
-        for n in (3, 1):
+        for n in (3, 1):  # logrotate's numbers: .1 is the newest
             append(tmp_path / f"app.log.{n}", lines(10 * n, 10 * n))
+            at = time.time() + 3 - n
+            os.utime(tmp_path / f"app.log.{n}", (at, at))
         await t.restart()
         await t.drain()
         (p,) = t.source.problems()
@@ -259,3 +262,129 @@ def test_rotated_and_exclude_are_read_from_the_config_and_checked(tmp_path: Path
         assert "bad.yaml:5" in str(e) and "exclude" in str(e)
     else:
         raise AssertionError("an empty exclude glob was accepted")
+
+
+# ---------------------------------------------------------------- read once, not twice
+
+
+def gzip_to(src: Path, dst: Path) -> None:
+    with src.open("rb") as s, gzip.open(dst, "wb") as d:
+        shutil.copyfileobj(s, d)
+
+
+async def test_a_copy_on_the_inode_of_a_copy_read_to_its_end_is_another_file(
+    tmp_path: Path,
+) -> None:
+    """logrotate's copytruncate + delaycompress: the copy read to its end is compressed and
+    deleted, and the next copy gets its inode (made certain here by reusing it in place), of
+    the same size. That copy is not taken for the one read (which left it unread, so that its
+    own compressed copy was read again from its start), and the compressed copy of the one read
+    is still known: each line once."""
+    log, copy = tmp_path / "app.log", tmp_path / "app.log.1"
+    async with tailing(config(log)) as t:
+        append(log, lines(1, 5))
+        await t.drain()
+        shutil.copyfile(log, copy)
+        os.truncate(log, 0)
+        append(log, lines(6, 10))  # as long as lines 1-5
+        await t.drain()
+        ino = copy.stat().st_ino
+        gzip_to(copy, tmp_path / "app.log.2.gz")
+        with copy.open("r+b") as f:  # the inode of the copy read to its end, other lines
+            f.write(log.read_bytes())
+        assert copy.stat().st_ino == ino and copy.stat().st_size == log.stat().st_size
+        os.truncate(log, 0)
+        append(log, lines(11, 12))
+        await t.drain()
+        t.clock.advance(QUIET)
+        await t.drain()
+        assert sorted(t.texts()) == texts(1, 12)
+        assert t.source.problems() == []  # the new copy was found: no loss to tell
+        gzip_to(copy, tmp_path / "app.log.3.gz")  # the next rotation compresses it, while down
+        copy.unlink()
+        await t.restart()
+        await t.drain()
+        assert sorted(t.texts()) == texts(1, 12)
+
+
+async def test_a_restart_after_a_truncation_was_committed_reads_its_copy_from_the_position(
+    tmp_path: Path,
+) -> None:
+    """The sweep that sees a copytruncate commits the file's new position (0); the copy is
+    looked for in the next sweep. Killed in between, the agent still knows how far the old
+    content was read: the copy is read from there, not from its start."""
+    log = tmp_path / "app.log"
+    append(log, lines(1, 5))
+    async with tailing(config(log)) as t:
+        await t.drain()
+        append(log, lines(6, 7))
+        shutil.copyfile(log, tmp_path / "app.log.1")
+        os.truncate(log, 0)
+        append(log, lines(8, 8))
+        await t.poll()  # sees the truncation, commits position 0 and line 8
+        await t.restart()  # killed before the next sweep
+        await t.drain()
+        t.clock.advance(QUIET)
+        await t.drain()
+        assert sorted(t.texts()) == texts(1, 8)
+        assert t.source.problems() == []
+
+
+async def test_a_copytruncate_of_lines_not_read_yet_is_found_by_its_new_name(
+    tmp_path: Path,
+) -> None:
+    """Written, copied and cut between two sweeps, before a byte was read: the file is as
+    long as it was (empty). Only the copy's new name tells; it is read from its start."""
+    log = tmp_path / "app.log"
+    log.touch()
+    async with tailing(config(log)) as t:
+        await t.drain()  # seen empty
+        append(log, lines(1, 4))
+        shutil.copyfile(log, tmp_path / "app.log.1")
+        os.truncate(log, 0)
+        append(log, b"")
+        await t.drain()
+        t.clock.advance(QUIET)
+        await t.drain()
+        assert t.texts() == texts(1, 4)
+
+
+async def test_a_copy_made_before_the_cut_is_not_read_besides_the_file(tmp_path: Path) -> None:
+    """A sweep between logrotate's copy and its truncation: the copy holds the lines the file
+    is about to give (not read yet, so not in the file's fingerprint): it is left, and read
+    from where the file was once it is cut."""
+    log = tmp_path / "app.log"
+    log.touch()
+    async with tailing(config(log)) as t:
+        await t.drain()
+        append(log, lines(1, 4))
+        shutil.copyfile(log, tmp_path / "app.log.1")
+        await t.drain()  # reads lines 1-4 from the file, leaves the copy
+        append(log, lines(5, 5))
+        shutil.copyfile(log, tmp_path / "app.log.1")
+        os.truncate(log, 0)
+        append(log, lines(6, 6))
+        await t.drain()
+        t.clock.advance(QUIET)
+        await t.drain()
+        assert sorted(t.texts()) == texts(1, 6)
+        assert t.source.problems() == []
+
+
+async def test_numbers_that_grow_with_time_are_not_a_gap(tmp_path: Path) -> None:
+    """``app.log.1``, ``.4``, ``.9``… named by a counter (newest highest) are not logrotate's
+    shifting numbers: no gap is reported for them."""
+    log = tmp_path / "app.log"
+    append(log, lines(1, 1))
+    async with tailing(config(log)) as t:
+        await t.drain()
+        for n in (1, 4):
+            log.rename(tmp_path / f"app.log.{n}")
+            append(log, lines(n + 1, n + 1))
+            at = time.time() + n
+            os.utime(tmp_path / f"app.log.{n}", (at, at))
+            await t.drain()
+        t.clock.advance(QUIET)
+        await t.drain()
+        assert t.texts() == [*texts(1, 2), *texts(5, 5)]
+        assert t.source.problems() == []

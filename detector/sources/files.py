@@ -61,17 +61,23 @@ injected clock, so it works without inotify too. Choices, in the order a file me
    the old size cannot be told apart from the old content. If inotify is unavailable (or a watched
    directory is deleted) the sweep every ``poll_interval`` still finds everything.
 9. *Rotated siblings.* At start and at every rotation (a file left its path, a new file, a
-   truncation) the sweep looks at the rotated copies of each watched path: logrotate's names
-   (:func:`_sibling_re`), the source's ``rotated:`` glob, the globbed files, minus ``exclude:``.
-   One tracked by identity is skipped; one whose first bytes match a known file (a checkpoint
-   whose file is gone, a file truncated just now, one of the ``DONE_KEY`` files read to their
-   end) is read from that file's offset; one matching a file being read is a copy of it and is
-   left; one never seen, modified since the last committed sweep began (``seen`` in the
-   checkpoints), is read from 0; older ones are history. gzip/xz/bzip2 copies are read as
+   truncation, a sibling name that was not there at the last sweep) the sweep looks at the
+   rotated copies of each watched path: logrotate's names (:func:`_sibling_re`), the source's
+   ``rotated:`` glob, the globbed files, minus ``exclude:``. One tracked by identity is skipped;
+   one whose first bytes match a known file (a checkpoint whose file is gone, a file truncated
+   just now, one of the ``DONE_KEY`` files read to their end) is read from that file's offset;
+   one matching a file being read (what was read of it, or what it holds now) is a copy of it
+   and is left; one never seen, modified since the last committed sweep began (``seen`` in the
+   checkpoints), is read from 0; older ones are history. A ``DONE_KEY`` file is known by inode
+   *and* first bytes (logrotate frees the inode of a copy it compressed, and the next copy often
+   gets it), and an entry is never dropped for another file on its inode. A truncation puts what
+   was read of the old content in ``DONE_KEY`` and commits it *before* the file's new position,
+   so a restart in between still reads the copy from there. gzip/xz/bzip2 copies are read as
    streams (``sources/lines.py``). What cannot be read is an *event* problem (occurrence > 0): a
-   checkpointed file gone with bytes known unread (``gone:``), a gap in rotation numbers
-   (``gap:``), a truncation whose copy is not found (``truncated:``); each stays listed for
-   ``LOSS_NOTICE_FOR``. So a file rotated twice between two sweeps is no longer skipped.
+   checkpointed file gone with bytes known unread (``gone:``), a gap in logrotate's shifting
+   numbers (``gap:``: ``.1`` newest, ``.3`` older, no ``.2``), a truncation whose copy is not
+   found (``truncated:``); each stays listed for ``LOSS_NOTICE_FOR``. So a file rotated twice
+   between two sweeps is no longer skipped.
 """
 
 from __future__ import annotations
@@ -80,6 +86,7 @@ import asyncio
 import fnmatch
 import glob
 import hashlib
+import itertools
 import logging
 import os
 import re
@@ -300,6 +307,8 @@ class FileSource:
         self._events: dict[str, SourceProblem] = {}
         self._event_at: dict[str, datetime] = {}
         self._gaps_told: set[tuple[str, frozenset[int]]] = set()
+        self._sibling_names: set[str] = set()  # the rotated copies' paths at the last sweep
+        self._rescan = False
 
     # ------------------------------------------------------------ public API
 
@@ -410,9 +419,15 @@ class FileSource:
                 log.info("%s: %s was rotated or deleted; reading it to its end", self.name, tf.path)
                 tf.draining_since = now
                 self._scan_wanted = True
+        siblings = self._sibling_paths(seen_paths)
+        if siblings.keys() != self._sibling_names:
+            # a rotated copy appeared (or names shifted): the only trace of a copytruncate of
+            # lines written after the last sweep, as the file is then as long as it was
+            self._sibling_names = set(siblings)
+            self._scan_wanted = True
         if self._scan_wanted:
             self._scan_wanted = False
-            self._scan(now, seen_paths)
+            self._scan(now, siblings)
         deletes = [Checkpoint(self.name, k, {}, delete=True) for k in self._consumed]
         if first:
             deletes.extend(self._forget_lost_checkpoints(seen_paths, now))
@@ -427,6 +442,8 @@ class FileSource:
         )
 
         batches: list[Batch] = []
+        if self._done_dirty:  # what is known read goes before the positions that rely on it
+            batches.append(Batch(self.name, [], [self._done_checkpoint()]))
         budget = SWEEP_BLOCKS
         self._more = False
         for tf in [*draining, *order]:
@@ -445,6 +462,8 @@ class FileSource:
             if tf.dirty:
                 cp_only.append(self._checkpoint(tf))
                 tf.dirty = False
+        if self._rescan:
+            self._rescan, self._scan_wanted = False, True
         if self._done_dirty:
             cp_only.append(self._done_checkpoint())
         if cp_only:
@@ -457,7 +476,8 @@ class FileSource:
         self._problems = problems
         self._watch_dirs = self._dirs_to_watch()
         self._warn_cuts_left(now)
-        self._since_ns = self._sweep_ns - SINCE_MARGIN_NS
+        if not self._scan_wanted:  # a scan asked for by a read looks back from before it
+            self._since_ns = self._sweep_ns - SINCE_MARGIN_NS
         for key, at in list(self._event_at.items()):
             if now - at >= LOSS_NOTICE_FOR:
                 del self._event_at[key], self._events[key]
@@ -549,6 +569,7 @@ class FileSource:
                 size_then = cp.get("size")
                 known = size_then if isinstance(size_then, int) else offset
                 self._pending_copies.append((fp, offset, tf.path, known))
+                self._record_done(tf.identity, known, fp, offset)  # committed before reads
             return 0
         got = None if explicit else self._classify(tf.identity, size, os.pread(tf.fd, FP_BYTES, 0))
         if got is not None:
@@ -633,6 +654,10 @@ class FileSource:
             except OSError:
                 continue
             try:
+                st = os.fstat(fd)
+                if (st.st_dev, st.st_ino) != (dev, ino):  # renamed away since the stat
+                    os.close(fd)
+                    continue
                 comp = sniff(fd)
                 head = stream_head(fd, comp, FP_BYTES)
                 same = _head_matches(head, fp) and (comp is not None or offset <= st.st_size)
@@ -688,13 +713,20 @@ class FileSource:
         for tf in self._files.values():
             if tf.identity != ident and tf.comp is None:
                 offer(tf.fp, "defer", 0, tf.path, None)
+                try:  # what it holds now, maybe more than when last read: a copy made since
+                    now_head = os.pread(tf.fd, min(FP_BYTES, len(head)), 0)
+                except OSError:
+                    continue
+                offer(_fp_of(now_head), "fresh", 0, tf.path, None)
         for dev, ino, _, fp, offset in self._done:
             if (dev, ino) != ident:
                 offer(fp, "known", offset, "", None)
         if best is None:
             return None
         _, kind, offset, path, ref = best
-        if kind == "copy":
+        if kind == "fresh":  # a copy of bytes not read yet: once they are, look again (a
+            self._rescan, kind = True, "defer"  # truncation right after the copy is unseen)
+        elif kind == "copy":
             del self._pending_copies[ref]
             kind = "known"
         elif kind == "cp":
@@ -727,12 +759,10 @@ class FileSource:
             out.setdefault(path, path)
         return {p: w for p, w in out.items() if not self._excluded(p)}
 
-    def _scan(self, now: datetime, seen_paths: set[str]) -> None:
+    def _scan(self, now: datetime, siblings: Mapping[str, str]) -> None:
         """At start and at every rotation: open the rotated copies whose lines were not read
         (module docstring, 9.), and tell what cannot be read."""
         since = self._since_ns
-        done_ids = {(dev, ino): (size, offset) for dev, ino, size, _, offset in self._done}
-        siblings = self._sibling_paths(seen_paths)
         for path, owner in siblings.items():
             try:
                 st = os.stat(path)
@@ -741,10 +771,7 @@ class FileSource:
             ident = (st.st_dev, st.st_ino)
             if not stat.S_ISREG(st.st_mode) or ident in self._files or not st.st_size:
                 continue
-            done = done_ids.get(ident)
-            if done is not None and done[0] == st.st_size:
-                continue  # read to its end already
-            self._open_sibling(path, owner, st, done=done, since=since, now=now)
+            self._open_sibling(path, owner, st, since=since, now=now)
         self._check_gaps(siblings, since, now)
         for _, offset, path, size in self._pending_copies:
             unread = size - offset
@@ -765,7 +792,6 @@ class FileSource:
         owner: str,
         st: os.stat_result,
         *,
-        done: tuple[int, int] | None,
         since: int | None,
         now: datetime,
     ) -> None:
@@ -774,12 +800,20 @@ class FileSource:
         except OSError:
             return
         try:
+            st = os.fstat(fd)  # what was opened: the path may lead to another file by now
             comp = sniff(fd)
             head = stream_head(fd, comp, FP_BYTES)
         except OSError:
             os.close(fd)
             return
         ident = (st.st_dev, st.st_ino)
+        if ident in self._files or not stat.S_ISREG(st.st_mode) or not st.st_size:
+            os.close(fd)
+            return
+        done = self._done_of(ident, head)
+        if done is not None and done[0] == st.st_size:
+            os.close(fd)
+            return  # read to its end already
         got = self._classify(ident, st.st_size, head, comp) if head else None
         if got is not None and got[0] == "defer":
             os.close(fd)
@@ -787,7 +821,7 @@ class FileSource:
         if got is not None:
             offset, owner = got[1], got[2] or owner
         elif done is not None:
-            offset = done[1]  # read to its end, and it grew since
+            offset = done[2]  # read to its end, and it grew since
         elif since is not None and st.st_mtime_ns >= since:
             offset = 0  # written since the last committed position, and never read
         else:
@@ -824,6 +858,9 @@ class FileSource:
         for owner, numbers in by_owner.items():
             if 1 not in numbers or max(numbers) > 1000:
                 continue
+            by_number = [numbers[n] for n in sorted(numbers)]
+            if any(newer <= older for newer, older in itertools.pairwise(by_number)):
+                continue  # not logrotate's shifting numbers (there .1 is the newest, and so on)
             missing = frozenset(set(range(1, max(numbers))) - numbers.keys())
             if not missing or (owner, missing) in self._gaps_told:
                 continue
@@ -846,10 +883,25 @@ class FileSource:
         self._events[key] = SourceProblem(self.name, key, message, occurrence=seq + 1)
         self._event_at[key] = now
 
+    def _done_of(self, ident: Identity, head: bytes) -> tuple[int, str, int] | None:
+        """(size, fp, offset) of the file ``ident`` if it was read to its end: by its inode
+        *and* its first bytes (logrotate frees the inode of a copy it compressed and the next
+        copy often gets it: that is another file). The longest fingerprint wins."""
+        best: tuple[int, str, int] | None = None
+        for dev, ino, size, fp, offset in self._done:
+            longer = best is None or _fp_len(fp) >= _fp_len(best[1])
+            if (dev, ino) == ident and _head_matches(head, fp) and longer:
+                best = (size, fp, offset)
+        return best
+
     def _record_done(self, ident: Identity, size: int, fp: str, offset: int) -> None:
+        """Remember that the file ``ident`` starting like ``fp`` was read up to ``offset``.
+        An older entry of the same inode with another fingerprint is kept: it is the only
+        record of another file's content (the inode was reused), which a copy of that file
+        (its compressed copy) is still matched against."""
         if _fp_len(fp) == 0:
             return
-        self._done = [e for e in self._done if (e[0], e[1]) != ident]
+        self._done = [e for e in self._done if (e[0], e[1], e[3]) != (*ident, fp)]
         self._done.append((ident[0], ident[1], size, fp, offset))
         del self._done[:-DONE_MAX]
         self._done_dirty = True
@@ -883,10 +935,18 @@ class FileSource:
                     if tf.offset > 0 and _fp_len(tf.fp) > 0:  # copytruncate: find the copy
                         self._pending_copies.append((tf.fp, tf.offset, tf.path, tf.size))
                         self._scan_wanted = self._more = True
+                        # what was read of the old content outlives this position: committed
+                        # before it, so that a restart still reads the copy from there
+                        self._record_done(tf.identity, tf.size, tf.fp, tf.offset)
+                        batches.append(Batch(self.name, [], [self._done_checkpoint()]))
                     tf.offset = tf.read_pos = 0
                     tf.assembler.reset()
                     tf.fp = _fingerprint(tf.fd)
                     tf.dirty = True
+                elif st.st_size == tf.read_pos and tf.mtime_ns:
+                    # changed, not longer: written then truncated between two sweeps before
+                    # we read a byte of it (copytruncate): its copy is a sibling never seen
+                    self._scan_wanted = self._more = True
                 tf.size, tf.mtime_ns = st.st_size, st.st_mtime_ns
                 if int(tf.fp.partition(":")[0]) < min(FP_BYTES, st.st_size):
                     tf.fp = _fingerprint(tf.fd)
