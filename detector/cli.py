@@ -17,8 +17,12 @@ import platform
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from detector import __version__
+
+if TYPE_CHECKING:
+    from detector.model import SourceConfig
 
 DEFAULT_CONFIG = "/etc/detector/rules.yaml"
 
@@ -229,6 +233,32 @@ def cmd_version(args: argparse.Namespace) -> int:
     return 0
 
 
+def _describe_source(source: SourceConfig) -> str:
+    """One line of ``detector check``: what a source reads, with the keys that narrow it."""
+    from detector.model import FileSourceConfig  # noqa: PLC0415
+
+    if isinstance(source, FileSourceConfig):
+        keys = []
+        if source.exclude:
+            keys.append(f"exclude: {', '.join(source.exclude)}")
+        if source.rotated:
+            keys.append(f"rotated: {source.rotated}")
+        if source.start_at != "end":
+            keys.append(f"start_at: {source.start_at}")
+        return f"file {', '.join(source.paths)}" + (f" ({'; '.join(keys)})" if keys else "")
+    keys = [
+        f"{key}: {', '.join(values)}"
+        for key, values in (("units", source.units), ("identifiers", source.identifiers))
+        if values
+    ]
+    keys += [f"{field}={', '.join(values)}" for field, values in source.match.items()]
+    if source.priority is not None:
+        keys.append(f"priority: {source.priority}")
+    if source.namespace:
+        keys.append(f"namespace: {source.namespace}")
+    return "journald" + (f" ({'; '.join(keys)})" if keys else "")
+
+
 def cmd_check(args: argparse.Namespace) -> int:
     from detector.cli_support import load_config_or_exit  # noqa: PLC0415
     from detector.matching import Matcher  # noqa: PLC0415
@@ -240,6 +270,8 @@ def cmd_check(args: argparse.Namespace) -> int:
         f"{args.config}: OK — {len(config.sources)} sources, {len(config.rules)} rules, "
         f"{len(config.webhooks)} webhooks"
     )
+    for source in config.sources.values():
+        print(f"  source {source.name}: {_describe_source(source)}")
     for rule in config.rules:
         flag = "" if rule.enabled else " (disabled)"
         print(f"  rule {rule.name}: {rule.kind} on {', '.join(rule.sources)}{flag}")

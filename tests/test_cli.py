@@ -475,3 +475,23 @@ def test_help_into_a_closed_pipe_ends_quietly() -> None:
     out = run_into_closed_pipe("check", "--help", env={})
     assert out.stderr == ""
     assert out.returncode == 0  # argparse itself drops a failed write of the help
+
+
+def test_check_lists_each_source_with_its_keys(tmp_path: Path) -> None:
+    cfg = tmp_path / "rules.yaml"
+    cfg.write_text(
+        "version: 1\nsources:\n"
+        "  app: {file: /var/log/app.log*, exclude: ['*.gz'], rotated: /var/log/old/app.log-*}\n"
+        "  plain: {file: /var/log/plain.log}\n"
+        "  sys: {journald: {units: [ssh.service, cron.service]}}\n"
+        "rules:\n  - {name: r, source: app, match: x}\n"
+    )
+    out = run("check", "-c", str(cfg))
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert (
+        "  source app: file /var/log/app.log* (exclude: *.gz; rotated: /var/log/old/app.log-*)"
+        in lines
+    )
+    assert "  source plain: file /var/log/plain.log" in lines
+    assert "  source sys: journald (units: ssh.service, cron.service)" in lines
