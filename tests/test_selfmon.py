@@ -502,3 +502,25 @@ async def test_a_read_only_state_disk_at_start_is_degraded_not_a_crash_loop(
         finally:
             subprocess.run(["mount", "-o", "remount,rw", str(small_disk)], check=False)
         assert summaries(rx)[1][0] == "resolved"
+
+
+async def test_an_agent_alert_left_open_by_a_stop_resolves_after_the_restart_if_gone(
+    tmp_path: Path,
+) -> None:
+    missing = tmp_path / "app.log"
+    missing.mkdir()  # a directory where the log should be: unreadable
+    clock = FakeClock(T0)
+    async with Receiver() as rx:
+        cfg = config_in(tmp_path, RULES.format(log=missing), rx.url + "/hook", "source_grace: 1m\n")
+        async with running(cfg, clock) as agent:
+            await until(lambda: bool(agent.problems.pending()), what="the problem")
+            await until(lambda: bool(agent_alerts(rx)), clock, what="the agent alert")
+        assert summaries(rx)[0][0] == "firing"
+        missing.rmdir()
+        missing.touch()  # fixed while the agent was stopped
+        async with running(cfg, clock) as agent:
+            # the first look at the source finds it fine: resolved then, not left open for ever
+            await until(lambda: len(agent_alerts(rx)) == 2, what="the resolve")
+        status, summary = summaries(rx)[1]
+        assert status == "resolved"
+        assert summary == "no longer seen since the agent restarted"
