@@ -134,7 +134,6 @@ class Agent:
         self.health = Health(clock, problems=self.problems)
         self.monitor = SelfMonitor(
             problems=self.problems,
-            health=self.health,
             clock=clock,
             notifier=self.notifier,
             emit=self.raise_agent_signal,

@@ -19,7 +19,6 @@ from typing import Any
 import pytest
 
 from detector.clock import FakeClock
-from detector.health import Health
 from detector.problems import RENOTIFY_MIN, Problems
 from detector.rules.base import Signal
 from detector.sdnotify import Notifier
@@ -105,7 +104,6 @@ def monitor_for(clock: FakeClock, sent: list[Signal]) -> SelfMonitor:
     problems = Problems()
     return SelfMonitor(
         problems=problems,
-        health=Health(clock, problems=problems),
         clock=clock,
         notifier=Notifier({}),
         emit=sent.append,
