@@ -601,3 +601,26 @@ async def test_a_payload_that_cannot_render_is_dead_lettered_without_blocking_ot
     assert [r.headers["Idempotency-Key"] for r in rx.received] == ["good"]
     (err,) = store.execute("SELECT last_error FROM outbox WHERE event_id='bad'")
     assert err[0].startswith("cannot render")
+
+
+async def test_counts_say_apart_what_was_attempted_failed_delivered_and_dead(
+    store: Store, db: AsyncStore, rx: Receiver, session: aiohttp.ClientSession
+) -> None:
+    clock = FakeClock(START)
+    enqueue(store, "hook", [("refused", "fp1"), ("ok1", "fp2"), ("ok2", "fp3")])
+    rx.push(Reply(400, "bad payload"))
+    counts: dict[str, int] = {}
+
+    def count(metric: str, n: int) -> None:
+        counts[metric] = counts.get(metric, 0) + n
+
+    w = worker(hook(rx.url), db, clock, session, on_count=count)
+    await w.run_once()
+    assert states(store)["refused"][0] == "dead"
+    assert counts == {
+        "delivery_attempts": 3,
+        "delivery_failures": 1,
+        "notifications_delivered": 2,
+        "dead_letters": 1,
+    }
+    assert w.stats().delivered == 2 and w.stats().dead == 1

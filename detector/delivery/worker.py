@@ -63,7 +63,9 @@ from detector.store.db import AsyncStore, Store
 log = logging.getLogger("detector.delivery")
 
 PathHealth = Callable[[str, bool, str], None]  # (webhook, failing, reason)
-Counted = Literal["delivery_attempts", "delivery_failures", "dead_letters"]
+Counted = Literal[
+    "delivery_attempts", "delivery_failures", "dead_letters", "notifications_delivered"
+]
 DeadLetter = Callable[[str, str, str], None]  # (webhook, event_id, reason)
 RATE_WINDOW = timedelta(minutes=1)
 FAILING_AFTER = timedelta(minutes=5)
@@ -123,7 +125,8 @@ class DeliveryWorker:
         self._on_path_health = on_path_health
         self._on_dead_letter = on_dead_letter
         self._on_count = on_count
-        """Told each attempt, failure and dead letter as it happens (the agent's /metrics)."""
+        """Told each attempt, failure, delivered notification and dead letter as it happens
+        (the agent's /metrics)."""
         self._batch = batch
         self._digest_max = digest_max
         if resend_every is None and webhook.format == "alertmanager":
@@ -161,6 +164,8 @@ class DeliveryWorker:
             self._attempts += n
         elif metric == "delivery_failures":
             self._failures += n
+        elif metric == "notifications_delivered":
+            self._delivered += n
         else:
             self._dead += n
         if self._on_count is not None:
@@ -330,7 +335,7 @@ class DeliveryWorker:
         self._note_sent(now)
         self._health(outcome, now)
         if outcome.ok:
-            self._delivered += 1
+            self._count("notifications_delivered")
             ids = [row.id]
             await self.db.run(lambda s: outbox.mark_delivered(s, ids, now))
             await self._after_success(now)
@@ -500,7 +505,7 @@ class DeliveryWorker:
         self._health(outcome, now)
         ids = [r.id for r in rows]
         if outcome.ok:
-            self._delivered += len(rows)
+            self._count("notifications_delivered", len(rows))
             self._digests += 1
             log.warning("delivery to %s: %d alerts sent as one digest", self.name, len(rows))
             await self.db.run(lambda s: outbox.mark_delivered(s, ids, now, f"in digest {key}"))
