@@ -586,7 +586,7 @@ class Agent:
                 seen_events.add(row.event_id)
                 self.health.inc("alerts", kind=str(p["kind"]), state=str(p["notification"]))
                 log.info("alert %s [%s] %s", p["notification"], p["severity"], p["summary"])
-            self.health.inc("notifications", webhook=row.webhook)
+            self.health.inc("notifications_queued", webhook=row.webhook)
             if row.webhook not in woken and row.webhook in self.workers:
                 woken.add(row.webhook)
                 self.workers[row.webhook][0].wake()
