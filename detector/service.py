@@ -367,7 +367,12 @@ class Agent:
         return not self._stop.is_set()
 
     async def _send_from_memory(self, book: AlertBook, signals: list[Signal]) -> Commit:
-        return await send_from_memory(book, signals, self.config.webhooks, self.session, self.clock)
+        def delivered(webhook: str) -> None:
+            self.health.inc("notifications_delivered", webhook=webhook)
+
+        return await send_from_memory(
+            book, signals, self.config.webhooks, self.session, self.clock, on_delivered=delivered
+        )
 
     async def _start_source(self, name: str, cfg: SourceConfig) -> None:
         checkpoints = await self.db.run(lambda s: s.load_checkpoints(name))

@@ -182,6 +182,7 @@ async def test_a_state_file_that_cannot_be_opened_leaves_the_agent_up_degraded_u
             await until(lambda: bool(agent_alerts(rx)), what="the agent alert from memory")
             [(status, summary)] = summaries(rx)
             assert status == "firing" and "state file cannot be written" in summary
+            assert agent.health.value("notifications_delivered", webhook="hook") == 1
             sent = "\n".join(datagrams(sock))
             assert "READY=1" in sent  # systemd sees it started: no restart loop into the limit
             assert "STATUS=degraded: state: state file cannot be written" in sent
