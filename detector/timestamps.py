@@ -62,7 +62,8 @@ _LAST_YEAR = timedelta(days=335)
 """A syslog stamp this far after the latest one seen is a late line of the year before."""
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _SCAN = 64
-"""How far into a line a stamp is looked for when the line does not start with one."""
+"""How far into a line a stamp is looked for when the line does not start with one (the stamp
+may end 40 characters later)."""
 _CACHE_MAX = 4096
 """Entries per cache: minutes and whole stamps of a replay come in order, so old ones are
 simply dropped when a cache is full."""
@@ -190,8 +191,8 @@ class TimeParser:
             return at
         # no stamp at the start: a stamp after a prefix (host, level…)
         return (
-            self._iso(_ISO.search(text, 0, _SCAN))
-            or self._dashed(_DASHED.search(text, 0, _SCAN))
+            self._iso(_ISO.search(text, 0, _SCAN + 40))
+            or self._dashed(_DASHED.search(text, 0, _SCAN + 40))
             or self._clf(text)
             or self._ctime(_CTIME.search(text, 0, _SCAN))
             or self._epoch(text)
