@@ -150,8 +150,9 @@ class AlertBook:
         self._pruned_at: datetime | None = None
         self._changed: dict[str, Alert | None] = {}
         self._outbox: list[OutboxRow] = []
-        self.record: Callable[[dict[str, Any]], None] | None = None
-        """If set, called with every notification's payload too (``detector test``)."""
+        self.record: Callable[[dict[str, Any], str], None] | None = None
+        """If set, called with every notification's payload and its alert's key too
+        (``detector test``)."""
         self.configure(rules, webhooks, fallback)
 
     def configure(
@@ -183,14 +184,17 @@ class AlertBook:
 
     # ---------------------------------------------------------------- signals
 
-    def apply(self, signals: Iterable[Signal], now: datetime) -> None:
+    def apply(self, signals: Iterable[Signal], now: datetime | None) -> None:
+        """``now`` None: each notification is stamped with its signal's time (a replay's
+        simulated clock)."""
         for s in signals:
+            at = s.at if now is None else now
             if s.action == "fire":
-                self._fire(s, now)
+                self._fire(s, at)
             elif s.action == "resolve":
-                self._resolve(s.rule, s.key, s.at, now, s)
+                self._resolve(s.rule, s.key, s.at, at, s)
             else:
-                self._info(s, now)
+                self._info(s, at)
 
     def _routing(self, rule: str, kind: str) -> tuple[tuple[str, ...], Severity, RuleConfig | None]:
         cfg = self.rules.get(rule)
@@ -326,7 +330,7 @@ class AlertBook:
         event_id = uuid.uuid4().hex
         payload = alert.payload(notification, event_id, now)
         if self.record is not None:
-            self.record(payload)
+            self.record(payload, alert.key)
         for webhook in alert.notify:
             self._outbox.append(
                 OutboxRow(

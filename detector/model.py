@@ -73,6 +73,10 @@ class FileSourceConfig:
     max_line_bytes: int = 64 * 1024
     poll_interval: timedelta = timedelta(seconds=1)  # stat sweep (safety net under inotify)
     location: Location | None = None
+    # how `detector test` reads the lines' own time (the live agent uses arrival time)
+    timezone: str | None = None  # IANA zone of stamps without an offset; None: the host's zone
+    time_format: str | None = None  # strptime format of the stamp
+    time_regex: str | None = None  # where the stamp is: its `time` group, else its first group
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, cast
 from urllib.parse import urlsplit
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from yaml.nodes import Node, ScalarNode
 
@@ -67,7 +68,9 @@ _AGENT_KEYS = (
     "log_format",
 )
 DEFAULTS_KEYS = ("severity", "notify", "repeat", "resolve_after", "owner", "runbook", "labels")
-_FILE_KEYS = ("file", "start_at", "max_line_bytes", "poll_interval")
+_TIME_KEYS = ("timezone", "time_format", "time_regex")
+"""How ``detector test`` reads a file source's stamps (see ``timestamps.py``)."""
+_FILE_KEYS = ("file", "start_at", "max_line_bytes", "poll_interval", *_TIME_KEYS)
 _JOURNALD_KEYS = (
     "units",
     "identifiers",
@@ -250,15 +253,57 @@ def _file(
         kw["max_line_bytes"] = r.integer(body["max_line_bytes"][1], f"{w}: max_line_bytes", 1)
     if "poll_interval" in body:
         kw["poll_interval"] = r.span(body["poll_interval"][1], f"{w}: poll_interval")
+    kw.update(_time_keys(r, body, w))
     if paths is None or any(v is None for v in kw.values()):
         return None
     return FileSourceConfig(name=name, paths=paths, location=loc, **kw)
 
 
+def _time_keys(r: NodeReader, body: dict[str, tuple[Node, Node]], w: str) -> dict[str, Any]:
+    """``timezone:``, ``time_format:``, ``time_regex:`` of a file source, checked."""
+    kw: dict[str, Any] = {}
+    for key in _TIME_KEYS:
+        if key not in body:
+            continue
+        node = body[key][1]
+        value = r.string(node, f"{w}: {key}")
+        kw[key] = value
+        if value is None:
+            continue
+        if key == "timezone" and value != "local" and value.upper() != "UTC":
+            try:
+                ZoneInfo(value)
+            except (ZoneInfoNotFoundError, ValueError):
+                r.err(
+                    node,
+                    f"{w}: timezone",
+                    f"unknown time zone '{value}' — write e.g. Europe/Berlin, UTC or local",
+                )
+                kw[key] = None
+        elif key == "time_format" and "%" not in value:
+            r.err(node, f"{w}: time_format", "a strptime format such as '%d.%m.%Y %H:%M:%S'")
+            kw[key] = None
+        elif key == "time_regex":
+            try:
+                rx = re.compile(value)
+            except re.error as e:
+                r.err(node, f"{w}: time_regex", f"invalid regex: {e}")
+                kw[key] = None
+                continue
+            if rx.groups == 0:
+                r.err(
+                    node,
+                    f"{w}: time_regex",
+                    "needs a group around the stamp, e.g. 'ts=(\\S+)' or '(?P<time>…)'",
+                )
+                kw[key] = None
+    return kw
+
+
 def _journald(
     r: NodeReader, name: str, body: dict[str, tuple[Node, Node]], w: str, loc: Location
 ) -> JournaldSourceConfig | None:
-    for key in ("max_line_bytes", "poll_interval", "file"):
+    for key in ("max_line_bytes", "poll_interval", "file", *_TIME_KEYS):
         if key in body:
             r.err(body[key][0], w, f"'{key}' applies to file sources only — remove it")
     inner = r.mapping(

@@ -303,6 +303,13 @@ class NewKindEvaluator:
             )
         ]
 
+    def held(self) -> list[Signal]:
+        """The digest of the templates held back this hour, sent now rather than at the hour's
+        end (``detector test`` reports them when its input ends)."""
+        if self.storm.started_at is None or not self.storm.digest:
+            return []
+        return self._roll_storm(self.storm.started_at + HOUR)
+
     def next_deadline(self) -> datetime | None:
         while self._heap and self._open.get(self._heap[0][1]) != self._heap[0][0]:
             heapq.heappop(self._heap)
