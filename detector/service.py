@@ -2,9 +2,9 @@
 
 Read top to bottom, this is the data flow of DESIGN.md §2:
 
-1. ``Agent.run`` loads the config, opens the state file (a corrupt one is moved aside and rebuilt,
-   and the user is told), restores rule state, alerts and source checkpoints, and notes how long
-   the agent was down;
+1. ``Agent.run`` loads the config, opens the state file under its lock (a second agent on the same
+   file exits 2; a corrupt or empty one is moved aside and rebuilt, and the user is told), restores
+   rule state, alerts and source checkpoints, and notes how long the agent was down;
 2. one *pump* task per source pushes its batches into a bounded queue (back-pressure);
 3. the single *processor* task takes a batch (and those already waiting behind it, up to
    ``COALESCE_BATCHES``), runs them through the :class:`Pipeline` and commits the result (state +
@@ -64,7 +64,15 @@ from detector.selfmon import SelfMonitor
 from detector.sources.base import Batch, Line, Source
 from detector.store import outbox
 from detector.store.db import AsyncStore, Store, StoreError
-from detector.store.runs import PreviousRun, all_rule_state, begin_run, end_run, open_store, pruner
+from detector.store.runs import (
+    PreviousRun,
+    StateLocked,
+    all_rule_state,
+    begin_run,
+    end_run,
+    open_store,
+    pruner,
+)
 from detector.timefmt import iso_or_none
 
 log = logging.getLogger("detector")
@@ -145,6 +153,7 @@ class Agent:
         self._reload_explicit = False
         self.previous: PreviousRun | None = None
         self._db: AsyncStore | None = None
+        self._exit_code = 0  # 2: refused to start (another agent holds the state file)
         self._pending_signals: list[Signal] = []
         self.queue: asyncio.Queue[Batch] = asyncio.Queue(maxsize=QUEUE_BATCHES)
         self.sources: dict[str, _Running] = {}
@@ -249,7 +258,7 @@ class Agent:
                 if handler is not None:  # None: installed outside Python, nothing to put back
                     signal.signal(sig, handler)
         log.info("detector stopped")
-        return 0
+        return self._exit_code
 
     async def _open_state(self) -> bool:
         """Open the state file and prove it takes a write, before READY=1. If it cannot (disk
@@ -264,6 +273,10 @@ class Agent:
                 store, corrupt = await asyncio.to_thread(open_store, config.agent.state, now)
                 prior = await asyncio.to_thread(begin_run, store, now)
                 break
+            except StateLocked as e:  # another agent on this file: a configuration error
+                log.error("cannot start: %s", e)
+                self._exit_code = 2
+                return False
             except StoreError as e:
                 log.error("%s", e)
                 self.monitor.state_failed(str(e))

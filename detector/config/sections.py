@@ -382,7 +382,8 @@ def _url(r: NodeReader, node: Node, w: str) -> str | None:
         return None
     parts = urlsplit(s.strip())
     if parts.scheme not in ("http", "https") or not parts.netloc:
-        shown = f"{parts.scheme}://{parts.netloc}…" if parts.scheme else f"'{s[:40]}'"
+        safe = urlsplit(r.redact(s.strip()))  # redacted before it is cut short
+        shown = f"{safe.scheme}://{safe.netloc}…" if safe.scheme else f"'{r.redact(s)[:40]}'"
         if not s.strip():
             shown = "an empty value"
         r.err(

@@ -49,6 +49,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import re
 from collections import deque
 from collections.abc import AsyncIterator, Mapping, Sequence
@@ -161,6 +162,11 @@ async def _first_line(stream: asyncio.StreamReader) -> bytes:
     if len(data) > MAX_ENTRY_BYTES and b"\n" not in data:
         raise JournalctlFailed(f"journalctl printed an entry over {MAX_ENTRY_BYTES} bytes")
     return data.split(b"\n", 1)[0]
+
+
+def _whole_seconds_up(d: timedelta) -> timedelta:
+    """An upper bound in whole seconds (a gap of 0.6 s is "up to 1s", never "up to 0s")."""
+    return timedelta(seconds=math.ceil(d.total_seconds()))
 
 
 class JournaldSource:
@@ -356,7 +362,8 @@ class JournaldSource:
             if since_at is not None and oldest_at > since_at:
                 msg += (
                     f"; entries between {since_at.isoformat()} and {oldest_at.isoformat()} "
-                    f"(up to {format_duration(oldest_at - since_at)}) may be missing"
+                    f"(up to {format_duration(_whole_seconds_up(oldest_at - since_at))}) may be "
+                    "missing"
                 )
             elif since_at is not None:
                 msg += (
