@@ -8,7 +8,9 @@ s ("key K of rule R is firing / resolved / worth an info"); the :class:`AlertBoo
 2. ``fire`` on an open alert only raises its count, moves last_seen and keeps up to 5 samples
    (deduplication: a flood of matches is one alert);
 3. while firing, a ``repeat`` notification goes out every ``rule.repeat`` (scheduled, not polled);
-4. ``resolve`` closes the alert and queues a ``resolved`` notification;
+4. ``resolve`` closes the alert and queues a ``resolved`` notification whose summary says what
+   happened: the evaluator's ``"<rule> <key>: <what happened>"``, or, for a rule with its own
+   ``summary:`` template, ``"<the alert's summary> — <what happened>"``;
 5. ``info`` queues a one-off notification that opens nothing.
 
 Every notification becomes one outbox row per webhook the rule notifies, with an event id that is
@@ -38,6 +40,8 @@ MAX_SAMPLE_CHARS = 2000
 AGENT_REPEAT = timedelta(hours=4)
 RESOLVED_KEEP = timedelta(days=7)
 PRUNE_EVERY = timedelta(hours=1)
+RESOLVED_SEP = " — "
+"""Between a rule's own (rendered) summary and what happened, in a resolved notice."""
 
 
 @functools.lru_cache(maxsize=65536)
@@ -261,7 +265,11 @@ class AlertBook:
         alert.status = "resolved"
         alert.resolved_at = at
         if s is not None:
-            if s.summary:
+            cfg = self.rules.get(rule)
+            if s.happened and cfg is not None and cfg.summary and alert.summary:
+                # the user's own summary (as last rendered while firing), then what happened
+                alert.summary = f"{alert.summary}{RESOLVED_SEP}{s.happened}"
+            elif s.summary:
                 alert.summary = s.summary
             if s.evidence:
                 alert.evidence.update(s.evidence)
