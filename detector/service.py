@@ -86,6 +86,7 @@ COALESCE_S = 0.25
 the systemd watchdog ping, must not wait for eight slow batches (lines at the regex budget)."""
 ALIVE_EVERY_S = 15.0
 CONFIG_POLL_S = 1.0
+OPEN_WAIT_S = 15.0
 RETRY_S = 30.0
 """A state file or listen address that failed is tried again this often."""
 CATCH_UP_RECHECK_S = 0.2
@@ -331,6 +332,7 @@ class Agent:
             self._start_worker(webhook)
         for name, cfg in config.sources.items():
             await self._start_source(name, cfg)
+        await self._sources_opened()
         tg.create_task(self._processor(), name="processor")
         tg.create_task(self._alive_loop(), name="alive")
         tg.create_task(self._watch_config(), name="config-watch")
@@ -347,6 +349,20 @@ class Agent:
             )
         self.notifier.ready(self._status_line())
         log.info("ready")
+
+    async def _sources_opened(self) -> None:
+        """Before READY=1: every source has fixed where it starts (``systemctl start`` returning
+        means a line written now is read, even with ``start_at: end``). Bounded: a source that
+        hangs is logged, not waited for."""
+        waits = [asyncio.ensure_future(r.source.opened.wait()) for r in self.sources.values()]
+        if not waits:
+            return
+        _, pending = await asyncio.wait(waits, timeout=OPEN_WAIT_S)
+        for fut in pending:
+            fut.cancel()
+        slow = [n for n, r in self.sources.items() if not r.source.opened.is_set()]
+        if slow:
+            log.warning("ready before %s opened (over %gs)", ", ".join(slow), OPEN_WAIT_S)
 
     async def _listen(self) -> None:
         """Start the HTTP listener; an address in use (or any bind error) is a problem, not a

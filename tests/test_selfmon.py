@@ -523,3 +523,26 @@ async def test_an_agent_alert_left_open_by_a_stop_resolves_after_the_restart_if_
         status, summary = summaries(rx)[1]
         assert status == "resolved"
         assert summary == "no longer seen since the agent restarted"
+
+
+async def test_a_line_written_right_after_ready_is_read_even_with_start_at_end(
+    tmp_path: Path, notify_socket: tuple[str, socket.socket]
+) -> None:
+    """READY=1 (``systemctl start`` returning) means every source has fixed where it starts: a
+    line written at once is read, not skipped as "already there" by ``start_at: end``."""
+    path, sock = notify_socket
+    log = tmp_path / "app.log"
+    log.write_text("ERROR 0 old, before the start: skipped by start_at: end\n")
+    clock = FakeClock(T0)
+    async with Receiver() as rx:
+        cfg = config_in(tmp_path, RULES.format(log=log), rx.url + "/hook")
+        async with running(cfg, clock, notifier=Notifier({"NOTIFY_SOCKET": path})) as agent:
+            loop = asyncio.get_running_loop()
+            async with asyncio.timeout(15):
+                while "READY=1" not in (await loop.sock_recv(sock, 4096)).decode():
+                    pass
+            assert all(r.source.opened.is_set() for r in agent.sources.values())
+            with log.open("a") as f:
+                f.write("ERROR 1 written the moment the agent said it was ready\n")
+            await until(lambda: bool(rule_alerts(rx)), clock, what="the alert")
+        assert [a["labels"]["n"] for a in rule_alerts(rx)] == ["1"]

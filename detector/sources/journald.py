@@ -212,6 +212,9 @@ class JournaldSource:
         self._permission_hint = False  # the running journalctl complained about permissions
         self._closed = False
         self._closed_event = asyncio.Event()
+        self.opened = asyncio.Event()
+        """Set once the read position is established (or that failed and is a problem): what
+        is written to the journal after this is read. The agent sends READY=1 after it."""
 
         self._proc: asyncio.subprocess.Process | None = None
         self._proc_started: float | None = None
@@ -232,6 +235,7 @@ class JournaldSource:
     async def batches(self) -> AsyncIterator[Batch]:
         """Yield batches until cancelled or :meth:`aclose`. Never raises for journal trouble."""
         if "config" in self._problems:
+            self.opened.set()
             await self._closed_event.wait()  # nothing sensible to read; the problem says why
             return
         delay = self._backoff_initial
@@ -239,7 +243,10 @@ class JournaldSource:
             started = self._clock.monotonic()
             try:
                 if self._need_position:
-                    await self._establish_position()
+                    try:
+                        await self._establish_position()
+                    finally:
+                        self.opened.set()
                     self._need_position = False
                 async for batch in self._read(follow=self._following):
                     yield batch
