@@ -7,9 +7,7 @@ notification carries ``status: resolved`` with ``endsAt`` in the past.
 
 from __future__ import annotations
 
-import asyncio
 import random
-import shutil
 import socket
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -26,6 +24,7 @@ from detector.model import WebhookConfig
 from detector.records import Commit, OutboxRow
 from detector.store import outbox
 from detector.store.db import AsyncStore, Store
+from tests.limit_receivers import real_alertmanager
 from tests.receiver import Receiver
 
 AM_BIN = "/usr/bin/prometheus-alertmanager"
@@ -49,50 +48,8 @@ async def notified() -> AsyncIterator[Receiver]:
 
 @pytest.fixture
 async def alertmanager(tmp_path: Path, notified: Receiver) -> AsyncIterator[str]:
-    if shutil.which(AM_BIN) is None:  # a missing component fails the test, never skips it
-        pytest.fail(
-            f"{AM_BIN} not found: install the Debian package prometheus-alertmanager "
-            "(scripts/system-deps does)"
-        )
-    port = free_port()
-    config = tmp_path / "am.yml"
-    config.write_text(
-        "route:\n  receiver: hook\n  group_by: [alertname]\n"
-        "  group_wait: 0s\n  group_interval: 1s\n  repeat_interval: 1h\n"
-        "receivers:\n  - name: hook\n    webhook_configs:\n"
-        f"      - url: {notified.url}/am\n        send_resolved: true\n"
-    )
-    log = tmp_path / "am.log"
-    with log.open("wb") as out:
-        proc = await asyncio.create_subprocess_exec(
-            AM_BIN,
-            f"--config.file={config}",
-            f"--storage.path={tmp_path / 'am-data'}",
-            f"--web.listen-address=127.0.0.1:{port}",
-            "--cluster.listen-address=",
-            stdout=out,
-            stderr=asyncio.subprocess.STDOUT,
-        )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        async with aiohttp.ClientSession() as s:
-            for _ in range(100):
-                try:
-                    async with s.get(f"{url}/-/ready", timeout=aiohttp.ClientTimeout(1)) as r:
-                        if r.status == 200:
-                            break
-                except aiohttp.ClientError:
-                    pass
-                await asyncio.sleep(0.1)
-            else:
-                pytest.fail(
-                    "alertmanager did not become ready: " + (tmp_path / "am.log").read_text()
-                )
+    async with real_alertmanager(tmp_path, f"{notified.url}/am") as url:
         yield url
-    finally:
-        proc.terminate()
-        async with asyncio.timeout(10):
-            await proc.wait()
 
 
 def snapshot(status: str, first: datetime, resolved: datetime | None) -> dict[str, Any]:

@@ -18,9 +18,9 @@ import pytest
 from detector.clock import FakeClock
 from detector.service import Agent
 from detector.store import outbox
+from tests.agent_inproc import running, until
 from tests.limit_receivers import LimitReceiver, am_alerts, real_alertmanager
 from tests.receiver import Receiver
-from tests.test_selfmon import running, until
 
 MAX_LINE = 64 * 1024  # the tailer cuts longer lines (max_line_bytes): stay under it
 HOSTILE_BITS = [

@@ -16,9 +16,9 @@ from detector.clock import FakeClock
 from detector.config import ConfigError, parse_config
 from detector.config.values import redact
 from detector.service import Agent
+from tests.agent_inproc import summaries, until
 from tests.receiver import Receiver
 from tests.test_cli import run
-from tests.test_selfmon import summaries, until
 
 NOW = datetime(2026, 6, 9, 12, 0, tzinfo=UTC)
 

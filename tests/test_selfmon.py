@@ -11,10 +11,9 @@ import os
 import socket
 import subprocess
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -23,9 +22,9 @@ from detector.problems import RENOTIFY_MIN, Problems
 from detector.rules.base import Signal
 from detector.sdnotify import Notifier
 from detector.selfmon import SelfMonitor
-from detector.service import Agent
 from detector.sources.base import SourceProblem
 from detector.store import outbox
+from tests.agent_inproc import agent_alerts, rule_alerts, running, summaries, until
 from tests.agent_proc import config_in, free_port, write_config
 from tests.receiver import Receiver, Reply
 
@@ -41,48 +40,6 @@ rules:
     group_by: [n]
     repeat: never
 """
-
-
-@contextlib.asynccontextmanager
-async def running(cfg: Path, clock: FakeClock, **kw: Any) -> AsyncIterator[Agent]:
-    agent = Agent(cfg, clock, **kw)
-    task = asyncio.create_task(agent.run())
-    try:
-        yield agent
-    finally:
-        agent.request_stop()
-        async with asyncio.timeout(20):
-            assert await task == 0
-
-
-async def until(
-    cond: Callable[[], bool],
-    clock: FakeClock | None = None,
-    step: timedelta = timedelta(seconds=5),
-    within: float = 15,
-    what: str = "condition",
-) -> None:
-    """Wait for ``cond``; with ``clock``, move it on by ``step`` between looks."""
-    try:
-        async with asyncio.timeout(within):
-            while not cond():
-                if clock is not None:
-                    clock.advance(step)
-                await asyncio.sleep(0.05)
-    except TimeoutError:
-        raise AssertionError(f"timed out waiting for {what}") from None
-
-
-def agent_alerts(rx: Receiver) -> list[dict[str, Any]]:
-    return [a for b in rx.bodies() for a in b["alerts"] if a["labels"]["rule"] == "detector-agent"]
-
-
-def summaries(rx: Receiver) -> list[tuple[str, str]]:
-    return [(a["status"], a["annotations"]["summary"]) for a in agent_alerts(rx)]
-
-
-def rule_alerts(rx: Receiver) -> list[dict[str, Any]]:
-    return [a for b in rx.bodies() for a in b["alerts"] if a["labels"]["rule"] == "errors"]
 
 
 def pager_and_chat(tmp_path: Path, pager: str, chat: str, extra: str = "") -> Path:

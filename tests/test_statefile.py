@@ -22,10 +22,10 @@ from detector.sources.base import Batch, Line
 from detector.store import outbox
 from detector.store.db import Store, StoreCorrupt
 from detector.store.runs import StateLocked, lock_path, open_store
+from tests.agent_inproc import agent_alerts, running, summaries, until
 from tests.agent_proc import ROOT, AgentProcess, config_in, write_config
 from tests.receiver import Receiver
 from tests.test_cli import run
-from tests.test_selfmon import agent_alerts, running, summaries, until
 
 NOW = datetime(2026, 6, 9, 12, 0, tzinfo=UTC)
 
