@@ -8,7 +8,9 @@ s ("key K of rule R is firing / resolved / worth an info"); the :class:`AlertBoo
 2. ``fire`` on an open alert only raises its count, moves last_seen and keeps up to 5 samples
    (deduplication: a flood of matches is one alert);
 3. while firing, a ``repeat`` notification goes out every ``rule.repeat`` (scheduled, not polled);
-4. ``resolve`` closes the alert and queues a ``resolved`` notification;
+4. ``resolve`` closes the alert and queues a ``resolved`` notification whose summary says what
+   happened: the evaluator's ``"<rule> <key>: <what happened>"``, or, for a rule with its own
+   ``summary:`` template, ``"<the alert's summary> — <what happened>"``;
 5. ``info`` queues a one-off notification that opens nothing.
 
 Every notification becomes one outbox row per webhook the rule notifies, with an event id that is
@@ -38,6 +40,8 @@ MAX_SAMPLE_CHARS = 2000
 AGENT_REPEAT = timedelta(hours=4)
 RESOLVED_KEEP = timedelta(days=7)
 PRUNE_EVERY = timedelta(hours=1)
+RESOLVED_SEP = " — "
+"""Between a rule's own (rendered) summary and what happened, in a resolved notice."""
 
 
 @functools.lru_cache(maxsize=65536)
@@ -150,8 +154,9 @@ class AlertBook:
         self._pruned_at: datetime | None = None
         self._changed: dict[str, Alert | None] = {}
         self._outbox: list[OutboxRow] = []
-        self.record: Callable[[dict[str, Any]], None] | None = None
-        """If set, called with every notification's payload too (``detector test``)."""
+        self.record: Callable[[dict[str, Any], str], None] | None = None
+        """If set, called with every notification's payload and its alert's key too
+        (``detector test``)."""
         self.configure(rules, webhooks, fallback)
 
     def configure(
@@ -183,14 +188,17 @@ class AlertBook:
 
     # ---------------------------------------------------------------- signals
 
-    def apply(self, signals: Iterable[Signal], now: datetime) -> None:
+    def apply(self, signals: Iterable[Signal], now: datetime | None) -> None:
+        """``now`` None: each notification is stamped with its signal's time (a replay's
+        simulated clock)."""
         for s in signals:
+            at = s.at if now is None else now
             if s.action == "fire":
-                self._fire(s, now)
+                self._fire(s, at)
             elif s.action == "resolve":
-                self._resolve(s.rule, s.key, s.at, now, s)
+                self._resolve(s.rule, s.key, s.at, at, s)
             else:
-                self._info(s, now)
+                self._info(s, at)
 
     def _routing(self, rule: str, kind: str) -> tuple[tuple[str, ...], Severity, RuleConfig | None]:
         cfg = self.rules.get(rule)
@@ -257,7 +265,11 @@ class AlertBook:
         alert.status = "resolved"
         alert.resolved_at = at
         if s is not None:
-            if s.summary:
+            cfg = self.rules.get(rule)
+            if s.happened and cfg is not None and cfg.summary and alert.summary:
+                # the user's own summary (as last rendered while firing), then what happened
+                alert.summary = f"{alert.summary}{RESOLVED_SEP}{s.happened}"
+            elif s.summary:
                 alert.summary = s.summary
             if s.evidence:
                 alert.evidence.update(s.evidence)
@@ -326,7 +338,7 @@ class AlertBook:
         event_id = uuid.uuid4().hex
         payload = alert.payload(notification, event_id, now)
         if self.record is not None:
-            self.record(payload)
+            self.record(payload, alert.key)
         for webhook in alert.notify:
             self._outbox.append(
                 OutboxRow(

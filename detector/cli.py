@@ -124,15 +124,33 @@ def build_parser() -> argparse.ArgumentParser:
         "test",
         help="dry-run log files through the rules",
         description="Replay log files through the real matcher and rule evaluators with simulated "
-        "time taken from the lines' timestamps, and print what would have fired. Nothing is sent "
-        "and no state is written. Exit 0 if no alert would fire, 1 if some would, 2 if rules.yaml "
-        "or a FILE cannot be used.",
+        "time taken from the lines' timestamps, and print what would have fired and when: the "
+        "clock starts at the first line's time and every deadline fires at its own time. Nothing "
+        "is sent and no state is written. Exit 0 if no alert would fire, 1 if some would, 2 if "
+        "rules.yaml or a FILE cannot be used.",
     )
     _add_config(p)
     _add_env_file(p)
     p.add_argument("files", nargs="+", metavar="FILE", help="log files to replay (- for stdin)")
     p.add_argument("--source", help="treat the lines as coming from this source")
-    p.add_argument("--time-format", help="strptime format of the timestamp at the line start")
+    p.add_argument(
+        "--time-format",
+        help="strptime format of the timestamp at the line start (default: the source's "
+        "time_format:, else every known format)",
+    )
+    p.add_argument(
+        "--until",
+        metavar="TIME",
+        help="how far deadlines play out after the last line: a time (ISO 8601), +DURATION "
+        "after the last line (e.g. +6h), or now (default: the last line's time)",
+    )
+    p.add_argument(
+        "--format",
+        choices=("text", "json"),
+        default="text",
+        help="json: one JSON object per notification (time, kind, rule, key, notification, "
+        "severity, summary), nothing else on stdout",
+    )
     p.add_argument("--samples", type=int, default=3, help="sample lines to show per rule")
     p.add_argument("--quiet", action="store_true", help="only the summary")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")

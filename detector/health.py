@@ -36,7 +36,8 @@ MetricName = Literal[
     "lines_matched",
     "truncated_lines",
     "alerts",
-    "notifications",
+    "notifications_queued",
+    "notifications_delivered",
     "delivery_attempts",
     "delivery_failures",
     "dead_letters",
@@ -77,10 +78,16 @@ METRICS: Mapping[MetricName, MetricSpec] = MappingProxyType(
             "Alert state changes raised (firing, resolved, repeat).",
             ("kind", "state"),
         ),
-        "notifications": MetricSpec(
-            "detector_notifications_total",
+        "notifications_queued": MetricSpec(
+            "detector_notifications_queued_total",
             "counter",
-            "Notifications delivered to a webhook.",
+            "Notifications queued for a webhook (outbox rows written).",
+            ("webhook",),
+        ),
+        "notifications_delivered": MetricSpec(
+            "detector_notifications_delivered_total",
+            "counter",
+            "Notifications a webhook accepted (alone or in a digest).",
             ("webhook",),
         ),
         "delivery_attempts": MetricSpec(
@@ -92,7 +99,7 @@ METRICS: Mapping[MetricName, MetricSpec] = MappingProxyType(
         "delivery_failures": MetricSpec(
             "detector_delivery_failures_total",
             "counter",
-            "Failed delivery attempts to a webhook.",
+            "Failed delivery attempts (HTTP requests) to a webhook.",
             ("webhook",),
         ),
         "dead_letters": MetricSpec(

@@ -75,6 +75,10 @@ class FileSourceConfig:
     location: Location | None = None
     rotated: str | None = None  # glob of rotated copies beyond logrotate's own names (olddir)
     exclude: tuple[str, ...] = ()  # globs never read (full path, or file name if no '/')
+    # how `detector test` reads the lines' own time (the live agent uses arrival time)
+    timezone: str | None = None  # IANA zone of stamps without an offset; None: the host's zone
+    time_format: str | None = None  # strptime format of the stamp
+    time_regex: str | None = None  # where the stamp is: its `time` group, else its first group
 
 
 @dataclass(frozen=True)

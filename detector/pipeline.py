@@ -121,6 +121,9 @@ class Pipeline:
         self._undecided_at: dict[str, datetime] = {}
         self._foreign_abandoned: list[dict[str, Abandoned]] = []
         self._unsaved: set[str] = set()
+        self.signal_time = False
+        """Notifications are stamped with the time of the signal that caused them (the line or
+        the deadline), not the batch's ``now`` (``detector test``'s simulated clock)."""
         self._build(config, now, load_state, keep={})
 
     def _build(
@@ -144,12 +147,27 @@ class Pipeline:
             evaluators[rule.name] = ev
             self._unsaved.add(rule.name)  # its initial schedule must reach the state file
         self.evaluators = evaluators
-        self._deadlines = DeadlineHeap()
-        for name, ev in evaluators.items():
-            self._deadlines.push(name, ev.next_deadline())
+        self._schedule()
         self.matcher = Matcher(pattern_specs(config.rules))
         self._all_lines: dict[str, list[Evaluator]] = {}
         for ev in evaluators.values():
+            if ev.wants_all_lines:
+                for s in ev.rule.sources:
+                    self._all_lines.setdefault(s, []).append(ev)
+
+    def _schedule(self) -> None:
+        self._deadlines = DeadlineHeap()
+        for name, ev in self.evaluators.items():
+            self._deadlines.push(name, ev.next_deadline())
+
+    def start_at(self, now: datetime) -> None:
+        """Start every rule afresh at ``now`` (``detector test``: the first line's time, found
+        after the pipeline, and its compiled matcher, were built)."""
+        for name, ev in list(self.evaluators.items()):
+            self.evaluators[name] = build_evaluator(ev.rule, now)
+        self._schedule()
+        self._all_lines = {}
+        for ev in self.evaluators.values():
             if ev.wants_all_lines:
                 for s in ev.rule.sources:
                     self._all_lines.setdefault(s, []).append(ev)
@@ -249,6 +267,7 @@ class Pipeline:
         given, are the matcher's hits for ``texts`` computed elsewhere (``detector test --jobs``,
         by worker processes with a matcher built from the same rules): the matcher is not run."""
         self.lines_read[source] += len(texts)
+        stamp = None if self.signal_time else now
         signals: list[Signal] = []
         touched: set[str] = set()
         if texts:
@@ -265,11 +284,11 @@ class Pipeline:
                 line = line_at(hit.line)
                 when = when_for(line)
                 if upcoming is not None and upcoming <= when.at:
-                    self.alerts.apply(signals, now)
+                    self.alerts.apply(signals, stamp)
                     signals = []
                     for name in touched:
                         self._deadlines.push(name, self.evaluators[name].next_deadline())
-                    touched |= self._due(when.at)
+                    touched |= self._advance(when.at)
                     upcoming = self.next_deadline()
                 if hit.role == "match":
                     matched[hit.rule] = matched.get(hit.rule, 0) + 1
@@ -287,15 +306,27 @@ class Pipeline:
             self.last_match_at.update(last_at)
             for ev in self._all_lines.get(source, ()):
                 touched.add(ev.rule.name)
+                upcoming = self.next_deadline() if interleave_ticks else None
                 for i in range(len(texts)):
                     line = line_at(i)
                     when = when_for(line)
+                    if upcoming is not None and upcoming <= when.at:
+                        self.alerts.apply(signals, stamp)
+                        signals = []
+                        for name in touched:
+                            self._deadlines.push(name, self.evaluators[name].next_deadline())
+                        touched |= self._advance(when.at)
+                        upcoming = self.next_deadline()
                     try:
                         signals.extend(ev.observe_line(line, when))
                     except Exception as e:  # as above
                         signals.append(self._rule_failed(ev.rule.name, e, line.text, when.at))
+                    if interleave_ticks:
+                        d = ev.next_deadline()
+                        if d is not None and (upcoming is None or d < upcoming):
+                            upcoming = d
         self._undecided(signals, now)
-        self.alerts.apply(signals, now)
+        self.alerts.apply(signals, stamp)
         for name in touched:
             self._deadlines.push(name, self.evaluators[name].next_deadline())
         commit = Commit()
@@ -402,6 +433,27 @@ class Pipeline:
         self.alerts.apply(signals, now)
         self.alerts.due(now)
         return touched
+
+    def _advance(self, until: datetime) -> set[str]:
+        """Run every deadline due up to ``until`` at its own time, in time order (a replay's
+        simulated clock); return who changed."""
+        touched: set[str] = set()
+        last: datetime | None = None
+        while (at := self.next_deadline()) is not None and at <= until:
+            if last is not None and at <= last:  # a deadline that does not move on
+                touched |= self._due(until)
+                break
+            touched |= self._due(at)
+            last = at
+        return touched
+
+    def advance(self, until: datetime) -> Commit:
+        """``tick`` for a simulated clock: every deadline up to ``until`` runs at its own time,
+        not at ``until``."""
+        touched = self._advance(until)
+        commit = Commit()
+        self._collect(commit, touched)
+        return commit
 
     def tick(self, now: datetime) -> Commit:
         touched = self._due(now)

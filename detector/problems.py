@@ -43,9 +43,12 @@ log = logging.getLogger("detector")
 AGENT_RULE = "detector-agent"
 RENOTIFY_MIN = timedelta(minutes=5)
 """A new occurrence of a reported problem notifies again, but not more often than this."""
-ADOPT_GRACE = timedelta(minutes=2)
+ADOPT_GRACE = timedelta(minutes=10)
 """Agent alerts still firing from before a restart resolve if nothing raises them again within
-this long after the agent's sources caught up."""
+this long after the start: long enough for a delivery worker to call a path failing again (at
+most 5 minutes of failures) and for the sources to be looked at."""
+
+ADOPTED_GONE = "no longer seen since the agent restarted"
 
 Component = Literal[
     "source", "delivery", "dead-letter", "loop", "state", "config", "http", "restart", "agent"
@@ -102,8 +105,9 @@ class Problem:
     """Occurrences since the last notification (new occurrences waiting for RENOTIFY_MIN)."""
     adopted: bool = False
     expires_at: datetime | None = None
+    """A problem that is an event, not a condition (an unclean restart), clears by itself then,
+    ``settle`` after its last occurrence."""
     settle: timedelta = timedelta(0)
-    """A problem that is an event, not a condition (an unclean restart), clears by itself."""
 
     @property
     def reason(self) -> str:
@@ -177,6 +181,8 @@ class Problems:
         p = self.problems.pop(key, None)
         if p is None:
             return False
+        if p.adopted:
+            message = ADOPTED_GONE
         if p.reported:
             log.info("%s: recovered%s", p.reason, f" ({message})" if message else "")
             self._signals.append(
@@ -228,11 +234,7 @@ class Problems:
             if p.adopted:
                 if now >= p.report_at():
                     self.problems.pop(p.key)
-                    self._signals.append(
-                        agent_signal(
-                            p.key, "resolve", now, "no longer seen since the agent restarted"
-                        )
-                    )
+                    self._signals.append(agent_signal(p.key, "resolve", now, ADOPTED_GONE))
                     self._changed()
                 continue
             if not p.reported and now >= p.report_at():

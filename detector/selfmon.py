@@ -8,8 +8,8 @@ when it is reported. The :meth:`SelfMonitor.run` task reports what is due, hands
 agent alerts to the processor (``emit``), and keeps systemd's STATUS= text in step.
 
 Where agent alerts go: a failing webhook's own ``fallback``, else ``agent.fallback``, else every
-other webhook (never only the one that is failing); everything else follows ``agent.fallback``,
-else every webhook (the alert book's routing).
+other webhook (never only the one that is failing); everything else to ``agent.fallback``, else
+every webhook that is not failing right now (a failing one would only hold it).
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ from datetime import timedelta
 from typing import Any
 
 from detector.clock import Clock
-from detector.health import Health
 from detector.model import Config
 from detector.problems import Problems
 from detector.rules.base import Signal
@@ -46,14 +45,12 @@ class SelfMonitor:
         self,
         *,
         problems: Problems,
-        health: Health,
         clock: Clock,
         notifier: Notifier,
         emit: Callable[[Signal], None],
         status_line: Callable[[], str],
     ) -> None:
         self.problems = problems
-        self.health = health
         self.clock = clock
         self.notifier = notifier
         self.emit = emit

@@ -2,9 +2,9 @@
 
 Read top to bottom, this is the data flow of DESIGN.md §2:
 
-1. ``Agent.run`` loads the config, opens the state file (a corrupt one is moved aside and rebuilt,
-   and the user is told), restores rule state, alerts and source checkpoints, and notes how long
-   the agent was down;
+1. ``Agent.run`` loads the config, opens the state file under its lock (a second agent on the same
+   file exits 2; a corrupt or empty one is moved aside and rebuilt, and the user is told), restores
+   rule state, alerts and source checkpoints, and notes how long the agent was down;
 2. one *pump* task per source pushes its batches into a bounded queue (back-pressure);
 3. the single *processor* task takes a batch (and those already waiting behind it, up to
    ``COALESCE_BATCHES``), runs them through the :class:`Pipeline` and commits the result (state +
@@ -64,7 +64,15 @@ from detector.selfmon import SelfMonitor
 from detector.sources.base import Batch, Line, Source
 from detector.store import outbox
 from detector.store.db import AsyncStore, Store, StoreError
-from detector.store.runs import PreviousRun, all_rule_state, begin_run, end_run, open_store, pruner
+from detector.store.runs import (
+    PreviousRun,
+    StateLocked,
+    all_rule_state,
+    begin_run,
+    end_run,
+    open_store,
+    pruner,
+)
 from detector.timefmt import iso_or_none
 
 log = logging.getLogger("detector")
@@ -78,6 +86,7 @@ COALESCE_S = 0.25
 the systemd watchdog ping, must not wait for eight slow batches (lines at the regex budget)."""
 ALIVE_EVERY_S = 15.0
 CONFIG_POLL_S = 1.0
+OPEN_WAIT_S = 15.0
 RETRY_S = 30.0
 """A state file or listen address that failed is tried again this often."""
 CATCH_UP_RECHECK_S = 0.2
@@ -134,7 +143,6 @@ class Agent:
         self.health = Health(clock, problems=self.problems)
         self.monitor = SelfMonitor(
             problems=self.problems,
-            health=self.health,
             clock=clock,
             notifier=self.notifier,
             emit=self.raise_agent_signal,
@@ -146,6 +154,7 @@ class Agent:
         self._reload_explicit = False
         self.previous: PreviousRun | None = None
         self._db: AsyncStore | None = None
+        self._exit_code = 0  # 2: refused to start (another agent holds the state file)
         self._pending_signals: list[Signal] = []
         self.queue: asyncio.Queue[Batch] = asyncio.Queue(maxsize=QUEUE_BATCHES)
         self.sources: dict[str, _Running] = {}
@@ -250,7 +259,7 @@ class Agent:
                 if handler is not None:  # None: installed outside Python, nothing to put back
                     signal.signal(sig, handler)
         log.info("detector stopped")
-        return 0
+        return self._exit_code
 
     async def _open_state(self) -> bool:
         """Open the state file and prove it takes a write, before READY=1. If it cannot (disk
@@ -265,6 +274,10 @@ class Agent:
                 store, corrupt = await asyncio.to_thread(open_store, config.agent.state, now)
                 prior = await asyncio.to_thread(begin_run, store, now)
                 break
+            except StateLocked as e:  # another agent on this file: a configuration error
+                log.error("cannot start: %s", e)
+                self._exit_code = 2
+                return False
             except StoreError as e:
                 log.error("%s", e)
                 self.monitor.state_failed(str(e))
@@ -319,6 +332,7 @@ class Agent:
             self._start_worker(webhook)
         for name, cfg in config.sources.items():
             await self._start_source(name, cfg)
+        await self._sources_opened()
         tg.create_task(self._processor(), name="processor")
         tg.create_task(self._alive_loop(), name="alive")
         tg.create_task(self._watch_config(), name="config-watch")
@@ -335,6 +349,20 @@ class Agent:
             )
         self.notifier.ready(self._status_line())
         log.info("ready")
+
+    async def _sources_opened(self) -> None:
+        """Before READY=1: every source has fixed where it starts (``systemctl start`` returning
+        means a line written now is read, even with ``start_at: end``). Bounded: a source that
+        hangs is logged, not waited for."""
+        waits = [asyncio.ensure_future(r.source.opened.wait()) for r in self.sources.values()]
+        if not waits:
+            return
+        _, pending = await asyncio.wait(waits, timeout=OPEN_WAIT_S)
+        for fut in pending:
+            fut.cancel()
+        slow = [n for n, r in self.sources.items() if not r.source.opened.is_set()]
+        if slow:
+            log.warning("ready before %s opened (over %gs)", ", ".join(slow), OPEN_WAIT_S)
 
     async def _listen(self) -> None:
         """Start the HTTP listener; an address in use (or any bind error) is a problem, not a
@@ -368,7 +396,12 @@ class Agent:
         return not self._stop.is_set()
 
     async def _send_from_memory(self, book: AlertBook, signals: list[Signal]) -> Commit:
-        return await send_from_memory(book, signals, self.config.webhooks, self.session, self.clock)
+        def delivered(webhook: str) -> None:
+            self.health.inc("notifications_delivered", webhook=webhook)
+
+        return await send_from_memory(
+            book, signals, self.config.webhooks, self.session, self.clock, on_delivered=delivered
+        )
 
     async def _start_source(self, name: str, cfg: SourceConfig) -> None:
         checkpoints = await self.db.run(lambda s: s.load_checkpoints(name))
@@ -587,7 +620,7 @@ class Agent:
                 seen_events.add(row.event_id)
                 self.health.inc("alerts", kind=str(p["kind"]), state=str(p["notification"]))
                 log.info("alert %s [%s] %s", p["notification"], p["severity"], p["summary"])
-            self.health.inc("notifications", webhook=row.webhook)
+            self.health.inc("notifications_queued", webhook=row.webhook)
             if row.webhook not in woken and row.webhook in self.workers:
                 woken.add(row.webhook)
                 self.workers[row.webhook][0].wake()

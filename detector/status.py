@@ -1,6 +1,8 @@
 """``detector status``: what the state file knows, as a readable table (or JSON).
 
 Works whether or not the agent is running (SQLite in WAL mode lets a reader in beside the writer).
+A state file that is empty or has no schema is said to be so (exit 2), never shown as an empty
+state.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from detector.cli_support import load_config_or_exit, open_state
+from detector.cli_support import CommandError, load_config_or_exit, open_state
 from detector.timefmt import format_duration, parse_iso
 
 
@@ -94,8 +96,18 @@ def render(snap: dict[str, Any], rules: list[tuple[str, str]]) -> str:
 
 
 def main(args: argparse.Namespace) -> int:
+    from detector.store.db import StoreCorrupt  # noqa: PLC0415 - keep --help fast
+
     config = load_config_or_exit(args)
-    store = open_state(config)
+    try:
+        store = open_state(config)
+    except CommandError as e:
+        if isinstance(e.__cause__, StoreCorrupt):  # empty or without schema: not a fresh state
+            raise CommandError(
+                f"{e}; the agent will move it aside and start afresh (read positions restart "
+                "per start_at, open alerts are forgotten) and raise an agent alert about it"
+            ) from e
+        raise
     try:
         snap = store.snapshot()
     finally:

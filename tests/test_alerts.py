@@ -135,3 +135,53 @@ def test_resolved_alerts_are_forgotten_after_a_week_and_their_rows_deleted() -> 
     rows, outbox = b.take()
     assert rows == {fingerprint("r", ""): None} and outbox == []
     assert b.alerts == {}
+
+
+def _resolved_summary(b: AlertBook, resolve: Signal) -> str:
+    b.apply([resolve], resolve.at)
+    outbox = b.take()[1]
+    assert [o.payload["notification"] for o in outbox] == ["resolved"]
+    return str(outbox[0].payload["summary"])
+
+
+def test_a_resolve_says_what_happened_in_the_evaluators_words() -> None:
+    b = book()
+    b.apply([fire(0)], at(0))
+    b.take()
+    resolve = Signal(
+        rule="r",
+        kind="error",
+        key="",
+        action="resolve",
+        at=at(900),
+        summary="r: quiet for 15m after 1 match",
+        happened="quiet for 15m after 1 match",
+    )
+    assert _resolved_summary(b, resolve) == "r: quiet for 15m after 1 match"
+
+
+def test_a_rules_own_summary_is_kept_and_what_happened_follows_it() -> None:
+    b = book(summary="disk {dev} failing")
+    b.apply([fire(0)], at(0))  # its summary, "s0", stands for the rendered template
+    b.take()
+    resolve = Signal(
+        rule="r",
+        kind="error",
+        key="",
+        action="resolve",
+        at=at(900),
+        summary="r: quiet for 15m after 1 match",
+        happened="quiet for 15m after 1 match",
+    )
+    assert _resolved_summary(b, resolve) == "s0 — quiet for 15m after 1 match"
+    assert b.alerts[fingerprint("r", "")].summary == "s0 — quiet for 15m after 1 match"
+
+
+def test_a_resolve_without_what_happened_keeps_its_summary_or_the_alerts() -> None:
+    b = book(summary="disk {dev} failing")
+    b.apply([fire(0, key="a"), fire(1, key="b")], at(1))
+    b.take()
+    plain = Signal(rule="r", kind="error", key="a", action="resolve", at=at(5), summary="gone")
+    assert _resolved_summary(b, plain) == "gone"
+    bare = Signal(rule="r", kind="error", key="b", action="resolve", at=at(5))
+    assert _resolved_summary(b, bare) == "s1"

@@ -78,6 +78,11 @@ def test_test_command_replays_a_log_and_exits_1_when_alerts_would_fire() -> None
     assert "2 alerts would have fired" in out.stdout
     # 15 minutes after the last error the alerts resolve, at the exact time
     assert "2026-11-25T10:15:04.000Z  RESOLVED" in out.stdout
+    # what happened follows the rule's own summary
+    resolved = (
+        "RESOLVED [error] billing: payment provider returned 502 — quiet for 15m after 2 matches"
+    )
+    assert resolved in out.stdout
 
 
 def test_test_command_exits_0_on_a_clean_log(tmp_path: Path) -> None:

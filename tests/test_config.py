@@ -32,7 +32,7 @@ CONFIGS = Path(__file__).parent / "configs"
 DESIGN_ENV = {
     "DETECTOR_HEARTBEAT_URL": "https://hc.example.com/ping/abc",
     "SLACK_WEBHOOK_URL": "https://hooks.slack.com/services/T/B/X",
-    "PAGERDUTY_ROUTING_KEY": "R0UT1NG",
+    "PAGERDUTY_ROUTING_KEY": "R0UT1NGR0UT1NGR0UT1NGR0UT1NGR0UT",  # 32 characters, as PagerDuty's
     "DETECTOR_HMAC_SECRET": "s3cret",
     "TOKEN": "tok",
 }
@@ -109,7 +109,7 @@ def test_design_example_loads_into_the_expected_dataclasses() -> None:
 
     assert config.webhooks["ops"].url == "https://hooks.slack.com/services/T/B/X"
     assert config.webhooks["ops"].format == "slack"
-    assert config.webhooks["pager"].routing_key == "R0UT1NG"
+    assert config.webhooks["pager"].routing_key == "R0UT1NGR0UT1NGR0UT1NGR0UT1NGR0UT"
     assert config.webhooks["hook"].secret == "s3cret"
     assert config.webhooks["hook"].headers == {"Authorization": "Bearer tok"}
 

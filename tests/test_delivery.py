@@ -578,11 +578,13 @@ async def test_pagerduty_resolves_are_never_folded_into_a_digest(
     w = worker(wh, db, clock, session)
     await w.run_once()
     first = rx.bodies()
-    assert [b["event_action"] for b in first] == ["trigger", "trigger"]
+    assert first[0]["event_action"] == "trigger"
+    # the digest is informational: a change event (pages nobody, nothing left to resolve)
+    assert rx.received[1].path == "/v2/change/enqueue" and "event_action" not in first[1]
     assert first[1]["payload"]["summary"].startswith("detector-digest on db1: 4 more alerts")
     await drain(w, clock, START + timedelta(minutes=5))
-    resolves = [b["dedup_key"] for b in rx.bodies() if b["event_action"] == "resolve"]
-    assert resolves == ["fq0", "fq1", "fq2"]
+    resolves = [b["dedup_key"] for b in rx.bodies() if b.get("event_action") == "resolve"]
+    assert resolves == ["db1/fq0", "db1/fq1", "db1/fq2"]
     assert {s for s, _ in states(store).values()} == {"delivered"}
 
 
@@ -599,3 +601,26 @@ async def test_a_payload_that_cannot_render_is_dead_lettered_without_blocking_ot
     assert [r.headers["Idempotency-Key"] for r in rx.received] == ["good"]
     (err,) = store.execute("SELECT last_error FROM outbox WHERE event_id='bad'")
     assert err[0].startswith("cannot render")
+
+
+async def test_counts_say_apart_what_was_attempted_failed_delivered_and_dead(
+    store: Store, db: AsyncStore, rx: Receiver, session: aiohttp.ClientSession
+) -> None:
+    clock = FakeClock(START)
+    enqueue(store, "hook", [("refused", "fp1"), ("ok1", "fp2"), ("ok2", "fp3")])
+    rx.push(Reply(400, "bad payload"))
+    counts: dict[str, int] = {}
+
+    def count(metric: str, n: int) -> None:
+        counts[metric] = counts.get(metric, 0) + n
+
+    w = worker(hook(rx.url), db, clock, session, on_count=count)
+    await w.run_once()
+    assert states(store)["refused"][0] == "dead"
+    assert counts == {
+        "delivery_attempts": 3,
+        "delivery_failures": 1,
+        "notifications_delivered": 2,
+        "dead_letters": 1,
+    }
+    assert w.stats().delivered == 2 and w.stats().dead == 1

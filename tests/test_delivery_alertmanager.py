@@ -7,9 +7,7 @@ notification carries ``status: resolved`` with ``endsAt`` in the past.
 
 from __future__ import annotations
 
-import asyncio
 import random
-import shutil
 import socket
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -20,10 +18,13 @@ import aiohttp
 import pytest
 
 from detector.clock import FakeClock
+from detector.delivery import alertmanager as alertmanager_fmt
 from detector.delivery.worker import DeliveryWorker
 from detector.model import WebhookConfig
 from detector.records import Commit, OutboxRow
+from detector.store import outbox
 from detector.store.db import AsyncStore, Store
+from tests.limit_receivers import real_alertmanager
 from tests.receiver import Receiver
 
 AM_BIN = "/usr/bin/prometheus-alertmanager"
@@ -47,50 +48,8 @@ async def notified() -> AsyncIterator[Receiver]:
 
 @pytest.fixture
 async def alertmanager(tmp_path: Path, notified: Receiver) -> AsyncIterator[str]:
-    if shutil.which(AM_BIN) is None:  # a missing component fails the test, never skips it
-        pytest.fail(
-            f"{AM_BIN} not found: install the Debian package prometheus-alertmanager "
-            "(scripts/system-deps does)"
-        )
-    port = free_port()
-    config = tmp_path / "am.yml"
-    config.write_text(
-        "route:\n  receiver: hook\n  group_by: [alertname]\n"
-        "  group_wait: 0s\n  group_interval: 1s\n  repeat_interval: 1h\n"
-        "receivers:\n  - name: hook\n    webhook_configs:\n"
-        f"      - url: {notified.url}/am\n        send_resolved: true\n"
-    )
-    log = tmp_path / "am.log"
-    with log.open("wb") as out:
-        proc = await asyncio.create_subprocess_exec(
-            AM_BIN,
-            f"--config.file={config}",
-            f"--storage.path={tmp_path / 'am-data'}",
-            f"--web.listen-address=127.0.0.1:{port}",
-            "--cluster.listen-address=",
-            stdout=out,
-            stderr=asyncio.subprocess.STDOUT,
-        )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        async with aiohttp.ClientSession() as s:
-            for _ in range(100):
-                try:
-                    async with s.get(f"{url}/-/ready", timeout=aiohttp.ClientTimeout(1)) as r:
-                        if r.status == 200:
-                            break
-                except aiohttp.ClientError:
-                    pass
-                await asyncio.sleep(0.1)
-            else:
-                pytest.fail(
-                    "alertmanager did not become ready: " + (tmp_path / "am.log").read_text()
-                )
+    async with real_alertmanager(tmp_path, f"{notified.url}/am") as url:
         yield url
-    finally:
-        proc.terminate()
-        async with asyncio.timeout(10):
-            await proc.wait()
 
 
 def snapshot(status: str, first: datetime, resolved: datetime | None) -> dict[str, Any]:
@@ -183,4 +142,66 @@ async def test_real_alertmanager_receives_firing_then_resolved(
         assert bodies[-1]["status"] == "resolved"
         ends = bodies[-1]["alerts"][0]["endsAt"]
         assert datetime.fromisoformat(ends.replace("Z", "+00:00")) <= datetime.now(UTC)
+    db.close()
+
+
+def row(event_id: str, fp: str, at: datetime, **over: Any) -> OutboxRow:
+    snap = {**snapshot("firing", at, None), "event_id": event_id, "fingerprint": fp, **over}
+    snap["labels"] = {**snap["labels"], "fp": fp}
+    return OutboxRow("am", event_id, fp, "firing", snap, at)
+
+
+async def test_a_free_text_runbook_is_accepted_and_a_refused_alert_never_holds_back_the_others(
+    tmp_path: Path, alertmanager: str
+) -> None:
+    """Alertmanager refuses an alert whose start is after its end (400 for the whole list): the
+    re-send splits the list, dead-letters that one alert, and keeps refreshing the others."""
+    now = datetime.now(UTC)
+    clock = FakeClock(now)
+    store = Store(tmp_path / "state.db")
+    db = AsyncStore(store)
+    first = now - timedelta(minutes=3)
+    rows = [
+        row("ev-a", "fp-a", first, runbook="ask the db team"),
+        row("ev-b", "fp-b", first),
+        row("ev-bad", "fp-bad", first, first_seen_at=iso(now + timedelta(hours=1))),
+        row("ev-c", "fp-c", first),
+    ]
+    store.commit(Commit(outbox=rows), now)
+    # accepted earlier (say by a receiver that did not check): the re-send list holds all four
+    ids = [r[0] for r in store.execute("SELECT id FROM outbox ORDER BY id")]
+    outbox.mark_delivered(store, ids, now)
+    dead: list[tuple[str, str, str]] = []
+    wh = WebhookConfig(name="am", url=alertmanager, format="alertmanager")
+    async with aiohttp.ClientSession() as session:
+        w = DeliveryWorker(
+            wh,
+            db,
+            clock,
+            host="db1",
+            session=session,
+            rng=random.Random(1),
+            on_dead_letter=lambda *a: dead.append(a),
+        )
+        posts = await w.run_once()
+        assert posts > 1  # the refused list was split
+        assert [d[1] for d in dead] == ["ev-bad"]
+        assert "re-send refused: HTTP 400" in dead[0][2]
+        states = dict(store.execute("SELECT event_id, state FROM outbox"))
+        assert states == {
+            "ev-a": "delivered",
+            "ev-b": "delivered",
+            "ev-bad": "dead",
+            "ev-c": "delivered",
+        }
+        active = {a["labels"]["fp"]: a for a in await am_alerts(alertmanager)}
+        assert set(active) == {"fp-a", "fp-b", "fp-c"}
+        assert active["fp-a"]["annotations"]["runbook"] == "ask the db team"
+        assert "runbook_url" not in active["fp-a"]["annotations"]
+        assert active["fp-b"]["generatorURL"] == "https://wiki.example.internal/backup"
+
+        clock.advance(alertmanager_fmt.RESEND_EVERY)
+        assert await w.run_once() == 1  # the next re-send leaves the refused alert out
+        assert w.stats().attempts == posts + 1
+        assert [d[1] for d in dead] == ["ev-bad"]
     db.close()

@@ -157,8 +157,9 @@ async def test_alerts_raised_while_the_receiver_is_down_arrive_once_it_is_up_eve
     cfg = config_in(tmp_path, KILL_RULES.format(log=log), f"http://127.0.0.1:{port}/hook")
     state = tmp_path / "state.db"
 
-    def outbox_has(rows: int) -> bool:  # that many alerts committed, and an attempt failed
-        return len(outbox_rows(state)) == rows and bool(outbox_rows(state, "attempts >= 1"))
+    def outbox_has(rows: int) -> bool:  # that many job alerts committed, and an attempt failed
+        jobs = "json_extract(payload, '$.rule') = 'job-failed'"
+        return len(outbox_rows(state, jobs)) == rows and bool(outbox_rows(state, "attempts >= 1"))
 
     agent = await AgentProcess(cfg).start()
     try:

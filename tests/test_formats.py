@@ -120,12 +120,12 @@ def test_discord_stays_within_embed_limits_for_huge_alerts() -> None:
     assert body["allowed_mentions"] == {"parse": []}
 
 
-def test_pagerduty_trigger_and_resolve_share_the_fingerprint_as_dedup_key() -> None:
+def test_pagerduty_trigger_and_resolve_share_host_and_fingerprint_as_dedup_key() -> None:
     trigger = rendered("pagerduty", alert())["body"]
     resolve = rendered("pagerduty", resolved())["body"]
     assert trigger["event_action"] == "trigger"
     assert resolve["event_action"] == "resolve"
-    assert trigger["dedup_key"] == resolve["dedup_key"] == "ab12cd34ef567890"
+    assert trigger["dedup_key"] == resolve["dedup_key"] == "db1/ab12cd34ef567890"
     assert trigger["routing_key"] == "R0UTINGKEY"
     assert trigger["payload"]["severity"] == "critical"
     warn = rendered("pagerduty", alert(severity="warning"))["body"]

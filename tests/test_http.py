@@ -197,7 +197,7 @@ def test_status_json_groups_metrics_by_source_rule_and_webhook() -> None:
     health.inc("truncated_lines", 1, source="syslog")
     health.set_time("last_event_at", T0, source="syslog")
     health.inc("lines_matched", 2, rule="app-alive")
-    health.inc("notifications", 1, webhook="ops")
+    health.inc("notifications_queued", 1, webhook="ops")
     health.set_outbox("ops", 3, T0 - timedelta(seconds=5))
     health.inc("config_reloads", result="refused")
     health.inc("alerts", 2, kind="threshold", state="firing")
@@ -224,7 +224,7 @@ def test_status_json_groups_metrics_by_source_rule_and_webhook() -> None:
     }
     assert status["rules"]["app-alive"] == {"lines_matched": 2}
     assert status["webhooks"]["ops"] == {
-        "notifications": 1,
+        "notifications_queued": 1,
         "outbox_depth": 3,
         "outbox_oldest_age_seconds": 15.0,
     }

@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
+from detector.alerts import AlertBook
 from detector.matching import Hit
 from detector.model import PairSpec, RuleConfig
 from detector.rules.base import Signal, When
@@ -80,7 +81,8 @@ def test_late_end_resolves_with_the_real_duration() -> None:
     ev.due(T0 + 30 * MIN)
     done = hit(ev, "end", "etl1", T0 + 47 * MIN)
     assert acts(done) == [("resolve", "job=etl1")]
-    assert "finished after 47m, 17m over the 30m limit" in done[0].summary
+    assert done[0].summary == "etl-finishes job=etl1: finished after 47m (limit 30m)"
+    assert done[0].happened == "finished after 47m (limit 30m)"
     assert done[0].evidence["duration_s"] == 47 * 60
 
 
@@ -94,10 +96,18 @@ def test_keys_are_independent() -> None:
 
 
 def test_summary_template_gets_captured_fields_and_duration() -> None:
-    ev = PairEvaluator(rule(summary="{job} took {duration} (max {within}) {x}"), T0)
+    r = rule(summary="{job} took {duration} (max {within}) {x}")
+    ev, book = PairEvaluator(r, T0), AlertBook("h1", {r.name: r}, ["hook"])
     hit(ev, "start", "etl1", T0)
-    ev.due(T0 + 30 * MIN)
-    assert hit(ev, "end", "etl1", T0 + 40 * MIN)[0].summary == "etl1 took 40m (max 30m) {x}"
+    fired = ev.due(T0 + 30 * MIN)
+    assert fired[0].summary == "etl1 took 30m (max 30m) {x}"
+    done = hit(ev, "end", "etl1", T0 + 40 * MIN)
+    book.apply(fired + done, T0 + 40 * MIN)
+    # the resolved notice: the user's summary as the alert showed it, then what happened
+    assert [o.payload["summary"] for o in book.take()[1]] == [
+        "etl1 took 30m (max 30m) {x}",
+        "etl1 took 30m (max 30m) {x} — finished after 40m (limit 30m)",
+    ]
 
 
 def test_orphan_end_is_reported_only_when_asked() -> None:

@@ -1,6 +1,6 @@
 """Rule state in SQLite: what every evaluator writes stays byte for byte what earlier versions
-wrote, an existing state file keeps loading, and a restored evaluator goes on as if it had never
-stopped.
+wrote (plus the fields a version appends, ``ADDED_FIELDS``), an existing state file keeps loading,
+and a restored evaluator goes on as if it had never stopped.
 
 ``tests/golden/rule_state.json`` holds, per rule kind, the ``rule_state`` rows (key → the exact
 JSON text in the ``value`` column) that a scripted run leaves in the state file. They were written
@@ -11,6 +11,7 @@ by the code before the evaluators shared their state bookkeeping; regenerate the
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
@@ -199,6 +200,42 @@ def _signals(signals: list[Signal]) -> list[tuple[Any, ...]]:
     return [(s.action, s.key, s.at, s.summary, s.count, dict(s.evidence)) for s in signals]
 
 
+ADDED_FIELDS: dict[str, tuple[str, ...]] = {"error": ("count",)}
+"""Fields this version appends to rows that the golden run writes (an error group's matches since
+its alert opened, for the resolved summary). Everything else stays byte for byte; a golden row,
+without them, still loads (its resolve then leaves out what it cannot know, below)."""
+
+UNKNOWN_IN_OLD_ROWS: dict[str, str] = {"error": r" after \d+ match(es)?$"}
+"""What a resolve cannot say for a key restored from a golden row: it is left out."""
+
+
+def _without_added(kind: str, rows: dict[str, str]) -> dict[str, str]:
+    added = ADDED_FIELDS.get(kind, ())
+    out = {}
+    for key, text in rows.items():
+        value = json.loads(text)
+        out[key] = text
+        if isinstance(value, dict) and added:
+            assert all(name in value for name in added), (key, "the added fields are written")
+            assert list(value)[-len(added) :] == list(added), (key, "appended at the end")
+            out[key] = json.dumps({k: v for k, v in value.items() if k not in added})
+    return out
+
+
+def _as_if_restored_from_old_rows(
+    kind: str, signals: list[Signal], old_keys: set[str]
+) -> list[tuple[Any, ...]]:
+    """What a rule restored from the golden rows says: the same, less what they do not hold."""
+    out = _signals(signals)
+    unknown = UNKNOWN_IN_OLD_ROWS.get(kind)
+    if unknown is None:
+        return out
+    return [
+        (*s[:3], re.sub(unknown, "", s[3]), *s[4:]) if s[0] == "resolve" and s[1] in old_keys else s
+        for s in out
+    ]
+
+
 @pytest.fixture(scope="module")
 def golden() -> dict[str, dict[str, str]]:
     data: dict[str, dict[str, str]] = json.loads(GOLDEN.read_text())
@@ -211,7 +248,7 @@ def test_state_rows_are_byte_for_byte_what_earlier_versions_wrote(
 ) -> None:
     store, _ = _first_run(kind, tmp_path / "state.db")
     assert golden[kind], "the scripted run leaves state to compare"
-    assert _rows(store, kind) == golden[kind]
+    assert _without_added(kind, _rows(store, kind)) == golden[kind]
     store.close()
 
 
@@ -238,7 +275,9 @@ def test_a_state_file_written_earlier_loads_and_the_rule_goes_on_as_if_never_sto
     store.commit(Commit(rule_state={rule.name: rewritten}), T0)
     assert _rows(store, kind) == golden[kind]
     restored_signals = _feed(restored, then, _committer(store, restored))
-    assert _signals(restored_signals) == _signals(kept_signals)
+    assert _signals(restored_signals) == _as_if_restored_from_old_rows(
+        kind, kept_signals, set(golden[kind])
+    )
     assert kept_signals, "the second half of the run raises signals to compare"
     assert _rows(store, kind) == _rows(kept_store, kind)
     store.close()

@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from detector.alerts import AlertBook
 from detector.matching import Hit
 from detector.model import RuleConfig, WindowSpec
 from detector.rules.base import Signal, When
@@ -104,7 +105,9 @@ def test_late_match_resolves_saying_how_late() -> None:
     ev.due(CLOSE)
     late = see(ev, CLOSE + 37 * MIN)
     assert acts(late) == ["resolve"]
-    assert "arrived at 03:37 Europe/Berlin, 37m late" in late[0].summary
+    assert late[0].summary == (
+        "nightly-backup: 'backup complete' arrived 37m late (window 02:00–03:00 Europe/Berlin)"
+    )
     assert late[0].evidence["late_by_s"] == 37 * 60
     assert see(ev, CLOSE + 38 * MIN) == []
 
@@ -112,10 +115,20 @@ def test_late_match_resolves_saying_how_late() -> None:
 def test_late_summary_template_gets_late_by_and_window_bounds() -> None:
     tpl = "backup {late_by} late for {window_start}-{window_end} {timezone} {missing}"
     ev = WindowEvaluator(rule(summary=tpl), START)
-    ev.due(CLOSE)
-    assert see(ev, CLOSE + 37 * MIN)[0].summary == (
-        "backup 37m late for 02:00-03:00 Europe/Berlin {missing}"
-    )
+    # a late match the agent reads only after the close was due: an info, rendered from the template
+    info = see(ev, CLOSE + 37 * MIN)
+    assert [(s.action, s.summary) for s in info] == [
+        ("info", "backup 37m late for 02:00-03:00 Europe/Berlin {missing}")
+    ]
+    # a late match resolving what fired: the alert's summary, then what happened
+    r = rule(summary=tpl)
+    ev, book = WindowEvaluator(r, START), AlertBook("h1", {r.name: r}, ["hook"])
+    book.apply(ev.due(CLOSE) + see(ev, CLOSE + 37 * MIN), CLOSE + 37 * MIN)
+    assert [o.payload["summary"] for o in book.take()[1]] == [
+        "backup {late_by} late for 02:00-03:00 Europe/Berlin {missing}",
+        "backup {late_by} late for 02:00-03:00 Europe/Berlin {missing} — 'backup complete' "
+        "arrived 37m late (window 02:00–03:00 Europe/Berlin)",
+    ]
 
 
 def test_missed_window_resolves_at_the_next_good_window() -> None:

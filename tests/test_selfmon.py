@@ -11,22 +11,20 @@ import os
 import socket
 import subprocess
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from detector.clock import FakeClock
-from detector.health import Health
 from detector.problems import RENOTIFY_MIN, Problems
 from detector.rules.base import Signal
 from detector.sdnotify import Notifier
 from detector.selfmon import SelfMonitor
-from detector.service import Agent
 from detector.sources.base import SourceProblem
 from detector.store import outbox
+from tests.agent_inproc import agent_alerts, rule_alerts, running, summaries, until
 from tests.agent_proc import config_in, free_port, write_config
 from tests.receiver import Receiver, Reply
 
@@ -42,48 +40,6 @@ rules:
     group_by: [n]
     repeat: never
 """
-
-
-@contextlib.asynccontextmanager
-async def running(cfg: Path, clock: FakeClock, **kw: Any) -> AsyncIterator[Agent]:
-    agent = Agent(cfg, clock, **kw)
-    task = asyncio.create_task(agent.run())
-    try:
-        yield agent
-    finally:
-        agent.request_stop()
-        async with asyncio.timeout(20):
-            assert await task == 0
-
-
-async def until(
-    cond: Callable[[], bool],
-    clock: FakeClock | None = None,
-    step: timedelta = timedelta(seconds=5),
-    within: float = 15,
-    what: str = "condition",
-) -> None:
-    """Wait for ``cond``; with ``clock``, move it on by ``step`` between looks."""
-    try:
-        async with asyncio.timeout(within):
-            while not cond():
-                if clock is not None:
-                    clock.advance(step)
-                await asyncio.sleep(0.05)
-    except TimeoutError:
-        raise AssertionError(f"timed out waiting for {what}") from None
-
-
-def agent_alerts(rx: Receiver) -> list[dict[str, Any]]:
-    return [a for b in rx.bodies() for a in b["alerts"] if a["labels"]["rule"] == "detector-agent"]
-
-
-def summaries(rx: Receiver) -> list[tuple[str, str]]:
-    return [(a["status"], a["annotations"]["summary"]) for a in agent_alerts(rx)]
-
-
-def rule_alerts(rx: Receiver) -> list[dict[str, Any]]:
-    return [a for b in rx.bodies() for a in b["alerts"] if a["labels"]["rule"] == "errors"]
 
 
 def pager_and_chat(tmp_path: Path, pager: str, chat: str, extra: str = "") -> Path:
@@ -105,7 +61,6 @@ def monitor_for(clock: FakeClock, sent: list[Signal]) -> SelfMonitor:
     problems = Problems()
     return SelfMonitor(
         problems=problems,
-        health=Health(clock, problems=problems),
         clock=clock,
         notifier=Notifier({}),
         emit=sent.append,
@@ -184,6 +139,7 @@ async def test_a_state_file_that_cannot_be_opened_leaves_the_agent_up_degraded_u
             await until(lambda: bool(agent_alerts(rx)), what="the agent alert from memory")
             [(status, summary)] = summaries(rx)
             assert status == "firing" and "state file cannot be written" in summary
+            assert agent.health.value("notifications_delivered", webhook="hook") == 1
             sent = "\n".join(datagrams(sock))
             assert "READY=1" in sent  # systemd sees it started: no restart loop into the limit
             assert "STATUS=degraded: state: state file cannot be written" in sent
@@ -502,3 +458,48 @@ async def test_a_read_only_state_disk_at_start_is_degraded_not_a_crash_loop(
         finally:
             subprocess.run(["mount", "-o", "remount,rw", str(small_disk)], check=False)
         assert summaries(rx)[1][0] == "resolved"
+
+
+async def test_an_agent_alert_left_open_by_a_stop_resolves_after_the_restart_if_gone(
+    tmp_path: Path,
+) -> None:
+    missing = tmp_path / "app.log"
+    missing.mkdir()  # a directory where the log should be: unreadable
+    clock = FakeClock(T0)
+    async with Receiver() as rx:
+        cfg = config_in(tmp_path, RULES.format(log=missing), rx.url + "/hook", "source_grace: 1m\n")
+        async with running(cfg, clock) as agent:
+            await until(lambda: bool(agent.problems.pending()), what="the problem")
+            await until(lambda: bool(agent_alerts(rx)), clock, what="the agent alert")
+        assert summaries(rx)[0][0] == "firing"
+        missing.rmdir()
+        missing.touch()  # fixed while the agent was stopped
+        async with running(cfg, clock) as agent:
+            # the first look at the source finds it fine: resolved then, not left open for ever
+            await until(lambda: len(agent_alerts(rx)) == 2, what="the resolve")
+        status, summary = summaries(rx)[1]
+        assert status == "resolved"
+        assert summary == "no longer seen since the agent restarted"
+
+
+async def test_a_line_written_right_after_ready_is_read_even_with_start_at_end(
+    tmp_path: Path, notify_socket: tuple[str, socket.socket]
+) -> None:
+    """READY=1 (``systemctl start`` returning) means every source has fixed where it starts: a
+    line written at once is read, not skipped as "already there" by ``start_at: end``."""
+    path, sock = notify_socket
+    log = tmp_path / "app.log"
+    log.write_text("ERROR 0 old, before the start: skipped by start_at: end\n")
+    clock = FakeClock(T0)
+    async with Receiver() as rx:
+        cfg = config_in(tmp_path, RULES.format(log=log), rx.url + "/hook")
+        async with running(cfg, clock, notifier=Notifier({"NOTIFY_SOCKET": path})) as agent:
+            loop = asyncio.get_running_loop()
+            async with asyncio.timeout(15):
+                while "READY=1" not in (await loop.sock_recv(sock, 4096)).decode():
+                    pass
+            assert all(r.source.opened.is_set() for r in agent.sources.values())
+            with log.open("a") as f:
+                f.write("ERROR 1 written the moment the agent said it was ready\n")
+            await until(lambda: bool(rule_alerts(rx)), clock, what="the alert")
+        assert [a["labels"]["n"] for a in rule_alerts(rx)] == ["1"]

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import itertools
 from datetime import UTC, datetime, timedelta, timezone
+from zoneinfo import ZoneInfo
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from detector.timestamps import TimeParser
+from detector.timestamps import TimeParser, syslog_start_year
 
 MONTHS = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"]
 YEAR = 2026
@@ -106,3 +108,121 @@ def test_a_log_mixing_formats_reads_every_line_exactly_as_alone(
     for text, expected in lines + lines:
         assert shared.parse(text) == expected, text
         assert TimeParser(None, YEAR).parse(text) == expected, text
+
+
+def test_the_formats_of_real_logs_are_read() -> None:
+    """Stamps from the Loghub logs and other real formats (all were read as "no time")."""
+    p = TimeParser(None, YEAR)
+    cases = {
+        "1117838570 2005.06.03 R02-M1-N0 x": datetime(2005, 6, 3, 22, 42, 50, tzinfo=UTC),
+        "1117838570.25 x": datetime(2005, 6, 3, 22, 42, 50, 250000, tzinfo=UTC),
+        "1117838570123 x": datetime(2005, 6, 3, 22, 42, 50, 123000, tzinfo=UTC),
+        "- 1131566461 2005.11.09 dn228 x": datetime(2005, 11, 9, 20, 1, 1, tzinfo=UTC),
+        "- 1117838570 2005.06.03 R02-M1-N0-C:J12-U11 2005-06-03-15.42.50.675872 RAS": datetime(
+            2005, 6, 3, 15, 42, 50, 675872, tzinfo=UTC
+        ),
+        "2005-06-03-15.42.50.675872 RAS KERNEL": datetime(
+            2005, 6, 3, 15, 42, 50, 675872, tzinfo=UTC
+        ),
+        "[Sun Dec 04 04:47:44 2005] [notice] workerEnv.init()": datetime(
+            2005, 12, 4, 4, 47, 44, tzinfo=UTC
+        ),
+        "[Wed Oct 11 14:32:52.123456 2000] [core:error] x": datetime(
+            2000, 10, 11, 14, 32, 52, 123456, tzinfo=UTC
+        ),
+        "17/06/09 20:10:40 INFO executor.CoarseGrainedExecutorBackend": datetime(
+            2017, 6, 9, 20, 10, 40, tzinfo=UTC
+        ),
+        "<165>1 2003-10-11T22:14:15.003Z mymachine.example.com evntslog - ID47 x": datetime(
+            2003, 10, 11, 22, 14, 15, 3000, tzinfo=UTC
+        ),
+        "<34>1 2003-08-24T05:14:15.000003-07:00 host su - - x": datetime(
+            2003, 8, 24, 12, 14, 15, 3, tzinfo=UTC
+        ),
+        "<13>Feb  5 17:32:18 10.0.0.99 Use the BFG!": datetime(YEAR, 2, 5, 17, 32, 18, tzinfo=UTC),
+    }
+    for text, expected in cases.items():
+        assert p.parse(text) == expected, text
+    for text in ["12345 not an epoch", "9999999999 too late", "<13>no stamp", "1117838570:1 x"]:
+        assert p.parse(text) is None, text
+
+
+def test_a_source_zone_time_format_and_time_regex() -> None:
+    berlin = ZoneInfo("Europe/Berlin")
+    p = TimeParser(None, YEAR, zone=berlin)
+    assert p.parse("2026-07-01 12:00:00 x") == datetime(2026, 7, 1, 10, tzinfo=UTC)  # CEST
+    assert p.parse("2026-01-01 12:00:00 x") == datetime(2026, 1, 1, 11, tzinfo=UTC)  # CET
+    assert p.parse("2026-07-01 12:00:00Z x") == datetime(2026, 7, 1, 12, tzinfo=UTC)  # own offset
+    fixed = TimeParser("%d.%m.%Y %H:%M", YEAR, zone=berlin)
+    assert fixed.parse("01.07.2026 12:01 x") == datetime(2026, 7, 1, 10, 1, tzinfo=UTC)
+    rx = TimeParser(None, YEAR, time_regex=r"ts=(?P<time>\S+)")
+    assert rx.parse("level=info ts=2026-03-01T12:00:00Z msg=x") == datetime(
+        2026, 3, 1, 12, tzinfo=UTC
+    )
+    assert rx.parse("level=info msg=no stamp 2026-03-01T12:00:00Z") is None
+    both = TimeParser("%d/%m/%Y-%H:%M:%S", YEAR, time_regex=r"at (\S+)")
+    assert both.parse("job 7 done at 01/03/2026-12:00:05") == datetime(
+        2026, 3, 1, 12, 0, 5, tzinfo=UTC
+    )
+
+
+@settings(max_examples=200, deadline=None, database=None)
+@given(
+    at=st.datetimes(min_value=datetime(2000, 1, 1), max_value=datetime(2037, 12, 31)),
+    zone=st.sampled_from(["Europe/Berlin", "America/New_York", "Australia/Lord_Howe", "UTC"]),
+)
+def test_a_local_stamp_round_trips_through_its_zone_across_dst(at: datetime, zone: str) -> None:
+    """Round trip: an instant written as local wall time (ISO without offset) in a DST zone reads
+    back as that instant, except in the hour a DST change repeats (read as its first pass)."""
+    tz = ZoneInfo(zone)
+    instant = at.replace(microsecond=0, tzinfo=UTC)
+    local = instant.astimezone(tz)
+    got = TimeParser(None, YEAR, zone=tz).parse(f"{local:%Y-%m-%d %H:%M:%S} x")
+    assert got is not None and got.utcoffset() == timedelta(0)
+    first_pass = local.replace(tzinfo=None).replace(tzinfo=tz, fold=0).astimezone(UTC)
+    assert got == first_pass  # (in UTC: Python never finds an ambiguous local time equal)
+    if local.fold == 0:
+        assert got == instant
+
+
+@settings(max_examples=200, deadline=None, database=None)
+@given(
+    start=st.datetimes(min_value=datetime(2001, 1, 1), max_value=datetime(2030, 1, 1)),
+    steps=st.lists(st.integers(0, 29 * 86400), min_size=1, max_size=60),
+)
+def test_syslog_years_are_inferred_monotonically(start: datetime, steps: list[int]) -> None:
+    """A syslog file read in order (gaps under 30 days): every stamp gets its true year, given the
+    first's; and syslog_start_year finds that first year from a sample of the lines and the
+    mtime (the last line's time, or later)."""
+    truth = [start.replace(microsecond=0, tzinfo=UTC)]
+    for s in steps:
+        truth.append(truth[-1] + timedelta(seconds=s))
+    truth = [t for t in truth if not (t.month == 2 and t.day == 29)]
+    if not truth:
+        return
+    lines = [f"{MONTHS[t.month - 1]} {t.day:>2} {t:%H:%M:%S} host x" for t in truth]
+    p = TimeParser(None, truth[0].year, rolling=True)
+    got = [p.parse(x) for x in lines]
+    assert got == truth
+    assert all(a <= b for a, b in itertools.pairwise(got))
+    sample = [lines[0], *lines[:: max(1, len(lines) // 5)], lines[-1]]
+    for mtime in (truth[-1], truth[-1] + timedelta(days=20)):
+        assert syslog_start_year(sample, mtime) == truth[0].year
+
+
+def test_a_stamp_after_the_mtime_is_the_year_before() -> None:
+    june = datetime(2026, 6, 1, tzinfo=UTC)
+    assert syslog_start_year(["Dec 30 10:00:00 h x", "Dec 31 10:00:00 h x"], june) == 2025
+    assert syslog_start_year(["May 30 10:00:00 h x"], june) == 2026
+    # New Year inside the file: the first line is a year before the last
+    assert syslog_start_year(["Dec 30 10:00:00 h x", "Jan  2 10:00:00 h x"], june) == 2025
+    assert syslog_start_year(["no syslog stamp"], june) is None
+    # a late line out of order across New Year stays in the year before
+    p = TimeParser(None, 2025, rolling=True)
+    assert [
+        p.parse(x) for x in ["Dec 31 23:59:58 a", "Jan  1 00:00:01 b", "Dec 31 23:59:59 c"]
+    ] == [
+        datetime(2025, 12, 31, 23, 59, 58, tzinfo=UTC),
+        datetime(2026, 1, 1, 0, 0, 1, tzinfo=UTC),
+        datetime(2025, 12, 31, 23, 59, 59, tzinfo=UTC),
+    ]

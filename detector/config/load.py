@@ -25,7 +25,6 @@ from detector.config.nodes import (
     NodeReader,
     describe,
     did_you_mean,
-    problem_order,
 )
 from detector.config.rules import read_rules
 from detector.config.sections import (
@@ -126,7 +125,7 @@ def _load(r: NodeReader, text: str) -> Config:
         sources=sources,
         webhooks=webhooks,
         rules=rules,
-        warnings=tuple(p.text for p in sorted(r.warnings, key=problem_order)),
+        warnings=r.warning_texts(),
     )
 
 

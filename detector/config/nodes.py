@@ -6,7 +6,8 @@ which ask a :class:`NodeReader` for "a mapping with these keys", "a duration", "
 defined webhooks". Each reader method returns the value or ``None`` after recording one message of
 the form ``rules.yaml:23:12: rule 'nginx-5xx': unknown key 'tresholds' — did you mean
 'threshold'?`` (where, which rule/section, what, how to fix); ``raise_if_problems`` raises them all
-together as one :class:`ConfigError`. Non-fatal findings are collected as warnings.
+together as one :class:`ConfigError`. Non-fatal findings are collected as warnings. Both are
+redacted on the way out: a value taken from the environment is shown as its ``${VAR}``.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import yaml
 from yaml.constructor import SafeConstructor
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
-from detector.config.values import interpolate, parse_duration
+from detector.config.values import interpolate, parse_duration, redact
 from detector.model import Location
 
 TAG_STR = "tag:yaml.org,2002:str"
@@ -92,6 +93,7 @@ class NodeReader:
     def __init__(self, path: str, env: Mapping[str, str]) -> None:
         self.path = path
         self.env = env
+        self.expanded: dict[str, str] = {}  # {VAR: value} taken from env, redacted in messages
         self.problems: list[Problem] = []
         self.warnings: list[Problem] = []
         self.ctor = SafeConstructor()
@@ -160,7 +162,7 @@ class NodeReader:
         value = str(node.value)
         if node.tag != TAG_STR:
             return value
-        result, problems = interpolate(value, self.env)
+        result, problems = interpolate(value, self.env, self.expanded)
         for p in problems:
             self.err(node, where, p)
         return None if problems else result
@@ -377,9 +379,22 @@ class NodeReader:
                 self.err(node, where, f"unknown {kind} '{name}' — {hint}")
         return items if ok else None
 
+    def redact(self, text: str) -> str:
+        """``text`` with each value taken from the environment so far shown as ``${VAR}``; for
+        a message that cuts a value short (the start of a URL), redact before cutting."""
+        return redact(text, self.expanded)
+
     def raise_if_problems(self) -> None:
+        """Raise every problem as one :class:`ConfigError`, never with a value of the
+        environment in it (each is shown as its ``${VAR}``)."""
         if self.problems:
-            raise ConfigError([p.text for p in sorted(self.problems, key=problem_order)])
+            raise ConfigError(
+                [self.redact(p.text) for p in sorted(self.problems, key=problem_order)]
+            )
+
+    def warning_texts(self) -> tuple[str, ...]:
+        """The warnings, sorted and redacted like the problems."""
+        return tuple(self.redact(p.text) for p in sorted(self.warnings, key=problem_order))
 
     def syntax_problem(self, e: yaml.MarkedYAMLError) -> Problem:
         mark = e.problem_mark or e.context_mark

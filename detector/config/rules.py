@@ -393,7 +393,7 @@ def _samples_ok(
             r.err(
                 snode,
                 f"{w}: samples",
-                f"sample does not match the rule's {roles} pattern: '{sample[:120]}' — "
+                f"sample does not match the rule's {roles} pattern: '{r.redact(sample)[:120]}' — "
                 "fix the pattern or the sample",
             )
             ok = False
@@ -401,7 +401,7 @@ def _samples_ok(
             r.err(
                 snode,
                 f"{w}: samples",
-                f"sample is excluded by the rule's ignore pattern: '{sample[:120]}' — "
+                f"sample is excluded by the rule's ignore pattern: '{r.redact(sample)[:120]}' — "
                 "fix ignore: or the sample",
             )
             ok = False

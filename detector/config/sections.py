@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, cast
 from urllib.parse import urlsplit
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from yaml.nodes import Node, ScalarNode
 
@@ -67,7 +68,17 @@ _AGENT_KEYS = (
     "log_format",
 )
 DEFAULTS_KEYS = ("severity", "notify", "repeat", "resolve_after", "owner", "runbook", "labels")
-_FILE_KEYS = ("file", "start_at", "max_line_bytes", "poll_interval", "rotated", "exclude")
+_TIME_KEYS = ("timezone", "time_format", "time_regex")
+"""How ``detector test`` reads a file source's stamps (see ``timestamps.py``)."""
+_FILE_KEYS = (
+    "file",
+    "start_at",
+    "max_line_bytes",
+    "poll_interval",
+    "rotated",
+    "exclude",
+    *_TIME_KEYS,
+)
 _JOURNALD_KEYS = (
     "units",
     "identifiers",
@@ -187,6 +198,13 @@ def common_fields(
             s = r.string(entries[key][1], f"{w}: {key}")
             if s is not None:
                 kw[key] = s
+    if kw.get("runbook") is not None and _looks_like_a_broken_link(kw["runbook"]):
+        r.warn(
+            entries["runbook"][1],
+            f"{w}: runbook",
+            f"'{kw['runbook'][:60]}' is not an absolute http(s) URL, so no receiver shows it as a "
+            "link (it is sent as text) — write the full URL, e.g. https://wiki.example.com/runbook",
+        )
     if "labels" in entries:
         labels = r.str_map(
             entries["labels"][1], f"{w}: labels", "a mapping of label: value", label_keys=True
@@ -251,6 +269,7 @@ def _file(
             r.err(body["exclude"][1], f"{w}: exclude", "empty glob — write e.g. ['*.gz']")
             globs = None
         kw["exclude"] = globs
+    kw.update(_time_keys(r, body, w))
     if paths is None or any(v is None for v in kw.values()):
         return None
     return FileSourceConfig(name=name, paths=paths, location=loc, **kw)
@@ -264,10 +283,51 @@ def _glob(r: NodeReader, node: Node, w: str) -> str | None:
     return got
 
 
+def _time_keys(r: NodeReader, body: dict[str, tuple[Node, Node]], w: str) -> dict[str, Any]:
+    """``timezone:``, ``time_format:``, ``time_regex:`` of a file source, checked."""
+    kw: dict[str, Any] = {}
+    for key in _TIME_KEYS:
+        if key not in body:
+            continue
+        node = body[key][1]
+        value = r.string(node, f"{w}: {key}")
+        kw[key] = value
+        if value is None:
+            continue
+        if key == "timezone" and value != "local" and value.upper() != "UTC":
+            try:
+                ZoneInfo(value)
+            except (ZoneInfoNotFoundError, ValueError):
+                r.err(
+                    node,
+                    f"{w}: timezone",
+                    f"unknown time zone '{value}' — write e.g. Europe/Berlin, UTC or local",
+                )
+                kw[key] = None
+        elif key == "time_format" and "%" not in value:
+            r.err(node, f"{w}: time_format", "a strptime format such as '%d.%m.%Y %H:%M:%S'")
+            kw[key] = None
+        elif key == "time_regex":
+            try:
+                rx = re.compile(value)
+            except re.error as e:
+                r.err(node, f"{w}: time_regex", f"invalid regex: {e}")
+                kw[key] = None
+                continue
+            if rx.groups == 0:
+                r.err(
+                    node,
+                    f"{w}: time_regex",
+                    "needs a group around the stamp, e.g. 'ts=(\\S+)' or '(?P<time>…)'",
+                )
+                kw[key] = None
+    return kw
+
+
 def _journald(
     r: NodeReader, name: str, body: dict[str, tuple[Node, Node]], w: str, loc: Location
 ) -> JournaldSourceConfig | None:
-    for key in ("max_line_bytes", "poll_interval", "file", "rotated", "exclude"):
+    for key in ("max_line_bytes", "poll_interval", "file", "rotated", "exclude", *_TIME_KEYS):
         if key in body:
             r.err(body[key][0], w, f"'{key}' applies to file sources only — remove it")
     inner = r.mapping(
@@ -346,7 +406,8 @@ def _url(r: NodeReader, node: Node, w: str) -> str | None:
         return None
     parts = urlsplit(s.strip())
     if parts.scheme not in ("http", "https") or not parts.netloc:
-        shown = f"{parts.scheme}://{parts.netloc}…" if parts.scheme else f"'{s[:40]}'"
+        safe = urlsplit(r.redact(s.strip()))  # redacted before it is cut short
+        shown = f"{safe.scheme}://{safe.netloc}…" if safe.scheme else f"'{r.redact(s)[:40]}'"
         if not s.strip():
             shown = "an empty value"
         r.err(
@@ -420,5 +481,137 @@ def read_webhooks(r: NodeReader, declared: Declared, node: Node) -> dict[str, We
         optional = ("secret", "routing_key", "topic", "template")
         if any(v is None for k, v in kw.items() if k not in optional or k in body):
             continue
+        _check_format(r, fmt, body, kw, w)
         out[name] = WebhookConfig(name=name, location=r.location(knode), **kw)
     return out
+
+
+# ---------------------------------------------------------------- webhook shapes per format
+# What each service's webhook URL looks like (its docs), checked by `detector check`: an error only
+# for what can never work on the service itself; a warning for an unusual host (a proxy or a
+# self-hosted relay may be in between).
+
+_URL_BAD = re.compile(r"[\s<>\"`{}|\\^\x00-\x1f\x7f]")
+_NTFY_TOPIC = re.compile(r"[-_A-Za-z0-9]{1,64}")  # ntfy's topic names
+_PD_KEY = re.compile(r"[A-Za-z0-9]{32}")  # an Events API v2 integration key
+_DISCORD_PATH = re.compile(r"/api/(v\d+/)?webhooks/\d+/[-\w]+/?")
+_DISCORD_HOSTS = ("discord.com", "discordapp.com", "ptb.discord.com", "canary.discord.com")
+_TEAMS_HOSTS = (".logic.azure.com", ".powerplatform.com", ".powerautomate.com")
+_TEAMS_RETIRED = (".webhook.office.com", "outlook.office.com", "outlook.office365.com")
+
+
+def _absolute_http(value: str) -> bool:
+    """Whether ``value`` is an absolute http(s) URL (what the formats send as a link)."""
+    if _URL_BAD.search(value):
+        return False
+    try:
+        parts = urlsplit(value)
+        _ = parts.port
+    except ValueError:
+        return False
+    return parts.scheme in ("http", "https") and bool(parts.hostname)
+
+
+def _looks_like_a_broken_link(runbook: str) -> bool:
+    """A runbook meant as a link that no receiver can use as one: one word, not an absolute
+    http(s) URL (``wiki/backup``, ``www.example.com/rb``). Free text ("ask the db team") is
+    fine: it is shown as text."""
+    value = runbook.strip()
+    return bool(value) and not _absolute_http(value) and not re.search(r"\s", value)
+
+
+def _local(host: str) -> bool:
+    """Loopback, an IP literal or a single-label name: a relay the operator set up on purpose."""
+    return host in ("localhost",) or "." not in host or bool(re.fullmatch(r"[\d.:\[\]]+", host))
+
+
+def _check_format(
+    r: NodeReader, fmt: str, body: Mapping[str, Any], kw: dict[str, Any], w: str
+) -> None:
+    """The webhook's URL, topic and key against what its format's service accepts."""
+    unode = body["url"][1]
+    parts = urlsplit(kw["url"])
+    host = (parts.hostname or "").lower()
+    path = parts.path
+    if fmt == "ntfy":
+        topic = kw.get("topic") or path.rstrip("/").rpartition("/")[2]
+        where = body["topic"][1] if "topic" in body else unode
+        if not topic:
+            r.err(
+                where,
+                f"{w}: url",
+                "format ntfy needs a topic — end the url with it (https://ntfy.sh/ops-alerts) "
+                "or add topic: ops-alerts",
+            )
+        elif not _NTFY_TOPIC.fullmatch(topic):
+            r.err(
+                where,
+                f"{w}: topic",
+                f"'{topic[:70]}' is not an ntfy topic — 1 to 64 letters, digits, '-' or '_'",
+            )
+    elif fmt == "pagerduty":
+        key = kw.get("routing_key")
+        if host.endswith("pagerduty.com"):
+            if path.rstrip("/") not in ("/v2/enqueue", "/v2/change/enqueue"):
+                r.err(
+                    unode,
+                    f"{w}: url",
+                    f"PagerDuty's Events API v2 is https://{host}/v2/enqueue, not {path or '/'} "
+                    "— use that URL",
+                )
+            if key is not None and not _PD_KEY.fullmatch(key):
+                r.err(
+                    body["routing_key"][1],
+                    f"{w}: routing_key",
+                    f"a PagerDuty integration key is 32 letters and digits, this one has "
+                    f"{len(key)} characters — copy the Integration Key of the service's "
+                    "Events API v2 integration",
+                )
+    elif fmt == "slack":
+        if host == "hooks.slack.com":
+            if not path.startswith(("/services/", "/workflows/", "/triggers/")):
+                r.err(
+                    unode,
+                    f"{w}: url",
+                    "a Slack incoming webhook is https://hooks.slack.com/services/T…/B…/… — copy "
+                    "the Webhook URL from the app's Incoming Webhooks page",
+                )
+        elif not _local(host):
+            r.warn(
+                unode,
+                f"{w}: url",
+                f"format slack posts to {host}, not hooks.slack.com — fine for a relay, otherwise "
+                "copy the Webhook URL from the app's Incoming Webhooks page",
+            )
+    elif fmt == "discord":
+        if host in _DISCORD_HOSTS:
+            if not _DISCORD_PATH.fullmatch(path):
+                r.err(
+                    unode,
+                    f"{w}: url",
+                    "a Discord webhook is https://discord.com/api/webhooks/<id>/<token> — copy it "
+                    "from the channel's Integrations → Webhooks",
+                )
+        elif not _local(host):
+            r.warn(
+                unode,
+                f"{w}: url",
+                f"format discord posts to {host}, not discord.com — fine for a relay, otherwise "
+                "copy the URL from the channel's Integrations → Webhooks",
+            )
+    elif fmt == "teams":
+        if host.endswith(_TEAMS_RETIRED):
+            r.warn(
+                unode,
+                f"{w}: url",
+                "this is an Office 365 connector URL, which Microsoft retires — create a "
+                "Workflows webhook ('Post to a channel when a webhook request is received')",
+            )
+        elif not host.endswith(_TEAMS_HOSTS) and not _local(host):
+            r.warn(
+                unode,
+                f"{w}: url",
+                f"format teams posts to {host}, not a Power Automate host (*.logic.azure.com, "
+                "*.powerplatform.com) — fine for a relay, otherwise copy the Workflows "
+                "webhook URL",
+            )

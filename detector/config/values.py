@@ -2,11 +2,12 @@
 
 Sits under the config loader (``nodes.py`` calls :func:`interpolate` on every string value and
 :func:`parse_duration` on every duration); :func:`format_duration` is its inverse, used to show
-durations back to people. ``${VAR}`` and ``${VAR:-default}`` are replaced in every string value
-(not in keys); ``$$`` is a literal dollar; a ``$`` not followed by ``{`` or ``$`` stays as it is (so
-regex anchors need no escaping); a set-but-empty VAR takes the ``:-`` default. Durations are integer
-or decimal amounts with units ``w d h m s ms`` from largest to smallest, e.g. ``30s``, ``1h30m``,
-``1.5h``, ``500ms``.
+durations back to people, and :func:`redact` puts the ``${VAR}`` back in place of each value taken
+from the environment in every message the loader prints (secrets are never shown). ``${VAR}`` and
+``${VAR:-default}`` are replaced in every string value (not in keys); ``$$`` is a literal dollar; a
+``$`` not followed by ``{`` or ``$`` stays as it is (so regex anchors need no escaping); a
+set-but-empty VAR takes the ``:-`` default. Durations are integer or decimal amounts with units
+``w d h m s ms`` from largest to smallest, e.g. ``30s``, ``1h30m``, ``1.5h``, ``500ms``.
 """
 
 from __future__ import annotations
@@ -89,8 +90,11 @@ def format_duration(d: timedelta) -> str:
     return "".join(parts)
 
 
-def interpolate(text: str, env: Mapping[str, str]) -> tuple[str, list[str]]:
-    """Replace ``${VAR}``/``${VAR:-default}``/``$$`` in ``text``; returns (result, problems)."""
+def interpolate(
+    text: str, env: Mapping[str, str], used: dict[str, str] | None = None
+) -> tuple[str, list[str]]:
+    """Replace ``${VAR}``/``${VAR:-default}``/``$$`` in ``text``; returns (result, problems).
+    ``used`` collects ``{name: value}`` of each variable taken from ``env`` (for :func:`redact`)."""
     out: list[str] = []
     problems: list[str] = []
     i = 0
@@ -132,8 +136,25 @@ def interpolate(text: str, env: Mapping[str, str]) -> tuple[str, list[str]]:
                         )
                 else:
                     out.append(value)
+                    if used is not None:
+                        used[name] = value
             i = k + 1
         else:
             out.append("$")
             i = j + 1
     return "".join(out), problems
+
+
+REDACT_MIN = 4
+"""Values shorter than this are not replaced (as in the delivery's redaction): no secret is that
+short, and replacing "1" or "on" would garble every message it occurs in."""
+
+
+def redact(text: str, used: Mapping[str, str]) -> str:
+    """``text`` with every value taken from the environment shown as its ``${NAME}`` instead:
+    error messages and warnings never print a secret. Longest values first, so a value that
+    contains another is replaced whole."""
+    for name, value in sorted(used.items(), key=lambda item: len(item[1]), reverse=True):
+        if len(value) >= REDACT_MIN and value in text:
+            text = text.replace(value, f"${{{name}}}")
+    return text

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import aiohttp
 
@@ -34,6 +34,8 @@ async def send_from_memory(
     webhooks: Mapping[str, WebhookConfig],
     session: aiohttp.ClientSession,
     clock: Clock,
+    *,
+    on_delivered: Callable[[str], None] | None = None,
 ) -> Commit:
     """Apply ``signals`` to ``book``, render and POST each notification once, now. Returns what
     is left to commit: the changed alerts and the rows that did not get through."""
@@ -55,4 +57,6 @@ async def send_from_memory(
             ok = False
         if not ok:
             failed.append(row)
+        elif on_delivered is not None:
+            on_delivered(row.webhook)
     return Commit(alerts=alerts, outbox=failed)

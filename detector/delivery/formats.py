@@ -23,7 +23,7 @@ from detector.delivery import (
     teams,
     template,
 )
-from detector.delivery.common import RenderedRequest, clip
+from detector.delivery.common import RenderedRequest, clip, prepare
 from detector.delivery.policy import Answer
 from detector.delivery.policy import judge as default_judge
 from detector.model import SEVERITIES, WebhookConfig
@@ -80,7 +80,12 @@ def render(
     attempt: int,
     now: datetime | None = None,
 ) -> RenderedRequest:
-    """The request for one notification. ``now`` is only used by ``alertmanager`` (endsAt)."""
+    """The request for one notification. ``now`` is only used by ``alertmanager`` (endsAt).
+
+    The alert is :func:`~detector.delivery.common.prepare`-d first (an empty summary gets the
+    default one), for the formats and for custom templates alike.
+    """
+    alert = prepare(alert)
     request = FORMATS[webhook.format](alert, webhook, attempt=attempt, now=now)
     if webhook.template is not None:
         return template.render(alert, webhook, attempt=attempt, url=request.url)

@@ -2,8 +2,15 @@
 ``{"topic", "title", "message", "priority", "tags", "click", "actions"}``).
 
 The topic is ``webhook.topic``, or else the last path segment of the configured URL
-(``https://ntfy.sh/ops-alerts``), which is then stripped to reach the root. Messages are kept under
-ntfy's 4096-byte limit (beyond it ntfy turns the message into an attachment).
+(``https://ntfy.sh/ops-alerts``), which is then stripped to reach the root; ``detector check``
+refuses a webhook with neither. ntfy's limit (https://docs.ntfy.sh/publish/#limitations and
+"Attachments": "the message body … limited to 4,096 bytes"; beyond it ntfy turns the message into
+an attachment file) is in UTF-8 bytes: the message is cut to :data:`MESSAGE_MAX_BYTES` bytes,
+samples first. ntfy shows the message as plain text (we never set ``markdown``), and a zero-width
+space inside ``://`` keeps the app from linking URLs out of log text; ``click`` and the "Runbook"
+view action are set only for an absolute http(s) runbook, another runbook is a line of the
+message. An informational notice gets priority 2 and the ``information_source`` tag whatever its
+severity.
 """
 
 from __future__ import annotations
@@ -15,15 +22,18 @@ from urllib.parse import urlsplit, urlunsplit
 
 from detector.delivery.common import (
     RenderedRequest,
-    clip,
     clip_bytes,
+    inert,
+    is_info,
     is_resolved,
-    samples_text,
+    runbook_parts,
 )
 from detector.model import WebhookConfig
 from detector.templating import title
 
-MESSAGE_MAX_BYTES = 4000
+MESSAGE_MAX_BYTES = 4096
+TITLE_MAX_BYTES = 250
+TOPIC_RE = r"[-_A-Za-z0-9]{1,64}"  # ntfy's topic names (server/topic.go)
 PRIORITY = {"critical": 5, "error": 4, "warning": 3, "info": 2}
 TAG = {
     "critical": "rotating_light",
@@ -57,22 +67,30 @@ def render(
     root, topic = split_topic(webhook)
     severity = str(alert.get("severity"))
     resolved = is_resolved(alert)
-    message = str(alert.get("description") or alert.get("summary") or "")
-    samples = samples_text(alert, MESSAGE_MAX_BYTES)
-    if samples:
-        message = f"{message}\n\n{samples}"
+    info = is_info(alert)
+    message = inert(str(alert.get("description") or alert.get("summary") or ""), markup=False)
+    link, note = runbook_parts(alert)
+    if note is not None:
+        message = f"{message}\nRunbook: {note}"
+    lines = [str(x) for x in alert.get("samples") or []]
+    if lines:
+        room = MESSAGE_MAX_BYTES - len(message.encode()) - 2
+        if room > 64:
+            message = f"{message}\n\n{clip_bytes(inert(chr(10).join(lines), markup=False), room)}"
+    if info:
+        priority, tag = 2, TAG["info"]
+    elif resolved:
+        priority, tag = 2, "white_check_mark"
+    else:
+        priority, tag = PRIORITY.get(severity, 3), TAG.get(severity, "bell")
     body: dict[str, Any] = {
         "topic": topic,
-        "title": clip(title(alert), 250),
+        "title": clip_bytes(inert(title(alert), markup=False), TITLE_MAX_BYTES),
         "message": clip_bytes(message, MESSAGE_MAX_BYTES),
-        "priority": 2 if resolved else PRIORITY.get(severity, 3),
-        "tags": [
-            "white_check_mark" if resolved else TAG.get(severity, "bell"),
-            str(alert.get("rule")),
-            str(alert.get("host")),
-        ],
+        "priority": priority,
+        "tags": [tag, str(alert.get("rule")), str(alert.get("host"))],
     }
-    if alert.get("runbook"):
-        body["click"] = str(alert["runbook"])
-        body["actions"] = [{"action": "view", "label": "Runbook", "url": str(alert["runbook"])}]
+    if link is not None:
+        body["click"] = link
+        body["actions"] = [{"action": "view", "label": "Runbook", "url": link}]
     return RenderedRequest(url=root, json_body=body)

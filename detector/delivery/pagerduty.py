@@ -1,11 +1,24 @@
 """The ``pagerduty`` format: Events API v2 (``POST https://events.pagerduty.com/v2/enqueue``).
 
-firing/repeat/info → ``trigger``, resolved → ``resolve``, always with ``dedup_key`` = the alert
-fingerprint so repeats update one incident and the resolve closes it. Severities map one to one
-(critical, error, warning, info). Events over PagerDuty's 512 KB cap are trimmed: samples first,
-then evidence, then the description.
+firing/repeat → ``trigger``, resolved → ``resolve``, both with the same ``dedup_key`` =
+``<host>/<fingerprint>`` (:func:`dedup_key`): the fingerprint alone is the same on every host
+running the same rules, so two hosts' incidents would merge and one host's resolve would close the
+other's. Both parts are stable across restarts (the host from the config, the fingerprint from the
+rule and its key), so a resolve after a restart closes the incident the trigger opened. An
+informational notice (notification ``info``: late, too early, ran twice, a digest) is not an
+incident: it goes to the Change Events API (``POST …/v2/change/enqueue``, :func:`change_url`,
+derived from the configured events URL), which records it on the service's timeline and pages
+nobody, and which has nothing to resolve. Severities map one to one.
 
-Answers (https://developer.pagerduty.com/docs/events-api-v2/trigger-events/ "Response codes"):
+PagerDuty's limits (https://developer.pagerduty.com/docs/events-API-v2/trigger-events/ and
+…/events-API-v2/send-change-events/): an event of at most 512 KB; ``payload.summary`` at most
+1,024 characters; ``dedup_key`` at most 255 characters (a longer one is hashed); ``links[].href``
+must be a URL (only an absolute http(s) runbook is sent as a link, another is a custom detail).
+Events over the size are trimmed in UTF-8 bytes: samples first, then evidence, then the
+description. The summary from log text gets a zero-width space inside ``://``, so the incident
+title links nowhere.
+
+Answers (https://developer.pagerduty.com/docs/events-API-v2/trigger-events/ "Response codes"):
 202 accepted; 400 "Invalid event" is the event's fault — unless its ``errors`` are about the
 ``routing_key``, which every event of this webhook carries (:func:`judge`: the path's); 429 is
 "too many events", retried with backoff (PagerDuty sends no Retry-After); 5xx are retried.
@@ -13,17 +26,57 @@ Answers (https://developer.pagerduty.com/docs/events-api-v2/trigger-events/ "Res
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
-from detector.delivery.common import RenderedRequest, clip, clip_bytes, dumps
+from detector.delivery.common import (
+    CUT,
+    RenderedRequest,
+    clip,
+    clip_bytes,
+    dumps,
+    inert,
+    is_info,
+    runbook_parts,
+)
 from detector.delivery.policy import Answer
 from detector.model import WebhookConfig
 
 MAX_BYTES = 512 * 1024
 SUMMARY_MAX = 1024
+DEDUP_KEY_MAX = 255
+CHANGE_PATH = "/v2/change/enqueue"
 SEVERITIES = {"critical": "critical", "error": "error", "warning": "warning", "info": "info"}
+
+
+def dedup_key(alert: Mapping[str, Any]) -> str:
+    """``<host>/<fingerprint>``, or its SHA-256 when longer than PagerDuty's 255 characters."""
+    key = f"{alert.get('host')}/{alert.get('fingerprint')}"
+    if len(key) > DEDUP_KEY_MAX:
+        return "sha256:" + hashlib.sha256(key.encode()).hexdigest()
+    return key
+
+
+def change_url(events_url: str) -> str:
+    """The Change Events URL beside ``events_url``: ``…/v2/enqueue`` → ``…/v2/change/enqueue``
+    (same scheme, host and query; any other path gets ``/v2/change/enqueue`` at its root)."""
+    parts = urlsplit(events_url)
+    path = parts.path.rstrip("/")
+    if path.endswith("/v2/enqueue"):
+        path = path[: -len("/v2/enqueue")] + CHANGE_PATH
+    elif path.endswith("/enqueue"):
+        path = path[: -len("/enqueue")] + "/change/enqueue"
+    else:
+        path = path + CHANGE_PATH
+    return urlunsplit(parts._replace(path=path))
+
+
+def _summary(alert: Mapping[str, Any]) -> str:
+    text = f"{alert.get('rule')} on {alert.get('host')}: {alert.get('summary')}"
+    return clip(inert(text, markup=False), SUMMARY_MAX)
 
 
 def render(
@@ -34,14 +87,15 @@ def render(
     now: datetime | None = None,
 ) -> RenderedRequest:
     routing_key = webhook.routing_key or ""
-    dedup_key = str(alert.get("fingerprint"))
-    if alert.get("status") == "resolved":
+    key = dedup_key(alert)
+    if alert.get("status") == "resolved" and not is_info(alert):
         body: dict[str, Any] = {
             "routing_key": routing_key,
             "event_action": "resolve",
-            "dedup_key": dedup_key,
+            "dedup_key": key,
         }
         return RenderedRequest(url=webhook.url, json_body=body)
+    link, note = runbook_parts(alert)
     details: dict[str, Any] = {
         "description": str(alert.get("description") or ""),
         "count": alert.get("count"),
@@ -54,14 +108,29 @@ def render(
         "samples": list(alert.get("samples") or []),
         "evidence": dict(alert.get("evidence") or {}),
     }
+    if note is not None:
+        details["runbook"] = note
+    links = [{"href": link, "text": "Runbook"}] if link is not None else []
+    if is_info(alert):
+        change: dict[str, Any] = {
+            "routing_key": routing_key,
+            "payload": {
+                "summary": _summary(alert),
+                "source": str(alert.get("host")),
+                "timestamp": alert.get("last_seen_at") or alert.get("created_at"),
+                "custom_details": details,
+            },
+        }
+        if links:
+            change["links"] = links
+        _fit(change, details)
+        return RenderedRequest(url=change_url(webhook.url), json_body=change)
     body = {
         "routing_key": routing_key,
         "event_action": "trigger",
-        "dedup_key": dedup_key,
+        "dedup_key": key,
         "payload": {
-            "summary": clip(
-                f"{alert.get('rule')} on {alert.get('host')}: {alert.get('summary')}", SUMMARY_MAX
-            ),
+            "summary": _summary(alert),
             "source": str(alert.get("host")),
             "severity": SEVERITIES.get(str(alert.get("severity")), "error"),
             "timestamp": alert.get("last_seen_at"),
@@ -72,8 +141,8 @@ def render(
         },
         "client": "detector",
     }
-    if alert.get("runbook"):
-        body["links"] = [{"href": str(alert["runbook"]), "text": "Runbook"}]
+    if links:
+        body["links"] = links
     _fit(body, details)
     return RenderedRequest(url=webhook.url, json_body=body)
 
@@ -88,10 +157,12 @@ def _fit(body: dict[str, Any], details: dict[str, Any]) -> None:
         details["samples"].pop()
     if size() > MAX_BYTES:
         details["evidence"] = {"trimmed": True}
-    over = size() - MAX_BYTES
-    if over > 0:
+    while (over := size() - MAX_BYTES) > 0 and details["description"] not in ("", CUT):
         text: str = details["description"]
-        details["description"] = clip_bytes(text, max(len(text.encode()) - over - 16, 0))
+        n = len(text.encode())
+        details["description"] = clip_bytes(text, max(n - max(over, n // 8, 16), 0))
+    if size() > MAX_BYTES:  # labels from log text can be anything: keep their names only
+        details["labels"] = {k: "…" for k in list(details["labels"])[:100]}
 
 
 def judge(status: int, body: str) -> Answer | None:

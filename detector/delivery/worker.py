@@ -3,7 +3,9 @@
 Each pass (:meth:`DeliveryWorker.run_once`) does, with ``now`` read once from the injected clock:
 
 1. if the path is on hold (it failed as a whole), do nothing until the hold ends;
-2. for ``alertmanager`` webhooks, re-post every firing alert once per ``resend_every``;
+2. for ``alertmanager`` webhooks, re-post every firing alert the receiver accepted once per
+   ``resend_every``; a refused list is split in halves to find the refused alert, which is
+   dead-lettered and never re-sent again (the same for an alertmanager digest);
 3. read the due rows (heads of their fingerprint only, so order per fingerprint holds) in id order;
 4. if a ``rate`` is set and more rows are due than the minute's budget allows, send budget-1 of
    them and fold the rest into ONE digest message (PagerDuty resolves are never folded: they
@@ -40,6 +42,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import random
 from collections import deque
@@ -60,7 +63,9 @@ from detector.store.db import AsyncStore, Store
 log = logging.getLogger("detector.delivery")
 
 PathHealth = Callable[[str, bool, str], None]  # (webhook, failing, reason)
-Counted = Literal["delivery_attempts", "delivery_failures", "dead_letters"]
+Counted = Literal[
+    "delivery_attempts", "delivery_failures", "dead_letters", "notifications_delivered"
+]
 DeadLetter = Callable[[str, str, str], None]  # (webhook, event_id, reason)
 RATE_WINDOW = timedelta(minutes=1)
 FAILING_AFTER = timedelta(minutes=5)
@@ -120,7 +125,8 @@ class DeliveryWorker:
         self._on_path_health = on_path_health
         self._on_dead_letter = on_dead_letter
         self._on_count = on_count
-        """Told each attempt, failure and dead letter as it happens (the agent's /metrics)."""
+        """Told each attempt, failure, delivered notification and dead letter as it happens
+        (the agent's /metrics)."""
         self._batch = batch
         self._digest_max = digest_max
         if resend_every is None and webhook.format == "alertmanager":
@@ -158,6 +164,8 @@ class DeliveryWorker:
             self._attempts += n
         elif metric == "delivery_failures":
             self._failures += n
+        elif metric == "notifications_delivered":
+            self._delivered += n
         else:
             self._dead += n
         if self._on_count is not None:
@@ -327,7 +335,7 @@ class DeliveryWorker:
         self._note_sent(now)
         self._health(outcome, now)
         if outcome.ok:
-            self._delivered += 1
+            self._count("notifications_delivered")
             ids = [row.id]
             await self.db.run(lambda s: outbox.mark_delivered(s, ids, now))
             await self._after_success(now)
@@ -497,7 +505,7 @@ class DeliveryWorker:
         self._health(outcome, now)
         ids = [r.id for r in rows]
         if outcome.ok:
-            self._delivered += len(rows)
+            self._count("notifications_delivered", len(rows))
             self._digests += 1
             log.warning("delivery to %s: %d alerts sent as one digest", self.name, len(rows))
             await self.db.run(lambda s: outbox.mark_delivered(s, ids, now, f"in digest {key}"))
@@ -505,7 +513,14 @@ class DeliveryWorker:
             return
         self._count("delivery_failures")
         self._last_error = outcome.error or "failed"
-        if outcome.fault == "row":  # the receiver refused the digest itself
+        if outcome.fault == "row" and len(rows) > 1 and self.webhook.format == "alertmanager":
+            # one list, validated as a whole: split it to find the alert that is refused
+            half = len(rows) // 2
+            for part in (rows[:half], rows[half:]):
+                await self._send_digest(part, self.clock.now())
+            return
+        if outcome.fault == "row":
+            # the receiver refused the digest (or, split down, this one alert) itself
             await self._dead_letter(rows, now, f"digest refused: {outcome.answer}")
             return
         await self._path_failed(now, outcome, [(r, outcome) for r in rows])
@@ -513,23 +528,67 @@ class DeliveryWorker:
     # ---------------------------------------------------------------- alertmanager re-send
 
     async def _resend(self, now: datetime) -> int:
+        """Re-post every firing alert the receiver accepted; returns the number of POSTs.
+
+        A refused list is split in halves until the refused alerts are found (Alertmanager
+        answers 400 for the whole list when one alert is invalid); those are dead-lettered (when
+        another part of the list got through, or the list was that one alert) and so never
+        re-sent; the others stay refreshed.
+        """
         assert self._resend_every is not None
         self._next_resend_at = now + self._resend_every
-        alerts = await self.db.run(lambda s: outbox.firing_snapshots(s, self.name))
-        if not alerts:
+        rows = await self.db.run(lambda s: outbox.firing_snapshots(s, self.name))
+        if not rows:
             return 0
-        request = alertmanager.render_many(alerts, self.webhook, attempt=1, now=now)
         key = f"resend-{self.name}-{int(now.timestamp())}"
-        outcome = await post(self._get_session(), self.webhook, request, event_id=key, now=now)
-        self._count("delivery_attempts")
-        self._health(outcome, now)
-        if not outcome.ok:
+        posts = 0
+        accepted = False
+        refused: list[tuple[int, str, Outcome]] = []
+        pending = [rows]
+        while pending:
+            part = pending.pop(0)
+            request = alertmanager.render_many(
+                [payload for _, _, payload in part], self.webhook, attempt=1, now=now
+            )
+            outcome = await post(self._get_session(), self.webhook, request, event_id=key, now=now)
+            posts += 1
+            self._count("delivery_attempts")
+            self._health(outcome, now)
+            if outcome.ok:
+                accepted = True
+                continue
             self._count("delivery_failures")
             self._last_error = outcome.error
+            if outcome.fault != "row":  # the path, or transient: try the whole list next time
+                log.warning(
+                    "delivery to %s: re-send of firing alerts failed: %s", self.name, outcome.error
+                )
+                return posts
+            if len(part) == 1:
+                refused.append((part[0][0], part[0][1], outcome))
+            else:
+                half = len(part) // 2
+                pending[:0] = [part[:half], part[half:]]
+        if refused and (accepted or len(rows) == 1):
+            for row_id, event_id, outcome in refused:
+                reason = f"re-send refused: {outcome.answer}"
+                await self.db.run(functools.partial(self._refuse, row_id, now, reason))
+                self._count("dead_letters")
+                self._last_error = reason
+                log.error("delivery to %s: event %s dead: %s", self.name, event_id, reason)
+                if self._on_dead_letter is not None:
+                    self._on_dead_letter(self.name, event_id, reason)
+        elif refused:
             log.warning(
-                "delivery to %s: re-send of firing alerts failed: %s", self.name, outcome.error
+                "delivery to %s: re-send of firing alerts refused: %s",
+                self.name,
+                refused[0][2].answer,
             )
-        return 1
+        return posts
+
+    @staticmethod
+    def _refuse(row_id: int, now: datetime, reason: str, s: Store) -> None:
+        outbox.mark_refused(s, [row_id], now, reason)
 
     # ---------------------------------------------------------------- plumbing
 

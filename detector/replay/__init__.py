@@ -16,16 +16,19 @@ spans of the file and this process evaluates their hits in order, with the same 
 from __future__ import annotations
 
 import argparse
+import functools
+import json
 import os
 import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from detector.config.values import parse_duration
 from detector.model import Config, FileSourceConfig
 from detector.pipeline import Pipeline, pattern_specs, text_getter
 from detector.replay.blocks import ReplayBlock, max_line_bytes, serial_blocks
@@ -33,7 +36,8 @@ from detector.replay.jobs import MatchPool
 from detector.rules.base import When
 from detector.sources.base import Line
 from detector.sources.lines import BLOCK_BYTES
-from detector.timestamps import TimeParser
+from detector.timefmt import format_duration, iso
+from detector.timestamps import TimeParser, syslog_start_year, zone_named
 
 BLOCK = BLOCK_BYTES
 KEEP_PER_RULE = 20
@@ -48,11 +52,21 @@ class ReplayResult:
     samples: dict[str, list[str]] = field(default_factory=dict)
     notifications: list[dict[str, Any]] = field(default_factory=list)
     """The first KEEP_PER_RULE notifications of each rule, in order (memory stays flat however
-    many a long backfill raises)."""
+    many a long backfill raises). Each is the webhook payload plus ``key``; ``created_at`` is
+    its time on the simulated clock; ``held`` is set on digests sent at the end of the input."""
     counts: Counter[tuple[str, str]] = field(default_factory=Counter)
     """Every notification counted by (rule, notification kind)."""
     truncated_lines: int = 0
     """Lines cut at their source's max_line_bytes (as the tailer cuts them)."""
+    first_at: datetime | None = None
+    """The simulated span: the first line's time, the last line's, and how far deadlines ran
+    (``--until``). None: no line had a timestamp (the clock stood at the present)."""
+    last_at: datetime | None = None
+    until: datetime | None = None
+    on_notification: Callable[[dict[str, Any]], None] | None = None
+    """Called with every notification as it is raised (``--format json`` streams them)."""
+    holding: bool = False
+    """Set while the digests held back at the end of the input are reported."""
 
     @property
     def firing(self) -> int:
@@ -62,9 +76,14 @@ class ReplayResult:
     def total(self) -> int:
         return sum(self.counts.values())
 
-    def record(self, payload: dict[str, Any]) -> None:
+    def record(self, payload: dict[str, Any], key: str) -> None:
+        payload = {**payload, "key": key}
+        if self.holding:
+            payload["held"] = True
         rule = payload["rule"]
         self.counts[(rule, payload["notification"])] += 1
+        if self.on_notification is not None:
+            self.on_notification(payload)
         if self._kept[rule] < KEEP_PER_RULE:
             self._kept[rule] += 1
             self.notifications.append(payload)
@@ -94,6 +113,62 @@ def pick_source(config: Config, path: str, wanted: str | None) -> str:
     )
 
 
+def file_mtime(path: str) -> datetime | None:
+    if path == "-":
+        return None
+    return datetime.fromtimestamp(os.stat(path).st_mtime, UTC)
+
+
+def sample_lines(path: str, block: int = BLOCK, most: int = 100_000) -> list[str]:
+    """A line at every ``block`` bytes of ``path`` and its last line, in order: enough to count
+    the New Years a syslog file spans without reading it (:func:`syslog_start_year`)."""
+    out: list[str] = []
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        size = os.fstat(fd).st_size
+        step = max(block, size // most + 1)
+        for pos in range(0, size, step):
+            data = os.pread(fd, 4096, pos)
+            if pos:
+                cut = data.find(b"\n")
+                data = data[cut + 1 :] if cut >= 0 else b""
+            out.append(data.split(b"\n", 1)[0].decode("utf-8", "replace"))
+        if size:
+            tail = os.pread(fd, 4096, max(0, size - 4096)).rstrip(b"\r\n").rsplit(b"\n", 1)
+            out.append(tail[-1].decode("utf-8", "replace"))
+    finally:
+        os.close(fd)
+    return out
+
+
+def time_parser(
+    config: Config, source: str, path: str, time_format: str | None, present: datetime
+) -> TimeParser:
+    """How the stamps of ``path`` are read: the source's ``time_format:`` (``--time-format``
+    wins), ``time_regex:`` and ``timezone:`` (default: the host's zone); syslog stamps get the
+    year of the file's mtime, rolled back by the New Years the file spans (standard input: the
+    present year)."""
+    src = config.sources.get(source)
+    fmt = time_format or (src.time_format if isinstance(src, FileSourceConfig) else None)
+    regex = src.time_regex if isinstance(src, FileSourceConfig) else None
+    zone = zone_named(src.timezone if isinstance(src, FileSourceConfig) else None)
+    latest = file_mtime(path) or present
+    year = latest.astimezone(zone).year
+    if path != "-":
+        samples = sample_lines(path)
+        if regex is not None:
+            pattern = TimeParser(None, year, time_regex=regex)
+            samples = [
+                m.group(pattern.group)
+                for t in samples
+                if pattern.regex is not None and (m := pattern.regex.search(t)) is not None
+            ]
+        first = syslog_start_year(samples, latest, zone)
+        if first is not None:
+            year = first
+    return TimeParser(fmt, year, zone=zone, time_regex=regex, rolling=True)
+
+
 def replay(
     config: Config,
     files: list[tuple[str, str]],
@@ -103,24 +178,34 @@ def replay(
     jobs: int = 1,
     block: int = BLOCK,
     started_at: datetime | None = None,
+    until: datetime | None = None,
+    until_after: timedelta | None = None,
+    present: datetime | None = None,
+    on_notification: Callable[[dict[str, Any]], None] | None = None,
 ) -> ReplayResult:
     """Replay ``files`` — (path, source name) pairs — through a fresh in-memory pipeline.
 
+    The simulated clock starts at the first line's time (``started_at``, if given, instead)
+    and every deadline runs at its own time, before the first line later than it. ``until``
+    (default: the last line's time; ``until_after``: that long after it) is how far deadlines
+    play out after the last line; then
+    the digests rules hold back are reported. ``present`` (default: now) is the time of a
+    replay without any timestamp, and the mtime of standard input.
+
     With ``jobs`` > 1, ``jobs`` worker processes match the blocks of each regular file bigger
     than one block, and this process evaluates their hits in line order: same result, less
-    time. Standard input (``-``) is always read here. ``block`` is the read size in bytes.
-    ``started_at`` (default: now) is the time before the first timestamp is read: rules start
-    their clocks there."""
-    result = ReplayResult()
+    time. Standard input (``-``) is always read here. ``block`` is the read size in bytes."""
+    result = ReplayResult(on_notification=on_notification)
     start = time.perf_counter()
-    clock_now = started_at or datetime.now(UTC)
-    pipeline = Pipeline(config, clock_now, lambda _rule: {})
+    present = present or datetime.now(UTC)
+    pipeline = Pipeline(config, started_at or present, lambda _rule: {})
     pipeline.alerts.record = result.record  # every notification, webhooks or not
-    current: list[datetime | None] = [None]
+    pipeline.signal_time = True  # stamped at the line or deadline that caused it
+    current: list[datetime | None] = [started_at]
     pool: MatchPool | None = None
     try:
         for path, source in files:
-            parser = TimeParser(time_format, clock_now.year)
+            parser = time_parser(config, source, path, time_format, present)
             all_texts = any(
                 ev.wants_all_lines and source in ev.rule.sources
                 for ev in pipeline.evaluators.values()
@@ -159,14 +244,15 @@ def replay(
                     ) -> Line:
                         return Line(source, text(i), None, path)
 
-                    if current[0] is None:
-                        for t in b.head:
+                    if current[0] is None:  # the clock starts at the first line's time
+                        for t in (*b.head, *b.tail):
                             first = parser.parse(t)
                             if first is not None:
                                 current[0] = first
-                                pipeline.tick(first)
+                                pipeline.start_at(first)
+                                result.first_at = first
                                 break
-                    now = current[0] or clock_now
+                    now = current[0] or present
                     # a line without a time of its own happened at the last time seen
                     seen = [When.exact(now)]
 
@@ -190,7 +276,7 @@ def replay(
                                 current[0] = last
                             break
                     if current[0] is not None:
-                        pipeline.tick(current[0])
+                        pipeline.advance(current[0])
                     if progress is not None:
                         progress(result.bytes)
             finally:
@@ -203,18 +289,85 @@ def replay(
     finally:
         if pool is not None:
             pool.close()
+    if result.first_at is None and started_at is not None and current[0] != started_at:
+        result.first_at = started_at
+    result.last_at = current[0] if result.first_at is not None else None
+    end = until if until is not None else current[0]
+    if until_after is not None and current[0] is not None:
+        end = current[0] + until_after
+    if end is not None and (current[0] is None or end > current[0]):
+        pipeline.advance(end)
+    result.until = end if result.first_at is not None or until is not None else None
+    result.holding = True
+    for ev in pipeline.evaluators.values():
+        held = getattr(ev, "held", None)
+        if held is not None:
+            pipeline.apply_signals(held(), end or present)
+    result.holding = False
     result.seconds = time.perf_counter() - start
     result.matches = Counter(pipeline.lines_matched)
     return result
 
 
+def parse_until(text: str | None, present: datetime) -> datetime | str | None:
+    """``--until``: None (the last line's time), ``now`` (the present), ``+DURATION`` (after the
+    last line: returned as text, resolved by the caller) or a time (ISO 8601; without an offset
+    in the host's zone). Raises ValueError."""
+    if text is None:
+        return None
+    if text == "now":
+        return present
+    if text.startswith("+"):
+        parse_duration(text[1:])
+        return text
+    at = datetime.fromisoformat(text)
+    return at if at.tzinfo is not None else at.replace(tzinfo=zone_named(None))
+
+
+def span_text(result: ReplayResult) -> str:
+    """The simulated span, in words."""
+    if result.first_at is None or result.last_at is None:
+        return "simulated time: no line had a timestamp, so every line was taken at the present"
+    first, last = iso(result.first_at, zulu=True), iso(result.last_at, zulu=True)
+    out = f"simulated time: {first} to {last} ({format_duration(result.last_at - result.first_at)})"
+    if result.until is not None and result.until != result.last_at:
+        out += f", deadlines played out until {iso(result.until, zulu=True)}"
+    return out
+
+
+def json_line(n: dict[str, Any]) -> str:
+    """One notification for scripts and CI: its time, the alert's kind, rule, key, the
+    notification (firing, repeat, resolved, info) and the summary."""
+    out = {
+        "time": n["created_at"],
+        "kind": n["kind"],
+        "rule": n["rule"],
+        "key": n["key"],
+        "notification": n["notification"],
+        "severity": n["severity"],
+        "summary": n["summary"],
+    }
+    if n.get("held"):
+        out["held"] = True
+    return json.dumps(out, ensure_ascii=False)
+
+
 def main(args: argparse.Namespace) -> int:
-    from detector.cli_support import load_config_or_exit  # noqa: PLC0415 - the CLI layer
+    from detector.cli_support import CommandError, load_config_or_exit  # noqa: PLC0415
 
     config = load_config_or_exit(args)
     files = [(f, pick_source(config, f, args.source)) for f in args.files]
     total = sum(Path(f).stat().st_size for f, _ in files if f != "-")
     show = not args.no_progress and sys.stderr.isatty() and total > 32 * BLOCK
+    as_json = getattr(args, "format", "text") == "json"
+    present = datetime.now(UTC)
+    try:
+        until = parse_until(getattr(args, "until", None), present)
+    except ValueError:
+        raise CommandError(
+            f"--until {args.until}: expected now, +DURATION (e.g. +6h: after the last line) or "
+            "a time such as 2026-03-01T12:00:00Z"
+        ) from None
 
     def progress(done: int) -> None:
         pct = min(100, int(done * 100 / max(total, 1)))
@@ -227,20 +380,31 @@ def main(args: argparse.Namespace) -> int:
             f"note: --jobs {jobs} does not apply to standard input (-): it is read in one process",
             file=sys.stderr,
         )
-    result = replay(
+    run = functools.partial(
+        replay,
         config,
         files,
         time_format=args.time_format,
         progress=progress if show else None,
         jobs=jobs,
+        present=present,
+        on_notification=(lambda n: print(json_line(n))) if as_json else None,
     )
+    if isinstance(until, str):  # +DURATION: after the last line, found by the replay itself
+        result = run(until_after=parse_duration(until[1:]))
+    else:
+        result = run(until=until)
     if show:
         print(file=sys.stderr)
+    firing = result.firing
+    if as_json:
+        return 1 if firing else 0
     rate = result.lines / result.seconds if result.seconds else 0.0
     print(
         f"{result.lines} lines, {result.bytes / 1e6:.1f} MB in {result.seconds:.2f} s "
         f"({rate:,.0f} lines/s)"
     )
+    print(span_text(result))
     if not args.quiet:
         print(f"\n{'rule':<32} {'kind':<13} {'matches':>9}")
         for rule in config.rules:
@@ -249,11 +413,12 @@ def main(args: argparse.Namespace) -> int:
         more = f" (the first {KEEP_PER_RULE} of each rule shown)" if shown < result.total else ""
         print(f"\n{result.total} notifications{more}:")
         for n in result.notifications:
-            when = n["last_seen_at"] if n["notification"] != "resolved" else n["resolved_at"]
-            print(f"  {when}  {n['notification'].upper():<8} [{n['severity']}] {n['summary']}")
+            kind = "HELD" if n.get("held") else n["notification"].upper()
+            print(f"  {n['created_at']}  {kind:<8} [{n['severity']}] {n['summary']}")
             if n["notification"] == "firing":
                 for s in n["samples"][: args.samples]:
                     print(f"      | {s[:160]}")
-    firing = result.firing
+        if any(n.get("held") for n in result.notifications):
+            print("  (HELD: held back for an hourly digest when the input ended; sent at its end)")
     print(f"\n{firing} alerts would have fired")
     return 1 if firing else 0

@@ -6,10 +6,11 @@ sees every line of its sources (``observe_line``), with it only the matching lin
 period (a duration, or ``learn_lines`` lines) templates are learned silently; afterwards a line
 that starts a new template fires one alert (key = template id) showing the template and the first
 example. Further lines of that template raise the alert's count until the template has been quiet
-for ``resolve_after``, when the alert resolves. At most ``max_alerts_per_hour`` such alerts per
-hour; the rest go into one digest (an ``info``) at the end of that hour. Every template is one
-state key (``t:<id>``), so a batch rewrites only the templates it touched; ``detector templates``
-lists them (:func:`list_templates`) and marks them known (:func:`mark_known`).
+for ``resolve_after``, when the alert resolves ("new kind of line quiet for 15m after 4 lines:
+<template>", the template's count). At most ``max_alerts_per_hour`` such alerts per hour; the rest
+go into one digest (an ``info``) at the end of that hour. Every template is one state key
+(``t:<id>``), so a batch rewrites only the templates it touched; ``detector templates`` lists them
+(:func:`list_templates`) and marks them known (:func:`mark_known`).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from typing import Any
 from detector.matching import Hit
 from detector.model import AnomalyNewSpec, RuleConfig
 from detector.rules.base import Signal, When
-from detector.rules.common import summarize
+from detector.rules.common import plural, resolved, summarize
 from detector.rules.state import META_KEY, KeyedState
 from detector.sources.base import Line
 from detector.templates import Template, TemplateMiner
@@ -303,6 +304,13 @@ class NewKindEvaluator:
             )
         ]
 
+    def held(self) -> list[Signal]:
+        """The digest of the templates held back this hour, sent now rather than at the hour's
+        end (``detector test`` reports them when its input ends)."""
+        if self.storm.started_at is None or not self.storm.digest:
+            return []
+        return self._roll_storm(self.storm.started_at + HOUR)
+
     def next_deadline(self) -> datetime | None:
         while self._heap and self._open.get(self._heap[0][1]) != self._heap[0][0]:
             heapq.heappop(self._heap)
@@ -331,8 +339,12 @@ class NewKindEvaluator:
                     action="resolve",
                     at=at,
                     labels={"template_id": tid},
-                    summary=f"{self.rule.name}: new kind of line quiet for "
-                    f"{format_duration(self.rule.resolve_after)}: {_short(t.text)}",
+                    **resolved(
+                        self.rule,
+                        {},
+                        f"new kind of line quiet for {format_duration(self.rule.resolve_after)} "
+                        f"after {plural(t.count, 'line')}: {_short(t.text)}",
+                    ),
                 )
             )
         return out

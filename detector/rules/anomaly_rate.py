@@ -9,9 +9,10 @@ for Poisson counts), updated with values clipped to the band so that an incident
 the new normal, plus one such baseline per hour of day (UTC) that takes over once it has data from
 an earlier day, and one per hour of the week once it has data from an earlier week. A bucket is
 anomalous when it is ``sensitivity`` deviations and at least ``min_delta`` lines away from the
-baseline; ``for_buckets`` in a row fire, one normal bucket resolves. A key fires only after
-``learn`` worth of learned buckets; buckets the agent did not fully see (start-up, downtime) are
-neither judged nor learned. Every key is one state row (``k:<key>``), the open bucket one more.
+baseline; ``for_buckets`` in a row fire, one normal bucket resolves (saying how long the burst or
+drop lasted and its most extreme bucket, kept in the key's row while it fires). A key fires only
+after ``learn`` worth of learned buckets; buckets the agent did not fully see (start-up, downtime)
+are neither judged nor learned. Every key is one state row (``k:<key>``), the open bucket one more.
 """
 
 from __future__ import annotations
@@ -25,10 +26,10 @@ from typing import Any
 from detector.matching import Hit
 from detector.model import AnomalyRateSpec, RuleConfig
 from detector.rules.base import Signal, When
-from detector.rules.common import hit_fields, summarize
+from detector.rules.common import hit_fields, plural, resolved, summarize
 from detector.rules.state import META_KEY, KeyedState
 from detector.sources.base import Line
-from detector.timefmt import format_duration, iso, parse_iso_or_none
+from detector.timefmt import at_or_none, format_duration, iso, parse_iso_or_none
 
 
 @dataclass
@@ -68,9 +69,15 @@ class _RateKey:
     streak: int = 0
     direction: str = ""
     firing: bool = False
+    since_at: datetime | None = None
+    """While firing: the start of the first anomalous bucket; None: unknown (an earlier row)."""
+    what: str = ""
+    """While firing: ``burst`` or ``drop``, as it fired."""
+    peak: int = 0
+    """While firing: the most extreme bucket count since it fired (highest burst, lowest drop)."""
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "labels": self.labels,
             "overall": self.overall.to_json(),
             "hours": {str(h): [e.to_json(), day] for h, (e, day) in self.hours.items()},
@@ -79,6 +86,9 @@ class _RateKey:
             "direction": self.direction,
             "firing": self.firing,
         }
+        if self.firing and self.since_at is not None:  # only while firing: rows as before else
+            out["fired"] = {"since": iso(self.since_at), "what": self.what, "peak": self.peak}
+        return out
 
     @staticmethod
     def decode(_key: str, value: Any) -> _RateKey | None:
@@ -86,7 +96,7 @@ class _RateKey:
 
     @staticmethod
     def from_json(value: Mapping[str, Any]) -> _RateKey:
-        return _RateKey(
+        k = _RateKey(
             labels={str(k): str(v) for k, v in value.get("labels", {}).items()},
             overall=_Ewma.from_json(value["overall"]),
             hours={
@@ -100,6 +110,13 @@ class _RateKey:
             direction=str(value.get("direction", "")),
             firing=bool(value.get("firing", False)),
         )
+        fired = value.get("fired")
+        if k.firing and isinstance(fired, Mapping):
+            since_at = at_or_none(fired.get("since"))
+            what, peak = fired.get("what"), fired.get("peak")
+            if since_at is not None and what in ("burst", "drop") and isinstance(peak, int):
+                k.since_at, k.what, k.peak = since_at, what, peak
+        return k
 
 
 MAX_CATCH_UP_BUCKETS = 10_000  # a longer gap (suspend) is skipped as unseen
@@ -253,25 +270,18 @@ class RateEvaluator:
             k.streak = 0
             if not k.firing:
                 return None
-            k.firing = False
-            return Signal(
-                rule=self.rule.name,
-                kind="anomaly",
-                key=key,
-                action="resolve",
-                at=end,
-                labels=k.labels,
-                summary=f"{self.rule.name}: line rate back to normal: {count} lines per "
-                f"{format_duration(self.spec.bucket)} (usual {mean:.0f} ± {sd:.0f})",
-                evidence=self._evidence(count, mean, sd, start=start, which=which, direction=""),
-            )
+            return self._resolve(k, key, count, mean, sd, start=start, end=end, which=which)
         direction = "up" if up else "down"
+        what = "burst" if up else "drop"
         k.streak = k.streak + 1 if k.direction == direction else 1
         k.direction = direction
+        if k.firing and k.what == what:
+            k.peak = max(k.peak, count) if up else min(k.peak, count)
         if k.firing or k.streak < self.spec.for_buckets:
             return None
         k.firing = True
-        what = "burst" if up else "drop"
+        k.since_at = start - (k.streak - 1) * self.spec.bucket
+        k.what, k.peak = what, count
         ctx = {
             "count": count,
             "expected": round(mean),
@@ -297,6 +307,42 @@ class RateEvaluator:
             f"({which} baseline).",
             count=1,
             evidence=self._evidence(count, mean, sd, start=start, which=which, direction=direction),
+        )
+
+    def _resolve(
+        self,
+        k: _RateKey,
+        key: str,
+        count: int,
+        mean: float,
+        sd: float,
+        *,
+        start: datetime,
+        end: datetime,
+        which: str,
+    ) -> Signal:
+        """A firing key's first normal bucket: "line rate back to normal after a 12m burst: 11
+        lines per 1m (usual 10 ± 3, peak 240)" (without the burst's length and peak for a key
+        restored from a row of an earlier version)."""
+        per = f"{plural(count, 'line')} per {format_duration(self.spec.bucket)}"
+        what = f"line rate back to normal: {per} (usual {mean:.0f} ± {sd:.0f})"
+        if k.since_at is not None:
+            lasted = format_duration(start - k.since_at)
+            extreme = "peak" if k.what == "burst" else "low"
+            what = (
+                f"line rate back to normal after a {lasted} {k.what}: {per} "
+                f"(usual {mean:.0f} ± {sd:.0f}, {extreme} {k.peak})"
+            )
+        k.firing, k.since_at, k.what, k.peak = False, None, "", 0
+        return Signal(
+            rule=self.rule.name,
+            kind="anomaly",
+            key=key,
+            action="resolve",
+            at=end,
+            labels=k.labels,
+            evidence=self._evidence(count, mean, sd, start=start, which=which, direction=""),
+            **resolved(self.rule, k.labels, what),
         )
 
     def _evidence(

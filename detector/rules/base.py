@@ -69,6 +69,10 @@ class Signal:
     """Grouping labels and captured fields. host, source and rule are added by the alert book."""
     summary: str = ""
     description: str = ""
+    happened: str = ""
+    """On a ``resolve``: what happened, without the rule's name or key ("back after 17m of
+    silence (expected every 5m)"). ``summary`` is then ``"<rule> <key>: <happened>"``; for a rule
+    with its own ``summary:`` template the alert book appends it to the alert's summary instead."""
     sample: str | None = None
     count: int = 1
     evidence: Mapping[str, Any] = field(default_factory=dict)

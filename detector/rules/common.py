@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from datetime import datetime
-from typing import Any
+from typing import Any, TypedDict
 
 from detector.matching import Hit
 from detector.model import RuleConfig
@@ -39,6 +39,31 @@ def summarize(
     summary = render(rule.summary, ctx) if rule.summary else default
     description = render(rule.description, ctx) if rule.description else ""
     return summary, description
+
+
+def key_text(labels: Mapping[str, str]) -> str:
+    """The grouping key as it opens a resolved summary: ``" ip=203.0.113.7"`` ('' for none)."""
+    return "".join(f" {k}={v}" for k, v in labels.items())
+
+
+class ResolvedText(TypedDict):
+    summary: str
+    happened: str
+
+
+def resolved(rule: RuleConfig, labels: Mapping[str, str], happened: str) -> ResolvedText:
+    """The ``summary`` and ``happened`` of a resolve signal (keyword arguments for ``Signal``):
+    ``"<rule> <key>: <what happened>"``, e.g. ``"ssh-bruteforce ip=203.0.113.7: back below 5 in
+    1m (peak 23)"``. A rule's own ``summary:`` template is not rendered here: the alert book
+    appends ``happened`` to the alert's summary (see ``alerts.AlertBook``)."""
+    return ResolvedText(summary=f"{rule.name}{key_text(labels)}: {happened}", happened=happened)
+
+
+def plural(n: int, word: str) -> str:
+    """``1 match``, ``3 matches``, ``2 lines``."""
+    if n == 1:
+        return f"1 {word}"
+    return f"{n} {word}es" if word.endswith(("ch", "sh", "s", "x")) else f"{n} {word}s"
 
 
 def downtime_note(

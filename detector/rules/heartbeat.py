@@ -7,9 +7,10 @@ to the alert book. Semantics:
 **Heartbeat** (``expect: {every, grace, by, keys}``). A key fires at exactly
 ``last match + every + grace`` (a key never seen: ``tracking start + every + grace``, where tracking
 starts when the agent first ran the rule and survives restarts) and resolves on its next match
-("back after 17m of silence"). With ``by:`` each value of that field (captured group or journald
-field) is its own key; with ``keys:`` exactly those values are tracked (other values are ignored)
-and one never seen fires too; with ``by:`` but no ``keys:`` a value is tracked from its first match.
+("app-alive: back after 17m of silence (expected every 5m)"). With ``by:`` each value of that
+field (captured group or journald field) is its own key; with ``keys:`` exactly those values are
+tracked (other values are ignored) and one never seen fires too; with ``by:`` but no ``keys:`` a
+value is tracked from its first match.
 
 **Downtime.** ``note_downtime(since, until)`` tells the evaluator when the agent was not running.
 The service holds ``due()`` back until the sources caught up, so a line written during the downtime
@@ -28,7 +29,7 @@ from typing import Any, Literal
 from detector.matching import Hit
 from detector.model import HeartbeatSpec, RuleConfig
 from detector.rules.base import Signal, When
-from detector.rules.common import downtime_note, group_key, hit_fields, summarize
+from detector.rules.common import downtime_note, group_key, hit_fields, resolved, summarize
 from detector.rules.state import KeyedState
 from detector.schedule import DeadlineHeap
 from detector.sources.base import Line
@@ -126,15 +127,22 @@ class HeartbeatEvaluator:
         deadline = base_at + self._period
         extra = {"line": line.text, "source": line.source}
         if beat.firing:
-            default = f"{self.rule.name}{self._who(beat)}: " + (
+            what = (
                 f"back after {format_duration(silent_for)} of silence"
                 if beat.last_at is not None
                 else f"first seen {format_duration(silent_for)} after {utc_text(base_at)}"
-            )
-            summary, description = summarize(self.rule, default, self._ctx(beat, silent_for, extra))
+            ) + f" (expected every {self._every_text})"
+            text = resolved(self.rule, beat.labels, what)
             out.append(
                 self._signal(
-                    key, beat, "resolve", when.at, summary, description=description, line=line
+                    key,
+                    beat,
+                    "resolve",
+                    when.at,
+                    text["summary"],
+                    description="",
+                    line=line,
+                    happened=text["happened"],
                 )
             )
         elif deadline < when.earliest:
@@ -204,6 +212,7 @@ class HeartbeatEvaluator:
         *,
         description: str,
         line: Line | None,
+        happened: str = "",
     ) -> Signal:
         base_at = beat.last_at or beat.since_at
         return Signal(
@@ -215,6 +224,7 @@ class HeartbeatEvaluator:
             labels=dict(beat.labels),
             summary=summary,
             description=description,
+            happened=happened,
             sample=None if line is None else line.text,
             evidence={
                 "last_seen_at": iso_or_none(beat.last_at),

@@ -1,9 +1,11 @@
 """The plain ``match:`` rule ("error"): every matching line raises (or updates) an alert.
 
 Alerts are grouped by ``group_by`` fields (default: one alert per rule), deduplicated by the alert
-book, and resolved once ``resolve_after`` has passed without a new match for that group. This is
-the hottest evaluator (every hit of every error rule comes here), so it keeps plain datetimes in
-memory and serialises only the keys a batch touched, in ``state_changes``.
+book, and resolved once ``resolve_after`` has passed without a new match for that group ("quiet for
+15m after 3 matches": the matches since the group's alert opened, kept in its state row; a row of
+an earlier version has no count, and the summary then leaves it out). This is the hottest
+evaluator (every hit of every error rule comes here), so it keeps plain datetimes in memory and
+serialises only the keys a batch touched, in ``state_changes``.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from typing import Any
 from detector.matching import Hit
 from detector.model import RuleConfig
 from detector.rules.base import Signal, When
-from detector.rules.common import group_key, hit_fields, summarize
+from detector.rules.common import group_key, hit_fields, plural, resolved, summarize
 from detector.rules.state import KeyedState
 from detector.schedule import DeadlineHeap
 from detector.sources.base import Line
@@ -29,6 +31,8 @@ class MatchEvaluator:
         self.rule = rule
         self._last: dict[str, datetime] = {}
         self._labels: dict[str, dict[str, str]] = {}
+        self._counts: dict[str, int | None] = {}
+        """Matches since the key's alert opened; None: unknown (a row of an earlier version)."""
         self._rows = KeyedState(self._last, self._row)
         self._touch = self._rows.touch
         self._deadlines = DeadlineHeap()
@@ -56,6 +60,8 @@ class MatchEvaluator:
         # from _last: no heap work per hit (a replay asks for the next deadline after each hit)
         self._last[key] = at
         self._labels[key] = group_labels
+        n = self._counts.get(key, 0)
+        self._counts[key] = None if n is None else n + 1
         self._touch(key)
         return [
             Signal(
@@ -92,8 +98,10 @@ class MatchEvaluator:
             due.append("")
         for key in due:
             at = self._last.pop(key) + self.rule.resolve_after
-            self._labels.pop(key, None)
+            labels = self._labels.pop(key, None) or {}
+            n = self._counts.pop(key, None)
             self._touch(key)
+            what = f"quiet for {quiet}" + ("" if n is None else f" after {plural(n, 'match')}")
             out.append(
                 Signal(
                     rule=self.rule.name,
@@ -101,7 +109,7 @@ class MatchEvaluator:
                     key=key,
                     action="resolve",
                     at=at,
-                    summary=f"{self.rule.name}: no new match for {quiet}",
+                    **resolved(self.rule, labels, what),
                 )
             )
         return out
@@ -113,13 +121,22 @@ class MatchEvaluator:
         return self._rows.changes()
 
     def _row(self, key: str, last: datetime) -> dict[str, Any]:
-        return {"last": iso(last, keep_offset=True), "labels": self._labels.get(key, {})}
+        row: dict[str, Any] = {
+            "last": iso(last, keep_offset=True),
+            "labels": self._labels.get(key, {}),
+        }
+        n = self._counts.get(key)
+        if n is not None:
+            row["count"] = n
+        return row
 
     def load_state(self, items: Mapping[str, Any]) -> None:
         # a row written by another version of the rule is left out: that group starts afresh
         for key, (last, value) in self._rows.load(items, _decode):
             self._last[key] = last
             self._labels[key] = dict(value.get("labels", {}))
+            n = value.get("count")
+            self._counts[key] = n if isinstance(n, int) and n > 0 else None
             if key:
                 self._deadlines.push(key, last + self.rule.resolve_after)
 

@@ -6,8 +6,8 @@ Sits in the rules stage beside ``heartbeat.py`` and ``window.py``: it gets the `
 * Pairs are keyed by the named groups that the start and end patterns share (``job`` in
   ``etl (?P<job>\\w+) started`` / ``etl (?P<job>\\w+) finished``); with none shared, one key.
 * A start opens the pair; if its end has not come by ``start + within`` the key fires at exactly
-  that instant; the end arriving later resolves it with the real duration ("finished after 47m,
-  17m over the 30m limit").
+  that instant; the end arriving later resolves it with the real duration ("etl-finishes
+  job=nightly: finished after 41m (limit 30m)").
 * A second start while the pair is open and not yet overdue is a double run: an ``info`` when
   ``on_double_start: alert`` (the default); the pair then runs from the newer start.
 * An end without an open pair is an orphan: an ``info`` when ``on_orphan_end: alert``.
@@ -29,7 +29,7 @@ from typing import Any, Literal
 from detector.matching import Hit
 from detector.model import PairSpec, RuleConfig
 from detector.rules.base import Signal, When
-from detector.rules.common import downtime_note, group_key, summarize
+from detector.rules.common import downtime_note, group_key, resolved, summarize
 from detector.rules.state import KeyedState
 from detector.schedule import DeadlineHeap
 from detector.sources.base import Line
@@ -193,22 +193,22 @@ class PairEvaluator:
             "ended_at": iso_or_none(when.at),
             "duration_s": took.total_seconds(),
         }
-        limit = f"{format_duration(self.spec.within)} limit"
+        limit_text = format_duration(self.spec.within)
+        limit = f"{limit_text} limit"
         if pair.firing:
-            default = (
-                f"{self.rule.name}{self._who(labels)}: finished after {format_duration(took)}, "
-                f"{format_duration(over)} over the {limit}"
-            )
+            what = f"finished after {format_duration(took)} (limit {limit_text})"
             return [
-                self._signal(
-                    key,
-                    "resolve",
-                    when.at,
-                    labels=labels,
-                    default=default,
-                    ctx=ctx,
-                    line=line,
-                    evidence=evidence,
+                Signal(
+                    rule=self.rule.name,
+                    kind="pair",
+                    key=key,
+                    action="resolve",
+                    at=when.at,
+                    labels=dict(labels),
+                    sample=line.text,
+                    evidence={"within_s": self.spec.within.total_seconds(), **evidence},
+                    source=line.source,
+                    **resolved(self.rule, labels, what),
                 )
             ]
         if deadline < when.earliest:

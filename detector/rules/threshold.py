@@ -4,6 +4,12 @@ Per key only the timestamps of the last ``count`` matches are kept (memory is bo
 whatever the flood): the window holds ``count`` matches exactly when the oldest of those is younger
 than ``within``. A firing key resolves at the exact moment the count in the window falls below
 ``count``, which is ``oldest kept + within``; an idle key is forgotten when all its matches expire.
+
+While a key fires it also counts its peak, the most matches within ``within`` at any of its matches
+("back below 5 in 1m (peak 23)"): in memory it keeps those matches' times (at most ``PEAK_CAP``, a
+peak beyond reads ``10000+``), in its state row only the peak. After a restart the count goes on
+from the ``count`` times kept; a firing row of an earlier version has no peak, and the resolved
+summary then leaves it out.
 """
 
 from __future__ import annotations
@@ -11,25 +17,45 @@ from __future__ import annotations
 import heapq
 from collections import deque
 from collections.abc import Mapping
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from detector.matching import Hit
 from detector.model import RuleConfig, ThresholdSpec
 from detector.rules.base import Signal, When
-from detector.rules.common import group_key, hit_fields, summarize
+from detector.rules.common import group_key, hit_fields, resolved, summarize
 from detector.rules.state import KeyedState
 from detector.sources.base import Line
 from detector.timefmt import format_duration, iso, parse_iso
 
+PEAK_CAP = 10_000
+"""The most match times a firing key keeps to count its peak (a flood reads ``10000+``)."""
+
 
 class _Key:
-    __slots__ = ("firing", "labels", "times")
+    __slots__ = ("firing", "labels", "peak", "recent", "times")
 
     def __init__(self, count: int) -> None:
         self.times: deque[datetime] = deque(maxlen=count)
         self.firing = False
         self.labels: dict[str, str] = {}
+        self.peak: int | None = None
+        """While firing: the most matches within ``within`` so far; None: unknown."""
+        self.recent: deque[datetime] | None = None
+        """While firing: the times of the matches within ``within`` (memory only)."""
+
+    def count_peak(self, at: datetime, within: timedelta) -> None:
+        """Count a match at ``at`` (already in ``times``) towards the peak of a firing key."""
+        recent = self.recent
+        if recent is None:  # just fired, or restored from a state row
+            recent = self.recent = deque(self.times, maxlen=PEAK_CAP)
+        else:
+            recent.append(at)
+        horizon = at - within
+        while recent[0] <= horizon:
+            recent.popleft()
+        if self.peak is not None and len(recent) > self.peak:
+            self.peak = len(recent)
 
 
 class ThresholdEvaluator:
@@ -104,7 +130,9 @@ class ThresholdEvaluator:
                     source=line.source,
                 )
             )
-            k.firing = True
+            if not k.firing:
+                k.firing, k.peak, k.recent = True, 0, None
+            k.count_peak(at, self.spec.within)
         self._push(key, k)
         return out
 
@@ -131,7 +159,11 @@ class ThresholdEvaluator:
                 k.times.popleft()
             self._touch(key)
             if k.firing:
-                k.firing = False
+                peak = k.peak
+                what = f"back below {self.spec.count} in {format_duration(self.spec.within)}"
+                if peak is not None:
+                    what += f" (peak {peak}{'+' if peak >= PEAK_CAP else ''})"
+                k.firing, k.peak, k.recent = False, None, None
                 out.append(
                     Signal(
                         rule=self.rule.name,
@@ -140,8 +172,8 @@ class ThresholdEvaluator:
                         action="resolve",
                         at=at,
                         labels=k.labels,
-                        summary=f"{self.rule.name}: back below {self.spec.count} matches within "
-                        f"{format_duration(self.spec.within)}",
+                        evidence={} if peak is None else {"peak": peak},
+                        **resolved(self.rule, k.labels, what),
                     )
                 )
             if not k.times:
@@ -167,12 +199,18 @@ class ThresholdEvaluator:
         k.times.extend(parse_iso(t) for t in value["times"])
         k.firing = bool(value["firing"])
         k.labels = dict(value.get("labels", {}))
+        peak = value.get("peak")
+        if k.firing and isinstance(peak, int) and peak > 0:
+            k.peak = peak
         return k
 
 
 def _row(_key: str, k: _Key) -> dict[str, Any]:
-    return {
+    row: dict[str, Any] = {
         "times": [iso(t, keep_offset=True) for t in k.times],
         "firing": k.firing,
         "labels": k.labels,
     }
+    if k.firing and k.peak is not None:
+        row["peak"] = k.peak  # only while firing: a quiet key's row is as before
+    return row

@@ -10,7 +10,9 @@ later; both ends are inclusive. It is satisfied by ``min_count`` matches inside 
 inside it (even after it was satisfied) ends it as failed and fires at once; a ``fail:`` line
 outside every window is ignored. At the close of an unsatisfied window the rule fires;
 a match after a failed window ends, or enough matches after a missed one, before the next window
-opens, resolve it ("37m late"); otherwise the next satisfied window resolves it. Overlapping windows
+opens, resolve it ("nightly-backup: 'backup complete' arrived 37m late (window 02:00–03:00
+Europe/Berlin)", "succeeded at 02:40, 26m after the failure at 02:14 (window …)"); otherwise the
+next satisfied window resolves it ("… on time again at 02:05 (window …)"). Overlapping windows
 each count a match. With ``too_early: info`` a match outside every window (and resolving nothing)
 sends an info. A window that had opened before the rule was first run is not watched.
 DST, for a fixed-time expression such as ``30 2 * * *`` (cron fields, Debian cron semantics, via
@@ -44,7 +46,7 @@ from cronsim import CronSim, CronSimError
 from detector.matching import Hit
 from detector.model import RuleConfig, WindowSpec
 from detector.rules.base import Signal, When
-from detector.rules.common import downtime_note, hit_fields, summarize
+from detector.rules.common import downtime_note, hit_fields, resolved, summarize
 from detector.rules.state import KeyedState
 from detector.sources.base import Line
 from detector.timefmt import at_or_none, format_duration, iso_or_none
@@ -325,28 +327,50 @@ class WindowEvaluator:
         late_by: timedelta | None,
         after_failure: bool = False,
     ) -> Signal:
+        """The resolve when ``w`` is satisfied after the rule fired: late, after a failure, or
+        the next window on time. Its summary says which, and when (``_window_short``)."""
         self._firing, self._firing_open = False, None
-        extra: dict[str, Any] = {}
+        window = f"(window {self._window_short(w)})"
+        at = self._fmt(when.at)
         if after_failure:
-            default = (
-                f"{self.rule.name}: succeeded at {self._fmt(when.at)} after the failure at "
-                f"{self._fmt(w.failed_at or when.at)} (window {self._window_text(w)})"
+            failed_at = w.failed_at or when.at
+            after = format_duration(max(when.at - failed_at, timedelta(0)))
+            what = (
+                f"succeeded at {at}, {after} after the failure at {self._fmt(failed_at)} {window}"
             )
         elif late_by is not None:
-            extra["late_by"] = format_duration(late_by)
-            default = (
-                f"{self.rule.name}: {self._pattern()} arrived at {self._fmt(when.at)} "
-                f"{self.spec.timezone}, {format_duration(late_by)} late "
-                f"(window {self._window_text(w)})"
-            )
+            what = f"{self._pattern()} arrived {format_duration(late_by)} late {window}"
         else:
-            default = (
-                f"{self.rule.name}: {self._pattern()} seen at {self._fmt(when.at)} "
-                f"{self.spec.timezone} (window {self._window_text(w)})"
-            )
-        ctx = self._ctx(w, {**fields, **extra})
-        evidence = {"late_by_s": late_by.total_seconds()} if late_by is not None else {}
-        return self._signal("resolve", when.at, w, default, ctx, line=line, evidence=evidence)
+            what = f"{self._pattern()} on time again at {at} {window}"
+        evidence: dict[str, Any] = {"timezone": self.spec.timezone, "cron": self.spec.cron}
+        evidence |= {
+            "window_start_at": iso_or_none(w.open_at),
+            "window_end_at": iso_or_none(w.close_at),
+            "count": w.count,
+            "min_count": self.spec.min_count,
+        }
+        if late_by is not None:
+            evidence["late_by_s"] = late_by.total_seconds()
+        return Signal(
+            rule=self.rule.name,
+            kind="window",
+            key="",
+            action="resolve",
+            at=when.at,
+            sample=line.text,
+            evidence=evidence,
+            source=line.source,
+            **resolved(self.rule, {}, what),
+        )
+
+    def _window_short(self, w: _Win) -> str:
+        """A window for a title: ``02:00–03:00 Europe/Berlin``; with dates when it spans days,
+        with each end's zone abbreviation when a DST change falls inside it."""
+        o, c = w.open_at.astimezone(self.zone), w.close_at.astimezone(self.zone)
+        fmt = "%H:%M" if o.date() == c.date() else "%Y-%m-%d %H:%M"
+        if o.utcoffset() != c.utcoffset():
+            fmt += " %Z"
+        return f"{o.strftime(fmt)}–{c.strftime(fmt)} {self.spec.timezone}"
 
     def _too_early(self, when: When, line: Line, fields: Mapping[str, Any]) -> Signal:
         nxt = self._next_open

@@ -7,6 +7,7 @@ from the checkpoints it was given at construction; anything after them is read a
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -80,6 +81,9 @@ class SourceProblem:
 
 class Source(Protocol):
     name: str
+    opened: asyncio.Event
+    """Set once the source has fixed where it starts reading: what is written after it is
+    read. The agent waits for it (bounded) before READY=1."""
 
     def batches(self) -> AsyncIterator[Batch]:
         """Yield batches forever (until cancelled). Must never raise for bad input."""

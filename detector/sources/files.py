@@ -274,6 +274,9 @@ class FileSource:
         drain_quiet: timedelta = timedelta(seconds=5),
         watch: bool = True,
     ) -> None:
+        self.opened = asyncio.Event()
+        """Set after the first sweep: every file's start is fixed (``start_at: end`` counts
+        from there), so a line written after it is read. The agent sends READY=1 after it."""
         self.name = config.name
         self._config = config
         self._checkpoints = {k: dict(v) for k, v in checkpoints.items()}
@@ -319,7 +322,11 @@ class FileSource:
             self._watcher = Watcher.start(asyncio.get_running_loop(), self._wake)
         while True:
             self._wake.clear()
-            for batch in await self.poll_once():
+            try:
+                found = await self.poll_once()
+            finally:
+                self.opened.set()  # the first sweep fixed where every file starts
+            for batch in found:
                 yield batch
             if not self._more:
                 await self._wait()

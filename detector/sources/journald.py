@@ -49,6 +49,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import re
 from collections import deque
 from collections.abc import AsyncIterator, Mapping, Sequence
@@ -163,6 +164,11 @@ async def _first_line(stream: asyncio.StreamReader) -> bytes:
     return data.split(b"\n", 1)[0]
 
 
+def _whole_seconds_up(d: timedelta) -> timedelta:
+    """An upper bound in whole seconds (a gap of 0.6 s is "up to 1s", never "up to 0s")."""
+    return timedelta(seconds=math.ceil(d.total_seconds()))
+
+
 class JournaldSource:
     """Reads one journald source (see the module docstring). Implements ``Source``."""
 
@@ -206,6 +212,9 @@ class JournaldSource:
         self._permission_hint = False  # the running journalctl complained about permissions
         self._closed = False
         self._closed_event = asyncio.Event()
+        self.opened = asyncio.Event()
+        """Set once the read position is established (or that failed and is a problem): what
+        is written to the journal after this is read. The agent sends READY=1 after it."""
 
         self._proc: asyncio.subprocess.Process | None = None
         self._proc_started: float | None = None
@@ -226,6 +235,7 @@ class JournaldSource:
     async def batches(self) -> AsyncIterator[Batch]:
         """Yield batches until cancelled or :meth:`aclose`. Never raises for journal trouble."""
         if "config" in self._problems:
+            self.opened.set()
             await self._closed_event.wait()  # nothing sensible to read; the problem says why
             return
         delay = self._backoff_initial
@@ -233,7 +243,10 @@ class JournaldSource:
             started = self._clock.monotonic()
             try:
                 if self._need_position:
-                    await self._establish_position()
+                    try:
+                        await self._establish_position()
+                    finally:
+                        self.opened.set()
                     self._need_position = False
                 async for batch in self._read(follow=self._following):
                     yield batch
@@ -356,7 +369,8 @@ class JournaldSource:
             if since_at is not None and oldest_at > since_at:
                 msg += (
                     f"; entries between {since_at.isoformat()} and {oldest_at.isoformat()} "
-                    f"(up to {format_duration(oldest_at - since_at)}) may be missing"
+                    f"(up to {format_duration(_whole_seconds_up(oldest_at - since_at))}) may be "
+                    "missing"
                 )
             elif since_at is not None:
                 msg += (

@@ -35,7 +35,24 @@ class StoreError(Exception):
     """The state file cannot be used (corrupt, locked, disk full…)."""
 
 
-def _why(path: Path) -> str:
+class StoreCorrupt(StoreError):
+    """The file is there but is no detector state: empty (0 bytes), or a database without the
+    schema (no ``meta`` table). Never taken as a fresh state: that would forget read positions,
+    open alerts and the downtime record without a word (``open_store`` moves it aside)."""
+
+
+def _existing_size(path: Path) -> int | None:
+    """The size of the state file before SQLite touches it; None if there is none (a fresh
+    state) or it cannot be looked at (SQLite's own error will say why)."""
+    if str(path) == ":memory:":
+        return None
+    try:
+        return path.stat().st_size
+    except OSError:
+        return None
+
+
+def explain(path: Path) -> str:
     """What SQLite's terse "unable to open database file" usually means, found out: a
     directory that cannot be written (read-only file system, permissions) or a full disk."""
     if str(path) == ":memory:":
@@ -117,19 +134,39 @@ class Store:
                 raise StoreError(
                     f"cannot create the state directory {self.path.parent}: {e}"
                 ) from e
+        self.on_close: list[Callable[[], None]] = []
+        """Run after the connection is closed (``open_store`` releases the agent's lock here)."""
+        size = _existing_size(self.path)
+        if size == 0:  # checked before connecting: SQLite would drop a -wal beside it
+            raise StoreCorrupt(
+                f"cannot open state file {self.path}: it is empty (0 bytes), not a detector "
+                "state file"
+            )
+        conn: sqlite3.Connection | None = None
         try:
             conn = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None)
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=NORMAL")
             conn.execute("PRAGMA busy_timeout=5000")
             self.conn = conn
             self.db = sqlite_utils.Database(conn)
+            if size is not None and "meta" not in self.db.table_names():  # before any write
+                raise StoreCorrupt(
+                    f"cannot open state file {self.path}: it has no detector schema (no meta "
+                    "table), not a detector state file"
+                )
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
             self.migrate()
-        except sqlite3.DatabaseError as e:
-            raise StoreError(f"cannot open state file {self.path}: {e}{_why(self.path)}") from e
+        except (StoreError, sqlite3.DatabaseError) as e:
+            if conn is not None:
+                conn.close()
+            if isinstance(e, StoreError):
+                raise
+            raise StoreError(f"cannot open state file {self.path}: {e}{explain(self.path)}") from e
 
     def close(self) -> None:
         self.conn.close()
+        for release in self.on_close:
+            release()
 
     # ---------------------------------------------------------------- schema
 
@@ -191,7 +228,7 @@ class Store:
             with self._tx():
                 self._write(c, t)
         except sqlite3.DatabaseError as e:
-            raise StoreError(f"cannot write state file {self.path}: {e}{_why(self.path)}") from e
+            raise StoreError(f"cannot write state file {self.path}: {e}{explain(self.path)}") from e
 
     def _write(self, c: Commit, t: float) -> None:
         ex = self.conn.execute
@@ -248,7 +285,7 @@ class Store:
                         (key, json.dumps(value)),
                     )
         except sqlite3.DatabaseError as e:
-            raise StoreError(f"cannot write state file {self.path}: {e}{_why(self.path)}") from e
+            raise StoreError(f"cannot write state file {self.path}: {e}{explain(self.path)}") from e
 
     def snapshot(self) -> dict[str, Any]:
         """Everything ``detector status`` shows, read in one go."""

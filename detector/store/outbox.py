@@ -185,26 +185,39 @@ def queue_stats(store: Store, webhook: str) -> QueueStats:
     return QueueStats(depth=depth, oldest_created_at=from_ts(oldest[0][0]) if oldest else None)
 
 
-def firing_snapshots(store: Store, webhook: str) -> list[dict[str, Any]]:
-    """Payloads of alerts whose latest notification to ``webhook`` was a firing one, sent.
+def firing_snapshots(store: Store, webhook: str) -> list[tuple[int, str, dict[str, Any]]]:
+    """(row id, event id, payload) of alerts whose latest notification to ``webhook`` was a firing
+    one that the receiver accepted.
 
     The alertmanager format re-posts these until they resolve (Alertmanager forgets an alert that
     is not refreshed within its ``resolve_timeout``). A fingerprint whose latest row is still
-    pending is left to the queue.
+    pending is left to the queue; one whose latest row is dead (refused) is never re-sent.
     """
     latest = store.execute(
         "SELECT MAX(id), status, state FROM outbox WHERE webhook=? GROUP BY fingerprint",
         (webhook,),
     )
-    out: list[dict[str, Any]] = []
+    out: list[tuple[int, str, dict[str, Any]]] = []
     for row_id, status, state in sorted(latest):
-        if status != "firing" or state == "pending":
+        if status != "firing" or state != "delivered":
             continue
-        (payload,) = store.execute("SELECT payload FROM outbox WHERE id=?", (row_id,))[0]
+        (event_id, payload) = store.execute(
+            "SELECT event_id, payload FROM outbox WHERE id=?", (row_id,)
+        )[0]
         data = json.loads(payload)
         if data.get("notification") != "info":
-            out.append(data)
+            out.append((row_id, event_id, data))
     return out
+
+
+def mark_refused(store: Store, ids: Iterable[int], now: datetime, error: str) -> None:
+    """``delivered`` → ``dead``: the receiver refused a re-send of the row (alertmanager)."""
+    with store._tx() as conn:
+        conn.executemany(
+            "UPDATE outbox SET state='dead', last_error=?, next_attempt_at=? "
+            "WHERE id=? AND state='delivered'",
+            [(_err(error), ts(now), i) for i in ids],
+        )
 
 
 def state_counts(store: Store) -> dict[str, dict[str, int]]:
