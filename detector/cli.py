@@ -14,8 +14,9 @@ import contextlib
 import logging
 import os
 import platform
+import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -277,19 +278,36 @@ def _describe_source(source: SourceConfig) -> str:
     return "journald" + (f" ({'; '.join(keys)})" if keys else "")
 
 
+def _secrets_of(args: argparse.Namespace) -> Callable[[str], str]:
+    """A redactor for what ``detector check`` prints of the loaded config: every ``${VAR}`` of
+    the file, shown by its name, never its value."""
+    from detector.cli_support import config_env  # noqa: PLC0415
+    from detector.config.values import redact  # noqa: PLC0415
+
+    try:
+        text = Path(args.config).read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return lambda line: line
+    env = config_env(getattr(args, "env_file", None))
+    names = set(re.findall(r"\$\{([A-Za-z_][A-Za-z0-9_]*)", text))
+    used = {name: env[name] for name in names if name in env}
+    return lambda line: redact(line, used)
+
+
 def cmd_check(args: argparse.Namespace) -> int:
     from detector.cli_support import load_config_or_exit  # noqa: PLC0415
     from detector.matching import Matcher  # noqa: PLC0415
     from detector.pipeline import pattern_specs  # noqa: PLC0415
 
     config = load_config_or_exit(args)  # an invalid file: CommandError, exit 2
+    hide = _secrets_of(args)
     matcher = Matcher(pattern_specs(config.rules))
     print(
         f"{args.config}: OK — {len(config.sources)} sources, {len(config.rules)} rules, "
         f"{len(config.webhooks)} webhooks"
     )
     for source in config.sources.values():
-        print(f"  source {source.name}: {_describe_source(source)}")
+        print(f"  source {source.name}: {hide(_describe_source(source))}")
     for rule in config.rules:
         flag = "" if rule.enabled else " (disabled)"
         print(f"  rule {rule.name}: {rule.kind} on {', '.join(rule.sources)}{flag}")

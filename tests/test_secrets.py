@@ -138,3 +138,14 @@ async def test_a_refused_reload_alert_and_the_agents_log_carry_no_secret(
     refusals = [r.getMessage() for r in caplog.records if "reload refused" in r.getMessage()]
     assert refusals and "${DT_PASS}" in refusals[0]
     assert leaked("\n".join(r.getMessage() for r in caplog.records)) == []
+
+
+def test_detector_check_ok_output_shows_a_source_path_variable_by_name(tmp_path: Path) -> None:
+    (tmp_path / "logs-DT_SECRETDIR").mkdir()
+    body = GOOD.replace('app: {{file: "{log}"}}', 'app: {{file: "${{DT_LOGDIR}}/app.log"}}')
+    cfg = config(tmp_path, body, "http://127.0.0.1:9/hook")
+    logdir = str(tmp_path / "logs-DT_SECRETDIR")
+    out = run("check", "-c", str(cfg), env={**ENV, "DT_LOGDIR": logdir})
+    assert out.returncode == 0, out.stderr
+    assert "source app: file ${DT_LOGDIR}/app.log" in out.stdout
+    assert logdir not in out.stdout + out.stderr
