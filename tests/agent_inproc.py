@@ -14,6 +14,19 @@ from detector.clock import FakeClock
 from detector.service import Agent
 from tests.receiver import Receiver
 
+RULES = """\
+sources:
+  app: {{file: "{log}"}}
+rules:
+  - name: errors
+    source: app
+    match: 'ERROR (?P<n>\\d+)'
+    group_by: [n]
+    repeat: never
+"""
+"""The usual test rules.yaml body: one file source ``app`` at ``{log}``, one error rule whose
+alerts are keyed by the number after ERROR."""
+
 
 @contextlib.asynccontextmanager
 async def running(cfg: Path, clock: FakeClock, **kw: Any) -> AsyncIterator[Agent]:

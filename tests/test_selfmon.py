@@ -24,22 +24,11 @@ from detector.sdnotify import Notifier
 from detector.selfmon import SelfMonitor
 from detector.sources.base import SourceProblem
 from detector.store import outbox
-from tests.agent_inproc import agent_alerts, rule_alerts, running, summaries, until
+from tests.agent_inproc import RULES, agent_alerts, rule_alerts, running, summaries, until
 from tests.agent_proc import config_in, free_port, write_config
 from tests.receiver import Receiver, Reply
 
 T0 = datetime(2026, 6, 9, 12, 0, tzinfo=UTC)
-
-RULES = """\
-sources:
-  app: {{file: "{log}"}}
-rules:
-  - name: errors
-    source: app
-    match: 'ERROR (?P<n>\\d+)'
-    group_by: [n]
-    repeat: never
-"""
 
 
 def pager_and_chat(tmp_path: Path, pager: str, chat: str, extra: str = "") -> Path:

@@ -16,6 +16,7 @@ from typing import Any
 
 from detector.clock import FakeClock
 from detector.service import Agent
+from tests.agent_inproc import RULES
 from tests.agent_proc import config_in, write_config
 from tests.receiver import Receiver
 from tests.waiting import eventually
@@ -100,16 +101,7 @@ async def test_a_window_missed_while_the_agent_was_down_fires_once_and_says_so(
     assert alerts[0]["labels"]["rule"] == "nightly-backup"
 
 
-RELOAD_RULES = """\
-sources:
-  app: {{file: "{log}"}}
-rules:
-  - name: errors
-    source: app
-    match: 'ERROR (?P<n>\\d+)'
-    group_by: [n]
-    repeat: never
-"""
+RELOAD_RULES = RULES  # one error rule with a captured group, never repeated
 
 
 async def test_reload_under_load_valid_invalid_valid_loses_and_doubles_nothing(
@@ -323,13 +315,13 @@ async def test_the_dead_mans_switch_stops_while_a_source_is_broken_and_resumes_a
                 clock.advance(timedelta(minutes=1))
                 await eventually(lambda: rounds() > before, what="the next heartbeat round")
 
-            async def until(cond: Callable[[], bool], within: float = 10) -> None:
+            async def until(cond: Callable[[], bool], within: float = 30) -> None:
                 # each look moves the clock a second: drives the file source's stat sweep
                 await eventually(
                     cond, within, step=lambda: clock.advance(timedelta(seconds=1)), every=0.1
                 )
 
-            await hb.wait_for(1, within=5)  # pinged at start
+            await hb.wait_for(1, within=15)  # pinged at start
             await minute()
             assert len(hb.received) == 2
             log.unlink()

@@ -22,23 +22,12 @@ from detector.sources.base import Batch, Line
 from detector.store import outbox
 from detector.store.db import Store, StoreCorrupt
 from detector.store.runs import StateLocked, lock_path, open_store
-from tests.agent_inproc import agent_alerts, running, summaries, until
+from tests.agent_inproc import RULES, agent_alerts, running, summaries, until
 from tests.agent_proc import ROOT, AgentProcess, config_in, write_config
 from tests.receiver import Receiver
 from tests.test_cli import run
 
 NOW = datetime(2026, 6, 9, 12, 0, tzinfo=UTC)
-
-RULES = """\
-sources:
-  app: {{file: "{log}"}}
-rules:
-  - name: errors
-    source: app
-    match: 'ERROR (?P<n>\\d+)'
-    group_by: [n]
-    repeat: never
-"""
 
 
 async def detector_run(cfg: Path) -> tuple[int, str]:
