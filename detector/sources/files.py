@@ -965,16 +965,7 @@ class FileSource:
                     break
                 tf.read_pos += n
                 blocks += bool(chunks)
-                for chunk in chunks:
-                    tf.offset = base + chunk.end
-                    lines = [Line(source=self.name, text=t, path=tf.path) for t in chunk.texts]
-                    batch = Batch(self.name, lines, [self._checkpoint(tf)], chunk.truncated)
-                    if chunk.block is not None:
-                        batch.block, batch.block_path = chunk.block, tf.path
-                    batches.append(batch)
-                    tf.dirty = False
-                    if chunk.cut_at:
-                        self._warn_cut(tf, base, chunk, now)
+                self._emit(tf, base, chunks, now, batches)
                 tf.size = max(tf.size, tf.read_pos)
         except OSError as e:
             key = f"file:{tf.path}"
@@ -986,6 +977,21 @@ class FileSource:
         else:
             self._more = True
         return blocks
+
+    def _emit(
+        self, tf: _Tracked, base: int, chunks: list[Chunk], now: datetime, batches: list[Batch]
+    ) -> None:
+        """One batch per chunk read at ``base``, each carrying the checkpoint after it."""
+        for chunk in chunks:
+            tf.offset = base + chunk.end
+            lines = [Line(source=self.name, text=t, path=tf.path) for t in chunk.texts]
+            batch = Batch(self.name, lines, [self._checkpoint(tf)], chunk.truncated)
+            if chunk.block is not None:
+                batch.block, batch.block_path = chunk.block, tf.path
+            batches.append(batch)
+            tf.dirty = False
+            if chunk.cut_at:
+                self._warn_cut(tf, base, chunk, now)
 
     def _read_stream(
         self,
@@ -1012,16 +1018,7 @@ class FileSource:
                 tf.read_pos += n
                 tf.size = tf.read_pos
                 blocks += bool(chunks)
-                for chunk in chunks:
-                    tf.offset = base + chunk.end
-                    lines = [Line(source=self.name, text=t, path=tf.path) for t in chunk.texts]
-                    batch = Batch(self.name, lines, [self._checkpoint(tf)], chunk.truncated)
-                    if chunk.block is not None:
-                        batch.block, batch.block_path = chunk.block, tf.path
-                    batches.append(batch)
-                    tf.dirty = False
-                    if chunk.cut_at:
-                        self._warn_cut(tf, base, chunk, now)
+                self._emit(tf, base, chunks, now, batches)
         except EOFError:  # still being written (compressed right now): again from here later
             if tf.stream is not None:
                 tf.stream.close()
