@@ -389,6 +389,10 @@ class AlertBook:
         return True
 
     def _notify(self, alert: Alert, notification: str, now: datetime) -> None:
+        if notification == "resolved" and alert.owed == "firing":
+            alert.owed = None  # its firing never went out: nobody is told it is over either
+            self._changed[alert.fingerprint] = alert
+            return
         if self.muter is not None and self._held(alert, notification, now):
             return
         event_id = uuid.uuid4().hex
