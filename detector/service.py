@@ -514,7 +514,10 @@ class Agent:
                 await self._commit(self.pipeline.apply_signals(signals, self.clock.now()))
             if self._pending_silences is not None:
                 silences, self._pending_silences = self._pending_silences, None
-                await self._commit(self.pipeline.set_silences(silences, self.clock.now()))
+                now = self.clock.now()
+                await self._commit(self.pipeline.set_silences(silences, now))
+                active = [x.id for x in silences if x.active(now)]
+                log.info("silences applied: %d active %s", len(active), " ".join(active))
             caught_up = self._all_caught_up()
             deadline = self.pipeline.next_deadline() if caught_up else None
             now = self.clock.now()
