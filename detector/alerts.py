@@ -11,7 +11,11 @@ s ("key K of rule R is firing / resolved / worth an info"); the :class:`AlertBoo
 4. ``resolve`` closes the alert and queues a ``resolved`` notification whose summary says what
    happened: the evaluator's ``"<rule> <key>: <what happened>"``, or, for a rule with its own
    ``summary:`` template, ``"<the alert's summary> — <what happened>"``;
-5. ``info`` queues a one-off notification that opens nothing.
+5. ``info`` queues a one-off notification that opens nothing;
+6. while a silence or maintenance window mutes an alert (``muter``, see ``silences.py``), it is
+   recorded as usual but its notifications are held: the alert remembers the one it is owed
+   (``owed``) and why it is muted (``muted``, shown by ``detector status``); when the mute lifts,
+   the owed notification goes out (a resolve whose firing was never sent is dropped).
 
 Every notification becomes one outbox row per webhook the rule notifies, with an event id that is
 stable across delivery retries (it is stored with the row, in the same transaction as the batch
@@ -33,6 +37,7 @@ from detector.model import AlertKind, RuleConfig, Severity
 from detector.records import OutboxRow
 from detector.rules.base import Signal
 from detector.schedule import DeadlineHeap
+from detector.silences import Muter
 from detector.timefmt import iso_or_none, parse_iso_or_none
 
 MAX_SAMPLES = 5
@@ -72,6 +77,8 @@ class Alert:
     evidence: dict[str, Any] = field(default_factory=dict)
     notify: tuple[str, ...] = ()
     last_notified_at: datetime | None = None
+    muted: dict[str, Any] | None = None
+    owed: str | None = None  # the notification held back by a mute: firing | repeat | resolved
 
     def to_row(self) -> dict[str, Any]:
         # By hand, not dataclasses.asdict: that deep-copies every value and was the largest
@@ -100,6 +107,8 @@ class Alert:
             "last_notified_at": iso_or_none(
                 self.last_notified_at, timespec="milliseconds", zulu=True
             ),
+            "muted": dict(self.muted) if self.muted else None,
+            "owed": self.owed,
         }
 
     @staticmethod
@@ -157,6 +166,9 @@ class AlertBook:
         self.record: Callable[[dict[str, Any], str], None] | None = None
         """If set, called with every notification's payload and its alert's key too
         (``detector test``)."""
+        self.muter: Muter | None = None
+        """Silences and maintenance windows (set by the pipeline); None: nothing is muted."""
+        self._mute_at: datetime | None = None
         self.configure(rules, webhooks, fallback)
 
     def configure(
@@ -310,10 +322,15 @@ class AlertBook:
             self._repeats.push(fp, None)
 
     def next_deadline(self) -> datetime | None:
-        return self._repeats.next_at()
+        at = self._repeats.next_at()
+        if self._mute_at is not None and (at is None or self._mute_at < at):
+            return self._mute_at
+        return at
 
     def due(self, now: datetime) -> None:
         """Send repeats that are due; forget alerts resolved long ago."""
+        if self._mute_at is not None and self._mute_at <= now:
+            self.recheck_mutes(now)
         for fp in self._repeats.pop_due(now):
             alert = self.alerts.get(fp)
             if alert is None or alert.status != "firing":
@@ -334,7 +351,50 @@ class AlertBook:
 
     # ---------------------------------------------------------------- notifications
 
+    def recheck_mutes(self, now: datetime) -> None:
+        """The silences or maintenance windows changed (or one began or ended at ``now``): mark
+        which alerts are muted, and send what a lifted mute held back."""
+        muter = self.muter
+        self._mute_at = muter.next_change(now) if muter is not None else None
+        for alert in list(self.alerts.values()):
+            if alert.status != "firing" and alert.owed is None and alert.muted is None:
+                continue
+            mute = muter.mute(alert.rule, alert.labels, now) if muter is not None else None
+            if mute != alert.muted:
+                alert.muted = mute
+                self._changed[alert.fingerprint] = alert
+            if mute is None and alert.owed is not None:
+                owed, alert.owed = alert.owed, None
+                self._changed[alert.fingerprint] = alert
+                if (owed == "resolved") == (alert.status == "resolved"):
+                    self._notify(alert, owed if owed != "repeat" else "repeat", now)
+
+    def _held(self, alert: Alert, notification: str, now: datetime) -> bool:
+        """Whether a mute holds ``notification`` back; if so, note what the alert is owed."""
+        mute = self.muter.mute(alert.rule, alert.labels, now) if self.muter is not None else None
+        if notification == "info":
+            return mute is not None
+        if mute != alert.muted:
+            alert.muted = mute
+            self._changed[alert.fingerprint] = alert
+        if mute is None:
+            return False
+        if notification == "firing":
+            alert.owed = "firing"
+        elif notification == "repeat":
+            alert.owed = alert.owed or "repeat"
+        else:  # resolved: owed only if its firing went out
+            alert.owed = None if alert.owed == "firing" else "resolved"
+        self._changed[alert.fingerprint] = alert
+        return True
+
     def _notify(self, alert: Alert, notification: str, now: datetime) -> None:
+        if notification == "resolved" and alert.owed == "firing":
+            alert.owed = None  # its firing never went out: nobody is told it is over either
+            self._changed[alert.fingerprint] = alert
+            return
+        if self.muter is not None and self._held(alert, notification, now):
+            return
         event_id = uuid.uuid4().hex
         payload = alert.payload(notification, event_id, now)
         if self.record is not None:

@@ -1,5 +1,5 @@
 """The ``detector`` command: run | reload | note-stop | check | test | status | outbox |
-send-test | templates | version.
+silence | send-test | templates | version.
 
 The top of the flow: parses the arguments and hands each command to its module. Every command
 follows one exit-code convention (0 ok, 1 findings, 2 usage or config error; see
@@ -190,6 +190,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--id", metavar="EVENT", help="retry: only the dead letter with this event id")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--limit", type=int, default=20, help="rows shown per webhook and state")
+
+    p = sub.add_parser(
+        "silence",
+        help="add, list or expire silences (alerts recorded but not notified)",
+        description="Silences in the state file: `add (--rule R | --match label=value …) --for "
+        "2h --comment …`, `list [--format json]` (active and ended in the last 7 days), `expire "
+        "ID`. The running agent applies a change within a second, without a reload.",
+    )
+    _add_config(p)
+    _add_env_file(p)
+    from detector.silence_cli import add_arguments  # noqa: PLC0415
+
+    add_arguments(p)
 
     p = sub.add_parser(
         "send-test",
@@ -395,6 +408,12 @@ def cmd_outbox(args: argparse.Namespace) -> int:
     return outbox_main(args)
 
 
+def cmd_silence(args: argparse.Namespace) -> int:
+    from detector.silence_cli import main as silence_main  # noqa: PLC0415
+
+    return silence_main(args)
+
+
 def cmd_send_test(args: argparse.Namespace) -> int:
     from detector.delivery.cli import send_test_main  # noqa: PLC0415
 
@@ -415,6 +434,7 @@ COMMANDS = {
     "test": cmd_test,
     "status": cmd_status,
     "outbox": cmd_outbox,
+    "silence": cmd_silence,
     "send-test": cmd_send_test,
     "templates": cmd_templates,
     "version": cmd_version,

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Literal
 
@@ -217,6 +217,25 @@ class RuleConfig:
 
 
 @dataclass(frozen=True)
+class MaintenanceConfig:
+    """One ``maintenance:`` entry: a recurring window (``cron`` in ``timezone``, lasting ``for``)
+    or a one-off one (``start`` … ``end``). ``rules`` empty: every rule (never agent alerts)."""
+
+    duration: timedelta  # ``for:``; for a one-off window, end - start
+    cron: str | None = None
+    timezone: str = "UTC"
+    start: datetime | None = None  # one-off (aware)
+    rules: tuple[str, ...] = ()
+    comment: str = ""
+    location: Location | None = None
+
+    def describe(self) -> str:
+        if self.cron is not None:
+            return f"maintenance '{self.cron}' ({self.timezone}) for {self.duration}"
+        return f"maintenance from {self.start}"
+
+
+@dataclass(frozen=True)
 class Config:
     path: str
     agent: AgentConfig
@@ -225,3 +244,4 @@ class Config:
     webhooks: Mapping[str, WebhookConfig]
     rules: tuple[RuleConfig, ...]
     warnings: tuple[str, ...] = ()  # non-fatal findings (no owner/runbook, …) for `detector check`
+    maintenance: tuple[MaintenanceConfig, ...] = ()

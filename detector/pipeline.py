@@ -13,6 +13,7 @@ here: every step takes the time it should use.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -20,6 +21,7 @@ from datetime import datetime, timedelta
 from typing import Any, overload
 
 from detector.alerts import AlertBook
+from detector.maintenance import Maintenance
 from detector.matching import (
     CONFIRM_BUDGET_S,
     MAX_OVERRUNS_PER_CALL,
@@ -36,6 +38,7 @@ from detector.records import Commit
 from detector.rules.base import Evaluator, Signal, When
 from detector.rules.registry import build_evaluator
 from detector.schedule import DeadlineHeap
+from detector.silences import Muter, Silence
 from detector.sources.base import Batch, Line
 
 log = logging.getLogger("detector.pipeline")
@@ -112,6 +115,8 @@ class Pipeline:
             config.agent.fallback,
         )
         self.alerts.load(alert_rows)
+        self.muter = Muter(Maintenance(config.maintenance))
+        self.alerts.muter = self.muter
         self.lines_read: Counter[str] = Counter()
         self.rule_errors: Counter[str] = Counter()
         self.lines_matched: Counter[str] = Counter()
@@ -125,6 +130,7 @@ class Pipeline:
         """Notifications are stamped with the time of the signal that caused them (the line or
         the deadline), not the batch's ``now`` (``detector test``'s simulated clock)."""
         self._build(config, now, load_state, keep={})
+        self.alerts.recheck_mutes(now)
 
     def _build(
         self,
@@ -147,6 +153,7 @@ class Pipeline:
             evaluators[rule.name] = ev
             self._unsaved.add(rule.name)  # its initial schedule must reach the state file
         self.evaluators = evaluators
+        self._hold_expectations()
         self._schedule()
         self.matcher = Matcher(pattern_specs(config.rules))
         self._all_lines: dict[str, list[Evaluator]] = {}
@@ -154,6 +161,23 @@ class Pipeline:
             if ev.wants_all_lines:
                 for s in ev.rule.sources:
                     self._all_lines.setdefault(s, []).append(ev)
+
+    def _hold_expectations(self) -> None:
+        """Tell the expectation rules (heartbeat, window, pair) about their maintenance windows,
+        so that nothing fires inside one nor falsely right after it."""
+        maintenance = Maintenance(self.config.maintenance)
+        for name, ev in self.evaluators.items():
+            hold = getattr(ev, "set_maintenance", None)
+            if hold is not None:
+                hold(functools.partial(maintenance.overlapping, name) if maintenance else None)
+
+    def set_silences(self, silences: Iterable[Silence], now: datetime) -> Commit:
+        """The silences table changed (``detector silence``): mute and unmute at once."""
+        self.muter.set_silences(silences)
+        self.alerts.recheck_mutes(now)
+        commit = Commit()
+        self._collect(commit, ())
+        return commit
 
     def _schedule(self) -> None:
         self._deadlines = DeadlineHeap()
@@ -165,7 +189,9 @@ class Pipeline:
         after the pipeline, and its compiled matcher, were built)."""
         for name, ev in list(self.evaluators.items()):
             self.evaluators[name] = build_evaluator(ev.rule, now)
+        self._hold_expectations()
         self._schedule()
+        self.alerts.recheck_mutes(now)
         self._all_lines = {}
         for ev in self.evaluators.values():
             if ev.wants_all_lines:
@@ -184,7 +210,9 @@ class Pipeline:
         self.alerts.configure(
             {r.name: r for r in config.rules}, config.webhooks.keys(), config.agent.fallback
         )
+        self.muter.maintenance = Maintenance(config.maintenance)
         self._build(config, now, load_state, keep=self.evaluators)
+        self.alerts.recheck_mutes(now)
         self._collect(commit)
         return commit
 

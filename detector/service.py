@@ -61,8 +61,10 @@ from detector.records import Commit
 from detector.rules.base import Signal, When
 from detector.sdnotify import Notifier, watchdog_loop
 from detector.selfmon import SelfMonitor
+from detector.silences import Silence
 from detector.sources.base import Batch, Line, Source
 from detector.store import outbox
+from detector.store import silences as silence_table
 from detector.store.db import AsyncStore, Store, StoreError
 from detector.store.runs import (
     PreviousRun,
@@ -92,6 +94,9 @@ RETRY_S = 30.0
 CATCH_UP_RECHECK_S = 0.2
 CATCH_UP_LIMIT_S = 120.0
 OUTBOX_KEEP = timedelta(days=7)
+SILENCE_POLL_S = 1.0
+"""How often the agent looks whether ``detector silence`` changed the silences table (one
+``PRAGMA data_version``; the table is read only when it moved)."""
 
 
 def build_source(cfg: SourceConfig, checkpoints: Mapping[str, Any], clock: Clock) -> Source:
@@ -156,6 +161,7 @@ class Agent:
         self._db: AsyncStore | None = None
         self._exit_code = 0  # 2: refused to start (another agent holds the state file)
         self._pending_signals: list[Signal] = []
+        self._pending_silences: list[Silence] | None = None
         self.queue: asyncio.Queue[Batch] = asyncio.Queue(maxsize=QUEUE_BATCHES)
         self.sources: dict[str, _Running] = {}
         self.workers: dict[str, tuple[DeliveryWorker, asyncio.Task[None]]] = {}
@@ -302,7 +308,8 @@ class Agent:
         states = await self.db.run(all_rule_state)
         self.pipeline = Pipeline(config, now, lambda r: states.get(r, {}), alert_rows)
         await asyncio.to_thread(self.pipeline.warm)
-        await self._commit(self.pipeline.apply_signals([], now))  # initial schedules
+        silences = await self.db.run(functools.partial(_read_silences, now=now))
+        await self._commit(self.pipeline.set_silences(silences, now))  # initial schedules
         self.problems.adopt(
             [
                 a.key
@@ -335,6 +342,7 @@ class Agent:
         await self._sources_opened()
         tg.create_task(self._processor(), name="processor")
         tg.create_task(self._alive_loop(), name="alive")
+        tg.create_task(self._silence_loop(), name="silences")
         tg.create_task(self._watch_config(), name="config-watch")
         if config.agent.heartbeat:
             tg.create_task(
@@ -504,6 +512,12 @@ class Agent:
             if self._pending_signals:
                 signals = self._take_signals()
                 await self._commit(self.pipeline.apply_signals(signals, self.clock.now()))
+            if self._pending_silences is not None:
+                silences, self._pending_silences = self._pending_silences, None
+                now = self.clock.now()
+                await self._commit(self.pipeline.set_silences(silences, now))
+                active = [x.id for x in silences if x.active(now)]
+                log.info("silences applied: %d active %s", len(active), " ".join(active))
             caught_up = self._all_caught_up()
             deadline = self.pipeline.next_deadline() if caught_up else None
             now = self.clock.now()
@@ -701,6 +715,28 @@ class Agent:
                 last_prune = now
                 await self.db.run(pruner(now - OUTBOX_KEEP))
 
+    async def _silence_loop(self) -> None:
+        """Pick up silences added or expired by ``detector silence`` without a reload: hand
+        them to the processor (the one writer of alert state) when the table changed."""
+        seen = await self.db.run(silence_table.version)
+        while True:
+            await asyncio.sleep(SILENCE_POLL_S)
+            try:
+                version = await self.db.run(silence_table.version)
+                if version == seen:
+                    continue
+                seen = version
+                now = self.clock.now()
+                silences = await self.db.run(functools.partial(_read_silences, now=now))
+            except StoreError as e:  # the commit path reports a failing state file
+                log.warning("cannot read the silences: %s", e)
+                continue
+            if [s.to_json() for s in silences] != [
+                s.to_json() for s in self.pipeline.muter.silences
+            ]:
+                self._pending_silences = silences
+                self._wake.set()
+
     async def _mark_alive(
         self, status: dict[str, Any] | None = None, stopped: bool = False
     ) -> None:
@@ -772,6 +808,11 @@ class Agent:
             "sources": {n: r.source.status() for n, r in self.sources.items()},
             "firing": [a.summary for a in self.pipeline.alerts.firing()],
         }
+
+
+def _read_silences(store: Store, now: datetime) -> list[Silence]:
+    rows = silence_table.load(store, now)
+    return [s for s in map(Silence.from_json, rows) if s is not None]
 
 
 class _Stop(Exception):

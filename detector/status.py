@@ -13,7 +13,9 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from detector.cli_support import CommandError, load_config_or_exit, open_state
-from detector.timefmt import format_duration, parse_iso
+from detector.maintenance import Maintenance
+from detector.model import MaintenanceConfig
+from detector.timefmt import format_duration, iso, parse_iso, utc_text
 
 
 def _ago(at: str | None, now: datetime) -> str:
@@ -25,7 +27,37 @@ def _ago(at: str | None, now: datetime) -> str:
     return f"{format_duration(timedelta(seconds=secs))} ago"
 
 
-def render(snap: dict[str, Any], rules: list[tuple[str, str]]) -> str:
+def muted_text(a: dict[str, Any]) -> str:
+    """``silenced by silence 3fa2… until 2026-03-01 12:00 UTC (reboot)``, or ``""``."""
+    m = a.get("muted")
+    if not m:
+        return ""
+    until = utc_text(parse_iso(m["until"])) if m.get("until") else "?"
+    why = f" ({m['comment']})" if m.get("comment") else ""
+    return f"silenced by {m['by']} until {until}{why}"
+
+
+def maintenance_rows(entries: list[MaintenanceConfig], now: datetime) -> list[dict[str, Any]]:
+    """Per ``maintenance:`` entry, the window holding now or the next one."""
+    return [
+        {
+            "entry": i + 1,
+            "active": start <= now < end,
+            "start": iso(start),
+            "end": iso(end),
+            "rules": list(m.rules) or "all",
+            "comment": m.comment,
+        }
+        for i, m in enumerate(entries)
+        for (start, end), _entry in Maintenance([m]).upcoming(now)
+    ]
+
+
+def render(
+    snap: dict[str, Any],
+    rules: list[tuple[str, str]],
+    maintenance: list[dict[str, Any]] | None = None,
+) -> str:
     live = snap.get("agent_status") or {}
     now = parse_iso(live["at"]) if live.get("at") else datetime.now(UTC)
     out: list[str] = []
@@ -77,10 +109,20 @@ def render(snap: dict[str, Any], rules: list[tuple[str, str]]) -> str:
     if not firing_alerts:
         out.append("  none")
     for a in firing_alerts:
+        muted = muted_text(a)
         out.append(
             f"  [{a['severity']}] {a['rule']}: {a['summary']} "
-            f"(count {a['count']}, since {a['first_seen_at']})"
+            f"(count {a['count']}, since {a['first_seen_at']})" + (f" — {muted}" if muted else "")
         )
+    if maintenance:
+        out.append("\nMAINTENANCE")
+        for m in maintenance:
+            label = "active" if m["active"] else "next"
+            span = f"{utc_text(parse_iso(m['start']))} – {utc_text(parse_iso(m['end']))}"
+            rules_text = m["rules"] if isinstance(m["rules"], str) else ", ".join(m["rules"])
+            note = f" ({m['comment']})" if m["comment"] else ""
+            when = f"until {utc_text(parse_iso(m['end']))}" if m["active"] else span
+            out.append(f"  #{m['entry']} {label} {when}: rules {rules_text}{note}")
     out.append("\nOUTBOX")
     if not snap["outbox"]:
         out.append("  empty")
@@ -112,8 +154,9 @@ def main(args: argparse.Namespace) -> int:
         snap = store.snapshot()
     finally:
         store.close()
+    snap["maintenance"] = maintenance_rows(list(config.maintenance), datetime.now(UTC))
     if args.json:
         print(json.dumps(snap, indent=2))
     else:
-        print(render(snap, [(r.name, r.kind) for r in config.rules]))
+        print(render(snap, [(r.name, r.kind) for r in config.rules], snap["maintenance"]))
     return 0

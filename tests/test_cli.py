@@ -236,6 +236,7 @@ CONFIG_COMMANDS: dict[str, list[str]] = {
     "test": ["tests/samples/demo-annotated.log"],
     "status": [],
     "send-test": ["hook"],
+    "silence": ["list"],
     "templates": [],
 }
 

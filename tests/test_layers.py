@@ -21,6 +21,8 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     # plain data and pure helpers: import nothing else from detector
     ("__init__", "clock", "timefmt", "model", "records", "templating", "timestamps", "schedule",
      "templates", "logs"),
+    # silences and maintenance windows: the mute decision's data and time arithmetic
+    ("maintenance", "silences"),
     # rules.yaml into the model; the state file (SQLite), which stores records only
     ("config", "store"),
     # where lines come from, and what matches them
@@ -37,7 +39,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("service", "cli_support"),
     # the commands
     ("replay", "status", "templates_cli", "delivery.cli", "reload_cli", "outbox_cli",
-     "stopnote_cli"),
+     "stopnote_cli", "silence_cli"),
     ("cli", "__main__"),
 )
 # fmt: on

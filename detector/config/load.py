@@ -18,6 +18,7 @@ from pathlib import Path
 import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode
 
+from detector.config.maintenance import read_maintenance
 from detector.config.nodes import (
     TAG_INT,
     TAG_NULL,
@@ -36,7 +37,7 @@ from detector.config.sections import (
 )
 from detector.model import Config
 
-_TOP_KEYS = ("version", "agent", "defaults", "sources", "webhooks", "rules")
+_TOP_KEYS = ("version", "agent", "defaults", "sources", "webhooks", "rules", "maintenance")
 
 
 def load_config(path: str | Path, env: Mapping[str, str] | None = None) -> Config:
@@ -100,7 +101,7 @@ def _load(r: NodeReader, text: str) -> Config:
         sources=_section_names(top.get("sources")), webhooks=_section_names(top.get("webhooks"))
     )
 
-    for key in ("agent", "defaults", "sources", "webhooks", "rules"):
+    for key in ("agent", "defaults", "sources", "webhooks", "rules", "maintenance"):
         if key in top and top[key][1].tag == TAG_NULL:
             del top[key]  # an empty section (e.g. every entry commented out)
     sources = read_sources(r, declared, top["sources"][1]) if "sources" in top else {}
@@ -108,6 +109,11 @@ def _load(r: NodeReader, text: str) -> Config:
     agent = read_agent(r, declared, top["agent"][1] if "agent" in top else None)
     defaults = read_defaults(r, declared, top["defaults"][1] if "defaults" in top else None)
     rules = read_rules(r, declared, top["rules"][1], defaults) if "rules" in top else ()
+    maintenance = (
+        read_maintenance(r, top["maintenance"][1], {x.name for x in rules})
+        if "maintenance" in top
+        else ()
+    )
     if "rules" not in top:
         r.warn(root, "", "no 'rules:' — nothing will be detected; add a rules: list")
     if rules and not declared.webhooks:
@@ -126,6 +132,7 @@ def _load(r: NodeReader, text: str) -> Config:
         webhooks=webhooks,
         rules=rules,
         warnings=r.warning_texts(),
+        maintenance=maintenance,
     )
 
 

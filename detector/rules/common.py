@@ -4,8 +4,8 @@ note about the agent's downtime in messages (times and durations are written by
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
-from datetime import datetime
+from collections.abc import Callable, Iterable, Mapping
+from datetime import datetime, timedelta
 from typing import Any, TypedDict
 
 from detector.matching import Hit
@@ -13,6 +13,26 @@ from detector.model import RuleConfig
 from detector.sources.base import Line
 from detector.templating import render
 from detector.timefmt import format_duration, utc_text
+
+Hold = Callable[[datetime, datetime], tuple[datetime, datetime] | None]
+"""A rule's maintenance windows (``maintenance.Maintenance.overlapping`` bound to the rule): the
+first window overlapping ``[a, b]`` as ``(start, end)``, or None. Set by the pipeline through an
+expectation rule's ``set_maintenance``."""
+
+
+def held_deadline(hold: Hold | None, base: datetime, period: timedelta) -> datetime:
+    """``base + period``, except that a maintenance window overlapping that span restarts the
+    clock at its end (so nothing fires inside it, nor falsely right after it)."""
+    deadline = base + period
+    if hold is None:
+        return deadline
+    for _ in range(100):  # back-to-back windows: a few rounds at most
+        span = hold(base, deadline)
+        if span is None or span[1] <= base:
+            break
+        base = span[1]
+        deadline = base + period
+    return deadline
 
 
 def hit_fields(hit: Hit | None, line: Line) -> dict[str, str]:

@@ -29,7 +29,15 @@ from typing import Any, Literal
 from detector.matching import Hit
 from detector.model import HeartbeatSpec, RuleConfig
 from detector.rules.base import Signal, When
-from detector.rules.common import downtime_note, group_key, hit_fields, resolved, summarize
+from detector.rules.common import (
+    Hold,
+    downtime_note,
+    group_key,
+    held_deadline,
+    hit_fields,
+    resolved,
+    summarize,
+)
 from detector.rules.state import KeyedState
 from detector.schedule import DeadlineHeap
 from detector.sources.base import Line
@@ -64,6 +72,7 @@ class HeartbeatEvaluator:
         self._rows = KeyedState(self._beats, _row)
         self._touch = self._rows.touch
         self._down: tuple[datetime, datetime] | None = None
+        self._hold: Hold | None = None
         by = self.spec.by
         if by is None:
             self._add("", {}, now)
@@ -82,7 +91,13 @@ class HeartbeatEvaluator:
     def _deadline(self, beat: _Beat) -> datetime | None:
         if beat.firing:
             return None
-        return (beat.last_at or beat.since_at) + self._period
+        return held_deadline(self._hold, beat.last_at or beat.since_at, self._period)
+
+    def set_maintenance(self, hold: Hold | None) -> None:
+        """The rule's maintenance windows: a silence that overlaps one restarts at its end."""
+        self._hold = hold
+        for key, beat in self._beats.items():
+            self._heap.push(key, self._deadline(beat))
 
     def _schedule(self, key: str, beat: _Beat) -> None:
         self._heap.push(key, self._deadline(beat))
@@ -124,7 +139,7 @@ class HeartbeatEvaluator:
         out: list[Signal] = []
         base_at = beat.last_at or beat.since_at
         silent_for = max(when.at - base_at, timedelta(0))
-        deadline = base_at + self._period
+        deadline = held_deadline(self._hold, base_at, self._period)
         extra = {"line": line.text, "source": line.source}
         if beat.firing:
             what = (

@@ -29,7 +29,14 @@ from typing import Any, Literal
 from detector.matching import Hit
 from detector.model import PairSpec, RuleConfig
 from detector.rules.base import Signal, When
-from detector.rules.common import downtime_note, group_key, resolved, summarize
+from detector.rules.common import (
+    Hold,
+    downtime_note,
+    group_key,
+    held_deadline,
+    resolved,
+    summarize,
+)
 from detector.rules.state import KeyedState
 from detector.schedule import DeadlineHeap
 from detector.sources.base import Line
@@ -68,6 +75,14 @@ class PairEvaluator:
         self._rows = KeyedState(self._open, _row)
         self._touch = self._rows.touch
         self._down: tuple[datetime, datetime] | None = None
+        self._hold: Hold | None = None
+
+    def set_maintenance(self, hold: Hold | None) -> None:
+        """The rule's maintenance windows: a pair whose wait overlaps one restarts at its end."""
+        self._hold = hold
+        for key, pair in self._open.items():
+            if not pair.firing:
+                self._heap.push(key, held_deadline(hold, pair.started_at, self.spec.within))
 
     # ---------------------------------------------------------------- helpers
 
@@ -76,7 +91,8 @@ class PairEvaluator:
         if pair is None:
             self._heap.remove(key)
         else:
-            self._heap.push(key, None if pair.firing else pair.started_at + self.spec.within)
+            deadline = held_deadline(self._hold, pair.started_at, self.spec.within)
+            self._heap.push(key, None if pair.firing else deadline)
 
     def _who(self, labels: Mapping[str, str]) -> str:
         return "".join(f" [{k}={v}]" for k, v in labels.items())
@@ -180,7 +196,7 @@ class PairEvaluator:
         self._schedule(key, None)
         took = max(when.at - pair.started_at, timedelta(0))
         longest = when.at - pair.earliest_at
-        deadline = pair.started_at + self.spec.within
+        deadline = held_deadline(self._hold, pair.started_at, self.spec.within)
         over = max(took - self.spec.within, timedelta(0))
         ctx |= {
             "duration": format_duration(took),

@@ -46,7 +46,7 @@ from cronsim import CronSim, CronSimError
 from detector.matching import Hit
 from detector.model import RuleConfig, WindowSpec
 from detector.rules.base import Signal, When
-from detector.rules.common import downtime_note, hit_fields, resolved, summarize
+from detector.rules.common import Hold, downtime_note, hit_fields, resolved, summarize
 from detector.rules.state import KeyedState
 from detector.sources.base import Line
 from detector.timefmt import at_or_none, format_duration, iso_or_none
@@ -110,6 +110,7 @@ class WindowEvaluator:
         self._firing_open: datetime | None = None
         self._firing = False
         self._down: tuple[datetime, datetime] | None = None
+        self._hold: Hold | None = None
         self._rows = KeyedState[Any]({}, _as_is)
         """The rows as last stored: each round's snapshot is compared with them (``sync``)."""
 
@@ -152,10 +153,22 @@ class WindowEvaluator:
             nxt = next(later, None)
         self._next_open = nxt
         for opened in new:
-            self._wins.append(_Win(opened, opened + self.spec.within))
+            w = _Win(opened, opened + self.spec.within)
+            if self._hold is not None and self._hold(w.open_at, w.close_at) is not None:
+                w.status = "ok"  # overlaps maintenance: skipped, never missed
+            self._wins.append(w)
         self._last_open = new[-1] if new else self._last_open
         if len(self._wins) > MAX_WINDOWS:
             del self._wins[: len(self._wins) - MAX_WINDOWS]
+
+    def set_maintenance(self, hold: Hold | None) -> None:
+        """The rule's maintenance windows: a slot that overlaps one is skipped (taken as
+        satisfied), that day's slot included when it opened already."""
+        self._hold = hold
+        if hold is not None:
+            for w in self._wins:
+                if w.status == "open" and hold(w.open_at, w.close_at) is not None:
+                    w.status = "ok"
 
     def _prune(self, t: datetime) -> None:
         latest_open = max((w.open_at for w in self._wins if w.open_at <= t), default=None)

@@ -27,7 +27,7 @@ import sqlite_utils
 from detector.records import Commit
 from detector.timefmt import iso
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 T = TypeVar("T")
 
 
@@ -121,7 +121,17 @@ def _migrate_1(db: sqlite_utils.Database) -> None:
     db.table("outbox").create_index(["webhook", "event_id"], unique=True, if_not_exists=True)
 
 
-MIGRATIONS = {1: _migrate_1}
+def _migrate_2(db: sqlite_utils.Database) -> None:
+    """Silences (``detector silence``; store/silences.py): written by the command, read by the
+    agent."""
+    db.table("silences").create(
+        {"id": str, "value": str, "ends_at": float, "created_at": float},
+        pk="id",
+        if_not_exists=True,
+    )
+
+
+MIGRATIONS = {1: _migrate_1, 2: _migrate_2}
 
 
 class Store:
