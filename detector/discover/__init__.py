@@ -57,7 +57,7 @@ def discover(
     if logs:
         found, why = infer(logs, zone, explicit_zone)
         notes += why
-        known = [re.compile(j.ran) for j in jobs if j.ran]
+        known = [re.compile(p) for j in jobs for p in (j.ran, j.failed) if p]
         jobs += [
             j
             for j in found

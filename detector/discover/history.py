@@ -156,7 +156,9 @@ def check(job: Job, seen: Seen, start: datetime, end: datetime) -> Job:
         offsets: list[tuple[datetime, timedelta]] = []
         missed: list[datetime] = []
         for i, opened in enumerate(opens):
-            limit = opens[i + 1] if i + 1 < len(opens) else opened + max(period, job.within)
+            # a run belongs to the window it follows, up to half a period late (or within:)
+            reach = max(period / 2, job.within)
+            limit = min(opens[i + 1], opened + reach) if i + 1 < len(opens) else opened + reach
             if limit > end and not any(opened <= a < limit for a in ran):
                 continue  # still running when the logs end
             first = next((a for a in ran if opened <= a < limit), None)
@@ -403,7 +405,12 @@ def infer(paths: list[str], zone: str, explicit_zone: bool) -> tuple[list[Job], 
                 ),
             )
         )
+    by_label = {(j.what, j.origin): n for n, j in enumerate(jobs)}
     for found in fails.values():
+        same = by_label.get((f"{found.kind}: {found.label}", found.path))
+        if same is not None:
+            jobs[same] = replace(jobs[same], failed=found.pattern, failed_sample=found.sample)
+            continue
         jobs.append(
             Job(
                 name=f"log-{slug(' '.join(dict.fromkeys((found.kind, found.label))))}",

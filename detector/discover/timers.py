@@ -89,7 +89,7 @@ def _field(text: str, top: int, what: str) -> str:
                 raise CalendarError(f"cannot read {what} '{text}'")
             value = f"{int(lo)}-{int(hi)}" if dots else str(int(lo))
             if slash and not dots:
-                value = f"{int(lo)}-{top}"
+                value = "*" if int(lo) == (0 if top in (59, 23) else 1) else f"{int(lo)}-{top}"
         if slash:
             if not step.isdigit():
                 raise CalendarError(f"cannot read the repetition in {what} '{text}'")
