@@ -1,5 +1,5 @@
-"""The ``detector`` command: run | reload | note-stop | check | test | status | outbox |
-silence | send-test | templates | version.
+"""The ``detector`` command: run | reload | note-stop | check | test | discover | status |
+outbox | silence | send-test | templates | version.
 
 The top of the flow: parses the arguments and hands each command to its module. Every command
 follows one exit-code convention (0 ok, 1 findings, 2 usage or config error; see
@@ -163,6 +163,41 @@ def build_parser() -> argparse.ArgumentParser:
         help="match in N worker processes while this one evaluates the rules in line order "
         "(same output; faster on big files when CPUs are idle; stdin is always read in one "
         "process; default 1)",
+    )
+
+    p = sub.add_parser(
+        "discover",
+        help="propose rules for every scheduled job (cron, systemd timers)",
+        description="Read the host's crontabs, cron.d, user crontabs, cron.daily & co. (run-parts "
+        "or anacron) and systemd timers, and print a commented rules.yaml snippet per job: a "
+        "window (or heartbeat) on the log line that says it ran, an error rule on the line that "
+        "says it failed, and the sources they need. --since/--logs check each window against "
+        "what the logs say happened (and find jobs in the logs alone). Exit 0; 1 when --write "
+        "found the file edited and wrote FILE.new beside it instead; 2 for bad arguments.",
+    )
+    p.add_argument("--root", metavar="DIR", help="read the schedules under DIR (default: /)")
+    p.add_argument(
+        "--since",
+        metavar="DURATION",
+        help="check the proposals against this much history (e.g. 30d): the journal, or --logs",
+    )
+    p.add_argument(
+        "--logs",
+        nargs="+",
+        metavar="FILE",
+        help="log files to learn from instead of the journal (syslog, cron logs)",
+    )
+    p.add_argument(
+        "--write",
+        metavar="PATH",
+        help="write the rules to PATH (e.g. rules.d/discovered.yaml) for include:, marked "
+        "generated; an edited PATH is never overwritten (PATH.new is written instead)",
+    )
+    p.add_argument(
+        "--timezone",
+        metavar="TZ",
+        help="zone of schedules without one and of log stamps without an offset (default: the "
+        "root's /etc/timezone or /etc/localtime, else the host's)",
     )
 
     p = sub.add_parser(
@@ -396,6 +431,12 @@ def cmd_test(args: argparse.Namespace) -> int:
     return replay_main(args)
 
 
+def cmd_discover(args: argparse.Namespace) -> int:
+    from detector.discover import main as discover_main  # noqa: PLC0415
+
+    return discover_main(args)
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     from detector.status import main as status_main  # noqa: PLC0415
 
@@ -432,6 +473,7 @@ COMMANDS = {
     "note-stop": cmd_note_stop,
     "check": cmd_check,
     "test": cmd_test,
+    "discover": cmd_discover,
     "status": cmd_status,
     "outbox": cmd_outbox,
     "silence": cmd_silence,

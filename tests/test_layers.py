@@ -38,7 +38,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     # the agent, and what the commands share
     ("service", "cli_support"),
     # the commands
-    ("replay", "status", "templates_cli", "delivery.cli", "reload_cli", "outbox_cli",
+    ("replay", "discover", "status", "templates_cli", "delivery.cli", "reload_cli", "outbox_cli",
      "stopnote_cli", "silence_cli"),
     ("cli", "__main__"),
 )
