@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, KeysView, Mapping
 from typing import Any, Literal
 
 ParseMode = Literal["json", "logfmt"]
@@ -240,42 +240,55 @@ def _compact(value: Any) -> str:
 class Record(Mapping[str, str]):
     """A parsed line as ``Line.fields``: ``record[path]`` is the text at a dotted path; its
     keys (what ``dict(record)`` copies for templates) are every leaf path and every top-level
-    key, objects and lists of these as their JSON text."""
+    key, objects and lists of these as their JSON text. The keys and their texts are worked out
+    once, on the first use (only for lines a rule hit)."""
 
-    __slots__ = ("_keys", "obj")
+    __slots__ = ("_flat", "obj")
 
     def __init__(self, obj: dict[str, Any]) -> None:
         self.obj = obj
-        self._keys: list[str] | None = None
+        self._flat: dict[str, str] | None = None
+
+    def flat(self) -> dict[str, str]:
+        if self._flat is None:
+            flat: dict[str, str] = {}
+            for k, v in self.obj.items():
+                if isinstance(v, dict | list):
+                    flat[k] = _compact(v)
+                    if v:
+                        _leaves(v, k, flat)
+                else:
+                    flat[k] = text_of(v)
+            self._flat = flat
+        return self._flat
 
     def __getitem__(self, path: str) -> str:
-        got = _resolve(self.obj, normalize_path(path))
-        if got is _MISSING:
+        got = self.flat().get(path)
+        if got is not None:
+            return got
+        found = _resolve(self.obj, normalize_path(path))
+        if found is _MISSING:
             raise KeyError(path)
-        return text_of(got)
+        return text_of(found)
 
     def __iter__(self) -> Iterator[str]:
-        if self._keys is None:
-            keys: list[str] = []
-            for k, v in self.obj.items():
-                keys.append(k)
-                if isinstance(v, dict | list) and v:
-                    _leaves(v, k, keys)
-            self._keys = list(dict.fromkeys(keys))
-        return iter(self._keys)
+        return iter(self.flat())
 
     def __len__(self) -> int:
-        return sum(1 for _ in self)
+        return len(self.flat())
+
+    def keys(self) -> KeysView[str]:
+        return self.flat().keys()
 
     def __repr__(self) -> str:
         return f"Record({self.obj!r})"
 
 
-def _leaves(value: Any, prefix: str, out: list[str]) -> None:
+def _leaves(value: Any, prefix: str, out: dict[str, str]) -> None:
     items = value.items() if isinstance(value, dict) else enumerate(value)
     for k, v in items:
         path = f"{prefix}.{k}"
         if isinstance(v, dict | list) and v:
             _leaves(v, path, out)
         else:
-            out.append(path)
+            out.setdefault(path, text_of(v))
