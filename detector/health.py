@@ -35,6 +35,7 @@ MetricName = Literal[
     "lines_read",
     "lines_matched",
     "truncated_lines",
+    "unparsed_lines",
     "alerts",
     "notifications_queued",
     "notifications_delivered",
@@ -70,6 +71,12 @@ METRICS: Mapping[MetricName, MetricSpec] = MappingProxyType(
             "detector_truncated_lines_total",
             "counter",
             "Lines cut at max_line_bytes.",
+            ("source",),
+        ),
+        "unparsed_lines": MetricSpec(
+            "detector_unparsed_lines_total",
+            "counter",
+            "Lines of a parse: source that did not parse (still matched as plain text).",
             ("source",),
         ),
         "alerts": MetricSpec(

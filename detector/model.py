@@ -79,6 +79,7 @@ class FileSourceConfig:
     timezone: str | None = None  # IANA zone of stamps without an offset; None: the host's zone
     time_format: str | None = None  # strptime format of the stamp
     time_regex: str | None = None  # where the stamp is: its `time` group, else its first group
+    parse: Literal["json", "logfmt"] | None = None  # structured lines: fields (structured.py)
 
 
 @dataclass(frozen=True)
@@ -207,6 +208,7 @@ class RuleConfig:
     resolve_after: timedelta = timedelta(minutes=15)
     enabled: bool = True
     samples: tuple[str, ...] = ()  # example lines that must match (checked by `detector check`)
+    fields: Mapping[str, str] = field(default_factory=dict)  # path -> regex; all must match
     threshold: ThresholdSpec | None = None
     heartbeat: HeartbeatSpec | None = None
     window: WindowSpec | None = None

@@ -32,6 +32,7 @@ from detector.matching import (
     Matcher,
     PatternSpec,
 )
+from detector.matching.fields import Structured
 from detector.model import Config, RuleConfig
 from detector.problems import agent_signal
 from detector.records import Commit
@@ -39,7 +40,7 @@ from detector.rules.base import Evaluator, Signal, When
 from detector.rules.registry import build_evaluator
 from detector.schedule import DeadlineHeap
 from detector.silences import Muter, Silence
-from detector.sources.base import Batch, Line
+from detector.sources.base import Batch, Line, SourceProblem
 
 log = logging.getLogger("detector.pipeline")
 StateLoader = Callable[[str], Mapping[str, Any]]
@@ -156,6 +157,8 @@ class Pipeline:
         self._hold_expectations()
         self._schedule()
         self.matcher = Matcher(pattern_specs(config.rules))
+        old = getattr(self, "structured", None)
+        self.structured = Structured(config, old.failures if old is not None else None)
         self._all_lines: dict[str, list[Evaluator]] = {}
         for ev in evaluators.values():
             if ev.wants_all_lines:
@@ -222,6 +225,18 @@ class Pipeline:
         for source in self.config.sources:
             self.matcher.match(source, [])
 
+    def needs_texts(self, source: str) -> bool:
+        """Every line of ``source`` must be decoded (an all-lines rule, or ``parse:``)."""
+        return bool(self._all_lines.get(source)) or self.structured.needs_texts(source)
+
+    def parse_problems(self, source: str, now: datetime) -> list[SourceProblem]:
+        """Lines of a ``parse:`` source that did not parse (an event; see matching/fields.py)."""
+        return self.structured.failures.problems(source, now)
+
+    def lines_unparsed(self, source: str) -> int:
+        """Lines of ``source`` that did not parse, since the start."""
+        return self.structured.failures.count(source)
+
     def note_downtime(self, since: datetime, until: datetime) -> None:
         for name, ev in self.evaluators.items():
             ev.note_downtime(since, until)
@@ -265,7 +280,7 @@ class Pipeline:
         texts: dict[int, str] = {}
         n, hits = self.matcher.match_block(source, batch.block, texts)
         seq: Sequence[str]
-        if self._all_lines.get(source):
+        if self.needs_texts(source):
             seq = batch.block.decode("utf-8", "replace").split("\n")[:n]
         else:
             seq = SparseTexts(n, texts)
@@ -301,6 +316,11 @@ class Pipeline:
         if texts:
             if hits is None:
                 hits = self.matcher.match(source, texts)
+            if self.structured.active(source):
+                hits, line_at = self.structured.apply(source, texts, line_at, hits, now)
+                abandoned = self.structured.take_abandoned()
+                if abandoned:
+                    self._foreign_abandoned.append(abandoned)
             evaluators = self.evaluators
             upcoming = self.next_deadline() if interleave_ticks else None
             matched: dict[str, int] = {}

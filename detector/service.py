@@ -572,6 +572,7 @@ class Agent:
         now = self.clock.now()
         when_for = self._when_for(now)
         read_before = dict(self.pipeline.lines_read)
+        unparsed_before = {b: self.pipeline.lines_unparsed(b) for b in self.sources}
         matched_before = dict(self.pipeline.lines_matched)
         commit = Commit()
         batches: list[Batch] = []
@@ -587,6 +588,9 @@ class Agent:
         for source in {b.source for b in batches}:
             read = self.pipeline.lines_read[source] - read_before.get(source, 0)
             h.inc("lines_read", read, source=source)
+            unparsed = self.pipeline.lines_unparsed(source) - unparsed_before.get(source, 0)
+            if unparsed > 0:
+                h.inc("unparsed_lines", unparsed, source=source)
         for batch in batches:
             if batch.truncated_lines:
                 h.inc("truncated_lines", batch.truncated_lines, source=batch.source)
@@ -753,7 +757,13 @@ class Agent:
         """Every few seconds (self-monitor task): the sources' problems, the outbox gauges, and
         whether dead letters reported earlier are still there (they
         leave when `detector outbox retry` queues them again, or when pruned)."""
-        self.monitor.sources({n: r.source.problems() for n, r in self.sources.items()})
+        now = self.clock.now()
+        self.monitor.sources(
+            {
+                n: [*r.source.problems(), *self.pipeline.parse_problems(n, now)]
+                for n, r in self.sources.items()
+            }
+        )
         dead_reported = [p.key for p in self.problems.reported() if p.component == "dead-letter"]
         if dead_reported and self._db is not None:
             counts = await self.db.run(outbox.state_counts)

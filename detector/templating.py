@@ -23,6 +23,7 @@ each label whose name is an identifier. ``$$`` is a literal dollar sign.
 
 from __future__ import annotations
 
+import functools
 import json
 import string
 from collections.abc import Mapping
@@ -38,9 +39,39 @@ class _Missing(dict[str, Any]):
 
 def render(template: str, fields: Mapping[str, Any]) -> str:
     try:
+        if _has_paths(template):
+            return _PATHS.vformat(template, (), fields)
         return template.format_map(_Missing(fields))
     except (ValueError, IndexError, AttributeError, KeyError, TypeError):
         return template
+
+
+@functools.lru_cache(maxsize=512)
+def _has_paths(template: str) -> bool:
+    """Whether a template names a dotted or indexed field (``{http.status}``, ``{tags[0]}``)."""
+    try:
+        return any(n and ("." in n or "[" in n) for _, n, _, _ in _FORMATTER.parse(template))
+    except ValueError:
+        return False
+
+
+class _PathFormatter(string.Formatter):
+    """``{http.status}`` and ``{items[0].id}`` name the fields ``http.status`` and
+    ``items.0.id`` of a parsed line (``structured.Record``) when the fields have that key;
+    otherwise ``str.format``'s own attribute and index lookups apply, and a missing field
+    renders as its placeholder."""
+
+    def get_field(self, field_name: str, args: Any, kwargs: Any) -> Any:
+        path = field_name.replace("[", ".").replace("]", "") if "[" in field_name else field_name
+        if path in kwargs:
+            return kwargs[path], field_name
+        first = field_name.split(".", maxsplit=1)[0].split("[", maxsplit=1)[0]
+        if first not in kwargs:
+            return "{" + field_name + "}", field_name
+        return super().get_field(field_name, args, kwargs)
+
+
+_PATHS = _PathFormatter()
 
 
 def field_names(template: str) -> set[str]:

@@ -146,3 +146,58 @@ async def test_a_cursor_vacuumed_away_while_the_agent_was_down_is_a_gap_alert_wi
     assert up_to != "0s"  # an upper bound: a gap under a second is "up to 1s"
     # reading went on at the oldest entry: ERROR 2 is the loss told above, nothing doubled
     assert [a["labels"]["n"] for a in _by_rule(rx, "errors")] == ["1", "3", "4"]
+
+
+FIELD_RULES = """\
+sources:
+  jd:
+    journald: {{namespace: "{ns}", match: {{DETECTOR_TEST: "{tag}"}}}}
+rules:
+  - name: myapp-errors
+    source: jd
+    fields: {{PRIORITY: '^[0-3]$', SYSLOG_IDENTIFIER: '^myapp$'}}
+    group_by: [PRIORITY]
+    summary: "{{SYSLOG_IDENTIFIER}}[{{_PID}}] priority {{PRIORITY}}: {{MESSAGE}}"
+    repeat: never
+"""
+
+
+async def test_a_rule_on_journal_fields_alone_alerts_on_the_entries_whose_fields_match(
+    journald: JournaldNamespace, tmp_path: Path
+) -> None:
+    tag = unique_tag()
+
+    def send(message: str, ident: str, priority: str) -> None:
+        journald.send(
+            {
+                "MESSAGE": message,
+                "DETECTOR_TEST": tag,
+                "SYSLOG_IDENTIFIER": ident,
+                "PRIORITY": priority,
+            }
+        )
+
+    async with Receiver() as rx:
+        cfg = config_in(tmp_path, FIELD_RULES.format(ns=journald.name, tag=tag), rx.url + "/hook")
+        agent = await AgentProcess(cfg).start()
+        try:
+            send("cache warmed", "myapp", "6")  # info: no
+            send("disk quota exceeded", "otherapp", "3")  # another identifier: no
+            send("payment provider unreachable", "myapp", "3")  # yes
+            send("out of memory", "myapp", "2")  # yes, another PRIORITY group
+            # the entries that must not match were sent first: they were read before the two
+            # that do, so an alert for them would have come by now
+            await rx.wait_for(2, within=15)
+        finally:
+            assert await agent.terminate() == 0
+    got = sorted(
+        (a["labels"]["PRIORITY"], a["annotations"]["summary"])
+        for b in rx.bodies()
+        for a in b["alerts"]
+    )
+    assert [p for p, _ in got] == ["2", "3"]
+    assert got[1][1].startswith("myapp[") and got[1][1].endswith(
+        "] priority 3: payment provider unreachable"
+    )
+    pid = got[1][1].split("[", 1)[1].split("]", 1)[0]
+    assert pid.isdigit()  # _PID: the journal's own field, of the sender

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import re
 import string
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
@@ -22,6 +22,7 @@ from detector.config.kinds import RulePatterns, captured_names, read_spec
 from detector.config.nodes import TAG_STR, NodeReader, describe, did_you_mean
 from detector.config.sections import DEFAULTS_KEYS, Declared, common_fields
 from detector.model import Defaults, RuleConfig, RuleKind
+from detector.structured import PARSERS, ParseError, lookup, normalize_path
 
 BUILTIN_FIELDS: frozenset[str] = frozenset({"line", "count", "host", "source", "rule"})
 """Template fields every rule may use besides its captured groups."""
@@ -43,6 +44,7 @@ _RULE_COMMON = (
     "enabled",
     "samples",
     "group_by",
+    "fields",
 )
 _PAIR_KEYS = ("start", "end", "within", "min_duration", "on_orphan_end", "on_double_start")
 _RULE_KEYS = (*_RULE_COMMON, "threshold", "expect", "anomaly", "fail", *_PAIR_KEYS)
@@ -116,6 +118,14 @@ def _rule(
         sources = r.names(e["source"][1], f"{w}: source", declared.sources, "source")
     ok = ok and sources is not None
     journald = sources is not None and any(s in declared.journald for s in sources)
+    fields: dict[str, str] = {}
+    if "fields" in e:
+        got_fields = _fields(r, e["fields"][1], f"{w}: fields", sources or (), declared)
+        ok = ok and got_fields is not None
+        fields = got_fields or {}
+    # lines with fields the file cannot list (journald's, parsed ones): references to names
+    # that no pattern captures are not errors there
+    journald = journald or (sources is not None and any(s in declared.parsed for s in sources))
 
     kind, kind_ok = _kind(r, e, w, node)
     ok = ok and kind_ok
@@ -134,12 +144,12 @@ def _rule(
                 pats[role] = rx
     if kind is not None:
         needs_match = kind not in ("pair", "anomaly_new", "anomaly_rate")
-        if needs_match and "match" not in e:
+        if needs_match and "match" not in e and "fields" not in e:
             r.err(
                 node,
                 w,
                 f"missing required key 'match' — a {kind} rule needs a pattern, e.g. "
-                "match: 'ERROR .*'",
+                "match: 'ERROR .*' (or fields: {level: error} on a parse: source)",
             )
             ok = False
         if kind == "pair" and "match" in e:
@@ -159,6 +169,8 @@ def _rule(
             ok = False
     patterns = _compile(pats)
     patterns.complete = set(pats) == set(pattern_nodes)
+    for regex in fields.values():
+        patterns.captured |= set(re.compile(regex).groupindex)
 
     common = common_fields(r, declared, e, w)
     if any(k in e and k not in common for k in DEFAULTS_KEYS):
@@ -184,7 +196,9 @@ def _rule(
             ok = False
         else:
             samples = got
-            if not _samples_ok(r, snode, w, samples, patterns, kind=kind):
+            mode = {declared.parsed.get(s) for s in sources or ()}
+            parse = PARSERS[m] if len(mode) == 1 and (m := mode.pop()) is not None else None
+            if not _samples_ok(r, snode, w, samples, patterns, kind=kind, fields=(fields, parse)):
                 ok = False
     if "group_by" in e:
         g = captured_names(r, e["group_by"][1], f"{w}: group_by", patterns, journald, many=True)
@@ -230,6 +244,7 @@ def _rule(
         repeat=common.get("repeat", defaults.repeat),
         resolve_after=common.get("resolve_after", defaults.resolve_after),
         samples=samples,
+        fields=fields,
         location=r.location(node),
         **kw,
         **spec_kw,
@@ -269,7 +284,7 @@ def _kind(
                 )
                 ok = False
     if not found:
-        if "match" in e:
+        if "match" in e or "fields" in e:
             return "error", ok
         r.err(
             node,
@@ -377,6 +392,7 @@ def _samples_ok(
     patterns: RulePatterns,
     *,
     kind: RuleKind | None,
+    fields: tuple[Mapping[str, str], Callable[[str], dict[str, Any]] | None] = ({}, None),
 ) -> bool:
     if not isinstance(node, SequenceNode):
         nodes: list[Node] = [node]
@@ -384,7 +400,28 @@ def _samples_ok(
         nodes = list(node.value)
     ok = True
     roles = "/".join(r for r, _ in patterns.positive) or "match"
+    wanted, parse = fields
     for sample, snode in zip(samples, nodes, strict=False):
+        if wanted and parse is not None:
+            problem = _sample_fields(sample, wanted, parse)
+            if problem:
+                r.err(
+                    snode,
+                    f"{w}: samples",
+                    f"sample {problem}: '{r.redact(sample)[:120]}' — fix fields: or the sample",
+                )
+                ok = False
+                continue
+        if not patterns.positive and wanted:
+            if patterns.ignore is not None and patterns.ignore.search(sample):
+                r.err(
+                    snode,
+                    f"{w}: samples",
+                    "sample is excluded by the rule's ignore pattern: "
+                    f"'{r.redact(sample)[:120]}' — fix ignore: or the sample",
+                )
+                ok = False
+            continue
         if not patterns.positive:
             if kind in ("anomaly_new", "anomaly_rate"):
                 continue  # every line is an input
@@ -406,3 +443,74 @@ def _samples_ok(
             )
             ok = False
     return ok
+
+
+_JOURNAL_FIELD = re.compile(r"[A-Z0-9_]+")
+_PATH = re.compile(r"[^.\[\]]+(?:\.[^.\[\]]+|\[\d+\])*")
+
+
+def _fields(
+    r: NodeReader, node: Node, w: str, sources: tuple[str, ...], declared: Declared
+) -> dict[str, str] | None:
+    """``fields: {path: regex, …}``: every path a dotted path, every regex valid, and every
+    source one whose lines have fields (journald, or a file source with ``parse:``)."""
+    entries = r.mapping(node, w, "a mapping of field: regex, e.g. {level: error}", None)
+    if entries is None:
+        return None
+    ok = True
+    if not entries:
+        r.err(node, w, "empty — name at least one field, e.g. {level: error}")
+        ok = False
+    plain = [s for s in sources if s not in declared.journald and s not in declared.parsed]
+    for s in plain:
+        r.err(
+            node,
+            w,
+            f"source '{s}' has no fields: its lines are plain text — add parse: json or "
+            f"parse: logfmt to source '{s}', or match the text with match:",
+        )
+        ok = False
+    journal_only = bool(sources) and all(s in declared.journald for s in sources)
+    out: dict[str, str] = {}
+    for key, (knode, vnode) in entries.items():
+        if not _PATH.fullmatch(key):
+            r.err(
+                knode,
+                w,
+                f"'{key}' is not a field path — write a name, or a dotted path into nested JSON "
+                "such as http.status or items.0.id (items[0].id)",
+            )
+            ok = False
+            continue
+        if journal_only and not _JOURNAL_FIELD.fullmatch(key):
+            r.err(
+                knode,
+                w,
+                f"'{key}' is not a journald field name — journal fields are upper case, e.g. "
+                f"{key.upper().replace('.', '_')}, PRIORITY, SYSLOG_IDENTIFIER, _SYSTEMD_UNIT",
+            )
+            ok = False
+            continue
+        rx = r.regex(vnode, f"{w}.{key}")
+        if rx is None:
+            ok = False
+            continue
+        out[normalize_path(key)] = rx
+    return out if ok else None
+
+
+def _sample_fields(
+    sample: str, wanted: Mapping[str, str], parse: Callable[[str], dict[str, Any]]
+) -> str:
+    """Why a sample line of a ``parse:`` source fails the rule's ``fields:`` ('' if it passes)."""
+    try:
+        record = parse(sample)
+    except ParseError as e:
+        return f"does not parse ({e})"
+    for path, regex in wanted.items():
+        value = lookup(record, path)
+        if value is None:
+            return f"has no field '{path}'"
+        if not re.search(regex, value):
+            return f"field {path}={value[:60]!r} does not match {regex!r}"
+    return ""

@@ -37,6 +37,7 @@ from detector.model import (
     WebhookFormat,
 )
 from detector.records import default_state_path
+from detector.structured import PARSE_MODES, ParseMode
 from detector.templating import validate as template_problem
 
 JOURNALD_PRIORITIES: Mapping[str, int] = {
@@ -78,6 +79,7 @@ _FILE_KEYS = (
     "rotated",
     "exclude",
     *_TIME_KEYS,
+    "parse",
 )
 _JOURNALD_KEYS = (
     "units",
@@ -108,11 +110,13 @@ _JOURNAL_FIELD = re.compile(r"[A-Z0-9_]+")
 
 @dataclass(frozen=True)
 class Declared:
-    """The source and webhook names the file declares; ``journald`` is filled by read_sources."""
+    """The source and webhook names the file declares; ``journald`` and ``parsed`` (``parse:``
+    of file sources) are filled by read_sources."""
 
     sources: set[str]
     webhooks: set[str]
     journald: set[str] = field(default_factory=set)
+    parsed: dict[str, ParseMode] = field(default_factory=dict)
 
 
 def read_agent(r: NodeReader, declared: Declared, node: Node | None) -> AgentConfig | None:
@@ -237,6 +241,8 @@ def read_sources(r: NodeReader, declared: Declared, node: Node) -> dict[str, Sou
             src = _journald(r, name, body, w, loc)
         else:
             src = _file(r, name, body, w, loc)
+            if src is not None and src.parse is not None:
+                declared.parsed[name] = src.parse
         if src is not None:
             out[name] = src
     return out
@@ -270,6 +276,8 @@ def _file(
             globs = None
         kw["exclude"] = globs
     kw.update(_time_keys(r, body, w))
+    if "parse" in body:
+        kw["parse"] = r.choice(body["parse"][1], f"{w}: parse", PARSE_MODES)
     if paths is None or any(v is None for v in kw.values()):
         return None
     return FileSourceConfig(name=name, paths=paths, location=loc, **kw)
@@ -330,6 +338,13 @@ def _journald(
     for key in ("max_line_bytes", "poll_interval", "file", "rotated", "exclude", *_TIME_KEYS):
         if key in body:
             r.err(body[key][0], w, f"'{key}' applies to file sources only — remove it")
+    if "parse" in body:
+        r.err(
+            body["parse"][0],
+            w,
+            "a journald source has its fields already (MESSAGE, PRIORITY, _SYSTEMD_UNIT, …: "
+            "use them in fields: of a rule) — remove parse:",
+        )
     inner = r.mapping(
         body["journald"][1],
         f"{w}: journald",

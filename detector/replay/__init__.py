@@ -58,6 +58,8 @@ class ReplayResult:
     """Every notification counted by (rule, notification kind)."""
     truncated_lines: int = 0
     """Lines cut at their source's max_line_bytes (as the tailer cuts them)."""
+    unparsed: Counter[str] = field(default_factory=Counter)
+    """Per ``parse:`` source, lines that did not parse (matched as plain text only)."""
     first_at: datetime | None = None
     """The simulated span: the first line's time, the last line's, and how far deadlines ran
     (``--until``). None: no line had a timestamp (the clock stood at the present)."""
@@ -206,10 +208,7 @@ def replay(
     try:
         for path, source in files:
             parser = time_parser(config, source, path, time_format, present)
-            all_texts = any(
-                ev.wants_all_lines and source in ev.rule.sources
-                for ev in pipeline.evaluators.values()
-            )
+            all_texts = pipeline.needs_texts(source)  # an all-lines rule, or parse:
             max_line = max_line_bytes(config, source)
             blocks: Generator[ReplayBlock, None, None]
             if jobs > 1 and path != "-" and os.path.getsize(path) > block:
@@ -306,6 +305,9 @@ def replay(
     result.holding = False
     result.seconds = time.perf_counter() - start
     result.matches = Counter(pipeline.lines_matched)
+    for name in config.sources:
+        if pipeline.lines_unparsed(name):
+            result.unparsed[name] = pipeline.lines_unparsed(name)
     return result
 
 
@@ -405,6 +407,13 @@ def main(args: argparse.Namespace) -> int:
         f"({rate:,.0f} lines/s)"
     )
     print(span_text(result))
+    for name, count in sorted(result.unparsed.items()):
+        src = config.sources[name]
+        mode = src.parse if isinstance(src, FileSourceConfig) else None
+        print(
+            f"source {name}: {count} line{'s' if count != 1 else ''} did not parse as {mode} "
+            "(matched as plain text only)"
+        )
     if not args.quiet:
         print(f"\n{'rule':<32} {'kind':<13} {'matches':>9}")
         for rule in config.rules:

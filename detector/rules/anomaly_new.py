@@ -135,7 +135,7 @@ class NewKindEvaluator:
     def __init__(self, rule: RuleConfig, now: datetime) -> None:
         self.rule = rule
         self.spec: AnomalyNewSpec = rule.anomaly_new or AnomalyNewSpec()
-        self.wants_all_lines = rule.match is None
+        self.wants_all_lines = rule.match is None and not rule.fields
         self.miner = TemplateMiner(similarity=self.spec.similarity, masks=self.spec.masks)
         self.started_at = now
         self.lines = 0

@@ -130,7 +130,7 @@ class RateEvaluator:
     def __init__(self, rule: RuleConfig, now: datetime) -> None:
         self.rule = rule
         self.spec: AnomalyRateSpec = rule.anomaly_rate or AnomalyRateSpec()
-        self.wants_all_lines = rule.match is None
+        self.wants_all_lines = rule.match is None and not rule.fields
         self._bucket_s = self.spec.bucket.total_seconds()
         if self._bucket_s <= 0:
             raise ValueError(f"rule {rule.name!r}: anomaly bucket must be positive")
