@@ -14,6 +14,7 @@ import tempfile
 from collections.abc import Sequence
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -29,15 +30,19 @@ from detector.replay.blocks import event_blocks
 from detector.sources.events import EventAssembler
 from detector.sources.journald import JournaldSource
 from detector.sources.lines import LineAssembler
+from tests.agent_proc import AgentProcess, config_in
 from tests.journald_env import (
     JournaldNamespace,
     journald_fixture,  # noqa: F401  (fixture "journald")
     journald_session_fixture,  # noqa: F401  (fixture "journald_session")
     unique_tag,
 )
+from tests.receiver import Receiver
+from tests.test_e2e import alerts_of
 from tests.test_files_source import Tail, append, file_checkpoints
 from tests.test_formats import alert
 from tests.test_formats_limits import render
+from tests.waiting import eventually, outbox_rows
 
 STAMP = r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d"
 PY_START = MultilineConfig("start", STAMP)
@@ -503,3 +508,58 @@ async def test_journald_entries_join_into_one_event_and_a_restart_reads_the_pend
         assert await second.wait_lines(2) == ["\n".join(python_event(2)), "\n".join(info(3))]
     finally:
         await second.close()
+
+
+# ---------------------------------------------------------------- the agent, killed mid-event
+
+KILL_RULES = """\
+sources:
+  app:
+    file: "{log}"
+    start_at: beginning
+    multiline: {{start: '^\\d{{4}}-\\d\\d-\\d\\d', timeout: 1h}}
+rules:
+  - name: crashed
+    source: app
+    match: 'job=(?P<job>\\d+) crashed\\n(?s:.*)\\n(?P<error>\\w+Error): '
+    group_by: [job]
+    summary: "job {{job}}: {{error}}"
+    repeat: never
+"""
+
+
+@pytest.mark.slow
+async def test_sigkill_with_half_an_event_read_gives_one_alert_with_the_whole_event(
+    tmp_path: Path,
+) -> None:
+    log = tmp_path / "app.log"
+    log.touch()
+    first, second = python_event(1), python_event(2)
+    async with Receiver() as rx:
+        cfg = config_in(tmp_path, KILL_RULES.format(log=log), rx.url + "/hook")
+        agent = await AgentProcess(cfg).start()
+        try:
+            write(log, [*first, *second[:3]])
+            # job 1 is complete (job 2 began): alerted, so committed with the position at job 2
+            await rx.wait_until(lambda: len(crashes(rx)) == 1, within=20)
+            await agent.kill()
+            write(log, [*second[3:], *info(3)])
+            agent = await AgentProcess(cfg).start()
+            await rx.wait_until(lambda: len(crashes(rx)) >= 2, within=20)
+            await eventually(
+                lambda: not outbox_rows(tmp_path / "state.db", "state = 'pending'"), 20
+            )
+        finally:
+            await agent.terminate()
+    by_job: dict[str, list[dict[str, Any]]] = {}
+    for a in crashes(rx):
+        by_job.setdefault(a["labels"]["job"], []).append(a)
+    assert sorted(by_job) == ["1", "2"]
+    (two,) = by_job["2"]  # once, whole: the half read before the kill was never counted
+    assert two["x"]["samples"] == ["\n".join(second)]
+    assert two["annotations"]["summary"] == "job 2: ZeroDivisionError"
+    assert {a["x"]["event_id"] for a in by_job["1"]} == {by_job["1"][0]["x"]["event_id"]}
+
+
+def crashes(rx: Receiver) -> list[dict[str, Any]]:
+    return [a for a in alerts_of(rx) if a["labels"]["rule"] == "crashed"]
