@@ -41,6 +41,12 @@ flag, by key: ``journalctl`` (failing, with the reason), ``crash-loop`` (exiting
 ``permissions`` (journalctl says it cannot
 see everything: add the agent to ``systemd-journal``), ``cursor-gap`` (a notice, active for
 ``gap_notice_for``) and ``config`` (an invalid filter; nothing is read).
+
+**multiline:** the entries' messages are joined into events (``sources/events.py``) as they are
+handed out; an event is a Line with the first entry's time and fields (``MESSAGE``: the event).
+The committed cursor is that of the entry before the pending event (a restart reads it again);
+a journalctl restarted in-process goes on after the last entry read. A pending event quiet for
+its ``timeout`` on the clock is handed out while journalctl waits for more.
 """
 
 from __future__ import annotations
