@@ -13,7 +13,12 @@ transaction per batch), two ways:
 ``grep -c -E -f`` and ripgrep on the same file and rule set run in the same process tree for the
 ratio.
 
+``--multiline`` adds the ``multiline:`` workload: the same log with a 7-line Python traceback
+after every 20th line, read steady state by a plain source and by a ``multiline: {start: …}``
+source (one event per log line and its traceback), in lines/s each.
+
     .venv/bin/python bench/bench_ingest.py [--lines 2000000] [--profile dense|quiet|all]
+        [--multiline]
 """
 
 from __future__ import annotations
@@ -95,6 +100,65 @@ def ingest(args: argparse.Namespace, profile: str) -> None:
     print(f"\nagent start-up (process start to ready): {startup_s:.2f} s", flush=True)
 
 
+MULTILINE = r"{start: '^(?:[A-Z][a-z]{2} [ \d]\d |\d+\.\d+\.\d+\.\d+ )'}"
+"""A new event at each line of the bench log (syslog stamp or an access log's client address)."""
+TRACEBACK = [
+    "Traceback (most recent call last):",
+    '  File "/srv/app/views.py", line 88, in handle',
+    "    result = process(request.json)",
+    '  File "/srv/app/jobs.py", line 41, in process',
+    '    return int(payload["count"]) / payload["parts"]',
+    "ZeroDivisionError: division by zero",
+    "",
+]
+
+
+def multiline(args: argparse.Namespace, profile: str) -> None:
+    """The ``multiline:`` workload (module docstring): plain beside multiline, same data."""
+    base = args.workdir / f"ingest-{profile}-{args.lines}.log"
+    if not base.exists():
+        gen_log.generate(base, args.lines, profile=profile)
+    log = args.workdir / f"ingest-{profile}-{args.lines}-tracebacks.log"
+    if not log.exists():
+        with base.open() as src, log.open("w") as out:
+            for i, line in enumerate(src):
+                out.write(line)
+                if i % 20 == 19:
+                    out.write("\n".join(TRACEBACK[:-1]) + "\n")
+    lines = sum(1 for _ in log.open("rb"))
+    size = log.stat().st_size
+    cpu = str(min(os.sched_getaffinity(0)))
+    end = _last_newline_end(log)
+    with log.open("rb") as f:  # a multiline source holds its last event: it starts here
+        f.seek(max(0, end - 65536))
+        tail = f.read(end - f.tell())
+    last_start = end - len(tail) + tail[:-1].rfind(b"\n") + 1
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, spec, target in (
+            ("plain source", None, end),
+            ("multiline source (start:)", MULTILINE, last_start),
+        ):
+            home = Path(tmp) / name.split()[0]
+            watched = home.parent / f"{home.name}-in"
+            watched.mkdir()
+            _, seconds = _run_agent(
+                home,
+                cpu,
+                watched / "*.log",
+                target,
+                arrive=(log, watched / log.name),
+                multiline=spec,
+            )
+            rows.append((name, seconds))
+    print(f"\nmultiline: {lines:,} lines ({size / 1e6:.0f} MB, a traceback every 20 lines), ")
+    print("steady state, one CPU:\n")
+    print("| source | seconds | lines/s | MB/s |")
+    print("|---|---:|---:|---:|")
+    for name, seconds in rows:
+        print(f"| {name} | {seconds:.2f} | {lines / seconds:,.0f} | {size / seconds / 1e6:.0f} |")
+
+
 def _last_newline_end(log: Path) -> int:
     """Where the agent's read position ends up: after the log's last newline."""
     size = log.stat().st_size
@@ -105,7 +169,12 @@ def _last_newline_end(log: Path) -> int:
 
 
 def _run_agent(
-    home: Path, cpu: str, path: Path, target: int, arrive: tuple[Path, Path] | None = None
+    home: Path,
+    cpu: str,
+    path: Path,
+    target: int,
+    arrive: tuple[Path, Path] | None = None,
+    multiline: str | None = None,
 ) -> tuple[float, float]:
     """Start ``detector run`` on one file source ``path`` (beginning of the file if it exists at
     start-up, or, with ``arrive``, a file linked into place once the agent is ready). Returns
@@ -113,6 +182,10 @@ def _run_agent(
     home.mkdir()
     cfg = home / "rules.yaml"
     gen_log.write_rules_yaml(cfg, path, gen_log.RULES)
+    if multiline is not None:
+        text = cfg.read_text()
+        at = text.index("start_at: beginning}") + len("start_at: beginning")
+        cfg.write_text(f"{text[:at]}, multiline: {multiline}{text[at:]}")
     state = home / "state.db"
     cfg.write_text(
         cfg.read_text().replace("version: 1\n", f"version: 1\nagent: {{state: {state}}}\n")
@@ -156,12 +229,15 @@ def main() -> None:
     ap.add_argument("--lines", type=int, default=2_000_000)
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/detector-bench"))
     ap.add_argument("--profile", choices=[*gen_log.PROFILES, "all"], default="all")
+    ap.add_argument("--multiline", action="store_true", help="the multiline: workload too")
     args = ap.parse_args()
     args.workdir.mkdir(parents=True, exist_ok=True)
     # byte-compiled as pip does at install time (see bench_match.py)
     compileall.compile_dir(ROOT / "detector", quiet=1)
     for profile in gen_log.PROFILES if args.profile == "all" else (args.profile,):
         ingest(args, profile)
+        if args.multiline:
+            multiline(args, profile)
 
 
 if __name__ == "__main__":

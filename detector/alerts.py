@@ -45,6 +45,23 @@ MAX_SAMPLE_CHARS = 2000
 AGENT_REPEAT = timedelta(hours=4)
 RESOLVED_KEEP = timedelta(days=7)
 PRUNE_EVERY = timedelta(hours=1)
+
+
+def clip_sample(text: str, limit: int = MAX_SAMPLE_CHARS) -> str:
+    """A sample as stored: a line is cut at ``limit`` characters; a longer event of several
+    lines (``multiline:``) keeps its first and its last lines (a traceback's exception is at its
+    end) with a marker saying how many lines were left out between them."""
+    if len(text) <= limit:
+        return text
+    if "\n" not in text:
+        return text[:limit]
+    room = limit - 40  # the marker
+    head = text[: room // 2].rpartition("\n")[0] or text[: room // 2]
+    tail = text[len(text) - room // 2 :].partition("\n")[2] or text[len(text) - room // 2 :]
+    left = text.count("\n") - head.count("\n") - tail.count("\n") - 1
+    return f"{head}\n… [{left} lines left out] …\n{tail}"
+
+
 RESOLVED_SEP = " — "
 """Between a rule's own (rendered) summary and what happened, in a resolved notice."""
 
@@ -264,7 +281,7 @@ class AlertBook:
         if s.evidence:
             alert.evidence.update(s.evidence)
         if s.sample is not None and len(alert.samples) < MAX_SAMPLES:
-            alert.samples.append(s.sample[:MAX_SAMPLE_CHARS])
+            alert.samples.append(clip_sample(s.sample))
         self._changed[fp] = alert
         if opening or s.renotify:
             self._notify(alert, "firing", now)
@@ -286,7 +303,7 @@ class AlertBook:
             if s.evidence:
                 alert.evidence.update(s.evidence)
             if s.sample is not None and len(alert.samples) < MAX_SAMPLES:
-                alert.samples.append(s.sample[:MAX_SAMPLE_CHARS])
+                alert.samples.append(clip_sample(s.sample))
         self._changed[fp] = alert
         self._notify(alert, "resolved", now)
         self._repeats.push(fp, None)
@@ -296,7 +313,7 @@ class AlertBook:
         alert.count = s.count
         alert.evidence = dict(s.evidence)
         if s.sample is not None:
-            alert.samples.append(s.sample[:MAX_SAMPLE_CHARS])
+            alert.samples.append(clip_sample(s.sample))
         self._notify(alert, "info", now)
 
     def resolve_rule(self, rule: str, now: datetime, why: str) -> None:

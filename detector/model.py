@@ -66,6 +66,16 @@ class Defaults:
 
 
 @dataclass(frozen=True)
+class MultilineConfig:
+    """A source's ``multiline:``: how its lines join into events (``sources/events.py``)."""
+
+    mode: Literal["start", "continue"]  # start: a matching line begins an event; continue: a
+    pattern: str  # matching line belongs to the event before it (Python regex, re.search)
+    max_lines: int = 200  # an event this long is emitted; the next line begins a new one
+    timeout: timedelta = timedelta(seconds=2)  # live: a pending event this quiet is emitted
+
+
+@dataclass(frozen=True)
 class FileSourceConfig:
     name: str
     paths: tuple[str, ...]  # paths or globs
@@ -80,6 +90,7 @@ class FileSourceConfig:
     time_format: str | None = None  # strptime format of the stamp
     time_regex: str | None = None  # where the stamp is: its `time` group, else its first group
     parse: Literal["json", "logfmt"] | None = None  # structured lines: fields (structured.py)
+    multiline: MultilineConfig | None = None  # lines joined into events; None: one line each
 
 
 @dataclass(frozen=True)
@@ -93,6 +104,7 @@ class JournaldSourceConfig:
     start_at: Literal["end", "beginning"] = "end"
     journalctl: str = "journalctl"
     location: Location | None = None
+    multiline: MultilineConfig | None = None  # entries' messages joined into events
 
 
 SourceConfig = FileSourceConfig | JournaldSourceConfig

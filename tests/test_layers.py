@@ -26,7 +26,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     # rules.yaml into the model; the state file (SQLite), which stores records only
     ("config", "store"),
     # where lines come from, and what matches them
-    ("sources", "matching"),
+    ("sources", "sources.events", "matching"),
     ("rules",),
     # the agent's own problems, as agent-alert signals (pipeline and health build on it)
     ("problems",),

@@ -31,6 +31,7 @@ from detector.model import (
     FileSourceConfig,
     JournaldSourceConfig,
     Location,
+    MultilineConfig,
     Severity,
     SourceConfig,
     WebhookConfig,
@@ -223,7 +224,8 @@ def read_sources(r: NodeReader, declared: Declared, node: Node) -> dict[str, Sou
     out: dict[str, SourceConfig] = {}
     for name, (knode, vnode) in (entries or {}).items():
         w = f"source '{name}'"
-        body = r.mapping(vnode, w, "a mapping with file: or journald:", (*_FILE_KEYS, "journald"))
+        keys = (*_FILE_KEYS, "journald", "multiline")
+        body = r.mapping(vnode, w, "a mapping with file: or journald:", keys)
         if body is None:
             continue
         loc = r.location(knode)
@@ -278,6 +280,8 @@ def _file(
     kw.update(_time_keys(r, body, w))
     if "parse" in body:
         kw["parse"] = r.choice(body["parse"][1], f"{w}: parse", PARSE_MODES)
+    if "multiline" in body:
+        kw["multiline"] = _multiline(r, body["multiline"][1], w)
     if paths is None or any(v is None for v in kw.values()):
         return None
     return FileSourceConfig(name=name, paths=paths, location=loc, **kw)
@@ -332,6 +336,37 @@ def _time_keys(r: NodeReader, body: dict[str, tuple[Node, Node]], w: str) -> dic
     return kw
 
 
+_MULTILINE_KEYS = ("start", "continue", "max_lines", "timeout")
+
+
+def _multiline(r: NodeReader, node: Node, w: str) -> MultilineConfig | None:
+    """``multiline: {start: REGEX}`` or ``{continue: REGEX}``, with ``max_lines`` and
+    ``timeout`` (``sources/events.py``)."""
+    mw = f"{w}: multiline"
+    body = r.mapping(node, mw, "a mapping such as {start: '^\\S'}", _MULTILINE_KEYS)
+    if body is None:
+        return None
+    modes = [k for k in ("start", "continue") if k in body]
+    if len(modes) != 1:
+        r.err(
+            node,
+            mw,
+            "needs exactly one of start: REGEX (a matching line begins an event) or continue: "
+            "REGEX (a matching line belongs to the event before it) — write e.g. "
+            "{start: '^\\d{4}-\\d\\d-\\d\\d'} or {continue: '^\\s'}",
+        )
+        return None
+    mode: Literal["start", "continue"] = modes[0]
+    kw: dict[str, Any] = {"pattern": r.regex(body[mode][1], f"{mw}.{mode}")}
+    if "max_lines" in body:
+        kw["max_lines"] = r.integer(body["max_lines"][1], f"{mw}.max_lines", 1)
+    if "timeout" in body:
+        kw["timeout"] = r.span(body["timeout"][1], f"{mw}.timeout")
+    if any(v is None for v in kw.values()):
+        return None
+    return MultilineConfig(mode=mode, **kw)
+
+
 def _journald(
     r: NodeReader, name: str, body: dict[str, tuple[Node, Node]], w: str, loc: Location
 ) -> JournaldSourceConfig | None:
@@ -369,6 +404,8 @@ def _journald(
             kw[key] = r.string(inner[key][1], f"{jw}.{key}")
     if "start_at" in inner:
         kw["start_at"] = _start_at(r, inner["start_at"][1], jw)
+    if "multiline" in body:
+        kw["multiline"] = _multiline(r, body["multiline"][1], w)
     if any(v is None for v in kw.values()):
         return None
     return JournaldSourceConfig(name=name, location=loc, **kw)

@@ -10,7 +10,10 @@ time, split once, lines cut at the source's ``max_line_bytes`` exactly as the ta
 ``Line`` object is built only for lines some rule hit, and timestamps are parsed only for those
 lines and for the last line of each block (to advance the clock). That is what keeps a replay at
 grep-like speed. ``--jobs N`` (backfills, ``replay/jobs.py``): N worker processes read and match
-spans of the file and this process evaluates their hits in order, with the same result.
+spans of the file and this process evaluates their hits in order, with the same result. A
+``multiline:`` source's lines are joined into events as the tailer joins them
+(``replay/blocks.py`` :func:`~detector.replay.blocks.event_blocks`), in this process whatever
+``--jobs`` says; rules match whole events.
 """
 
 from __future__ import annotations
@@ -31,7 +34,13 @@ from typing import Any
 from detector.config.values import parse_duration
 from detector.model import Config, FileSourceConfig
 from detector.pipeline import Pipeline, pattern_specs, text_getter
-from detector.replay.blocks import ReplayBlock, max_line_bytes, serial_blocks
+from detector.replay.blocks import (
+    ReplayBlock,
+    event_blocks,
+    max_line_bytes,
+    multiline_of,
+    serial_blocks,
+)
 from detector.replay.jobs import MatchPool
 from detector.rules.base import When
 from detector.sources.base import Line
@@ -60,6 +69,10 @@ class ReplayResult:
     """Lines cut at their source's max_line_bytes (as the tailer cuts them)."""
     unparsed: Counter[str] = field(default_factory=Counter)
     """Per ``parse:`` source, lines that did not parse (matched as plain text only)."""
+    events: int = 0
+    """Events of ``multiline:`` sources (their lines are counted in ``lines``)."""
+    split_events: int = 0
+    """Events of ``multiline:`` sources that ended at ``max_lines``."""
     first_at: datetime | None = None
     """The simulated span: the first line's time, the last line's, and how far deadlines ran
     (``--until``). None: no line had a timestamp (the clock stood at the present)."""
@@ -211,7 +224,10 @@ def replay(
             all_texts = pipeline.needs_texts(source)  # an all-lines rule, or parse:
             max_line = max_line_bytes(config, source)
             blocks: Generator[ReplayBlock, None, None]
-            if jobs > 1 and path != "-" and os.path.getsize(path) > block:
+            multiline = multiline_of(config, source)
+            if multiline is not None:  # events may span two workers' reads: read here
+                blocks = event_blocks(path, multiline, max_line=max_line, block=block)
+            elif jobs > 1 and path != "-" and os.path.getsize(path) > block:
                 if pool is None:
                     for name in {s for _p, s in files}:
                         pipeline.matcher.match(name, [])  # compiled once, before the fork
@@ -229,7 +245,10 @@ def replay(
             try:
                 for b in blocks:
                     texts = b.texts
-                    result.lines += len(texts)
+                    result.lines += len(texts) if b.lines is None else b.lines
+                    if b.lines is not None:
+                        result.events += len(texts)
+                        result.split_events += b.splits
                     result.bytes += b.chars
                     result.truncated_lines += b.truncated
 
@@ -382,6 +401,13 @@ def main(args: argparse.Namespace) -> int:
             f"note: --jobs {jobs} does not apply to standard input (-): it is read in one process",
             file=sys.stderr,
         )
+    joined = sorted({s for _f, s in files if multiline_of(config, s) is not None})
+    if jobs > 1 and joined:
+        print(
+            f"note: --jobs {jobs} does not apply to multiline sources ({', '.join(joined)}): "
+            "an event may span two workers' reads, so their files are read in one process",
+            file=sys.stderr,
+        )
     run = functools.partial(
         replay,
         config,
@@ -414,6 +440,9 @@ def main(args: argparse.Namespace) -> int:
             f"source {name}: {count} line{'s' if count != 1 else ''} did not parse as {mode} "
             "(matched as plain text only)"
         )
+    if result.events:
+        split = f", {result.split_events} ended at max_lines" if result.split_events else ""
+        print(f"{result.events} multiline events{split}")
     if not args.quiet:
         print(f"\n{'rule':<32} {'kind':<13} {'matches':>9}")
         for rule in config.rules:
@@ -426,7 +455,8 @@ def main(args: argparse.Namespace) -> int:
             print(f"  {n['created_at']}  {kind:<8} [{n['severity']}] {n['summary']}")
             if n["notification"] == "firing":
                 for s in n["samples"][: args.samples]:
-                    print(f"      | {s[:160]}")
+                    for row in s.split("\n")[:40]:  # an event: its lines, each marked
+                        print(f"      | {row[:160]}")
         if any(n.get("held") for n in result.notifications):
             print("  (HELD: held back for an hourly digest when the input ended; sent at its end)")
     print(f"\n{firing} alerts would have fired")

@@ -6,7 +6,10 @@ into a :class:`~detector.sources.lines.LineAssembler` with the source's ``max_li
 its lines, their cuts and the text matched are the live tailer's; only CRLF lines stay in blocks
 (``crlf="normalize"``), which gives the same lines faster. Each chunk of lines becomes a
 :class:`ReplayBlock`: matched here as bytes (only lines with hits are decoded), or in a ``--jobs``
-worker (``detector/replay/jobs.py``), which makes the same blocks of its span of the file.
+worker (``detector/replay/jobs.py``), which makes the same blocks of its span of the file. A
+``multiline:`` source's lines are joined into events by the tailer's event assembler
+(``sources/events.py``, :func:`event_blocks`), always here: an event may span the reads of two
+workers.
 """
 
 from __future__ import annotations
@@ -17,8 +20,9 @@ from collections.abc import Generator, Iterator, Sequence
 from dataclasses import dataclass, field
 
 from detector.matching import Abandoned, Hit, Matcher
-from detector.model import Config, FileSourceConfig
+from detector.model import Config, FileSourceConfig, MultilineConfig
 from detector.pipeline import SparseTexts
+from detector.sources.events import Event, EventAssembler
 from detector.sources.lines import BLOCK_BYTES, Chunk, LineAssembler, read_block
 
 EDGE_LINES = 50
@@ -46,6 +50,16 @@ class ReplayBlock:
     """Lines of the block cut at max_line_bytes."""
     abandoned: dict[str, Abandoned] = field(default_factory=dict)
     """Lines a worker's matcher could not decide in time (reported by the pipeline)."""
+    lines: int | None = None
+    """``multiline:``: the lines the events of ``texts`` were made of (None: one per text)."""
+    splits: int = 0
+    """``multiline:``: events of the block that ended at ``max_lines``."""
+
+
+def multiline_of(config: Config, source: str) -> MultilineConfig | None:
+    """The ``multiline:`` of ``source``, if it has one."""
+    src = config.sources.get(source)
+    return src.multiline if src is not None else None
 
 
 def max_line_bytes(config: Config, source: str) -> int:
@@ -100,6 +114,32 @@ def serial_blocks(
         n, chars, found, got, head, tail, _ = match_chunk(matcher, source, chunk, all_texts)
         lines = got if isinstance(got, list) else SparseTexts(n, got)
         yield ReplayBlock(lines, chars, head, tail, found)
+
+
+def event_blocks(
+    path: str, spec: MultilineConfig, *, max_line: int, block: int
+) -> Generator[ReplayBlock, None, None]:
+    """The events of ``path`` (``multiline:``), a block of them per chunk of lines read: the
+    events each chunk completes, the last one at the end of the file. The pipeline matches
+    them."""
+    events: EventAssembler[int] = EventAssembler(spec)
+
+    def out(done: list[Event[int]], lines: int, cut: int) -> ReplayBlock:
+        texts = [e.text for e in done]
+        chars = len(texts) + sum(map(len, texts))
+        head, tail = texts[:EDGE_LINES], texts[-EDGE_LINES:]
+        splits = sum(e.split for e in done)
+        return ReplayBlock(texts, chars, head, tail, None, cut, lines=lines, splits=splits)
+
+    for chunk in read_chunks(path, max_line, block):
+        texts = chunk.texts
+        if chunk.block is not None:
+            texts = chunk.block.decode("utf-8", "replace").split("\n")[:-1]
+        done = events.push_all((t, 0) for t in texts)
+        yield out(done, len(texts), chunk.truncated)
+    last = events.flush()
+    if last is not None:
+        yield out([last], 0, 0)
 
 
 def match_chunk(matcher: Matcher, source: str, chunk: Chunk, all_texts: bool) -> Matched:

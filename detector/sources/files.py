@@ -103,6 +103,7 @@ from detector.clock import Clock
 from detector.model import FileSourceConfig
 from detector.records import Checkpoint
 from detector.sources.base import Batch, Line, SourceProblem
+from detector.sources.events import Event, EventAssembler
 from detector.sources.lines import (
     BLOCK_BYTES,
     Chunk,
@@ -187,6 +188,7 @@ class _Tracked:
     seen_end: bool = False
     comp: str | None = None  # a compressed rotation, read through ``stream``
     stream: BinaryIO | None = None
+    events: EventAssembler[int] | None = None  # multiline: offset is its pending event's start
 
     @property
     def identity(self) -> Identity:
@@ -298,6 +300,9 @@ class FileSource:
         self._watcher: Watcher | None = None
         self._cut_warned_at: datetime | None = None
         self._cuts_unwarned = 0  # lines cut since the last warning, not warned about
+        self._splits = 0  # multiline events ended at max_lines
+        self._split_warned_at: datetime | None = None
+        self._splits_unwarned = 0
         self._done = _load_done(self._checkpoints.pop(DONE_KEY, None))
         self._done_dirty = False
         seen = [v.get("seen") for v in checkpoints.values()]
@@ -360,6 +365,9 @@ class FileSource:
     async def _wait(self) -> None:
         assert self._wake is not None
         at = self._clock.now() + self._config.poll_interval
+        quiet = self.next_deadline()
+        if quiet is not None and quiet < at:
+            at = quiet
         sleeper = asyncio.ensure_future(self._clock.sleep_until(at))
         woken = asyncio.ensure_future(self._wake.wait())
         try:
@@ -460,6 +468,8 @@ class FileSource:
             budget -= self._read(tf, now, batches, problems)
             if self._should_retire(tf, now):
                 batches.extend(self._retire(tf, now))
+        if self._config.multiline is not None:
+            self._flush_quiet(now, batches)
 
         if first:
             self._initial = {i for i, tf in self._files.items() if not tf.seen_end}
@@ -537,7 +547,7 @@ class FileSource:
             if (st.st_dev, st.st_ino) in self._files:  # replaced between stat and open
                 os.close(fd)
                 return self._files[(st.st_dev, st.st_ino)]
-            tf = _Tracked(path, fd, st.st_dev, st.st_ino, LineAssembler(self._max_line()))
+            tf = _Tracked(path, fd, st.st_dev, st.st_ino, self._line_assembler())
             start = self._start_offset(tf, st, first, explicit)
             if start is None:  # a copy of a file being read: only read if that one is truncated
                 os.close(fd)
@@ -556,6 +566,9 @@ class FileSource:
 
     def _max_line(self) -> int:
         return self._config.max_line_bytes
+
+    def _line_assembler(self) -> LineAssembler:
+        return LineAssembler(self._max_line(), starts=self._config.multiline is not None)
 
     def _start_offset(
         self, tf: _Tracked, st: os.stat_result, first: bool, explicit: bool
@@ -677,7 +690,7 @@ class FileSource:
             log.info("%s: finishing %s (rotated from %s)", self.name, sib, path)
             # It keeps its old path, in its lines and its checkpoint, so that a later restart
             # looks for it again among the siblings of that path.
-            tf = _Tracked(str(path), fd, dev, ino, LineAssembler(self._max_line()))
+            tf = _Tracked(str(path), fd, dev, ino, self._line_assembler())
             tf.offset = tf.read_pos = offset
             tf.fp, tf.changed_at, tf.draining_since = fp, now, now
             tf.age = st.st_mtime_ns
@@ -840,7 +853,7 @@ class FileSource:
             return
         what = "from its start" if offset == 0 else f"from byte {offset}"
         log.info("%s: reading rotated file %s %s (lines of %s)", self.name, path, what, owner)
-        tf = _Tracked(owner, fd, st.st_dev, st.st_ino, LineAssembler(self._max_line()))
+        tf = _Tracked(owner, fd, st.st_dev, st.st_ino, self._line_assembler())
         tf.offset = tf.read_pos = offset
         tf.fp, tf.comp = _fp_of(head), comp
         tf.changed_at = tf.draining_since = now
@@ -948,6 +961,8 @@ class FileSource:
                         batches.append(Batch(self.name, [], [self._done_checkpoint()]))
                     tf.offset = tf.read_pos = 0
                     tf.assembler.reset()
+                    if tf.events is not None:  # read again from the copy, from tf.offset
+                        tf.events.reset()
                     tf.fp = _fingerprint(tf.fd)
                     tf.dirty = True
                 elif st.st_size == tf.read_pos and tf.mtime_ns:
@@ -982,6 +997,9 @@ class FileSource:
         self, tf: _Tracked, base: int, chunks: list[Chunk], now: datetime, batches: list[Batch]
     ) -> None:
         """One batch per chunk read at ``base``, each carrying the checkpoint after it."""
+        if self._config.multiline is not None:
+            self._emit_events(tf, base, chunks, now, batches)
+            return
         for chunk in chunks:
             tf.offset = base + chunk.end
             lines = [Line(source=self.name, text=t, path=tf.path) for t in chunk.texts]
@@ -992,6 +1010,94 @@ class FileSource:
             tf.dirty = False
             if chunk.cut_at:
                 self._warn_cut(tf, base, chunk, now)
+
+    def _events_of(self, tf: _Tracked) -> EventAssembler[int]:
+        if tf.events is None:
+            assert self._config.multiline is not None
+            tf.events = EventAssembler(self._config.multiline)
+        return tf.events
+
+    def _emit_events(
+        self, tf: _Tracked, base: int, chunks: list[Chunk], now: datetime, batches: list[Batch]
+    ) -> None:
+        """``multiline:``: the lines of ``chunks`` (read at ``base``) into events; one batch of
+        the events they complete, carrying the checkpoint before the pending event."""
+        events = self._events_of(tf)
+        if not chunks:
+            if events.pending_lines:  # bytes of a line still being written: not quiet
+                events.touched = now
+            return
+        done: list[Event[int]] = []
+        cut = 0
+        for chunk in chunks:
+            texts = chunk.texts
+            if chunk.block is not None:
+                texts = chunk.block.decode("utf-8", "replace").split("\n")[:-1]
+            starts = (base + at for at in chunk.starts)
+            done.extend(events.push_all(zip(texts, starts, strict=True)))
+            cut += chunk.truncated
+            if chunk.cut_at:
+                self._warn_cut(tf, base, chunk, now)
+        if events.pending_lines:
+            events.touched = now
+        self._batch_events(tf, done, end=base + chunks[-1].end, cut=cut, now=now, batches=batches)
+
+    def _batch_events(
+        self,
+        tf: _Tracked,
+        done: list[Event[int]],
+        *,
+        end: int,
+        cut: int,
+        now: datetime,
+        batches: list[Batch],
+    ) -> None:
+        """A batch of complete events; its checkpoint: the pending event's start, else ``end``
+        (after the last whole line read)."""
+        assert tf.events is not None
+        resume = tf.events.resume()
+        tf.offset = end if resume is None else resume
+        lines = [Line(source=self.name, text=e.text, path=tf.path) for e in done]
+        batches.append(Batch(self.name, lines, [self._checkpoint(tf)], cut))
+        tf.dirty = False
+        splits = [e for e in done if e.split]
+        if splits:
+            self._warn_split(tf, len(splits), now)
+
+    def _warn_split(self, tf: _Tracked, n: int, now: datetime) -> None:
+        """Events ended at ``max_lines``: a WARNING at most once per CUT_WARNING_EVERY."""
+        self._splits += n
+        at = self._split_warned_at
+        if at is not None and now - at < CUT_WARNING_EVERY:
+            self._splits_unwarned += n
+            return
+        assert self._config.multiline is not None
+        more = self._splits_unwarned + n - 1
+        log.warning(
+            "%s: %s: an event reached multiline max_lines (%d): it was emitted there and the "
+            "lines after it begin a new event%s",
+            self.name,
+            tf.path,
+            self._config.multiline.max_lines,
+            f" ({more} more such events since the last warning)" if more else "",
+        )
+        self._split_warned_at, self._splits_unwarned = now, 0
+
+    def _flush_quiet(self, now: datetime, batches: list[Batch]) -> None:
+        """``multiline:``: emit the pending events that got no line for their ``timeout``."""
+        for tf in self._files.values():
+            events = tf.events
+            if events is None or not events.due(now):
+                continue
+            last = events.flush()
+            done = [last] if last is not None else []
+            end = tf.read_pos - tf.assembler.pending
+            self._batch_events(tf, done, end=end, cut=0, now=now, batches=batches)
+
+    def next_deadline(self) -> datetime | None:
+        """``multiline:``: when the first pending event is complete for being quiet."""
+        found = [tf.events.deadline() for tf in self._files.values() if tf.events is not None]
+        return min((at for at in found if at is not None), default=None)
 
     def _read_stream(
         self,
@@ -1057,6 +1163,14 @@ class FileSource:
             lines = [Line(source=self.name, text=t, path=tf.path) for t in last.texts]
             if last.cut_at:
                 self._warn_cut(tf, tf.read_pos, last, now)
+        if self._config.multiline is not None:  # its last event is complete
+            events = self._events_of(tf)
+            starts = [tf.read_pos + at for at in last.starts] if last is not None else []
+            got = events.push_all(zip([ln.text for ln in lines], starts, strict=True))
+            final = events.flush()
+            lines = [Line(source=self.name, text=e.text, path=tf.path) for e in got]
+            if final is not None:
+                lines.append(Line(source=self.name, text=final.text, path=tf.path))
         del self._files[tf.identity]
         self._initial.discard(tf.identity)
         try:
@@ -1166,6 +1280,7 @@ class FileSource:
             "watcher": "inotify" if self._watcher is not None else "polling",
             "caught_up": self._caught_up,
             "problems": [p.message for p in self._problem_view],
+            **({"events_split": self._splits} if self._config.multiline is not None else {}),
             "files": [
                 {
                     "path": tf.path,

@@ -41,6 +41,12 @@ flag, by key: ``journalctl`` (failing, with the reason), ``crash-loop`` (exiting
 ``permissions`` (journalctl says it cannot
 see everything: add the agent to ``systemd-journal``), ``cursor-gap`` (a notice, active for
 ``gap_notice_for``) and ``config`` (an invalid filter; nothing is read).
+
+**multiline:** the entries' messages are joined into events (``sources/events.py``) as they are
+handed out; an event is a Line with the first entry's time and fields (``MESSAGE``: the event).
+The committed cursor is that of the entry before the pending event (a restart reads it again);
+a journalctl restarted in-process goes on after the last entry read. A pending event quiet for
+its ``timeout`` on the clock is handed out while journalctl waits for more.
 """
 
 from __future__ import annotations
@@ -61,6 +67,7 @@ from detector.clock import Clock
 from detector.model import JournaldSourceConfig
 from detector.records import Checkpoint
 from detector.sources.base import Batch, Line, SourceProblem
+from detector.sources.events import Event, EventAssembler
 from detector.sources.lines import LineAssembler
 from detector.timefmt import format_duration
 from detector.timestamps import realtime_at
@@ -73,6 +80,21 @@ READ_SIZE = 1 << 20
 STREAM_LIMIT = 1 << 20  # the pipe buffer may hold 2x this before journalctl is paused
 MAX_ENTRY_BYTES = 64 << 20  # a longer JSON entry is skipped (and counted), never buffered whole
 STDERR_KEEP = 20
+
+
+Mark = tuple["dict[str, Any] | None", Line]
+"""A journal entry pushed into the event assembler of a ``multiline:`` source: the checkpoint
+value of the entry before it (where to resume to read it again) and the entry."""
+
+
+def cursor_value(fields: Mapping[str, str]) -> dict[str, Any]:
+    """The checkpoint value after the entry of ``fields``."""
+    realtime = fields.get("__REALTIME_TIMESTAMP", "")
+    return {
+        "cursor": fields.get("__CURSOR"),
+        "realtime_us": int(realtime) if realtime.isdigit() else None,
+        "boot_id": fields.get("_BOOT_ID"),
+    }
 
 
 class JournalctlFailed(Exception):
@@ -226,6 +248,10 @@ class JournaldSource:
         self._skipped_entries = 0
         self._restarts = 0
         self._last_realtime_us: int | None = None
+        self._events: EventAssembler[Mark] | None = None
+        if config.multiline is not None:
+            self._events = EventAssembler(config.multiline)
+        self._ev_prev: dict[str, Any] | None = None  # checkpoint value after the last pushed
         errors = config_errors(config)
         if errors:
             self._raise_problem("config", "; ".join(errors))
@@ -441,9 +467,26 @@ class JournaldSource:
         stderr_task = asyncio.ensure_future(self._drain_stderr(proc.stderr, stderr_lines))
         held: Batch | None = None  # catch-up holds one batch back to know if it was the last
         splitter = LineAssembler(MAX_ENTRY_BYTES)  # an entry over that is skipped, not kept
+        if self._events is not None and self._ev_prev is None and start_cursor is not None:
+            stored = self._stored
+            if stored is not None and stored.get("cursor") == start_cursor:
+                self._ev_prev = dict(stored)
+            else:
+                self._ev_prev = {"cursor": start_cursor, "realtime_us": self._last_realtime_us}
+        reading: asyncio.Future[bytes] | None = None
         try:
             while True:
-                chunk = await proc.stdout.read(READ_SIZE)
+                if self._events is None:
+                    chunk = await proc.stdout.read(READ_SIZE)
+                else:  # multiline: a pending event quiet for its timeout is complete
+                    if reading is None:
+                        reading = asyncio.ensure_future(proc.stdout.read(READ_SIZE))
+                    quiet = self._events.deadline() if held is None else None
+                    if quiet is not None and not await self._ready_by(reading, quiet):
+                        last = self._events.flush()
+                        yield self._event_batch([last] if last is not None else [], 0)
+                        continue
+                    chunk, reading = await reading, None
                 if not chunk:
                     break
                 entries: list[Line] = []
@@ -461,12 +504,10 @@ class JournaldSource:
                     entries.append(entry_to_line(self.name, entry, all_str))
                 for batch in self._make_batches(entries, splitter.take_skipped()):
                     if follow:
-                        self._advance(batch)
-                        yield batch
+                        yield self._out(batch)
                     else:
                         if held is not None:
-                            self._advance(held)
-                            yield held
+                            yield self._out(held)
                         held = batch
             rc = await proc.wait()
             await stderr_task
@@ -476,9 +517,10 @@ class JournaldSource:
                 raise JournalctlFailed(self._exit_reason(rc, stderr_lines))
             self._caught_up_done()
             if held is not None:
-                self._advance(held)
-                yield held
+                yield self._out(held)
         finally:
+            if reading is not None:
+                reading.cancel()
             stderr_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await stderr_task
@@ -492,18 +534,51 @@ class JournaldSource:
             part = entries[i : i + self._max_batch]
             last = part[-1].fields or {}
             checkpoints: list[Checkpoint] = []
-            cursor = last.get("__CURSOR")
-            if cursor is not None:
-                realtime = last.get("__REALTIME_TIMESTAMP", "")
-                value = {
-                    "cursor": cursor,
-                    "realtime_us": int(realtime) if realtime.isdigit() else None,
-                    "boot_id": last.get("_BOOT_ID"),
-                }
-                checkpoints.append(Checkpoint(self.name, CHECKPOINT_KEY, value))
+            if last.get("__CURSOR") is not None:
+                checkpoints.append(Checkpoint(self.name, CHECKPOINT_KEY, cursor_value(last)))
             batches.append(Batch(self.name, part, checkpoints, skipped if i == 0 else 0))
         self._skipped_entries += skipped
         return batches
+
+    def _out(self, batch: Batch) -> Batch:
+        """``batch`` handed out: the position moves past it; a ``multiline:`` source hands out
+        the events its entries complete instead."""
+        self._advance(batch)
+        if self._events is None:
+            return batch
+        pushed: list[tuple[str, Mark]] = []
+        prev = self._ev_prev
+        for line in batch.lines:
+            pushed.append((line.text, (prev, line)))
+            prev = cursor_value(line.fields or {})
+        self._ev_prev = prev
+        done = self._events.push_all(pushed, self._clock.now())
+        return self._event_batch(done, batch.truncated_lines)
+
+    def _event_batch(self, done: list[Event[Mark]], skipped: int) -> Batch:
+        """The complete events as lines (the first entry's time and fields, ``MESSAGE`` the
+        event); the checkpoint: the entry before the pending event, else the last entry."""
+        lines = []
+        for event in done:
+            first = event.mark[1]
+            fields = {**first.fields, "MESSAGE": event.text} if first.fields else None
+            lines.append(Line(self.name, event.text, first.event_at, fields=fields))
+        assert self._events is not None
+        resume = self._events.resume()
+        value = self._ev_prev if resume is None else resume[0]
+        cps = []
+        if value is not None and value.get("cursor") is not None:
+            cps.append(Checkpoint(self.name, CHECKPOINT_KEY, dict(value)))
+        return Batch(self.name, lines, cps, skipped)
+
+    async def _ready_by(self, reading: asyncio.Future[bytes], at: datetime) -> bool:
+        """Wait for ``reading`` until ``at`` on the clock; whether it is done."""
+        sleeper: asyncio.Future[Any] = asyncio.ensure_future(self._clock.sleep_until(at))
+        try:
+            await asyncio.wait([reading, sleeper], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            sleeper.cancel()
+        return reading.done()
 
     def _advance(self, batch: Batch) -> None:
         """``batch`` is being handed out: the next journalctl starts after it."""

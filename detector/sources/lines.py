@@ -15,7 +15,9 @@ on undecoded (:attr:`Chunk.block`). A full read of :func:`read_block` ends at it
 partial line after it is read again, whole, with the next read: :func:`read_plan` finds those same
 reads from the file alone, for the ``--jobs`` workers. Rotated files compressed by logrotate
 (gzip, xz, bzip2: :func:`sniff`) are read as a stream (:func:`open_stream`, :func:`read_stream`)
-into the same assembler, in bounded memory.
+into the same assembler, in bounded memory. An assembler made with ``starts=True`` also says
+where each line began (:attr:`Chunk.starts`), which the event assembler of a ``multiline:``
+source (``sources/events.py``) needs to commit a position before a pending event.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import gzip
 import lzma
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import BinaryIO, Literal
 
 BLOCK_BYTES = 1 << 20
@@ -52,10 +54,29 @@ class Chunk:
     """Where each line of this chunk that was cut at ``max_line_bytes`` starts, in bytes from
     the start of the fed data (negative: the line began in data fed before)."""
 
+    starts: tuple[int, ...] = ()
+    """With ``LineAssembler(starts=True)``: where each line of the chunk starts, in bytes from
+    the start of the fed data (negative: the line began in data fed before); else empty."""
+
     @property
     def truncated(self) -> int:
         """How many lines of this chunk were cut at ``max_line_bytes``."""
         return len(self.cut_at)
+
+
+def _with_starts(chunks: list[Chunk], data: bytes, held: int) -> list[Chunk]:
+    """``chunks`` made of ``data`` (after ``held`` bytes of a partial line), each given the
+    start of its lines: every line ends at the next newline of ``data``."""
+    out = []
+    start = -held
+    for chunk in chunks:
+        n = len(chunk.texts) if chunk.block is None else chunk.block.count(b"\n")
+        starts = []
+        for _ in range(n):
+            starts.append(start)
+            start = data.find(b"\n", max(start, 0)) + 1
+        out.append(replace(chunk, starts=tuple(starts)))
+    return out
 
 
 def _has_long_line(body: bytes, limit: int) -> bool:
@@ -84,10 +105,15 @@ class LineAssembler:
     """
 
     def __init__(
-        self, max_line_bytes: int, *, crlf: Literal["decode", "normalize"] = "decode"
+        self,
+        max_line_bytes: int,
+        *,
+        crlf: Literal["decode", "normalize"] = "decode",
+        starts: bool = False,
     ) -> None:
         self.max_line_bytes = max(1, max_line_bytes)
         self._normalize = crlf == "normalize"
+        self._starts = starts
         self._buf = bytearray()  # first max_line_bytes bytes of the pending partial line
         self.pending = 0
         """Full length in bytes of the pending partial line."""
@@ -139,10 +165,16 @@ class LineAssembler:
             return None
         start = -self.pending
         text, cut = self._complete(b"", final=True)
-        return Chunk([text], 0, cut_at=(start,) if cut > 0 else ())
+        return Chunk([text], 0, cut_at=(start,) if cut > 0 else (), starts=(start,))
 
     def feed(self, data: bytes) -> list[Chunk]:
         """The lines that ``data`` completes, in chunks; what follows its last newline is held."""
+        if not self._starts:
+            return self._feed(data)
+        held = self.pending
+        return _with_starts(self._feed(data), data, held)
+
+    def _feed(self, data: bytes) -> list[Chunk]:
         last_nl = data.rfind(b"\n")
         if last_nl < 0:
             self._hold(data)

@@ -1,0 +1,121 @@
+"""Lines to events: a source's ``multiline:``, the step right after the line assembler.
+
+Sits between ``sources/lines.py`` (bytes → lines) and the batches a source yields: the file tailer
+(``sources/files.py``), journald (``sources/journald.py``) and ``detector test``
+(``detector/replay``) push each line into an :class:`EventAssembler`, which holds one *pending*
+event and gives back the events it completes, each a single :class:`Event` whose text is its
+lines joined with ``"\\n"`` (so a rule's ``^`` is the start of the event's first line and ``$``
+its end, as in Python ``re`` without ``(?m)``; ``(?m)`` makes them per line). ``start: REGEX``: a
+line where the regex matches (``re.search``) begins a new event, any other line joins the pending
+one. ``continue: REGEX``: a matching line joins the pending event, any other begins a new one.
+The first line after a (re)start always begins an event. An event of ``max_lines`` lines is
+complete: the next line begins a new one (and :attr:`Event.split` says the first was cut there).
+Each line carries a *mark*, the reader's position to read that line again (a byte offset, a
+journal cursor); :meth:`EventAssembler.resume` is the mark of the pending event's first line,
+which is what a source commits as its read position: a restart reads the pending event again,
+whole, so it is never lost and never counted twice, and reading the same lines from there gives
+the same events. Live, a pending event that got no line for ``timeout`` (on the source's clock:
+:meth:`EventAssembler.deadline`) is complete too; ``detector test`` reads files that are already
+written, so its events end at their patterns and at the end of the file only.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Generic, TypeVar, cast
+
+from detector.model import MultilineConfig
+
+M = TypeVar("M")
+
+
+@dataclass(frozen=True, slots=True)
+class Event(Generic[M]):
+    """One complete event."""
+
+    text: str
+    """Its lines joined with ``"\\n"``."""
+    mark: M
+    """The mark of its first line."""
+    lines: int
+    split: bool = False
+    """Ended at ``max_lines``: the line after it began a new event."""
+
+
+class EventAssembler(Generic[M]):
+    """Joins lines into events (module docstring). One per file (or journal) being read."""
+
+    def __init__(self, spec: MultilineConfig) -> None:
+        self._rx = re.compile(spec.pattern)
+        self._starts = spec.mode == "start"
+        self.max_lines = spec.max_lines
+        self.timeout = spec.timeout
+        self._lines: list[str] = []
+        self._mark: M | None = None
+        self.touched: datetime | None = None
+        """When the pending event last got a line (set by the reader: :meth:`push_all`)."""
+        self.splits = 0
+        """Events ended at ``max_lines`` so far."""
+
+    @property
+    def pending_lines(self) -> int:
+        return len(self._lines)
+
+    def resume(self) -> M | None:
+        """The mark of the pending event's first line; None: nothing pending."""
+        return self._mark if self._lines else None
+
+    def push(self, text: str, mark: M, out: list[Event[M]]) -> None:
+        """One line; the event it completes, if any, is appended to ``out``."""
+        lines = self._lines
+        if lines:
+            hit = self._rx.search(text) is not None
+            joins = hit is not self._starts
+            if joins and len(lines) < self.max_lines:
+                lines.append(text)
+                return
+            out.append(Event("\n".join(lines), cast(M, self._mark), len(lines), joins))
+            if joins:
+                self.splits += 1
+            self._lines = lines = []
+        lines.append(text)
+        self._mark = mark
+
+    def push_all(
+        self, lines: Iterable[tuple[str, M]], now: datetime | None = None
+    ) -> list[Event[M]]:
+        """Several lines, read at ``now``; the events they complete."""
+        out: list[Event[M]] = []
+        push = self.push
+        for text, mark in lines:
+            push(text, mark, out)
+        if now is not None and self._lines:
+            self.touched = now
+        return out
+
+    def flush(self) -> Event[M] | None:
+        """The pending event as complete (its input ended, or was quiet), or None."""
+        if not self._lines:
+            return None
+        event = Event("\n".join(self._lines), cast(M, self._mark), len(self._lines))
+        self.reset()
+        return event
+
+    def reset(self) -> None:
+        """Forget the pending event (it will be read again: its file was truncated)."""
+        self._lines = []
+        self._mark = None
+        self.touched = None
+
+    def deadline(self) -> datetime | None:
+        """When the pending event is complete for being quiet; None: nothing pending."""
+        if not self._lines or self.touched is None:
+            return None
+        return self.touched + self.timeout
+
+    def due(self, now: datetime) -> bool:
+        at = self.deadline()
+        return at is not None and now >= at
