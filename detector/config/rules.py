@@ -152,7 +152,7 @@ def _rule(
         else:
             pats["match"] = SYSTEMD_UNITS_MATCH
     if kind is not None:
-        needs_match = kind not in ("pair", "anomaly_new", "anomaly_rate")
+        needs_match = kind not in ("pair", "anomaly_new", "anomaly_rate", "systemd_units")
         if needs_match and "match" not in e:
             r.err(
                 node,
