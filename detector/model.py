@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Literal
 
@@ -16,7 +17,14 @@ Severity = Literal["info", "warning", "error", "critical"]
 SEVERITIES: tuple[Severity, ...] = ("info", "warning", "error", "critical")
 
 RuleKind = Literal[
-    "error", "threshold", "heartbeat", "window", "pair", "anomaly_new", "anomaly_rate"
+    "error",
+    "threshold",
+    "heartbeat",
+    "window",
+    "pair",
+    "anomaly_new",
+    "anomaly_rate",
+    "systemd_units",
 ]
 AlertKind = Literal["error", "threshold", "silence", "window", "pair", "anomaly", "agent"]
 
@@ -201,6 +209,43 @@ class AnomalyRateSpec:
 
 
 @dataclass(frozen=True)
+class SystemdTimer:
+    """When a timer's service is due, read from its unit file (``detector.unitfiles``): a window
+    (``cron`` in ``timezone``, ``within`` long) or, with ``every``, at least every ``every`` +
+    ``grace``."""
+
+    timer: str  # "backup.timer"
+    service: str  # the unit it starts: Unit=, else the timer's name as .service
+    schedule: str  # as written: "OnCalendar=*-*-* 02:00:00"
+    cron: str | None = None
+    timezone: str = "UTC"
+    within: timedelta = timedelta(minutes=1)
+    every: timedelta | None = None
+    grace: timedelta = timedelta(minutes=1)
+
+
+@dataclass(frozen=True)
+class SystemdUnitsSpec:
+    """``systemd_units: {failed, timers, units, exclude, up_for, grace, root, timezone}``: the
+    built-in rules over systemd's own journal entries (``rules/systemd_units.py``)."""
+
+    failed: bool = True  # a unit that fails: one alert per unit, resolved by its next success
+    timers: bool = False  # a timer whose service did not start when due
+    units: tuple[str, ...] = ("*",)  # globs of units watched
+    exclude: tuple[str, ...] = ()  # globs of units never watched
+    up_for: timedelta = timedelta(minutes=1)  # a long-running service up this long succeeded
+    grace: timedelta = timedelta(minutes=1)  # added to a timer's AccuracySec+RandomizedDelaySec
+    root: str = "/"  # where the timers' unit files are read (etc/systemd/system, lib/…, usr/lib/…)
+    timezone: str = "UTC"  # zone of OnCalendar= without one (default at load: the host's)
+    schedules: tuple[SystemdTimer, ...] = ()  # the timers found under root at load
+
+    def watches(self, unit: str) -> bool:
+        return any(fnmatchcase(unit, g) for g in self.units) and not any(
+            fnmatchcase(unit, g) for g in self.exclude
+        )
+
+
+@dataclass(frozen=True)
 class RuleConfig:
     name: str
     kind: RuleKind
@@ -227,6 +272,7 @@ class RuleConfig:
     pair: PairSpec | None = None
     anomaly_new: AnomalyNewSpec | None = None
     anomaly_rate: AnomalyRateSpec | None = None
+    systemd_units: SystemdUnitsSpec | None = None
     location: Location | None = None
 
 

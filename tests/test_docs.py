@@ -27,6 +27,7 @@ KIND_WORDS = {
     "pair": "| pair |",
     "anomaly_new": "anomaly (new)",
     "anomaly_rate": "anomaly (rate)",
+    "systemd_units": "| systemd units |",
 }
 
 

@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
@@ -30,9 +31,11 @@ from detector.model import (
     HeartbeatSpec,
     PairSpec,
     RuleKind,
+    SystemdUnitsSpec,
     ThresholdSpec,
     WindowSpec,
 )
+from detector.unitfiles import root_zone, timer_schedules
 
 _THRESHOLD_KEYS = ("count", "within", "by")
 _HEARTBEAT_KEYS = ("every", "grace", "by", "keys")
@@ -49,6 +52,22 @@ _ANOMALY_RATE_KEYS = (
     "by",
     "direction",
 )
+_SYSTEMD_UNITS_KEYS = (
+    "failed",
+    "timers",
+    "units",
+    "exclude",
+    "up_for",
+    "grace",
+    "root",
+    "timezone",
+)
+SYSTEMD_UNITS_MATCH = (
+    r"Failed with result|Main process exited|Deactivated successfully|Succeeded\.|"
+    r"(?:Starting|Started|Finished) "
+)
+"""The built-in pattern of a ``systemd_units:`` rule: every message of systemd's that the
+evaluator (``rules/systemd_units.py``) reads about a unit, so that the matcher finds them."""
 _DAYS = {"sun": 0, "mon": 1, "tue": 2, "wed": 3, "thu": 4, "fri": 5, "sat": 6}
 _FULL_DAYS = {
     "sunday": "sun",
@@ -133,6 +152,8 @@ def read_spec(
         return _pair(r, e, w, pats)
     if kind == "anomaly_new":
         return _anomaly_new(r, e["anomaly"][1], f"{w}: anomaly")
+    if kind == "systemd_units":
+        return _systemd_units(r, e["systemd_units"][1], f"{w}: systemd_units")
     return _anomaly_rate(r, e["anomaly"][1], f"{w}: anomaly", patterns, journald)
 
 
@@ -407,3 +428,61 @@ def _anomaly_rate(
     if any(v is None for v in kw.values()):
         return None
     return AnomalyRateSpec(**kw)
+
+
+def _systemd_units(r: NodeReader, node: Node, w: str) -> SystemdUnitsSpec | None:
+    if isinstance(node, ScalarNode) and node.value in ("", "~", "null", "true"):
+        return SystemdUnitsSpec()  # systemd_units: true (or empty): failed units, every unit
+    e = r.mapping(node, w, "a mapping such as {failed: true, timers: true}", _SYSTEMD_UNITS_KEYS)
+    if e is None:
+        return None
+    kw: dict[str, Any] = {}
+    for key in ("failed", "timers"):
+        if key in e:
+            kw[key] = r.boolean(e[key][1], f"{w}.{key}")
+    for key in ("units", "exclude"):
+        if key in e:
+            kw[key] = r.strings(e[key][1], f"{w}.{key}", "unit name or glob (*.service)")
+    for key in ("up_for", "grace"):
+        if key in e:
+            kw[key] = r.span(e[key][1], f"{w}.{key}", positive=False)
+    if "root" in e:
+        kw["root"] = r.string(e["root"][1], f"{w}.root", "a directory such as /")
+    if "timezone" in e:
+        tnode = e["timezone"][1]
+        t = r.string(tnode, f"{w}.timezone", "an IANA time zone such as Europe/Berlin")
+        if t is not None:
+            try:
+                ZoneInfo(t)
+            except (ZoneInfoNotFoundError, ValueError, OSError):
+                hint = did_you_mean(t, sorted(available_timezones()))
+                r.err(
+                    tnode,
+                    f"{w}.timezone",
+                    f"unknown time zone '{t}' — "
+                    + (hint or "use an IANA name such as Europe/Berlin or UTC"),
+                )
+                t = None
+        kw["timezone"] = t
+    if any(v is None for v in kw.values()):
+        return None
+    spec = SystemdUnitsSpec(**kw)
+    if spec.failed is False and spec.timers is False:
+        r.err(node, w, "watches nothing — set failed: true, timers: true or both")
+        return None
+    if not spec.timers:
+        return spec
+    root = Path(spec.root)
+    zone = spec.timezone if "timezone" in e else (root_zone(root) or "UTC")
+    schedules, notes = timer_schedules(root, zone, spec.grace)
+    watched = tuple(t for t in schedules if spec.watches(t.timer) or spec.watches(t.service))
+    for note in notes:
+        r.warn(node, w, note)
+    if not watched:
+        r.warn(
+            node,
+            w,
+            f"timers: true, but no timer with a schedule under {root} "
+            "(etc/systemd/system, lib/systemd/system, usr/lib/systemd/system) is watched",
+        )
+    return replace(spec, timezone=zone, schedules=watched)

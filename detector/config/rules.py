@@ -18,7 +18,7 @@ from typing import Any
 
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
-from detector.config.kinds import RulePatterns, captured_names, read_spec
+from detector.config.kinds import SYSTEMD_UNITS_MATCH, RulePatterns, captured_names, read_spec
 from detector.config.nodes import TAG_STR, NodeReader, describe, did_you_mean
 from detector.config.sections import DEFAULTS_KEYS, Declared, common_fields
 from detector.model import Defaults, RuleConfig, RuleKind
@@ -47,7 +47,15 @@ _RULE_COMMON = (
     "fields",
 )
 _PAIR_KEYS = ("start", "end", "within", "min_duration", "on_orphan_end", "on_double_start")
-_RULE_KEYS = (*_RULE_COMMON, "threshold", "expect", "anomaly", "fail", *_PAIR_KEYS)
+_RULE_KEYS = (
+    *_RULE_COMMON,
+    "threshold",
+    "expect",
+    "anomaly",
+    "systemd_units",
+    "fail",
+    *_PAIR_KEYS,
+)
 
 
 def read_rules(
@@ -142,8 +150,19 @@ def _rule(
                 ok = False
             else:
                 pats[role] = rx
+    if kind == "systemd_units":
+        if "match" in e:
+            r.err(
+                e["match"][0],
+                w,
+                "systemd_units: rules read systemd's own messages (a built-in pattern) — "
+                "remove match:, and narrow the units with units: or exclude:",
+            )
+            ok = False
+        else:
+            pats["match"] = SYSTEMD_UNITS_MATCH
     if kind is not None:
-        needs_match = kind not in ("pair", "anomaly_new", "anomaly_rate")
+        needs_match = kind not in ("pair", "anomaly_new", "anomaly_rate", "systemd_units")
         if needs_match and "match" not in e and "fields" not in e:
             r.err(
                 node,
@@ -256,7 +275,7 @@ def _kind(
 ) -> tuple[RuleKind | None, bool]:
     """Which kind the rule's keys select; (None, False) after reporting a conflict."""
     found: list[tuple[str, Node]] = []
-    for key in ("threshold", "expect", "anomaly"):
+    for key in ("threshold", "expect", "anomaly", "systemd_units"):
         if key in e:
             found.append((key, e[key][0]))
     pair_keys = [k for k in ("start", "end") if k in e]
@@ -296,6 +315,8 @@ def _kind(
     key, _ = found[0]
     if key == "threshold":
         return "threshold", ok
+    if key == "systemd_units":
+        return "systemd_units", ok
     if key in ("start", "end"):
         for need in ("start", "end", "within"):
             if need not in e:

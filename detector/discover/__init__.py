@@ -23,10 +23,11 @@ from zoneinfo import ZoneInfo
 from detector.config.values import parse_duration
 from detector.discover.cron import read_cron
 from detector.discover.history import check, infer, journal_file, read_lines, scan
-from detector.discover.jobs import Job, root_zone, unique_names, zone_ok
+from detector.discover.jobs import Job, unique_names
 from detector.discover.render import generated_text, render, write_generated
 from detector.discover.timers import read_timers
 from detector.timestamps import host_zone
+from detector.unitfiles import root_zone, zone_ok
 
 
 def _zone(args: argparse.Namespace, root: Path) -> str:

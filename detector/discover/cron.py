@@ -19,7 +19,8 @@ from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 
-from detector.discover.jobs import CRON_ALIASES, Job, SourceSpec, cron_error, esc, slug, zone_ok
+from detector.discover.jobs import CRON_ALIASES, Job, SourceSpec, esc, slug
+from detector.unitfiles import cron_error, zone_ok
 
 CRON_SOURCE = "discovered-cron"
 _ENV = re.compile(r"\s*([A-Za-z_][A-Za-z0-9_]*)\s*=\s*(.*?)\s*$")

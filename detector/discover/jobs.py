@@ -14,8 +14,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import ZoneInfo
 
 import cronsim
 
@@ -93,42 +92,6 @@ def occurrences(cron: str, zone: str, n: int, start: datetime | None = None) -> 
         if len(out) >= n:
             break
     return out
-
-
-def cron_error(cron: str) -> str | None:
-    """Why ``cron`` is not a 5-field expression cronsim (and so the window rule) accepts."""
-    if len(cron.split()) != 5:
-        return f"'{cron}' does not have 5 fields"
-    try:
-        cronsim.CronSim(cron, datetime(2026, 1, 1, tzinfo=UTC))
-    except cronsim.CronSimError as e:
-        return f"'{cron}': {e}"
-    return None
-
-
-def zone_ok(name: str) -> bool:
-    try:
-        ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError, OSError):
-        return False
-    return True
-
-
-def root_zone(root: Path) -> str | None:
-    """The IANA zone of the host under ``root``: ``etc/timezone``, else the ``etc/localtime``
-    link's target; None if neither says."""
-    try:
-        name = (root / "etc/timezone").read_text(encoding="utf-8").split()[0]
-        if zone_ok(name):
-            return name
-    except (OSError, IndexError):
-        pass
-    try:
-        target = str((root / "etc/localtime").readlink())
-    except OSError:
-        return None
-    _, sep, name = target.partition("zoneinfo/")
-    return name if sep and zone_ok(name) else None
 
 
 _SPECIAL = re.compile(r"[.^$*+?{}\[\]\\|()]")

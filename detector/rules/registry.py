@@ -13,6 +13,7 @@ from detector.rules.base import Evaluator
 from detector.rules.heartbeat import HeartbeatEvaluator
 from detector.rules.match import MatchEvaluator
 from detector.rules.pair import PairEvaluator
+from detector.rules.systemd_units import SystemdUnitsEvaluator
 from detector.rules.threshold import ThresholdEvaluator
 from detector.rules.window import WindowEvaluator
 
@@ -24,6 +25,7 @@ EVALUATORS: dict[RuleKind, Callable[[RuleConfig, datetime], Evaluator]] = {
     "pair": PairEvaluator,
     "anomaly_new": NewKindEvaluator,
     "anomaly_rate": RateEvaluator,
+    "systemd_units": SystemdUnitsEvaluator,
 }
 
 
