@@ -184,7 +184,7 @@ def _load(r: NodeReader, text: str, watch: list[str]) -> Config:
         webhooks=webhooks,
         rules=tuple(rules),
         warnings=r.warning_texts(),
-        files=tuple(f.path for f in files),
+        files=tuple(r.files),
         includes=tuple(includes),
     )
 
