@@ -148,6 +148,28 @@ def test_variables_are_expanded_in_included_files_and_in_include_patterns(
     assert config.includes[0].pattern == "more/*.yaml"
 
 
+def test_the_bundled_rules_yaml_loads_a_discovered_yaml_beside_it(tmp_path: Path) -> None:
+    env = {"DETECTOR_LOG_DIR": "/var/log/demo"}
+    bundled = tmp_path / "rules.yaml"
+    bundled.write_text((ROOT / "rules.yaml").read_text())
+    alone = load_config(bundled, env)
+    assert [i.pattern for i in alone.includes] == ["rules.d/*.yaml"]
+    assert alone.files == (str(bundled),)
+    found = write(
+        tmp_path / "rules.d" / "discovered.yaml",
+        """\
+        rules:
+          - name: discovered-oom
+            source: app
+            match: 'Out of memory: Killed process (?P<pid>\\d+)'
+        """,
+    )
+    config = load_config(bundled, env)
+    assert config.files == (str(bundled), str(found))
+    assert [r.name for r in config.rules] == [*(r.name for r in alone.rules), "discovered-oom"]
+    assert config.rules[-1].owner == alone.defaults.owner  # the main file's defaults apply
+
+
 # ---------------------------------------------------------------- errors, each at its place
 
 
