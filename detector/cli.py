@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 from detector import __version__
 
 if TYPE_CHECKING:
-    from detector.model import SourceConfig
+    from detector.model import Config, SourceConfig
 
 DEFAULT_CONFIG = "/etc/detector/rules.yaml"
 
@@ -326,16 +326,34 @@ def _describe_source(source: SourceConfig) -> str:
     return "journald" + (f" ({'; '.join(keys)})" if keys else "")
 
 
-def _secrets_of(args: argparse.Namespace) -> Callable[[str], str]:
+def _files_read(config: Config) -> list[str]:
+    """The lines of ``detector check`` that name the files it read, and each include: that
+    matched no file (fine: a glob such as rules.d/*.yaml may be empty)."""
+    included = {path: inc.pattern for inc in config.includes for path in inc.files}
+    lines = [
+        f"read {path}" + (f" (include {included[path]})" if path in included else "")
+        for path in config.files or (config.path,)
+    ]
+    lines += [
+        f"include {inc.pattern}: matches no file"
+        + (f" ({inc.glob})" if inc.glob != inc.pattern else "")
+        + ", nothing read"
+        for inc in config.includes
+        if not inc.files
+    ]
+    return lines
+
+
+def _secrets_of(args: argparse.Namespace, files: tuple[str, ...]) -> Callable[[str], str]:
     """A redactor for what ``detector check`` prints of the loaded config: every ``${VAR}`` of
-    the file, shown by its name, never its value."""
+    its files (the main one and the included ones), shown by its name, never its value."""
     from detector.cli_support import config_env  # noqa: PLC0415
     from detector.config.values import redact  # noqa: PLC0415
 
-    try:
-        text = Path(args.config).read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return lambda line: line
+    text = ""
+    for path in files or (args.config,):
+        with contextlib.suppress(OSError):
+            text += Path(path).read_text(encoding="utf-8", errors="replace")
     env = config_env(getattr(args, "env_file", None))
     names = set(re.findall(r"\$\{([A-Za-z_][A-Za-z0-9_]*)", text))
     used = {name: env[name] for name in names if name in env}
@@ -348,12 +366,14 @@ def cmd_check(args: argparse.Namespace) -> int:
     from detector.pipeline import pattern_specs  # noqa: PLC0415
 
     config = load_config_or_exit(args)  # an invalid file: CommandError, exit 2
-    hide = _secrets_of(args)
+    hide = _secrets_of(args, config.files)
     matcher = Matcher(pattern_specs(config.rules))
     print(
         f"{args.config}: OK — {len(config.sources)} sources, {len(config.rules)} rules, "
         f"{len(config.webhooks)} webhooks"
     )
+    for line in _files_read(config):
+        print(f"  {hide(line)}")
     for source in config.sources.values():
         print(f"  source {source.name}: {hide(_describe_source(source))}")
     for rule in config.rules:

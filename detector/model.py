@@ -296,6 +296,16 @@ class MaintenanceConfig:
 
 
 @dataclass(frozen=True)
+class IncludeConfig:
+    """One item of the top-level ``include:`` list and the files it matched."""
+
+    pattern: str  # as written (``${VAR}`` expanded)
+    glob: str  # the path or glob looked up: a relative one is joined to the main file's directory
+    files: tuple[str, ...]  # the files read for it, sorted; () for a glob that matches nothing
+    location: Location | None = None
+
+
+@dataclass(frozen=True)
 class Config:
     path: str
     agent: AgentConfig
@@ -305,3 +315,5 @@ class Config:
     rules: tuple[RuleConfig, ...]
     warnings: tuple[str, ...] = ()  # non-fatal findings (no owner/runbook, …) for `detector check`
     maintenance: tuple[MaintenanceConfig, ...] = ()
+    files: tuple[str, ...] = ()  # every file read: ``path``, then the included ones in order
+    includes: tuple[IncludeConfig, ...] = ()  # the include: items (a reload watches their globs)

@@ -49,7 +49,7 @@ from detector import __version__
 from detector.alerts import AlertBook
 from detector.clock import Clock
 from detector.config import ConfigError, load_config
-from detector.config.watch import file_changes
+from detector.config.watch import Snapshot, config_changes, snapshot
 from detector.delivery.direct import send_from_memory
 from detector.delivery.worker import DeliveryWorker
 from detector.health import Health, loop_lag_monitor
@@ -157,6 +157,7 @@ class Agent:
         self._wake = asyncio.Event()
         self._reload_requested = False
         self._reload_explicit = False
+        self._watch_base: Snapshot | None = None  # the config's files as last read
         self.previous: PreviousRun | None = None
         self._db: AsyncStore | None = None
         self._exit_code = 0  # 2: refused to start (another agent holds the state file)
@@ -231,6 +232,7 @@ class Agent:
     async def run(self) -> int:
         config = await asyncio.to_thread(load_config, self.config_path, self.env)
         self.config = config
+        await self._rebase_watch(tuple(i.glob for i in config.includes), None)
         self.monitor.config = config
         now = self.clock.now()
         self.state = AgentState(started_at=now)
@@ -647,9 +649,16 @@ class Agent:
 
     async def _reload(self, explicit: bool = True) -> None:
         self.notifier.reloading()
+        assert self._watch_base is not None
+        before = await asyncio.to_thread(snapshot, self.config_path, self._watch_base[0])
         try:
             config = await asyncio.to_thread(load_config, self.config_path, self.env)
         except (ConfigError, OSError) as e:
+            # the include globs of the refused file when known: the fix of a file it newly
+            # includes is a change too
+            await self._rebase_watch(
+                (e.watch or None) if isinstance(e, ConfigError) else None, before
+            )
             log.error("reload refused, the running configuration stays in force:\n%s", e)
             self.health.inc("config_reloads", result="refused")
             self.monitor.config_refused(str(self.config_path), str(e), explicit=explicit)
@@ -670,6 +679,7 @@ class Agent:
         await asyncio.to_thread(self.pipeline.warm)
         await self._commit(commit)
         self.config = config
+        await self._rebase_watch(tuple(i.glob for i in config.includes), before)
         self.monitor.config = config
         self.monitor.config_ok()
         self.health.inc("config_reloads", result="ok")
@@ -699,11 +709,27 @@ class Agent:
 
         await self.db.run(write)
 
+    async def _rebase_watch(self, globs: tuple[str, ...] | None, before: Snapshot | None) -> None:
+        """The config's files were just read: the watch's new baseline is ``before`` (their
+        stamps taken before the read, so a change made meanwhile is still a change), or, for
+        new include ``globs`` (None: the same as before), their stamps now."""
+        if before is not None and (globs is None or globs == before[0]):
+            self._watch_base = before
+            return
+        assert globs is not None
+        self._watch_base = await asyncio.to_thread(snapshot, self.config_path, globs)
+
     async def _watch_config(self) -> None:
-        """Reload when rules.yaml changes on disk (debounced; a refusal of such a reload is only
-        reported after the config grace: an editor's half-saved file pages nobody)."""
-        async for _ in file_changes(self.config_path, CONFIG_POLL_S):
-            log.info("%s changed on disk; reloading", self.config_path)
+        """Reload when rules.yaml or a file it includes changes on disk, appears or goes
+        (debounced; a refusal of such a reload is only reported after the config grace: an
+        editor's half-saved file pages nobody)."""
+
+        def base() -> Snapshot:
+            assert self._watch_base is not None  # taken at start, before this task runs
+            return self._watch_base
+
+        async for _ in config_changes(self.config_path, base, CONFIG_POLL_S):
+            log.info("%s (or a file it includes) changed on disk; reloading", self.config_path)
             self.request_reload(explicit=False)
 
     # ---------------------------------------------------------------- self-monitoring

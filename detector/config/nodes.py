@@ -37,11 +37,14 @@ _LABEL_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 class ConfigError(Exception):
-    """rules.yaml is invalid. ``errors`` holds one ``file:line:col: where: what — fix`` each."""
+    """rules.yaml is invalid. ``errors`` holds one ``file:line:col: where: what — fix`` each.
+    ``watch``: the paths and globs of the main file's ``include:`` when it got that far, so a
+    reload watcher also sees the fix of an included file that is not in force yet."""
 
-    def __init__(self, errors: list[str]) -> None:
+    def __init__(self, errors: list[str], watch: tuple[str, ...] = ()) -> None:
         super().__init__("\n".join(errors))
         self.errors = errors
+        self.watch = watch
 
 
 @dataclass(frozen=True)
@@ -49,10 +52,11 @@ class Problem:
     line: int
     column: int
     text: str
+    file: int = 0  # which file of the config: 0 the main one, then the included ones in order
 
 
-def problem_order(p: Problem) -> tuple[int, int]:
-    return (p.line, p.column)
+def problem_order(p: Problem) -> tuple[int, int, int]:
+    return (p.file, p.line, p.column)
 
 
 def describe(node: Node) -> str:
@@ -88,10 +92,13 @@ def plural(what: str) -> str:
 
 
 class NodeReader:
-    """Reads typed values from the nodes of one file and collects the problems found on the way."""
+    """Reads typed values from the nodes of the config's files and collects the problems found on
+    the way. ``path`` is the main file; each node knows the file it came from (its mark's name,
+    set by ``load.py``), so a message about an included file names that file."""
 
     def __init__(self, path: str, env: Mapping[str, str]) -> None:
         self.path = path
+        self.files: list[str] = [path]  # every file read, in order (messages sort by it)
         self.env = env
         self.expanded: dict[str, str] = {}  # {VAR: value} taken from env, redacted in messages
         self.problems: list[Problem] = []
@@ -99,20 +106,32 @@ class NodeReader:
         self.ctor = SafeConstructor()
         self.flattened: set[int] = set()  # ids of mapping nodes whose << merges are resolved
 
+    def file_of(self, node: Node) -> str:
+        """The file ``node`` was read from (the main file unless its mark names a file read)."""
+        name = node.start_mark.name
+        return name if name in self.files else self.path
+
+    def place(self, node: Node) -> str:
+        """``file:line:column`` of ``node``, for a message that points at a second place."""
+        mark = node.start_mark
+        return f"{self.file_of(node)}:{mark.line + 1}:{mark.column + 1}"
+
     def err(self, node: Node, where: str, msg: str, column: int | None = None) -> None:
         line = node.start_mark.line + 1
         col = column if column is not None else node.start_mark.column + 1
-        prefix = f"{self.path}:{line}:{col}: " + (f"{where}: " if where else "")
-        self.problems.append(Problem(line, col, prefix + msg))
+        path = self.file_of(node)
+        prefix = f"{path}:{line}:{col}: " + (f"{where}: " if where else "")
+        self.problems.append(Problem(line, col, prefix + msg, self.files.index(path)))
 
     def warn(self, node: Node, where: str, msg: str) -> None:
         line = node.start_mark.line + 1
         col = node.start_mark.column + 1
-        prefix = f"{self.path}:{line}:{col}: " + (f"{where}: " if where else "")
-        self.warnings.append(Problem(line, col, prefix + msg))
+        path = self.file_of(node)
+        prefix = f"{path}:{line}:{col}: " + (f"{where}: " if where else "")
+        self.warnings.append(Problem(line, col, prefix + msg, self.files.index(path)))
 
     def location(self, node: Node) -> Location:
-        return Location(self.path, node.start_mark.line + 1, node.start_mark.column + 1)
+        return Location(self.file_of(node), node.start_mark.line + 1, node.start_mark.column + 1)
 
     def mapping(
         self, node: Node, where: str, what: str, allowed: Collection[str] | None
@@ -396,7 +415,9 @@ class NodeReader:
         """The warnings, sorted and redacted like the problems."""
         return tuple(self.redact(p.text) for p in sorted(self.warnings, key=problem_order))
 
-    def syntax_problem(self, e: yaml.MarkedYAMLError) -> Problem:
+    def syntax_problem(self, e: yaml.MarkedYAMLError, path: str | None = None) -> Problem:
+        """The problem of a YAML syntax error in ``path`` (default: the main file)."""
+        path = self.path if path is None else path
         mark = e.problem_mark or e.context_mark
         line = mark.line + 1 if mark else 1
         col = mark.column + 1 if mark else 1
@@ -412,4 +433,5 @@ class NodeReader:
                 "check indentation and quoting; quote values that contain ': ' or ' #' or "
                 "start with one of * & ! | > ' \" % @ `"
             )
-        return Problem(line, col, f"{self.path}:{line}:{col}: YAML syntax error: {what} — {hint}")
+        text = f"{path}:{line}:{col}: YAML syntax error: {what} — {hint}"
+        return Problem(line, col, text, self.files.index(path) if path in self.files else 0)

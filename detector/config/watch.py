@@ -1,22 +1,27 @@
-"""Changes of rules.yaml on disk, as the running agent sees them.
+"""Changes of rules.yaml and the files it includes on disk, as the running agent sees them.
 
-Beside the config loader: the agent reloads when the file changes (``systemctl reload`` is the
-other way). A change is a new (inode, mtime, size): editors that replace the file and editors
-that rewrite it in place are both seen. It is reported once the file has stopped changing for one
-poll, so an editor writing in several steps gives one reload, not one per step.
+Beside the config loader: the agent reloads when one of its config files changes (``systemctl
+reload`` is the other way). A change is a new (inode, mtime, size) of the main file or of an
+included one, a new file matching an ``include:`` glob, or an included file removed: editors that
+replace a file and editors that rewrite it in place are both seen. It is reported once the files
+have stopped changing for one poll, so an editor writing in several steps gives one reload, not
+one per step.
 """
 
 from __future__ import annotations
 
 import asyncio
+import glob
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Iterable
 from pathlib import Path
 
 Stamp = tuple[int, int, int]
+Snapshot = tuple[tuple[str, ...], Stamp | None, frozenset[tuple[str, Stamp | None]]]
+"""(the include globs watched, the main file's stamp, (path, stamp) of each included file)."""
 
 
-def stamp(path: Path) -> Stamp | None:
+def stamp(path: Path | str) -> Stamp | None:
     try:
         st = os.stat(path)
     except OSError:
@@ -24,15 +29,33 @@ def stamp(path: Path) -> Stamp | None:
     return (st.st_ino, st.st_mtime_ns, st.st_size)
 
 
-async def file_changes(path: Path, poll_s: float) -> AsyncIterator[Stamp]:
-    """Yield the new stamp of ``path`` after each settled change (forever; cancel to stop). A
-    file that disappears is no change: the next one that appears is."""
-    last = await asyncio.to_thread(stamp, path)
-    seen = last
+def snapshot(main: Path, includes: Iterable[str]) -> Snapshot:
+    """The stamps of ``main`` and of every file its include globs (or paths) match now."""
+    globs = tuple(includes)
+    found: set[tuple[str, Stamp | None]] = set()
+    for pattern in globs:
+        paths = glob.glob(pattern, recursive=True) if glob.has_magic(pattern) else [pattern]
+        found.update((p, stamp(p)) for p in paths)
+    return (globs, stamp(main), frozenset(found))
+
+
+async def config_changes(
+    main: Path, base: Callable[[], Snapshot], poll_s: float
+) -> AsyncIterator[Snapshot]:
+    """Yield a snapshot after each settled change of ``main`` or of what its include globs
+    match (forever; cancel to stop). ``base()``: the snapshot taken right after the config was
+    last read (a new one after every reload, ok or refused): its globs are the ones watched, and
+    a change is a difference from it. A main file that disappears is no change (the next one
+    that appears is); an included file that disappears is one."""
+    current = base()
+    last = seen = current
     while True:
         await asyncio.sleep(poll_s)
-        now = await asyncio.to_thread(stamp, path)
-        if now is not None and now != last and now == seen:
+        if base() is not current:  # the files were read again: what they are now is known
+            current = base()
+            last = seen = current
+        now = await asyncio.to_thread(snapshot, main, current[0])
+        if now[1] is not None and now != last and now == seen:
             last = now
             yield now
         seen = now

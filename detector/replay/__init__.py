@@ -36,6 +36,8 @@ from detector.model import Config, FileSourceConfig
 from detector.pipeline import Pipeline, pattern_specs, text_getter
 from detector.replay.blocks import (
     ReplayBlock,
+    Undecompressable,
+    decompressed,
     event_blocks,
     max_line_bytes,
     multiline_of,
@@ -44,11 +46,12 @@ from detector.replay.blocks import (
 from detector.replay.jobs import MatchPool
 from detector.rules.base import When
 from detector.sources.base import Line
-from detector.sources.lines import BLOCK_BYTES
+from detector.sources.lines import BLOCK_BYTES, open_stream, sniff, zstd_available
 from detector.timefmt import format_duration, iso
 from detector.timestamps import TimeParser, syslog_start_year, zone_named
 
 BLOCK = BLOCK_BYTES
+_NAMES = {"gz": "gzip", "xz": "xz", "bz2": "bzip2", "zst": "zstd"}
 KEEP_PER_RULE = 20
 
 
@@ -134,12 +137,31 @@ def file_mtime(path: str) -> datetime | None:
     return datetime.fromtimestamp(os.stat(path).st_mtime, UTC)
 
 
-def sample_lines(path: str, block: int = BLOCK, most: int = 100_000) -> list[str]:
+def compression(path: str) -> str | None:
+    """How ``path`` is compressed (gz, xz, bz2, zst: told by its first bytes), or None."""
+    if path == "-":
+        return None
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        return sniff(fd, zstd=True)
+    finally:
+        os.close(fd)
+
+
+def sample_lines(
+    path: str, block: int = BLOCK, most: int = 100_000, *, whole: bool = True
+) -> list[str]:
     """A line at every ``block`` bytes of ``path`` and its last line, in order: enough to count
-    the New Years a syslog file spans without reading it (:func:`syslog_start_year`)."""
+    the New Years a syslog file spans without reading it (:func:`syslog_start_year`). A
+    compressed file cannot be read at an offset: it is decompressed once for this, streamed
+    (unless ``whole`` is false and its first block has no syslog stamp: then that block's
+    lines, the year does not matter)."""
     out: list[str] = []
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
+        kind = sniff(fd, zstd=True)
+        if kind is not None:
+            return _stream_samples(fd, path, kind, block, whole=whole)
         size = os.fstat(fd).st_size
         step = max(block, size // most + 1)
         for pos in range(0, size, step):
@@ -153,6 +175,31 @@ def sample_lines(path: str, block: int = BLOCK, most: int = 100_000) -> list[str
             out.append(tail[-1].decode("utf-8", "replace"))
     finally:
         os.close(fd)
+    return out
+
+
+def _stream_samples(fd: int, path: str, kind: str, block: int, *, whole: bool) -> list[str]:
+    """:func:`sample_lines` of a compressed file: the first line of each ``block`` of its
+    decompressed bytes and its last line."""
+    out: list[str] = []
+    tail = b""  # the last 4 KiB read
+    with open_stream(fd, kind) as stream:
+        first = True
+        while data := decompressed(stream, block, path, kind):
+            if first and not whole:
+                lines = data.split(b"\n")[:-1] or [data]
+                texts = [t.decode("utf-8", "replace") for t in lines]
+                if syslog_start_year(texts, datetime.now(UTC)) is None:
+                    return texts
+            head = data
+            if not first:  # the line the block starts in began in the one before
+                cut = head.find(b"\n")
+                head = head[cut + 1 :] if cut >= 0 else b""
+            out.append(head.split(b"\n", 1)[0].decode("utf-8", "replace"))
+            first = False
+            tail = data[-4096:] if len(data) >= 4096 else (tail + data)[-4096:]
+    if out:
+        out.append(tail.rstrip(b"\r\n").rsplit(b"\n", 1)[-1].decode("utf-8", "replace"))
     return out
 
 
@@ -170,7 +217,7 @@ def time_parser(
     latest = file_mtime(path) or present
     year = latest.astimezone(zone).year
     if path != "-":
-        samples = sample_lines(path)
+        samples = sample_lines(path, whole=regex is not None)
         if regex is not None:
             pattern = TimeParser(None, year, time_regex=regex)
             samples = [
@@ -209,7 +256,8 @@ def replay(
 
     With ``jobs`` > 1, ``jobs`` worker processes match the blocks of each regular file bigger
     than one block, and this process evaluates their hits in line order: same result, less
-    time. Standard input (``-``) is always read here. ``block`` is the read size in bytes."""
+    time. Standard input (``-``) and compressed files are always read here. ``block`` is the
+    read size in bytes."""
     result = ReplayResult(on_notification=on_notification)
     start = time.perf_counter()
     present = present or datetime.now(UTC)
@@ -227,7 +275,12 @@ def replay(
             multiline = multiline_of(config, source)
             if multiline is not None:  # events may span two workers' reads: read here
                 blocks = event_blocks(path, multiline, max_line=max_line, block=block)
-            elif jobs > 1 and path != "-" and os.path.getsize(path) > block:
+            elif (
+                jobs > 1
+                and path != "-"
+                and os.path.getsize(path) > block
+                and compression(path) is None  # a stream is read in order, here
+            ):
                 if pool is None:
                     for name in {s for _p, s in files}:
                         pipeline.matcher.match(name, [])  # compiled once, before the fork
@@ -408,6 +461,20 @@ def main(args: argparse.Namespace) -> int:
             "an event may span two workers' reads, so their files are read in one process",
             file=sys.stderr,
         )
+    for f, _ in files:
+        kind = compression(f)
+        if kind == "zst" and not zstd_available():
+            raise CommandError(
+                f"{f}: zstd-compressed, and the optional zstandard package is not installed — "
+                "pip install zstandard (or the detector[zstd] extra), or decompress it first "
+                "(zstd -d)"
+            )
+        if kind is not None and jobs > 1:
+            print(
+                f"note: --jobs {jobs} does not apply to {f} ({_NAMES[kind]}-compressed): a "
+                "compressed file is decompressed as a stream, in one process",
+                file=sys.stderr,
+            )
     run = functools.partial(
         replay,
         config,
@@ -418,10 +485,13 @@ def main(args: argparse.Namespace) -> int:
         present=present,
         on_notification=(lambda n: print(json_line(n))) if as_json else None,
     )
-    if isinstance(until, str):  # +DURATION: after the last line, found by the replay itself
-        result = run(until_after=parse_duration(until[1:]))
-    else:
-        result = run(until=until)
+    try:
+        if isinstance(until, str):  # +DURATION: after the last line, found by the replay itself
+            result = run(until_after=parse_duration(until[1:]))
+        else:
+            result = run(until=until)
+    except Undecompressable as e:
+        raise CommandError(str(e)) from e
     if show:
         print(file=sys.stderr)
     firing = result.firing

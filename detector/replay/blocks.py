@@ -1,8 +1,9 @@
 """The lines of a replayed file, read as the file tailer reads them, and matched a block at a time.
 
 Between the sources and the replay's evaluation (``detector/replay/__init__.py``): a file given to
-``detector test`` is read with ``sources/lines.py`` (:func:`~detector.sources.lines.read_block`
-into a :class:`~detector.sources.lines.LineAssembler` with the source's ``max_line_bytes``), so
+``detector test`` is read with ``sources/lines.py`` (:func:`~detector.sources.lines.read_block`,
+or :func:`~detector.sources.lines.read_stream` for a compressed file, into a
+:class:`~detector.sources.lines.LineAssembler` with the source's ``max_line_bytes``), so
 its lines, their cuts and the text matched are the live tailer's; only CRLF lines stay in blocks
 (``crlf="normalize"``), which gives the same lines faster. Each chunk of lines becomes a
 :class:`ReplayBlock`: matched here as bytes (only lines with hits are decoded), or in a ``--jobs``
@@ -18,12 +19,20 @@ import os
 import sys
 from collections.abc import Generator, Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import BinaryIO
 
 from detector.matching import Abandoned, Hit, Matcher
 from detector.model import Config, FileSourceConfig, MultilineConfig
 from detector.pipeline import SparseTexts
 from detector.sources.events import Event, EventAssembler
-from detector.sources.lines import BLOCK_BYTES, Chunk, LineAssembler, read_block
+from detector.sources.lines import (
+    BLOCK_BYTES,
+    Chunk,
+    LineAssembler,
+    open_stream,
+    read_block,
+    sniff,
+)
 
 EDGE_LINES = 50
 """Lines at each end of a block where the clock is read when no rule hits."""
@@ -75,8 +84,9 @@ def assembler(max_line: int) -> LineAssembler:
 
 
 def read_chunks(path: str, max_line: int, block: int = BLOCK_BYTES) -> Iterator[Chunk]:
-    """Every line of ``path`` (``-``: standard input) in chunks, as the tailer reads them; the
-    unterminated last line, if any, last."""
+    """Every line of ``path`` (``-``: standard input, read as is) in chunks, as the tailer reads
+    them; the unterminated last line, if any, last. A compressed file (gzip, xz, bzip2, zstd:
+    told by its first bytes, not its name) is decompressed as a stream, in bounded memory."""
     lines = assembler(max_line)
     if path == "-":
         stream = sys.stdin.buffer
@@ -85,18 +95,39 @@ def read_chunks(path: str, max_line: int, block: int = BLOCK_BYTES) -> Iterator[
     else:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         try:
-            pos = 0
-            while True:
-                n, chunks = read_block(fd, pos, lines, block)
-                if not n:
-                    break
-                pos += n
-                yield from chunks
+            kind = sniff(fd, zstd=True)
+            if kind is not None:  # compressed: decompressed as a stream, as the tailer does
+                with open_stream(fd, kind) as stream:
+                    while data := decompressed(stream, block, path, kind):
+                        yield from lines.feed(data)
+            else:
+                pos = 0
+                while True:
+                    n, chunks = read_block(fd, pos, lines, block)
+                    if not n:
+                        break
+                    pos += n
+                    yield from chunks
         finally:
             os.close(fd)
     last = lines.flush()
     if last is not None:
         yield last
+
+
+class Undecompressable(Exception):
+    """A compressed file given to ``detector test`` is corrupt or cut short."""
+
+
+def decompressed(stream: BinaryIO, block: int, path: str, kind: str) -> bytes:
+    """The next ``block`` bytes of a decompressing ``stream`` (b"": its end)."""
+    try:
+        return stream.read(block)
+    except Exception as e:  # EOFError, OSError, LZMAError, zstandard.ZstdError, …
+        raise Undecompressable(
+            f"{path}: cannot decompress ({kind}): {e or type(e).__name__} — the file is corrupt "
+            "or cut short (still being compressed?)"
+        ) from e
 
 
 def serial_blocks(

@@ -15,9 +15,10 @@ on undecoded (:attr:`Chunk.block`). A full read of :func:`read_block` ends at it
 partial line after it is read again, whole, with the next read: :func:`read_plan` finds those same
 reads from the file alone, for the ``--jobs`` workers. Rotated files compressed by logrotate
 (gzip, xz, bzip2: :func:`sniff`) are read as a stream (:func:`open_stream`, :func:`read_stream`)
-into the same assembler, in bounded memory. An assembler made with ``starts=True`` also says
-where each line began (:attr:`Chunk.starts`), which the event assembler of a ``multiline:``
-source (``sources/events.py``) needs to commit a position before a pending event.
+into the same assembler, in bounded memory; ``detector test`` also reads zstd that way (with the
+optional ``zstandard`` package). An assembler made with ``starts=True`` also says where each line
+began (:attr:`Chunk.starts`), which the event assembler of a ``multiline:`` source
+(``sources/events.py``) needs to commit a position before a pending event.
 """
 
 from __future__ import annotations
@@ -332,20 +333,53 @@ COMPRESSED_MAGIC: dict[str, bytes] = {
 told by the file's first bytes, not by its name."""
 
 
-def sniff(fd: int) -> str | None:
-    """The compression of the file ``fd`` (a key of :data:`COMPRESSED_MAGIC`), or None."""
+ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+"""A zstd frame: read by ``detector test`` (``sniff(fd, zstd=True)``) when the ``zstandard``
+package is installed; the tailer's rotated copies stay the standard library's three."""
+
+
+class DecompressorMissing(OSError):
+    """A file is compressed with a format whose decompressor is not installed (zstd)."""
+
+
+def sniff(fd: int, *, zstd: bool = False) -> str | None:
+    """The compression of the file ``fd`` (a key of :data:`COMPRESSED_MAGIC`; with ``zstd``,
+    also ``"zst"``), or None."""
     head = os.pread(fd, 6, 0)
     for kind, magic in COMPRESSED_MAGIC.items():
         if head.startswith(magic):
             return kind
+    if zstd and head.startswith(ZSTD_MAGIC):
+        return "zst"
     return None
+
+
+def zstd_available() -> bool:
+    try:
+        import zstandard  # noqa: F401, PLC0415 - optional: only for .zst files
+    except ImportError:
+        return False
+    return True
 
 
 def open_stream(fd: int, kind: str) -> BinaryIO:
     """A decompressing reader of the whole file ``fd`` (opened anew through ``/proc/self/fd``,
     so the file is read even once deleted; ``fd`` stays open). The decompressors read and
-    inflate in small steps: memory stays bounded by the read size."""
+    inflate in small steps: memory stays bounded by the read size. ``"zst"`` without the
+    ``zstandard`` package: :class:`DecompressorMissing`."""
     path = f"/proc/self/fd/{fd}"
+    if kind == "zst":
+        try:
+            import zstandard  # noqa: PLC0415 - optional: only for .zst files
+        except ImportError:
+            raise DecompressorMissing(
+                "the file is zstd-compressed and the optional zstandard package is not "
+                "installed — pip install zstandard (or the detector[zstd] extra), or "
+                "decompress it first (zstd -d)"
+            ) from None
+        raw = open(path, "rb")  # noqa: SIM115 - closed with the reader (closefd)
+        reader = zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True)
+        return reader
     if kind == "gz":
         return gzip.open(path, "rb")  # type: ignore[return-value]
     if kind == "xz":
