@@ -110,6 +110,7 @@ class Pipeline:
             {r.name: r for r in config.rules},
             config.webhooks.keys(),
             config.agent.fallback,
+            config.routes,
         )
         self.alerts.load(alert_rows)
         self.lines_read: Counter[str] = Counter()
@@ -182,7 +183,10 @@ class Pipeline:
             self.alerts.resolve_rule(name, now, "the rule was removed from the configuration")
             commit.rule_state[name] = {k: None for k in load_state(name)}
         self.alerts.configure(
-            {r.name: r for r in config.rules}, config.webhooks.keys(), config.agent.fallback
+            {r.name: r for r in config.rules},
+            config.webhooks.keys(),
+            config.agent.fallback,
+            config.routes,
         )
         self._build(config, now, load_state, keep=self.evaluators)
         self._collect(commit)

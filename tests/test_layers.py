@@ -20,7 +20,7 @@ import pytest
 LAYERS: tuple[tuple[str, ...], ...] = (
     # plain data and pure helpers: import nothing else from detector
     ("__init__", "clock", "timefmt", "model", "records", "templating", "timestamps", "schedule",
-     "templates", "logs"),
+     "templates", "logs", "routing"),
     # rules.yaml into the model; the state file (SQLite), which stores records only
     ("config", "store"),
     # where lines come from, and what matches them

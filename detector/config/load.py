@@ -4,7 +4,8 @@ Sits at the very start of the flow and drives the rest of this package: :func:`l
 the file, composes it to YAML nodes (so every key and value keeps its line and column), checks the
 top level (``version: 1``, known keys; keys starting with ``x-`` are ignored, so they can hold YAML
 anchors), collects the declared source and webhook names, then hands each section to
-``sections.py`` and the rule list to ``rules.py``. All problems are raised together as one
+``sections.py``, the rule list to ``rules.py`` and the ``routes:`` list to ``routes.py`` (after
+the rules, which it is checked against). All problems are raised together as one
 :class:`~detector.config.nodes.ConfigError`, sorted by position; warnings go to
 ``Config.warnings``.
 """
@@ -26,6 +27,7 @@ from detector.config.nodes import (
     describe,
     did_you_mean,
 )
+from detector.config.routes import read_routes
 from detector.config.rules import read_rules
 from detector.config.sections import (
     Declared,
@@ -36,7 +38,7 @@ from detector.config.sections import (
 )
 from detector.model import Config
 
-_TOP_KEYS = ("version", "agent", "defaults", "sources", "webhooks", "rules")
+_TOP_KEYS = ("version", "agent", "defaults", "sources", "webhooks", "rules", "routes")
 
 
 def load_config(path: str | Path, env: Mapping[str, str] | None = None) -> Config:
@@ -100,7 +102,7 @@ def _load(r: NodeReader, text: str) -> Config:
         sources=_section_names(top.get("sources")), webhooks=_section_names(top.get("webhooks"))
     )
 
-    for key in ("agent", "defaults", "sources", "webhooks", "rules"):
+    for key in ("agent", "defaults", "sources", "webhooks", "rules", "routes"):
         if key in top and top[key][1].tag == TAG_NULL:
             del top[key]  # an empty section (e.g. every entry commented out)
     sources = read_sources(r, declared, top["sources"][1]) if "sources" in top else {}
@@ -108,6 +110,7 @@ def _load(r: NodeReader, text: str) -> Config:
     agent = read_agent(r, declared, top["agent"][1] if "agent" in top else None)
     defaults = read_defaults(r, declared, top["defaults"][1] if "defaults" in top else None)
     rules = read_rules(r, declared, top["rules"][1], defaults) if "rules" in top else ()
+    routes = read_routes(r, declared, top["routes"][1], rules) if "routes" in top else ()
     if "rules" not in top:
         r.warn(root, "", "no 'rules:' — nothing will be detected; add a rules: list")
     if rules and not declared.webhooks:
@@ -125,6 +128,7 @@ def _load(r: NodeReader, text: str) -> Config:
         sources=sources,
         webhooks=webhooks,
         rules=rules,
+        routes=routes,
         warnings=r.warning_texts(),
     )
 
