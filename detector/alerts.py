@@ -17,9 +17,27 @@ s ("key K of rule R is firing / resolved / worth an info"); the :class:`AlertBoo
    (``owed``) and why it is muted (``muted``, shown by ``detector status``); when the mute lifts,
    the owed notification goes out (a resolve whose firing was never sent is dropped).
 
-Every notification becomes one outbox row per webhook the rule notifies, with an event id that is
-stable across delivery retries (it is stored with the row, in the same transaction as the batch
-that caused it). Nothing here does I/O; ``take()`` hands the changes to the store.
+A rule's timing keys change steps 1 and 4 (agent alerts have their own grace, ``problems.py``):
+
+- ``for: D``: the first ``fire`` opens the alert as ``pending``, with no notification; it fires
+  (and notifies) only if it is still open D after that fire. A ``resolve`` before then drops it
+  without a word. Evaluators resolve when the condition is over (an error rule after
+  ``resolve_after`` without a match), so "holds" means "the alert stays open" for every kind;
+- ``keep_firing_for: D``: a ``resolve`` only starts a countdown; the alert stays firing and
+  resolves (and notifies) D later, unless a ``fire`` comes first, which cancels the countdown and
+  sends nothing;
+- ``flap: {changes: K, within: T}``: once the alert's notified state changed more than K times
+  within T, the change that crossed K sends one ``flapping`` notice instead, later changes send
+  nothing (nor do repeats), and when it has not changed for T one ``settled`` notice tells the
+  state it settled in.
+
+These deadlines are kept on the alert, so they survive a restart with it, and are run by ``due``
+like the repeats.
+
+Every notification becomes one outbox row per webhook the alert was routed to when it opened
+(``routing.py``: a rule's own ``notify:``, else ``routes:``, else the default), with an event id
+that is stable across delivery retries (it is stored with the row, in the same transaction as the
+batch that caused it). Nothing here does I/O; ``take()`` hands the changes to the store.
 """
 
 from __future__ import annotations
@@ -33,12 +51,13 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from detector.model import AlertKind, RuleConfig, Severity
+from detector.model import AlertKind, FlapSpec, RouteConfig, RuleConfig, Severity
 from detector.records import OutboxRow
+from detector.routing import route, with_source
 from detector.rules.base import Signal
 from detector.schedule import DeadlineHeap
 from detector.silences import Muter
-from detector.timefmt import iso_or_none, parse_iso_or_none
+from detector.timefmt import format_duration, iso_or_none, parse_iso_or_none
 
 MAX_SAMPLES = 5
 MAX_SAMPLE_CHARS = 2000
@@ -77,7 +96,7 @@ class Alert:
     rule: str
     kind: AlertKind
     key: str
-    status: str  # firing | resolved
+    status: str  # pending (for:) | firing | resolved
     severity: Severity
     summary: str
     description: str
@@ -96,6 +115,17 @@ class Alert:
     last_notified_at: datetime | None = None
     muted: dict[str, Any] | None = None
     owed: str | None = None  # the notification held back by a mute: firing | repeat | resolved
+    pending_until: datetime | None = None
+    """``for:``: while pending, when it fires if still open."""
+    clearing_until: datetime | None = None
+    """``keep_firing_for:``: the condition cleared; when the alert resolves unless it fires."""
+    clearing_summary: str | None = None
+    """The resolved notice's summary, kept for ``clearing_until``."""
+    changes: list[datetime] = field(default_factory=list)
+    """``flap:``: when its notified state changed, within the flap window."""
+    flapping_since: datetime | None = None
+    flap_changes: int = 0
+    """Changes since it started flapping."""
 
     def to_row(self) -> dict[str, Any]:
         # By hand, not dataclasses.asdict: that deep-copies every value and was the largest
@@ -126,6 +156,13 @@ class Alert:
             ),
             "muted": dict(self.muted) if self.muted else None,
             "owed": self.owed,
+            **{
+                name: iso_or_none(getattr(self, name), timespec="milliseconds", zulu=True)
+                for name in _TIMING_FIELDS
+            },
+            "clearing_summary": self.clearing_summary,
+            "changes": [iso_or_none(t, timespec="milliseconds", zulu=True) for t in self.changes],
+            "flap_changes": self.flap_changes,
         }
 
     @staticmethod
@@ -133,6 +170,9 @@ class Alert:
         data = dict(row)
         for name in ("first_seen_at", "last_seen_at", "resolved_at", "last_notified_at"):
             data[name] = parse_iso_or_none(data.get(name))
+        for name in _TIMING_FIELDS:
+            data[name] = parse_iso_or_none(data.get(name))
+        data["changes"] = [t for t in map(parse_iso_or_none, data.get("changes") or ()) if t]
         data["notify"] = tuple(data.get("notify") or ())
         known = set(Alert.__dataclass_fields__)
         return Alert(**{k: v for k, v in data.items() if k in known})
@@ -164,6 +204,9 @@ class Alert:
         }
 
 
+_TIMING_FIELDS = ("pending_until", "clearing_until", "flapping_since")
+
+
 class AlertBook:
     """All open (and recently resolved) alerts, and the notifications they owe."""
 
@@ -173,10 +216,12 @@ class AlertBook:
         rules: Mapping[str, RuleConfig],
         webhooks: Iterable[str],
         fallback: Iterable[str] = (),
+        routes: Iterable[RouteConfig] = (),
     ) -> None:
         self.host = host
         self.alerts: dict[str, Alert] = {}
         self._repeats = DeadlineHeap()  # fingerprint -> when its next repeat is due
+        self._timers = DeadlineHeap()  # fingerprint -> its next for:/keep_firing_for:/flap time
         self._pruned_at: datetime | None = None
         self._changed: dict[str, Alert | None] = {}
         self._outbox: list[OutboxRow] = []
@@ -186,17 +231,24 @@ class AlertBook:
         self.muter: Muter | None = None
         """Silences and maintenance windows (set by the pipeline); None: nothing is muted."""
         self._mute_at: datetime | None = None
-        self.configure(rules, webhooks, fallback)
+        self.configure(rules, webhooks, fallback, routes)
 
     def configure(
-        self, rules: Mapping[str, RuleConfig], webhooks: Iterable[str], fallback: Iterable[str]
+        self,
+        rules: Mapping[str, RuleConfig],
+        webhooks: Iterable[str],
+        fallback: Iterable[str],
+        routes: Iterable[RouteConfig] = (),
     ) -> None:
-        """(Re)bind to a config. Alerts of rules that no longer exist are left to the caller."""
+        """(Re)bind to a config. Alerts of rules that no longer exist are left to the caller.
+        Open alerts keep the webhooks they were routed to."""
         self.rules = dict(rules)
         self.webhooks = tuple(sorted(webhooks))
         self.fallback = tuple(fallback) or self.webhooks
+        self.routes = tuple(routes)
         for fp, alert in self.alerts.items():
             self._schedule_repeat(fp, alert)
+            self._schedule_timer(fp, alert)
 
     # ---------------------------------------------------------------- persistence
 
@@ -205,6 +257,7 @@ class AlertBook:
             alert = Alert.from_row(row)
             self.alerts[alert.fingerprint] = alert
             self._schedule_repeat(alert.fingerprint, alert)
+            self._schedule_timer(alert.fingerprint, alert)
 
     def take(self) -> tuple[dict[str, Mapping[str, Any] | None], list[OutboxRow]]:
         """Changed alert rows and new outbox rows since the last call (for ``Store.commit``)."""
@@ -237,13 +290,17 @@ class AlertBook:
 
     def _new_alert(self, s: Signal) -> Alert:
         notify, severity, cfg = self._routing(s.rule, s.kind)
-        if s.notify:
-            notify = s.notify
         labels = {**(cfg.labels if cfg else {}), **s.labels}
         labels.update(
             {"host": self.host, "rule": s.rule, "severity": severity, "kind": s.kind}
             | ({"source": s.source} if s.source else {})
         )
+        if s.notify:
+            notify = s.notify
+        elif self.routes and not (cfg is not None and cfg.notify_own):
+            routed = route(self.routes, with_source(labels, cfg), agent=s.kind == "agent")
+            if routed is not None:
+                notify = routed.webhooks
         return Alert(
             fingerprint=fingerprint(s.rule, s.key),
             rule=s.rule,
@@ -267,11 +324,22 @@ class AlertBook:
     def _fire(self, s: Signal, now: datetime) -> None:
         fp = fingerprint(s.rule, s.key)
         alert = self.alerts.get(fp)
-        opening = alert is None or alert.status != "firing"
+        opening = alert is None or alert.status not in ("firing", "pending")
         if opening:
+            before = alert
             alert = self._new_alert(s)
+            if before is not None:  # the flap history goes on
+                alert.changes, alert.flap_changes = before.changes, before.flap_changes
+                alert.flapping_since = before.flapping_since
             self.alerts[fp] = alert
+            hold = self._timing(alert)
+            if hold is not None and hold.pending_for > timedelta(0):
+                alert.status, alert.pending_until = "pending", s.at + hold.pending_for
+                self._schedule_timer(fp, alert)
         assert alert is not None
+        if alert.clearing_until is not None:  # back within keep_firing_for: nothing to tell
+            alert.clearing_until = alert.clearing_summary = None
+            self._schedule_timer(fp, alert)
         alert.count += max(s.count, 0)
         alert.last_seen_at = max(alert.last_seen_at, s.at)
         if s.summary:
@@ -283,30 +351,67 @@ class AlertBook:
         if s.sample is not None and len(alert.samples) < MAX_SAMPLES:
             alert.samples.append(clip_sample(s.sample))
         self._changed[fp] = alert
-        if opening or s.renotify:
+        if alert.status == "pending":
+            return
+        if opening:
+            self._changed_state(alert, "firing", now)
+        elif s.renotify:
             self._notify(alert, "firing", now)
 
     def _resolve(self, rule: str, key: str, at: datetime, now: datetime, s: Signal | None) -> None:
         fp = fingerprint(rule, key)
         alert = self.alerts.get(fp)
-        if alert is None or alert.status != "firing":
+        if alert is None or alert.status not in ("firing", "pending"):
             return
-        alert.status = "resolved"
-        alert.resolved_at = at
+        if alert.status == "pending":
+            self._drop_pending(alert, at)
+            return
+        if alert.clearing_until is not None and s is not None:
+            return  # resolving already (keep_firing_for)
+        summary = alert.summary
         if s is not None:
             cfg = self.rules.get(rule)
             if s.happened and cfg is not None and cfg.summary and alert.summary:
                 # the user's own summary (as last rendered while firing), then what happened
-                alert.summary = f"{alert.summary}{RESOLVED_SEP}{s.happened}"
+                summary = f"{alert.summary}{RESOLVED_SEP}{s.happened}"
             elif s.summary:
-                alert.summary = s.summary
+                summary = s.summary
             if s.evidence:
                 alert.evidence.update(s.evidence)
             if s.sample is not None and len(alert.samples) < MAX_SAMPLES:
                 alert.samples.append(clip_sample(s.sample))
+            hold = self._timing(alert)
+            if hold is not None and hold.keep_firing_for > timedelta(0):
+                alert.clearing_until = at + hold.keep_firing_for
+                alert.clearing_summary = summary
+                self._changed[fp] = alert
+                self._schedule_timer(fp, alert)
+                return
+        self._close(alert, at, summary, now)
+
+    def _close(self, alert: Alert, at: datetime, summary: str, now: datetime) -> None:
+        fp = alert.fingerprint
+        alert.status = "resolved"
+        alert.resolved_at = at
+        alert.summary = summary
+        alert.clearing_until = alert.clearing_summary = None
         self._changed[fp] = alert
-        self._notify(alert, "resolved", now)
+        self._changed_state(alert, "resolved", now)
         self._repeats.push(fp, None)
+        self._schedule_timer(fp, alert)
+
+    def _drop_pending(self, alert: Alert, at: datetime) -> None:
+        """A ``for:`` alert whose condition ended before it fired: nobody was told, nobody is.
+        One with a flap history stays, resolved as before, to keep that history."""
+        fp = alert.fingerprint
+        alert.pending_until = None
+        if alert.changes or alert.flapping_since is not None:
+            alert.status, alert.resolved_at = "resolved", at
+            self._changed[fp] = alert
+        else:
+            del self.alerts[fp]
+            self._changed[fp] = None
+        self._schedule_timer(fp, alert)
 
     def _info(self, s: Signal, now: datetime) -> None:
         alert = self._new_alert(s)
@@ -319,7 +424,7 @@ class AlertBook:
     def resolve_rule(self, rule: str, now: datetime, why: str) -> None:
         """Resolve every firing alert of a rule (the rule was removed or disabled)."""
         for alert in list(self.alerts.values()):
-            if alert.rule == rule and alert.status == "firing":
+            if alert.rule == rule and alert.status in ("firing", "pending"):
                 alert.description = why
                 self._resolve(rule, alert.key, now, now, None)
 
@@ -339,18 +444,25 @@ class AlertBook:
             self._repeats.push(fp, None)
 
     def next_deadline(self) -> datetime | None:
-        at = self._repeats.next_at()
-        if self._mute_at is not None and (at is None or self._mute_at < at):
-            return self._mute_at
-        return at
+        present = [t for t in (self._repeats.next_at(), self._timers.next_at()) if t is not None]
+        if self._mute_at is not None:
+            present.append(self._mute_at)
+        return min(present) if present else None
 
     def due(self, now: datetime) -> None:
-        """Send repeats that are due; forget alerts resolved long ago."""
+        """Lift mutes that ended; fire pending alerts that held, resolve those kept firing, tell
+        the settled state of those that flapped; send repeats that are due; forget alerts
+        resolved long ago."""
         if self._mute_at is not None and self._mute_at <= now:
             self.recheck_mutes(now)
+        for fp in self._timers.pop_due(now):
+            alert = self.alerts.get(fp)
+            if alert is not None:
+                self._run_timers(alert, now)
+                self._schedule_timer(fp, alert)
         for fp in self._repeats.pop_due(now):
             alert = self.alerts.get(fp)
-            if alert is None or alert.status != "firing":
+            if alert is None or alert.status != "firing" or alert.flapping_since is not None:
                 continue
             self._changed[fp] = alert
             self._notify(alert, "repeat", now)
@@ -365,6 +477,90 @@ class AlertBook:
             ):
                 del self.alerts[fp]
                 self._changed[fp] = None
+
+    # ---------------------------------------------------------------- for:, keep_firing_for:, flap:
+
+    def _timing(self, alert: Alert) -> RuleConfig | None:
+        """The rule whose timing keys apply to ``alert`` (none for agent alerts)."""
+        return None if alert.kind == "agent" else self.rules.get(alert.rule)
+
+    def _flap(self, alert: Alert) -> FlapSpec | None:
+        cfg = self._timing(alert)
+        return None if cfg is None else cfg.flap
+
+    def _timer_events(self, alert: Alert) -> list[tuple[datetime, str]]:
+        events: list[tuple[datetime, str]] = []
+        if alert.status == "pending" and alert.pending_until is not None:
+            events.append((alert.pending_until, "fire"))
+        if alert.status == "firing" and alert.clearing_until is not None:
+            events.append((alert.clearing_until, "resolve"))
+        flap = self._flap(alert)
+        if alert.flapping_since is not None:
+            last = alert.changes[-1] if alert.changes else alert.flapping_since
+            events.append((last + (flap.within if flap else timedelta(0)), "settle"))
+        return events
+
+    def _schedule_timer(self, fp: str, alert: Alert) -> None:
+        events = self._timer_events(alert) if self.alerts.get(fp) is alert else []
+        self._timers.push(fp, min(events)[0] if events else None)
+
+    def _run_timers(self, alert: Alert, now: datetime) -> None:
+        """Everything of ``alert`` due by ``now``, earliest first."""
+        while due := [e for e in self._timer_events(alert) if e[0] <= now]:
+            _, what = min(due)
+            if what == "fire":
+                alert.status, alert.pending_until = "firing", None
+                self._changed[alert.fingerprint] = alert
+                self._changed_state(alert, "firing", now)
+            elif what == "resolve":
+                assert alert.clearing_until is not None
+                summary = alert.clearing_summary or alert.summary
+                self._close(alert, alert.clearing_until, summary, now)
+            else:
+                self._settle(alert, now)
+
+    def _changed_state(self, alert: Alert, notification: str, now: datetime) -> None:
+        """Tell a change of state (firing or resolved), unless the alert flaps."""
+        flap = self._flap(alert)
+        if flap is None:
+            self._notify(alert, notification, now)
+            return
+        alert.changes = [t for t in alert.changes if t > now - flap.within] + [now]
+        self._schedule_timer(alert.fingerprint, alert)
+        if alert.flapping_since is not None:
+            alert.flap_changes += 1
+            return
+        if len(alert.changes) <= flap.changes:
+            self._notify(alert, notification, now)
+            return
+        alert.flapping_since, alert.flap_changes = now, len(alert.changes)
+        self._schedule_timer(alert.fingerprint, alert)
+        text = f"flapping: {alert.flap_changes} changes in {format_duration(flap.within)}"
+        self._notify_as(alert, "flapping", "firing", f"{text}{RESOLVED_SEP}{alert.summary}", now)
+
+    def _settle(self, alert: Alert, now: datetime) -> None:
+        """No change for the flap window: one notice of the state the alert settled in."""
+        since, n = alert.flapping_since, alert.flap_changes
+        assert since is not None
+        alert.flapping_since, alert.flap_changes, alert.changes = None, 0, []
+        self._changed[alert.fingerprint] = alert
+        text = (
+            f"settled {alert.status} after {n} changes in "
+            f"{format_duration(max(now - since, timedelta(0)))}"
+        )
+        self._notify_as(alert, "settled", alert.status, f"{text}{RESOLVED_SEP}{alert.summary}", now)
+
+    def _notify_as(
+        self, alert: Alert, notification: str, status: str, summary: str, now: datetime
+    ) -> None:
+        """A notice about the alert that shows another status and summary than its own."""
+        own = alert.status, alert.summary
+        alert.status, alert.summary = status, summary
+        try:
+            self._notify(alert, notification, now)
+        finally:
+            alert.status, alert.summary = own
+        self._schedule_repeat(alert.fingerprint, alert)
 
     # ---------------------------------------------------------------- notifications
 
@@ -396,7 +592,9 @@ class AlertBook:
             self._changed[alert.fingerprint] = alert
         if mute is None:
             return False
-        if notification == "firing":
+        if notification == "firing" or (
+            notification in ("flapping", "settled") and alert.status == "firing"
+        ):
             alert.owed = "firing"
         elif notification == "repeat":
             alert.owed = alert.owed or "repeat"

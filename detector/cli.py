@@ -120,6 +120,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_config(p)
     _add_env_file(p)
+    p.add_argument(
+        "--routes",
+        action="store_true",
+        help="also print, for each rule, the webhooks its alerts go to and why (its own "
+        "notify:, the routes: that match, or defaults.notify)",
+    )
 
     p = sub.add_parser(
         "test",
@@ -384,7 +390,35 @@ def cmd_check(args: argparse.Namespace) -> int:
             print(f"  note: rule {report.rule} ({report.role}): {report.engine}: {report.note}")
     for warning in config.warnings:
         print(f"  warning: {warning}")
+    if getattr(args, "routes", False):
+        _print_routes(config)
     return 0
+
+
+def _print_routes(config: Config) -> None:
+    """``detector check --routes``: where each rule's alerts go, and why."""
+    from detector.routing import agent_explain, explain  # noqa: PLC0415
+
+    print(
+        "routes (first match wins unless continue: true):"
+        if config.routes
+        else "routes: none (each rule's notify:, else defaults.notify):"
+    )
+    for rule in config.rules:
+        per_source = {
+            src: explain(rule, config.routes, config.agent.host, src) for src in rule.sources
+        }
+        distinct = {tuple(v) for v in per_source.values()}
+        for src, lines in per_source.items():
+            where = f" (source {src})" if len(distinct) > 1 else ""
+            print(f"  rule {rule.name}{where} → {lines[0]}")
+            for more in lines[1:]:
+                print(f"      {more}")
+            if len(distinct) == 1:
+                break
+    print(
+        f"  agent alerts → {agent_explain(config.routes, config.agent.fallback, config.webhooks)}"
+    )
 
 
 def cmd_run(args: argparse.Namespace) -> int:

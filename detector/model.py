@@ -60,6 +60,15 @@ class AgentConfig:
 
 
 @dataclass(frozen=True)
+class FlapSpec:
+    """``flap: {changes: K, within: T}``: more than K state changes within T fold the alert's
+    notifications into one until it has not changed for T (see ``alerts.py``)."""
+
+    changes: int
+    within: timedelta
+
+
+@dataclass(frozen=True)
 class Defaults:
     severity: Severity = "warning"
     notify: tuple[str, ...] = ()  # webhook names; empty = every webhook
@@ -68,6 +77,9 @@ class Defaults:
     owner: str | None = None
     runbook: str | None = None
     labels: Mapping[str, str] = field(default_factory=dict)
+    pending_for: timedelta = timedelta(0)  # `for:` — how long a condition holds before firing
+    keep_firing_for: timedelta = timedelta(0)  # how long an alert stays firing after it clears
+    flap: FlapSpec | None = None  # None = no flap detection
 
 
 # ---------------------------------------------------------------- sources
@@ -259,6 +271,7 @@ class RuleConfig:
     labels: Mapping[str, str] = field(default_factory=dict)
     group_by: tuple[str, ...] = ()  # captured fields that split one rule into separate alerts
     notify: tuple[str, ...] = ()  # resolved: never empty after load (all webhooks if unset)
+    notify_own: bool = False  # notify: written on the rule itself (it then wins over routes:)
     owner: str | None = None
     runbook: str | None = None
     repeat: timedelta | None = timedelta(hours=4)
@@ -273,6 +286,9 @@ class RuleConfig:
     anomaly_new: AnomalyNewSpec | None = None
     anomaly_rate: AnomalyRateSpec | None = None
     systemd_units: SystemdUnitsSpec | None = None
+    pending_for: timedelta = timedelta(0)  # `for:`; 0 = fire at once
+    keep_firing_for: timedelta = timedelta(0)
+    flap: FlapSpec | None = None
     location: Location | None = None
 
 
@@ -305,6 +321,21 @@ class IncludeConfig:
     location: Location | None = None
 
 
+# ---------------------------------------------------------------- routes
+
+
+@dataclass(frozen=True)
+class RouteConfig:
+    """One entry of ``routes:``: an alert whose labels equal every ``match`` value and fully
+    match every ``match_re`` regex goes to ``webhooks`` (see ``routing.py``)."""
+
+    webhooks: tuple[str, ...]
+    match: Mapping[str, str] = field(default_factory=dict)
+    match_re: Mapping[str, str] = field(default_factory=dict)
+    continue_: bool = False  # `continue: true`: later routes are tried too
+    location: Location | None = None
+
+
 @dataclass(frozen=True)
 class Config:
     path: str
@@ -313,6 +344,7 @@ class Config:
     sources: Mapping[str, SourceConfig]
     webhooks: Mapping[str, WebhookConfig]
     rules: tuple[RuleConfig, ...]
+    routes: tuple[RouteConfig, ...] = ()
     warnings: tuple[str, ...] = ()  # non-fatal findings (no owner/runbook, …) for `detector check`
     maintenance: tuple[MaintenanceConfig, ...] = ()
     files: tuple[str, ...] = ()  # every file read: ``path``, then the included ones in order

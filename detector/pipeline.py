@@ -114,6 +114,7 @@ class Pipeline:
             {r.name: r for r in config.rules},
             config.webhooks.keys(),
             config.agent.fallback,
+            config.routes,
         )
         self.alerts.load(alert_rows)
         self.muter = Muter(Maintenance(config.maintenance))
@@ -211,7 +212,10 @@ class Pipeline:
             self.alerts.resolve_rule(name, now, "the rule was removed from the configuration")
             commit.rule_state[name] = {k: None for k in load_state(name)}
         self.alerts.configure(
-            {r.name: r for r in config.rules}, config.webhooks.keys(), config.agent.fallback
+            {r.name: r for r in config.rules},
+            config.webhooks.keys(),
+            config.agent.fallback,
+            config.routes,
         )
         self.muter.maintenance = Maintenance(config.maintenance)
         self._build(config, now, load_state, keep=self.evaluators)

@@ -20,7 +20,8 @@ import pytest
 LAYERS: tuple[tuple[str, ...], ...] = (
     # plain data and pure helpers: import nothing else from detector
     ("__init__", "clock", "timefmt", "model", "records", "templating", "timestamps", "schedule",
-     "templates", "logs", "structured", "unitfiles"),
+     "templates", "logs", "structured", "unitfiles",
+     "routing"),
     # silences and maintenance windows: the mute decision's data and time arithmetic
     ("maintenance", "silences"),
     # rules.yaml into the model; the state file (SQLite), which stores records only

@@ -7,7 +7,8 @@ anchors), reads the files its ``include:`` names (each composed with its own nam
 a message names the right file; they may hold ``sources:``, ``webhooks:`` and ``rules:``), collects
 the declared source and webhook names of every file (names are shared by all files, a duplicate
 across files is an error naming both places), then hands each section to ``sections.py`` and each
-file's rule list to ``rules.py``. All problems are raised together as one
+file's rule list to ``rules.py``, and the ``routes:`` list to ``routes.py`` (after the rules, which
+it is checked against). All problems are raised together as one
 :class:`~detector.config.nodes.ConfigError`, sorted by file and position; warnings go to
 ``Config.warnings``.
 """
@@ -33,6 +34,7 @@ from detector.config.nodes import (
     describe,
     did_you_mean,
 )
+from detector.config.routes import read_routes
 from detector.config.rules import read_rules
 from detector.config.sections import (
     Declared,
@@ -52,6 +54,7 @@ _TOP_KEYS = (
     "webhooks",
     "rules",
     "maintenance",
+    "routes",
 )
 _INCLUDED_KEYS = ("sources", "webhooks", "rules")
 """What an included file may hold; the rest of ``_TOP_KEYS`` is read from the main file only."""
@@ -151,7 +154,7 @@ def _load(r: NodeReader, text: str, watch: list[str]) -> Config:
             r.raise_if_problems()
 
     for f in files:
-        for key in ("agent", "defaults", "sources", "webhooks", "rules", "maintenance"):
+        for key in ("agent", "defaults", "sources", "webhooks", "rules", "maintenance", "routes"):
             if key in f.top and f.top[key][1].tag == TAG_NULL:
                 del f.top[key]  # an empty section (e.g. every entry commented out)
 
@@ -181,6 +184,7 @@ def _load(r: NodeReader, text: str, watch: list[str]) -> Config:
         if "maintenance" in top
         else ()
     )
+    routes = read_routes(r, declared, top["routes"][1], tuple(rules)) if "routes" in top else ()
     if not any("rules" in f.top for f in files):
         r.warn(root, "", "no 'rules:' — nothing will be detected; add a rules: list")
     if rules and not declared.webhooks:
@@ -198,6 +202,7 @@ def _load(r: NodeReader, text: str, watch: list[str]) -> Config:
         sources=sources,
         webhooks=webhooks,
         rules=tuple(rules),
+        routes=routes,
         warnings=r.warning_texts(),
         maintenance=maintenance,
         files=tuple(r.files),

@@ -45,7 +45,12 @@ _RULE_COMMON = (
     "samples",
     "group_by",
     "fields",
+    "for",
+    "keep_firing_for",
+    "flap",
 )
+_RENAMED = {"for": "pending_for"}
+"""rules.yaml keys whose field has another name (``for`` is a Python keyword)."""
 _PAIR_KEYS = ("start", "end", "within", "min_duration", "on_orphan_end", "on_double_start")
 _RULE_KEYS = (
     *_RULE_COMMON,
@@ -192,7 +197,9 @@ def _rule(
         patterns.captured |= set(re.compile(regex).groupindex)
 
     common = common_fields(r, declared, e, w)
-    if any(k in e and k not in common for k in DEFAULTS_KEYS):
+    if any(k in e and k not in common for k in DEFAULTS_KEYS if k not in _RENAMED):
+        ok = False
+    if any(k in e and _RENAMED[k] not in common for k in _RENAMED):
         ok = False
     for key in ("summary", "description"):
         if key in e:
@@ -258,10 +265,14 @@ def _rule(
         severity=common.get("severity", defaults.severity),
         labels={**defaults.labels, **common.get("labels", {})},
         notify=notify,
+        notify_own="notify" in common,
         owner=owner,
         runbook=runbook,
         repeat=common.get("repeat", defaults.repeat),
         resolve_after=common.get("resolve_after", defaults.resolve_after),
+        pending_for=common.get("pending_for", defaults.pending_for),
+        keep_firing_for=common.get("keep_firing_for", defaults.keep_firing_for),
+        flap=common.get("flap", defaults.flap),
         samples=samples,
         fields=fields,
         location=r.location(node),

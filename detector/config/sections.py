@@ -14,6 +14,7 @@ import re
 import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, Literal, cast
 from urllib.parse import urlsplit
@@ -21,7 +22,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from yaml.nodes import Node, ScalarNode
 
-from detector.config.nodes import TAG_INT, NodeReader, did_you_mean
+from detector.config.nodes import TAG_BOOL, TAG_INT, NodeReader, did_you_mean
 from detector.logs import LOG_FORMATS
 from detector.model import (
     SEVERITIES,
@@ -29,6 +30,7 @@ from detector.model import (
     AgentConfig,
     Defaults,
     FileSourceConfig,
+    FlapSpec,
     JournaldSourceConfig,
     Location,
     MultilineConfig,
@@ -69,7 +71,18 @@ _AGENT_KEYS = (
     "source_grace",
     "log_format",
 )
-DEFAULTS_KEYS = ("severity", "notify", "repeat", "resolve_after", "owner", "runbook", "labels")
+DEFAULTS_KEYS = (
+    "severity",
+    "notify",
+    "repeat",
+    "resolve_after",
+    "owner",
+    "runbook",
+    "labels",
+    "for",
+    "keep_firing_for",
+    "flap",
+)
 _TIME_KEYS = ("timezone", "time_format", "time_regex")
 """How ``detector test`` reads a file source's stamps (see ``timestamps.py``)."""
 _FILE_KEYS = (
@@ -180,7 +193,8 @@ def read_defaults(r: NodeReader, declared: Declared, node: Node | None) -> Defau
 def common_fields(
     r: NodeReader, declared: Declared, entries: dict[str, tuple[Node, Node]], w: str
 ) -> dict[str, Any]:
-    """severity, notify, repeat, resolve_after, owner, runbook, labels: shared by rules."""
+    """severity, notify, repeat, resolve_after, owner, runbook, labels, for, keep_firing_for,
+    flap: shared by rules."""
     kw: dict[str, Any] = {}
     if "severity" in entries:
         c = r.choice(entries["severity"][1], f"{w}: severity", SEVERITIES)
@@ -216,7 +230,41 @@ def common_fields(
         )
         if labels is not None:
             kw["labels"] = labels
+    for key, name in (("for", "pending_for"), ("keep_firing_for", "keep_firing_for")):
+        if key in entries:
+            d3 = r.span(entries[key][1], f"{w}: {key}", positive=False)
+            if d3 is not None and d3 < timedelta(0):
+                r.err(entries[key][1], f"{w}: {key}", "must not be negative — write e.g. 5m")
+            elif d3 is not None:
+                kw[name] = d3
+    if "flap" in entries:
+        flap = _flap(r, entries["flap"][1], f"{w}: flap")
+        if flap is not False:
+            kw["flap"] = flap
     return kw
+
+
+def _flap(r: NodeReader, node: Node, w: str) -> FlapSpec | Literal[False] | None:
+    """``flap: {changes: K, within: T}``, or ``flap: false`` (off); False after a problem."""
+    if isinstance(node, ScalarNode) and node.tag == TAG_BOOL:
+        if r.boolean(node, w) is False:
+            return None
+        r.err(node, w, "write flap: {changes: 4, within: 1h} to turn it on, or flap: false")
+        return False
+    entries = r.mapping(
+        node, w, "a mapping such as {changes: 4, within: 1h}, or false", ("changes", "within")
+    )
+    if entries is None:
+        return False
+    missing = [k for k in ("changes", "within") if k not in entries]
+    if missing:
+        r.err(node, w, f"missing {' and '.join(missing)} — write e.g. {{changes: 4, within: 1h}}")
+        return False
+    changes = r.integer(entries["changes"][1], f"{w}.changes", 1)
+    within = r.span(entries["within"][1], f"{w}.within")
+    if changes is None or within is None:
+        return False
+    return FlapSpec(changes=changes, within=within)
 
 
 def read_sources(r: NodeReader, declared: Declared, node: Node) -> dict[str, SourceConfig]:
