@@ -138,6 +138,8 @@ class ThresholdSpec:
     count: int
     within: timedelta
     by: tuple[str, ...] = ()  # captured group / field names that split the count
+    reset_on: str | None = None  # a line matching it (same by: values) clears the key's count
+    distinct: str | None = None  # count distinct values of this captured field, not matches
 
 
 @dataclass(frozen=True)
