@@ -99,7 +99,9 @@ SourceConfig = FileSourceConfig | JournaldSourceConfig
 
 # ---------------------------------------------------------------- webhooks
 
-WebhookFormat = Literal["json", "slack", "discord", "teams", "ntfy", "pagerduty", "alertmanager"]
+WebhookFormat = Literal[
+    "json", "slack", "discord", "teams", "ntfy", "pagerduty", "alertmanager", "email", "exec"
+]
 WEBHOOK_FORMATS: tuple[WebhookFormat, ...] = (
     "json",
     "slack",
@@ -108,7 +110,22 @@ WEBHOOK_FORMATS: tuple[WebhookFormat, ...] = (
     "ntfy",
     "pagerduty",
     "alertmanager",
+    "email",
+    "exec",
 )
+
+
+@dataclass(frozen=True)
+class SmtpConfig:
+    """Where ``format: email`` webhooks hand their mail (see detector/delivery/smtp.py)."""
+
+    host: str
+    port: int = 587
+    starttls: bool = True  # STARTTLS after connecting (required when true)
+    tls: bool = False  # implicit TLS from the first byte (port 465)
+    username: str | None = None
+    password: str | None = None  # never logged
+    ca_file: str | None = None  # PEM file of the CA to trust instead of the system's
 
 
 @dataclass(frozen=True)
@@ -127,6 +144,10 @@ class WebhookConfig:
     rate: int | None = None  # max messages per minute; beyond: digest
     fallback: tuple[str, ...] = ()  # where "delivery to <this> failing" goes
     fail_after: int = 3  # consecutive failures before the failing-path agent alert
+    smtp: SmtpConfig | None = None  # email
+    mail_from: str | None = None  # email: the From: address
+    mail_to: tuple[str, ...] = ()  # email: the recipients
+    command: tuple[str, ...] = ()  # exec: argv of the command fed the alert as JSON on stdin
     location: Location | None = None
 
 
