@@ -132,7 +132,9 @@ SourceConfig = FileSourceConfig | JournaldSourceConfig
 
 # ---------------------------------------------------------------- webhooks
 
-WebhookFormat = Literal["json", "slack", "discord", "teams", "ntfy", "pagerduty", "alertmanager"]
+WebhookFormat = Literal[
+    "json", "slack", "discord", "teams", "ntfy", "pagerduty", "alertmanager", "email", "exec"
+]
 WEBHOOK_FORMATS: tuple[WebhookFormat, ...] = (
     "json",
     "slack",
@@ -141,7 +143,22 @@ WEBHOOK_FORMATS: tuple[WebhookFormat, ...] = (
     "ntfy",
     "pagerduty",
     "alertmanager",
+    "email",
+    "exec",
 )
+
+
+@dataclass(frozen=True)
+class SmtpConfig:
+    """Where ``format: email`` webhooks hand their mail (see detector/delivery/smtp.py)."""
+
+    host: str
+    port: int = 587
+    starttls: bool = True  # STARTTLS after connecting (required when true)
+    tls: bool = False  # implicit TLS from the first byte (port 465)
+    username: str | None = None
+    password: str | None = None  # never logged
+    ca_file: str | None = None  # PEM file of the CA to trust instead of the system's
 
 
 @dataclass(frozen=True)
@@ -160,6 +177,10 @@ class WebhookConfig:
     rate: int | None = None  # max messages per minute; beyond: digest
     fallback: tuple[str, ...] = ()  # where "delivery to <this> failing" goes
     fail_after: int = 3  # consecutive failures before the failing-path agent alert
+    smtp: SmtpConfig | None = None  # email
+    mail_from: str | None = None  # email: the From: address
+    mail_to: tuple[str, ...] = ()  # email: the recipients
+    command: tuple[str, ...] = ()  # exec: argv of the command fed the alert as JSON on stdin
     location: Location | None = None
 
 
@@ -171,6 +192,8 @@ class ThresholdSpec:
     count: int
     within: timedelta
     by: tuple[str, ...] = ()  # captured group / field names that split the count
+    reset_on: str | None = None  # a line matching it (same by: values) clears the key's count
+    distinct: str | None = None  # count distinct values of this captured field, not matches
 
 
 @dataclass(frozen=True)

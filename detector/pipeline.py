@@ -63,6 +63,8 @@ def pattern_specs(rules: Iterable[RuleConfig]) -> list[PatternSpec]:
         ]
         if r.pair is not None:
             roles += [("start", r.pair.start), ("end", r.pair.end)]
+        if r.threshold is not None:
+            roles.append(("reset", r.threshold.reset_on))
         for role, regex in roles:
             if regex is not None:
                 specs.append(PatternSpec(r.name, role, regex, sources))

@@ -1,7 +1,9 @@
 """The per-kind part of a rule: ``threshold:``, ``expect:`` (heartbeat, window), pair, ``anomaly:``.
 
 Sits under ``rules.py``: once a rule's keys have decided its kind and its patterns compiled,
-:func:`read_spec` reads the kind's own mapping into its frozen spec (``ThresholdSpec``,
+:func:`read_spec` reads the kind's own mapping into its frozen spec (``ThresholdSpec``, whose
+``reset_on:`` regex must capture the ``by:`` groups itself and whose ``distinct:`` names a group
+of the rule's pattern,
 ``HeartbeatSpec``, ``WindowSpec``, ``PairSpec``, ``AnomalyNewSpec``, ``AnomalyRateSpec``), checking
 that every ``by:`` names a group the patterns capture (:func:`captured_names`, also used for the
 rule's ``group_by:``). Window sugar: ``expect: {between: "02:00-03:30", days: [mon, fri], timezone:
@@ -37,7 +39,7 @@ from detector.model import (
 )
 from detector.unitfiles import root_zone, timer_schedules
 
-_THRESHOLD_KEYS = ("count", "within", "by")
+_THRESHOLD_KEYS = ("count", "within", "by", "reset_on", "distinct")
 _HEARTBEAT_KEYS = ("every", "grace", "by", "keys")
 _WINDOW_KEYS = ("cron", "within", "timezone", "min_count", "too_early")
 _BETWEEN_KEYS = ("between", "days", "timezone", "min_count", "too_early")
@@ -180,9 +182,44 @@ def _threshold(
     }
     if "by" in e:
         kw["by"] = captured_names(r, e["by"][1], f"{w}.by", patterns, journald, many=True)
+    if "distinct" in e:
+        d = captured_names(r, e["distinct"][1], f"{w}.distinct", patterns, journald, many=False)
+        kw["distinct"] = None if d is None else d[0]
+        if d is not None and d[0] in kw.get("by", ()):
+            r.err(
+                e["distinct"][1],
+                f"{w}.distinct",
+                f"'{d[0]}' is also in by: — one key has one value of it; count distinct values "
+                "of another group (e.g. by: [ip], distinct: user)",
+            )
+            kw["distinct"] = None
+    if "reset_on" in e:
+        kw["reset_on"] = _reset_on(r, e["reset_on"][1], f"{w}.reset_on", kw.get("by"), journald)
     if any(v is None for v in kw.values()):
         return None
     return ThresholdSpec(**kw)
+
+
+def _reset_on(
+    r: NodeReader, node: Node, w: str, by: tuple[str, ...] | None, journald: bool
+) -> str | None:
+    """A ``reset_on:`` regex that captures every ``by:`` group itself (its key is read from its
+    own groups, or the line's journald fields)."""
+    rx = r.regex(node, w)
+    if rx is None or by is None or journald:
+        return rx
+    have = set(re.compile(rx).groupindex)
+    missing = [n for n in by if n not in have]
+    if missing:
+        r.err(
+            node,
+            w,
+            "reset_on must capture the by: groups to know which key it resets — add "
+            + ", ".join(f"(?P<{n}>…)" for n in missing)
+            + " to the pattern",
+        )
+        return None
+    return rx
 
 
 def _heartbeat(

@@ -35,6 +35,7 @@ from detector.model import (
     Location,
     MultilineConfig,
     Severity,
+    SmtpConfig,
     SourceConfig,
     WebhookConfig,
     WebhookFormat,
@@ -118,7 +119,16 @@ _WEBHOOK_KEYS = (
     "rate",
     "fallback",
     "fail_after",
+    "smtp",
+    "from",
+    "to",
+    "command",
 )
+_SMTP_KEYS = ("host", "port", "starttls", "tls", "username", "password", "ca_file")
+_CHANNEL_KEYS = {  # the keys of the formats that are no HTTP POST
+    "email": ("smtp", "from", "to"),
+    "exec": ("command",),
+}
 _JOURNAL_FIELD = re.compile(r"[A-Z0-9_]+")
 
 
@@ -528,15 +538,27 @@ def read_webhooks(r: NodeReader, declared: Declared, node: Node) -> dict[str, We
         body = r.mapping(vnode, w, "a mapping with url: and format:", _WEBHOOK_KEYS)
         if body is None:
             continue
-        if "url" not in body:
-            r.err(vnode, w, "missing required key 'url' — add url: https://…")
-            continue
-        kw: dict[str, Any] = {"url": _url(r, body["url"][1], f"{w}: url")}
         fmt = "json"
+        kw: dict[str, Any] = {}
         if "format" in body:
             c = r.choice(body["format"][1], f"{w}: format", WEBHOOK_FORMATS)
             kw["format"] = cast(WebhookFormat | None, c)
             fmt = c or fmt
+        if fmt in _CHANNEL_KEYS:
+            got = _channel(r, fmt, body, vnode, w)
+            if got is None:
+                continue
+            kw.update(got)
+        elif "url" not in body:
+            r.err(vnode, w, "missing required key 'url' — add url: https://…")
+            continue
+        else:
+            kw["url"] = _url(r, body["url"][1], f"{w}: url")
+            for key in ("smtp", "from", "to", "command"):
+                if key in body:
+                    need = "email" if key != "command" else "exec"
+                    r.err(body[key][0], w, f"{key}: belongs to format: {need} — remove it")
+                    kw["url"] = None
         for key in ("secret", "routing_key", "topic", "template"):
             if key in body:
                 kw[key] = r.string(body[key][1], f"{w}: {key}")
@@ -581,9 +603,111 @@ def read_webhooks(r: NodeReader, declared: Declared, node: Node) -> dict[str, We
         optional = ("secret", "routing_key", "topic", "template")
         if any(v is None for k, v in kw.items() if k not in optional or k in body):
             continue
-        _check_format(r, fmt, body, kw, w)
+        if fmt not in _CHANNEL_KEYS:
+            _check_format(r, fmt, body, kw, w)
         out[name] = WebhookConfig(name=name, location=r.location(knode), **kw)
     return out
+
+
+def _channel(
+    r: NodeReader, fmt: str, body: Mapping[str, tuple[Node, Node]], vnode: Node, w: str
+) -> dict[str, Any] | None:
+    """The keys of an ``email`` (``smtp:``, ``from:``, ``to:``) or ``exec`` (``command:``)
+    webhook, which has no ``url:`` (its ``url`` is made up to name it: ``smtp://host:port``,
+    ``exec:/path``); None after reporting a problem."""
+    ok = True
+    for key in ("url", "secret", "headers", "routing_key", "topic"):
+        if key in body:
+            r.err(body[key][0], w, f"format {fmt} has no {key}: — remove it")
+            ok = False
+    if fmt == "email" and "template" in body:
+        r.err(body["template"][0], w, "format email has no template: — remove it")
+        ok = False
+    need = {"smtp": "{host: smtp.example.com}", "from": "detector@example.com", "to": "[ops@…]"}
+    for key in _CHANNEL_KEYS[fmt]:
+        if key not in body:
+            example = need.get(key, "[/usr/local/bin/notify, --flag]")
+            r.err(vnode, w, f"format {fmt} needs {key}: — add {key}: {example}")
+            ok = False
+    if not ok:
+        return None
+    if fmt == "exec":
+        argv = r.strings(body["command"][1], f"{w}: command", "argument")
+        if argv is None:
+            return None
+        if not argv or not argv[0].startswith("/"):
+            r.err(
+                body["command"][1],
+                f"{w}: command",
+                "the command must be a list whose first item is an absolute path, e.g. "
+                "[/usr/local/bin/notify, --team, ops] (no shell runs it)",
+            )
+            return None
+        return {"command": argv, "url": f"exec:{argv[0]}"}
+    smtp = _smtp(r, body["smtp"][1], f"{w}: smtp")
+    sender = r.string(body["from"][1], f"{w}: from", "a mail address")
+    to = r.strings(body["to"][1], f"{w}: to", "mail address")
+    for key, values in (("from", (sender,) if sender else ()), ("to", to or ())):
+        for v in values:
+            if "@" not in v:
+                r.err(body[key][1], f"{w}: {key}", f"'{v}' is not a mail address — write a@b.c")
+                return None
+    if smtp is None or sender is None or not to:
+        if to == ():
+            r.err(body["to"][1], f"{w}: to", "no recipient — list at least one address")
+        return None
+    scheme = "smtps" if smtp.tls else "smtp"
+    return {
+        "smtp": smtp,
+        "mail_from": sender,
+        "mail_to": to,
+        "url": f"{scheme}://{smtp.host}:{smtp.port}",
+    }
+
+
+def _smtp(r: NodeReader, node: Node, w: str) -> SmtpConfig | None:
+    e = r.mapping(node, w, "a mapping such as {host: smtp.example.com, port: 587}", _SMTP_KEYS)
+    if e is None:
+        return None
+    if "host" not in e:
+        r.err(node, w, "missing required key 'host' — add host: smtp.example.com")
+        return None
+    kw: dict[str, Any] = {"host": r.string(e["host"][1], f"{w}.host", "a host name")}
+    for key in ("starttls", "tls"):
+        if key in e:
+            kw[key] = r.boolean(e[key][1], f"{w}.{key}")
+    if "port" in e:
+        kw["port"] = r.integer(e["port"][1], f"{w}.port", 1, 65535)
+    for key in ("username", "password", "ca_file"):
+        if key in e:
+            kw[key] = r.string(e[key][1], f"{w}.{key}")
+    if any(v is None for v in kw.values()):
+        return None
+    if kw.get("port") == 465 and "tls" not in kw:
+        kw["tls"] = True  # submissions over implicit TLS (RFC 8314)
+    if kw.get("tls"):
+        if kw.get("starttls"):
+            r.err(
+                e["starttls"][0],
+                w,
+                "tls: true (implicit TLS, port 465) and starttls: true exclude each other — "
+                "keep one",
+            )
+            return None
+        kw["starttls"] = False
+        kw.setdefault("port", 465)
+    if ("username" in kw) != ("password" in kw):
+        missing = "password" if "username" in kw else "username"
+        r.err(node, w, f"{missing} missing — SMTP AUTH needs both username: and password:")
+        return None
+    if "password" in kw and "password" in e and "$" not in str(e["password"][1].value):
+        r.warn(
+            e["password"][1],
+            f"{w}.password",
+            "a password written in rules.yaml — take it from the environment: "
+            "password: ${SMTP_PASSWORD}",
+        )
+    return SmtpConfig(**kw)
 
 
 # ---------------------------------------------------------------- webhook shapes per format

@@ -24,7 +24,9 @@ def send_test_main(args: argparse.Namespace) -> int:
         print(f"no webhook named {args.webhook!r} (have: {names})", file=sys.stderr)
         return EXIT_USAGE
     result = asyncio.run(send_test(webhook, config.agent.host))
-    status = result.status if result.status is not None else "no answer"
+    status: object = result.status
+    if status is None:  # email and exec answer without an HTTP status
+        status = "accepted" if result.ok else "no answer"
     print(f"webhook {webhook.name} ({webhook.format}): {status}")
     if result.body:
         print(f"response: {result.body}")

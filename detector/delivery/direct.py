@@ -18,7 +18,7 @@ import aiohttp
 from detector.alerts import AlertBook
 from detector.clock import Clock
 from detector.delivery import formats
-from detector.delivery.transport import post
+from detector.delivery.channels import deliver
 from detector.model import WebhookConfig
 from detector.records import Commit, OutboxRow
 from detector.rules.base import Signal
@@ -50,7 +50,7 @@ async def send_from_memory(
         try:
             request = formats.render(row.payload, webhook, attempt=1, now=now)
             async with asyncio.timeout(TIMEOUT_S):
-                outcome = await post(session, webhook, request, event_id=row.event_id, now=now)
+                outcome = await deliver(session, webhook, request, event_id=row.event_id, now=now)
             ok = outcome.ok
         except Exception as e:  # any failure: the row waits for the outbox
             log.warning("agent alert to %s not sent from memory: %s", row.webhook, e)

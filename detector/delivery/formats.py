@@ -16,7 +16,9 @@ from typing import Any, Protocol
 from detector.delivery import (
     alertmanager,
     discord,
+    exec_format,
     json_v4,
+    mail,
     ntfy,
     pagerduty,
     slack,
@@ -52,6 +54,8 @@ FORMATS: dict[str, Renderer] = {
     "ntfy": ntfy.render,
     "pagerduty": pagerduty.render,
     "alertmanager": alertmanager.render,
+    "email": mail.render,
+    "exec": exec_format.render,
 }
 
 

@@ -15,7 +15,7 @@ from typing import Any
 import aiohttp
 
 from detector.delivery import formats
-from detector.delivery.transport import post
+from detector.delivery.channels import deliver
 from detector.model import WebhookConfig
 from detector.timefmt import iso
 
@@ -75,7 +75,7 @@ async def send_test(
     own = session is None
     client = session or aiohttp.ClientSession()
     try:
-        outcome = await post(client, webhook, request, event_id=alert["event_id"], now=at)
+        outcome = await deliver(client, webhook, request, event_id=alert["event_id"], now=at)
     finally:
         if own:
             await client.close()

@@ -44,6 +44,9 @@ class Outcome:
     path_down: bool = False  # nothing reached the receiver (connect failure, timeout)
     body: str = ""  # start of the response body, redacted
     fault: Fault | None = None  # whose fault a permanent failure is (None: ok or transient)
+    definite: bool = False
+    """A refusal of the row by a receiver that worked (an SMTP 5xx to the message after a good
+    session, an ``exec`` command's exit 65): dead-lettered without waiting for another row."""
 
     @property
     def answer(self) -> str:
@@ -78,8 +81,8 @@ def safe_url(url: str) -> str:
 def secrets_of(webhook: WebhookConfig, request_url: str | None = None) -> list[str]:
     out: list[str] = []
     for url in (webhook.url, request_url):
-        if not url:
-            continue
+        if not url or not url.startswith(("http://", "https://")):
+            continue  # smtp://host:port and exec:… name no secret
         out.append(url)
         try:
             parts = urlsplit(url)
@@ -92,6 +95,8 @@ def secrets_of(webhook: WebhookConfig, request_url: str | None = None) -> list[s
         if parts.password:
             out.append(parts.password)
     out += [s for s in (webhook.secret, webhook.routing_key) if s]
+    if webhook.smtp is not None and webhook.smtp.password:
+        out.append(webhook.smtp.password)
     out += [v for v in webhook.headers.values() if len(v) >= 4]
     return sorted(set(out), key=len, reverse=True)
 

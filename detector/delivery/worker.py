@@ -55,7 +55,8 @@ import aiohttp
 
 from detector.clock import Clock
 from detector.delivery import alertmanager, formats, policy
-from detector.delivery.transport import Outcome, post
+from detector.delivery.channels import deliver
+from detector.delivery.transport import Outcome
 from detector.model import WebhookConfig
 from detector.store import outbox
 from detector.store.db import AsyncStore, Store
@@ -328,7 +329,7 @@ class DeliveryWorker:
             self._count("delivery_failures")
             await self._dead_letter([row], now, f"cannot render: {e!r}")
             return None  # not the path's fault: health unchanged
-        outcome = await post(
+        outcome = await deliver(
             self._get_session(), self.webhook, request, event_id=row.event_id, now=now
         )
         self._count("delivery_attempts")
@@ -356,7 +357,7 @@ class DeliveryWorker:
         for row, outcome in failed:
             error = outcome.error or "failed"
             give_up_at = row.created_at + self.webhook.max_age
-            if outcome.fault == "row" and path_ok:
+            if outcome.fault == "row" and (path_ok or outcome.definite):
                 await self._dead_letter([row], now, f"refused: {outcome.answer}")
             elif now >= give_up_at:
                 await self._dead_letter(
@@ -499,7 +500,7 @@ class DeliveryWorker:
         request, key = formats.render_digest(
             [r.payload for r in rows], self.webhook, host=self.host, attempt=attempt, now=now
         )
-        outcome = await post(self._get_session(), self.webhook, request, event_id=key, now=now)
+        outcome = await deliver(self._get_session(), self.webhook, request, event_id=key, now=now)
         self._count("delivery_attempts")
         self._note_sent(now)
         self._health(outcome, now)
@@ -550,7 +551,9 @@ class DeliveryWorker:
             request = alertmanager.render_many(
                 [payload for _, _, payload in part], self.webhook, attempt=1, now=now
             )
-            outcome = await post(self._get_session(), self.webhook, request, event_id=key, now=now)
+            outcome = await deliver(
+                self._get_session(), self.webhook, request, event_id=key, now=now
+            )
             posts += 1
             self._count("delivery_attempts")
             self._health(outcome, now)

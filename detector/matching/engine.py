@@ -71,7 +71,7 @@ try:
 except ImportError:  # pragma: no cover - exercised on hosts without the wheel
     _hs = None
 
-Role = Literal["match", "ignore", "fail", "start", "end"]
+Role = Literal["match", "ignore", "fail", "start", "end", "reset"]
 Confirm = Literal["re", "pike", "re-capped"]
 
 RE_MAX_CHARS = 4096
