@@ -105,14 +105,19 @@ def _last_newline_end(log: Path) -> int:
 
 
 def _run_agent(
-    home: Path, cpu: str, path: Path, target: int, arrive: tuple[Path, Path] | None = None
+    home: Path,
+    cpu: str,
+    path: Path,
+    target: int,
+    arrive: tuple[Path, Path] | None = None,
+    rules: list[tuple[str, str]] | None = None,
 ) -> tuple[float, float]:
     """Start ``detector run`` on one file source ``path`` (beginning of the file if it exists at
     start-up, or, with ``arrive``, a file linked into place once the agent is ready). Returns
     (start-up seconds, seconds until the read position reached ``target``)."""
     home.mkdir()
     cfg = home / "rules.yaml"
-    gen_log.write_rules_yaml(cfg, path, gen_log.RULES)
+    gen_log.write_rules_yaml(cfg, path, gen_log.RULES if rules is None else rules)
     state = home / "state.db"
     cfg.write_text(
         cfg.read_text().replace("version: 1\n", f"version: 1\nagent: {{state: {state}}}\n")
