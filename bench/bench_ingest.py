@@ -175,13 +175,14 @@ def _run_agent(
     target: int,
     arrive: tuple[Path, Path] | None = None,
     multiline: str | None = None,
+    rules: list[tuple[str, str]] | None = None,
 ) -> tuple[float, float]:
     """Start ``detector run`` on one file source ``path`` (beginning of the file if it exists at
     start-up, or, with ``arrive``, a file linked into place once the agent is ready). Returns
     (start-up seconds, seconds until the read position reached ``target``)."""
     home.mkdir()
     cfg = home / "rules.yaml"
-    gen_log.write_rules_yaml(cfg, path, gen_log.RULES)
+    gen_log.write_rules_yaml(cfg, path, gen_log.RULES if rules is None else rules)
     if multiline is not None:
         text = cfg.read_text()
         at = text.index("start_at: beginning}") + len("start_at: beginning")

@@ -12,6 +12,14 @@ and ``detector test --jobs 2`` (given two CPUs). It prints lines/s, MB/s, peak R
 grep as markdown tables, checks that grep, ripgrep and the matcher count the same matching lines,
 and ends with the matcher at 10/50/200/500 rules on a prefix of the dense log, and with a risky
 capturing key=value rule on a log where every line matches it.
+
+``--workload`` adds the rule sets and log profiles of ``workloads.py`` (``host43``: 43 realistic
+host rules, ~3 % of lines hit; ``f2b150``: 150 fail2ban-style filters with lookarounds and host
+macros; ``simple``: five literal-ish rules, ~32 % hit, grep's best case), each at ``--sizes``
+(400k and 2M lines) and at 8M (the 2M log four times over), with ``--repeat`` runs of every
+command, interleaved, reported as the median and the range of the ratios; and the live agent on
+the 2M log (``bench_ingest``). ``--quick``: 400k lines only, no 8M, one live run, no gen_log
+workloads.
 """
 
 from __future__ import annotations
@@ -32,7 +40,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import bench_ingest
 import gen_log
+import workloads
 
 from detector.matching import ENGINE, Matcher, PatternSpec
 from detector.replay import BLOCK  # the block size of `detector test`
@@ -251,6 +261,125 @@ def workload(
     return rows
 
 
+def _median(xs: list[float]) -> float:
+    ys = sorted(xs)
+    mid = len(ys) // 2
+    return ys[mid] if len(ys) % 2 else (ys[mid - 1] + ys[mid]) / 2
+
+
+def bench_workload(
+    args: argparse.Namespace, work: Path, w: workloads.Workload, lines: int, env: dict[str, str]
+) -> dict[str, list[float]]:
+    """``w`` at ``lines`` lines: grep, ripgrep (the engine that can run the rules, see
+    ``workloads.grep_argv``), ``detector test`` and ``detector test --jobs 2``, each ``--repeat``
+    times, the commands interleaved (a busy shared machine slows them alike). Prints a table of
+    medians and ratio ranges; returns the seconds per command."""
+    base = work / f"{w.name}-{min(lines, 2_000_000)}.log"
+    if not base.exists():
+        print(f"generating {base} …", flush=True)
+        workloads.generate(base, w, min(lines, 2_000_000))
+    log = base
+    if lines > 2_000_000:  # the 2M log k times over: a backfill
+        log = work / f"{w.name}-{lines}.log"
+        if not log.exists():
+            with base.open("rb") as src, log.open("wb") as dst:
+                for _ in range(lines // 2_000_000):
+                    src.seek(0)
+                    shutil.copyfileobj(src, dst, 16 << 20)
+    size = log.stat().st_size
+    pats = workloads.write_patterns(w, work / f"{w.name}.pat")
+    rules_yaml = gen_log.write_rules_yaml(work / f"rules-{w.name}-{lines}.yaml", log, w.rules)
+    replay = [
+        sys.executable, "-m", "detector", "test", "-c", str(rules_yaml), str(log), "--quiet",
+        "--no-progress",
+    ]  # fmt: skip
+    cmds: list[tuple[str, list[str], int]] = [
+        (f"grep -c ({'-E -f' if w.grep == 'ere' else '-P, pipeline'}, C)",
+         workloads.grep_argv(w, pats, log, lines), 1),
+    ]  # fmt: skip
+    if shutil.which("rg"):
+        cmds.append(
+            ("ripgrep (1 thread)" + (" -P, pipeline" if w.grep == "pcre" else ""),
+             workloads.rg_argv(w, pats, log, lines), 1)
+        )  # fmt: skip
+    cmds += [
+        ("detector test", replay, 1),
+        ("detector test --jobs 2 (2 CPUs)", [*replay, "--jobs", "2"], 2),
+    ]
+    seconds: dict[str, list[float]] = {name: [] for name, _, _ in cmds}
+    counts: dict[str, str] = {}
+    for _ in range(args.repeat):
+        for name, argv, cpus in cmds:
+            row = measure(name, argv, lines, size, env, cpus=cpus)
+            seconds[name].append(row.seconds)
+            counts[name] = row.output
+    greps = [c for n, c in counts.items() if not n.startswith("detector")]
+    agree = len(set(greps)) == 1
+    print(
+        f"\n{w.name} ({w.about}): {lines:,} lines, {size / 1e6:.0f} MB, {args.repeat} runs; "
+        f"matching lines {greps[0]}: grep and ripgrep {'agree' if agree else 'DISAGREE'}\n"
+    )
+    print(f"| {w.name}, {lines:,} lines | median s | lines/s | vs grep (range) | vs ripgrep |")
+    print("|---|---:|---:|---:|---:|")
+    grep_s = seconds[cmds[0][0]]
+    rg_s = seconds.get(cmds[1][0]) if len(cmds) == 4 else None
+    for name, times in seconds.items():
+        ratios = [g / t for g, t in zip(grep_s, times, strict=True)]
+        vs_rg = "" if rg_s is None else f"{_median(rg_s) / _median(times):.2f}×"
+        print(
+            f"| {name} | {_median(times):.2f} | {lines / _median(times):,.0f} | "
+            f"{_median(ratios):.2f}× ({min(ratios):.2f}–{max(ratios):.2f}) | {vs_rg} |"
+        )
+    print(flush=True)
+    return seconds
+
+
+def live_workload(
+    args: argparse.Namespace, work: Path, w: workloads.Workload, lines: int, env: dict[str, str]
+) -> None:
+    """The live agent (``bench_ingest``: steady state, one CPU) on ``w``'s log, beside grep in
+    the same run, ``--repeat`` times (once with ``--quick``)."""
+    log = work / f"{w.name}-{lines}.log"
+    if not log.exists():
+        workloads.generate(log, w, lines)
+    pats = workloads.write_patterns(w, work / f"{w.name}.pat")
+    target = bench_ingest._last_newline_end(log)
+    cpu = str(min(os.sched_getaffinity(0)))
+    ratios: list[float] = []
+    for _ in range(1 if args.quick else args.repeat):
+        grep = measure("grep", workloads.grep_argv(w, pats, log, lines), lines, 0, env)
+        with tempfile.TemporaryDirectory() as tmp:
+            watched = Path(tmp) / "incoming"
+            watched.mkdir()
+            _, steady = bench_ingest._run_agent(
+                Path(tmp) / "steady",
+                cpu,
+                watched / "*.log",
+                target,
+                arrive=(log, watched / log.name),
+                rules=w.rules,
+            )
+        ratios.append(grep.seconds / steady)
+    print(
+        f"| {w.name}, {lines:,} lines | live agent (steady state, 1 CPU) | "
+        f"{_median(ratios):.2f}× grep ({min(ratios):.2f}–{max(ratios):.2f}) |",
+        flush=True,
+    )
+
+
+def run_workloads(args: argparse.Namespace, work: Path, env: dict[str, str]) -> None:
+    names = list(workloads.WORKLOADS) if args.workload == "all" else [args.workload]
+    sizes = [400_000] if args.quick else args.sizes
+    for name in names:
+        w = workloads.WORKLOADS[name]
+        for lines in sizes:
+            bench_workload(args, work, w, lines, env)
+    print("live ingest:\n\n| workload | run | vs grep (range) |\n|---|---|---:|")
+    for name in names:
+        live_workload(args, work, workloads.WORKLOADS[name], sizes[-1] if args.quick else
+                      2_000_000, env)  # fmt: skip
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--lines", type=int, default=2_000_000)
@@ -261,6 +390,20 @@ def main() -> None:
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/detector-bench"))
     ap.add_argument("--profile", choices=[*gen_log.PROFILES, "all"], default="all")
     ap.add_argument("--worker", nargs=3, metavar=("LOG", "RULES_JSON", "MAX_LINES"))
+    ap.add_argument(
+        "--workload",
+        choices=["gen", *workloads.WORKLOADS, "all", "none"],
+        default="all",
+        help="the workloads.py rule sets to run (gen: only gen_log's dense/quiet/backfill)",
+    )
+    ap.add_argument(
+        "--sizes",
+        type=lambda t: [int(x) for x in t.split(",")],
+        default=[400_000, 2_000_000, 8_000_000],
+        help="line counts for --workload (over 2M: the 2M log repeated)",
+    )
+    ap.add_argument("--repeat", type=int, default=3, help="runs of each --workload command")
+    ap.add_argument("--quick", action="store_true", help="400k lines, one live run, no gen")
     args = ap.parse_args()
     if args.worker:
         worker(Path(args.worker[0]), Path(args.worker[1]), int(args.worker[2]))
@@ -275,6 +418,10 @@ def main() -> None:
     rule_set = gen_log.RULES
     (work / "rules.ere").write_text("\n".join(gen_log.to_ere(r) for _, r in rule_set) + "\n")
     (work / "rules.json").write_text(json.dumps(rule_set))
+    if args.workload != "gen" and args.workload != "none":
+        run_workloads(args, work, env)
+    if args.quick or args.workload not in ("gen", "all"):
+        return
     profiles = gen_log.PROFILES if args.profile == "all" else (args.profile,)
     for profile in profiles:
         workload(args, work, profile, env)
