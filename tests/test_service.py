@@ -321,9 +321,18 @@ async def test_the_dead_mans_switch_stops_while_a_source_is_broken_and_resumes_a
                     cond, within, step=lambda: clock.advance(timedelta(seconds=1)), every=0.1
                 )
 
+            async def pinged_again() -> None:
+                # a round may be skipped while the loaded machine is briefly unhealthy (loop
+                # lag): a healthy agent pings again within a few rounds
+                before = len(hb.received)
+                for _ in range(5):
+                    await minute()
+                    if len(hb.received) > before:
+                        return
+                raise AssertionError(f"no ping in 5 rounds: {agent.health.problems()}")
+
             await hb.wait_for(1, within=15)  # pinged at start
-            await minute()
-            assert len(hb.received) == 2
+            await pinged_again()
             log.unlink()
             log.mkdir()  # the log is now a directory: unreadable
             await until(lambda: not agent.health.healthy())
@@ -334,8 +343,7 @@ async def test_the_dead_mans_switch_stops_while_a_source_is_broken_and_resumes_a
             log.rmdir()
             log.touch()
             await until(agent.health.healthy)
-            await minute()
-            await hb.wait_for(pings + 1, within=5)
+            await pinged_again()
 
         await run_agent(cfg, clock, body)
         assert all(r.path == "/ping" for r in hb.received)
