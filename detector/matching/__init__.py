@@ -23,6 +23,7 @@ from detector.matching.engine import (
     PatternReport,
     PatternSpec,
     Role,
+    open_db_cache,
 )
 
 __all__ = [
@@ -39,4 +40,5 @@ __all__ = [
     "PatternReport",
     "PatternSpec",
     "Role",
+    "open_db_cache",
 ]

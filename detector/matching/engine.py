@@ -49,11 +49,13 @@ import re
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from time import perf_counter
 from typing import Any, Literal, NamedTuple
 
 from detector.matching import translate as _translate
 from detector.matching.budget import ARMED, CONFIRM_BUDGET_S, BudgetExceeded, Watchdog
+from detector.matching.dbcache import DbCache, cpu_features, db_key
 from detector.matching.pike import PikeProgram, PikeUnsupported, compile_pike
 from detector.matching.translate import (
     _PIKE_UNSUPPORTED,
@@ -93,6 +95,9 @@ after this much of it in one ``match`` call, the call's remaining Pike confirmat
 untried (and recorded). Normal work stays far below it (a 1 MiB block of 100-character lines
 through a risky pattern: ~1 s); a flood of long lines through several risky patterns would
 otherwise hold the event loop past the systemd watchdog."""
+DB_FORMAT = "detector-engine 1"
+"""Part of the compiled-database cache key: bump it when the expressions built from the same
+patterns, or the way they are compiled, change meaning (``_hs_expr``, ``_hs_flags``)."""
 RISKY_RE_MAX_CHARS = 256
 """Without the budget (not the main thread): longest line confirmed for risky patterns the Pike
 VM cannot run; longer lines never match."""
@@ -194,6 +199,7 @@ class Matcher:
         *,
         budget_s: float = CONFIRM_BUDGET_S,
         pike_s_per_call: float = PIKE_S_PER_CALL,
+        db_cache: DbCache | None = None,
     ) -> None:
         cache: CharCache = {}
         # re's FutureWarnings ("possible nested set") were shown to the user by `detector check`
@@ -202,6 +208,11 @@ class Matcher:
             warnings.simplefilter("ignore", FutureWarning)
             self._compiled = [_compile(s, cache) for s in specs]
         self._plans: dict[str, _Plan] = {}
+        self._db_cache = db_cache
+        self.build_s: dict[str, float] = {}
+        """Per source, seconds its Hyperscan database took to compile (or load from the cache)."""
+        self.cached: dict[str, bool] = {}
+        """Per source, whether its database came from the cache."""
         self._budget_s = budget_s
         self._watchdog = Watchdog(budget_s)
         self._abandoned: dict[str, Abandoned] = {}
@@ -258,6 +269,13 @@ class Matcher:
         out, self._slow = self._slow, {}
         return out
 
+    def warm(self, sources: Sequence[str]) -> None:
+        """Build the per-source databases of ``sources`` now (they are otherwise built on the
+        first ``match``). Safe off the main thread, on a ``Matcher`` no other thread uses yet:
+        the service builds a new one this way while the old one keeps matching."""
+        for source in sources:
+            self._plan(source)
+
     def report(self) -> list[PatternReport]:
         return [_report(c, self._budget_s) for c in self._compiled]
 
@@ -305,11 +323,17 @@ class Matcher:
     def _plan(self, source: str) -> _Plan:
         plan = self._plans.get(source)
         if plan is None:
+            started = perf_counter()
+            hit: list[bool] = []
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", FutureWarning)
                 plan = self._plans[source] = _build_plan(
-                    tuple(c for c in self._compiled if source in c.spec.sources)
+                    tuple(c for c in self._compiled if source in c.spec.sources),
+                    self._db_cache,
+                    hit,
                 )
+            self.build_s[source] = perf_counter() - started
+            self.cached[source] = bool(hit)
         return plan
 
     def _scan(
@@ -540,7 +564,11 @@ def _hs_expr(pattern: str) -> bytes:
     return ("(?:" + pattern + r")[^\n]*$").encode("ascii")
 
 
-def _build_plan(active: tuple[_Compiled, ...]) -> _Plan:
+def _build_plan(
+    active: tuple[_Compiled, ...], db_cache: DbCache | None = None, hit: list[bool] | None = None
+) -> _Plan:
+    """The plan of one source; its database from ``db_cache`` when there (``hit`` then gets a
+    True), else compiled (and stored there)."""
     if _hs is None or not active:
         return _Plan(active, None, (), tuple(range(len(active))))
     exprs: list[bytes] = []
@@ -559,7 +587,7 @@ def _build_plan(active: tuple[_Compiled, ...]) -> _Plan:
             ids.append((index, _ASCII_ONLY))
             exprs.append(_hs_expr(a.hs_loose))
             ids.append((index, _HIGH_ONLY))
-    db = _compile_db(exprs) if exprs else None
+    db = _cached_db(exprs, db_cache, hit) if exprs else None
     if db is None and exprs:
         # Find the patterns Hyperscan rejects; they run without a prefilter.
         keep = [k for k, e in enumerate(exprs) if _compile_db([e]) is not None]
@@ -568,10 +596,53 @@ def _build_plan(active: tuple[_Compiled, ...]) -> _Plan:
         kept = [(exprs[k], ids[k]) for k in keep if ids[k][0] not in rejected]
         exprs = [e for e, _ in kept]
         ids = [i for _, i in kept]
-        db = _compile_db(exprs) if exprs else None
+        db = _cached_db(exprs, db_cache, hit) if exprs else None
     if db is None:
         return _Plan(active, None, (), tuple(range(len(active))))
     return _Plan(active, db, tuple(ids), tuple(sorted(always)))
+
+
+_FEATURES: list[str] = []
+_CACHES: dict[Path, DbCache] = {}
+
+
+def open_db_cache(directory: Path | None) -> DbCache | None:
+    """The process's ``DbCache`` on ``directory`` (one per directory, so that its warnings are
+    said once however often the rules are reloaded); None without a directory or without the
+    hyperscan wheel."""
+    if directory is None or _hs is None:
+        return None
+    cache = _CACHES.get(directory)
+    if cache is None:
+        cache = _CACHES[directory] = DbCache(directory, _hs)
+    return cache
+
+
+def cache_key(exprs: Sequence[bytes]) -> str:
+    """The ``dbcache`` key of the database of ``exprs`` (compiled the way ``_compile_db`` does)."""
+    assert _hs is not None
+    if not _FEATURES:
+        _FEATURES.append(cpu_features())
+    n = len(exprs)
+    engine = f"{DB_FORMAT} hyperscan {getattr(_hs, '__version__', '?')}"
+    return db_key(exprs, [_hs_flags()] * n, int(_hs.HS_MODE_BLOCK), engine, _FEATURES[0])
+
+
+def _cached_db(exprs: list[bytes], db_cache: DbCache | None, hit: list[bool] | None) -> Any:
+    """``_compile_db(exprs)``, through the cache when there is one. A set Hyperscan rejects is
+    not cached (the caller then finds the culprits)."""
+    if db_cache is None:
+        return _compile_db(exprs)
+    key = cache_key(exprs)
+    db = db_cache.get(key, int(_hs.HS_MODE_BLOCK))
+    if db is not None:
+        if hit is not None:
+            hit.append(True)
+        return db
+    db = _compile_db(exprs)
+    if db is not None:
+        db_cache.put(key, db)
+    return db
 
 
 def _compile_db(exprs: list[bytes]) -> Any:
