@@ -23,7 +23,9 @@ from detector.matching.engine import (
     PatternReport,
     PatternSpec,
     Role,
+    RuleTiming,
     open_db_cache,
+    rule_timings,
 )
 
 __all__ = [
@@ -40,5 +42,7 @@ __all__ = [
     "PatternReport",
     "PatternSpec",
     "Role",
+    "RuleTiming",
     "open_db_cache",
+    "rule_timings",
 ]

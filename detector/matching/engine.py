@@ -208,7 +208,7 @@ class Matcher:
             warnings.simplefilter("ignore", FutureWarning)
             self._compiled = [_compile(s, cache) for s in specs]
         self._plans: dict[str, _Plan] = {}
-        self._db_cache = db_cache
+        self.db_cache = db_cache
         self.build_s: dict[str, float] = {}
         """Per source, seconds its Hyperscan database took to compile (or load from the cache)."""
         self.cached: dict[str, bool] = {}
@@ -329,7 +329,7 @@ class Matcher:
                 warnings.simplefilter("ignore", FutureWarning)
                 plan = self._plans[source] = _build_plan(
                     tuple(c for c in self._compiled if source in c.spec.sources),
-                    self._db_cache,
+                    self.db_cache,
                     hit,
                 )
             self.build_s[source] = perf_counter() - started
@@ -514,6 +514,43 @@ class Matcher:
                 old.sample,
                 old.untried + untried,
             )
+
+
+@dataclass(frozen=True)
+class RuleTiming:
+    rule: str
+    compile_s: float
+    """Its patterns alone: analysis, ``re``, the Pike VM and the Hyperscan database (no cache)."""
+    match_s: float | None
+    """Its patterns alone over the sample lines (each line through each of its sources), or None
+    without a sample."""
+    matched: int
+    """Sample lines it matched (or ignored)."""
+
+
+def rule_timings(specs: Sequence[PatternSpec], sample: Sequence[str] | None) -> list[RuleTiming]:
+    """What each rule costs, measured one rule at a time (``detector check --timings``): seconds
+    to compile its patterns, and to match ``sample`` with them. Slowest to compile first."""
+    by_rule: dict[str, list[PatternSpec]] = {}
+    for spec in specs:
+        by_rule.setdefault(spec.rule, []).append(spec)
+    out: list[RuleTiming] = []
+    for rule, mine in by_rule.items():
+        sources = sorted(set().union(*(s.sources for s in mine)))
+        started = perf_counter()
+        matcher = Matcher(mine)
+        matcher.warm(sources)
+        compile_s = perf_counter() - started
+        match_s: float | None = None
+        matched = 0
+        if sample is not None:
+            started = perf_counter()
+            for source in sources:
+                matched += len({h.line for h in matcher.match(source, sample)})
+            match_s = perf_counter() - started
+        out.append(RuleTiming(rule, compile_s, match_s, matched))
+    out.sort(key=lambda t: (-t.compile_s, t.rule))
+    return out
 
 
 def _compile(spec: PatternSpec, cache: CharCache) -> _Compiled:
