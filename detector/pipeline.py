@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
@@ -60,7 +61,7 @@ def build_matcher(config: Config) -> Matcher:
     Seconds for a large rule set: the service runs it in a thread, while the event loop (and the
     old matcher, on a reload) keeps going."""
     matcher = new_matcher(config)
-    matcher.warm(list(config.sources))
+    matcher.warm(list(config.sources), workers=min(4, os.cpu_count() or 1))
     return matcher
 
 

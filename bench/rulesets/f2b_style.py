@@ -217,32 +217,31 @@ SERVICES = [
 N_RULES = 150
 
 
-def rules() -> list[tuple[str, str, str, str]]:
+def rules(variant: int = 0) -> list[tuple[str, str, str, str]]:
     """(rule name, source, regex, a sample line) for ``N_RULES`` rules: each template over
-    several services, the service's own tag in the prefix so that no two rules are the same."""
+    several services, the service's own tag in the prefix so that no two rules are the same.
+    ``variant`` > 0 adds an optional marker to every pattern: the same rules, other databases
+    (a reload that must compile everything again)."""
     out: list[tuple[str, str, str, str]] = []
     i = 0
     while len(out) < N_RULES:
         name, body, sample = TEMPLATES[i % len(TEMPLATES)]
         service = SERVICES[(i * 7) % len(SERVICES)]
         prefix = PREFIX.replace(r"(?:[\w./-]+(?:\[\d+\])?: )?", rf"(?:{service}(?:\[\d+\])?: )?")
-        out.append(
-            (
-                f"{service}-{name}-{i}",
-                service,
-                prefix + body,
-                f"Nov 25 10:00:00 host {service}[42]: {sample}",
-            )
-        )
+        if variant:
+            body = f"(?:v{variant} )?" + body
+        line = f"Nov 25 10:00:00 host {service}[42]: {sample}"
+        out.append((f"{service}-{name}-{i}", service, prefix + body, line))
         i += 1
     return out
 
 
-def rules_yaml(log_dir: Path, count: int = N_RULES) -> str:
-    """A rules.yaml with the first ``count`` rules, each source a file under ``log_dir``."""
-    chosen = rules()[:count]
+def rules_yaml(log_dir: Path, count: int = N_RULES, variant: int = 0, agent: str = "") -> str:
+    """A rules.yaml with the first ``count`` rules, each source a file under ``log_dir``
+    (``agent``: the body of its ``agent:`` mapping, in flow style)."""
+    chosen = rules(variant)[:count]
     sources = sorted({s for _, s, _, _ in chosen})
-    lines = ["version: 1", "sources:"]
+    lines = ["version: 1", f"agent: {{{agent}}}", "sources:"]
     for s in sources:
         lines.append(f"  {s}:\n    file: {json.dumps(str(log_dir / (s + '.log')))}")
     lines.append("rules:")

@@ -269,12 +269,34 @@ class Matcher:
         out, self._slow = self._slow, {}
         return out
 
-    def warm(self, sources: Sequence[str]) -> None:
+    def warm(self, sources: Sequence[str], workers: int = 1) -> None:
         """Build the per-source databases of ``sources`` now (they are otherwise built on the
-        first ``match``). Safe off the main thread, on a ``Matcher`` no other thread uses yet:
-        the service builds a new one this way while the old one keeps matching."""
-        for source in sources:
-            self._plan(source)
+        first ``match``), ``workers`` of them at a time (Hyperscan compiles without the GIL).
+        Safe off the main thread, on a ``Matcher`` no other thread uses yet: the service builds
+        a new one this way while the old one keeps matching."""
+        todo = [s for s in dict.fromkeys(sources) if s not in self._plans]
+        if workers <= 1 or len(todo) <= 1:
+            for source in todo:
+                self._plan(source)
+            return
+        from concurrent.futures import ThreadPoolExecutor  # noqa: PLC0415 - only here
+
+        # one filter change for all the threads (catch_warnings is not thread-safe)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            with ThreadPoolExecutor(max_workers=workers) as pool:
+                built = list(pool.map(self._build_source, todo))
+        for source, (plan, seconds, hit) in zip(todo, built, strict=True):
+            self._plans[source] = plan
+            self.build_s[source] = seconds
+            self.cached[source] = hit
+
+    def _build_source(self, source: str) -> tuple[_Plan, float, bool]:
+        started = perf_counter()
+        hit: list[bool] = []
+        active = tuple(c for c in self._compiled if source in c.spec.sources)
+        plan = _build_plan(active, self.db_cache, hit)
+        return plan, perf_counter() - started, bool(hit)
 
     def report(self) -> list[PatternReport]:
         return [_report(c, self._budget_s) for c in self._compiled]
@@ -323,17 +345,10 @@ class Matcher:
     def _plan(self, source: str) -> _Plan:
         plan = self._plans.get(source)
         if plan is None:
-            started = perf_counter()
-            hit: list[bool] = []
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", FutureWarning)
-                plan = self._plans[source] = _build_plan(
-                    tuple(c for c in self._compiled if source in c.spec.sources),
-                    self.db_cache,
-                    hit,
-                )
-            self.build_s[source] = perf_counter() - started
-            self.cached[source] = bool(hit)
+                plan, self.build_s[source], self.cached[source] = self._build_source(source)
+            self._plans[source] = plan
         return plan
 
     def _scan(
