@@ -55,18 +55,28 @@ def fresh(directory: Path) -> tuple[Matcher, DbCache]:
     return m, cache
 
 
+def analyses_entry(directory: Path, specs: list[PatternSpec]) -> Path:
+    return directory / (engine_mod._analyses_key(sorted({s.regex for s in specs})) + SUFFIX)
+
+
+def entries(directory: Path, specs: list[PatternSpec] | None = None) -> set[Path]:
+    """The database entries (not the analyses of ``specs``) in ``directory``."""
+    every = set(directory.glob("*" + SUFFIX))
+    return every - {analyses_entry(directory, specs or SPECS)}
+
+
 def entry(directory: Path) -> Path:
-    (path,) = directory.glob("*" + SUFFIX)
+    (path,) = entries(directory)
     return path
 
 
 def test_a_miss_compiles_and_stores_then_the_next_matcher_loads_it(tmp_path: Path) -> None:
     first, c1 = fresh(tmp_path)
-    assert first.cached == {"a": False} and c1.stats() == {"hits": 0, "misses": 1, "rejected": 0}
+    assert first.cached == {"a": False} and c1.stats() == {"hits": 0, "misses": 2, "rejected": 0}
     assert hits(first) == EXPECTED
     stored = entry(tmp_path)
     second, c2 = fresh(tmp_path)
-    assert second.cached == {"a": True} and c2.stats()["hits"] == 1
+    assert second.cached == {"a": True} and c2.stats()["hits"] == 2  # analyses + database
     assert hits(second) == EXPECTED  # the loaded database scans (it has its own scratch)
     assert entry(tmp_path) == stored
 
@@ -128,9 +138,9 @@ def test_an_entry_stored_under_another_key_is_not_trusted(tmp_path: Path) -> Non
     other = [PatternSpec("x", "match", r"something else entirely", frozenset({"a"}))]
     m = Matcher(other, db_cache=DbCache(tmp_path, hs))
     m.warm(["a"])
-    foreign = entry(tmp_path)
+    (foreign,) = entries(tmp_path, other)
     fresh(tmp_path)  # the real entry beside it
-    (real,) = [p for p in tmp_path.glob("*" + SUFFIX) if p != foreign]
+    (real,) = entries(tmp_path) - {foreign, analyses_entry(tmp_path, other)}
     real.write_bytes(foreign.read_bytes())  # a valid entry, but of another pattern set
     m2, cache = fresh(tmp_path)
     assert m2.cached == {"a": False} and cache.rejected == 1
@@ -156,19 +166,35 @@ def test_an_unwritable_cache_dir_leaves_matching_working_and_is_said_once(
 
 def test_the_directory_is_bounded_least_recently_used_go_first(tmp_path: Path) -> None:
     cache = DbCache(tmp_path, hs, max_entries=2)
-    keys = []
+    paths = []
     for n in range(3):
-        spec = PatternSpec(f"r{n}", "match", f"pattern number {n}", frozenset({"a"}))
-        m = Matcher([spec], db_cache=cache)
-        m.warm(["a"])
-        (path,) = set(tmp_path.glob("*" + SUFFIX)) - set(keys)
+        assert cache.put_bytes(f"{n:064x}", b"payload %d" % n)
+        path = cache.path(f"{n:064x}")
         os.utime(path, (1_000_000 + n, 1_000_000 + n))  # distinct ages, oldest first
-        keys.append(path)
-    cache.evict()
-    assert sorted(tmp_path.glob("*" + SUFFIX)) == sorted(keys[1:])
+        paths.append(path)
+    assert cache.get_bytes(f"{0:064x}") is None  # evicted by the third put
+    os.utime(paths[1], (1_000_000, 1_000_000))  # now the oldest
+    assert cache.get_bytes(f"{2:064x}") == b"payload 2"  # a hit makes it the newest
     by_size = DbCache(tmp_path, hs, max_bytes=1)
-    assert by_size.evict() == [keys[1]]  # the newest entry always stays
-    assert list(tmp_path.glob("*" + SUFFIX)) == [keys[2]]
+    assert by_size.evict() == [paths[1]]  # the newest entry always stays
+    assert list(tmp_path.glob("*" + SUFFIX)) == [paths[2]]
+
+
+def test_stored_analyses_are_the_analyses_and_a_wrong_one_is_not_used(tmp_path: Path) -> None:
+    m1, _ = fresh(tmp_path)
+    stored = analyses_entry(tmp_path, SPECS)
+    assert stored.exists()
+    m2, cache = fresh(tmp_path)
+    assert [c.analysis for c in m2._compiled] == [c.analysis for c in m1._compiled]
+    assert cache.hits == 2  # the analyses and the database
+    # a whole entry with a good checksum, but the analyses of other patterns
+    payload = b'[["x", "x", true, null, false, true, []]]'
+    key = stored.stem
+    stored.write_bytes(FORMAT + key.encode() + b"\n" + hashlib.sha256(payload).digest() + payload)
+    m3, cache3 = fresh(tmp_path)
+    assert cache3.rejected == 1
+    assert [c.analysis for c in m3._compiled] == [c.analysis for c in m1._compiled]
+    assert hits(m3) == EXPECTED
 
 
 def test_the_key_covers_patterns_flags_mode_engine_and_cpu_features() -> None:
@@ -211,7 +237,7 @@ def test_detector_check_warms_the_cache_the_agent_then_loads(tmp_path: Path) -> 
         capture_output=True, text=True, check=False, timeout=60,
     )  # fmt: skip
     assert out.returncode == 0, out.stderr
-    assert len(list(cache.glob("*" + SUFFIX))) == 1
+    assert len(entries(cache, SPECS[:2])) == 1 and analyses_entry(cache, SPECS[:2]).exists()
     matcher = build_matcher(load_config(cfg))  # what the agent builds at start
     assert matcher.cached == {"a": True}
 

@@ -22,7 +22,7 @@ import logging
 import os
 import platform
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -102,36 +102,13 @@ class DbCache:
     def get(self, key: str, mode: int) -> Any:
         """The database stored under ``key``, or None (absent, or not trustworthy: then the
         caller rebuilds and ``put`` replaces it)."""
-        path = self.path(key)
-        try:
-            raw = path.read_bytes()
-        except FileNotFoundError:
-            self.misses += 1
-            return None
-        except OSError as e:
-            self._warn("read", f"cannot read the compiled-pattern cache {path}: {e}; rebuilding")
-            self.misses += 1
-            return None
-        problem, payload = _unpack(raw, key)
-        db = None
-        if not problem:
-            try:
-                db = self._hs.loadb(payload, mode)
-                db.scratch = self._hs.Scratch(db)  # loadb gives none; scan needs one
-            except Exception as e:  # hyperscan.error, or anything the wheel raises on bad bytes
-                problem = f"hyperscan refused it ({type(e).__name__}: {e})"
-        if db is None:
-            self.misses += 1
-            self.rejected += 1
-            self._warn(
-                "bad",
-                f"compiled-pattern cache entry {path} is unusable ({problem or 'no database'}); "
-                "rebuilding it",
-            )
-            return None
-        self.hits += 1
-        with contextlib.suppress(OSError):
-            os.utime(path)  # most recently used: evicted last
+        loaded: list[Any] = []
+        payload = self.get_bytes(key, verify=lambda b: loaded.append(self._load(b, mode)))
+        return None if payload is None else loaded[0]
+
+    def _load(self, payload: bytes, mode: int) -> Any:
+        db = self._hs.loadb(payload, mode)
+        db.scratch = self._hs.Scratch(db)  # loadb gives none; scan needs one
         return db
 
     def put(self, key: str, db: Any) -> bool:
@@ -143,6 +120,43 @@ class DbCache:
             payload = bytes(self._hs.dumpb(db))
         except Exception as e:  # pragma: no cover - a database the wheel cannot serialise
             self._warn("dump", f"cannot serialise a compiled pattern database: {e}")
+            return False
+        return self.put_bytes(key, payload)
+
+    def get_bytes(self, key: str, verify: Callable[[bytes], object] | None = None) -> bytes | None:
+        """The verified payload stored under ``key`` (None if absent or unusable). ``verify``
+        raising on the payload makes it unusable too (a database hyperscan refuses)."""
+        path = self.path(key)
+        try:
+            raw = path.read_bytes()
+        except FileNotFoundError:
+            self.misses += 1
+            return None
+        except OSError as e:
+            self._warn("read", f"cannot read the compiled-pattern cache {path}: {e}; rebuilding")
+            self.misses += 1
+            return None
+        problem, payload = _unpack(raw, key)
+        if not problem and verify is not None:
+            try:
+                verify(payload)
+            except Exception as e:  # hyperscan.error, or anything raised on bad bytes
+                problem = f"refused ({type(e).__name__}: {e})"
+        if problem:
+            self.misses += 1
+            self.rejected += 1
+            self._warn(
+                "bad", f"compiled-pattern cache entry {path} is unusable ({problem}); rebuilding it"
+            )
+            return None
+        self.hits += 1
+        with contextlib.suppress(OSError):
+            os.utime(path)  # most recently used: evicted last
+        return payload
+
+    def put_bytes(self, key: str, payload: bytes) -> bool:
+        """Store ``payload`` under ``key``, checksummed, by an atomic rename; then evict."""
+        if self.disabled:
             return False
         data = FORMAT + key.encode("ascii") + b"\n" + hashlib.sha256(payload).digest() + payload
         try:

@@ -44,8 +44,12 @@ say so). The Hyperscan database of a source is compiled on its first
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import importlib
+import json
 import re
+import sys
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -202,11 +206,14 @@ class Matcher:
         db_cache: DbCache | None = None,
     ) -> None:
         cache: CharCache = {}
+        known = _stored_analyses(specs, db_cache)
         # re's FutureWarnings ("possible nested set") were shown to the user by `detector check`
         # (config.nodes.regex); compiling the same and derived patterns here must stay quiet.
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)
-            self._compiled = [_compile(s, cache) for s in specs]
+            self._compiled = [_compile(s, cache, known.get(s.regex)) for s in specs]
+        if db_cache is not None and not known:
+            _store_analyses(self._compiled, db_cache)
         self._plans: dict[str, _Plan] = {}
         self.db_cache = db_cache
         self.build_s: dict[str, float] = {}
@@ -568,13 +575,63 @@ def rule_timings(specs: Sequence[PatternSpec], sample: Sequence[str] | None) -> 
     return out
 
 
-def _compile(spec: PatternSpec, cache: CharCache) -> _Compiled:
+def _analyses_key(regexes: Sequence[str]) -> str:
+    """Cache key of the analyses of ``regexes``: they depend on the regexes, on Python's
+    ``re`` parser (its version) and on the translator's code (its source, hashed)."""
+    h = hashlib.sha256(f"analysis {DB_FORMAT} {sys.version}\0".encode())
+    h.update(Path(_translate.__file__).read_bytes())
+    for r in regexes:
+        h.update(b"\0" + r.encode("utf-8", "surrogatepass"))
+    return h.hexdigest()
+
+
+def _stored_analyses(specs: Sequence[PatternSpec], db_cache: DbCache | None) -> dict[str, Analysis]:
+    """The analyses of ``specs``' regexes from the cache ({} when absent or unusable: then they
+    are analysed again, and stored)."""
+    if db_cache is None or _translate.PARSER_PROBLEM or not specs:
+        return {}
+    regexes = sorted({s.regex for s in specs})
+    try:
+        key = _analyses_key(regexes)
+    except OSError:  # pragma: no cover - the translator's own source unreadable
+        return {}
+    out: dict[str, Analysis] = {}
+
+    def parse(payload: bytes) -> None:
+        rows = json.loads(payload)
+        for regex, hs, exact, loose, risky, pike_ok, reasons in rows:
+            if not (isinstance(regex, str) and isinstance(reasons, list)):
+                raise ValueError("not an analysis")
+            out[regex] = Analysis(
+                hs, bool(exact), loose, bool(risky), bool(pike_ok), tuple(reasons)
+            )
+        if set(out) != set(regexes):
+            raise ValueError("not the analyses of these patterns")
+
+    if db_cache.get_bytes(key, verify=parse) is None:
+        return {}
+    return out
+
+
+def _store_analyses(compiled: Sequence[_Compiled], db_cache: DbCache) -> None:
+    if _translate.PARSER_PROBLEM or not compiled:
+        return
+    by_regex = {c.spec.regex: c.analysis for c in compiled}
+    rows = [
+        [r, a.hs, a.exact, a.hs_loose, a.risky, a.pike_ok, list(a.reasons)]
+        for r, a in sorted(by_regex.items())
+    ]
+    with contextlib.suppress(OSError):
+        db_cache.put_bytes(_analyses_key(sorted(by_regex)), json.dumps(rows).encode())
+
+
+def _compile(spec: PatternSpec, cache: CharCache, known: Analysis | None = None) -> _Compiled:
     rx = re.compile(spec.regex)
     named = bool(rx.groupindex) and spec.role != "ignore"
     problem = _translate.PARSER_PROBLEM
     if not problem:
         try:
-            return _compile_analysed(spec, rx, named, cache)
+            return _compile_analysed(spec, rx, named, cache, known)
         except Exception as exc:  # a parse tree the walkers do not expect: match without them
             problem = f"pattern analysis failed ({type(exc).__name__}: {exc})"
     # re alone, under the budget; "re-capped" off the main thread (risk unknown)
@@ -583,9 +640,13 @@ def _compile(spec: PatternSpec, cache: CharCache) -> _Compiled:
 
 
 def _compile_analysed(
-    spec: PatternSpec, rx: re.Pattern[str], named: bool, cache: CharCache
+    spec: PatternSpec,
+    rx: re.Pattern[str],
+    named: bool,
+    cache: CharCache,
+    known: Analysis | None = None,
 ) -> _Compiled:
-    analysis = analyse(spec.regex, cache)
+    analysis = known if known is not None else analyse(spec.regex, cache)
     pike: PikeProgram | None = None
     no_pike = ""
     try:
