@@ -4,7 +4,9 @@ Read top to bottom, this is the data flow of DESIGN.md §2:
 
 1. ``Agent.run`` loads the config, opens the state file under its lock (a second agent on the same
    file exits 2; a corrupt or empty one is moved aside and rebuilt, and the user is told), restores
-   rule state, alerts and source checkpoints, and notes how long the agent was down;
+   rule state, alerts and source checkpoints, and notes how long the agent was down; the
+   patterns compile in a thread meanwhile (``_compile``; the sources open, the watchdog is
+   pinged, READY=1 waits for it), as they do on a reload while the old rules keep matching;
 2. one *pump* task per source pushes its batches into a bounded queue (back-pressure);
 3. the single *processor* task takes a batch (and those already waiting behind it, up to
    ``COALESCE_BATCHES``), runs them through the :class:`Pipeline` and commits the result (state +
