@@ -14,6 +14,7 @@ HERE = Path(__file__).resolve().parent
 SCRIPTS = [
     ("matching and replay vs grep", ["bench_match.py"]),
     ("live ingest vs grep", ["bench_ingest.py"]),
+    ("start-up and reload, 150 fail2ban-style rules", ["bench_startup.py"]),
     ("silence: 10,000 heartbeat rules in memory", ["bench_silence.py"]),
     ("silence: alert lateness, end to end", ["bench_silence_latency.py"]),
     ("delivery: outbox throughput and memory", ["bench_delivery.py"]),

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 from detector import __version__
 
 if TYPE_CHECKING:
+    from detector.matching import Matcher
     from detector.model import Config, SourceConfig
 
 DEFAULT_CONFIG = "/etc/detector/rules.yaml"
@@ -125,6 +126,21 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="also print, for each rule, the webhooks its alerts go to and why (its own "
         "notify:, the routes: that match, or defaults.notify)",
+    )
+    p.add_argument(
+        "--timings",
+        nargs="?",
+        type=int,
+        const=20,
+        metavar="N",
+        help="also show the N rules (default 20) slowest to compile, each measured alone, and "
+        "what each costs to match the --sample lines",
+    )
+    p.add_argument(
+        "--sample",
+        type=Path,
+        metavar="FILE",
+        help="with --timings: a log file whose lines (the first 100,000) each rule is matched on",
     )
 
     p = sub.add_parser(
@@ -367,13 +383,16 @@ def _secrets_of(args: argparse.Namespace, files: tuple[str, ...]) -> Callable[[s
 
 
 def cmd_check(args: argparse.Namespace) -> int:
+    import time  # noqa: PLC0415
+
     from detector.cli_support import load_config_or_exit  # noqa: PLC0415
-    from detector.matching import Matcher  # noqa: PLC0415
-    from detector.pipeline import pattern_specs  # noqa: PLC0415
+    from detector.pipeline import build_matcher  # noqa: PLC0415
 
     config = load_config_or_exit(args)  # an invalid file: CommandError, exit 2
     hide = _secrets_of(args, config.files)
-    matcher = Matcher(pattern_specs(config.rules))
+    started = time.perf_counter()
+    matcher = build_matcher(config)  # compiled as the agent will: this warms the cache
+    compiled_s = time.perf_counter() - started
     print(
         f"{args.config}: OK — {len(config.sources)} sources, {len(config.rules)} rules, "
         f"{len(config.webhooks)} webhooks"
@@ -392,6 +411,8 @@ def cmd_check(args: argparse.Namespace) -> int:
         print(f"  warning: {warning}")
     if getattr(args, "routes", False):
         _print_routes(config)
+    if args.timings is not None:
+        _print_timings(config, matcher, compiled_s, args.timings, args.sample)
     return 0
 
 
@@ -419,6 +440,36 @@ def _print_routes(config: Config) -> None:
     print(
         f"  agent alerts → {agent_explain(config.routes, config.agent.fallback, config.webhooks)}"
     )
+
+
+def _print_timings(
+    config: Config, matcher: Matcher, compiled_s: float, top: int, sample_path: Path | None
+) -> None:
+    from detector.cli_support import CommandError  # noqa: PLC0415
+    from detector.matching import rule_timings  # noqa: PLC0415
+    from detector.pipeline import pattern_specs  # noqa: PLC0415
+
+    sample: list[str] | None = None
+    if sample_path is not None:
+        try:
+            with sample_path.open(encoding="utf-8", errors="replace") as f:
+                sample = [line.rstrip("\n") for _, line in zip(range(100_000), f, strict=False)]
+        except OSError as e:
+            raise CommandError(f"--sample {sample_path}: {e.strerror or e}") from e
+    cached = sum(matcher.cached.values())
+    print(
+        f"timings: all patterns compiled in {compiled_s:.3f}s "
+        f"({cached} of {len(matcher.cached)} sources' databases from the cache"
+        f"{'' if matcher.db_cache is not None else ', no cache'})"
+    )
+    for source, seconds in sorted(matcher.build_s.items(), key=lambda kv: -kv[1])[:top]:
+        print(f"  source {source}: database {seconds:.3f}s")
+    timings = rule_timings(pattern_specs(config.rules), sample)
+    lines = f" on {len(sample):,} sample lines" if sample is not None else ""
+    print(f"  slowest {min(top, len(timings))} of {len(timings)} rules, each alone{lines}:")
+    for t in timings[:top]:
+        match = "" if t.match_s is None else f", match {t.match_s:.3f}s ({t.matched} lines)"
+        print(f"  rule {t.rule}: compile {t.compile_s:.3f}s{match}")
 
 
 def cmd_run(args: argparse.Namespace) -> int:

@@ -57,6 +57,7 @@ class AgentConfig:
     fallback: tuple[str, ...] = ()  # webhooks for agent alerts (and delivery failures)
     source_grace: timedelta = timedelta(minutes=5)  # a source broken this long -> agent alert
     log_format: Literal["auto", "text", "json", "journal"] = "auto"  # see detector/logs.py
+    cache_dir: Path | None = None  # compiled-pattern cache (matching/dbcache.py); None = off
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
@@ -31,6 +32,7 @@ from detector.matching import (
     Hit,
     Matcher,
     PatternSpec,
+    open_db_cache,
 )
 from detector.matching.fields import Structured
 from detector.model import Config, RuleConfig
@@ -48,6 +50,20 @@ StateLoader = Callable[[str], Mapping[str, Any]]
 REGEX_QUIET = timedelta(hours=1)
 """An agent alert about lines a rule's regex could not decide in time resolves after this long
 without another such line."""
+
+
+def new_matcher(config: Config) -> Matcher:
+    """The matcher of ``config``'s rules, with its compiled-pattern cache (not compiled yet)."""
+    return Matcher(pattern_specs(config.rules), db_cache=open_db_cache(config.agent.cache_dir))
+
+
+def build_matcher(config: Config) -> Matcher:
+    """``new_matcher(config)`` with every source's database compiled (or loaded from the cache).
+    Seconds for a large rule set: the service runs it in a thread, while the event loop (and the
+    old matcher, on a reload) keeps going."""
+    matcher = new_matcher(config)
+    matcher.warm(list(config.sources), workers=min(4, os.cpu_count() or 1))
+    return matcher
 
 
 def pattern_specs(rules: Iterable[RuleConfig]) -> list[PatternSpec]:
@@ -108,7 +124,11 @@ class Pipeline:
         now: datetime,
         load_state: StateLoader,
         alert_rows: Iterable[Mapping[str, Any]] = (),
+        *,
+        matcher: Matcher | None = None,
     ) -> None:
+        """``matcher``: built beforehand for ``config`` (``build_matcher``, off the event loop);
+        else built here."""
         self.config = config
         self.evaluators: dict[str, Evaluator] = {}
         self.alerts = AlertBook(
@@ -133,7 +153,7 @@ class Pipeline:
         self.signal_time = False
         """Notifications are stamped with the time of the signal that caused them (the line or
         the deadline), not the batch's ``now`` (``detector test``'s simulated clock)."""
-        self._build(config, now, load_state, keep={})
+        self._build(config, now, load_state, keep={}, matcher=matcher)
         self.alerts.recheck_mutes(now)
 
     def _build(
@@ -142,6 +162,7 @@ class Pipeline:
         now: datetime,
         load_state: StateLoader,
         keep: Mapping[str, Evaluator],
+        matcher: Matcher | None = None,
     ) -> None:
         self.config = config
         evaluators: dict[str, Evaluator] = {}
@@ -159,7 +180,7 @@ class Pipeline:
         self.evaluators = evaluators
         self._hold_expectations()
         self._schedule()
-        self.matcher = Matcher(pattern_specs(config.rules))
+        self.matcher = matcher if matcher is not None else new_matcher(config)
         old = getattr(self, "structured", None)
         self.structured = Structured(config, old.failures if old is not None else None)
         self._all_lines: dict[str, list[Evaluator]] = {}
@@ -204,8 +225,15 @@ class Pipeline:
                 for s in ev.rule.sources:
                     self._all_lines.setdefault(s, []).append(ev)
 
-    def reconfigure(self, config: Config, now: datetime, load_state: StateLoader) -> Commit:
-        """Switch to a new, already validated config. Unchanged rules keep their evaluator and
+    def reconfigure(
+        self,
+        config: Config,
+        now: datetime,
+        load_state: StateLoader,
+        matcher: Matcher | None = None,
+    ) -> Commit:
+        """Switch to a new, already validated config (``matcher``: built for it beforehand, see
+        ``build_matcher``). Unchanged rules keep their evaluator and
         state; changed rules restart from their stored state; removed or disabled rules resolve
         their alerts and drop their state."""
         gone = set(self.evaluators) - {r.name for r in config.rules if r.enabled}
@@ -220,7 +248,7 @@ class Pipeline:
             config.routes,
         )
         self.muter.maintenance = Maintenance(config.maintenance)
-        self._build(config, now, load_state, keep=self.evaluators)
+        self._build(config, now, load_state, keep=self.evaluators, matcher=matcher)
         self.alerts.recheck_mutes(now)
         self._collect(commit)
         return commit
@@ -228,8 +256,7 @@ class Pipeline:
     def warm(self) -> None:
         """Compile the matcher's per-source databases now (they are otherwise built on the first
         batch). The service calls this off the event loop: compiling can take most of a second."""
-        for source in self.config.sources:
-            self.matcher.match(source, [])
+        self.matcher.warm(list(self.config.sources))
 
     def needs_texts(self, source: str) -> bool:
         """Every line of ``source`` must be decoded (an all-lines rule, or ``parse:``)."""

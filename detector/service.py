@@ -4,7 +4,9 @@ Read top to bottom, this is the data flow of DESIGN.md §2:
 
 1. ``Agent.run`` loads the config, opens the state file under its lock (a second agent on the same
    file exits 2; a corrupt or empty one is moved aside and rebuilt, and the user is told), restores
-   rule state, alerts and source checkpoints, and notes how long the agent was down;
+   rule state, alerts and source checkpoints, and notes how long the agent was down; the
+   patterns compile in a thread meanwhile (``_compile``; the sources open, the watchdog is
+   pinged, READY=1 waits for it), as they do on a reload while the old rules keep matching;
 2. one *pump* task per source pushes its batches into a bounded queue (back-pressure);
 3. the single *processor* task takes a batch (and those already waiting behind it, up to
    ``COALESCE_BATCHES``), runs them through the :class:`Pipeline` and commits the result (state +
@@ -54,8 +56,9 @@ from detector.delivery.direct import send_from_memory
 from detector.delivery.worker import DeliveryWorker
 from detector.health import Health, loop_lag_monitor
 from detector.http import heartbeat_loop, start_http
-from detector.model import FileSourceConfig, SourceConfig
-from detector.pipeline import Pipeline
+from detector.matching import Matcher
+from detector.model import Config, FileSourceConfig, SourceConfig
+from detector.pipeline import Pipeline, build_matcher
 from detector.problems import AGENT_RULE, Problems
 from detector.records import Commit
 from detector.rules.base import Signal, When
@@ -163,6 +166,8 @@ class Agent:
         self._exit_code = 0  # 2: refused to start (another agent holds the state file)
         self._pending_signals: list[Signal] = []
         self._pending_silences: list[Silence] | None = None
+        self._compiling: tuple[Config, asyncio.Future[Matcher], Snapshot] | None = None
+        """A reload's new config and its matcher compiling in a thread (``_begin_reload``)."""
         self.queue: asyncio.Queue[Batch] = asyncio.Queue(maxsize=QUEUE_BATCHES)
         self.sources: dict[str, _Running] = {}
         self.workers: dict[str, tuple[DeliveryWorker, asyncio.Task[None]]] = {}
@@ -219,6 +224,7 @@ class Agent:
         waits, deadline = self._parked
         return (
             not self._wake.is_set()  # reload, agent signal or stop pending
+            and self._compiling is None  # a reload's patterns are compiling
             and self.queue.empty()
             and not any(f.done() for f in waits)  # a batch taken, or the deadline reached
             and (deadline is None or deadline > self.clock.now())
@@ -304,12 +310,22 @@ class Agent:
         return True
 
     async def _start(self, tg: asyncio.TaskGroup) -> None:
+        """Compile the patterns in a thread while the sources open (their pumps wait on the
+        bounded queue) and the event loop, with the watchdog ping, runs; READY=1 only once the
+        matcher is ready and the processor runs."""
         config = self.config
-        now = self.clock.now()
+        compiling = asyncio.ensure_future(self._compile(config))
         alert_rows = await self.db.run(lambda s: s.load_alerts())
         states = await self.db.run(all_rule_state)
-        self.pipeline = Pipeline(config, now, lambda r: states.get(r, {}), alert_rows)
-        await asyncio.to_thread(self.pipeline.warm)
+        for webhook in config.webhooks:
+            self._start_worker(webhook)
+        for name, cfg in config.sources.items():
+            await self._start_source(name, cfg)
+        matcher = await compiling
+        now = self.clock.now()
+        self.pipeline = Pipeline(
+            config, now, lambda r: states.get(r, {}), alert_rows, matcher=matcher
+        )
         silences = await self.db.run(functools.partial(_read_silences, now=now))
         await self._commit(self.pipeline.set_silences(silences, now))  # initial schedules
         self.problems.adopt(
@@ -337,10 +353,6 @@ class Agent:
             len(config.webhooks),
             config.agent.state,
         )
-        for webhook in config.webhooks:
-            self._start_worker(webhook)
-        for name, cfg in config.sources.items():
-            await self._start_source(name, cfg)
         await self._sources_opened()
         tg.create_task(self._processor(), name="processor")
         tg.create_task(self._alive_loop(), name="alive")
@@ -502,15 +514,20 @@ class Agent:
     async def _processor(self) -> None:
         getter: asyncio.Task[Batch] | None = None
         while not self._stop.is_set():
-            if self._reload_requested:
+            if self._compiling is not None and self._compiling[1].done():
                 if getter is not None:
                     getter.cancel()
                     with contextlib.suppress(asyncio.CancelledError):
                         await getter
                     getter = None
+                config, compiled, before = self._compiling
+                self._compiling = None
+                await self._reload(config, compiled.result(), before)
+            if self._reload_requested and self._compiling is None:
+                # a reload asked for while one compiles waits for it (then reads the file again)
                 self._reload_requested = False
                 explicit, self._reload_explicit = self._reload_explicit, False
-                await self._reload(explicit)
+                await self._begin_reload(explicit)
             if self._pending_signals:
                 signals = self._take_signals()
                 await self._commit(self.pipeline.apply_signals(signals, self.clock.now()))
@@ -531,6 +548,8 @@ class Agent:
             self._wake.clear()
             waker = asyncio.ensure_future(self._wake.wait())
             waits: set[asyncio.Future[Any]] = {getter, waker}
+            if self._compiling is not None:
+                waits.add(self._compiling[1])
             if deadline is not None:
                 waits.add(asyncio.ensure_future(self.clock.sleep_until(deadline)))
             elif not caught_up:
@@ -542,7 +561,7 @@ class Agent:
             self._parked = None
             self._parked_event.clear()
             for fut in pending:
-                if fut is not getter:
+                if fut is not getter and fut not in self._compiling_futures():
                     fut.cancel()
             if getter in done:
                 batch = getter.result()
@@ -550,6 +569,9 @@ class Agent:
                 await self._handle_batches(batch, COALESCE_BATCHES)
         if getter is not None:
             getter.cancel()
+
+    def _compiling_futures(self) -> tuple[asyncio.Future[Matcher], ...]:
+        return () if self._compiling is None else (self._compiling[1],)
 
     def _take_signals(self) -> list[Signal]:
         signals, self._pending_signals = self._pending_signals, []
@@ -645,9 +667,26 @@ class Agent:
                 woken.add(row.webhook)
                 self.workers[row.webhook][0].wake()
 
+    async def _compile(self, config: Config) -> Matcher:
+        """``build_matcher(config)`` in a thread (Hyperscan releases the GIL while it compiles),
+        the time it took logged."""
+        started = time.perf_counter()
+        matcher = await asyncio.to_thread(build_matcher, config)
+        cached = sum(matcher.cached.values())
+        log.info(
+            "patterns compiled in %.2fs (%d of %d sources from the cache)",
+            time.perf_counter() - started,
+            cached,
+            len(matcher.cached),
+        )
+        return matcher
+
     # ---------------------------------------------------------------- reload
 
-    async def _reload(self, explicit: bool = True) -> None:
+    async def _begin_reload(self, explicit: bool = True) -> None:
+        """First half of a reload, on the processor task: read and validate rules.yaml, then
+        start compiling its patterns in a thread (``_compiling``). Meanwhile the processor keeps
+        matching with the old rules; ``_reload`` swaps once the new matcher is ready."""
         self.notifier.reloading()
         assert self._watch_base is not None
         before = await asyncio.to_thread(snapshot, self.config_path, self._watch_base[0])
@@ -665,6 +704,12 @@ class Agent:
             self.notifier.ready(self._status_line())
             await self._note_reload(str(e))
             return
+        self._compiling = (config, asyncio.ensure_future(self._compile(config)), before)
+
+    async def _reload(self, config: Config, matcher: Matcher, before: Snapshot) -> None:
+        """Second half: switch to ``config`` with its compiled ``matcher``, on the processor
+        task (the one writer), between two batches; ``before``: the config files as they were
+        when the first half read them (the watch's new baseline)."""
         old = self.config
         changed = [
             n for n, c in old.sources.items() if n not in config.sources or config.sources[n] != c
@@ -675,8 +720,7 @@ class Agent:
             await self._handle_batches(self.queue.get_nowait())
         now = self.clock.now()
         states = await self.db.run(all_rule_state)
-        commit = self.pipeline.reconfigure(config, now, lambda r: states.get(r, {}))
-        await asyncio.to_thread(self.pipeline.warm)
+        commit = self.pipeline.reconfigure(config, now, lambda r: states.get(r, {}), matcher)
         await self._commit(commit)
         self.config = config
         await self._rebase_watch(tuple(i.glob for i in config.includes), before)

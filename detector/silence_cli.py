@@ -21,8 +21,6 @@ from typing import Any
 from detector.cli_support import EXIT_USAGE, CommandError, load_config_or_exit, open_state
 from detector.config.values import parse_duration
 from detector.silences import LabelMatcher, MatcherError, Silence
-from detector.store import silences as table
-from detector.store.db import StoreError
 from detector.timefmt import format_duration, utc_text
 
 
@@ -45,6 +43,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    # the state file's modules only here: `detector` builds this parser for every command
+    from detector.store import silences as table  # noqa: PLC0415
+    from detector.store.db import StoreError  # noqa: PLC0415
+
     now = datetime.now(UTC)
     silence = _build(args, now) if args.action == "add" else None
     if args.action == "expire" and not args.id:

@@ -3,6 +3,8 @@ thread, an HTTP session and a receiver on 127.0.0.1 (a module may define its own
 
 from __future__ import annotations
 
+import os
+import tempfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -11,6 +13,11 @@ import pytest
 
 from detector.store.db import AsyncStore, Store
 from tests.receiver import Receiver
+
+# The compiled-pattern cache of every agent and command the tests start (in-process or as a
+# subprocess, which inherits it): one fresh directory per test run, never the user's
+# ~/.cache/detector, so no run reuses another's entries.
+os.environ["CACHE_DIRECTORY"] = tempfile.mkdtemp(prefix="detector-test-cache-")
 
 
 @pytest.fixture

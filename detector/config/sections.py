@@ -10,6 +10,7 @@ override every default.
 
 from __future__ import annotations
 
+import os
 import re
 import socket
 from collections.abc import Mapping
@@ -71,6 +72,7 @@ _AGENT_KEYS = (
     "fallback",
     "source_grace",
     "log_format",
+    "cache_dir",
 )
 DEFAULTS_KEYS = (
     "severity",
@@ -143,6 +145,18 @@ class Declared:
     parsed: dict[str, ParseMode] = field(default_factory=dict)
 
 
+def default_cache_dir(env: Mapping[str, str] | None) -> Path | None:
+    """``$CACHE_DIRECTORY`` (systemd CacheDirectory=), else ``$XDG_CACHE_HOME/detector``, else
+    ``~/.cache/detector``; None (no cache) when there is no home either."""
+    e = os.environ if env is None else env
+    if e.get("CACHE_DIRECTORY"):
+        return Path(e["CACHE_DIRECTORY"].split(":")[0])
+    if e.get("XDG_CACHE_HOME", "").startswith("/"):
+        return Path(e["XDG_CACHE_HOME"]) / "detector"
+    home = e.get("HOME")
+    return Path(home) / ".cache" / "detector" if home and home.startswith("/") else None
+
+
 def read_agent(r: NodeReader, declared: Declared, node: Node | None) -> AgentConfig | None:
     entries = {} if node is None else r.mapping(node, "agent", "a mapping", _AGENT_KEYS)
     if entries is None:
@@ -189,6 +203,11 @@ def read_agent(r: NodeReader, declared: Declared, node: Node | None) -> AgentCon
         c = r.choice(entries["log_format"][1], f"{w}: log_format", LOG_FORMATS)
         if c is not None:
             kw["log_format"] = c
+    kw["cache_dir"] = default_cache_dir(r.env)
+    if "cache_dir" in entries:
+        s = r.string(entries["cache_dir"][1], f"{w}: cache_dir", "a directory, or 'off'")
+        if s is not None:
+            kw["cache_dir"] = None if s.strip().lower() in ("off", "") else Path(s).expanduser()
     return AgentConfig(state=state, host=host, **kw)
 
 

@@ -23,6 +23,9 @@ from detector.matching.engine import (
     PatternReport,
     PatternSpec,
     Role,
+    RuleTiming,
+    open_db_cache,
+    rule_timings,
 )
 
 __all__ = [
@@ -39,4 +42,7 @@ __all__ = [
     "PatternReport",
     "PatternSpec",
     "Role",
+    "RuleTiming",
+    "open_db_cache",
+    "rule_timings",
 ]

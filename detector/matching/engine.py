@@ -44,16 +44,22 @@ say so). The Hyperscan database of a source is compiled on its first
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import importlib
+import json
 import re
+import sys
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from time import perf_counter
 from typing import Any, Literal, NamedTuple
 
 from detector.matching import translate as _translate
 from detector.matching.budget import ARMED, CONFIRM_BUDGET_S, BudgetExceeded, Watchdog
+from detector.matching.dbcache import DbCache, cpu_features, db_key
 from detector.matching.pike import PikeProgram, PikeUnsupported, compile_pike
 from detector.matching.translate import (
     _PIKE_UNSUPPORTED,
@@ -93,6 +99,9 @@ after this much of it in one ``match`` call, the call's remaining Pike confirmat
 untried (and recorded). Normal work stays far below it (a 1 MiB block of 100-character lines
 through a risky pattern: ~1 s); a flood of long lines through several risky patterns would
 otherwise hold the event loop past the systemd watchdog."""
+DB_FORMAT = "detector-engine 1"
+"""Part of the compiled-database cache key: bump it when the expressions built from the same
+patterns, or the way they are compiled, change meaning (``_hs_expr``, ``_hs_flags``)."""
 RISKY_RE_MAX_CHARS = 256
 """Without the budget (not the main thread): longest line confirmed for risky patterns the Pike
 VM cannot run; longer lines never match."""
@@ -194,14 +203,23 @@ class Matcher:
         *,
         budget_s: float = CONFIRM_BUDGET_S,
         pike_s_per_call: float = PIKE_S_PER_CALL,
+        db_cache: DbCache | None = None,
     ) -> None:
         cache: CharCache = {}
+        known = _stored_analyses(specs, db_cache)
         # re's FutureWarnings ("possible nested set") were shown to the user by `detector check`
         # (config.nodes.regex); compiling the same and derived patterns here must stay quiet.
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)
-            self._compiled = [_compile(s, cache) for s in specs]
+            self._compiled = [_compile(s, cache, known.get(s.regex)) for s in specs]
+        if db_cache is not None and not known:
+            _store_analyses(self._compiled, db_cache)
         self._plans: dict[str, _Plan] = {}
+        self.db_cache = db_cache
+        self.build_s: dict[str, float] = {}
+        """Per source, seconds its Hyperscan database took to compile (or load from the cache)."""
+        self.cached: dict[str, bool] = {}
+        """Per source, whether its database came from the cache."""
         self._budget_s = budget_s
         self._watchdog = Watchdog(budget_s)
         self._abandoned: dict[str, Abandoned] = {}
@@ -258,6 +276,35 @@ class Matcher:
         out, self._slow = self._slow, {}
         return out
 
+    def warm(self, sources: Sequence[str], workers: int = 1) -> None:
+        """Build the per-source databases of ``sources`` now (they are otherwise built on the
+        first ``match``), ``workers`` of them at a time (Hyperscan compiles without the GIL).
+        Safe off the main thread, on a ``Matcher`` no other thread uses yet: the service builds
+        a new one this way while the old one keeps matching."""
+        todo = [s for s in dict.fromkeys(sources) if s not in self._plans]
+        if workers <= 1 or len(todo) <= 1:
+            for source in todo:
+                self._plan(source)
+            return
+        from concurrent.futures import ThreadPoolExecutor  # noqa: PLC0415 - only here
+
+        # one filter change for all the threads (catch_warnings is not thread-safe)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            with ThreadPoolExecutor(max_workers=workers) as pool:
+                built = list(pool.map(self._build_source, todo))
+        for source, (plan, seconds, hit) in zip(todo, built, strict=True):
+            self._plans[source] = plan
+            self.build_s[source] = seconds
+            self.cached[source] = hit
+
+    def _build_source(self, source: str) -> tuple[_Plan, float, bool]:
+        started = perf_counter()
+        hit: list[bool] = []
+        active = tuple(c for c in self._compiled if source in c.spec.sources)
+        plan = _build_plan(active, self.db_cache, hit)
+        return plan, perf_counter() - started, bool(hit)
+
     def report(self) -> list[PatternReport]:
         return [_report(c, self._budget_s) for c in self._compiled]
 
@@ -307,9 +354,8 @@ class Matcher:
         if plan is None:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", FutureWarning)
-                plan = self._plans[source] = _build_plan(
-                    tuple(c for c in self._compiled if source in c.spec.sources)
-                )
+                plan, self.build_s[source], self.cached[source] = self._build_source(source)
+            self._plans[source] = plan
         return plan
 
     def _scan(
@@ -492,13 +538,100 @@ class Matcher:
             )
 
 
-def _compile(spec: PatternSpec, cache: CharCache) -> _Compiled:
+@dataclass(frozen=True)
+class RuleTiming:
+    rule: str
+    compile_s: float
+    """Its patterns alone: analysis, ``re``, the Pike VM and the Hyperscan database (no cache)."""
+    match_s: float | None
+    """Its patterns alone over the sample lines (each line through each of its sources), or None
+    without a sample."""
+    matched: int
+    """Sample lines it matched (or ignored)."""
+
+
+def rule_timings(specs: Sequence[PatternSpec], sample: Sequence[str] | None) -> list[RuleTiming]:
+    """What each rule costs, measured one rule at a time (``detector check --timings``): seconds
+    to compile its patterns, and to match ``sample`` with them. Slowest to compile first."""
+    by_rule: dict[str, list[PatternSpec]] = {}
+    for spec in specs:
+        by_rule.setdefault(spec.rule, []).append(spec)
+    out: list[RuleTiming] = []
+    for rule, mine in by_rule.items():
+        sources = sorted(set().union(*(s.sources for s in mine)))
+        started = perf_counter()
+        matcher = Matcher(mine)
+        matcher.warm(sources)
+        compile_s = perf_counter() - started
+        match_s: float | None = None
+        matched = 0
+        if sample is not None:
+            started = perf_counter()
+            for source in sources:
+                matched += len({h.line for h in matcher.match(source, sample)})
+            match_s = perf_counter() - started
+        out.append(RuleTiming(rule, compile_s, match_s, matched))
+    out.sort(key=lambda t: (-t.compile_s, t.rule))
+    return out
+
+
+def _analyses_key(regexes: Sequence[str]) -> str:
+    """Cache key of the analyses of ``regexes``: they depend on the regexes, on Python's
+    ``re`` parser (its version) and on the translator's code (its source, hashed)."""
+    h = hashlib.sha256(f"analysis {DB_FORMAT} {sys.version}\0".encode())
+    h.update(Path(_translate.__file__).read_bytes())
+    for r in regexes:
+        h.update(b"\0" + r.encode("utf-8", "surrogatepass"))
+    return h.hexdigest()
+
+
+def _stored_analyses(specs: Sequence[PatternSpec], db_cache: DbCache | None) -> dict[str, Analysis]:
+    """The analyses of ``specs``' regexes from the cache ({} when absent or unusable: then they
+    are analysed again, and stored)."""
+    if db_cache is None or _translate.PARSER_PROBLEM or not specs:
+        return {}
+    regexes = sorted({s.regex for s in specs})
+    try:
+        key = _analyses_key(regexes)
+    except OSError:  # pragma: no cover - the translator's own source unreadable
+        return {}
+    out: dict[str, Analysis] = {}
+
+    def parse(payload: bytes) -> None:
+        rows = json.loads(payload)
+        for regex, hs, exact, loose, risky, pike_ok, reasons in rows:
+            if not (isinstance(regex, str) and isinstance(reasons, list)):
+                raise ValueError("not an analysis")
+            out[regex] = Analysis(
+                hs, bool(exact), loose, bool(risky), bool(pike_ok), tuple(reasons)
+            )
+        if set(out) != set(regexes):
+            raise ValueError("not the analyses of these patterns")
+
+    if db_cache.get_bytes(key, verify=parse) is None:
+        return {}
+    return out
+
+
+def _store_analyses(compiled: Sequence[_Compiled], db_cache: DbCache) -> None:
+    if _translate.PARSER_PROBLEM or not compiled:
+        return
+    by_regex = {c.spec.regex: c.analysis for c in compiled}
+    rows = [
+        [r, a.hs, a.exact, a.hs_loose, a.risky, a.pike_ok, list(a.reasons)]
+        for r, a in sorted(by_regex.items())
+    ]
+    with contextlib.suppress(OSError):
+        db_cache.put_bytes(_analyses_key(sorted(by_regex)), json.dumps(rows).encode())
+
+
+def _compile(spec: PatternSpec, cache: CharCache, known: Analysis | None = None) -> _Compiled:
     rx = re.compile(spec.regex)
     named = bool(rx.groupindex) and spec.role != "ignore"
     problem = _translate.PARSER_PROBLEM
     if not problem:
         try:
-            return _compile_analysed(spec, rx, named, cache)
+            return _compile_analysed(spec, rx, named, cache, known)
         except Exception as exc:  # a parse tree the walkers do not expect: match without them
             problem = f"pattern analysis failed ({type(exc).__name__}: {exc})"
     # re alone, under the budget; "re-capped" off the main thread (risk unknown)
@@ -507,9 +640,13 @@ def _compile(spec: PatternSpec, cache: CharCache) -> _Compiled:
 
 
 def _compile_analysed(
-    spec: PatternSpec, rx: re.Pattern[str], named: bool, cache: CharCache
+    spec: PatternSpec,
+    rx: re.Pattern[str],
+    named: bool,
+    cache: CharCache,
+    known: Analysis | None = None,
 ) -> _Compiled:
-    analysis = analyse(spec.regex, cache)
+    analysis = known if known is not None else analyse(spec.regex, cache)
     pike: PikeProgram | None = None
     no_pike = ""
     try:
@@ -540,7 +677,11 @@ def _hs_expr(pattern: str) -> bytes:
     return ("(?:" + pattern + r")[^\n]*$").encode("ascii")
 
 
-def _build_plan(active: tuple[_Compiled, ...]) -> _Plan:
+def _build_plan(
+    active: tuple[_Compiled, ...], db_cache: DbCache | None = None, hit: list[bool] | None = None
+) -> _Plan:
+    """The plan of one source; its database from ``db_cache`` when there (``hit`` then gets a
+    True), else compiled (and stored there)."""
     if _hs is None or not active:
         return _Plan(active, None, (), tuple(range(len(active))))
     exprs: list[bytes] = []
@@ -559,7 +700,7 @@ def _build_plan(active: tuple[_Compiled, ...]) -> _Plan:
             ids.append((index, _ASCII_ONLY))
             exprs.append(_hs_expr(a.hs_loose))
             ids.append((index, _HIGH_ONLY))
-    db = _compile_db(exprs) if exprs else None
+    db = _cached_db(exprs, db_cache, hit) if exprs else None
     if db is None and exprs:
         # Find the patterns Hyperscan rejects; they run without a prefilter.
         keep = [k for k, e in enumerate(exprs) if _compile_db([e]) is not None]
@@ -568,10 +709,53 @@ def _build_plan(active: tuple[_Compiled, ...]) -> _Plan:
         kept = [(exprs[k], ids[k]) for k in keep if ids[k][0] not in rejected]
         exprs = [e for e, _ in kept]
         ids = [i for _, i in kept]
-        db = _compile_db(exprs) if exprs else None
+        db = _cached_db(exprs, db_cache, hit) if exprs else None
     if db is None:
         return _Plan(active, None, (), tuple(range(len(active))))
     return _Plan(active, db, tuple(ids), tuple(sorted(always)))
+
+
+_FEATURES: list[str] = []
+_CACHES: dict[Path, DbCache] = {}
+
+
+def open_db_cache(directory: Path | None) -> DbCache | None:
+    """The process's ``DbCache`` on ``directory`` (one per directory, so that its warnings are
+    said once however often the rules are reloaded); None without a directory or without the
+    hyperscan wheel."""
+    if directory is None or _hs is None:
+        return None
+    cache = _CACHES.get(directory)
+    if cache is None:
+        cache = _CACHES[directory] = DbCache(directory, _hs)
+    return cache
+
+
+def cache_key(exprs: Sequence[bytes]) -> str:
+    """The ``dbcache`` key of the database of ``exprs`` (compiled the way ``_compile_db`` does)."""
+    assert _hs is not None
+    if not _FEATURES:
+        _FEATURES.append(cpu_features())
+    n = len(exprs)
+    engine = f"{DB_FORMAT} hyperscan {getattr(_hs, '__version__', '?')}"
+    return db_key(exprs, [_hs_flags()] * n, int(_hs.HS_MODE_BLOCK), engine, _FEATURES[0])
+
+
+def _cached_db(exprs: list[bytes], db_cache: DbCache | None, hit: list[bool] | None) -> Any:
+    """``_compile_db(exprs)``, through the cache when there is one. A set Hyperscan rejects is
+    not cached (the caller then finds the culprits)."""
+    if db_cache is None:
+        return _compile_db(exprs)
+    key = cache_key(exprs)
+    db = db_cache.get(key, int(_hs.HS_MODE_BLOCK))
+    if db is not None:
+        if hit is not None:
+            hit.append(True)
+        return db
+    db = _compile_db(exprs)
+    if db is not None:
+        db_cache.put(key, db)
+    return db
 
 
 def _compile_db(exprs: list[bytes]) -> Any:

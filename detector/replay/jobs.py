@@ -13,19 +13,21 @@ in parallel; rule evaluation stays sequential.
 from __future__ import annotations
 
 import contextlib
-import multiprocessing
 import os
 import sys
 import threading
 from collections import deque
 from collections.abc import Generator
-from multiprocessing.connection import Connection
-from multiprocessing.process import BaseProcess
+from typing import TYPE_CHECKING
 
 from detector.matching import Abandoned, Hit, Matcher, PatternSpec, Role
 from detector.pipeline import SparseTexts
 from detector.replay.blocks import ReplayBlock, assembler, match_chunk
 from detector.sources.lines import read_block, read_plan
+
+if TYPE_CHECKING:  # multiprocessing is imported only when --jobs starts workers
+    from multiprocessing.connection import Connection
+    from multiprocessing.process import BaseProcess
 
 Task = tuple[str, tuple[int, int], str, int, int, bool, bool, int, int]
 """(path, (st_dev, st_ino), source, lo, hi, final, all_texts, max_line_bytes, block): one span
@@ -114,6 +116,8 @@ class MatchPool:
     evaluation, so memory stays flat whatever the file size."""
 
     def __init__(self, matcher: Matcher, specs: list[PatternSpec], jobs: int) -> None:
+        import multiprocessing  # noqa: PLC0415 - only `--jobs` needs it
+
         # fork: quick to start, nothing to re-import. A process with threads cannot fork safely:
         # there the workers come from a fork server (which imports the __main__ script again).
         forking = threading.active_count() == 1

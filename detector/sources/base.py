@@ -7,13 +7,15 @@ from the checkpoints it was given at construction; anything after them is read a
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from detector.records import Checkpoint
+
+if TYPE_CHECKING:  # asyncio only in annotations: `detector test` starts without it
+    import asyncio
 
 
 @dataclass(slots=True)

@@ -1,0 +1,164 @@
+"""Patterns compile off the event loop (service.py ``_compile``, pipeline.build_matcher): at start
+the sources open and the watchdog is pinged while they compile, READY=1 only once matching is
+ready; on a reload the old rules keep matching lines until the new matcher is ready, then the
+processor swaps. The agent runs in-process on a FakeClock with a real file and a real notify
+socket; the compile is held by an event (the real compile runs once it is let go), so the
+test decides when it ends instead of racing it."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import tempfile
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from detector.clock import FakeClock
+from detector.matching import Matcher
+from detector.model import Config
+from detector.sdnotify import Notifier
+from detector.service import Agent
+from tests.waiting import eventually
+
+RULES = """\
+version: 1
+agent: {{state: "{state}", cache_dir: "{cache}"}}
+sources:
+  app: {{file: "{log}", start_at: beginning}}
+rules:
+  - name: {rule}
+    source: app
+    match: '{word} (?P<n>\\d+)'
+    group_by: [n]
+"""
+
+
+class HeldAgent(Agent):
+    """The real agent whose pattern compiles wait for ``release`` before they run."""
+
+    def __init__(self, *args: Any, **kw: Any) -> None:
+        super().__init__(*args, **kw)
+        self.release = asyncio.Event()
+        self.compiles = 0
+
+    async def _compile(self, config: Config) -> Matcher:
+        self.compiles += 1
+        await self.release.wait()
+        return await super()._compile(config)
+
+
+def write_rules(tmp_path: Path, rule: str, word: str) -> Path:
+    cfg = tmp_path / "rules.yaml"
+    cfg.write_text(
+        RULES.format(
+            state=tmp_path / "state.db",
+            cache=tmp_path / "cache",
+            log=tmp_path / "app.log",
+            rule=rule,
+            word=word,
+        )
+    )
+    return cfg
+
+
+def append(path: Path, *lines: str) -> None:
+    with path.open("a") as f:
+        f.write("".join(line + "\n" for line in lines))
+
+
+@pytest.fixture
+def notify_socket() -> Iterator[tuple[str, socket.socket]]:
+    with tempfile.TemporaryDirectory(prefix="sdn-", dir="/tmp") as directory:
+        path = os.path.join(directory, "notify")
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        sock.bind(path)
+        sock.setblocking(False)
+        try:
+            yield path, sock
+        finally:
+            sock.close()
+
+
+async def next_datagram(sock: socket.socket, within: float = 10.0) -> str:
+    async with asyncio.timeout(within):
+        return (await asyncio.get_running_loop().sock_recv(sock, 4096)).decode()
+
+
+async def test_sources_open_and_the_watchdog_is_pinged_while_compiling_ready_after(
+    tmp_path: Path, notify_socket: tuple[str, socket.socket]
+) -> None:
+    path, sock = notify_socket
+    log = tmp_path / "app.log"
+    log.touch()
+    cfg = write_rules(tmp_path, "errors", "ERROR")
+    notifier = Notifier({"NOTIFY_SOCKET": path, "WATCHDOG_USEC": "100000"})  # a ping per 50 ms
+    agent = HeldAgent(cfg, FakeClock(datetime(2026, 6, 9, 12, 0, tzinfo=UTC)), notifier=notifier)
+    task = asyncio.create_task(agent.run())
+    try:
+        await eventually(lambda: agent.compiles == 1, what="the compile to start")
+        await eventually(
+            lambda: "app" in agent.sources and agent.sources["app"].source.opened.is_set(),
+            what="the source to open while the patterns compile",
+        )
+        append(log, "ERROR 1")  # written while compiling: read and matched once ready
+        pings = 0
+        while pings < 4:  # the loop is free: the watchdog keeps pinging, nothing says READY
+            message = await next_datagram(sock)
+            assert "READY=1" not in message
+            pings += message == "WATCHDOG=1"
+        assert not hasattr(agent, "pipeline")
+        agent.release.set()
+        while "READY=1" not in (message := await next_datagram(sock)):
+            assert message == "WATCHDOG=1" or message.startswith("STATUS=")
+        await eventually(
+            lambda: agent.pipeline.lines_matched.get("errors", 0) == 1,
+            what="the line written during the compile to match",
+        )
+    finally:
+        agent.release.set()
+        agent.request_stop()
+        async with asyncio.timeout(20):
+            assert await task == 0
+
+
+async def test_a_reload_keeps_matching_with_the_old_rules_until_the_new_ones_are_compiled(
+    tmp_path: Path,
+) -> None:
+    log = tmp_path / "app.log"
+    log.touch()
+    cfg = write_rules(tmp_path, "old", "OLD")
+    agent = HeldAgent(cfg, FakeClock(datetime(2026, 6, 9, 12, 0, tzinfo=UTC)))
+    agent.release.set()
+    task = asyncio.create_task(agent.run())
+    try:
+        await eventually(lambda: hasattr(agent, "pipeline"), what="the start")
+        await agent.wait_idle()
+        agent.release.clear()  # the reload's compile will wait
+        write_rules(tmp_path, "new", "NEW")
+        agent.request_reload()
+        await eventually(lambda: agent.compiles == 2, what="the reload's compile to start")
+        append(log, "OLD 1", "NEW 1")
+        await eventually(lambda: agent.pipeline.lines_read["app"] == 2, what="the lines to be read")
+        assert agent.pipeline.lines_matched["old"] == 1  # matched by the old rules meanwhile
+        assert "new" not in agent.pipeline.evaluators
+        assert agent.health.value("config_reloads", result="ok") == 0
+        agent.release.set()
+        await eventually(lambda: "new" in agent.pipeline.evaluators, what="the swap")
+        assert "old" not in agent.pipeline.evaluators
+        append(log, "NEW 2", "OLD 2")
+        await eventually(
+            lambda: agent.pipeline.lines_read["app"] == 4, what="the later lines to be read"
+        )
+        await agent.wait_idle()
+        assert agent.pipeline.lines_matched["new"] == 1  # NEW 2 only: NEW 1 came before
+        assert agent.health.value("config_reloads", result="ok") >= 1
+    finally:
+        agent.release.set()
+        agent.request_stop()
+        async with asyncio.timeout(20):
+            assert await task == 0
