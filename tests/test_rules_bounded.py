@@ -9,17 +9,23 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from detector.clock import FakeClock
+from detector.config.load import parse_config
+from detector.config.nodes import ConfigError
 from detector.matching import Hit
 from detector.model import ThresholdSpec
 from detector.records import Commit
 from detector.rules.base import Signal, When
+from detector.rules.match import MatchEvaluator
+from detector.rules.state import DIGEST_KEY
 from detector.rules.threshold import CHUNK, ThresholdEvaluator, _Runs
 from detector.store.db import Store
-from tests.helpers import T0, line, rule
+from tests.helpers import T0, at, line, rule
+from tests.test_selfmon import monitor_for
 
 
 class _EveryTime(_Runs):
@@ -201,3 +207,75 @@ def test_an_earlier_row_with_every_time_loads_and_is_split_at_its_next_change(
     assert list(again.keys["ip=a"].times.times) == list(ev.keys["ip=a"].times.times)
     assert again.next_deadline() == ev.next_deadline() == T0 + timedelta(seconds=1 + 3600)
     store.close()
+
+
+# ---------------------------------------------------------------- max_keys
+
+
+def _capped_threshold(cap: int) -> ThresholdEvaluator:
+    spec = ThresholdSpec(count=2, within=timedelta(seconds=60), by=("ip",))
+    return ThresholdEvaluator(rule("t", "threshold", threshold=spec, max_keys=cap), T0)
+
+
+def test_keys_past_max_keys_fold_into_one_digest_that_resolves_below_the_cap() -> None:
+    ev = _capped_threshold(3)
+    out: list[Signal] = []
+    for i in range(10):
+        for ip in (f"10.0.0.{i}", f"10.0.0.{i}"):  # each ip twice: the first 3 fire
+            out += ev.observe(Hit(0, "t", "match", {"ip": ip}), line("x"), When.exact(T0))
+    assert len(ev.keys) == 3, "at most max_keys keys are kept"
+    fired = [s for s in out if s.action == "fire"]
+    assert {s.key for s in fired} == {"ip=10.0.0.0", "ip=10.0.0.1", "ip=10.0.0.2", DIGEST_KEY}
+    digest = [s for s in fired if s.key == DIGEST_KEY]
+    assert len(digest) == 7, "once per new folded key, not per hit"
+    assert digest[-1].summary == "t: … and 7 more keys (max_keys: 3)"
+    assert ev.cap.folded == 7
+    out = []
+    while (deadline := ev.next_deadline()) is not None:
+        out += ev.due(deadline)
+    resolved = [s for s in out if s.key == DIGEST_KEY]
+    assert [s.action for s in resolved] == ["resolve"]
+    assert resolved[0].happened == "back below max_keys (3) after 7 more keys"
+    assert ev.cap.folded == 0
+    # below the cap again: a new key is kept apart
+    ev.observe(Hit(0, "t", "match", {"ip": "10.9.9.9"}), line("x"), When.exact(at(600)))
+    assert "ip=10.9.9.9" in ev.keys
+
+
+def test_error_groups_past_max_keys_fold_into_one_digest() -> None:
+    ev = MatchEvaluator(rule("e", group_by=("ip",), max_keys=2), T0)
+    out: list[Signal] = []
+    for i in range(5):
+        out += ev.observe(Hit(0, "e", "match", {"ip": str(i)}), line("x"), When.exact(T0))
+    assert [s.key for s in out] == ["ip=0", "ip=1", DIGEST_KEY, DIGEST_KEY, DIGEST_KEY]
+    assert out[-1].summary == "e: … and 3 more keys (max_keys: 2)"
+    out = ev.due(T0 + timedelta(hours=1))
+    assert [(s.action, s.key) for s in out][-1] == ("resolve", DIGEST_KEY)
+
+
+def test_a_rule_past_max_keys_raises_an_agent_alert_that_clears_below_the_cap() -> None:
+    clock = FakeClock(T0)
+    sent: list[Signal] = []
+    monitor = monitor_for(clock, sent)
+    monitor.rules_over_cap({"ssh": (93_412, 10_000)})
+    monitor.flush()
+    assert [(s.action, s.key) for s in sent] == [("fire", "max_keys/ssh")]
+    assert "93,412 keys past max_keys (10,000)" in sent[0].summary
+    monitor.rules_over_cap({})
+    monitor.flush()
+    assert [(s.action, s.key) for s in sent][-1] == ("resolve", "max_keys/ssh")
+
+
+def test_max_keys_is_read_per_rule_and_under_defaults(tmp_path: Path) -> None:
+    text = """
+webhooks: {hook: {url: "http://127.0.0.1:9/"}}
+sources: {s: {file: /var/log/x.log}}
+defaults: {max_keys: 500}
+rules:
+  - {name: a, source: s, match: "x (?P<ip>\\\\S+)", group_by: [ip]}
+  - {name: b, source: s, match: "y", max_keys: 20}
+"""
+    cfg = parse_config(text, str(tmp_path / "rules.yaml"))
+    assert {r.name: r.max_keys for r in cfg.rules} == {"a": 500, "b": 20}
+    with pytest.raises(ConfigError, match="max_keys"):
+        parse_config(text.replace("max_keys: 20", "max_keys: 0"), str(tmp_path / "rules.yaml"))

@@ -39,7 +39,7 @@ from detector.matching import Hit
 from detector.model import RuleConfig, ThresholdSpec
 from detector.rules.base import Signal, When
 from detector.rules.common import group_key, hit_fields, resolved, summarize
-from detector.rules.state import KeyedState
+from detector.rules.state import KeyCap, KeyedState
 from detector.sources.base import Line
 from detector.timefmt import format_duration, iso, parse_iso
 
@@ -235,6 +235,8 @@ class ThresholdEvaluator:
         """The window of a key is stored in chunk rows beside its row (``_chunk_rows``)."""
         self._stored: dict[str, tuple[int, int]] = {}
         """A chunked key's stored chunk rows: ``range(first, last)``."""
+        self.cap = KeyCap(rule)
+        """``max_keys``: a new key past it is folded into the rule's digest alert."""
         self._gone: dict[str, None] = {}
         """Chunk rows to delete with the next ``state_changes`` (their key was forgotten)."""
 
@@ -264,6 +266,8 @@ class ThresholdEvaluator:
         key, labels = group_key(spec.by, fields)
         k = self.keys.get(key)
         if k is None:
+            if len(self.keys) >= self.cap.limit:
+                return self.cap.fold(key, when.at, "threshold")
             k = self.keys[key] = _Key(spec.count, spec.distinct is not None, self.runs)
             k.labels = labels
         at = when.at
@@ -325,8 +329,9 @@ class ThresholdEvaluator:
             return []
         self._touch(key)  # its row is deleted; the heap entry goes stale
         self._forget(key)
+        released = self.cap.release(len(self.keys), when.at, "threshold")
         if not k.firing:
-            return []
+            return released
         newest = k.newest()
         at = when.at if newest is None or when.at >= newest else newest
         peak = k.peak
@@ -344,7 +349,8 @@ class ThresholdEvaluator:
                 evidence={"reset": True} if peak is None else {"reset": True, "peak": peak},
                 source=line.source,
                 **resolved(self.rule, k.labels, what),
-            )
+            ),
+            *released,
         ]
 
     def observe_line(self, line: Line, when: When) -> list[Signal]:
@@ -391,6 +397,7 @@ class ThresholdEvaluator:
             if not k.size():
                 del self.keys[key]
                 self._forget(key)
+                out += self.cap.release(len(self.keys), at, "threshold")
             else:
                 self._push(key, k)
         return out
@@ -450,6 +457,7 @@ class ThresholdEvaluator:
             if stored is not None:
                 self._stored[key] = stored
                 used.update(_chunk_key(key, c) for c in range(*stored))
+        self.cap.firing = len(self.keys) >= self.cap.limit  # its digest may be open from before
         for row in chunks:
             if row not in used:  # of a key that starts afresh, or of another rule definition
                 self._gone[row] = None
