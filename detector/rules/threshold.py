@@ -235,6 +235,15 @@ class ThresholdEvaluator:
         """The window of a key is stored in chunk rows beside its row (``_chunk_rows``)."""
         self._stored: dict[str, tuple[int, int]] = {}
         """A chunked key's stored chunk rows: ``range(first, last)``."""
+        self._within = format_duration(self.spec.within)
+        what = "matches" if self.spec.distinct is None else f"distinct {self.spec.distinct}"
+        self._default = f"{rule.name}: {self.spec.count} {what} within {self._within}"
+        self._evidence: dict[str, Any] = {
+            "count": self.spec.count,
+            "within_s": self.spec.within.total_seconds(),
+        }
+        if self.spec.distinct is not None:
+            self._evidence["distinct"] = self.spec.distinct
         self.cap = KeyCap(rule)
         """``max_keys``: a new key past it is folded into the rule's digest alert."""
         self._gone: dict[str, None] = {}
@@ -280,26 +289,21 @@ class ThresholdEvaluator:
         full = k.size() == spec.count and oldest is not None and oldest > at - spec.within
         out: list[Signal] = []
         if full or k.firing:
-            ctx = {
-                **fields,
-                "line": line.text,
-                "count": k.size(),
-                "source": line.source,
-                "within": format_duration(spec.within),
-            }
+            rule = self.rule
             by = ", ".join(f"{n}={v}" for n, v in labels.items())
-            what = "matches" if spec.distinct is None else f"distinct {spec.distinct}"
-            default = (
-                f"{self.rule.name}: {spec.count} {what} within "
-                f"{format_duration(spec.within)}" + (f" ({by})" if by else "")
-            )
-            summary, description = summarize(self.rule, default, ctx)
-            evidence: dict[str, Any] = {
-                "count": spec.count,
-                "within_s": spec.within.total_seconds(),
-            }
-            if spec.distinct is not None:
-                evidence["distinct"] = spec.distinct
+            default = self._default + (f" ({by})" if by else "")
+            if rule.summary or rule.description:
+                ctx = {
+                    **fields,
+                    "line": line.text,
+                    "count": k.size(),
+                    "source": line.source,
+                    "within": self._within,
+                }
+                summary, description = summarize(rule, default, ctx)
+            else:  # the common case, kept cheap: a firing key fires again on every match
+                summary, description = default, ""
+            evidence = dict(self._evidence)
             out.append(
                 Signal(
                     rule=self.rule.name,
