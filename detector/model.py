@@ -81,6 +81,7 @@ class Defaults:
     pending_for: timedelta = timedelta(0)  # `for:` — how long a condition holds before firing
     keep_firing_for: timedelta = timedelta(0)  # how long an alert stays firing after it clears
     flap: FlapSpec | None = None  # None = no flap detection
+    max_keys: int = 10_000  # keys (alerts) a rule keeps apart; the rest fold into one digest
 
 
 # ---------------------------------------------------------------- sources
@@ -313,6 +314,7 @@ class RuleConfig:
     pending_for: timedelta = timedelta(0)  # `for:`; 0 = fire at once
     keep_firing_for: timedelta = timedelta(0)
     flap: FlapSpec | None = None
+    max_keys: int = 10_000  # group_by keys kept apart; past it, one digest alert for the rest
     location: Location | None = None
 
 

@@ -40,6 +40,7 @@ from detector.problems import agent_signal
 from detector.records import Commit
 from detector.rules.base import Evaluator, Signal, When
 from detector.rules.registry import build_evaluator
+from detector.rules.state import KeyCap
 from detector.schedule import DeadlineHeap
 from detector.silences import Muter, Silence
 from detector.sources.base import Batch, Line, SourceProblem
@@ -265,6 +266,15 @@ class Pipeline:
     def parse_problems(self, source: str, now: datetime) -> list[SourceProblem]:
         """Lines of a ``parse:`` source that did not parse (an event; see matching/fields.py)."""
         return self.structured.failures.problems(source, now)
+
+    def over_cap(self) -> dict[str, tuple[int, int]]:
+        """The rules past their ``max_keys``: ``{rule: (keys folded, max_keys)}``."""
+        out: dict[str, tuple[int, int]] = {}
+        for name, ev in self.evaluators.items():
+            cap = getattr(ev, "cap", None)
+            if isinstance(cap, KeyCap) and cap.folded:
+                out[name] = (cap.folded, cap.limit)
+        return out
 
     def lines_unparsed(self, source: str) -> int:
         """Lines of ``source`` that did not parse, since the start."""

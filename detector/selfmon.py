@@ -125,6 +125,28 @@ class SelfMonitor:
         for key in [k for k in self._source_seq if k not in keep]:
             del self._source_seq[key]
 
+    def rules_over_cap(self, folded: Mapping[str, tuple[int, int]]) -> None:
+        """The rules holding their ``max_keys`` and folding further keys into a digest alert:
+        ``{rule: (keys folded, max_keys)}`` (``Pipeline.over_cap``). One agent alert per rule,
+        cleared once the rule is back below its cap."""
+        now = self.clock.now()
+        keep: list[str] = []
+        for rule, (n, cap) in folded.items():
+            key = f"max_keys/{rule}"
+            keep.append(key)
+            self.problems.raise_(
+                key,
+                "agent",
+                f"rule {rule}: {n:,} keys past max_keys ({cap:,}) folded into one digest alert",
+                now,
+                description=(
+                    f"Rule {rule} keeps at most {cap:,} keys (group_by values) apart; the rest "
+                    "are counted in its digest alert, not alerted one by one. Raise max_keys if "
+                    "these keys are expected, or narrow the rule's group_by."
+                ),
+            )
+        self.problems.clear_prefix("max_keys/", now, keep)
+
     def _new_occurrence(self, key: str, seq: int) -> bool:
         """A source problem is a new occurrence when its ``occurrence`` number moved on (a
         second cursor gap, another journalctl crash), not when its text was only refreshed."""

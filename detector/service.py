@@ -834,6 +834,8 @@ class Agent:
                 for n, r in self.sources.items()
             }
         )
+        if hasattr(self, "pipeline"):  # built once the state is loaded
+            self.monitor.rules_over_cap(self.pipeline.over_cap())
         dead_reported = [p.key for p in self.problems.reported() if p.component == "dead-letter"]
         if dead_reported and self._db is not None:
             counts = await self.db.run(outbox.state_counts)

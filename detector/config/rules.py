@@ -48,6 +48,7 @@ _RULE_COMMON = (
     "for",
     "keep_firing_for",
     "flap",
+    "max_keys",
 )
 _RENAMED = {"for": "pending_for"}
 """rules.yaml keys whose field has another name (``for`` is a Python keyword)."""
@@ -273,6 +274,7 @@ def _rule(
         pending_for=common.get("pending_for", defaults.pending_for),
         keep_firing_for=common.get("keep_firing_for", defaults.keep_firing_for),
         flap=common.get("flap", defaults.flap),
+        max_keys=common.get("max_keys", defaults.max_keys),
         samples=samples,
         fields=fields,
         location=r.location(node),

@@ -85,6 +85,7 @@ DEFAULTS_KEYS = (
     "for",
     "keep_firing_for",
     "flap",
+    "max_keys",
 )
 _TIME_KEYS = ("timezone", "time_format", "time_regex")
 """How ``detector test`` reads a file source's stamps (see ``timestamps.py``)."""
@@ -266,6 +267,10 @@ def common_fields(
                 r.err(entries[key][1], f"{w}: {key}", "must not be negative — write e.g. 5m")
             elif d3 is not None:
                 kw[name] = d3
+    if "max_keys" in entries:
+        n = r.integer(entries["max_keys"][1], f"{w}: max_keys", lo=1)
+        if n is not None:
+            kw["max_keys"] = n
     if "flap" in entries:
         flap = _flap(r, entries["flap"][1], f"{w}: flap")
         if flap is not False:

@@ -18,7 +18,7 @@ from detector.matching import Hit
 from detector.model import RuleConfig
 from detector.rules.base import Signal, When
 from detector.rules.common import group_key, hit_fields, plural, resolved, summarize
-from detector.rules.state import KeyedState
+from detector.rules.state import KeyCap, KeyedState
 from detector.schedule import DeadlineHeap
 from detector.sources.base import Line
 from detector.timefmt import format_duration, iso, parse_iso
@@ -36,6 +36,8 @@ class MatchEvaluator:
         self._rows = KeyedState(self._last, self._row)
         self._touch = self._rows.touch
         self._deadlines = DeadlineHeap()
+        self.cap = KeyCap(rule)
+        """``max_keys``: a new group past it is folded into the rule's digest alert."""
 
     def observe(self, hit: Hit, line: Line, when: When) -> list[Signal]:
         if hit.role != "match":
@@ -53,6 +55,8 @@ class MatchEvaluator:
         else:
             summary, description = f"{rule.name}: {line.text[:200]}", ""
         previous = self._last.get(key)
+        if previous is None and key and len(self._last) >= self.cap.limit:
+            return self.cap.fold(key, when.at, "error")
         at = when.at if previous is None or when.at > previous else previous
         if key:
             self._deadlines.push(key, at + rule.resolve_after)
@@ -112,6 +116,8 @@ class MatchEvaluator:
                     **resolved(self.rule, labels, what),
                 )
             )
+        if due:
+            out += self.cap.release(len(self._last), now, "error")
         return out
 
     def note_downtime(self, since: datetime, until: datetime) -> None:
@@ -139,6 +145,7 @@ class MatchEvaluator:
             self._counts[key] = n if isinstance(n, int) and n > 0 else None
             if key:
                 self._deadlines.push(key, last + self.rule.resolve_after)
+        self.cap.firing = len(self._last) >= self.cap.limit  # its digest may be open from before
 
 
 def _decode(_key: str, value: Any) -> tuple[datetime, Any]:

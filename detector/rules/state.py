@@ -5,12 +5,17 @@ key, a template, a window…) so that a batch rewrites only the rows it touched;
 what ``state_changes()`` returns with the batch, and hands the rows back to ``load_state()`` at the
 next start. :class:`KeyedState` does the counting of touched keys and the writing and reading of
 rows; what a row holds stays the evaluator's business (its ``encode``/``decode``).
+:class:`KeyCap` bounds how many keys an evaluator keeps at all (a rule's ``max_keys``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
+from datetime import datetime
 from typing import Any, Generic, TypeVar
+
+from detector.model import AlertKind, RuleConfig
+from detector.rules.base import Signal
 
 V = TypeVar("V")
 T = TypeVar("T")
@@ -93,3 +98,79 @@ class KeyedState(Generic[V]):
                 continue
             out.append((key, value))
         return out
+
+
+DIGEST_KEY = "\x1dmore"
+"""The key of a rule's digest alert: the keys past ``max_keys``, folded into one."""
+
+FOLDED_CAP = 10
+"""Distinct folded keys are counted up to ``FOLDED_CAP * max_keys`` (then "100,000+ more")."""
+
+
+class KeyCap:
+    """A rule's ``max_keys``: how many keys its evaluator keeps apart. A new key past the cap is
+    *folded*: the evaluator keeps nothing for it, and :meth:`fold` counts it (distinct keys, by
+    their hash) into one digest alert per rule ("… and 93,412 more keys"). Once the evaluator
+    holds fewer keys than the cap again, :meth:`release` resolves the digest and starts counting
+    afresh. :attr:`folded` (the count) is what the agent alert about it says."""
+
+    __slots__ = ("firing", "limit", "rule", "seen")
+
+    def __init__(self, rule: RuleConfig) -> None:
+        self.rule = rule
+        self.limit = rule.max_keys
+        self.seen: set[int] = set()
+        self.firing = False
+
+    @property
+    def folded(self) -> int:
+        return len(self.seen)
+
+    def fold(self, key: str, at: datetime, kind: AlertKind) -> list[Signal]:
+        """A hit of a key past the cap: the digest's fire when the key is new to it."""
+        seen = self.seen
+        h = hash(key)
+        if h in seen or len(seen) >= FOLDED_CAP * self.limit:
+            return []
+        seen.add(h)
+        self.firing = True
+        n = len(seen)
+        more = f"{n:,}{'+' if n >= FOLDED_CAP * self.limit else ''}"
+        name = self.rule.name
+        return [
+            Signal(
+                rule=name,
+                kind=kind,
+                key=DIGEST_KEY,
+                action="fire",
+                at=at,
+                summary=f"{name}: … and {more} more keys (max_keys: {self.limit:,})",
+                description=(
+                    f"Rule {name} keeps {self.limit:,} keys apart (max_keys); matches of "
+                    "further keys are counted here, not alerted one by one."
+                ),
+                count=1,
+                evidence={"folded_keys": n, "max_keys": self.limit},
+            )
+        ]
+
+    def release(self, held: int, at: datetime, kind: AlertKind) -> list[Signal]:
+        """The evaluator holds ``held`` keys: below the cap, the digest resolves."""
+        if not self.firing or held >= self.limit:
+            return []
+        n, self.firing = len(self.seen), False
+        self.seen = set()
+        name = self.rule.name
+        happened = f"back below max_keys ({self.limit:,}) after {n:,} more keys"
+        return [
+            Signal(
+                rule=name,
+                kind=kind,
+                key=DIGEST_KEY,
+                action="resolve",
+                at=at,
+                summary=f"{name}: {happened}",
+                happened=happened,
+                evidence={"folded_keys": n, "max_keys": self.limit},
+            )
+        ]

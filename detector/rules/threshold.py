@@ -1,15 +1,20 @@
 """``threshold:`` rules: N matches within a sliding window, per ``by`` key.
 
-Per key only the timestamps of the last ``count`` matches are kept (memory is bounded by ``count``,
-whatever the flood): the window holds ``count`` matches exactly when the oldest of those is younger
-than ``within``. A firing key resolves at the exact moment the count in the window falls below
-``count``, which is ``oldest kept + within``; an idle key is forgotten when all its matches expire.
+Per key only the timestamps of the last ``count`` matches are kept, as runs of equal times (memory
+is bounded by ``count`` and by the distinct times among them, whatever the flood: the lines of one
+read share their arrival time): the window holds ``count`` matches exactly when the oldest of
+those is younger than ``within``. A firing key resolves at the exact moment the count in the window
+falls below ``count``, which is ``oldest kept + within``; an idle key is forgotten when all its
+matches expire.
 
 While a key fires it also counts its peak, the most matches within ``within`` at any of its matches
 ("back below 5 in 1m (peak 23)"): in memory it keeps those matches' times (at most ``PEAK_CAP``, a
 peak beyond reads ``10000+``), in its state row only the peak. After a restart the count goes on
 from the ``count`` times kept; a firing row of an earlier version has no peak, and the resolved
-summary then leaves it out.
+summary then leaves it out. A key's row is rewritten only in a batch that touched it; with
+``count`` above ``CHUNK`` its window is kept in chunk rows of ``CHUNK`` runs beside it, so that a
+batch rewrites the key's row, its first chunk and the chunks it completed, never the whole window
+(a row of an earlier version, with every time in it, loads and is split at its next change).
 
 ``distinct: FIELD`` counts distinct values of a captured group instead of matches (distinct users
 per IP): per key the last time each of the ``count`` most recently seen values was seen, in that
@@ -24,8 +29,9 @@ key is forgotten, as if its matches had expired. A key that was firing resolves 
 from __future__ import annotations
 
 import heapq
+import itertools
 from collections import OrderedDict, deque
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -33,19 +39,115 @@ from detector.matching import Hit
 from detector.model import RuleConfig, ThresholdSpec
 from detector.rules.base import Signal, When
 from detector.rules.common import group_key, hit_fields, resolved, summarize
-from detector.rules.state import KeyedState
+from detector.rules.state import KeyCap, KeyedState
 from detector.sources.base import Line
 from detector.timefmt import format_duration, iso, parse_iso
 
 PEAK_CAP = 10_000
 """The most match times a firing key keeps to count its peak (a flood reads ``10000+``)."""
 
+CHUNK = 128
+"""Runs per stored chunk row of a window of more than ``CHUNK`` matches (``count > CHUNK``)."""
+
+
+class _Runs:
+    """The times of the last ``cap`` matches, oldest first, as runs of equal times: ``times[i]``
+    happened ``counts[i]`` times. The same answers as a list of every match time (oldest, newest,
+    how many, what expires), in the memory of its distinct times: the lines of one read share
+    their arrival time, the lines of a replay their (second, millisecond) timestamp.
+
+    Run ``i`` has the sequence number ``first + i`` (never reused): a window of more than
+    ``CHUNK`` runs is stored in chunk rows of ``CHUNK`` sequence numbers, so that a batch
+    rewrites its first and last chunks only."""
+
+    __slots__ = ("counts", "first", "times", "total")
+
+    def __init__(self) -> None:
+        self.times: deque[datetime] = deque()
+        self.counts: deque[int] = deque()
+        self.total = 0
+        self.first = 0
+
+    def __len__(self) -> int:
+        return self.total
+
+    def add(self, at: datetime, cap: int) -> None:
+        times = self.times
+        if times and times[-1] == at:
+            self.counts[-1] += 1
+        else:
+            times.append(at)
+            self.counts.append(1)
+        self.total += 1
+        if self.total > cap:
+            self.total -= 1
+            counts = self.counts
+            if counts[0] == 1:
+                counts.popleft()
+                times.popleft()
+                self.first += 1
+            else:
+                counts[0] -= 1
+
+    def extend(self, times: Iterable[datetime], counts: Iterable[int], cap: int) -> None:
+        """Add runs (in time order, after those held), then keep the last ``cap`` matches."""
+        for t, n in zip(times, counts, strict=True):
+            if self.times and self.times[-1] == t:
+                self.counts[-1] += n
+            else:
+                self.times.append(t)
+                self.counts.append(n)
+            self.total += n
+        self.trim(cap)
+
+    def trim(self, cap: int) -> None:
+        """Keep the last ``cap`` matches."""
+        times, counts = self.times, self.counts
+        while self.total > cap:
+            extra = self.total - cap
+            if counts[0] > extra:
+                counts[0] -= extra
+                self.total = cap
+                return
+            self.total -= counts.popleft()
+            times.popleft()
+            self.first += 1
+
+    def span(self, lo: int, hi: int) -> tuple[list[datetime], list[int]]:
+        """The runs with sequence numbers in ``[lo, hi)`` (within those held), read from the
+        nearer end of the deques."""
+        first, n = self.first, len(self.times)
+        lo, hi = max(lo, first) - first, min(hi, first + n) - first
+        if lo >= hi:
+            return [], []
+        if lo < n - hi:
+            times = list(itertools.islice(self.times, lo, hi))
+            counts = list(itertools.islice(self.counts, lo, hi))
+        else:
+            times = list(itertools.islice(reversed(self.times), n - hi, n - lo))[::-1]
+            counts = list(itertools.islice(reversed(self.counts), n - hi, n - lo))[::-1]
+        return times, counts
+
+    def expire(self, horizon: datetime) -> None:
+        """Forget the matches at or before ``horizon``."""
+        times, counts = self.times, self.counts
+        while times and times[0] <= horizon:
+            times.popleft()
+            self.total -= counts.popleft()
+            self.first += 1
+
+    def oldest(self) -> datetime | None:
+        return self.times[0] if self.times else None
+
+    def newest(self) -> datetime | None:
+        return self.times[-1] if self.times else None
+
 
 class _Key:
     __slots__ = ("firing", "labels", "peak", "recent", "seen", "times")
 
-    def __init__(self, count: int, distinct: bool = False) -> None:
-        self.times: deque[datetime] = deque(maxlen=count)
+    def __init__(self, count: int, distinct: bool = False, runs: type[_Runs] = _Runs) -> None:
+        self.times = runs()
         """The times of the last ``count`` matches (without ``distinct``)."""
         self.seen: OrderedDict[str, datetime] | None = OrderedDict() if distinct else None
         """With ``distinct``: the ``count`` most recently seen values, oldest first, each with
@@ -55,26 +157,26 @@ class _Key:
         self.peak: int | None = None
         """While firing: the most matches (distinct values) within ``within`` so far; None:
         unknown."""
-        self.recent: deque[datetime] | OrderedDict[str, datetime] | None = None
+        self.recent: _Runs | OrderedDict[str, datetime] | None = None
         """While firing: the matches (values) within ``within`` (memory only)."""
 
     def size(self) -> int:
-        return len(self.times) if self.seen is None else len(self.seen)
+        return self.times.total if self.seen is None else len(self.seen)
 
     def oldest(self) -> datetime | None:
         if self.seen is None:
-            return self.times[0] if self.times else None
+            return self.times.oldest()
         return next(iter(self.seen.values())) if self.seen else None
 
     def newest(self) -> datetime | None:
         if self.seen is None:
-            return self.times[-1] if self.times else None
+            return self.times.newest()
         return next(reversed(self.seen.values())) if self.seen else None
 
     def add(self, at: datetime, value: str, count: int) -> None:
         seen = self.seen
         if seen is None:
-            self.times.append(at)
+            self.times.add(at, count)
             return
         seen[value] = at
         seen.move_to_end(value)
@@ -85,9 +187,7 @@ class _Key:
         """Forget the matches (values last seen) at or before ``horizon``."""
         seen = self.seen
         if seen is None:
-            times = self.times
-            while times and times[0] <= horizon:
-                times.popleft()
+            self.times.expire(horizon)
             return
         while seen and next(iter(seen.values())) <= horizon:
             seen.popitem(last=False)
@@ -109,17 +209,19 @@ class _Key:
                 recent.popitem(last=False)
         else:
             if recent is None:
-                recent = self.recent = deque(self.times, maxlen=PEAK_CAP)
+                recent = self.recent = _Runs()
+                recent.extend(self.times.times, self.times.counts, PEAK_CAP)
             else:
-                recent.append(at)
-            while recent[0] <= horizon:
-                recent.popleft()
+                recent.add(at, PEAK_CAP)
+            recent.expire(horizon)
         if self.peak is not None and len(recent) > self.peak:
             self.peak = len(recent)
 
 
 class ThresholdEvaluator:
     wants_all_lines = False
+    runs: type[_Runs] = _Runs
+    """How a key keeps its match times (a test keeps every one, to compare the answers)."""
 
     def __init__(self, rule: RuleConfig, now: datetime) -> None:
         assert rule.threshold is not None
@@ -129,6 +231,23 @@ class ThresholdEvaluator:
         self._rows = KeyedState(self.keys, _row)
         self._touch = self._rows.touch
         self._heap: list[tuple[datetime, str]] = []
+        self._chunked = self.spec.count > CHUNK and self.spec.distinct is None
+        """The window of a key is stored in chunk rows beside its row (``_chunk_rows``)."""
+        self._stored: dict[str, tuple[int, int]] = {}
+        """A chunked key's stored chunk rows: ``range(first, last)``."""
+        self._within = format_duration(self.spec.within)
+        what = "matches" if self.spec.distinct is None else f"distinct {self.spec.distinct}"
+        self._default = f"{rule.name}: {self.spec.count} {what} within {self._within}"
+        self._evidence: dict[str, Any] = {
+            "count": self.spec.count,
+            "within_s": self.spec.within.total_seconds(),
+        }
+        if self.spec.distinct is not None:
+            self._evidence["distinct"] = self.spec.distinct
+        self.cap = KeyCap(rule)
+        """``max_keys``: a new key past it is folded into the rule's digest alert."""
+        self._gone: dict[str, None] = {}
+        """Chunk rows to delete with the next ``state_changes`` (their key was forgotten)."""
 
     # deadline of a key: firing → when the window drops below count; idle → when it empties
     def _deadline(self, k: _Key) -> datetime | None:
@@ -156,7 +275,9 @@ class ThresholdEvaluator:
         key, labels = group_key(spec.by, fields)
         k = self.keys.get(key)
         if k is None:
-            k = self.keys[key] = _Key(spec.count, spec.distinct is not None)
+            if len(self.keys) >= self.cap.limit:
+                return self.cap.fold(key, when.at, "threshold")
+            k = self.keys[key] = _Key(spec.count, spec.distinct is not None, self.runs)
             k.labels = labels
         at = when.at
         newest = k.newest()
@@ -168,26 +289,21 @@ class ThresholdEvaluator:
         full = k.size() == spec.count and oldest is not None and oldest > at - spec.within
         out: list[Signal] = []
         if full or k.firing:
-            ctx = {
-                **fields,
-                "line": line.text,
-                "count": k.size(),
-                "source": line.source,
-                "within": format_duration(spec.within),
-            }
+            rule = self.rule
             by = ", ".join(f"{n}={v}" for n, v in labels.items())
-            what = "matches" if spec.distinct is None else f"distinct {spec.distinct}"
-            default = (
-                f"{self.rule.name}: {spec.count} {what} within "
-                f"{format_duration(spec.within)}" + (f" ({by})" if by else "")
-            )
-            summary, description = summarize(self.rule, default, ctx)
-            evidence: dict[str, Any] = {
-                "count": spec.count,
-                "within_s": spec.within.total_seconds(),
-            }
-            if spec.distinct is not None:
-                evidence["distinct"] = spec.distinct
+            default = self._default + (f" ({by})" if by else "")
+            if rule.summary or rule.description:
+                ctx = {
+                    **fields,
+                    "line": line.text,
+                    "count": k.size(),
+                    "source": line.source,
+                    "within": self._within,
+                }
+                summary, description = summarize(rule, default, ctx)
+            else:  # the common case, kept cheap: a firing key fires again on every match
+                summary, description = default, ""
+            evidence = dict(self._evidence)
             out.append(
                 Signal(
                     rule=self.rule.name,
@@ -216,8 +332,10 @@ class ThresholdEvaluator:
         if k is None:
             return []
         self._touch(key)  # its row is deleted; the heap entry goes stale
+        self._forget(key)
+        released = self.cap.release(len(self.keys), when.at, "threshold")
         if not k.firing:
-            return []
+            return released
         newest = k.newest()
         at = when.at if newest is None or when.at >= newest else newest
         peak = k.peak
@@ -235,7 +353,8 @@ class ThresholdEvaluator:
                 evidence={"reset": True} if peak is None else {"reset": True, "peak": peak},
                 source=line.source,
                 **resolved(self.rule, k.labels, what),
-            )
+            ),
+            *released,
         ]
 
     def observe_line(self, line: Line, when: When) -> list[Signal]:
@@ -281,6 +400,8 @@ class ThresholdEvaluator:
                 )
             if not k.size():
                 del self.keys[key]
+                self._forget(key)
+                out += self.cap.release(len(self.keys), at, "threshold")
             else:
                 self._push(key, k)
         return out
@@ -289,22 +410,100 @@ class ThresholdEvaluator:
         return None
 
     def state_changes(self) -> dict[str, Any | None]:
-        return self._rows.changes()
+        if not self._chunked:
+            return self._rows.changes()
+        out: dict[str, Any | None] = dict(self._gone)
+        self._gone.clear()
+        keys = self._rows.touched
+        for key in keys:
+            k = self.keys.get(key)
+            if k is None:
+                out[key] = None
+            else:
+                self._chunk_rows(key, k, out)
+        keys.clear()
+        return out
+
+    def _forget(self, key: str) -> None:
+        stored = self._stored.pop(key, None)
+        if stored is not None:
+            for c in range(*stored):
+                self._gone[_chunk_key(key, c)] = None
+
+    def _chunk_rows(self, key: str, k: _Key, out: dict[str, Any | None]) -> None:
+        """A chunked key's rows into ``out``: its row (the last chunk's runs, and which chunk
+        rows precede them), the first chunk (it may have lost matches), the chunks completed
+        since the last call, and deletions of those gone."""
+        r = k.times
+        first = r.first // CHUNK
+        last = (r.first + len(r.times) - 1) // CHUNK if r.times else first
+        was_first, was_last = self._stored.get(key, (first, first))
+        for c in range(was_first, was_last):
+            if not first <= c < last:
+                out[_chunk_key(key, c)] = None
+        for c in range(first, last):
+            if c == first or c >= was_last or c < was_first:
+                times, counts = r.span(c * CHUNK, (c + 1) * CHUNK)
+                out[_chunk_key(key, c)] = _runs_row(max(r.first, c * CHUNK), times, counts)
+        self._stored[key] = (first, last)
+        row = _row(key, k, max(r.first, last * CHUNK))
+        row["chunks"] = [first, last]
+        out[key] = row
 
     def load_state(self, items: Mapping[str, Any]) -> None:
         # a row from an older/different rule definition is left out: that key starts afresh
-        for key, k in self._rows.load(items, self._decode):
+        chunks = {row: value for row, value in items.items() if row.startswith(_CHUNK_MARK)}
+        main = {row: value for row, value in items.items() if not row.startswith(_CHUNK_MARK)}
+        used: set[str] = set()
+        for key, (k, stored) in self._rows.load(main, lambda key, v: self._decode(key, v, chunks)):
             self.keys[key] = k
             self._push(key, k)
+            if stored is not None:
+                self._stored[key] = stored
+                used.update(_chunk_key(key, c) for c in range(*stored))
+        self.cap.firing = len(self.keys) >= self.cap.limit  # its digest may be open from before
+        for row in chunks:
+            if row not in used:  # of a key that starts afresh, or of another rule definition
+                self._gone[row] = None
 
-    def _decode(self, _key: str, value: Any) -> _Key | None:
+    def _decode(
+        self, key: str, value: Any, chunks: Mapping[str, Any]
+    ) -> tuple[_Key, tuple[int, int] | None] | None:
         distinct = self.spec.distinct is not None
         if ("values" in value) != distinct:
             return None  # a row of the rule with(out) distinct: counts of another thing
-        k = _Key(self.spec.count, distinct)
+        k = _Key(self.spec.count, distinct, self.runs)
         times = [parse_iso(t) for t in value["times"]]
+        stored: tuple[int, int] | None = None
         if k.seen is None:
-            k.times.extend(times)
+            r = k.times
+            spans = value.get("chunks")
+            if spans is not None:  # a window stored in chunk rows (count > CHUNK)
+                first, last = int(spans[0]), int(spans[1])
+                seq = None
+                for c in range(first, last):
+                    part = chunks[_chunk_key(key, c)]
+                    if seq is None:
+                        seq = r.first = int(part["seq"])
+                    elif int(part["seq"]) != seq:
+                        return None  # a chunk row missing or left from another window
+                    got = [parse_iso(t) for t in part["times"]]
+                    r.extend(got, _counts(part, len(got)), self.spec.count + CHUNK)
+                    seq += len(got)
+                if seq is None:
+                    r.first = int(value["seq"])
+                elif int(value["seq"]) != seq:
+                    return None
+                if self._chunked:
+                    stored = (first, last)
+                else:  # the rule's count went down: these chunk rows are deleted
+                    for c in range(first, last):
+                        self._gone[_chunk_key(key, c)] = None
+            r.extend(times, _counts(value, len(times)), self.spec.count + CHUNK)
+            first_before = r.first
+            r.trim(self.spec.count)
+            if stored is not None and r.first != first_before:
+                self._touch(key)  # the rule's count went down: rewrite what is kept
         else:
             values = value["values"]
             if len(values) != len(times):
@@ -316,12 +515,43 @@ class ThresholdEvaluator:
         peak = value.get("peak")
         if k.firing and isinstance(peak, int) and peak > 0:
             k.peak = peak
-        return k
+        return k, stored
 
 
-def _row(_key: str, k: _Key) -> dict[str, Any]:
+_CHUNK_MARK = "\x1e"
+
+
+def _chunk_key(key: str, c: int) -> str:
+    """The row of chunk ``c`` of a key's window (no key begins with ``\\x1e``)."""
+    return f"{_CHUNK_MARK}{c}{_CHUNK_MARK}{key}"
+
+
+def _counts(value: Mapping[str, Any], n: int) -> list[int]:
+    counts = value.get("n")
+    if counts is None:
+        return [1] * n
+    if len(counts) != n or not all(isinstance(c, int) and c > 0 for c in counts):
+        raise ValueError("bad run counts")
+    return list(counts)
+
+
+def _runs_row(seq: int, times: list[datetime], counts: list[int]) -> dict[str, Any]:
+    row: dict[str, Any] = {"seq": seq, "times": [iso(t, keep_offset=True) for t in times]}
+    if any(n != 1 for n in counts):
+        row["n"] = counts
+    return row
+
+
+def _row(_key: str, k: _Key, start: int | None = None) -> dict[str, Any]:
+    """A key's row; ``start``: of a chunked window, the first run it holds (the last chunk's)."""
     seen = k.seen
-    times = k.times if seen is None else seen.values()
+    counts: Iterable[int] = ()
+    if seen is not None:
+        times: Iterable[datetime] = seen.values()
+    elif start is None:
+        times, counts = k.times.times, k.times.counts
+    else:
+        times, counts = k.times.span(start, start + CHUNK)
     row: dict[str, Any] = {
         "times": [iso(t, keep_offset=True) for t in times],
         "firing": k.firing,
@@ -331,4 +561,8 @@ def _row(_key: str, k: _Key) -> dict[str, Any]:
         row["values"] = list(seen)  # in the order of "times": oldest first
     if k.firing and k.peak is not None:
         row["peak"] = k.peak  # only while firing: a quiet key's row is as before
+    if start is not None:
+        row["seq"] = start
+    if any(n != 1 for n in counts):
+        row["n"] = list(counts)  # runs of equal times: how many matches each (after the rest)
     return row
