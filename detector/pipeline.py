@@ -368,27 +368,38 @@ class Pipeline:
             upcoming = self.next_deadline() if interleave_ticks else None
             matched: dict[str, int] = {}
             last_at: dict[str, datetime] = {}
+            touch = touched.add
+            extend = signals.extend
+            last_i = -1
+            line: Line | None = None
+            when = When.exact(now)
             for hit in hits:
-                ev = evaluators.get(hit.rule)
+                rule = hit.rule
+                ev = evaluators.get(rule)
                 if ev is None:
                     continue
-                line = line_at(hit.line)
-                when = when_for(line)
-                if upcoming is not None and upcoming <= when.at:
+                if hit.line != last_i:  # the hits of one line share its Line and its time
+                    last_i = hit.line
+                    line = line_at(last_i)
+                    when = when_for(line)
+                assert line is not None
+                at = when.at
+                if upcoming is not None and upcoming <= at:
                     self.alerts.apply(signals, stamp)
                     signals = []
+                    extend = signals.extend
                     for name in touched:
                         self._deadlines.push(name, self.evaluators[name].next_deadline())
-                    touched |= self._advance(when.at)
+                    touched |= self._advance(at)
                     upcoming = self.next_deadline()
                 if hit.role == "match":
-                    matched[hit.rule] = matched.get(hit.rule, 0) + 1
-                    last_at[hit.rule] = when.at
-                touched.add(hit.rule)
+                    matched[rule] = matched.get(rule, 0) + 1
+                    last_at[rule] = at
+                touch(rule)
                 try:
-                    signals.extend(ev.observe(hit, line, when))
+                    extend(ev.observe(hit, line, when))
                 except Exception as e:  # one rule's bug must not stop the agent
-                    signals.append(self._rule_failed(hit.rule, e, line.text, when.at))
+                    signals.append(self._rule_failed(rule, e, line.text, at))
                 if interleave_ticks:
                     d = ev.next_deadline()
                     if d is not None and (upcoming is None or d < upcoming):

@@ -226,3 +226,39 @@ def test_a_stamp_after_the_mtime_is_the_year_before() -> None:
         datetime(2026, 1, 1, 0, 0, 1, tzinfo=UTC),
         datetime(2025, 12, 31, 23, 59, 59, tzinfo=UTC),
     ]
+
+
+@settings(max_examples=200, deadline=None, database=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["Dec 31 23:59:", "Jan  1 00:00:", "Mar  1 10:00:", "Mar 10 10:00:"]),
+            st.sampled_from(["00", "07", "59", "60", "99", "٠٥", "5 "]),
+            st.sampled_from(["clf", "syslog"]),
+        ),
+        min_size=1,
+        max_size=40,
+    ),
+    st.booleans(),
+)
+def test_new_seconds_of_a_known_minute_read_as_alone(
+    stamps: list[tuple[str, str, str]], rolling: bool
+) -> None:
+    """The minute-prefix caches (a new second of a minute seen before skips the regex) give
+    every line the time a fresh parser gives it, also across a New Year and for seconds that
+    are no stamp (60, non-ASCII digits); rolling year inference as without them."""
+    lines = []
+    for prefix, sec, kind in stamps:
+        if kind == "syslog":
+            lines.append(f"{prefix}{sec} host x")
+        else:
+            mon, day, hm = prefix[:3], prefix[4:6].strip().zfill(2), prefix[7:13]
+            lines.append(f'1.2.3.4 - - [{day}/{mon}/{YEAR}:{hm}{sec} +0100] "GET /"')
+    shared = TimeParser(None, YEAR, rolling=rolling)
+    slow = TimeParser(None, YEAR, rolling=rolling)
+    for text in lines:
+        expected = slow.parse(text)
+        slow._prefixes.clear()  # the reference never takes the shortcut
+        assert shared.parse(text) == expected, text
+        if not rolling:
+            assert TimeParser(None, YEAR).parse(text) == expected, text

@@ -339,10 +339,11 @@ class Matcher:
                 line_text[h.line] = every[h.line]
             return nlines, hits
 
-        def text_at(i: int, start: int, end: int) -> str:
+        def text_at(i: int, start: int, end: int) -> None:
             if i not in line_text:
+                if start < 0:
+                    start = data.rfind(b"\n", 0, end) + 1
                 line_text[i] = data[start:end].decode("utf-8", "replace")
-            return line_text[i]
 
         if not data.endswith(b"\n"):
             data += b"\n"  # see match()
@@ -362,13 +363,15 @@ class Matcher:
         self,
         plan: _Plan,
         data: bytes,
-        text_at: Callable[[int, int, int], str],
+        text_at: Callable[[int, int, int], object],
         *,
         count_lines: bool = False,
     ) -> tuple[dict[int, dict[int, bool]], int]:
         """One Hyperscan pass over ``data`` (whole lines, the last one ending in a newline):
         line → {active index: hyperscan's verdict is exact}, and the number of lines if
-        ``count_lines`` (else 0). Newlines are counted once, between events, on the way."""
+        ``count_lines`` (else 0). Newlines are counted once, between events, on the way.
+        ``text_at(line, start, end)`` is told of every reported line, once per end offset
+        (``start`` < 0: not computed, the line starts after the last newline before ``end``)."""
         events: list[tuple[int, int]] = []
         append = events.append
 
@@ -383,26 +386,30 @@ class Matcher:
         line = 0
         pos = 0
         all_ascii = is_ascii = data.isascii()  # one fast pass; then no per-line check
+        count = data.count
         last_to = -1
+        per: dict[int, bool] = {}
         for to, hid in events:
             if to != last_to:
                 if to == end:  # an empty match after the final newline: no line of the data
                     break
-                line += data.count(b"\n", pos, to)
+                line += count(b"\n", pos, to)
                 pos = to
                 last_to = to
-                start = data.rfind(b"\n", 0, to) + 1
                 if not all_ascii:
+                    start = data.rfind(b"\n", 0, to) + 1
                     is_ascii = data[start:to].isascii()
-                text_at(line, start, to)
+                    text_at(line, start, to)
+                else:
+                    text_at(line, -1, to)
+                per = cands.get(line) or cands.setdefault(line, {})
             index, variant = ids[hid]
             if variant == _ASCII_ONLY and not is_ascii:
                 continue
             if variant == _HIGH_ONLY and is_ascii:
                 continue
-            exact = is_ascii and active[index].analysis.exact
-            cands.setdefault(line, {})[index] = exact
-        return cands, (line + data.count(b"\n", pos) if count_lines else 0)
+            per[index] = is_ascii and active[index].analysis.exact
+        return cands, (line + count(b"\n", pos) if count_lines else 0)
 
     def _finish(
         self,
@@ -419,10 +426,22 @@ class Matcher:
                     per = cands.setdefault(i, {})
                     for index in plan.always:
                         per[index] = False
-        for i in sorted(cands):
-            if i in skip:
+        active = plan.active
+        extend = hits.extend
+        for i in sorted(cands):  # in order already, but for the lines of ``always``
+            if skip and i in skip:
                 continue
-            hits.extend(self._line(plan, i, text_of(i), cands[i]))
+            per = cands[i]
+            if len(per) == 1:  # the common case, without the general _line's set and sort
+                ((index, exact),) = per.items()
+                c = active[index]
+                groups: dict[str, str] | None = {}
+                if not exact or c.named:
+                    groups = self._confirm(c, text_of(i))
+                if groups is not None and c.spec.role != "ignore":
+                    hits.append(Hit(i, c.spec.rule, c.spec.role, groups))
+                continue
+            extend(self._line(plan, i, text_of(i), per))
         return hits
 
     def _slow_lines(

@@ -328,13 +328,19 @@ def replay(
                     seen = [When.exact(now)]
 
                     def when_for(
-                        line: Line, parser: TimeParser = parser, seen: list[When] = seen
+                        line: Line,
+                        parse: Callable[[str], datetime | None] = parser.parse,
+                        seen: list[When] = seen,
                     ) -> When:
-                        at = parser.parse(line.text)
-                        if at is not None and (current[0] is None or at > current[0]):
+                        # When.of(at, seen[0]), inlined: this runs once per hit
+                        at = parse(line.text)
+                        if at is None:
+                            return seen[0]
+                        if current[0] is None or at > current[0]:
                             current[0] = at
                             seen[0] = When(at, at)
-                        return When.of(at, seen[0])
+                            return seen[0]
+                        return When(at, at)
 
                     pipeline.note_abandoned(b.abandoned)
                     pipeline.process_texts(

@@ -38,16 +38,46 @@ class MatchEvaluator:
         self._deadlines = DeadlineHeap()
         self.cap = KeyCap(rule)
         """``max_keys``: a new group past it is folded into the rule's digest alert."""
+        self._plain = not (rule.group_by or rule.summary or rule.description)
+        """No grouping, no templates: ``observe``'s fast path (for lines without fields)."""
+        self._prefix = f"{rule.name}: "
 
     def observe(self, hit: Hit, line: Line, when: When) -> list[Signal]:
         if hit.role != "match":
             return []
         rule = self.rule
+        if self._plain and not line.fields:
+            # the common case, kept cheap: one alert per rule, default summary
+            previous = self._last.get("")
+            at = when.at if previous is None or when.at > previous else previous
+            self._last[""] = at
+            self._labels[""] = {}
+            n = self._counts.get("", 0)
+            self._counts[""] = None if n is None else n + 1
+            self._touch("")
+            text = line.text
+            return [
+                Signal(
+                    rule.name,
+                    "error",
+                    "",
+                    "fire",
+                    when.at,
+                    hit.groups,
+                    self._prefix + text[:200],
+                    "",
+                    "",
+                    text,
+                    1,
+                    {},
+                    line.source,
+                )
+            ]
         if rule.group_by or rule.summary or rule.description or line.fields:
             fields = hit_fields(hit, line)
             key, group_labels = group_key(rule.group_by, fields)
             labels = {**hit.groups, **group_labels}
-        else:  # the common case, kept cheap: one alert per rule, default summary
+        else:
             fields, key, group_labels, labels = hit.groups, "", {}, hit.groups
         if rule.summary or rule.description:
             ctx = {**fields, "line": line.text, "source": line.source}
