@@ -359,3 +359,11 @@ def test_loghub_linux_jobs_are_inferred_from_the_log_alone_and_pass_detector_tes
     out = capsys.readouterr().out
     assert "0 alerts would have fired" in out
     assert "log-su-session-cyrus             window               43" in out
+
+
+def test_since_under_a_root_without_a_journal_is_a_usage_error_naming_the_way_out(
+    host: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["discover", "--root", str(host), "--since", "30d"]) == 2
+    err = capsys.readouterr().err
+    assert f"{host}/var/log/journal is not a directory" in err and "--logs FILE" in err

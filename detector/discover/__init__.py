@@ -180,6 +180,13 @@ def main(args: argparse.Namespace) -> int:
             since = parse_duration(args.since)
         except ValueError as e:
             raise CommandError(f"--since {args.since}: {e}") from None
+    journal = root / "var/log/journal"
+    from_journal = since is not None and not args.logs and not args.namespace
+    if from_journal and root != Path("/") and not journal.is_dir():
+        raise CommandError(
+            f"--since {args.since}: no journal under --root {root} ({journal} is not a "
+            "directory): give the logs to learn from with --logs FILE…"
+        )
     for name in args.logs or ():
         try:
             Path(name).open("rb").close()
@@ -192,7 +199,7 @@ def main(args: argparse.Namespace) -> int:
             logs=list(args.logs or ()),
             since=since,
             explicit_zone=bool(args.timezone),
-            namespace=getattr(args, "namespace", None),
+            namespace=args.namespace,
         )
     except OSError as e:
         raise CommandError(str(e)) from e
@@ -212,8 +219,9 @@ def main(args: argparse.Namespace) -> int:
         )
         return EXIT_FINDINGS
     print(
-        f"{done.path}: {'written' if done.changed else 'unchanged'} — {len(jobs)} jobs; load it "
-        "with include: in rules.yaml, then systemctl reload detector",
+        f"{done.path}: {'written' if done.changed else 'unchanged'} — {len(jobs)} jobs; rules.yaml "
+        "loads it with include: [rules.d/*.yaml] (the bundled one has it); detector check, then "
+        "systemctl reload detector",
         file=sys.stderr,
     )
     return 0
