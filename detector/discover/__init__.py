@@ -130,7 +130,7 @@ def discover(
             assert since is not None
             end = now or datetime.now(UTC)
             start = end - since
-            entries = 0
+            entries = False
             for src in merge_sources(jobs):
                 lines = journal_lines(
                     root,
@@ -140,10 +140,10 @@ def discover(
                     namespace=namespace,
                     journalctl=journalctl,
                 )
-                entries += len(lines)
                 path = files[src.name] = where / f"{slug(src.name)}.history"
                 with path.open("w", encoding="utf-8", errors="replace", newline="\n") as f:
-                    here, _first, _last = scan(_written(f, lines), jobs, src.name)
+                    here, some, _last = scan(_written(f, lines), jobs, src.name)
+                entries = entries or some is not None
                 for name, s in here.items():
                     seen[name].ran += s.ran
                     seen[name].failed += s.failed

@@ -23,6 +23,7 @@ import os
 import re
 import statistics
 import subprocess
+import tempfile
 from collections import defaultdict
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, replace
@@ -96,9 +97,11 @@ def journal_lines(
     *,
     namespace: str | None = None,
     journalctl: str = "journalctl",
-) -> list[LogLine]:
+) -> Iterator[LogLine]:
     """The journal's entries from ``start`` to ``end`` (both included) that match ``filters``
-    (the journald source's own journalctl arguments), in journal order.
+    (the journald source's own journalctl arguments), in journal order, as journalctl writes
+    them (30 days of a whole journal are never held in memory). Raises OSError when journalctl
+    fails.
 
     ``-o json``, and each entry's time its ``__REALTIME_TIMESTAMP``: the time ``--since``
     filters on and the live journald source gives a line, in microseconds UTC — where
@@ -106,26 +109,27 @@ def journal_lines(
     clock), in seconds and a zone to parse back. journalctl's ``--since`` is taken to the
     microsecond and the bounds are checked here again. The text is ``MESSAGE``, whole."""
     args = [journalctl, *journal_args(root, start, end, namespace=namespace), *filters]
-    done = subprocess.run(args, capture_output=True, check=False)
-    if done.returncode != 0:
-        raise OSError(
-            f"{' '.join(args[:1] + args[5:])}: journalctl failed: "
-            f"{done.stderr.decode(errors='replace').strip()}"
-        )
-    out: list[LogLine] = []
-    for raw in done.stdout.splitlines():
-        if not raw.startswith(b"{"):
-            continue
-        try:
-            entry = json.loads(raw)
-        except ValueError:
-            continue
-        if not isinstance(entry, dict):
-            continue
-        line = entry_to_line("journal", entry)
-        if line.event_at is not None and start <= line.event_at <= end:
-            out.append(LogLine(line.event_at, line.text, "journal"))
-    return out
+    with (
+        tempfile.TemporaryFile() as errors,
+        subprocess.Popen(args, stdout=subprocess.PIPE, stderr=errors) as proc,
+    ):
+        assert proc.stdout is not None
+        for raw in proc.stdout:
+            if not raw.startswith(b"{"):
+                continue
+            try:
+                entry = json.loads(raw)
+            except ValueError:
+                continue
+            if not isinstance(entry, dict):
+                continue
+            line = entry_to_line("journal", entry)
+            if line.event_at is not None and start <= line.event_at <= end:
+                yield LogLine(line.event_at, line.text, "journal")
+        if proc.wait() != 0:
+            errors.seek(0)
+            said = errors.read().decode(errors="replace").strip()
+            raise OSError(f"{' '.join(args[:1] + args[5:])}: journalctl failed: {said}")
 
 
 @dataclass
