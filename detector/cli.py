@@ -221,6 +221,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="zone of schedules without one and of log stamps without an offset (default: the "
         "root's /etc/timezone or /etc/localtime, else the host's)",
     )
+    p.add_argument(
+        "--namespace",
+        metavar="NAME",
+        help="with --since and no --logs: read the journal of this journald namespace of the "
+        "host (journalctl --namespace), even with --root",
+    )
 
     p = sub.add_parser(
         "status",

@@ -23,7 +23,15 @@ import cronsim
 
 from detector.model import SystemdTimer
 
-UNIT_DIRS = ("etc/systemd/system", "lib/systemd/system", "usr/lib/systemd/system")
+UNIT_DIRS = (
+    "etc/systemd/system",
+    "run/systemd/system",  # runtime units (systemctl --runtime, units a test or tool writes)
+    "usr/local/lib/systemd/system",
+    "lib/systemd/system",
+    "usr/lib/systemd/system",
+)
+"""systemd's system unit search path, in its order (``systemd-analyze unit-paths``, less the
+generator and transient directories)."""
 _SHORTHANDS = {
     "minutely": "* * * * *",
     "hourly": "0 * * * *",

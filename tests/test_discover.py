@@ -283,6 +283,38 @@ def test_since_checks_each_window_against_30_days_of_logs(
     assert {r.name for r in load_config(str(config_path)).rules} >= {"cron-backup-sh"}
 
 
+def test_the_proposed_rules_are_replayed_over_the_history_before_they_are_included(
+    host: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """30 days: the backup missed 2026-11-14, the nightly service failed on 2026-11-22. The
+    rules, as proposed (the backup's within: widened to 15m), go through detector test's replay
+    on a simulated clock: each says how often it would have alerted, in the file and on
+    stderr, before anyone includes it."""
+    log = history_log(tmp_path / "syslog")
+    target = tmp_path / "rules.d" / "discovered.yaml"
+    argv = ["discover", "--root", str(host), "--timezone", "UTC", "--since", "30d"]
+    assert main([*argv, "--logs", str(log), "--write", str(target)]) == 0
+    err = capsys.readouterr().err
+    said = [
+        line.removeprefix("detector test over the history: ")
+        for line in err.splitlines()
+        if line.startswith("detector test over the history: ")
+    ]
+    assert "cron-backup-sh would have alerted 1x: missed on 2026-11-14" in said
+    assert "timer-nightly would not have alerted" in said
+    assert "timer-nightly-fails would have alerted 1x: failed on 2026-11-22" in said
+    # alice's report never ran: one alert from the first window, never resolved
+    assert "cron-report would have alerted 1x: missed on 2026-11-01 (still firing at the end)" in (
+        said
+    )
+    text = target.read_text(encoding="utf-8")
+    backup = text[text.index("# ── cron-backup-sh:") :].split("\n  - name:")[0]
+    assert "#    detector test over the history: cron-backup-sh would have alerted 1x: missed on " \
+        "2026-11-14" in backup  # fmt: skip
+    # the replay is of the rules as written: the widened window is the one that passed
+    assert rules_of(text)["cron-backup-sh"]["expect"]["within"] == "15m"
+
+
 def test_a_job_that_drifts_is_flagged(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     root = tmp_path / "root"
     write(root, "etc/cron.d/etl", "0 1 * * * root /opt/etl\n")
@@ -317,9 +349,21 @@ def test_loghub_linux_jobs_are_inferred_from_the_log_alone_and_pass_detector_tes
     assert rules["log-su-session-news"]["expect"]["cron"] == "5 4 * * *"
     assert rules["log-logrotate-fails"]["enabled"] is False
     assert "already fails: 43 failure(s)" in text
+    # the replay over the same log agrees with detector test below: the windows raise nothing,
+    # the failure rule (disabled) would have alerted on the first failure and stayed open
+    assert "detector test over the history: log-su-session-cyrus would not have alerted" in text
+    assert "detector test over the history: log-logrotate-fails would have alerted" in text
     config_path = write(tmp_path, "rules.yaml", WEBHOOK + text)
     capsys.readouterr()
     assert main(["test", "-c", str(config_path), str(log)]) == 0
     out = capsys.readouterr().out
     assert "0 alerts would have fired" in out
     assert "log-su-session-cyrus             window               43" in out
+
+
+def test_since_under_a_root_without_a_journal_is_a_usage_error_naming_the_way_out(
+    host: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["discover", "--root", str(host), "--since", "30d"]) == 2
+    err = capsys.readouterr().err
+    assert f"{host}/var/log/journal is not a directory" in err and "--logs FILE" in err

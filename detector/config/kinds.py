@@ -520,6 +520,6 @@ def _systemd_units(r: NodeReader, node: Node, w: str) -> SystemdUnitsSpec | None
             node,
             w,
             f"timers: true, but no timer with a schedule under {root} "
-            "(etc/systemd/system, lib/systemd/system, usr/lib/systemd/system) is watched",
+            "(etc/systemd/system, run/systemd/system, lib/systemd/system, …) is watched",
         )
     return replace(spec, timezone=zone, schedules=watched)

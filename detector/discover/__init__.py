@@ -5,27 +5,44 @@ A command beside ``replay/`` (``detector test``): it reads the host's schedules 
 timers and their services), optionally learns from the logs (``history.py``: ``--since 30d`` over
 the journal or ``--logs FILE…``, and jobs inferred from log evidence alone), and prints the rules
 (``render.py``) or writes them, marked generated, to a file an ``include:`` loads (``--write``),
-never over a user's edits. Exit 0; 1 when ``--write`` found the file edited and wrote
-``<file>.new`` instead; 2 for bad arguments or unreadable logs.
+never over a user's edits; with a history, ``rehearse.py`` replays the proposed rules over it
+(``detector test``'s replay) and says what each would have raised. Exit 0; 1 when ``--write``
+found the file edited and wrote ``<file>.new`` instead; 2 for bad arguments or unreadable logs.
 """
 
 from __future__ import annotations
 
 import argparse
+import heapq
 import re
 import sys
 import tempfile
+from collections import defaultdict
+from collections.abc import Iterable, Iterator
 from dataclasses import replace
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import TextIO
 from zoneinfo import ZoneInfo
 
 from detector.config.values import parse_duration
 from detector.discover.cron import read_cron
-from detector.discover.history import check, infer, journal_file, read_lines, scan
-from detector.discover.jobs import Job, unique_names
-from detector.discover.render import generated_text, render, write_generated
+from detector.discover.history import (
+    LogLine,
+    Seen,
+    check,
+    infer,
+    journal_lines,
+    read_lines,
+    scan,
+)
+from detector.discover.jobs import Job, SourceSpec, slug, unique_names
+from detector.discover.rehearse import History, history_line, rehearse
+from detector.discover.render import generated_text, merge_sources, render, write_generated
 from detector.discover.timers import read_timers
+from detector.model import JournaldSourceConfig
+from detector.sources.journald import filter_args
+from detector.timefmt import utc_text
 from detector.timestamps import host_zone
 from detector.unitfiles import root_zone, zone_ok
 
@@ -40,6 +57,29 @@ def _zone(args: argparse.Namespace, root: Path) -> str:
     return host.key if isinstance(host, ZoneInfo) else "UTC"
 
 
+def _written(f: TextIO, lines: Iterable[LogLine]) -> Iterator[LogLine]:
+    """``lines``, each also written to ``f`` as a history line (:func:`rehearse.history_line`) as it
+    passes."""
+    for line in lines:
+        f.write(history_line(line))
+        yield line
+
+
+def _journal_filters(src: SourceSpec) -> list[str]:
+    """The journalctl arguments the live source would read with (a file source: none, the
+    whole journal stands for the file's lines)."""
+    journald = src.body.get("journald")
+    if not isinstance(journald, dict):
+        return []
+    return filter_args(
+        JournaldSourceConfig(
+            src.name,
+            units=tuple(journald.get("units", ())),
+            identifiers=tuple(journald.get("identifiers", ())),
+        )
+    )
+
+
 def discover(
     root: Path,
     zone: str,
@@ -48,9 +88,13 @@ def discover(
     since: timedelta | None = None,
     explicit_zone: bool = False,
     journalctl: str = "journalctl",
+    namespace: str | None = None,
+    now: datetime | None = None,
 ) -> tuple[list[Job], list[str]]:
     """The jobs under ``root`` (and in ``logs``), checked against the logs' history when
-    ``logs`` or ``since`` is given; and notes on what could not be watched."""
+    ``logs`` or ``since`` is given — the journal's last ``since`` before ``now`` when no
+    ``logs`` (``namespace``: that journal namespace's) — and replayed over it; and notes on what
+    could not be watched."""
     cron_jobs, notes = read_cron(root, zone)
     timer_jobs, why = read_timers(root, zone)
     jobs = [*cron_jobs, *timer_jobs]
@@ -65,23 +109,58 @@ def discover(
             if not any(rx.search(j.ran_sample or j.failed_sample or "") for rx in known)
         ]
     jobs = unique_names(jobs)
-    if logs or since is not None:
-        with tempfile.TemporaryDirectory(prefix="detector-discover-") as folder:
-            files = logs or [
-                str(journal_file(root, since or timedelta(days=30), Path(folder), journalctl))
-            ]
-            lines = (line for path in files for line in read_lines(path, zone))
-            seen, first, last = scan(lines, jobs)
-        if last is None:
-            notes.append("the logs hold no line with a timestamp: no history to check")
-        else:
+    if not logs and since is None:
+        return jobs, notes
+    with tempfile.TemporaryDirectory(prefix="detector-discover-") as folder:
+        where = Path(folder)
+        files: dict[str, Path] = {}
+        seen: dict[str, Seen] = defaultdict(Seen)
+        if logs:
+            path = where / "logs.history"
+            merged = heapq.merge(*(read_lines(p, zone) for p in logs), key=lambda x: x.at)
+            with path.open("w", encoding="utf-8", errors="replace", newline="\n") as f:
+                seen, first, last = scan(_written(f, merged), jobs)
+            files = {src.name: path for src in merge_sources(jobs)}
+            if last is None:
+                notes.append("the logs hold no line with a timestamp: no history to check")
+                return jobs, notes
+            end = last
             start = last - since if since is not None else (first or last)
-            jobs = [
-                check(j, seen[j.name], start, last)
-                if j.name in seen or j.cron or j.every
-                else replace(j, history=("never seen in the logs' period",))
-                for j in jobs
-            ]
+        else:
+            assert since is not None
+            end = now or datetime.now(UTC)
+            start = end - since
+            entries = False
+            for src in merge_sources(jobs):
+                lines = journal_lines(
+                    root,
+                    start,
+                    end,
+                    _journal_filters(src),
+                    namespace=namespace,
+                    journalctl=journalctl,
+                )
+                path = files[src.name] = where / f"{slug(src.name)}.history"
+                with path.open("w", encoding="utf-8", errors="replace", newline="\n") as f:
+                    here, some, _last = scan(_written(f, lines), jobs, src.name)
+                entries = entries or some is not None
+                for name, s in here.items():
+                    seen[name].ran += s.ran
+                    seen[name].failed += s.failed
+            if not entries:
+                notes.append(
+                    f"the journal holds no entry of these jobs' sources from {utc_text(start)} to "
+                    f"{utc_text(end)}: no history to check"
+                )
+                return jobs, notes
+        jobs = [
+            check(j, seen[j.name], start, end)
+            if j.name in seen or j.cron or j.every
+            else replace(j, history=("never seen in the logs' period",))
+            for j in jobs
+        ]
+        jobs, why = rehearse(jobs, History(start, end, files))
+        notes += why
     return jobs, notes
 
 
@@ -101,6 +180,13 @@ def main(args: argparse.Namespace) -> int:
             since = parse_duration(args.since)
         except ValueError as e:
             raise CommandError(f"--since {args.since}: {e}") from None
+    journal = root / "var/log/journal"
+    from_journal = since is not None and not args.logs and not args.namespace
+    if from_journal and root != Path("/") and not journal.is_dir():
+        raise CommandError(
+            f"--since {args.since}: no journal under --root {root} ({journal} is not a "
+            "directory): give the logs to learn from with --logs FILE…"
+        )
     for name in args.logs or ():
         try:
             Path(name).open("rb").close()
@@ -113,9 +199,13 @@ def main(args: argparse.Namespace) -> int:
             logs=list(args.logs or ()),
             since=since,
             explicit_zone=bool(args.timezone),
+            namespace=args.namespace,
         )
     except OSError as e:
         raise CommandError(str(e)) from e
+    for job in jobs:  # before it is included: what each rule would have raised
+        for line in job.replayed:
+            print(f"detector test over the history: {line}", file=sys.stderr)
     body = render(jobs, notes)
     if not args.write:
         sys.stdout.write(generated_text(body))
@@ -129,8 +219,9 @@ def main(args: argparse.Namespace) -> int:
         )
         return EXIT_FINDINGS
     print(
-        f"{done.path}: {'written' if done.changed else 'unchanged'} — {len(jobs)} jobs; load it "
-        "with include: in rules.yaml, then systemctl reload detector",
+        f"{done.path}: {'written' if done.changed else 'unchanged'} — {len(jobs)} jobs; rules.yaml "
+        "loads it with include: [rules.d/*.yaml] (the bundled one has it); detector check, then "
+        "systemctl reload detector",
         file=sys.stderr,
     )
     return 0

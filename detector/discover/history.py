@@ -17,13 +17,15 @@ failure rules.
 from __future__ import annotations
 
 import itertools
+import json
 import math
 import os
 import re
 import statistics
 import subprocess
+import tempfile
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -33,6 +35,7 @@ import cronsim
 
 from detector.discover.jobs import Job, SourceSpec, esc, slug
 from detector.replay import file_mtime, sample_lines
+from detector.sources.journald import entry_to_line
 from detector.timefmt import format_duration
 from detector.timestamps import TimeParser, syslog_start_year
 
@@ -61,27 +64,72 @@ def read_lines(path: str, zone: str) -> Iterator[LogLine]:
                 yield LogLine(last, text, path)
 
 
-def journal_file(
-    root: Path, since: timedelta, folder: Path, journalctl: str = "journalctl"
-) -> Path:
-    """The journal of the last ``since`` as a text file (``-o short-iso``: each line starts with
-    the entry's time and offset); the host's, or ``root``'s ``var/log/journal`` under a root."""
-    out = folder / "journal.log"
-    args = [
-        journalctl,
-        "--no-pager",
-        "-q",
-        "-o",
-        "short-iso",
-        f"--since=-{int(since.total_seconds())}s",
-    ]
-    if root != Path("/"):
-        args.insert(1, f"--directory={root / 'var/log/journal'}")
-    with out.open("wb") as f:
-        done = subprocess.run(args, stdout=f, stderr=subprocess.PIPE, check=False)
-    if done.returncode != 0:
-        raise OSError(f"journalctl failed: {done.stderr.decode(errors='replace').strip()}")
-    return out
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+US = timedelta(microseconds=1)
+
+
+def _at_arg(at: datetime) -> str:
+    """``@SECONDS.MICROSECONDS`` for journalctl ``--since``/``--until``: exact, no zone."""
+    us = (at - EPOCH) // US
+    return f"@{us // 1_000_000}.{us % 1_000_000:06d}"
+
+
+def journal_args(
+    root: Path, start: datetime, end: datetime, *, namespace: str | None = None
+) -> list[str]:
+    """journalctl's arguments (after the program) for the entries from ``start`` to ``end``, as
+    ``-o json``: the host's journal, or that ``namespace``'s of this host's journald, else under
+    a root its ``var/log/journal``."""
+    args = ["--no-pager", "-q", "-o", "json", f"--since={_at_arg(start)}"]
+    args.append(f"--until={_at_arg(end)}")
+    if namespace is not None:
+        args.append(f"--namespace={namespace}")
+    elif root != Path("/"):
+        args.append(f"--directory={root / 'var/log/journal'}")
+    return args
+
+
+def journal_lines(
+    root: Path,
+    start: datetime,
+    end: datetime,
+    filters: list[str],
+    *,
+    namespace: str | None = None,
+    journalctl: str = "journalctl",
+) -> Iterator[LogLine]:
+    """The journal's entries from ``start`` to ``end`` (both included) that match ``filters``
+    (the journald source's own journalctl arguments), in journal order, as journalctl writes
+    them (30 days of a whole journal are never held in memory). Raises OSError when journalctl
+    fails.
+
+    ``-o json``, and each entry's time its ``__REALTIME_TIMESTAMP``: the time ``--since``
+    filters on and the live journald source gives a line, in microseconds UTC — where
+    ``short-iso`` prints ``_SOURCE_REALTIME_TIMESTAMP`` when the entry has one (the sender's
+    clock), in seconds and a zone to parse back. journalctl's ``--since`` is taken to the
+    microsecond and the bounds are checked here again. The text is ``MESSAGE``, whole."""
+    args = [journalctl, *journal_args(root, start, end, namespace=namespace), *filters]
+    with (
+        tempfile.TemporaryFile() as errors,
+        subprocess.Popen(args, stdout=subprocess.PIPE, stderr=errors) as proc,
+    ):
+        assert proc.stdout is not None
+        for raw in proc.stdout:
+            if not raw.startswith(b"{"):
+                continue
+            try:
+                entry = json.loads(raw)
+            except ValueError:
+                continue
+            if not isinstance(entry, dict):
+                continue
+            line = entry_to_line("journal", entry)
+            if line.event_at is not None and start <= line.event_at <= end:
+                yield LogLine(line.event_at, line.text, "journal")
+        if proc.wait() != 0:
+            errors.seek(0)
+            said = errors.read().decode(errors="replace").strip()
+            raise OSError(f"{' '.join(args[:1] + args[5:])}: journalctl failed: {said}")
 
 
 @dataclass
@@ -91,15 +139,21 @@ class Seen:
 
 
 def scan(
-    lines: Iterator[LogLine], jobs: list[Job]
+    lines: Iterable[LogLine], jobs: list[Job], source: str | None = None
 ) -> tuple[dict[str, Seen], datetime | None, datetime | None]:
     """When each job's ``ran`` and ``failed`` patterns matched; and the first and last time
-    seen."""
+    seen. ``source``: the lines are that source's, so only the patterns read there count."""
+
+    def here(spec: SourceSpec | None) -> bool:
+        return source is None or (spec is not None and spec.name == source)
+
     compiled = [
         (
             job.name,
-            re.compile(job.ran) if job.ran else None,
-            re.compile(job.failed) if job.failed else None,
+            re.compile(job.ran) if job.ran and here(job.source) else None,
+            re.compile(job.failed)
+            if job.failed and here(job.failed_source or job.source)
+            else None,
         )
         for job in jobs
     ]

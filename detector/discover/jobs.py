@@ -66,6 +66,7 @@ class Job:
     enabled: bool = True
     notes: tuple[str, ...] = ()
     history: tuple[str, ...] = field(default=(), compare=False)  # filled by history.py
+    replayed: tuple[str, ...] = field(default=(), compare=False)  # filled by rehearse.py
 
     def period(self) -> timedelta:
         """How often it runs (the shortest gap of the next occurrences; 1 day if unknown)."""

@@ -39,7 +39,7 @@ def span(d: timedelta) -> str:
     return format_duration(d) if d > timedelta(0) else "0s"
 
 
-def _merge_sources(jobs: Iterable[Job]) -> list[SourceSpec]:
+def merge_sources(jobs: Iterable[Job]) -> list[SourceSpec]:
     """The sources the jobs use, once each; journald ``units`` of one name are merged."""
     merged: dict[str, SourceSpec] = {}
     units: dict[str, list[str]] = {}
@@ -86,6 +86,7 @@ def _rule_lines(job: Job) -> list[str]:
     out = [f"  # ── {job.name}: {job.origin} · {job.schedule}", f"  #    {job.what}"]
     out += [f"  #    note: {n}" for n in job.notes]
     out += [f"  #    history: {h}" for h in job.history]
+    out += [f"  #    detector test over the history: {r}" for r in job.replayed]
     off = [] if job.enabled else ["    enabled: false"]
     if job.cron is not None or job.every is not None:
         if job.cron is not None:
@@ -124,7 +125,7 @@ def render(jobs: list[Job], notes: Iterable[str] = ()) -> str:
     lines: list[str] = []
     for n in notes:
         lines.append(f"# note: {n}")
-    sources = _merge_sources(jobs)
+    sources = merge_sources(jobs)
     if lines:
         lines.append("")
     if not jobs:

@@ -1,6 +1,7 @@
-"""systemd timers as ``detector discover`` finds them: ``*.timer`` units under
-``etc/systemd/system``, ``lib/systemd/system`` and ``usr/lib/systemd/system`` of a root (the first
-directory wins for a name, as systemd's search path does; drop-ins ``*.timer.d/*.conf`` apply),
+"""systemd timers as ``detector discover`` finds them: ``*.timer`` units under a root's
+``etc/systemd/system``, ``run/systemd/system``, ``usr/local/lib/systemd/system``,
+``lib/systemd/system`` and ``usr/lib/systemd/system`` (the first directory wins for a name, as
+systemd's search path does; drop-ins ``*.timer.d/*.conf`` apply),
 with the service each one starts (``Unit=``, else the same name).
 
 Returns :class:`~detector.discover.jobs.Job` values for ``render.py``. ``OnCalendar=`` is turned
