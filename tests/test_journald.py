@@ -1,7 +1,9 @@
 """The journald source against a real private systemd-journald (see tests/journald_env.py).
 
 Every test writes entries with its own ``DETECTOR_TEST=<tag>`` field and reads them back through
-``JournaldSource`` with ``namespace:``; nothing here mocks journalctl or journald.
+``JournaldSource`` with ``namespace:``; nothing here mocks journalctl or journald. Each test runs on
+both readers (the sd-journal binding and the journalctl fallback, chosen with
+``DETECTOR_JOURNALD_READER``), except those about journalctl children themselves.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import json
 import os
 import signal
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -26,6 +28,7 @@ from detector.matching import Matcher, PatternSpec
 from detector.model import JournaldSourceConfig
 from detector.sources.journald import MAX_ENTRY_BYTES, JournaldSource, field_str
 from detector.sources.lines import LineAssembler
+from detector.sources.sdjournal import READER_ENV
 from tests.journald_env import (
     Collector,
     JournaldNamespace,
@@ -37,6 +40,46 @@ from tests.journald_env import (
 )
 
 pytestmark = pytest.mark.journald
+
+READERS = ("sd-journal", "journalctl")
+JOURNALCTL_ONLY = {
+    # the journalctl children themselves: killed, missing, unprivileged, restarted, reaped
+    "test_journalctl_killed_mid_stream_is_restarted_and_nothing_is_lost",
+    "test_journalctl_killed_during_catch_up_resumes_after_the_last_batch_handed_out",
+    "test_aclose_terminates_and_reaps_journalctl",
+    "test_missing_journalctl_becomes_a_problem_with_the_reason",
+    "test_permission_denied_is_reported_and_clears_when_journalctl_recovers",
+    "test_restarts_wait_for_the_backoff_on_the_injected_clock",
+    "test_journalctl_that_keeps_dying_is_a_crash_loop_problem_until_quiet",
+    "test_aclose_ends_batches_even_while_backing_off",
+    # no reader at all
+    "test_splitter_returns_exactly_the_lines_however_the_output_is_chunked",
+    "test_splitter_skips_an_oversized_line_and_keeps_the_next",
+    "test_machine_id_is_created_when_missing_or_empty",
+    "test_field_values_exported_as_byte_arrays_or_repeated_become_str",
+}
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "reader" in metafunc.fixturenames:
+        one = metafunc.function.__name__ in JOURNALCTL_ONLY
+        metafunc.parametrize("reader", ("journalctl",) if one else READERS, indirect=True)
+
+
+@pytest.fixture(autouse=True)
+def reader(request: pytest.FixtureRequest) -> Iterator[str]:
+    """The reader every source of the test uses (set as the environment would set it)."""
+    value: str = getattr(request, "param", "journalctl")
+    old = os.environ.get(READER_ENV)
+    os.environ[READER_ENV] = value
+    try:
+        yield value
+    finally:
+        if old is None:
+            os.environ.pop(READER_ENV, None)
+        else:
+            os.environ[READER_ENV] = old
+
 
 FAST: dict[str, Any] = {
     "backoff_initial": timedelta(milliseconds=20),
@@ -59,7 +102,9 @@ def source(
     **kw: Any,
 ) -> JournaldSource:
     opts = {k: kw.pop(k) for k in list(kw) if k in {"backoff_initial", "backoff_max", "max_batch"}}
-    return JournaldSource(config(ns, tag, **kw), checkpoints or {}, clock or SystemClock(), **opts)
+    src = JournaldSource(config(ns, tag, **kw), checkpoints or {}, clock or SystemClock(), **opts)
+    assert src.reader == os.environ[READER_ENV]  # the reader the test runs on
+    return src
 
 
 def send(ns: JournaldNamespace, tag: str, *messages: str, **fields: str) -> None:
