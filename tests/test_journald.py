@@ -13,6 +13,8 @@ import itertools
 import json
 import os
 import signal
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime, timedelta
@@ -57,6 +59,8 @@ JOURNALCTL_ONLY = {
     "test_splitter_skips_an_oversized_line_and_keeps_the_next",
     "test_machine_id_is_created_when_missing_or_empty",
     "test_field_values_exported_as_byte_arrays_or_repeated_become_str",
+    "test_detector_version_and_check_name_the_reader_and_the_fallback",
+    "test_a_source_told_to_use_journalctl_reads_through_journalctl_children",
 }
 
 
@@ -693,3 +697,82 @@ async def test_aclose_ends_batches_even_while_backing_off(journald: JournaldName
     await c.wait_for(lambda: src.status()["consecutive_failures"] == 1, what="a failure")
     await src.aclose()
     await asyncio.wait_for(c._task, 5)  # batches() returned by itself
+
+
+# ---------------------------------------------------------------- the two readers
+
+
+async def test_fields_of_any_size_and_bytes_come_whole_on_both_readers(journald: JournaldNamespace):
+    """The binding cuts fields at 64 KiB unless told not to; journalctl ``--all`` does not."""
+    tag = unique_tag()
+    big = "x" * (100 << 10) + " tail"  # a datagram holds ~200 KiB
+    journald.send_many(
+        [
+            {"MESSAGE": big, "DETECTOR_TEST": tag, "BLOB": b"\xff" * 10_000},
+            {"MESSAGE": b"bad \xc3\x28 utf-8", "DETECTOR_TEST": tag, "TWICE": "one"},
+        ]
+    )
+    journald.sync()
+    c = await read_existing(source(journald, tag))
+    try:
+        assert [len(t) for t in c.texts()] == [len(big), len("bad \ufffd( utf-8")]
+        assert c.texts()[0] == big
+        assert c.texts()[1] == "bad \ufffd( utf-8"
+        fields = c.lines[0].fields
+        assert fields is not None
+        assert fields["BLOB"] == "\ufffd" * 10_000
+        assert fields["MESSAGE"] == big
+        assert dict(fields)["__REALTIME_TIMESTAMP"].isdigit()
+        assert fields["__MONOTONIC_TIMESTAMP"].isdigit()
+    finally:
+        await c.close()
+
+
+def test_detector_version_and_check_name_the_reader_and_the_fallback(tmp_path: Path):
+    """Forced by the environment, and for real: an interpreter without the binding."""
+    exe = Path(sys.executable).with_name("detector")
+    env = {k: v for k, v in os.environ.items() if k != READER_ENV}
+    out = subprocess.run([exe, "version"], env=env, capture_output=True, text=True, check=True)
+    assert "journald reader: sd-journal (systemd-python " in out.stdout
+    forced = {**env, READER_ENV: "journalctl"}
+    out = subprocess.run([exe, "version"], env=forced, capture_output=True, text=True, check=True)
+    assert "journald reader: journalctl (forced" in out.stdout
+    cfg = tmp_path / "rules.yaml"
+    cfg.write_text(
+        "version: 1\nsources: {sys: {journald: {units: [ssh.service]}}}\n"
+        "rules:\n  - {name: r, source: sys, match: boom}\n"
+    )
+    out = subprocess.run(
+        [exe, "check", "-c", cfg], env=env, capture_output=True, text=True, check=False
+    )
+    assert "    reads with: sd-journal; systemd-python " in out.stdout, out.stdout + out.stderr
+    # /usr/bin/python3 (the unit's interpreter) has no systemd-python here: journalctl it is
+    repo = Path(__file__).resolve().parents[1]
+    probe = (
+        f"import sys; sys.path.insert(0, {str(repo)!r}); "
+        "from detector.sources.sdjournal import choose_reader; print(*choose_reader(), sep='|')"
+    )
+    bare = subprocess.run(
+        ["/usr/bin/python3", "-I", "-c", probe],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert bare.returncode == 0, bare.stderr
+    assert bare.stdout.startswith("journalctl|fallback: the sd-journal binding is missing")
+
+
+async def test_a_source_told_to_use_journalctl_reads_through_journalctl_children(
+    journald: JournaldNamespace,
+):
+    tag = unique_tag()
+    send(journald, tag, "via a child")
+    os.environ[READER_ENV] = "journalctl"
+    c = await read_existing(source(journald, tag))
+    try:
+        assert c.texts() == ["via a child"]
+        assert c.source.status()["reader"] == "journalctl"
+        await c.wait_for(lambda: c.source.status()["pid"] is not None, what="journalctl -f")
+    finally:
+        await c.close()

@@ -95,7 +95,7 @@ def _to_str(value: Any) -> str:
         return value.decode("utf-8", "replace")
     if type(value) is list:
         return _to_str(value[0]) if value else ""
-    if type(value) is tuple:  # (monotonic timedelta, boot id)
+    if isinstance(value, tuple):  # journal.Monotonic(timestamp, bootid)
         return _to_str(value[0])
     if type(value) is timedelta:
         return str(value // timedelta(microseconds=1))
