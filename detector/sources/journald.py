@@ -1,9 +1,11 @@
-"""The journald source: ``journalctl --output=json`` as an asyncio subprocess, entries as Lines.
+"""The journald source: the journal through sd-journal or journalctl children, entries as Lines.
 
 Sits at the start of the flow, beside ``sources/files.py``: it yields :class:`Batch` es of
 :class:`Line` s (``text`` = ``MESSAGE``, ``event_at`` = ``__REALTIME_TIMESTAMP``, ``fields`` = every
 journal field as ``str``) with the journal cursor as the batch checkpoint, which the service commits
-in the batch transaction. No compiled dependency: journalctl does the journal reading.
+in the batch transaction. Two readers (``sources/sdjournal.py`` chooses): in-process through the
+sd-journal binding when it imports (the same steps, on an open journal, waiting on its inotify fd),
+else journalctl children as below; ``status()["reader"]`` says which.
 
 How it reads (each step is a journalctl child; none blocks the loop):
 
