@@ -325,6 +325,10 @@ def cmd_version(args: argparse.Namespace) -> int:
     print(f"detector {__version__}")
     print(f"python {platform.python_version()} ({sys.executable})")
     print(f"matching engine: {matching.ENGINE}")
+    from detector.sources.sdjournal import choose_reader  # noqa: PLC0415
+
+    reader, why = choose_reader()
+    print(f"journald reader: {reader} ({why})")
     return 0
 
 
@@ -405,8 +409,13 @@ def cmd_check(args: argparse.Namespace) -> int:
     )
     for line in _files_read(config):
         print(f"  {hide(line)}")
+    from detector.model import JournaldSourceConfig  # noqa: PLC0415
+    from detector.sources.sdjournal import choose_reader  # noqa: PLC0415
+
     for source in config.sources.values():
         print(f"  source {source.name}: {hide(_describe_source(source))}")
+        if isinstance(source, JournaldSourceConfig):  # which reader, and why
+            print(f"    reads with: {'; '.join(choose_reader(source))}")
     for rule in config.rules:
         flag = "" if rule.enabled else " (disabled)"
         print(f"  rule {rule.name}: {rule.kind} on {', '.join(rule.sources)}{flag}")

@@ -204,7 +204,10 @@ def _resolve(obj: Any, path: str) -> Any:
 def lookup(obj: Mapping[str, Any], path: str) -> str | None:
     """The text of the value at ``path`` (normalized) in a parsed line (a dict, a
     :class:`Record`, journald's fields), or None if absent."""
-    got = _resolve(obj.obj if isinstance(obj, Record) else obj, path)
+    if not isinstance(obj, dict | Record):  # journald's fields, decoded when read: flat
+        got = obj.get(path, _MISSING)
+    else:
+        got = _resolve(obj.obj if isinstance(obj, Record) else obj, path)
     return None if got is _MISSING else text_of(got)
 
 

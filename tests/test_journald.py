@@ -1,7 +1,9 @@
 """The journald source against a real private systemd-journald (see tests/journald_env.py).
 
 Every test writes entries with its own ``DETECTOR_TEST=<tag>`` field and reads them back through
-``JournaldSource`` with ``namespace:``; nothing here mocks journalctl or journald.
+``JournaldSource`` with ``namespace:``; nothing here mocks journalctl or journald. Each test runs on
+both readers (the sd-journal binding and the journalctl fallback, chosen with
+``DETECTOR_JOURNALD_READER``), except those about journalctl children themselves.
 """
 
 from __future__ import annotations
@@ -11,8 +13,10 @@ import itertools
 import json
 import os
 import signal
+import subprocess
+import sys
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -26,6 +30,7 @@ from detector.matching import Matcher, PatternSpec
 from detector.model import JournaldSourceConfig
 from detector.sources.journald import MAX_ENTRY_BYTES, JournaldSource, field_str
 from detector.sources.lines import LineAssembler
+from detector.sources.sdjournal import READER_ENV
 from tests.journald_env import (
     Collector,
     JournaldNamespace,
@@ -37,6 +42,48 @@ from tests.journald_env import (
 )
 
 pytestmark = pytest.mark.journald
+
+READERS = ("sd-journal", "journalctl")
+JOURNALCTL_ONLY = {
+    # the journalctl children themselves: killed, missing, unprivileged, restarted, reaped
+    "test_journalctl_killed_mid_stream_is_restarted_and_nothing_is_lost",
+    "test_journalctl_killed_during_catch_up_resumes_after_the_last_batch_handed_out",
+    "test_aclose_terminates_and_reaps_journalctl",
+    "test_missing_journalctl_becomes_a_problem_with_the_reason",
+    "test_permission_denied_is_reported_and_clears_when_journalctl_recovers",
+    "test_restarts_wait_for_the_backoff_on_the_injected_clock",
+    "test_journalctl_that_keeps_dying_is_a_crash_loop_problem_until_quiet",
+    "test_aclose_ends_batches_even_while_backing_off",
+    # no reader at all
+    "test_splitter_returns_exactly_the_lines_however_the_output_is_chunked",
+    "test_splitter_skips_an_oversized_line_and_keeps_the_next",
+    "test_machine_id_is_created_when_missing_or_empty",
+    "test_field_values_exported_as_byte_arrays_or_repeated_become_str",
+    "test_detector_version_and_check_name_the_reader_and_the_fallback",
+    "test_a_source_told_to_use_journalctl_reads_through_journalctl_children",
+}
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "reader" in metafunc.fixturenames:
+        one = metafunc.function.__name__ in JOURNALCTL_ONLY
+        metafunc.parametrize("reader", ("journalctl",) if one else READERS, indirect=True)
+
+
+@pytest.fixture(autouse=True)
+def reader(request: pytest.FixtureRequest) -> Iterator[str]:
+    """The reader every source of the test uses (set as the environment would set it)."""
+    value: str = getattr(request, "param", "journalctl")
+    old = os.environ.get(READER_ENV)
+    os.environ[READER_ENV] = value
+    try:
+        yield value
+    finally:
+        if old is None:
+            os.environ.pop(READER_ENV, None)
+        else:
+            os.environ[READER_ENV] = old
+
 
 FAST: dict[str, Any] = {
     "backoff_initial": timedelta(milliseconds=20),
@@ -59,7 +106,9 @@ def source(
     **kw: Any,
 ) -> JournaldSource:
     opts = {k: kw.pop(k) for k in list(kw) if k in {"backoff_initial", "backoff_max", "max_batch"}}
-    return JournaldSource(config(ns, tag, **kw), checkpoints or {}, clock or SystemClock(), **opts)
+    src = JournaldSource(config(ns, tag, **kw), checkpoints or {}, clock or SystemClock(), **opts)
+    assert src.reader == os.environ[READER_ENV]  # the reader the test runs on
+    return src
 
 
 def send(ns: JournaldNamespace, tag: str, *messages: str, **fields: str) -> None:
@@ -301,15 +350,18 @@ async def test_restart_resumes_after_the_committed_cursor_without_loss_or_duplic
     first = await read_existing(source(journald, tag, max_batch=5))
     await first.close()
     assert first.texts() == [f"before {i}" for i in range(12)]
-    # the agent crashed after committing the second batch (lines 0..9)
+    # the agent crashed after committing the second batch (lines 0..9 when the reads fill
+    # whole batches of 5; journalctl's output may arrive in smaller pieces)
+    assert len(first.batches) >= 2 and all(len(b.lines) <= 5 for b in first.batches)
     committed = first.batches[1].checkpoints[0]
+    done = len(first.batches[0].lines) + len(first.batches[1].lines)
     send(journald, tag, "while down 1", "while down 2")
     second = await read_existing(source(journald, tag, {"cursor": committed.value}))
     try:
-        expected = ["before 10", "before 11", "while down 1", "while down 2"]
+        expected = [f"before {i}" for i in range(done, 12)] + ["while down 1", "while down 2"]
         assert second.texts() == expected
         send(journald, tag, "live")
-        assert await second.wait_lines(5) == [*expected, "live"]
+        assert await second.wait_lines(len(expected) + 1) == [*expected, "live"]
         assert second.source.problems() == []
     finally:
         await second.close()
@@ -648,3 +700,82 @@ async def test_aclose_ends_batches_even_while_backing_off(journald: JournaldName
     await c.wait_for(lambda: src.status()["consecutive_failures"] == 1, what="a failure")
     await src.aclose()
     await asyncio.wait_for(c._task, 5)  # batches() returned by itself
+
+
+# ---------------------------------------------------------------- the two readers
+
+
+async def test_fields_of_any_size_and_bytes_come_whole_on_both_readers(journald: JournaldNamespace):
+    """The binding cuts fields at 64 KiB unless told not to; journalctl ``--all`` does not."""
+    tag = unique_tag()
+    big = "x" * (100 << 10) + " tail"  # a datagram holds ~200 KiB
+    journald.send_many(
+        [
+            {"MESSAGE": big, "DETECTOR_TEST": tag, "BLOB": b"\xff" * 10_000},
+            {"MESSAGE": b"bad \xc3\x28 utf-8", "DETECTOR_TEST": tag, "TWICE": "one"},
+        ]
+    )
+    journald.sync()
+    c = await read_existing(source(journald, tag))
+    try:
+        assert [len(t) for t in c.texts()] == [len(big), len("bad \ufffd( utf-8")]
+        assert c.texts()[0] == big
+        assert c.texts()[1] == "bad \ufffd( utf-8"
+        fields = c.lines[0].fields
+        assert fields is not None
+        assert fields["BLOB"] == "\ufffd" * 10_000
+        assert fields["MESSAGE"] == big
+        assert dict(fields)["__REALTIME_TIMESTAMP"].isdigit()
+        assert fields["__MONOTONIC_TIMESTAMP"].isdigit()
+    finally:
+        await c.close()
+
+
+def test_detector_version_and_check_name_the_reader_and_the_fallback(tmp_path: Path):
+    """Forced by the environment, and for real: an interpreter without the binding."""
+    exe = Path(sys.executable).with_name("detector")
+    env = {k: v for k, v in os.environ.items() if k != READER_ENV}
+    out = subprocess.run([exe, "version"], env=env, capture_output=True, text=True, check=True)
+    assert "journald reader: sd-journal (systemd-python " in out.stdout
+    forced = {**env, READER_ENV: "journalctl"}
+    out = subprocess.run([exe, "version"], env=forced, capture_output=True, text=True, check=True)
+    assert "journald reader: journalctl (forced" in out.stdout
+    cfg = tmp_path / "rules.yaml"
+    cfg.write_text(
+        "version: 1\nsources: {sys: {journald: {units: [ssh.service]}}}\n"
+        "rules:\n  - {name: r, source: sys, match: boom}\n"
+    )
+    out = subprocess.run(
+        [exe, "check", "-c", cfg], env=env, capture_output=True, text=True, check=False
+    )
+    assert "    reads with: sd-journal; systemd-python " in out.stdout, out.stdout + out.stderr
+    # /usr/bin/python3 (the unit's interpreter) has no systemd-python here: journalctl it is
+    repo = Path(__file__).resolve().parents[1]
+    probe = (
+        f"import sys; sys.path.insert(0, {str(repo)!r}); "
+        "from detector.sources.sdjournal import choose_reader; print(*choose_reader(), sep='|')"
+    )
+    bare = subprocess.run(
+        ["/usr/bin/python3", "-I", "-c", probe],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert bare.returncode == 0, bare.stderr
+    assert bare.stdout.startswith("journalctl|fallback: the sd-journal binding is missing")
+
+
+async def test_a_source_told_to_use_journalctl_reads_through_journalctl_children(
+    journald: JournaldNamespace,
+):
+    tag = unique_tag()
+    send(journald, tag, "via a child")
+    os.environ[READER_ENV] = "journalctl"
+    c = await read_existing(source(journald, tag))
+    try:
+        assert c.texts() == ["via a child"]
+        assert c.source.status()["reader"] == "journalctl"
+        await c.wait_for(lambda: c.source.status()["pid"] is not None, what="journalctl -f")
+    finally:
+        await c.close()

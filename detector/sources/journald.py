@@ -1,9 +1,11 @@
-"""The journald source: ``journalctl --output=json`` as an asyncio subprocess, entries as Lines.
+"""The journald source: the journal through sd-journal or journalctl children, entries as Lines.
 
 Sits at the start of the flow, beside ``sources/files.py``: it yields :class:`Batch` es of
 :class:`Line` s (``text`` = ``MESSAGE``, ``event_at`` = ``__REALTIME_TIMESTAMP``, ``fields`` = every
 journal field as ``str``) with the journal cursor as the batch checkpoint, which the service commits
-in the batch transaction. No compiled dependency: journalctl does the journal reading.
+in the batch transaction. Two readers (``sources/sdjournal.py`` chooses): in-process through the
+sd-journal binding when it imports (the same steps, on an open journal, waiting on its inotify fd),
+else journalctl children as below; ``status()["reader"]`` says which.
 
 How it reads (each step is a journalctl child; none blocks the loop):
 
@@ -69,6 +71,7 @@ from detector.records import Checkpoint
 from detector.sources.base import Batch, Line, SourceProblem
 from detector.sources.events import Event, EventAssembler
 from detector.sources.lines import LineAssembler
+from detector.sources.sdjournal import SdJournal, choose_reader, sees_everything
 from detector.timefmt import format_duration
 from detector.timestamps import realtime_at
 
@@ -208,8 +211,13 @@ class JournaldSource:
         max_batch: int = 5000,
         crash_loop_after: int = 5,
         crash_window: timedelta = timedelta(minutes=5),
+        reader: str | None = None,
     ) -> None:
         self.name = config.name
+        self.reader, self.reader_why = choose_reader(config, reader)
+        """``sd-journal`` (in-process, the binding) or ``journalctl`` (children), and why."""
+        self._sdj: SdJournal | None = None
+        self._sdj_opened: float | None = None
         self._config = config
         self._clock = clock
         self._backoff_initial = backoff_initial
@@ -274,7 +282,12 @@ class JournaldSource:
                     finally:
                         self.opened.set()
                     self._need_position = False
-                async for batch in self._read(follow=self._following):
+                reading = (
+                    self._read_sdj()
+                    if self.reader == "sd-journal"
+                    else self._read(follow=self._following)
+                )
+                async for batch in reading:
                     yield batch
                 if self._stopped():
                     return
@@ -331,6 +344,7 @@ class JournaldSource:
         return {
             "name": self.name,
             "type": "journald",
+            "reader": self.reader,
             "namespace": self._config.namespace,
             "filters": self._filters,
             "caught_up": self._caught_up,
@@ -354,6 +368,7 @@ class JournaldSource:
         """Stop reading: terminate the journalctl child and reap it."""
         self._closed = True
         self._closed_event.set()
+        self._close_sdj()
         await self._stop(self._proc)
 
     # ------------------------------------------------------------------ positioning
@@ -365,6 +380,9 @@ class JournaldSource:
         return args
 
     async def _establish_position(self) -> None:
+        if self.reader == "sd-journal":
+            self._establish_position_sdj()
+            return
         stored = self._stored if self._first_position else None
         cursor = str(stored["cursor"]) if stored is not None else self._cursor
         if cursor is not None:
@@ -372,16 +390,19 @@ class JournaldSource:
             if first.entry is not None and first.entry.get("__CURSOR") == cursor:
                 self._cursor = cursor
             else:
-                await self._cursor_gone(cursor, stored, first)
+                self._cursor_gone(cursor, stored, first, (await self._probe([])).entry)
         elif self._config.start_at == "end":
             last = await self._probe(["--lines=1", *self._filters])
             self._cursor = str(last.entry["__CURSOR"]) if last.entry else None
         self._first_position = False
 
-    async def _cursor_gone(
-        self, cursor: str, stored: Mapping[str, Any] | None, first: _Probe
+    def _cursor_gone(
+        self,
+        cursor: str,
+        stored: Mapping[str, Any] | None,
+        first: _Probe,
+        oldest: Mapping[str, Any] | None,
     ) -> None:
-        oldest = (await self._probe([])).entry
         realtime = stored.get("realtime_us") if stored else None
         since_at = realtime_at(realtime if isinstance(realtime, int) else self._last_realtime_us)
         oldest_at = realtime_at(oldest.get("__REALTIME_TIMESTAMP")) if oldest else None
@@ -404,7 +425,7 @@ class JournaldSource:
                     " so it was replaced: entries may be missing or read twice"
                 )
         if first.invalid_cursor is not None:
-            msg += f" (journalctl: {first.invalid_cursor})"
+            msg += f" ({self.reader}: {first.invalid_cursor})"
         elif first.entry is None and oldest is not None:
             msg += " (the cursor points past the end of this journal)"
         log.warning("journald source %s: %s (cursor %s)", self.name, msg, cursor)
@@ -431,6 +452,141 @@ class JournaldSource:
             raise JournalctlFailed(f"journalctl printed something that is not JSON: {exc}") from exc
         finally:
             await self._stop(proc)
+
+    # ------------------------------------------------------------------ sd-journal
+
+    def _open_sdj(self, *, filtered: bool = True) -> SdJournal:
+        try:
+            return SdJournal(self._config, filtered=filtered)
+        except OSError as exc:
+            raise JournalctlFailed(f"sd-journal: cannot open the journal: {exc}") from exc
+
+    def _close_sdj(self) -> None:
+        if self._sdj is not None:
+            self._sdj.close()
+            self._sdj = None
+
+    def _establish_position_sdj(self) -> None:
+        """As :meth:`_establish_position`, on an in-process journal (the cursor checked on an
+        unfiltered one)."""
+        self._close_sdj()
+        stored = self._stored if self._first_position else None
+        cursor = str(stored["cursor"]) if stored is not None else self._cursor
+        jr = self._open_sdj()
+        try:
+            if cursor is not None:
+                probe = self._open_sdj(filtered=False)
+                try:
+                    try:
+                        found, first = probe.entry_at(cursor), _Probe(probe.first())
+                    except ValueError as exc:
+                        found, first = False, _Probe(None, f"Failed to seek to cursor: {exc}")
+                    if found:
+                        self._cursor = cursor
+                        jr.seek_after(cursor)
+                    else:
+                        self._cursor_gone(cursor, stored, first, probe.oldest())
+                        jr.seek_head()
+                finally:
+                    probe.close()
+            elif self._config.start_at == "end":
+                self._cursor = jr.seek_last()
+            else:
+                jr.seek_head()
+        except BaseException:
+            jr.close()
+            raise
+        self._sdj, self._sdj_opened = jr, self._clock.monotonic()
+        self._first_position = False
+        self._permission_hint = not sees_everything()
+        if self._permission_hint:
+            self._raise_problem(
+                "permissions",
+                "sd-journal: not seeing messages from other users and the system: add the "
+                "agent's user to the systemd-journal group",
+            )
+
+    async def _read_sdj(self) -> AsyncIterator[Batch]:
+        """Catch up, then follow, on the journal opened by :meth:`_establish_position_sdj`;
+        returns only when stopped."""
+        jr = self._sdj
+        assert jr is not None
+        if self._events is not None and self._ev_prev is None and self._cursor is not None:
+            stored = self._stored
+            if stored is not None and stored.get("cursor") == self._cursor:
+                self._ev_prev = dict(stored)
+            else:
+                self._ev_prev = {"cursor": self._cursor, "realtime_us": self._last_realtime_us}
+        try:
+            if not self._following:
+                held: Batch | None = None
+                while lines := self._sdj_read(jr):
+                    batch = self._make_batches(lines, 0)[0]
+                    if held is not None:
+                        yield self._out(held)
+                        if self._stopped():
+                            return
+                    held = batch
+                self._caught_up_done()
+                self._following = True
+                if held is not None:
+                    yield self._out(held)
+            while not self._stopped():
+                lines = self._sdj_read(jr)
+                if lines:
+                    yield self._out(self._make_batches(lines, 0)[0])
+                    continue
+                quiet = self._events.deadline() if self._events is not None else None
+                if self._events is not None and quiet is not None and quiet <= self._clock.now():
+                    # nothing new to read and the pending event is quiet past its timeout (the
+                    # journal's fd may stay readable without new entries: do not wait on it)
+                    last = self._events.flush()
+                    yield self._event_batch([last] if last is not None else [], 0)
+                    continue
+                if not await self._sdj_wait(jr, quiet) and self._events is not None:
+                    last = self._events.flush()
+                    yield self._event_batch([last] if last is not None else [], 0)
+        finally:
+            if self._sdj is jr:
+                self._close_sdj()
+
+    def _sdj_read(self, jr: SdJournal) -> list[Line]:
+        if self._stopped():
+            return []
+        try:
+            return jr.read(self._max_batch)
+        except OSError as exc:
+            raise JournalctlFailed(f"sd-journal: reading failed: {exc}") from exc
+
+    async def _sdj_wait(self, jr: SdJournal, quiet: datetime | None) -> bool:
+        """Wait for the journal to change (its inotify fd), the close, or ``quiet`` on the
+        clock; False if ``quiet`` came first."""
+        loop = asyncio.get_running_loop()
+        ready: asyncio.Future[None] = loop.create_future()
+
+        def on_ready() -> None:
+            if not ready.done():
+                ready.set_result(None)
+
+        waits: set[asyncio.Future[Any]] = {ready, asyncio.ensure_future(self._closed_event.wait())}
+        sleeper: asyncio.Future[Any] | None = None
+        if quiet is not None:
+            sleeper = asyncio.ensure_future(self._clock.sleep_until(quiet))
+            waits.add(sleeper)
+        loop.add_reader(jr.fd, on_ready)
+        try:
+            await asyncio.wait(waits, timeout=jr.timeout(), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            loop.remove_reader(jr.fd)
+            for w in waits:
+                w.cancel()
+        if self._stopped():
+            return True
+        try:
+            jr.process()
+        except OSError as exc:
+            raise JournalctlFailed(f"sd-journal: {exc}") from exc
+        return sleeper is None or not sleeper.done() or ready.done()
 
     # ------------------------------------------------------------------ reading
 
@@ -639,6 +795,8 @@ class JournaldSource:
             self._clear("permissions")
 
     def _running_for(self) -> timedelta:
+        if self._sdj is not None and self._sdj_opened is not None:
+            return timedelta(seconds=self._clock.monotonic() - self._sdj_opened)
         proc = self._proc
         if proc is None or proc.returncode is not None or self._proc_started is None:
             return timedelta(0)

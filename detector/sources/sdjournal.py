@@ -1,0 +1,283 @@
+"""Reading the journal in-process through sd-journal (the ``systemd-python`` binding).
+
+Sits under ``sources/journald.py``: the journald source reads through :class:`SdJournal` when the
+binding imports (``pip install 'detector[journal]'``: it builds against ``libsystemd-dev``), and
+through ``journalctl --output=json`` children otherwise (:func:`choose_reader` says which, and
+why; ``DETECTOR_JOURNALD_READER=journalctl`` forces the fallback). Both yield the same Lines:
+``MESSAGE`` as the text, ``__REALTIME_TIMESTAMP`` as the time, every journal field as ``str``
+(binary values decoded with ``errors="replace"``, a repeated field's first value, fields of any
+size: the binding's 64 KiB data threshold is lifted) plus ``__CURSOR``, ``__REALTIME_TIMESTAMP``
+and ``__MONOTONIC_TIMESTAMP``, as journalctl's JSON has them. Fields are decoded when a rule reads
+them (:class:`JournalFields`), not for every entry. The filters are journalctl's: ``units`` as
+``journalctl --unit`` matches them (the unit's own entries, its coredumps, PID 1 and authorised
+daemons about it), then identifiers, priority and ``match:``, each kind ANDed with the others.
+New entries are waited for on the journal's inotify fd in the event loop, never by polling.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from collections.abc import Iterator, Mapping
+from datetime import UTC, datetime, timedelta
+from typing import Any, Final
+
+from detector.model import JournaldSourceConfig
+from detector.sources.base import Line
+
+READER_ENV: Final = "DETECTOR_JOURNALD_READER"
+"""``auto`` (default: sd-journal when the binding imports), ``sd-journal`` or ``journalctl``."""
+READERS: Final = ("auto", "sd-journal", "journalctl")
+GLOB = frozenset("*?[")
+COREDUMP_MESSAGE_ID = "fc2e22bc6ee647b6b90729ab34a250b1"
+TRUSTED_GROUPS = ("systemd-journal", "adm", "wheel")
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_US = timedelta(microseconds=1)
+
+_binding: Any = None
+_binding_error: str | None = None
+
+
+def binding() -> Any:
+    """The ``systemd.journal`` module, or None (then :func:`binding_error` says why)."""
+    global _binding, _binding_error  # noqa: PLW0603 - imported once, on first use
+    if _binding is None and _binding_error is None:
+        try:
+            _binding = importlib.import_module("systemd.journal")
+            _binding._Reader  # noqa: B018 - an unrelated "systemd" package lacks it
+        except (ImportError, AttributeError) as exc:
+            _binding, _binding_error = None, f"{type(exc).__name__}: {exc}"
+    return _binding
+
+
+def binding_error() -> str | None:
+    binding()
+    return _binding_error
+
+
+def binding_version() -> str:
+    try:
+        from importlib.metadata import version  # noqa: PLC0415
+
+        return f"systemd-python {version('systemd-python')}"
+    except Exception:
+        return "systemd-python"
+
+
+def choose_reader(
+    config: JournaldSourceConfig | None = None, forced: str | None = None
+) -> tuple[str, str]:
+    """``("sd-journal" | "journalctl", why)`` for a source (None: the host's default)."""
+    wanted = forced or os.environ.get(READER_ENV, "auto").strip() or "auto"
+    if wanted not in READERS:
+        wanted = "auto"
+    if wanted == "journalctl":
+        return "journalctl", f"forced ({READER_ENV}=journalctl or the source's reader)"
+    if config is not None and config.journalctl != "journalctl" and wanted == "auto":
+        return "journalctl", f"the source names its journalctl ({config.journalctl})"
+    if config is not None and any(GLOB & set(u) for u in config.units):
+        return "journalctl", "a unit pattern with a glob (journalctl expands it)"
+    if binding() is None:
+        return "journalctl", (
+            f"fallback: the sd-journal binding is missing ({binding_error()}); install it with "
+            "pip install 'detector[journal]' (needs libsystemd-dev and pkg-config)"
+        )
+    return "sd-journal", binding_version()
+
+
+def _mangle_unit(unit: str) -> str:
+    """``foo`` → ``foo.service``, as ``journalctl --unit`` does for a name without a suffix."""
+    return unit if "." in unit.rsplit("@", 1)[-1] else f"{unit}.service"
+
+
+def _to_str(value: Any) -> str:
+    if type(value) is bytes:
+        return value.decode("utf-8", "replace")
+    if type(value) is list:
+        return _to_str(value[0]) if value else ""
+    if isinstance(value, tuple):  # journal.Monotonic(timestamp, bootid)
+        return _to_str(value[0])
+    if type(value) is timedelta:
+        return str(value // timedelta(microseconds=1))
+    return str(value)
+
+
+class JournalFields(Mapping[str, str]):
+    """One entry's fields, decoded to ``str`` on first access (most are never read)."""
+
+    __slots__ = ("_raw",)
+
+    def __init__(self, raw: dict[str, Any]) -> None:
+        self._raw = raw
+
+    def __getitem__(self, key: str) -> str:
+        value = self._raw[key]
+        if type(value) is str:
+            return value
+        text = self._raw[key] = _to_str(value)
+        return text
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._raw
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._raw)
+
+    def __len__(self) -> int:
+        return len(self._raw)
+
+    def __repr__(self) -> str:
+        return f"JournalFields({dict(self)!r})"
+
+
+class SdJournal:
+    """One open journal (the source's namespace), filtered or not. Not thread-safe."""
+
+    def __init__(self, config: JournaldSourceConfig, *, filtered: bool = True) -> None:
+        mod = binding()
+        if mod is None:
+            raise OSError(f"the sd-journal binding is missing: {binding_error()}")
+        self.name = config.name
+        self._r: Any = mod._Reader(mod.LOCAL_ONLY, None, None, config.namespace)
+        self._r.data_threshold = 0  # whole fields, however long (the default cuts at 64 KiB)
+        if filtered:
+            self._add_filters(config)
+        self.fd: int = self._r.fileno()  # sets up inotify now: nothing written after is missed
+        self._unread = False  # positioned on an entry not handed out yet
+
+    def _add_filters(self, config: JournaldSourceConfig) -> None:
+        r = self._r
+        kinds = 0
+        if config.units:
+            for i, unit in enumerate(_mangle_unit(u) for u in config.units):
+                if i:
+                    r.add_disjunction()
+                r.add_match(f"_SYSTEMD_UNIT={unit}".encode())
+                r.add_disjunction()
+                r.add_match(f"MESSAGE_ID={COREDUMP_MESSAGE_ID}".encode())
+                r.add_match(b"_UID=0")
+                r.add_match(f"COREDUMP_UNIT={unit}".encode())
+                r.add_disjunction()
+                r.add_match(b"_PID=1")
+                r.add_match(f"UNIT={unit}".encode())
+                r.add_disjunction()
+                r.add_match(b"_UID=0")
+                r.add_match(f"OBJECT_SYSTEMD_UNIT={unit}".encode())
+            kinds += 1
+        groups: list[list[str]] = []
+        if config.identifiers:
+            groups.append([f"SYSLOG_IDENTIFIER={i}" for i in config.identifiers])
+        if config.priority is not None:
+            groups.append([f"PRIORITY={p}" for p in range(config.priority + 1)])
+        if config.match:
+            groups.append([f"{k}={v}" for k, values in config.match.items() for v in values])
+        for group in groups:
+            if kinds:
+                r.add_conjunction()
+            for m in group:
+                r.add_match(m.encode())
+            kinds += 1
+
+    # ------------------------------------------------------------------ positioning
+
+    def entry_at(self, cursor: str) -> bool:
+        """Seek to ``cursor``; whether its entry exists (ValueError: not a cursor at all)."""
+        self._r.seek_cursor(cursor)
+        self._unread = bool(self._r._next(1))
+        return self._unread and bool(self._r.test_cursor(cursor))
+
+    def seek_after(self, cursor: str) -> None:
+        """Read on after ``cursor``'s entry (or from the first matching entry after where it
+        was, if the entry no longer matches the filters)."""
+        if self.entry_at(cursor):
+            self._unread = False
+
+    def seek_head(self) -> None:
+        self._r.seek_head()
+        self._unread = False
+
+    def seek_last(self) -> str | None:
+        """Position on the newest matching entry (read: the next is after it); its cursor."""
+        self._r.seek_tail()
+        self._unread = False
+        if self._r._previous(1):
+            return str(self._r._get_cursor())
+        self._r.seek_head()
+        return None
+
+    def first(self) -> dict[str, str] | None:
+        """The entry the reader is positioned on (after :meth:`entry_at`), as a few fields."""
+        if not self._unread:
+            return None
+        return {
+            "__CURSOR": str(self._r._get_cursor()),
+            "__REALTIME_TIMESTAMP": str(self._r._get_realtime()),
+        }
+
+    def oldest(self) -> dict[str, str] | None:
+        self._r.seek_head()
+        self._unread = bool(self._r._next(1))
+        return self.first()
+
+    # ------------------------------------------------------------------ reading
+
+    def read(self, limit: int) -> list[Line]:
+        """Up to ``limit`` entries after the position, as Lines (the hot path)."""
+        r = self._r
+        nxt, get_all, get_cursor = r._next, r._get_all, r._get_cursor
+        get_realtime, get_monotonic = r._get_realtime, r._get_monotonic
+        name = self.name
+        out: list[Line] = []
+        append = out.append
+        if self._unread:
+            self._unread = False
+        elif not nxt(1):
+            return out
+        while True:
+            raw = get_all()
+            raw["__CURSOR"] = get_cursor()
+            realtime = get_realtime()
+            raw["__REALTIME_TIMESTAMP"] = realtime
+            raw["__MONOTONIC_TIMESTAMP"] = get_monotonic()
+            msg = raw.get("MESSAGE")
+            if type(msg) is bytes:
+                text = raw["MESSAGE"] = msg.decode("utf-8", "replace")
+            elif msg is None:
+                text = ""
+            else:
+                text = _to_str(msg)
+                raw["MESSAGE"] = text
+            at = _EPOCH + realtime * _US if type(realtime) is int else None
+            append(Line(name, text.rstrip("\n"), at, None, JournalFields(raw)))
+            if len(out) >= limit or not nxt(1):
+                return out
+
+    def process(self) -> None:
+        """Acknowledge the inotify events on :attr:`fd` (after it was readable)."""
+        self._r.process()
+
+    def timeout(self) -> float | None:
+        """Seconds to wait at most before reading again (journal files on a file system
+        without inotify), None: wait for :attr:`fd`."""
+        ms = int(self._r.get_timeout_ms())
+        return None if ms < 0 else ms / 1000
+
+    def close(self) -> None:
+        self._r.close()
+
+
+def sees_everything() -> bool:
+    """Whether this process may read every journal file (root or a trusted group), as
+    journalctl's "not seeing messages from other users and the system" hint checks."""
+    if os.geteuid() == 0:
+        return True
+    import grp  # noqa: PLC0415
+
+    mine = set(os.getgroups()) | {os.getegid()}
+    for name in TRUSTED_GROUPS:
+        try:
+            if grp.getgrnam(name).gr_gid in mine:
+                return True
+        except KeyError:
+            continue
+    return False
