@@ -78,6 +78,9 @@ def clip_sample(text: str, limit: int = MAX_SAMPLE_CHARS) -> str:
     head = text[: room // 2].rpartition("\n")[0] or text[: room // 2]
     tail = text[len(text) - room // 2 :].partition("\n")[2] or text[len(text) - room // 2 :]
     left = text.count("\n") - head.count("\n") - tail.count("\n") - 1
+    if left <= 0:  # a long line cut in its middle (docker's joined 16 KiB pieces)
+        cut = len(text) - len(head) - len(tail)
+        return f"{head}\n… [{cut} characters left out] …\n{tail}"
     return f"{head}\n… [{left} lines left out] …\n{tail}"
 
 

@@ -11,6 +11,7 @@ a :class:`~detector.model.RuleConfig` with the defaults filled in.
 
 from __future__ import annotations
 
+import functools
 import re
 import string
 from collections.abc import Callable, Mapping
@@ -22,7 +23,7 @@ from detector.config.kinds import SYSTEMD_UNITS_MATCH, RulePatterns, captured_na
 from detector.config.nodes import TAG_STR, NodeReader, describe, did_you_mean
 from detector.config.sections import DEFAULTS_KEYS, Declared, common_fields
 from detector.model import Defaults, RuleConfig, RuleKind
-from detector.structured import PARSERS, ParseError, lookup, normalize_path
+from detector.structured import PARSERS, ParseError, lookup, message_text, normalize_path
 
 BUILTIN_FIELDS: frozenset[str] = frozenset({"line", "count", "host", "source", "rule"})
 """Template fields every rule may use besides its captured groups."""
@@ -224,7 +225,21 @@ def _rule(
             samples = got
             mode = {declared.parsed.get(s) for s in sources or ()}
             parse = PARSERS[m] if len(mode) == 1 and (m := mode.pop()) is not None else None
-            if not _samples_ok(r, snode, w, samples, patterns, kind=kind, fields=(fields, parse)):
+            paths = {declared.messages.get(s) for s in sources or ()}
+            path = paths.pop() if len(paths) == 1 else None
+            message = None
+            if parse is not None and path is not None:
+                message = functools.partial(_sample_message, parse, path)
+            if not _samples_ok(
+                r,
+                snode,
+                w,
+                samples,
+                patterns,
+                kind=kind,
+                fields=(fields, parse),
+                message=message,
+            ):
                 ok = False
     if "group_by" in e:
         g = captured_names(r, e["group_by"][1], f"{w}: group_by", patterns, journald, many=True)
@@ -416,6 +431,15 @@ def _template_ok(
     return not bad
 
 
+def _sample_message(parse: Callable[[str], dict[str, Any]], path: str, sample: str) -> str:
+    """A sample of a ``message:`` source as ``match:`` sees it: its record's message."""
+    try:
+        got = lookup(parse(sample), path)
+    except ParseError:
+        return sample
+    return sample if got is None else message_text(got)
+
+
 def _samples_ok(
     r: NodeReader,
     node: Node,
@@ -425,6 +449,7 @@ def _samples_ok(
     *,
     kind: RuleKind | None,
     fields: tuple[Mapping[str, str], Callable[[str], dict[str, Any]] | None] = ({}, None),
+    message: Callable[[str], str] | None = None,
 ) -> bool:
     if not isinstance(node, SequenceNode):
         nodes: list[Node] = [node]
@@ -433,14 +458,15 @@ def _samples_ok(
     ok = True
     roles = "/".join(r for r, _ in patterns.positive) or "match"
     wanted, parse = fields
-    for sample, snode in zip(samples, nodes, strict=False):
+    for raw, snode in zip(samples, nodes, strict=False):
+        sample = raw if message is None else message(raw)  # what match: sees
         if wanted and parse is not None:
-            problem = _sample_fields(sample, wanted, parse)
+            problem = _sample_fields(raw, wanted, parse)
             if problem:
                 r.err(
                     snode,
                     f"{w}: samples",
-                    f"sample {problem}: '{r.redact(sample)[:120]}' — fix fields: or the sample",
+                    f"sample {problem}: '{r.redact(raw)[:120]}' — fix fields: or the sample",
                 )
                 ok = False
                 continue
