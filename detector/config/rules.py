@@ -24,6 +24,7 @@ from detector.config.nodes import TAG_STR, NodeReader, describe, did_you_mean
 from detector.config.sections import DEFAULTS_KEYS, Declared, common_fields
 from detector.model import Defaults, RuleConfig, RuleKind
 from detector.structured import PARSERS, ParseError, lookup, message_text, normalize_path
+from detector.timefmt import format_duration
 
 BUILTIN_FIELDS: frozenset[str] = frozenset({"line", "count", "host", "source", "rule"})
 """Template fields every rule may use besides its captured groups."""
@@ -270,6 +271,19 @@ def _rule(
     elif runbook is None:
         r.warn(node, w, "no runbook — add runbook: (a link), here or under defaults:")
     notify = common.get("notify") or defaults.notify or tuple(sorted(declared.webhooks))
+    pending_for = common.get("pending_for", defaults.pending_for)
+    resolve_after = common.get("resolve_after", defaults.resolve_after)
+    if kind in ("error", "anomaly_new") and pending_for and pending_for >= resolve_after:
+        r.warn(
+            e["for"][1] if "for" in e else node,
+            f"{w}: for",
+            f"for: {format_duration(pending_for)} is not shorter than resolve_after: "
+            f"{format_duration(resolve_after)} — the alert resolves after resolve_after "
+            "without a match, so it fires only if matches keep coming at least every "
+            f"{format_duration(resolve_after)} for {format_duration(pending_for)}; if one "
+            "match should be enough, make for: shorter than resolve_after, or raise "
+            f"resolve_after (e.g. resolve_after: {format_duration(pending_for * 2)})",
+        )
     return RuleConfig(
         name=name,
         kind=kind,
@@ -284,8 +298,8 @@ def _rule(
         owner=owner,
         runbook=runbook,
         repeat=common.get("repeat", defaults.repeat),
-        resolve_after=common.get("resolve_after", defaults.resolve_after),
-        pending_for=common.get("pending_for", defaults.pending_for),
+        resolve_after=resolve_after,
+        pending_for=pending_for,
         keep_firing_for=common.get("keep_firing_for", defaults.keep_firing_for),
         flap=common.get("flap", defaults.flap),
         samples=samples,
