@@ -78,6 +78,9 @@ def clip_sample(text: str, limit: int = MAX_SAMPLE_CHARS) -> str:
     head = text[: room // 2].rpartition("\n")[0] or text[: room // 2]
     tail = text[len(text) - room // 2 :].partition("\n")[2] or text[len(text) - room // 2 :]
     left = text.count("\n") - head.count("\n") - tail.count("\n") - 1
+    if left <= 0:  # a long line cut in its middle (docker's joined 16 KiB pieces)
+        cut = len(text) - len(head) - len(tail)
+        return f"{head}\n… [{cut} characters left out] …\n{tail}"
     return f"{head}\n… [{left} lines left out] …\n{tail}"
 
 
@@ -331,6 +334,8 @@ class AlertBook:
             if before is not None:  # the flap history goes on
                 alert.changes, alert.flap_changes = before.changes, before.flap_changes
                 alert.flapping_since = before.flapping_since
+                if before.flapping_since is not None:  # its changes are not told one by one:
+                    alert.owed = before.owed  # what a mute held back is still owed
             self.alerts[fp] = alert
             hold = self._timing(alert)
             if hold is not None and hold.pending_for > timedelta(0):
@@ -535,8 +540,16 @@ class AlertBook:
             return
         alert.flapping_since, alert.flap_changes = now, len(alert.changes)
         self._schedule_timer(alert.fingerprint, alert)
-        text = f"flapping: {alert.flap_changes} changes in {format_duration(flap.within)}"
-        self._notify_as(alert, "flapping", "firing", f"{text}{RESOLVED_SEP}{alert.summary}", now)
+        self._flapping_notice(alert, now, "firing")
+
+    def _flapping_notice(self, alert: Alert, now: datetime, status: str | None = None) -> None:
+        """The one ``flapping`` notice (when it began to flap, or when a mute that held it back
+        lifted: then with the alert's status at that moment)."""
+        flap = self._flap(alert)
+        within = format_duration(flap.within) if flap is not None else "?"
+        text = f"flapping: {len(alert.changes)} changes in {within}"
+        summary = f"{text}{RESOLVED_SEP}{alert.summary}"
+        self._notify_as(alert, "flapping", status or alert.status, summary, now)
 
     def _settle(self, alert: Alert, now: datetime) -> None:
         """No change for the flap window: one notice of the state the alert settled in."""
@@ -580,7 +593,10 @@ class AlertBook:
                 owed, alert.owed = alert.owed, None
                 self._changed[alert.fingerprint] = alert
                 if (owed == "resolved") == (alert.status == "resolved"):
-                    self._notify(alert, owed if owed != "repeat" else "repeat", now)
+                    if alert.flapping_since is not None:  # it flapped under the mute: one notice
+                        self._flapping_notice(alert, now)
+                    else:
+                        self._notify(alert, owed if owed != "repeat" else "repeat", now)
 
     def _held(self, alert: Alert, notification: str, now: datetime) -> bool:
         """Whether a mute holds ``notification`` back; if so, note what the alert is owed."""

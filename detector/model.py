@@ -91,10 +91,17 @@ class Defaults:
 class MultilineConfig:
     """A source's ``multiline:``: how its lines join into events (``sources/events.py``)."""
 
-    mode: Literal["start", "continue"]  # start: a matching line begins an event; continue: a
+    mode: Literal[
+        "start", "continue", "none"
+    ]  # none: only docker's pieces join; start: a matching line begins an event; continue: a
     pattern: str  # matching line belongs to the event before it (Python regex, re.search)
     max_lines: int = 200  # an event this long is emitted; the next line begins a new one
     timeout: timedelta = timedelta(seconds=2)  # live: a pending event this quiet is emitted
+    # a parse: source's records (set from the source, not a multiline: key): the patterns see
+    # each record's message; joined records are one record whose message is their lines
+    parse: Literal["json", "logfmt"] | None = None
+    message: str | None = None  # the message's dotted path (FileSourceConfig.message)
+    partial: bool = False  # docker: a message without its trailing newline goes on in the next
 
 
 @dataclass(frozen=True)
@@ -112,6 +119,9 @@ class FileSourceConfig:
     time_format: str | None = None  # strptime format of the stamp
     time_regex: str | None = None  # where the stamp is: its `time` group, else its first group
     parse: Literal["json", "logfmt"] | None = None  # structured lines: fields (structured.py)
+    message: str | None = None  # parse: the field that is the line's text (dotted path)
+    time_field: str | None = None  # parse: the field that is the line's time (`time:`)
+    partial: bool = False  # `parse: docker`: pieces of a line over 16 KiB are joined
     multiline: MultilineConfig | None = None  # lines joined into events; None: one line each
 
 

@@ -321,6 +321,16 @@ class Pipeline:
         assert batch.block is not None
         source, path = batch.source, batch.block_path
         texts: dict[int, str] = {}
+        if self.structured.rewrites(source):  # matched on the messages, not the raw lines
+            every = batch.block.decode("utf-8", "replace").split("\n")[:-1]
+            return self.process_texts(
+                source,
+                every,
+                lambda i: Line(source, every[i], None, path),
+                when_for,
+                now,
+                interleave_ticks=interleave,
+            )
         n, hits = self.matcher.match_block(source, batch.block, texts)
         seq: Sequence[str]
         if self.needs_texts(source):
@@ -357,10 +367,15 @@ class Pipeline:
         signals: list[Signal] = []
         touched: set[str] = set()
         if texts:
+            records = None
+            if self.structured.needs_texts(source):  # parse:
+                texts, line_at, records = self.structured.prepare(source, texts, line_at, now)
+                if self.structured.rewrites(source):
+                    hits = None  # found on the raw lines (detector test's reader): not these
             if hits is None:
                 hits = self.matcher.match(source, texts)
             if self.structured.active(source):
-                hits, line_at = self.structured.apply(source, texts, line_at, hits, now)
+                hits = self.structured.apply(source, texts, line_at, hits, records)
                 abandoned = self.structured.take_abandoned()
                 if abandoned:
                     self._foreign_abandoned.append(abandoned)

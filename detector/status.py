@@ -37,6 +37,44 @@ def muted_text(a: dict[str, Any]) -> str:
     return f"silenced by {m['by']} until {until}{why}"
 
 
+def phase(a: dict[str, Any]) -> dict[str, Any]:
+    """Where an alert is in its ``for:`` / ``keep_firing_for:`` / ``flap:`` life, for
+    ``detector status --json``: ``phase`` (pending, firing, clearing, flapping, resolved) and
+    ``next_change_at``: when it fires (pending), resolves unless it fires again (clearing) or,
+    flapping, settles at the earliest (its last change + the flap window is not stored: the
+    agent's own deadline, so None)."""
+    if a["status"] == "pending":
+        return {"phase": "pending", "next_change_at": a.get("pending_until")}
+    if a.get("flapping_since"):  # firing or resolved for now: its notices are folded
+        return {"phase": "flapping", "next_change_at": None}
+    if a["status"] != "firing":
+        return {"phase": a["status"], "next_change_at": None}
+    if a.get("clearing_until"):
+        return {"phase": "clearing", "next_change_at": a["clearing_until"]}
+    return {"phase": "firing", "next_change_at": None}
+
+
+def timing_text(a: dict[str, Any], now: datetime) -> str:
+    """``fires at 10:05:00 UTC (in 3m) if still open``, ``condition cleared: resolves at …
+    unless it fires again (keep_firing_for)``, ``flapping since … (5 changes): one notice
+    sent, the next when it settles``, or ``""``."""
+    p = phase(a)
+    at = p["next_change_at"]
+    when = f"{utc_text(parse_iso(at))} ({_ago(at, now)})" if at else ""
+    if p["phase"] == "pending":
+        return f"fires at {when} if still open (for:)"
+    if p["phase"] == "clearing":
+        return f"condition cleared: resolves at {when} unless it fires again (keep_firing_for:)"
+    if p["phase"] == "flapping":
+        since = utc_text(parse_iso(a["flapping_since"]))
+        n = a.get("flap_changes") or 0
+        return (
+            f"flapping since {since} ({n} change{'s' if n != 1 else ''} since): notifications "
+            "folded, one notice when it settles (flap:)"
+        )
+    return ""
+
+
 def maintenance_rows(entries: list[MaintenanceConfig], now: datetime) -> list[dict[str, Any]]:
     """Per ``maintenance:`` entry, the window holding now or the next one."""
     return [
@@ -109,11 +147,28 @@ def render(
     if not firing_alerts:
         out.append("  none")
     for a in firing_alerts:
-        muted = muted_text(a)
+        notes = [n for n in (timing_text(a, now), muted_text(a)) if n]
         out.append(
             f"  [{a['severity']}] {a['rule']}: {a['summary']} "
-            f"(count {a['count']}, since {a['first_seen_at']})" + (f" — {muted}" if muted else "")
+            f"(count {a['count']}, since {a['first_seen_at']})" + "".join(f" — {n}" for n in notes)
         )
+    flapping = [a for a in snap["alerts"] if a["status"] == "resolved" and a.get("flapping_since")]
+    if flapping:
+        out.append("\nFLAPPING ALERTS (resolved for now)")
+        out.extend(
+            f"  [{a['severity']}] {a['rule']}: {a['summary']} — {timing_text(a, now)}"
+            for a in flapping
+        )
+    pending = [a for a in snap["alerts"] if a["status"] == "pending"]
+    if pending:
+        out.append("\nPENDING ALERTS (for:)")
+        for a in pending:
+            muted = muted_text(a)
+            out.append(
+                f"  [{a['severity']}] {a['rule']}: {a['summary']} "
+                f"(count {a['count']}, since {a['first_seen_at']}) — {timing_text(a, now)}"
+                + (f" — {muted}" if muted else "")
+            )
     if maintenance:
         out.append("\nMAINTENANCE")
         for m in maintenance:
@@ -155,6 +210,8 @@ def main(args: argparse.Namespace) -> int:
     finally:
         store.close()
     snap["maintenance"] = maintenance_rows(list(config.maintenance), datetime.now(UTC))
+    for a in snap["alerts"]:
+        a.update(phase(a))
     if args.json:
         print(json.dumps(snap, indent=2))
     else:

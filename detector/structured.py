@@ -201,6 +201,37 @@ def _resolve(obj: Any, path: str) -> Any:
     return _MISSING
 
 
+def replace_at(obj: dict[str, Any], path: str, value: str) -> bool:
+    """Set the value at ``path`` (normalized; found as :func:`lookup` finds it) to ``value``;
+    False if the path is absent."""
+    if path in obj:
+        obj[path] = value
+        return True
+    cut = path.rfind(".")
+    while cut > 0:
+        head = obj.get(path[:cut], _MISSING)
+        if isinstance(head, dict) and replace_at(head, path[cut + 1 :], value):
+            return True
+        cut = path.rfind(".", 0, cut)
+    return False
+
+
+def message_text(value: str) -> str:
+    """A record's message as the line's text: without one trailing newline (docker's ``log``
+    ends in ``\\n``, or ``\\r\\n``)."""
+    if value.endswith("\n"):
+        value = value[:-2] if value.endswith("\r\n") else value[:-1]
+    return value
+
+
+def dump_record(mode: ParseMode, obj: dict[str, Any]) -> str:
+    """A record as one line of its format again (a record made of several joined ones): JSON
+    with numbers as they were written, or logfmt."""
+    if mode == "json":
+        return _compact(obj)
+    return format_logfmt({k: text_of(v) for k, v in obj.items()})
+
+
 def lookup(obj: Mapping[str, Any], path: str) -> str | None:
     """The text of the value at ``path`` (normalized) in a parsed line (a dict, a
     :class:`Record`, journald's fields), or None if absent."""

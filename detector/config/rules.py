@@ -11,6 +11,7 @@ a :class:`~detector.model.RuleConfig` with the defaults filled in.
 
 from __future__ import annotations
 
+import functools
 import re
 import string
 from collections.abc import Callable, Mapping
@@ -22,7 +23,8 @@ from detector.config.kinds import SYSTEMD_UNITS_MATCH, RulePatterns, captured_na
 from detector.config.nodes import TAG_STR, NodeReader, describe, did_you_mean
 from detector.config.sections import DEFAULTS_KEYS, Declared, common_fields
 from detector.model import Defaults, RuleConfig, RuleKind
-from detector.structured import PARSERS, ParseError, lookup, normalize_path
+from detector.structured import PARSERS, ParseError, lookup, message_text, normalize_path
+from detector.timefmt import format_duration
 
 BUILTIN_FIELDS: frozenset[str] = frozenset({"line", "count", "host", "source", "rule"})
 """Template fields every rule may use besides its captured groups."""
@@ -225,7 +227,21 @@ def _rule(
             samples = got
             mode = {declared.parsed.get(s) for s in sources or ()}
             parse = PARSERS[m] if len(mode) == 1 and (m := mode.pop()) is not None else None
-            if not _samples_ok(r, snode, w, samples, patterns, kind=kind, fields=(fields, parse)):
+            paths = {declared.messages.get(s) for s in sources or ()}
+            path = paths.pop() if len(paths) == 1 else None
+            message = None
+            if parse is not None and path is not None:
+                message = functools.partial(_sample_message, parse, path)
+            if not _samples_ok(
+                r,
+                snode,
+                w,
+                samples,
+                patterns,
+                kind=kind,
+                fields=(fields, parse),
+                message=message,
+            ):
                 ok = False
     if "group_by" in e:
         g = captured_names(r, e["group_by"][1], f"{w}: group_by", patterns, journald, many=True)
@@ -256,6 +272,19 @@ def _rule(
     elif runbook is None:
         r.warn(node, w, "no runbook — add runbook: (a link), here or under defaults:")
     notify = common.get("notify") or defaults.notify or tuple(sorted(declared.webhooks))
+    pending_for = common.get("pending_for", defaults.pending_for)
+    resolve_after = common.get("resolve_after", defaults.resolve_after)
+    if kind in ("error", "anomaly_new") and pending_for and pending_for >= resolve_after:
+        r.warn(
+            e["for"][1] if "for" in e else node,
+            f"{w}: for",
+            f"for: {format_duration(pending_for)} is not shorter than resolve_after: "
+            f"{format_duration(resolve_after)} — the alert resolves after resolve_after "
+            "without a match, so it fires only if matches keep coming at least every "
+            f"{format_duration(resolve_after)} for {format_duration(pending_for)}; if one "
+            "match should be enough, make for: shorter than resolve_after, or raise "
+            f"resolve_after (e.g. resolve_after: {format_duration(pending_for * 2)})",
+        )
     return RuleConfig(
         name=name,
         kind=kind,
@@ -270,8 +299,8 @@ def _rule(
         owner=owner,
         runbook=runbook,
         repeat=common.get("repeat", defaults.repeat),
-        resolve_after=common.get("resolve_after", defaults.resolve_after),
-        pending_for=common.get("pending_for", defaults.pending_for),
+        resolve_after=resolve_after,
+        pending_for=pending_for,
         keep_firing_for=common.get("keep_firing_for", defaults.keep_firing_for),
         flap=common.get("flap", defaults.flap),
         max_keys=common.get("max_keys", defaults.max_keys),
@@ -418,6 +447,15 @@ def _template_ok(
     return not bad
 
 
+def _sample_message(parse: Callable[[str], dict[str, Any]], path: str, sample: str) -> str:
+    """A sample of a ``message:`` source as ``match:`` sees it: its record's message."""
+    try:
+        got = lookup(parse(sample), path)
+    except ParseError:
+        return sample
+    return sample if got is None else message_text(got)
+
+
 def _samples_ok(
     r: NodeReader,
     node: Node,
@@ -427,6 +465,7 @@ def _samples_ok(
     *,
     kind: RuleKind | None,
     fields: tuple[Mapping[str, str], Callable[[str], dict[str, Any]] | None] = ({}, None),
+    message: Callable[[str], str] | None = None,
 ) -> bool:
     if not isinstance(node, SequenceNode):
         nodes: list[Node] = [node]
@@ -435,14 +474,15 @@ def _samples_ok(
     ok = True
     roles = "/".join(r for r, _ in patterns.positive) or "match"
     wanted, parse = fields
-    for sample, snode in zip(samples, nodes, strict=False):
+    for raw, snode in zip(samples, nodes, strict=False):
+        sample = raw if message is None else message(raw)  # what match: sees
         if wanted and parse is not None:
-            problem = _sample_fields(sample, wanted, parse)
+            problem = _sample_fields(raw, wanted, parse)
             if problem:
                 r.err(
                     snode,
                     f"{w}: samples",
-                    f"sample {problem}: '{r.redact(sample)[:120]}' — fix fields: or the sample",
+                    f"sample {problem}: '{r.redact(raw)[:120]}' — fix fields: or the sample",
                 )
                 ok = False
                 continue

@@ -14,7 +14,7 @@ import os
 import re
 import socket
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, Literal, cast
@@ -42,7 +42,7 @@ from detector.model import (
     WebhookFormat,
 )
 from detector.records import default_state_path
-from detector.structured import PARSE_MODES, ParseMode
+from detector.structured import PARSE_MODES, ParseMode, normalize_path
 from detector.templating import validate as template_problem
 
 JOURNALD_PRIORITIES: Mapping[str, int] = {
@@ -98,7 +98,12 @@ _FILE_KEYS = (
     "exclude",
     *_TIME_KEYS,
     "parse",
+    "message",
+    "time",
 )
+_PARSE_CHOICES = (*PARSE_MODES, "docker")
+"""``parse: docker`` is ``parse: json`` with ``message: log``, ``time: time`` and the pieces of
+a line over 16 KiB joined (docker's json-file log driver)."""
 _JOURNALD_KEYS = (
     "units",
     "identifiers",
@@ -144,6 +149,8 @@ class Declared:
     webhooks: set[str]
     journald: set[str] = field(default_factory=set)
     parsed: dict[str, ParseMode] = field(default_factory=dict)
+    messages: dict[str, str] = field(default_factory=dict)
+    """``message:`` of the parsed sources: what their samples' ``match:`` sees."""
 
 
 def default_cache_dir(env: Mapping[str, str] | None) -> Path | None:
@@ -327,6 +334,8 @@ def read_sources(r: NodeReader, declared: Declared, node: Node) -> dict[str, Sou
             src = _file(r, name, body, w, loc)
             if src is not None and src.parse is not None:
                 declared.parsed[name] = src.parse
+                if src.message is not None:
+                    declared.messages[name] = src.message
         if src is not None:
             out[name] = src
     return out
@@ -360,13 +369,81 @@ def _file(
             globs = None
         kw["exclude"] = globs
     kw.update(_time_keys(r, body, w))
-    if "parse" in body:
-        kw["parse"] = r.choice(body["parse"][1], f"{w}: parse", PARSE_MODES)
     if "multiline" in body:
         kw["multiline"] = _multiline(r, body["multiline"][1], w)
+    if "parse" in body or "message" in body or "time" in body:
+        kw.update(_records(r, body, w, kw))
     if paths is None or any(v is None for v in kw.values()):
         return None
     return FileSourceConfig(name=name, paths=paths, location=loc, **kw)
+
+
+def _records(
+    r: NodeReader, body: dict[str, tuple[Node, Node]], w: str, kw: dict[str, Any]
+) -> dict[str, Any]:
+    """``parse:``, ``message:`` and ``time:`` of a file source, and what they make of its
+    ``multiline:`` (whose patterns then see the messages)."""
+    out: dict[str, Any] = {}
+    parse = None
+    if "parse" in body:
+        parse = r.choice(body["parse"][1], f"{w}: parse", _PARSE_CHOICES)
+        if parse is None:
+            return {"parse": None}
+    docker = parse == "docker"
+    if docker:
+        out.update(parse="json", message="log", time_field="time", partial=True)
+    elif parse is not None:
+        out["parse"] = parse
+    for key, attr, example in (
+        ("message", "message", "message: log (docker), message: msg (logfmt)"),
+        ("time", "time_field", "time: time (docker), time: time_iso8601 (nginx)"),
+    ):
+        if key not in body:
+            continue
+        node = body[key][1]
+        if parse is None:
+            r.err(
+                node,
+                f"{w}: {key}",
+                f"names a field, so it needs parse: json or parse: logfmt — add parse:, "
+                f"e.g. {{parse: json, {example.split(', ')[0].split(' (')[0]}}}",
+            )
+            out[attr] = None
+            continue
+        value = r.string(node, f"{w}: {key}", "a field path")
+        if value is not None and not value.strip(".[]0123456789 "):
+            r.err(node, f"{w}: {key}", f"empty field path — write e.g. {example}")
+            value = None
+        out[attr] = None if value is None else normalize_path(value.strip())
+    if "time" in body and kw.get("time_regex") is not None:
+        r.err(
+            body["time"][1],
+            f"{w}: time",
+            "time: (a field) and time_regex: (on the raw line) both say where the stamp is — "
+            "keep one; time_format: still reads the field's value",
+        )
+        out["time_field"] = None
+    ml = kw.get("multiline")
+    msg = out.get("message")
+    if ml is not None and parse is not None:
+        if msg is None:
+            if "message" not in body:
+                r.err(
+                    body["multiline"][0],
+                    f"{w}: multiline",
+                    "on a parse: source, the patterns see a record's message field, and this "
+                    "source has none — add message: FIELD (e.g. message: msg), or parse: "
+                    "docker for docker's json-file logs",
+                )
+            return {**out, "multiline": None}
+        kw["multiline"] = replace(
+            ml, parse=out["parse"], message=msg, partial=bool(out.get("partial"))
+        )
+    elif docker and msg is not None:  # no multiline: only the pieces of long lines join
+        out["multiline"] = MultilineConfig(
+            mode="none", pattern="", parse="json", message=msg, partial=True
+        )
+    return out
 
 
 def _glob(r: NodeReader, node: Node, w: str) -> str | None:

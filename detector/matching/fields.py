@@ -13,7 +13,12 @@ a ``Matcher`` of their own (one plan per source, rule and path, over the values 
 the same Hyperscan prefilter, CPU budget, Pike VM fallback and abandoned-line reports as
 ``match:``, and only on the lines of sources that have fields. Named groups of a field regex are
 captures like those of ``match:`` (whose groups win on a shared name). Sources without
-``parse:`` and without field rules never come here, so their speed is unchanged.
+``parse:`` and without field rules never come here, so their speed is unchanged. A source with
+``message: FIELD`` is *prepared* before the line matcher (:meth:`Structured.prepare`): each
+record's message (without its trailing newline) is the line's text, which ``match:`` sees and
+``{line}`` and samples show (a line that does not parse, or has no such field, stays its raw
+text); with ``time: FIELD`` the field's stamp is the line's own time (``Line.event_at``, as
+journald's), live and in ``detector test`` (:class:`RecordTime`).
 """
 
 from __future__ import annotations
@@ -27,7 +32,8 @@ from typing import Any
 from detector.matching.engine import Abandoned, Hit, Matcher, PatternSpec
 from detector.model import Config, FileSourceConfig
 from detector.sources.base import Line, SourceProblem
-from detector.structured import PARSERS, ParseError, ParseMode, Record, lookup
+from detector.structured import PARSERS, ParseError, ParseMode, Record, lookup, message_text
+from detector.timestamps import TimeParser, zone_named
 
 log = logging.getLogger("detector.pipeline")
 
@@ -61,6 +67,15 @@ class Structured:
             for name, src in config.sources.items()
             if isinstance(src, FileSourceConfig) and src.parse is not None
         }
+        self._message: dict[str, str] = {}
+        self._time: dict[str, RecordTime] = {}
+        for name, src in config.sources.items():
+            if not isinstance(src, FileSourceConfig) or src.parse is None:
+                continue
+            if src.message is not None:
+                self._message[name] = src.message
+            if src.time_field is not None:
+                self._time[name] = RecordTime(src.parse, src.time_field, record_time_parser(src))
         self._rules: dict[str, list[_FieldRule]] = {}
         specs: list[PatternSpec] = []
         for r in config.rules:
@@ -95,33 +110,54 @@ class Structured:
     def take_abandoned(self) -> dict[str, Abandoned]:
         return self.matcher.take_abandoned()
 
+    def rewrites(self, source: str) -> bool:
+        """The lines' texts are their records' messages (``message:``): the line matcher must
+        run on what :meth:`prepare` gives, not on the raw lines."""
+        return source in self._message
+
+    def prepare(
+        self, source: str, texts: Sequence[str], line_at: Callable[[int], Line], now: datetime
+    ) -> tuple[Sequence[str], Callable[[int], Line], Sequence[Mapping[str, Any] | None]]:
+        """A ``parse:`` source's batch parsed: the texts the matcher and the rules see (the
+        messages, with ``message:``), the ``line_at`` that gives each line its fields (and
+        its time, with ``time:``), and the records (None: the line did not parse)."""
+        mode = self.parse[source]
+        records = self._parse(source, mode, texts, now)
+        path = self._message.get(source)
+        if path is not None:
+            texts = [
+                t if rec is None or (m := lookup(rec, path)) is None else message_text(m)
+                for t, rec in zip(texts, records, strict=True)
+            ]
+        clock = self._time.get(source)
+        base = line_at
+        shown = texts
+
+        def prepared(i: int) -> Line:
+            ln = base(i)
+            rec = records[i]
+            if rec is None:
+                return ln
+            at = ln.event_at if clock is None else clock.of(rec)
+            return Line(ln.source, shown[i], at, ln.path, rec)
+
+        return texts, prepared, records
+
     def apply(
         self,
         source: str,
         texts: Sequence[str],
         line_at: Callable[[int], Line],
         hits: Sequence[Hit],
-        now: datetime,
-    ) -> tuple[Sequence[Hit], Callable[[int], Line]]:
-        """The hits rules see, and the ``line_at`` that gives each line its fields."""
-        records: Sequence[Mapping[str, Any] | None]
-        mode = self.parse.get(source)
-        if mode is not None:
-            records = self._parse(source, mode, texts, now)
-            base = line_at
-
-            def line_at(i: int) -> Line:
-                ln = base(i)
-                rec = records[i]
-                if rec is None:
-                    return ln
-                return Line(ln.source, ln.text, ln.event_at, ln.path, rec)
-
-        else:
+        records: Sequence[Mapping[str, Any] | None] | None = None,
+    ) -> Sequence[Hit]:
+        """The hits rules see. ``records``: a ``parse:`` source's (:meth:`prepare`); None:
+        the fields of the Lines (journald)."""
+        if records is None:
             records = _LineFields(line_at, len(texts))
         rules = self._rules.get(source)
         if not rules:
-            return hits, line_at
+            return hits
         keep = [h for h in hits if h.rule not in self._field_rules]
         found: list[Hit] = []
         for fr in rules:
@@ -168,10 +204,10 @@ class Structured:
             else:
                 found.extend(Hit(i, fr.rule, "match", groups[i]) for i in lines)
         if not found:
-            return keep, line_at
+            return keep
         merged = [*keep, *found]
         merged.sort(key=lambda h: h.line)  # stable: the matcher's order kept within a line
-        return merged, line_at
+        return merged
 
     def _parse(
         self, source: str, mode: ParseMode, texts: Sequence[str], now: datetime
@@ -191,6 +227,35 @@ class Structured:
         if first is not None:
             self.failures.note(source, failed, first[0], first[1], now)
         return out
+
+
+def record_time_parser(src: FileSourceConfig, time_format: str | None = None) -> TimeParser:
+    """How the value of a source's ``time:`` field is read: ``time_format`` (``detector test
+    --time-format``) or the source's ``time_format:`` (strptime) if set, else every stamp
+    ``timestamps.py`` knows (RFC 3339 with nanoseconds, epochs…), in the source's
+    ``timezone:`` when it has no offset."""
+    return TimeParser(time_format or src.time_format, zone=zone_named(src.timezone))
+
+
+class RecordTime:
+    """The time of a ``parse:`` source's line, from its ``time:`` field."""
+
+    def __init__(self, mode: ParseMode, path: str, parser: TimeParser) -> None:
+        self._parse = PARSERS[mode]
+        self._path = path
+        self._parser = parser
+
+    def of(self, record: Mapping[str, Any]) -> datetime | None:
+        value = lookup(record, self._path)
+        return None if value is None else self._parser.parse(value.strip())
+
+    def parse(self, text: str) -> datetime | None:
+        """The time of a raw line (``detector test`` reading its clock), None if it has
+        none."""
+        try:
+            return self.of(self._parse(text))
+        except ParseError:
+            return None
 
 
 class _LineFields(Sequence[Mapping[str, Any] | None]):

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from detector.config.values import parse_duration
+from detector.matching.fields import RecordTime, record_time_parser
 from detector.model import Config, FileSourceConfig
 from detector.pipeline import Pipeline, pattern_specs, text_getter
 from detector.replay.blocks import (
@@ -205,12 +206,14 @@ def _stream_samples(fd: int, path: str, kind: str, block: int, *, whole: bool) -
 
 def time_parser(
     config: Config, source: str, path: str, time_format: str | None, present: datetime
-) -> TimeParser:
+) -> TimeParser | RecordTime:
     """How the stamps of ``path`` are read: the source's ``time_format:`` (``--time-format``
     wins), ``time_regex:`` and ``timezone:`` (default: the host's zone); syslog stamps get the
     year of the file's mtime, rolled back by the New Years the file spans (standard input: the
     present year)."""
     src = config.sources.get(source)
+    if isinstance(src, FileSourceConfig) and src.parse is not None and src.time_field:
+        return RecordTime(src.parse, src.time_field, record_time_parser(src, time_format))
     fmt = time_format or (src.time_format if isinstance(src, FileSourceConfig) else None)
     regex = src.time_regex if isinstance(src, FileSourceConfig) else None
     zone = zone_named(src.timezone if isinstance(src, FileSourceConfig) else None)
@@ -332,8 +335,8 @@ def replay(
                         parse: Callable[[str], datetime | None] = parser.parse,
                         seen: list[When] = seen,
                     ) -> When:
-                        # When.of(at, seen[0]), inlined: this runs once per hit
-                        at = parse(line.text)
+                        # When.of(at, seen[0]), inlined: this runs once per hit; time: a field's
+                        at = line.event_at or parse(line.text)
                         if at is None:
                             return seen[0]
                         if current[0] is None or at > current[0]:
