@@ -89,6 +89,16 @@ def test_which_patterns_stay_inside_one_line_of_an_event() -> None:
     across = [r"^\s*File", r"\s+at", r"[^x]", r"(?s:.)", r"a\nb", r"(?s).", r"\D", r"(?:x|\n)"]
     assert [engine._line_local(p) for p in inside] == [True] * len(inside)
     assert [engine._line_local(p) for p in across] == [False] * len(across)
+    # exact line verdicts hold for the event only without anchors to the text's ends
+    assert [
+        engine._event_kind(p) for p in ["Error", r"\bline \d+", "(?m)^File", r"x\Z", r"\s"]
+    ] == [
+        2,
+        2,
+        1,
+        1,
+        0,
+    ]
 
 
 # ---------------------------------------------------------------- assembling events

@@ -216,9 +216,9 @@ class Matcher:
         self._pike_s = 0.0
         """Seconds spent in the Pike VM in the current ``match`` call."""
         self._pike_s_per_call = pike_s_per_call
-        self._local: dict[int, tuple[bool, ...]] = {}
-        """Per plan (by id; plans live as long as the matcher): which of its patterns are
-        :func:`_line_local`."""
+        self._local: dict[int, tuple[int, ...]] = {}
+        """Per plan (by id; plans live as long as the matcher): :func:`_event_kind` of each of
+        its patterns."""
 
     # ------------------------------------------------------------ public API
 
@@ -399,15 +399,16 @@ class Matcher:
         messages): a pattern whose match can never take in a ``"\\n"`` (:func:`_line_local`)
         matches such a text only inside one of its lines, where its Hyperscan pattern (``^`` and
         ``$`` at every line, lookarounds dropped) finds a superset: those texts are scanned as
-        one buffer, and ``re`` confirms only the texts it reports (never trusted as exact:
-        Python's ``^``/``$`` are the text's, not its lines'). Other patterns run ``re`` on every
-        such text, as :meth:`_slow_lines` does."""
-        local = self._local.get(id(plan))
-        if local is None:
-            local = self._local[id(plan)] = tuple(
-                plan.db is not None and i not in plan.always and _line_local(c.spec.regex)
+        one buffer, and ``re`` confirms only the texts it reports (its exact verdict on a line
+        holds for the text only without ``^``/``$``, which are the text's: :func:`_event_kind`).
+        Other patterns run ``re`` on every such text, as :meth:`_slow_lines` does."""
+        kinds = self._local.get(id(plan))
+        if kinds is None:
+            kinds = self._local[id(plan)] = tuple(
+                _event_kind(c.spec.regex) if plan.db is not None and i not in plan.always else 0
                 for i, c in enumerate(plan.active)
             )
+        local = [k > 0 for k in kinds]
         if not any(local):
             return self._slow_lines(plan, texts, which)
         always = {i: False for i, ok in enumerate(local) if not ok}
@@ -422,9 +423,10 @@ class Matcher:
         per_text: dict[int, dict[int, bool]] = {}
         for line, found in cands.items():
             got = per_text.setdefault(bisect_right(firsts, line) - 1, {})
-            for index in found:
+            for index, exact in found.items():
                 if local[index]:
-                    got[index] = False
+                    # exact on the line: exact on the text, for a pattern without ^ $ \A \Z
+                    got[index] = got.get(index, False) or (exact and kinds[index] == 2)
         hits: list[Hit] = []
         for k, i in enumerate(which):
             reported = per_text.get(k)
@@ -569,6 +571,51 @@ def _compile_analysed(
     if analysis.risky:
         confirm = "pike" if pike is not None else "re-capped"
     return _Compiled(spec, rx, analysis, pike, confirm, named, no_pike)
+
+
+def _event_kind(regex: str) -> int:
+    """0: ``regex`` may take in a ``"\\n"`` (or unsure); 1: it cannot (:func:`_line_local`);
+    2: nor has it ``^``, ``$``, ``\\A`` or ``\\Z`` (``(?m)`` or not): then it matches a text
+    exactly where it matches one of the text's lines on its own (``\\b`` sees a ``"\\n"`` as it
+    sees a line's edge), and Hyperscan's exact verdict on a line holds for the text."""
+    if not _line_local(regex):
+        return 0
+    try:
+        return 1 if _has_text_anchor(list(_translate.parse(regex))) else 2
+    except Exception:
+        return 1
+
+
+_TEXT_ANCHORS = frozenset({"AT_BEGINNING", "AT_BEGINNING_STRING", "AT_END", "AT_END_STRING"})
+
+
+def _has_text_anchor(items: Any) -> bool:
+    for op, av in items:
+        name = str(op)
+        if name == "AT":
+            if str(av) in _TEXT_ANCHORS:
+                return True
+        elif name == "SUBPATTERN":
+            if _has_text_anchor(av[3]):
+                return True
+        elif name == "BRANCH":
+            if any(_has_text_anchor(alt) for alt in av[1]):
+                return True
+        elif name in ("MAX_REPEAT", "MIN_REPEAT", "POSSESSIVE_REPEAT"):
+            if _has_text_anchor(av[2]):
+                return True
+        elif name == "ATOMIC_GROUP":
+            if _has_text_anchor(av):
+                return True
+        elif name == "GROUPREF_EXISTS":
+            if _has_text_anchor(av[1]) or _has_text_anchor(av[2] or []):
+                return True
+        elif name in ("ASSERT", "ASSERT_NOT"):
+            if _has_text_anchor(av[1]):
+                return True
+        elif name not in ("LITERAL", "NOT_LITERAL", "ANY", "IN", "GROUPREF"):
+            return True  # unknown: as if it had one
+    return False
 
 
 def _line_local(regex: str) -> bool:
