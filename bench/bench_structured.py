@@ -2,9 +2,10 @@
 
 Generates nginx ``escape=json`` access lines and the same events as Go-style logfmt lines (5 %
 5xx answers), then replays each file through the real pipeline (``detector.replay.replay``, one
-process) three ways: a plain source with a ``match:`` regex on the raw line, the same file as a
-``parse:`` source with a ``fields:`` rule, and with ``match:`` and ``fields:`` together (the
-regex prefilters, only its hits' fields are checked; every line is still parsed and counted).
+process) three ways, one rule per source (so each row evaluates the same hits): a plain source
+with a ``match:`` regex on the raw line, the same file as a ``parse:`` source with a
+``fields:`` rule, and with ``match:`` and ``fields:`` together (the regex prefilters, only its
+hits' fields are checked; every line is still parsed and counted).
 Prints lines/s per row and the ratio to the plain row of the same data.
 
     .venv/bin/python bench/bench_structured.py [--lines 300000] [--workdir /tmp/detector-bench]
@@ -67,6 +68,7 @@ defaults: {{owner: bench, runbook: https://example.invalid/rb, repeat: never}}
 sources:
   plain_json: {{file: {json}}}
   parsed_json: {{file: {json}, parse: json}}
+  parsed_json_both: {{file: {json}, parse: json}}
   plain_logfmt: {{file: {logfmt}}}
   parsed_logfmt: {{file: {logfmt}, parse: logfmt}}
 webhooks:
@@ -79,7 +81,7 @@ rules:
     source: parsed_json
     fields: {{status: '^5\\d\\d$'}}
   - name: json-both
-    source: parsed_json
+    source: parsed_json_both
     match: '"status":5\\d\\d,'
     fields: {{upstream.status: '^5'}}
   - name: logfmt-regex
@@ -112,7 +114,13 @@ def main() -> None:
     rows = [
         ("nginx JSON, plain source, match: regex", jpath, "plain_json", "json-regex", True),
         ("nginx JSON, parse: json, fields:", jpath, "parsed_json", "json-fields", False),
-        ("nginx JSON, parse: json, match: + fields:", jpath, "parsed_json", "json-both", False),
+        (
+            "nginx JSON, parse: json, match: + fields:",
+            jpath,
+            "parsed_json_both",
+            "json-both",
+            False,
+        ),
         ("logfmt, plain source, match: regex", lpath, "plain_logfmt", "logfmt-regex", True),
         ("logfmt, parse: logfmt, fields:", lpath, "parsed_logfmt", "logfmt-fields", False),
     ]

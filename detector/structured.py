@@ -8,13 +8,16 @@ fields. Every value is text: a JSON string as it is, a number as it was written 
 ``1.50``), ``true``/``false``/``null``, an object or a list as its compact JSON text. A path is
 dotted (``http.status``, ``items.0.id``; ``items[0].id`` is the same path); at each level the
 longest key that matches wins, so a flat key with dots in it (``"log.level"``) is found too.
+Both parsers have a fast path (logfmt: two regex passes; JSON: msgspec when installed) checked
+against the definition (a character scanner; the json module) on generated lines.
 """
 
 from __future__ import annotations
 
+import importlib
 import json
 import re
-from collections.abc import Callable, Iterator, KeysView, Mapping
+from collections.abc import Callable, Iterable, Iterator, KeysView, Mapping, Sequence
 from typing import Any, Literal
 
 ParseMode = Literal["json", "logfmt"]
@@ -33,9 +36,57 @@ class _Number(str):
 
 _DECODER = json.JSONDecoder(parse_int=_Number, parse_float=_Number, parse_constant=_Number)
 
+# msgspec, when installed, parses a JSON line ~8x faster than the json module (its float hook
+# gets a float's text, so numbers stay as written); json is the definition and the fallback.
+_msgspec: Any
+try:
+    _msgspec = importlib.import_module("msgspec")
+except ImportError:  # pragma: no cover - exercised where the wheel is missing
+    _msgspec = None
+_FAST_DECODE: Callable[[str], Any] | None = (
+    None if _msgspec is None else _msgspec.json.Decoder(float_hook=_Number).decode
+)
+_NEGATIVE_ZERO = re.compile(r"-0(?![.eE0-9])")
+"""``-0`` as an integer, which msgspec reads as ``0``: such lines go to the json module."""
+_FAST_CHARS = 1000
+"""Lines up to this long take the fast path; up to :data:`_FAST_MAX_CHARS` too when they have
+fewer than :data:`_FAST_MAX_DEPTH` brackets (far from either parser's recursion limit, whose
+depth varies with the stack: both then agree on every line)."""
+_FAST_MAX_CHARS = 4000
+"""Nor an integer longer than Python's ``int``/``str`` conversion limit (4300 digits)."""
+_FAST_MAX_DEPTH = 400
+
 
 def parse_json(text: str) -> dict[str, Any]:
     """One JSON object (a docker json-file line, an nginx ``escape=json`` log line…)."""
+    obj = _parse_json_record(text)
+    _as_text(obj)  # integers of the fast path as their text
+    return obj
+
+
+def _parse_json_record(text: str) -> dict[str, Any]:
+    """:func:`parse_json` as ``Record`` keeps it: an integer may be an ``int`` (whose ``str`` is
+    the integer as written: the fast path leaves ``-0`` to the json module); :func:`text_of`
+    gives the same text either way."""
+    n = len(text)
+    if (
+        _FAST_DECODE is None
+        or n > _FAST_MAX_CHARS
+        or (n > _FAST_CHARS and text.count("[") + text.count("{") >= _FAST_MAX_DEPTH)
+        or ("-0" in text and _NEGATIVE_ZERO.search(text) is not None)
+    ):
+        return _parse_json_stdlib(text)
+    try:
+        obj = _FAST_DECODE(text)
+    except (ValueError, RecursionError):  # msgspec.DecodeError, a lone surrogate…: json decides
+        return _parse_json_stdlib(text)
+    if type(obj) is not dict:
+        return _parse_json_stdlib(text)  # refused, with json's words
+    return obj
+
+
+def _parse_json_stdlib(text: str) -> dict[str, Any]:
+    """:func:`parse_json` with the json module: the definition (numbers as :class:`_Number`)."""
     try:
         obj = _DECODER.decode(text)
     except ValueError as e:  # json.JSONDecodeError, or a number too long for int()
@@ -49,7 +100,30 @@ def parse_json(text: str) -> dict[str, Any]:
     return obj
 
 
+def _as_text(value: Any) -> None:
+    """The ``int`` values inside a parsed object or list, in place, as :class:`_Number`."""
+    items = value.items() if type(value) is dict else enumerate(value)
+    for k, v in items:
+        t = type(v)
+        if t is int:
+            value[k] = _Number(v)
+        elif t is dict or t is list:
+            _as_text(v)
+
+
 _ESCAPES = {'"': '"', "\\": "\\", "/": "/", "b": "\b", "f": "\f", "n": "\n", "r": "\r", "t": "\t"}
+
+
+_SEP = r"[\x00-\x20]*+"
+_KEY = r'[^\x00-\x20="]++'
+_QUOTED = r'"[^"\\]*+(?:\\[\s\S][^"\\]*+)*+"'
+_BARE = r'[^\x00-\x20"]*+(?=[\x00-\x20]|\Z)'
+_LOGFMT_LINE = re.compile(rf"(?:{_SEP}{_KEY}(?:=(?:{_QUOTED}|{_BARE})|(?=[\x00-\x20]|\Z)))*+{_SEP}")
+"""A whole logfmt line as :func:`_scan_logfmt` accepts it (one C pass): its pairs then are what
+:data:`_LOGFMT_PAIR` finds."""
+_LOGFMT_PAIR = re.compile(rf'({_KEY})(?:=({_QUOTED}|[^\x00-\x20"]*+))?+')
+"""On a line :data:`_LOGFMT_LINE` accepts: each key and its value as written ('' for a bare
+key; a quoted value with its quotes)."""
 
 
 def parse_logfmt(text: str) -> dict[str, str]:
@@ -58,7 +132,43 @@ def parse_logfmt(text: str) -> dict[str, str]:
     to the next whitespace; it may contain ``=``) or double-quoted with the escapes ``\\" \\\\
     \\/ \\b \\f \\n \\r \\t \\uXXXX`` (another backslash stays as written). A bare key has the
     empty value; a repeated key keeps its last value. A line without any ``key=`` is not logfmt
-    (plain text would otherwise parse as bare keys)."""
+    (plain text would otherwise parse as bare keys).
+
+    One regex pass checks the line and one finds its pairs (C speed); a line they refuse goes
+    to the character scanner (:func:`_scan_logfmt`, the definition), which says why. The two
+    agree on every line (``tests/test_structured.py`` compares them on generated lines)."""
+    if "=" not in text or _LOGFMT_LINE.fullmatch(text) is None:
+        return _scan_logfmt(text)  # not logfmt (it raises), or a line the regexes do not take
+    pairs = _LOGFMT_PAIR.findall(text)
+    if '"' not in text:
+        return dict(pairs)
+    out: dict[str, str] = {}
+    for key, written in pairs:
+        if written[:1] == '"':  # quoted (a bare value never starts with '"')
+            out[key] = _unescape(written) if "\\" in written else written[1:-1]
+        else:
+            out[key] = written
+    return out
+
+
+_ESCAPE = re.compile(r"\\([\s\S])")
+
+
+def _escaped(m: re.Match[str]) -> str:
+    c = m.group(1)
+    return _ESCAPES.get(c) or "\\" + c  # not an escape: kept as written
+
+
+def _unescape(written: str) -> str:
+    """A quoted value as written (with its quotes, on a line :data:`_LOGFMT_LINE` accepts) as
+    :func:`_quoted` reads it; ``\\u`` escapes (surrogate pairs) are left to :func:`_quoted`."""
+    if "\\u" in written:
+        return _quoted(written, 1)[0]
+    return _ESCAPE.sub(_escaped, written[1:-1])
+
+
+def _scan_logfmt(text: str) -> dict[str, str]:
+    """:func:`parse_logfmt`, one character at a time: the definition, and the error messages."""
     out: dict[str, str] = {}
     n = len(text)
     i = 0
@@ -164,6 +274,13 @@ PARSERS: Mapping[ParseMode, Callable[[str], dict[str, Any]]] = {
     "json": parse_json,
     "logfmt": parse_logfmt,
 }
+RECORD_PARSERS: Mapping[ParseMode, Callable[[str], dict[str, Any]]] = {
+    "json": _parse_json_record,
+    "logfmt": parse_logfmt,
+}
+"""The parsers as :class:`Record` takes their result (``matching/fields.py``, every line of a
+source): the same values through :func:`lookup` and :func:`text_of`, without the pass that
+turns the fast JSON path's integers into text."""
 
 
 # ---------------------------------------------------------------- paths and values
@@ -242,6 +359,37 @@ def lookup(obj: Mapping[str, Any], path: str) -> str | None:
     return None if got is _MISSING else text_of(got)
 
 
+def values_at(
+    records: Sequence[Mapping[str, Any] | None], lines: Iterable[int], path: str
+) -> tuple[list[str], list[int]]:
+    """:func:`lookup` of ``path`` in ``records[i]`` for each of ``lines``: the texts found and
+    the lines they were found on (a line without the path, or without fields, is left out).
+    The same as one :func:`lookup` a line, cheaper for a batch (``matching/fields.py``)."""
+    vals: list[str] = []
+    at: list[int] = []
+    flat_key = "." not in path and "[" not in path
+    for i in lines:
+        rec = records[i]
+        if rec is None:
+            continue
+        obj = rec.obj if type(rec) is Record else rec
+        if flat_key and type(obj) is dict:
+            got = obj.get(path, _MISSING)
+            if type(got) is str:  # the common case: a top-level string
+                vals.append(got)
+                at.append(i)
+                continue
+            if got is not _MISSING:
+                vals.append(text_of(got))
+                at.append(i)
+            continue  # (a key without a dot is found at the top level or not at all)
+        v = lookup(rec, path)
+        if v is not None:
+            vals.append(v)
+            at.append(i)
+    return vals, at
+
+
 def text_of(value: Any) -> str:
     """A parsed value as the text fields see: strings and numbers as written, ``true``,
     ``false``, ``null``, and objects and lists as compact JSON (numbers as written)."""
@@ -253,12 +401,16 @@ def text_of(value: Any) -> str:
         return "false"
     if value is None:
         return "null"
+    if type(value) is int:  # a number of the fast JSON path, as written
+        return str(value)
     return _compact(value)
 
 
 def _compact(value: Any) -> str:
     if isinstance(value, _Number):
         return str.__str__(value)
+    if type(value) is int:
+        return str(value)
     if isinstance(value, str):
         return json.dumps(value, ensure_ascii=False)
     if isinstance(value, dict):
@@ -287,7 +439,9 @@ class Record(Mapping[str, str]):
         if self._flat is None:
             flat: dict[str, str] = {}
             for k, v in self.obj.items():
-                if isinstance(v, dict | list):
+                if type(v) is str:
+                    flat[k] = v
+                elif isinstance(v, dict | list):
                     flat[k] = _compact(v)
                     if v:
                         _leaves(v, k, flat)
@@ -296,8 +450,12 @@ class Record(Mapping[str, str]):
             self._flat = flat
         return self._flat
 
+    def __bool__(self) -> bool:
+        return bool(self.obj)  # every top-level key is a key: no need to work them out
+
     def __getitem__(self, path: str) -> str:
-        got = self.flat().get(path)
+        flat = self._flat
+        got = (flat if flat is not None else self.flat()).get(path)
         if got is not None:
             return got
         found = _resolve(self.obj, normalize_path(path))

@@ -70,13 +70,22 @@ def test_sequential_repeats_on_non_ascii_line_that_does_not_match_are_answered_b
 
 
 @pytest.mark.parametrize("n", [256, 4096])
-def test_sequential_repeats_on_a_line_with_a_newline_bypass_the_prefilter_and_stay_bounded(
-    n: int,
+@pytest.mark.parametrize(
+    ("pattern", "slow"),
+    [
+        # a match that cannot take in a "\n": the prefilter answers for the multi-line text
+        # (a journald message or a multiline event), re never runs
+        (r"(.*)(.*)(.*)x", {}),
+        # one that can span lines is confirmed by re on every multi-line text: bounded
+        (r"([\s\S]*)([\s\S]*)([\s\S]*)x", {"r": 1}),
+    ],
+)
+def test_sequential_repeats_on_a_line_with_a_newline_stay_bounded(
+    n: int, pattern: str, slow: dict[str, int]
 ) -> None:
-    # journald messages with "\n" are confirmed without prefilter: no x, so no match.
-    m = one(r"(.*)(.*)(.*)x")
-    assert timed(m, ["é" * n + "\nyy"]) == []
-    assert m.take_slow() == {"r": 1}
+    m = one(pattern)
+    assert timed(m, ["é" * n + "\nyy"]) == []  # no x, so no match
+    assert m.take_slow() == slow
 
 
 def test_matching_line_that_backtracks_long_gets_python_groups_from_the_pike_vm() -> None:

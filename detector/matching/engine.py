@@ -34,12 +34,14 @@ main thread (the agent and ``detector test`` match there). A ``Matcher`` used fr
 keeps the static caps instead: lines over ``RE_MAX_CHARS`` go to the Pike VM when it can run the
 pattern, risky patterns always do, and risky patterns it cannot run treat lines over
 ``RISKY_RE_MAX_CHARS`` as not matching (polynomial backtracking otherwise).
-A line containing ``\\n`` (journald messages) and patterns Hyperscan rejects take the same
-confirmation path without the prefilter. Without the ``hyperscan`` wheel every line goes through
-that path (``ENGINE`` says so); so it does on a Python whose ``re._parser`` ``translate`` cannot
-read (``PARSER_PROBLEM``), with no Pike VM behind the budget either (``ENGINE`` and ``report()``
-say so). The Hyperscan database of a source is compiled on its first
-``match`` (``match(source, [])`` warms it up). A ``Matcher`` is used by one thread at a time.
+Patterns Hyperscan rejects take the same confirmation path without the prefilter. A text
+containing ``\\n`` (a ``multiline:`` event, a journald message) goes through the prefilter for
+the patterns that can never take in a ``\\n`` (then confirmed by ``re``, whose ``^``/``$`` are
+the text's), and through ``re`` alone for the others. Without the ``hyperscan`` wheel every line
+goes through that path (``ENGINE`` says so); so it does on a Python whose ``re._parser``
+``translate`` cannot read (``PARSER_PROBLEM``), with no Pike VM behind the budget either
+(``ENGINE`` and ``report()`` say so). The Hyperscan database of a source is compiled on its
+first ``match`` (``match(source, [])`` warms it up). A ``Matcher`` is used by one thread at a time.
 """
 
 from __future__ import annotations
@@ -51,6 +53,7 @@ import json
 import re
 import sys
 import warnings
+from bisect import bisect_right
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -231,6 +234,9 @@ class Matcher:
         self._pike_s = 0.0
         """Seconds spent in the Pike VM in the current ``match`` call."""
         self._pike_s_per_call = pike_s_per_call
+        self._local: dict[int, tuple[int, ...]] = {}
+        """Per plan (by id; plans live as long as the matcher): :func:`_event_kind` of each of
+        its patterns."""
 
     # ------------------------------------------------------------ public API
 
@@ -324,7 +330,7 @@ class Matcher:
         cands, _ = self._scan(plan, data, lambda i, _s, _e: texts[i])
         hits = self._finish(plan, cands, lambda i: texts[i], len(texts), set(multiline))
         if multiline:
-            hits.extend(self._slow_lines(plan, texts, multiline))
+            hits.extend(self._event_lines(plan, texts, multiline))
             hits.sort(key=lambda h: h.line)  # stable: spec order kept within a line
         return hits
 
@@ -451,6 +457,48 @@ class Matcher:
         hits: list[Hit] = []
         for i in lines:
             hits.extend(self._line(plan, i, texts[i], everything))
+        return hits
+
+    def _event_lines(self, plan: _Plan, texts: Sequence[str], which: Sequence[int]) -> list[Hit]:
+        """The hits of the texts ``which`` that hold ``"\\n"`` (multiline events, journald
+        messages): a pattern whose match can never take in a ``"\\n"`` (:func:`_line_local`)
+        matches such a text only inside one of its lines, where its Hyperscan pattern (``^`` and
+        ``$`` at every line, lookarounds dropped) finds a superset: those texts are scanned as
+        one buffer, and ``re`` confirms only the texts it reports (its exact verdict on a line
+        holds for the text only without ``^``/``$``, which are the text's: :func:`_event_kind`).
+        Other patterns run ``re`` on every such text, as :meth:`_slow_lines` does."""
+        kinds = self._local.get(id(plan))
+        if kinds is None:
+            kinds = self._local[id(plan)] = tuple(
+                _event_kind(c.spec.regex) if plan.db is not None and i not in plan.always else 0
+                for i, c in enumerate(plan.active)
+            )
+        local = [k > 0 for k in kinds]
+        if not any(local):
+            return self._slow_lines(plan, texts, which)
+        always = {i: False for i, ok in enumerate(local) if not ok}
+        firsts: list[int] = []  # the buffer's line index of each text's first line
+        n = 0
+        for i in which:
+            firsts.append(n)
+            n += texts[i].count("\n") + 1
+        joined = "\n".join([texts[i] for i in which])
+        data = joined.encode("utf-8", "surrogatepass") + b"\n"  # see _match
+        cands, _ = self._scan(plan, data, lambda _i, _s, _e: "")
+        per_text: dict[int, dict[int, bool]] = {}
+        for line, found in cands.items():
+            got = per_text.setdefault(bisect_right(firsts, line) - 1, {})
+            for index, exact in found.items():
+                if local[index]:
+                    # exact on the line: exact on the text, for a pattern without ^ $ \A \Z
+                    got[index] = got.get(index, False) or (exact and kinds[index] == 2)
+        hits: list[Hit] = []
+        for k, i in enumerate(which):
+            reported = per_text.get(k)
+            if reported is None and not always:
+                continue
+            todo = {**reported, **always} if reported else always
+            hits.extend(self._line(plan, i, texts[i], todo))
         return hits
 
     def _line(self, plan: _Plan, i: int, text: str, cands: dict[int, bool]) -> list[Hit]:
@@ -679,6 +727,91 @@ def _compile_analysed(
     if analysis.risky:
         confirm = "pike" if pike is not None else "re-capped"
     return _Compiled(spec, rx, analysis, pike, confirm, named, no_pike)
+
+
+def _event_kind(regex: str) -> int:
+    """0: ``regex`` may take in a ``"\\n"`` (or unsure); 1: it cannot (:func:`_line_local`);
+    2: nor has it ``^``, ``$``, ``\\A`` or ``\\Z`` (``(?m)`` or not): then it matches a text
+    exactly where it matches one of the text's lines on its own (``\\b`` sees a ``"\\n"`` as it
+    sees a line's edge), and Hyperscan's exact verdict on a line holds for the text."""
+    if not _line_local(regex):
+        return 0
+    try:
+        return 1 if _has_text_anchor(list(_translate.parse(regex))) else 2
+    except Exception:
+        return 1
+
+
+_TEXT_ANCHORS = frozenset({"AT_BEGINNING", "AT_BEGINNING_STRING", "AT_END", "AT_END_STRING"})
+
+
+def _has_text_anchor(items: Any) -> bool:
+    for op, av in items:
+        name = str(op)
+        if name == "AT":
+            if str(av) in _TEXT_ANCHORS:
+                return True
+        elif name == "SUBPATTERN":
+            if _has_text_anchor(av[3]):
+                return True
+        elif name == "BRANCH":
+            if any(_has_text_anchor(alt) for alt in av[1]):
+                return True
+        elif name in ("MAX_REPEAT", "MIN_REPEAT", "POSSESSIVE_REPEAT"):
+            if _has_text_anchor(av[2]):
+                return True
+        elif name == "ATOMIC_GROUP":
+            if _has_text_anchor(av):
+                return True
+        elif name == "GROUPREF_EXISTS":
+            if _has_text_anchor(av[1]) or _has_text_anchor(av[2] or []):
+                return True
+        elif name in ("ASSERT", "ASSERT_NOT"):
+            if _has_text_anchor(av[1]):
+                return True
+        elif name not in ("LITERAL", "NOT_LITERAL", "ANY", "IN", "GROUPREF"):
+            return True  # unknown: as if it had one
+    return False
+
+
+def _line_local(regex: str) -> bool:
+    """No match of ``regex`` can take in a ``"\\n"``: none of its characters, classes or ``.``
+    (with its flags) matches one (lookarounds do not count: they take nothing in, and the
+    Hyperscan pattern drops them). False when unsure."""
+    try:
+        tree = _translate.parse(regex)
+        return not _may_take_newline(list(tree), tree.state.flags)
+    except Exception:  # a tree the walk does not expect: the safe answer
+        return False
+
+
+def _may_take_newline(items: Any, flags: int) -> bool:
+    for op, av in items:
+        name = str(op)
+        if name in ("LITERAL", "NOT_LITERAL", "ANY", "IN"):
+            src = _translate.char_source(op, av)
+            if re.compile(src, flags & _translate._FLAG_MASK).match("\n"):
+                return True
+        elif name == "SUBPATTERN":
+            _gid, add, delete, sub = av
+            if _may_take_newline(sub, _translate.effective_flags(flags, add, delete)):
+                return True
+        elif name == "BRANCH":
+            if any(_may_take_newline(alt, flags) for alt in av[1]):
+                return True
+        elif name in ("MAX_REPEAT", "MIN_REPEAT", "POSSESSIVE_REPEAT"):
+            if _may_take_newline(av[2], flags):
+                return True
+        elif name == "ATOMIC_GROUP":
+            if _may_take_newline(av, flags):
+                return True
+        elif name == "GROUPREF_EXISTS":
+            _g, yes, no = av
+            if _may_take_newline(yes, flags) or _may_take_newline(no or [], flags):
+                return True
+        elif name not in ("AT", "GROUPREF", "ASSERT", "ASSERT_NOT"):
+            return True  # unknown: it might
+    return False
 
 
 def _hs_flags() -> int:

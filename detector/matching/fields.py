@@ -32,7 +32,16 @@ from typing import Any
 from detector.matching.engine import Abandoned, Hit, Matcher, PatternSpec
 from detector.model import Config, FileSourceConfig
 from detector.sources.base import Line, SourceProblem
-from detector.structured import PARSERS, ParseError, ParseMode, Record, lookup, message_text
+from detector.structured import (
+    PARSERS,
+    RECORD_PARSERS,
+    ParseError,
+    ParseMode,
+    Record,
+    lookup,
+    message_text,
+    values_at,
+)
 from detector.timestamps import TimeParser, zone_named
 
 log = logging.getLogger("detector.pipeline")
@@ -166,24 +175,17 @@ class Structured:
                 lines = sorted({h.line for h in own})
             else:
                 lines = [i for i in range(len(texts)) if records[i] is not None]
-            groups: dict[int, dict[str, str]] = {i: {} for i in lines}
+            groups: dict[int, dict[str, str]] = {}  # the lines whose field regexes captured
             for path in fr.paths:
                 if not lines:
                     break
-                vals: list[str] = []
-                at: list[int] = []
-                for i in lines:
-                    rec = records[i]
-                    v = None if rec is None else lookup(rec, path)
-                    if v is not None:
-                        vals.append(v)
-                        at.append(i)
+                vals, at = values_at(records, lines, path)
                 passed: list[int] = []
                 for h in self.matcher.match(_key(source, fr.rule, path), vals):
                     i = at[h.line]
                     passed.append(i)
                     if h.groups:
-                        groups[i].update(h.groups)
+                        groups.setdefault(i, {}).update(h.groups)
                 lines = passed
             if fr.ignore and lines:
                 ignored = {
@@ -197,12 +199,12 @@ class Structured:
             if fr.has_match:
                 for h in own:
                     if h.line in ok:
-                        g = groups[h.line]
+                        g = groups.get(h.line)
                         found.append(
                             Hit(h.line, h.rule, h.role, {**g, **h.groups} if g else h.groups)
                         )
             else:
-                found.extend(Hit(i, fr.rule, "match", groups[i]) for i in lines)
+                found.extend(Hit(i, fr.rule, "match", groups.get(i) or {}) for i in lines)
         if not found:
             return keep
         merged = [*keep, *found]
@@ -212,7 +214,7 @@ class Structured:
     def _parse(
         self, source: str, mode: ParseMode, texts: Sequence[str], now: datetime
     ) -> list[Mapping[str, Any] | None]:
-        parse = PARSERS[mode]
+        parse = RECORD_PARSERS[mode]
         out: list[Mapping[str, Any] | None] = []
         failed = 0
         first: tuple[str, str] | None = None

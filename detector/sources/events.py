@@ -105,14 +105,59 @@ class EventAssembler(Generic[M]):
     def push_all(
         self, lines: Iterable[tuple[str, M]], now: datetime | None = None
     ) -> list[Event[M]]:
-        """Several lines, read at ``now``; the events they complete."""
+        """Several lines, read at ``now``; the events they complete. The same events as
+        :meth:`push` line by line, worked out per event: the pattern runs over the lines in one
+        ``map``, and the lines between two event starts join with one ``extend``."""
+        pairs = lines if isinstance(lines, list) else list(lines)
         out: list[Event[M]] = []
-        push = self.push
-        for text, mark in lines:
-            push(text, mark, out)
+        if self._records is not None:  # parse: records: one at a time
+            for text, mark in pairs:
+                self.push(text, mark, out)
+        elif pairs:
+            texts = [t for t, _ in pairs]
+            hit_is_start = self._starts
+            begins = [
+                i
+                for i, m in enumerate(map(self._rx.search, texts))
+                if (m is not None) is hit_is_start
+            ]
+            begins.append(len(texts))
+            pos = 0
+            for b in begins:
+                if pos < b:
+                    self._join(texts, pairs, pos, b, out)
+                if b == len(texts):
+                    break
+                if self._lines:
+                    out.append(Event("\n".join(self._lines), cast(M, self._mark), len(self._lines)))
+                self._lines = [texts[b]]
+                self._mark = pairs[b][1]
+                pos = b + 1
         if now is not None and self.pending_lines:
             self.touched = now
         return out
+
+    def _join(
+        self, texts: list[str], pairs: list[tuple[str, M]], i: int, end: int, out: list[Event[M]]
+    ) -> None:
+        """Lines ``i:end``, none of which begins an event, onto the pending one (the first
+        begins one if nothing is pending; ``max_lines`` splits)."""
+        while i < end:
+            lines = self._lines
+            if not lines:
+                self._lines = [texts[i]]
+                self._mark = pairs[i][1]
+                i += 1
+                continue
+            room = self.max_lines - len(lines)
+            if room <= 0:
+                out.append(Event("\n".join(lines), cast(M, self._mark), len(lines), True))
+                self.splits += 1
+                self._lines = []
+                continue
+            take = min(room, end - i)
+            lines.extend(texts[i : i + take])
+            i += take
 
     def flush(self) -> Event[M] | None:
         """The pending event as complete (its input ended, or was quiet), or None."""
