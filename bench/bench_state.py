@@ -62,7 +62,8 @@ def _run(config: Any, state: Path, lines: list[list[str]]) -> float:
     store = Store(state)
     store.migrate()
     states = all_rule_state(store)
-    pipeline = Pipeline(config, T0, lambda r: states.get(r, {}), store.load_alerts())
+    rows = map(json.loads, store.load_alert_texts())  # as the service loads them
+    pipeline = Pipeline(config, T0, lambda r: states.get(r, {}), rows)
     states.clear()
     pipeline.warm()
     start = time.perf_counter()

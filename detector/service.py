@@ -36,6 +36,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import json
 import logging
 import signal
 import time
@@ -315,7 +316,7 @@ class Agent:
         matcher is ready and the processor runs."""
         config = self.config
         compiling = asyncio.ensure_future(self._compile(config))
-        alert_rows = await self.db.run(lambda s: s.load_alerts())
+        alert_rows = map(json.loads, await self.db.run(lambda s: s.load_alert_texts()))
         states = await self.db.run(all_rule_state)
         for webhook in config.webhooks:
             self._start_worker(webhook)

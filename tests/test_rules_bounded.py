@@ -279,3 +279,133 @@ rules:
     assert {r.name: r.max_keys for r in cfg.rules} == {"a": 500, "b": 20}
     with pytest.raises(ConfigError, match="max_keys"):
         parse_config(text.replace("max_keys: 20", "max_keys: 0"), str(tmp_path / "rules.yaml"))
+
+
+# ---------------------------------------------------------------- max_keys for every keyed kind
+
+
+def _kinds() -> dict[str, Callable[[int], tuple[Any, Callable[[int], Hit], str]]]:
+    """Per keyed evaluator kind: a factory ``cap -> (evaluator, hit of key i, digest kind)``."""
+    from detector.model import AnomalyNewSpec, AnomalyRateSpec, HeartbeatSpec, PairSpec
+    from detector.rules.anomaly_new import NewKindEvaluator
+    from detector.rules.anomaly_rate import RateEvaluator
+    from detector.rules.heartbeat import HeartbeatEvaluator
+    from detector.rules.pair import PairEvaluator
+
+    def threshold(cap: int) -> tuple[Any, Callable[[int], Hit], str]:
+        spec = ThresholdSpec(count=1, within=timedelta(hours=1), by=("ip",))
+        ev = ThresholdEvaluator(rule("k", "threshold", threshold=spec, max_keys=cap), T0)
+        return ev, lambda i: Hit(0, "k", "match", {"ip": f"10.0.0.{i}"}), "threshold"
+
+    def error(cap: int) -> tuple[Any, Callable[[int], Hit], str]:
+        ev = MatchEvaluator(rule("k", group_by=("ip",), max_keys=cap), T0)
+        return ev, lambda i: Hit(0, "k", "match", {"ip": f"10.0.0.{i}"}), "error"
+
+    def heartbeat(cap: int) -> tuple[Any, Callable[[int], Hit], str]:
+        spec = HeartbeatSpec(every=timedelta(hours=1), by="host")
+        ev = HeartbeatEvaluator(rule("k", "silence", heartbeat=spec, max_keys=cap), T0)
+        return ev, lambda i: Hit(0, "k", "match", {"host": f"h{i}"}), "silence"
+
+    def pair(cap: int) -> tuple[Any, Callable[[int], Hit], str]:
+        spec = PairSpec(
+            start=r"start (?P<job>\S+)", end=r"end (?P<job>\S+)", within=timedelta(hours=1)
+        )
+        ev = PairEvaluator(rule("k", "pair", pair=spec, match=None, max_keys=cap), T0)
+        return ev, lambda i: Hit(0, "k", "start", {"job": f"j{i}"}), "pair"
+
+    def anomaly_new(cap: int) -> tuple[Any, Callable[[int], Hit], str]:
+        spec = AnomalyNewSpec(learn=None, max_alerts_per_hour=10_000)
+        ev = NewKindEvaluator(rule("k", "anomaly", anomaly_new=spec, max_keys=cap), T0)
+        return ev, lambda i: Hit(0, "k", "match", {"n": str(i)}), "anomaly"
+
+    def anomaly_rate(cap: int) -> tuple[Any, Callable[[int], Hit], str]:
+        spec = AnomalyRateSpec(by="ip")
+        ev = RateEvaluator(rule("k", "anomaly", anomaly_rate=spec, max_keys=cap), T0)
+        return ev, lambda i: Hit(0, "k", "match", {"ip": f"10.0.0.{i}"}), "anomaly"
+
+    return {
+        "threshold": threshold,
+        "error": error,
+        "heartbeat": heartbeat,
+        "pair": pair,
+        "anomaly_new": anomaly_new,
+        "anomaly_rate": anomaly_rate,
+    }
+
+
+_WORDS = ["alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel", "india"]
+
+
+def _feed(ev: Any, hit: Callable[[int], Hit], keys: range) -> list[Signal]:
+    out: list[Signal] = []
+    for i in keys:
+        # anomaly_new tells kinds of lines apart by their words, not by captured groups
+        text = " ".join(_WORDS[(i >> s) % len(_WORDS)] for s in (0, 2, 4, 6)) + f" kind{i}x"
+        text = f"{_WORDS[i % 9]} {_WORDS[(i // 9) % 9]} {'zulu ' * (i % 5)}{text}"
+        out += ev.observe(hit(i), line(text), When.exact(T0 + timedelta(seconds=1)))
+    return out
+
+
+@pytest.mark.parametrize("kind", list(_kinds()))
+def test_every_keyed_kind_folds_past_max_keys_and_a_restart_keeps_the_count(
+    kind: str, tmp_path: Path
+) -> None:
+    from detector.rules.state import KeyCap
+
+    make = _kinds()[kind]
+    ev, hit, alert_kind = make(3)
+    out = _feed(ev, hit, range(12))
+    assert isinstance(ev.cap, KeyCap)  # what Pipeline.over_cap reads for the agent alert
+    folded = ev.cap.folded
+    assert folded >= 5, f"{kind}: keys past the cap are counted ({folded})"
+    digest = [s for s in out if s.key == DIGEST_KEY]
+    if kind != "anomaly_rate":  # its "(other)" key is its digest, counted together
+        assert digest and {s.kind for s in digest} == {alert_kind}
+        assert digest[-1].summary == f"k: … and {folded} more keys (max_keys: 3)"
+    store = Store(tmp_path / "state.db")
+    store.migrate()
+    store.commit(Commit(rule_state={"k": ev.state_changes()}), T0)
+    again, _, _ = make(3)
+    again.load_state(store.load_rule_state("k"))
+    assert (again.cap.folded, again.cap.firing) == (folded, True), "the digest is exact"
+    rewritten = again.state_changes()
+    assert not [k for k in rewritten if k.startswith(DIGEST_KEY)], "the digest is not rewritten"
+    more = _feed(again, hit, range(12))  # the same keys again: none is counted twice
+    assert again.cap.folded == folded
+    assert [s for s in more if s.key == DIGEST_KEY] == []
+    _feed(again, hit, range(12, 14))
+    assert again.cap.folded == folded + 2
+    store.commit(Commit(rule_state={"k": again.state_changes()}), T0)
+    third, _, _ = make(3)
+    third.load_state(store.load_rule_state("k"))
+    assert third.cap.folded == folded + 2
+    store.close()
+
+
+def test_a_resolved_digest_is_deleted_from_the_state_file(tmp_path: Path) -> None:
+    ev = MatchEvaluator(rule("e", group_by=("ip",), max_keys=2), T0)
+    for i in range(70):
+        ev.observe(Hit(0, "e", "match", {"ip": str(i)}), line("x"), When.exact(T0))
+    store = Store(tmp_path / "state.db")
+    store.migrate()
+    store.commit(Commit(rule_state={"e": ev.state_changes()}), T0)
+    assert any(k.startswith(DIGEST_KEY) for k in store.load_rule_state("e"))
+    out = ev.due(T0 + timedelta(hours=1))
+    assert (out[-1].action, out[-1].key) == ("resolve", DIGEST_KEY)
+    store.commit(Commit(rule_state={"e": ev.state_changes()}), T0)
+    assert store.load_rule_state("e") == {}
+    again = MatchEvaluator(rule("e", group_by=("ip",), max_keys=2), T0)
+    again.load_state(store.load_rule_state("e"))
+    assert (again.cap.folded, again.cap.firing) == (0, False)
+    store.close()
+
+
+def test_rows_of_an_earlier_version_without_a_digest_row_take_it_as_open_at_the_cap() -> None:
+    ev = MatchEvaluator(rule("e", group_by=("ip",), max_keys=2), T0)
+    rows = {
+        f"ip={i}": {"last": T0.isoformat(), "labels": {"ip": str(i)}, "count": 1} for i in (1, 2)
+    }
+    ev.load_state(rows)
+    assert ev.cap.firing and ev.cap.folded == 0
+    out = ev.due(T0 + timedelta(hours=1))
+    assert (out[-1].action, out[-1].key) == ("resolve", DIGEST_KEY)

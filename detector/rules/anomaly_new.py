@@ -25,7 +25,7 @@ from detector.matching import Hit
 from detector.model import AnomalyNewSpec, RuleConfig
 from detector.rules.base import Signal, When
 from detector.rules.common import plural, resolved, summarize
-from detector.rules.state import META_KEY, KeyedState
+from detector.rules.state import META_KEY, KeyCap, KeyedState
 from detector.sources.base import Line
 from detector.templates import Template, TemplateMiner
 from detector.timefmt import format_duration, iso, iso_or_none, parse_iso_or_none
@@ -146,6 +146,10 @@ class NewKindEvaluator:
         self._rows = KeyedState(self.miner.templates, _template_row, TEMPLATE_KEY)
         self._touch = self._rows.touch
         self._meta_dirty = True
+        self.cap = KeyCap(rule, min(rule.max_keys, MAX_TEMPLATES // 2))
+        """Open new-kind alerts: ``max_keys``, at most half of ``MAX_TEMPLATES`` (so that
+        forgetting templates always finds closed ones); past it a new kind is counted in the
+        rule's digest alert, which resolves once fewer are open."""
 
     # ------------------------------------------------------------------ lines
 
@@ -210,6 +214,9 @@ class NewKindEvaluator:
             self.storm.digest = [*(self.storm.digest or []), t.id]
             t.extra["alerted"] = "digest"
             return out
+        if len(self._open) >= self.cap.limit:
+            t.extra["alerted"] = "digest"
+            return out + self.cap.fold(t.id, at, "anomaly")
         self.storm.sent += 1
         t.extra["alerted"] = True
         self._keep_open(t, at)
@@ -347,6 +354,7 @@ class NewKindEvaluator:
                     ),
                 )
             )
+            out += self.cap.release(len(self._open), now, "anomaly")
         return out
 
     def note_downtime(self, since: datetime, until: datetime) -> None:
@@ -355,7 +363,7 @@ class NewKindEvaluator:
     # ------------------------------------------------------------------ state
 
     def state_changes(self) -> dict[str, Any | None]:
-        out = self._rows.changes()
+        out = self._rows.changes() | self.cap.changes()
         if self._meta_dirty:
             out[META_KEY] = {
                 "started_at": iso(self.started_at, keep_offset=True),
@@ -368,6 +376,7 @@ class NewKindEvaluator:
         return out
 
     def load_state(self, items: Mapping[str, Any]) -> None:
+        items = self.cap.load(items)
         meta = items.get(META_KEY)
         next_id = None
         if isinstance(meta, Mapping):
@@ -388,4 +397,5 @@ class NewKindEvaluator:
             if until is not None and not t.known:
                 self._open[t.id] = until
                 heapq.heappush(self._heap, (until, t.id))
+        self.cap.restored(len(self._open))
         self._meta_dirty = False

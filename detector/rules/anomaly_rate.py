@@ -27,7 +27,7 @@ from detector.matching import Hit
 from detector.model import AnomalyRateSpec, RuleConfig
 from detector.rules.base import Signal, When
 from detector.rules.common import hit_fields, plural, resolved, summarize
-from detector.rules.state import META_KEY, KeyedState
+from detector.rules.state import META_KEY, KeyCap, KeyedState
 from detector.sources.base import Line
 from detector.timefmt import at_or_none, format_duration, iso, parse_iso_or_none
 
@@ -147,6 +147,10 @@ class RateEvaluator:
         self._rows = KeyedState(self.keys, lambda _, k: k.to_json(), "k:")
         self._touch = self._rows.touch
         self._open_dirty = True
+        self.cap = KeyCap(rule, min(rule.max_keys, MAX_RATE_KEYS))
+        """``by`` values kept apart: ``max_keys``, at most ``MAX_RATE_KEYS``; the rest are
+        counted together under ``OTHER_KEY`` (the rule's digest), and how many there are is
+        what the agent alert about it says."""
         if self.spec.by is None:
             self._key("", {})
 
@@ -178,7 +182,8 @@ class RateEvaluator:
             key = value if value is not None else ""
             labels = {self.spec.by: key}
         if key not in self.keys:
-            if len(self.keys) >= MAX_RATE_KEYS:
+            if len(self.keys) >= self.cap.limit:
+                self.cap.note(key)  # counted for the agent alert; OTHER_KEY is the digest
                 key, labels = OTHER_KEY, {self.spec.by or "key": OTHER_KEY}
             if key not in self.keys:
                 self._key(key, labels)
@@ -372,7 +377,7 @@ class RateEvaluator:
     # ------------------------------------------------------------------ state
 
     def state_changes(self) -> dict[str, Any | None]:
-        out = self._rows.changes()
+        out = self._rows.changes() | self.cap.changes()
         if self._open_dirty:
             out[META_KEY] = {
                 "started_at": iso(self.started_at, keep_offset=True),
@@ -385,7 +390,9 @@ class RateEvaluator:
 
     def load_state(self, items: Mapping[str, Any]) -> None:
         # a row of an older format is left out: that key learns afresh
+        items = self.cap.load(items)
         self.keys.update(self._rows.load(items, _RateKey.decode))
+        self.cap.restored(0)  # rate keys are never forgotten: no digest to resolve
         meta = items.get(META_KEY)
         if isinstance(meta, Mapping):
             self.started_at = parse_iso_or_none(meta.get("started_at")) or self.started_at

@@ -38,7 +38,7 @@ from detector.rules.common import (
     resolved,
     summarize,
 )
-from detector.rules.state import KeyedState
+from detector.rules.state import KeyCap, KeyedState
 from detector.schedule import DeadlineHeap
 from detector.sources.base import Line
 from detector.timefmt import at_or_none, format_duration, iso_or_none, utc_text
@@ -73,6 +73,9 @@ class HeartbeatEvaluator:
         self._touch = self._rows.touch
         self._down: tuple[datetime, datetime] | None = None
         self._hold: Hold | None = None
+        self.cap = KeyCap(rule, max(rule.max_keys, len(self.spec.keys)))
+        """``max_keys``: a ``by`` value first seen past it is not tracked, but counted in the
+        rule's digest alert (the ``keys:`` listed are always tracked)."""
         by = self.spec.by
         if by is None:
             self._add("", {}, now)
@@ -135,7 +138,11 @@ class HeartbeatEvaluator:
         if found is None:
             return []
         key, labels = found
-        beat = self._beats.get(key) or self._add(key, labels, when.at)
+        beat = self._beats.get(key)
+        if beat is None:
+            if len(self._beats) >= self.cap.limit:
+                return self.cap.fold(key, when.at, "silence")
+            beat = self._add(key, labels, when.at)
         out: list[Signal] = []
         base_at = beat.last_at or beat.since_at
         silent_for = max(when.at - base_at, timedelta(0))
@@ -256,13 +263,14 @@ class HeartbeatEvaluator:
         self._down = (since, until)
 
     def state_changes(self) -> dict[str, Any | None]:
-        return self._rows.changes()
+        return self._rows.changes() | self.cap.changes()
 
     def load_state(self, items: Mapping[str, Any]) -> None:
         # a row malformed, or from another `by:`/`keys:`, is dropped (or rewritten)
-        for key, beat in self._rows.load(items, self._decode, drop_bad=True):
+        for key, beat in self._rows.load(self.cap.load(items), self._decode, drop_bad=True):
             self._beats[key] = beat
             self._schedule(key, beat)
+        self.cap.restored(len(self._beats))
 
     def _decode(self, key: str, value: Any) -> _Beat | None:
         by = self.spec.by

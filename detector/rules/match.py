@@ -154,7 +154,7 @@ class MatchEvaluator:
         return None
 
     def state_changes(self) -> dict[str, Any | None]:
-        return self._rows.changes()
+        return self._rows.changes() | self.cap.changes()
 
     def _row(self, key: str, last: datetime) -> dict[str, Any]:
         row: dict[str, Any] = {
@@ -168,14 +168,14 @@ class MatchEvaluator:
 
     def load_state(self, items: Mapping[str, Any]) -> None:
         # a row written by another version of the rule is left out: that group starts afresh
-        for key, (last, value) in self._rows.load(items, _decode):
+        for key, (last, value) in self._rows.load(self.cap.load(items), _decode):
             self._last[key] = last
             self._labels[key] = dict(value.get("labels", {}))
             n = value.get("count")
             self._counts[key] = n if isinstance(n, int) and n > 0 else None
             if key:
                 self._deadlines.push(key, last + self.rule.resolve_after)
-        self.cap.firing = len(self._last) >= self.cap.limit  # its digest may be open from before
+        self.cap.restored(len(self._last))
 
 
 def _decode(_key: str, value: Any) -> tuple[datetime, Any]:

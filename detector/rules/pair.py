@@ -37,7 +37,7 @@ from detector.rules.common import (
     resolved,
     summarize,
 )
-from detector.rules.state import KeyedState
+from detector.rules.state import KeyCap, KeyedState
 from detector.schedule import DeadlineHeap
 from detector.sources.base import Line
 from detector.timefmt import at_or_none, format_duration, iso_or_none, utc_text
@@ -76,6 +76,9 @@ class PairEvaluator:
         self._touch = self._rows.touch
         self._down: tuple[datetime, datetime] | None = None
         self._hold: Hold | None = None
+        self.cap = KeyCap(rule)
+        """``max_keys``: a start of a new key past it is not tracked, but counted in the rule's
+        digest alert, which resolves once fewer pairs than that are open."""
 
     def set_maintenance(self, hold: Hold | None) -> None:
         """The rule's maintenance windows: a pair whose wait overlaps one restarts at its end."""
@@ -164,6 +167,8 @@ class PairEvaluator:
                 )
             )
         if pair is None:
+            if len(self._open) >= self.cap.limit:
+                return out + self.cap.fold(key, when.at, "pair")
             pair = self._open[key] = _Open(when.at, when.earliest, labels)
         else:  # the newer start is the run that counts; an overdue alert stays open
             pair.started_at, pair.earliest_at = when.at, when.earliest
@@ -174,6 +179,8 @@ class PairEvaluator:
         self, key: str, labels: dict[str, str], line: Line, when: When, ctx: dict[str, Any]
     ) -> list[Signal]:
         pair = self._open.pop(key, None)
+        if pair is None and self.cap.firing:
+            return []  # maybe a folded key's end: not an orphan
         if pair is None:
             if self.spec.on_orphan_end != "alert":
                 return []
@@ -194,6 +201,19 @@ class PairEvaluator:
                 )
             ]
         self._schedule(key, None)
+        released = self.cap.release(len(self._open), when.at, "pair")
+        return released + self._ended(key, pair, labels=labels, line=line, when=when, ctx=ctx)
+
+    def _ended(
+        self,
+        key: str,
+        pair: _Open,
+        *,
+        labels: dict[str, str],
+        line: Line,
+        when: When,
+        ctx: dict[str, Any],
+    ) -> list[Signal]:
         took = max(when.at - pair.started_at, timedelta(0))
         longest = when.at - pair.earliest_at
         deadline = held_deadline(self._hold, pair.started_at, self.spec.within)
@@ -317,14 +337,15 @@ class PairEvaluator:
         self._down = (since, until)
 
     def state_changes(self) -> dict[str, Any | None]:
-        return self._rows.changes()
+        return self._rows.changes() | self.cap.changes()
 
     def load_state(self, items: Mapping[str, Any]) -> None:
         # a row malformed or keyed by other groups is dropped
-        for key, pair in self._rows.load(items, self._decode, drop_bad=True):
+        for key, pair in self._rows.load(self.cap.load(items), self._decode, drop_bad=True):
             self._open[key] = pair
             self._schedule(key, pair)
         self._rows.touched.difference_update(self._open)  # loaded as stored: nothing to rewrite
+        self.cap.restored(len(self._open))
 
     def _decode(self, key: str, value: Any) -> _Open | None:
         pair = self._restore(value)

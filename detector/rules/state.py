@@ -10,6 +10,7 @@ rows; what a row holds stays the evaluator's business (its ``encode``/``decode``
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Iterator, Mapping
 from datetime import datetime
 from typing import Any, Generic, TypeVar
@@ -101,40 +102,66 @@ class KeyedState(Generic[V]):
 
 
 DIGEST_KEY = "\x1dmore"
-"""The key of a rule's digest alert: the keys past ``max_keys``, folded into one."""
+"""The key of a rule's digest alert: the keys past ``max_keys``, folded into one. Also the name of
+the digest's state row (and, with ``/N``, of its bucket rows): no other row begins with ``\x1d``."""
 
 FOLDED_CAP = 10
 """Distinct folded keys are counted up to ``FOLDED_CAP * max_keys`` (then "100,000+ more")."""
+
+BUCKETS = 64
+"""The folded keys' hashes are stored in this many rows, so that a batch rewrites the few it
+touched, never all of them."""
+
+
+def _stable_hash(key: str) -> int:
+    """A folded key's hash, the same in every process (``hash()`` is salted per process)."""
+    return int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "big") >> 1
 
 
 class KeyCap:
     """A rule's ``max_keys``: how many keys its evaluator keeps apart. A new key past the cap is
     *folded*: the evaluator keeps nothing for it, and :meth:`fold` counts it (distinct keys, by
-    their hash) into one digest alert per rule ("… and 93,412 more keys"). Once the evaluator
+    a stable hash) into one digest alert per rule ("… and 93,412 more keys"). Once the evaluator
     holds fewer keys than the cap again, :meth:`release` resolves the digest and starts counting
-    afresh. :attr:`folded` (the count) is what the agent alert about it says."""
+    afresh. :attr:`folded` (the count) is what the agent alert about it says.
 
-    __slots__ = ("firing", "limit", "rule", "seen")
+    The count is persisted with the rule's rows (:meth:`changes`, :meth:`load`): the digest's row
+    ``DIGEST_KEY`` and the hashes in ``BUCKETS`` rows ``DIGEST_KEY/N``, rewritten only when they
+    change, so a restart goes on counting exactly (a key folded before is not counted again)."""
 
-    def __init__(self, rule: RuleConfig) -> None:
+    __slots__ = ("dirty", "firing", "legacy", "limit", "rule", "seen")
+
+    def __init__(self, rule: RuleConfig, limit: int | None = None) -> None:
         self.rule = rule
-        self.limit = rule.max_keys
+        self.limit = rule.max_keys if limit is None else limit
         self.seen: set[int] = set()
         self.firing = False
+        self.legacy = False
+        self.dirty: set[int] = set()
+        """Buckets changed since the last :meth:`changes` (``-1``: the digest's own row)."""
 
     @property
     def folded(self) -> int:
         return len(self.seen)
 
+    def note(self, key: str) -> bool:
+        """Count a key past the cap; whether it is new to the count."""
+        seen = self.seen
+        h = _stable_hash(key)
+        if h in seen or len(seen) >= FOLDED_CAP * self.limit:
+            return False
+        seen.add(h)
+        self.dirty.add(h % BUCKETS)
+        if not self.firing:
+            self.firing = True
+            self.dirty.add(-1)
+        return True
+
     def fold(self, key: str, at: datetime, kind: AlertKind) -> list[Signal]:
         """A hit of a key past the cap: the digest's fire when the key is new to it."""
-        seen = self.seen
-        h = hash(key)
-        if h in seen or len(seen) >= FOLDED_CAP * self.limit:
+        if not self.note(key):
             return []
-        seen.add(h)
-        self.firing = True
-        n = len(seen)
+        n = len(self.seen)
         more = f"{n:,}{'+' if n >= FOLDED_CAP * self.limit else ''}"
         name = self.rule.name
         return [
@@ -159,6 +186,8 @@ class KeyCap:
         if not self.firing or held >= self.limit:
             return []
         n, self.firing = len(self.seen), False
+        self.dirty.update(h % BUCKETS for h in self.seen)
+        self.dirty.add(-1)
         self.seen = set()
         name = self.rule.name
         happened = f"back below max_keys ({self.limit:,}) after {n:,} more keys"
@@ -174,3 +203,47 @@ class KeyCap:
                 evidence={"folded_keys": n, "max_keys": self.limit},
             )
         ]
+
+    def changes(self) -> dict[str, Any | None]:
+        """The digest's rows changed since the last call (None: deleted)."""
+        if not self.dirty:
+            return {}
+        out: dict[str, Any | None] = {}
+        buckets = [b for b in self.dirty if b >= 0]
+        if -1 in self.dirty:
+            out[DIGEST_KEY] = {"firing": True, "max_keys": self.limit} if self.firing else None
+        if buckets:
+            held: dict[int, list[int]] = {b: [] for b in buckets}
+            for h in self.seen:
+                got = held.get(h % BUCKETS)
+                if got is not None:
+                    got.append(h)
+            for b, hashes in held.items():
+                out[f"{DIGEST_KEY}/{b}"] = sorted(hashes) if hashes else None
+        self.dirty.clear()
+        return out
+
+    def load(self, items: Mapping[str, Any]) -> dict[str, Any]:
+        """Restore the digest from a rule's rows; the other rows (for the evaluator), which
+        then calls :meth:`restored`."""
+        rest: dict[str, Any] = {}
+        found = False
+        for row, value in items.items():
+            if not row.startswith(DIGEST_KEY):
+                rest[row] = value
+            elif row == DIGEST_KEY:
+                found = True
+                self.firing = isinstance(value, Mapping) and bool(value.get("firing"))
+            elif isinstance(value, list):
+                self.seen.update(h for h in value if isinstance(h, int))
+        self.legacy = not found
+        if found and not self.firing and self.seen:  # a half-written digest: start afresh
+            self.dirty.update(h % BUCKETS for h in self.seen)
+            self.seen = set()
+        return rest
+
+    def restored(self, held: int) -> None:
+        """The evaluator restored ``held`` keys. Rows of an earlier version have no digest row:
+        the digest may be open from before, and is taken as firing at the cap."""
+        if self.legacy:
+            self.firing = held >= self.limit

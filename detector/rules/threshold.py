@@ -411,8 +411,8 @@ class ThresholdEvaluator:
 
     def state_changes(self) -> dict[str, Any | None]:
         if not self._chunked:
-            return self._rows.changes()
-        out: dict[str, Any | None] = dict(self._gone)
+            return self._rows.changes() | self.cap.changes()
+        out: dict[str, Any | None] = dict(self._gone) | self.cap.changes()
         self._gone.clear()
         keys = self._rows.touched
         for key in keys:
@@ -452,6 +452,7 @@ class ThresholdEvaluator:
 
     def load_state(self, items: Mapping[str, Any]) -> None:
         # a row from an older/different rule definition is left out: that key starts afresh
+        items = self.cap.load(items)
         chunks = {row: value for row, value in items.items() if row.startswith(_CHUNK_MARK)}
         main = {row: value for row, value in items.items() if not row.startswith(_CHUNK_MARK)}
         used: set[str] = set()
@@ -461,7 +462,7 @@ class ThresholdEvaluator:
             if stored is not None:
                 self._stored[key] = stored
                 used.update(_chunk_key(key, c) for c in range(*stored))
-        self.cap.firing = len(self.keys) >= self.cap.limit  # its digest may be open from before
+        self.cap.restored(len(self.keys))
         for row in chunks:
             if row not in used:  # of a key that starts afresh, or of another rule definition
                 self._gone[row] = None

@@ -227,6 +227,15 @@ class Store:
         rows = self.conn.execute("SELECT value FROM alerts ORDER BY fingerprint")
         return [json.loads(r[0]) for r in rows]
 
+    def load_alert_texts(self) -> list[str]:
+        """The alert rows as stored (JSON text), to decode one at a time while they are loaded
+        (``map(json.loads, ...)``): a few times less memory at the peak than decoded rows."""
+        cur = self.conn.execute("SELECT value FROM alerts ORDER BY fingerprint")
+        out: list[str] = []
+        while batch := cur.fetchmany(1000):
+            out.extend(r[0] for r in batch)
+        return out
+
     # ---------------------------------------------------------------- the batch commit
 
     def commit(self, c: Commit, now: datetime) -> None:
