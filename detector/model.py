@@ -56,6 +56,8 @@ class AgentConfig:
     heartbeat_every: timedelta = timedelta(minutes=1)
     fallback: tuple[str, ...] = ()  # webhooks for agent alerts (and delivery failures)
     source_grace: timedelta = timedelta(minutes=5)  # a source broken this long -> agent alert
+    settle: timedelta = timedelta(seconds=2)  # an expectation deadline waits this long, at most,
+    # for the sources of its rule to hand over what they hold (service.py, "settle")
     log_format: Literal["auto", "text", "json", "journal"] = "auto"  # see detector/logs.py
     cache_dir: Path | None = None  # compiled-pattern cache (matching/dbcache.py); None = off
 

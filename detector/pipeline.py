@@ -8,7 +8,9 @@ here: every step takes the time it should use.
    want them, every line) to the evaluators, collect signals into the alert book, and return the
    Commit that holds the batch's checkpoints, the changed rule state, alerts and outbox rows;
 2. ``tick(now)``: run every deadline that is due (silence, windows, threshold expiry, repeats);
-3. ``next_deadline()``: when ``tick`` must run next.
+3. ``next_deadline()``: when ``tick`` must run next; ``settle_sources(now)``: the sources the
+   live agent has read up to ``now`` before such a tick (an expectation deadline must not fire
+   while a line stamped before it is still on its way).
 """
 
 from __future__ import annotations
@@ -584,6 +586,19 @@ class Pipeline:
         commit = Commit()
         self._collect(commit, ())
         return commit
+
+    def settle_sources(self, now: datetime) -> frozenset[str]:
+        """The sources to read to ``now`` before ``tick(now)``: those of the expectation rules
+        (heartbeat, window, pair, systemd_units: a deadline that says "nothing came") due by
+        then. A line of theirs stamped before ``now`` that is still on its way must be seen
+        first; other deadlines (threshold expiry, repeats) need no wait. The live agent asks;
+        ``detector test`` has every line already."""
+        out: set[str] = set()
+        for name, ev in self.evaluators.items():
+            at = self._deadlines.get(name)
+            if at is not None and at <= now and hasattr(ev, "set_maintenance"):
+                out.update(ev.rule.sources)
+        return frozenset(out)
 
     def next_deadline(self) -> datetime | None:
         undecided = min(self._undecided_at.values()) + REGEX_QUIET if self._undecided_at else None

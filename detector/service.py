@@ -13,7 +13,9 @@ Read top to bottom, this is the data flow of DESIGN.md §2:
    alerts + outbox + checkpoints) in one transaction — only then is a read position durable;
    between batches it wakes exactly at the pipeline's next deadline and runs ``tick``;
    deadlines are held back until every source has caught up after a restart, so a line written
-   while the agent was down still counts;
+   while the agent was down still counts; and an expectation deadline that is due first
+   *settles*: its rule's sources read what they hold and the queue is drained (``_settling``,
+   at most ``agent.settle``), so a line stamped before it that is still on its way counts;
 4. one delivery worker per webhook sends what the commits put in the outbox;
 5. around it: signals (SIGTERM/SIGINT stop, SIGHUP reloads), a config-file watcher, sd_notify
    (READY, STATUS, WATCHDOG, RELOADING, STOPPING), the health state behind the optional HTTP
@@ -122,6 +124,19 @@ class _Running:
 
 
 @dataclass
+class _Settle:
+    """A due expectation deadline waiting until its sources have handed over what they held
+    (``Source.read_now``), at most until ``until`` on the clock (``agent.settle``)."""
+
+    deadline: datetime
+    until: datetime
+    reads: dict[str, asyncio.Future[None]]
+
+    def ready(self, now: datetime) -> bool:
+        return now >= self.until or all(f.done() for f in self.reads.values())
+
+
+@dataclass
 class AgentState:
     """What the agent knows about itself beyond the metrics (for /status and agent alerts)."""
 
@@ -177,6 +192,10 @@ class Agent:
         # deadline the clock would wake it at (None while it works); the event tells waiters.
         self._parked: tuple[set[asyncio.Future[Any]], datetime | None] | None = None
         self._parked_event = asyncio.Event()
+        self._settle: _Settle | None = None
+        """An expectation deadline that is due, waiting for its sources' reads (``_settling``)."""
+        self._lagging: dict[str, asyncio.Future[None]] = {}
+        """Sources whose read outlived a settle: not waited for again until it is done."""
 
     @property
     def db(self) -> AsyncStore:
@@ -219,12 +238,20 @@ class Agent:
                 return
             await asyncio.sleep(0)  # parked, but a wake-up is on its way: let it run, look again
 
+    @property
+    def settling(self) -> frozenset[str]:
+        """The sources a due expectation deadline still waits for (``agent.settle``)."""
+        if self._settle is None:
+            return frozenset()
+        return frozenset(n for n, f in self._settle.reads.items() if not f.done())
+
     def _idle_now(self) -> bool:
         if self._parked is None:
             return False
         waits, deadline = self._parked
         return (
             not self._wake.is_set()  # reload, agent signal or stop pending
+            and self._settle is None  # a due deadline waits for its sources' reads
             and self._compiling is None  # a reload's patterns are compiling
             and self.queue.empty()
             and not any(f.done() for f in waits)  # a batch taken, or the deadline reached
@@ -541,9 +568,20 @@ class Agent:
             caught_up = self._all_caught_up()
             deadline = self.pipeline.next_deadline() if caught_up else None
             now = self.clock.now()
+            settle: _Settle | None = None
             if deadline is not None and deadline <= now:
-                await self._commit(self.pipeline.tick(now))
-                continue
+                if getter is not None and getter.done():  # a batch taken meanwhile goes first
+                    batch, getter = getter.result(), None
+                    await self._handle_batches(batch, COALESCE_BATCHES)
+                    continue
+                settle = self._settling(deadline, now)
+                if settle is None or settle.ready(now):
+                    await self._drain_queue()  # what the sources handed over, before the tick
+                    self._settled()
+                    await self._commit(self.pipeline.tick(now))
+                    continue
+            elif self._settle is not None:  # what it waited for arrived: no longer due
+                self._settle = None
             if getter is None:
                 getter = asyncio.create_task(self.queue.get())
             self._wake.clear()
@@ -551,7 +589,10 @@ class Agent:
             waits: set[asyncio.Future[Any]] = {getter, waker}
             if self._compiling is not None:
                 waits.add(self._compiling[1])
-            if deadline is not None:
+            if settle is not None:  # the reads, and the settle delay on the clock
+                waits.update(asyncio.shield(f) for f in settle.reads.values() if not f.done())
+                waits.add(asyncio.ensure_future(self.clock.sleep_until(settle.until)))
+            elif deadline is not None:
                 waits.add(asyncio.ensure_future(self.clock.sleep_until(deadline)))
             elif not caught_up:
                 waits.add(asyncio.ensure_future(asyncio.sleep(CATCH_UP_RECHECK_S)))
@@ -571,6 +612,56 @@ class Agent:
         if getter is not None:
             getter.cancel()
 
+    def _settling(self, deadline: datetime, now: datetime) -> _Settle | None:
+        """The settle of the due ``deadline``: before an expectation deadline runs, every source
+        its rules read is asked to read what it holds now (a file sweep, the journal's newest
+        entry) and hand it over, so that a line stamped before the deadline but still on its way
+        (journald's delivery, a write an instant before, a batch in the queue) is seen first.
+        At most ``agent.settle`` on the clock: a source stuck longer does not hold deadlines (its
+        own problem is reported as ever), nor is it waited for again until its read is done.
+        None: nothing to wait for (no expectation rule due, or only lagging sources)."""
+        if self._settle is not None:
+            return self._settle
+        if self.config.agent.settle <= timedelta(0):
+            return None
+        for name, fut in list(self._lagging.items()):
+            if fut.done() or name not in self.sources:
+                del self._lagging[name]
+        names = self.pipeline.settle_sources(now)
+        reads = {
+            n: self.sources[n].source.read_now()
+            for n in sorted(names)
+            if n in self.sources and n not in self._lagging
+        }
+        if not reads:
+            return None
+        self._settle = _Settle(deadline, now + self.config.agent.settle, reads)
+        return self._settle
+
+    def _settled(self) -> None:
+        """The settled deadline runs now: note the sources that did not make it in time."""
+        settle, self._settle = self._settle, None
+        if settle is None:
+            return
+        late = {n: f for n, f in settle.reads.items() if not f.done()}
+        if late:
+            self._lagging.update(late)
+            log.warning(
+                "deadline %s ran although %s had not handed over what it holds within "
+                "agent.settle (%gs)",
+                settle.deadline.isoformat(),
+                ", ".join(late),
+                self.config.agent.settle.total_seconds(),
+            )
+
+    async def _drain_queue(self) -> None:
+        """Process the batches waiting in the queue now (not those put meanwhile: bounded)."""
+        left = self.queue.qsize()
+        while left > 0 and not self.queue.empty():
+            done_before = self.state.batches
+            await self._handle_batches(self.queue.get_nowait(), left)
+            left -= self.state.batches - done_before
+
     def _compiling_futures(self) -> tuple[asyncio.Future[Matcher], ...]:
         return () if self._compiling is None else (self._compiling[1],)
 
@@ -581,6 +672,10 @@ class Agent:
     def _when_for(self, now: datetime) -> Callable[[Line], When]:
         catching_up = not self.state.caught_up and self.down_since is not None
         earliest = self.down_since if catching_up and self.down_since else now
+        if self._settle is not None:
+            # read for a due deadline: a line without its own time may have been written
+            # before it (an instant before, read an instant after): judged in its favour
+            earliest = min(earliest, self._settle.deadline)
         default = When(now, earliest)
 
         def when_for(line: Line) -> When:

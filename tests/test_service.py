@@ -387,6 +387,12 @@ async def test_reload_opens_added_sources_closes_removed_ones_and_resumes_them_w
             write_config(cfg, body_for(names), state=tmp_path / "state.db", url=rx.url + "/h")
             agent.request_reload()
             await eventually(lambda: sorted(agent.sources) == sorted(names), what="the reload")
+            # a source added by a reload starts at the end of its file once it opened: a line
+            # written before that is not its to read
+            await eventually(
+                lambda: all(r.source.opened.is_set() for r in agent.sources.values()),
+                what="the sources opened",
+            )
 
         async def body(agent: Agent) -> None:
             with a.open("a") as f:

@@ -71,6 +71,7 @@ _AGENT_KEYS = (
     "heartbeat_every",
     "fallback",
     "source_grace",
+    "settle",
     "log_format",
     "cache_dir",
 )
@@ -198,9 +199,9 @@ def read_agent(r: NodeReader, declared: Declared, node: Node | None) -> AgentCon
         kw["listen_token"] = r.string(entries["listen_token"][1], f"{w}: listen_token")
     if "heartbeat" in entries:
         kw["heartbeat"] = _url(r, entries["heartbeat"][1], f"{w}: heartbeat")
-    for key in ("heartbeat_every", "source_grace"):
+    for key in ("heartbeat_every", "source_grace", "settle"):
         if key in entries:
-            d = r.span(entries[key][1], f"{w}: {key}")
+            d = r.span(entries[key][1], f"{w}: {key}", positive=key != "settle")
             if d is not None:
                 kw[key] = d
     if "fallback" in entries:

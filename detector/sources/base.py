@@ -103,6 +103,47 @@ class Source(Protocol):
         """True once everything that existed at start-up has been read (deadlines wait for it)."""
         ...
 
+    def read_now(self) -> asyncio.Future[None]:
+        """Read what the source holds now (a file sweep; the journal's newest entry): the future
+        is done once every line it held at this call has been handed out, i.e. is in the agent's
+        queue. The agent asks before an expectation deadline runs (``agent.settle``); a source
+        that cannot read (journalctl failing) leaves it pending."""
+        ...
+
     async def aclose(self) -> None:
         """Release what the source holds (watcher threads, child processes, descriptors)."""
         ...
+
+
+class ReadRequests:
+    """A source's bookkeeping for :meth:`Source.read_now`: requests are numbered; a read that
+    began after request ``n`` and handed out all it found serves every request up to ``n``."""
+
+    __slots__ = ("_asked", "_waiting")
+
+    def __init__(self) -> None:
+        self._asked = 0
+        self._waiting: list[tuple[int, asyncio.Future[None]]] = []
+
+    def ask(self) -> asyncio.Future[None]:
+        import asyncio  # noqa: PLC0415 - `detector test` starts without asyncio
+
+        self._asked += 1
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiting.append((self._asked, fut))
+        return fut
+
+    def begin(self) -> int:
+        """A read begins: what it hands out serves the requests made so far."""
+        return self._asked
+
+    def served(self, upto: int) -> None:
+        """The read begun at ``begin() == upto`` handed out everything it found."""
+        still = []
+        for n, fut in self._waiting:
+            if n <= upto:
+                if not fut.done():
+                    fut.set_result(None)
+            elif not fut.done():
+                still.append((n, fut))
+        self._waiting = still

@@ -102,7 +102,7 @@ from typing import Any, BinaryIO
 from detector.clock import Clock
 from detector.model import FileSourceConfig
 from detector.records import Checkpoint
-from detector.sources.base import Batch, Line, SourceProblem
+from detector.sources.base import Batch, Line, ReadRequests, SourceProblem
 from detector.sources.events import Event, EventAssembler
 from detector.sources.lines import (
     BLOCK_BYTES,
@@ -317,6 +317,7 @@ class FileSource:
         self._gaps_told: set[tuple[str, frozenset[int]]] = set()
         self._sibling_names: set[str] = set()  # the rotated copies' paths at the last sweep
         self._rescan = False
+        self._reads = ReadRequests()
 
     # ------------------------------------------------------------ public API
 
@@ -327,14 +328,24 @@ class FileSource:
             self._watcher = Watcher.start(asyncio.get_running_loop(), self._wake)
         while True:
             self._wake.clear()
+            asked = self._reads.begin()
             try:
                 found = await self.poll_once()
             finally:
                 self.opened.set()  # the first sweep fixed where every file starts
             for batch in found:
-                yield batch
+                yield batch  # returns once the agent's queue took it
             if not self._more:
+                self._reads.served(asked)  # read to the end of every file as it was then
                 await self._wait()
+
+    def read_now(self) -> asyncio.Future[None]:
+        """A sweep now (whatever inotify has or has not told yet); done once a sweep begun after
+        this call read every file to its end and its batches were handed out."""
+        fut = self._reads.ask()
+        if self._wake is not None:
+            self._wake.set()
+        return fut
 
     async def poll_once(self) -> list[Batch]:
         """One sweep: discover, check and read every file. Returns the batches it produced."""

@@ -260,6 +260,9 @@ class JournaldSource:
         if config.multiline is not None:
             self._events = EventAssembler(config.multiline)
         self._ev_prev: dict[str, Any] | None = None  # checkpoint value after the last pushed
+        self._handed: tuple[str | None, int | None] = (None, None)  # cursor, realtime_us
+        self._progress = asyncio.Event()  # set whenever a batch was handed out
+        self._serving: set[asyncio.Task[None]] = set()  # read_now() requests being served
         errors = config_errors(config)
         if errors:
             self._raise_problem("config", "; ".join(errors))
@@ -282,13 +285,17 @@ class JournaldSource:
                     finally:
                         self.opened.set()
                     self._need_position = False
+                    self._handed = (self._cursor, self._last_realtime_us)  # read up to here
+                    self._progress.set()
                 reading = (
                     self._read_sdj()
                     if self.reader == "sd-journal"
                     else self._read(follow=self._following)
                 )
                 async for batch in reading:
-                    yield batch
+                    yield batch  # returns once the agent's queue took it
+                    self._handed = (self._cursor, self._last_realtime_us)
+                    self._progress.set()
                 if self._stopped():
                     return
                 self._following = True  # _read returns normally only after a complete catch-up
@@ -364,10 +371,44 @@ class JournaldSource:
         """True once everything that existed when reading started has been yielded."""
         return self._caught_up
 
+    def read_now(self) -> asyncio.Future[None]:
+        """Done once the newest matching entry the journal holds now (``--lines=1``: what
+        journalctl's ``--follow`` may not have printed yet) has been handed out; pending while
+        journalctl fails (its problem says why)."""
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        task = asyncio.ensure_future(self._serve_read(fut))
+        self._serving.add(task)
+        task.add_done_callback(self._serving.discard)
+        return fut
+
+    async def _serve_read(self, fut: asyncio.Future[None]) -> None:
+        if "config" in self._problems:
+            return  # nothing is ever read; the problem says why
+        try:
+            newest = (await self._probe(["--lines=1", *self._filters])).entry
+        except JournalctlFailed:
+            return
+        cursor = newest.get("__CURSOR") if newest else None
+        raw = newest.get("__REALTIME_TIMESTAMP") if newest else None
+        realtime = int(raw) if isinstance(raw, str) and raw.isdigit() else None
+        while not fut.done():
+            at_cursor, at_us = self._handed
+            if (
+                newest is None
+                or cursor == at_cursor
+                or (realtime is not None and at_us is not None and at_us >= realtime)
+            ):
+                fut.set_result(None)
+                return
+            self._progress.clear()
+            await self._progress.wait()
+
     async def aclose(self) -> None:
         """Stop reading: terminate the journalctl child and reap it."""
         self._closed = True
         self._closed_event.set()
+        for task in list(self._serving):
+            task.cancel()
         self._close_sdj()
         await self._stop(self._proc)
 
