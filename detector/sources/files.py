@@ -134,7 +134,12 @@ FULL_SWEEP_EVERY = timedelta(minutes=1)
 """Under inotify, a source sweeps in full at least this often (its stat-only safety net runs
 every ``poll_interval``); without it, every ``poll_interval``."""
 SWEEP_THREADS = 2
-"""Threads shared by every file source for their sweeps (file I/O off the event loop)."""
+"""Threads shared by every file source for their sweeps (file I/O off the event loop)..."""
+INLINE_BYTES = 64 * 1024
+INLINE_SWEEP_S = 0.002
+"""...except a sweep that has at most this many bytes to read, after one that took less than
+this long: run on the loop itself, it saves the two hand-overs between threads that cost more
+than the sweep (a service writing line by line)."""
 CUT_WARNING_EVERY = timedelta(minutes=1)
 """At most one warning per source this often about lines cut at max_line_bytes (the others are
 counted, and the count told with the next warning)."""
@@ -243,7 +248,7 @@ def _head_matches(head: bytes, fp: str) -> bool:
 
 
 def _has_magic(pattern: str) -> bool:
-    return any(c in GLOB_CHARS for c in pattern)
+    return not GLOB_CHARS.isdisjoint(pattern)
 
 
 def _expand(pattern: str) -> list[str]:
@@ -332,6 +337,13 @@ class FileSource:
         self._names_by_dir: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {}
         self._net_paths: dict[str, Identity | None] = {}
         self._net_dirs: dict[str, int] = {}
+        self._names_of: set[str] | None = None
+        self._last_sweep_s = float("inf")
+        self._patterns = [*config.paths, *([config.rotated] if config.rotated else [])]
+        self._explicit = [p for p in config.paths if not _has_magic(p)]
+        parents = {os.path.dirname(os.path.abspath(p)) for p in self._patterns}
+        self._plain_dirs = {d for d in parents if not _has_magic(d)}
+        self._magic_dirs = len(self._plain_dirs) < len(parents)  # a glob in a directory name
         self._cut_warned_at: datetime | None = None
         self._cuts_unwarned = 0  # lines cut since the last warning, not warned about
         self._done = _load_done(self._checkpoints.pop(DONE_KEY, None))
@@ -373,8 +385,11 @@ class FileSource:
 
     async def poll_once(self) -> list[Batch]:
         """One sweep: discover, check and read every file. Returns the batches it produced."""
-        loop = asyncio.get_running_loop()
-        batches = await loop.run_in_executor(_sweep_pool(), self._sweep_locked)
+        if self._small_sweep():
+            batches = self._sweep_locked()
+        else:
+            loop = asyncio.get_running_loop()
+            batches = await loop.run_in_executor(_sweep_pool(), self._sweep_locked)
         if self._sub is not None:
             self._watching = self._sub.watch(self._watch_dirs)
             self._publish()
@@ -424,7 +439,31 @@ class FileSource:
 
     # ------------------------------------------------------------ the sweep (worker thread)
 
+    def _small_sweep(self) -> bool:
+        """Will the next sweep be small and quick (then it runs on the loop)? Only after a quick
+        one, with nothing but a few appended bytes to read (an ``fstat`` per file)."""
+        if self._first_sweep or self._last_sweep_s > INLINE_SWEEP_S or self._needs_poll:
+            return False
+        if self._scan_wanted or self._more:
+            return False
+        pending = 0
+        for tf in self._files.values():
+            if tf.comp is not None:
+                return False
+            try:
+                pending += os.fstat(tf.fd).st_size - tf.read_pos
+            except OSError:
+                return False
+        return 0 <= pending <= INLINE_BYTES
+
     def _sweep_locked(self) -> list[Batch]:
+        started = time.perf_counter()
+        try:
+            return self._sweep_timed()
+        finally:
+            self._last_sweep_s = time.perf_counter() - started
+
+    def _sweep_timed(self) -> list[Batch]:
         with self._lock:
             if self._closed:
                 return []
@@ -1202,9 +1241,7 @@ class FileSource:
     def _pattern_dirs(self) -> set[str]:
         """The directories named by the source's paths and ``rotated:`` glob (without a glob
         character in them)."""
-        patterns = [*self._config.paths, *([self._config.rotated] if self._config.rotated else [])]
-        parents = {os.path.dirname(os.path.abspath(p)) for p in patterns}
-        return {d for d in parents if not _has_magic(d)}
+        return self._plain_dirs
 
     @staticmethod
     def _dir_stamps(dirs: set[str]) -> dict[str, int]:
@@ -1222,19 +1259,21 @@ class FileSource:
         taken before the sweep looked: a change during the sweep still differs."""
         self._net_dirs = {d: dir_stamps.get(d, -1) for d in self._watch_dirs | self._pattern_dirs()}
         by_path = {tf.path: tf.identity for tf in self._files.values()}
-        self._net_paths = {p: by_path.get(p) for p in self._config.paths if not _has_magic(p)}
-        names: dict[str, tuple[set[str], set[str]]] = {}
-        patterns = [*self._config.paths, *([self._config.rotated] if self._config.rotated else [])]
-        for path in [*patterns, *(tf.path for tf in self._files.values())]:
-            d, name = os.path.split(os.path.abspath(path))
-            prefixes, globs = names.setdefault(d, (set(), set()))
-            if _has_magic(name):
-                globs.add(name)
-            else:
-                prefixes.add(_stem(name))
-        self._names_by_dir = {d: (tuple(p), tuple(g)) for d, (p, g) in names.items()}
+        self._net_paths = {p: by_path.get(p) for p in self._explicit}
+        tracked = {tf.path for tf in self._files.values()}
+        if tracked != self._names_of:  # the names its events carry change with its files
+            self._names_of = tracked
+            names: dict[str, tuple[set[str], set[str]]] = {}
+            for path in [*self._patterns, *tracked]:
+                d, name = os.path.split(os.path.abspath(path))
+                prefixes, globs = names.setdefault(d, (set(), set()))
+                if _has_magic(name):
+                    globs.add(name)
+                else:
+                    prefixes.add(_stem(name))
+            self._names_by_dir = {d: (tuple(p), tuple(g)) for d, (p, g) in names.items()}
         self._needs_poll = bool(
-            any(_has_magic(os.path.dirname(os.path.abspath(p))) for p in patterns)
+            self._magic_dirs
             or any(v < 0 for v in self._net_dirs.values())
             or any(tf.draining_since is not None for tf in self._files.values())
             or self._problems
