@@ -491,6 +491,8 @@ class Agent:
 
     async def _processor(self) -> None:
         getter: asyncio.Task[Batch] | None = None
+        # kept until it fires: one task for all the batches between two wake-ups, not one each
+        waker: asyncio.Future[Any] | None = None
         while not self._stop.is_set():
             if self._reload_requested:
                 if getter is not None:
@@ -512,8 +514,9 @@ class Agent:
                 continue
             if getter is None:
                 getter = asyncio.create_task(self.queue.get())
-            self._wake.clear()
-            waker = asyncio.ensure_future(self._wake.wait())
+            if waker is None or waker.done():
+                self._wake.clear()
+                waker = asyncio.ensure_future(self._wake.wait())
             waits: set[asyncio.Future[Any]] = {getter, waker}
             if deadline is not None:
                 waits.add(asyncio.ensure_future(self.clock.sleep_until(deadline)))
@@ -526,7 +529,7 @@ class Agent:
             self._parked = None
             self._parked_event.clear()
             for fut in pending:
-                if fut is not getter:
+                if fut is not getter and fut is not waker:
                     fut.cancel()
             if getter in done:
                 batch = getter.result()
@@ -534,6 +537,8 @@ class Agent:
                 await self._handle_batches(batch, COALESCE_BATCHES)
         if getter is not None:
             getter.cancel()
+        if waker is not None:
+            waker.cancel()
 
     def _take_signals(self) -> list[Signal]:
         signals, self._pending_signals = self._pending_signals, []

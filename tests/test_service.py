@@ -322,6 +322,8 @@ async def test_the_dead_mans_switch_stops_while_a_source_is_broken_and_resumes_a
                 )
 
             await hb.wait_for(1, within=15)  # pinged at start
+            # received is not counted yet: the round ends when the agent has read the answer
+            await eventually(lambda: rounds() >= 1, what="the first heartbeat round")
             await minute()
             assert len(hb.received) == 2
             log.unlink()

@@ -39,7 +39,7 @@ from detector.clock import Clock
 
 log = logging.getLogger(__name__)
 
-COALESCE_S = 0.02
+COALESCE_S = 0.025
 """After an event, inotify is read again only this much later (physical time): the latency
 budget spent to turn many writes into one sweep."""
 
