@@ -273,7 +273,7 @@ class Hub:
                 sub.checked_at = now
                 try:
                     changed = sub.check()
-                except OSError:
+                except Exception:  # a file closed by a sweep meanwhile, say: let it look
                     changed = True
                 if changed:
                     sub.wake()
