@@ -26,9 +26,12 @@ async def start_receiver(
     return runner, site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
 
 
-async def start_agent(config: Path) -> tuple[asyncio.subprocess.Process, asyncio.Task[bytes]]:
+async def start_agent(
+    config: Path, code: Path = ROOT
+) -> tuple[asyncio.subprocess.Process, asyncio.Task[bytes]]:
     """``detector run -c config``, returned once its deadlines are live, with a task draining its
-    log (cancel it after the agent exits)."""
+    log (cancel it after the agent exits). ``code``: the checkout whose ``detector`` package runs
+    (another commit's, to compare; ``python -m`` puts the working directory first on the path)."""
     agent = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -37,7 +40,7 @@ async def start_agent(config: Path) -> tuple[asyncio.subprocess.Process, asyncio
         "-c",
         str(config),
         stderr=asyncio.subprocess.PIPE,
-        cwd=str(ROOT),
+        cwd=str(code),
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
     assert agent.stderr is not None

@@ -18,6 +18,7 @@ SCRIPTS = [
     ("silence: 10,000 heartbeat rules in memory", ["bench_silence.py"]),
     ("silence: alert lateness, end to end", ["bench_silence_latency.py"]),
     ("delivery: outbox throughput and memory", ["bench_delivery.py"]),
+    ("live agent: cost per write() and at rest", ["bench_writes.py"]),
     ("journald source", ["bench_journald.py"]),
     ("anomaly detection on Loghub (vs drain3)", ["bench_anomaly.py"]),
 ]

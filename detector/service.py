@@ -541,6 +541,8 @@ class Agent:
 
     async def _processor(self) -> None:
         getter: asyncio.Task[Batch] | None = None
+        # kept until it fires: one task for all the batches between two wake-ups, not one each
+        waker: asyncio.Future[Any] | None = None
         while not self._stop.is_set():
             if self._compiling is not None and self._compiling[1].done():
                 if getter is not None:
@@ -584,8 +586,9 @@ class Agent:
                 self._settle = None
             if getter is None:
                 getter = asyncio.create_task(self.queue.get())
-            self._wake.clear()
-            waker = asyncio.ensure_future(self._wake.wait())
+            if waker is None or waker.done():
+                self._wake.clear()
+                waker = asyncio.ensure_future(self._wake.wait())
             waits: set[asyncio.Future[Any]] = {getter, waker}
             if self._compiling is not None:
                 waits.add(self._compiling[1])
@@ -603,7 +606,7 @@ class Agent:
             self._parked = None
             self._parked_event.clear()
             for fut in pending:
-                if fut is not getter and fut not in self._compiling_futures():
+                if fut is not getter and fut is not waker and fut not in self._compiling_futures():
                     fut.cancel()
             if getter in done:
                 batch = getter.result()
@@ -611,6 +614,8 @@ class Agent:
                 await self._handle_batches(batch, COALESCE_BATCHES)
         if getter is not None:
             getter.cancel()
+        if waker is not None:
+            waker.cancel()
 
     def _settling(self, deadline: datetime, now: datetime) -> _Settle | None:
         """The settle of the due ``deadline``: before an expectation deadline runs, every source

@@ -559,6 +559,61 @@ async def test_batches_wake_on_inotify_with_a_clock_that_never_moves(tmp_path: P
         await source.aclose()
 
 
+async def test_the_safety_net_finds_a_write_inotify_cannot_see(tmp_path: Path) -> None:
+    """A write through a hard link in an unwatched directory makes no inotify event in the
+    watched one: the hub's stat-only check, every poll_interval of the clock, finds it."""
+    (tmp_path / "logs").mkdir()
+    (tmp_path / "elsewhere").mkdir()
+    log = tmp_path / "logs" / "app.log"
+    append(log, "before\n")
+    link = tmp_path / "elsewhere" / "link"
+    os.link(log, link)
+    clock = FakeClock()
+    source = FileSource(config(log), {}, clock)
+    try:
+        async with contextlib.aclosing(source.batches()) as batches:
+            assert await collect_until(batches, lambda t: "before" in t) == ["before"]
+            assert source.status()["watcher"] == "inotify"
+            append(link, "unseen by inotify\n")
+            clock.advance(timedelta(seconds=1))  # one poll_interval; a full sweep is 60 s away
+            assert await collect_until(batches, bool) == ["unseen by inotify"]
+            assert source.status()["watcher"] == "inotify"  # found by the net, not a poll mode
+    finally:
+        await source.aclose()
+
+
+async def test_sources_share_one_inotify_watch_per_directory(tmp_path: Path) -> None:
+    """Two sources on two files of one directory: one hub, one watch on the directory; an
+    event on one file wakes only its source (the other source's batches stay empty)."""
+    a, b = tmp_path / "a.log", tmp_path / "b.log"
+    a.touch()
+    b.touch()
+    clock = FakeClock()
+    sa = FileSource(config(a), {}, clock)
+    sb = FileSource(FileSourceConfig(name="b", paths=(str(b),), start_at="beginning"), {}, clock)
+    try:
+        async with (
+            contextlib.aclosing(sa.batches()) as ba,
+            contextlib.aclosing(sb.batches()) as bb,
+        ):
+            assert await collect_until(ba, lambda t: True) == []
+            assert await collect_until(bb, lambda t: True) == []
+            assert sa._sub is not None and sb._sub is not None
+            hub = sa._sub.hub
+            assert sb._sub.hub is hub
+            assert list(hub._wd_of) == [str(tmp_path)]
+            assert sa._wants(str(tmp_path), "a.log") and sa._wants(str(tmp_path), "a.log.1")
+            assert not sa._wants(str(tmp_path), "b.log")
+            append(b, "to b\n")
+            assert await collect_until(bb, bool) == ["to b"]
+            append(a, "to a\n")
+            assert await collect_until(ba, bool) == ["to a"]
+    finally:
+        await sa.aclose()
+        await sb.aclose()
+    assert not hub._subs and hub._wd_of == {}  # the last source out closed it
+
+
 async def test_without_inotify_batches_sweep_every_poll_interval(tmp_path: Path) -> None:
     log = tmp_path / "app.log"
     log.touch()

@@ -2,14 +2,18 @@
 
 :class:`FileSource` follows the files named by a source's paths and globs and yields
 :class:`~detector.sources.base.Batch` es of complete lines, each carrying the checkpoint to commit
-with it. All file I/O happens in :meth:`FileSource.poll_once`, one *sweep* run in a worker thread:
+with it. All file I/O happens in :meth:`FileSource.poll_once`, one *sweep* run in a worker thread
+(``SWEEP_THREADS`` shared by every file source):
 expand the globs, ``stat`` every path, open new files, notice rotation and truncation, read what was
 appended (1 MiB blocks, bytes, split once, at most 10 000 lines per batch: the reads and the lines
 are those of ``sources/lines.py``, which ``detector test`` reads files with too) and retire rotated
-files once they are drained. :meth:`FileSource.batches` repeats sweeps; it wakes early on inotify
-events (``sources/watch.py``: a watchdog Observer on the parent directories, whose thread only
-calls ``loop.call_soon_threadsafe(event.set)``) and otherwise every ``poll_interval`` of the
-injected clock, so it works without inotify too. Choices, in the order a file meets them:
+files once they are drained. :meth:`FileSource.batches` repeats sweeps; it wakes on inotify
+events (``sources/watch.py``: one inotify instance read on the loop for every source, one watch
+per directory, events of one ``COALESCE_S`` swept together) or when the hub's stat-only safety
+net, every ``poll_interval`` of the injected clock, sees a file or directory changed; it sweeps
+in full every ``FULL_SWEEP_EVERY`` anyway, and every ``poll_interval`` when inotify cannot cover
+it (no inotify, a directory not watched, a glob in a directory name, a file draining, a
+problem), so it works without inotify too. Choices, in the order a file meets them:
 
 1. *Identity* is ``(st_dev, st_ino)`` plus a fingerprint ``"<n>:<hash>"`` of the first ``n`` bytes
    (``n`` grows with the file up to 256). The checkpoint is ``key="<dev>:<ino>"``, ``value={path,
@@ -59,7 +63,9 @@ injected clock, so it works without inotify too. Choices, in the order a file me
 8. Limits, by design: a file deleted
    while the agent is down is lost; the same first bytes rewritten after a truncation to at least
    the old size cannot be told apart from the old content. If inotify is unavailable (or a watched
-   directory is deleted) the sweep every ``poll_interval`` still finds everything.
+   directory is deleted) the sweep every ``poll_interval`` still finds everything; a change
+   inotify does not report (a write through a hard link elsewhere) is found by the safety net
+   within ``poll_interval``.
 9. *Rotated siblings.* At start and at every rotation (a file left its path, a new file, a
    truncation, a sibling name that was not there at the last sweep) the sweep looks at the
    rotated copies of each watched path: logrotate's names (:func:`_sibling_re`), the source's
@@ -83,6 +89,7 @@ injected clock, so it works without inotify too. Choices, in the order a file me
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import fnmatch
 import glob
 import hashlib
@@ -115,7 +122,7 @@ from detector.sources.lines import (
     sniff,
     stream_head,
 )
-from detector.sources.watch import Watcher
+from detector.sources.watch import Hub, Subscription
 
 log = logging.getLogger(__name__)
 
@@ -124,6 +131,16 @@ FILE_BLOCKS_PER_SWEEP = 4
 SWEEP_BLOCKS = 16
 START_TAIL_BYTES = 64 * 1024  # how far back start_at=end looks for the last newline
 GLOB_CHARS = frozenset("*?[")
+FULL_SWEEP_EVERY = timedelta(minutes=1)
+"""Under inotify, a source sweeps in full at least this often (its stat-only safety net runs
+every ``poll_interval``); without it, every ``poll_interval``."""
+SWEEP_THREADS = 2
+"""Threads shared by every file source for their sweeps (file I/O off the event loop)..."""
+INLINE_BYTES = 64 * 1024
+INLINE_SWEEP_S = 0.002
+"""...except a sweep that has at most this many bytes to read, after one that took less than
+this long: run on the loop itself, it saves the two hand-overs between threads that cost more
+than the sweep (a service writing line by line)."""
 CUT_WARNING_EVERY = timedelta(minutes=1)
 """At most one warning per source this often about lines cut at max_line_bytes (the others are
 counted, and the count told with the next warning)."""
@@ -233,7 +250,7 @@ def _head_matches(head: bytes, fp: str) -> bool:
 
 
 def _has_magic(pattern: str) -> bool:
-    return any(c in GLOB_CHARS for c in pattern)
+    return not GLOB_CHARS.isdisjoint(pattern)
 
 
 def _expand(pattern: str) -> list[str]:
@@ -252,6 +269,25 @@ def _load_done(cp: Mapping[str, Any] | None) -> list[tuple[int, int, int, str, i
         except (TypeError, ValueError):
             continue
     return out[-DONE_MAX:]
+
+
+_sweeper: concurrent.futures.ThreadPoolExecutor | None = None
+
+
+def _sweep_pool() -> concurrent.futures.ThreadPoolExecutor:
+    """The threads every file source sweeps in (a thread per source would only add threads:
+    the sweeps hold the GIL most of their time anyway)."""
+    global _sweeper  # noqa: PLW0603 - one pool for the process, made on first use
+    if _sweeper is None:
+        _sweeper = concurrent.futures.ThreadPoolExecutor(SWEEP_THREADS, "file-sweep")
+    return _sweeper
+
+
+def _stem(name: str) -> str:
+    """The part of a file name its rotated copies start with (``app`` of ``app.log``, for
+    ``app.1.log``; the whole name if it has no extension)."""
+    stem, dot, _ = name.rpartition(".")
+    return stem if dot and stem else name
 
 
 def _close(tf: _Tracked) -> None:
@@ -297,7 +333,19 @@ class FileSource:
         self._lock = threading.Lock()
         self._closed = False
         self._wake: asyncio.Event | None = None
-        self._watcher: Watcher | None = None
+        self._sub: Subscription | None = None
+        self._watching = False  # every directory it needs is watched by inotify
+        self._needs_poll = True  # a state only a full sweep every poll_interval follows
+        self._names_by_dir: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {}
+        self._net_paths: dict[str, Identity | None] = {}
+        self._net_dirs: dict[str, int] = {}
+        self._names_of: set[str] | None = None
+        self._last_sweep_s = float("inf")
+        self._patterns = [*config.paths, *([config.rotated] if config.rotated else [])]
+        self._explicit = [p for p in config.paths if not _has_magic(p)]
+        parents = {os.path.dirname(os.path.abspath(p)) for p in self._patterns}
+        self._plain_dirs = {d for d in parents if not _has_magic(d)}
+        self._magic_dirs = len(self._plain_dirs) < len(parents)  # a glob in a directory name
         self._cut_warned_at: datetime | None = None
         self._cuts_unwarned = 0  # lines cut since the last warning, not warned about
         self._splits = 0  # multiline events ended at max_lines
@@ -324,8 +372,12 @@ class FileSource:
     async def batches(self) -> AsyncGenerator[Batch, None]:
         """Yield batches until cancelled. Never raises for I/O problems (see :meth:`problems`)."""
         self._wake = asyncio.Event()
-        if self._use_watcher and self._watcher is None:
-            self._watcher = Watcher.start(asyncio.get_running_loop(), self._wake)
+        if self._use_watcher and self._sub is None:
+            hub = Hub.get(asyncio.get_running_loop(), self._clock)
+            if hub is not None:
+                self._sub = hub.subscribe(
+                    self._wake.set, self._wants, self._looks_changed, self._config.poll_interval
+                )
         while True:
             self._wake.clear()
             asked = self._reads.begin()
@@ -349,9 +401,14 @@ class FileSource:
 
     async def poll_once(self) -> list[Batch]:
         """One sweep: discover, check and read every file. Returns the batches it produced."""
-        batches = await asyncio.to_thread(self._sweep_locked)
-        if self._watcher is not None:
-            self._watcher.watch(self._watch_dirs)
+        if self._small_sweep():
+            batches = self._sweep_locked()
+        else:
+            loop = asyncio.get_running_loop()
+            batches = await loop.run_in_executor(_sweep_pool(), self._sweep_locked)
+        if self._sub is not None:
+            self._watching = self._sub.watch(self._watch_dirs)
+            self._publish()
         return batches
 
     def problems(self) -> list[SourceProblem]:
@@ -365,18 +422,23 @@ class FileSource:
         return self._caught_up
 
     async def aclose(self) -> None:
-        """Stop the watcher thread and close every file."""
-        if self._watcher is not None:
-            watcher, self._watcher = self._watcher, None
-            await asyncio.to_thread(watcher.stop)
-        await asyncio.to_thread(self._close_all)
+        """Leave the inotify hub and close every file."""
+        if self._sub is not None:
+            sub, self._sub = self._sub, None
+            sub.close()
+        await asyncio.get_running_loop().run_in_executor(_sweep_pool(), self._close_all)
 
     # ------------------------------------------------------------ waiting
 
     async def _wait(self) -> None:
+        """Until inotify (or the hub's stat-only safety net) wakes it; at most poll_interval when
+        a full sweep must follow (no inotify, a directory not watched, a file draining, a
+        problem) and FULL_SWEEP_EVERY otherwise."""
         assert self._wake is not None
-        at = self._clock.now() + self._config.poll_interval
-        quiet = self.next_deadline()
+        inotify = self._sub is not None and self._watching and not self._needs_poll
+        every = FULL_SWEEP_EVERY if inotify else self._config.poll_interval
+        at = self._clock.now() + every
+        quiet = self.next_deadline()  # a pending multiline event's timeout
         if quiet is not None and quiet < at:
             at = quiet
         sleeper = asyncio.ensure_future(self._clock.sleep_until(at))
@@ -396,7 +458,31 @@ class FileSource:
 
     # ------------------------------------------------------------ the sweep (worker thread)
 
+    def _small_sweep(self) -> bool:
+        """Will the next sweep be small and quick (then it runs on the loop)? Only after a quick
+        one, with nothing but a few appended bytes to read (an ``fstat`` per file)."""
+        if self._first_sweep or self._last_sweep_s > INLINE_SWEEP_S or self._needs_poll:
+            return False
+        if self._scan_wanted or self._more:
+            return False
+        pending = 0
+        for tf in self._files.values():
+            if tf.comp is not None:
+                return False
+            try:
+                pending += os.fstat(tf.fd).st_size - tf.read_pos
+            except OSError:
+                return False
+        return 0 <= pending <= INLINE_BYTES
+
     def _sweep_locked(self) -> list[Batch]:
+        started = time.perf_counter()
+        try:
+            return self._sweep_timed()
+        finally:
+            self._last_sweep_s = time.perf_counter() - started
+
+    def _sweep_timed(self) -> list[Batch]:
         with self._lock:
             if self._closed:
                 return []
@@ -416,6 +502,7 @@ class FileSource:
     def _sweep(self) -> list[Batch]:
         now = self._clock.now()
         self._sweep_ns = time.time_ns()
+        dir_stamps = self._dir_stamps(self._watch_dirs | self._pattern_dirs())
         first = self._first_sweep
         self._first_sweep = False
         problems: dict[str, SourceProblem] = {}
@@ -503,6 +590,7 @@ class FileSource:
             log.info("%s: %s is readable again", self.name, key.removeprefix("file:"))
         self._problems = problems
         self._watch_dirs = self._dirs_to_watch()
+        self._net_snapshot(dir_stamps)
         self._warn_cuts_left(now)
         if not self._scan_wanted:  # a scan asked for by a read looks back from before it
             self._since_ns = self._sweep_ns - SINCE_MARGIN_NS
@@ -1275,6 +1363,89 @@ class FileSource:
             value["comp"] = tf.comp
         return Checkpoint(self.name, tf.key, value)
 
+    def _pattern_dirs(self) -> set[str]:
+        """The directories named by the source's paths and ``rotated:`` glob (without a glob
+        character in them)."""
+        return self._plain_dirs
+
+    @staticmethod
+    def _dir_stamps(dirs: set[str]) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for d in dirs:
+            try:
+                out[d] = os.stat(d).st_mtime_ns
+            except OSError:
+                out[d] = -1  # not there: any directory there later differs
+        return out
+
+    def _net_snapshot(self, dir_stamps: dict[str, int]) -> None:
+        """What the safety net compares with (:meth:`_looks_changed`), and which names an
+        inotify event must carry to wake this source (:meth:`_wants`). Directory times were
+        taken before the sweep looked: a change during the sweep still differs."""
+        self._net_dirs = {d: dir_stamps.get(d, -1) for d in self._watch_dirs | self._pattern_dirs()}
+        by_path = {tf.path: tf.identity for tf in self._files.values()}
+        self._net_paths = {p: by_path.get(p) for p in self._explicit}
+        tracked = {tf.path for tf in self._files.values()}
+        if tracked != self._names_of:  # the names its events carry change with its files
+            self._names_of = tracked
+            names: dict[str, tuple[set[str], set[str]]] = {}
+            for path in [*self._patterns, *tracked]:
+                d, name = os.path.split(os.path.abspath(path))
+                prefixes, globs = names.setdefault(d, (set(), set()))
+                if _has_magic(name):
+                    globs.add(name)
+                else:
+                    prefixes.add(_stem(name))
+            self._names_by_dir = {d: (tuple(p), tuple(g)) for d, (p, g) in names.items()}
+        self._needs_poll = bool(
+            self._magic_dirs
+            or any(v < 0 for v in self._net_dirs.values())
+            or any(tf.draining_since is not None for tf in self._files.values())
+            or self._problems
+            or self._events
+            or self._cuts_unwarned
+            or self._scan_wanted
+            or self._rescan
+        )
+
+    def _wants(self, directory: str, name: str) -> bool:
+        """Does an inotify event on ``name`` in ``directory`` concern this source? (Run on the
+        loop for every event: a name test. Unsure means yes.)"""
+        spec = self._names_by_dir.get(directory)
+        if spec is None or not name:
+            return True
+        prefixes, globs = spec
+        return name.startswith(prefixes) or any(fnmatch.fnmatchcase(name, g) for g in globs)
+
+    def _looks_changed(self) -> bool:
+        """The safety net, on the loop every ``poll_interval``: a few ``stat`` calls; True if a
+        file or directory is not as the last sweep left it (then a sweep follows)."""
+        if self._more:
+            return True
+        if self._needs_poll:
+            return False  # it sweeps in full every poll_interval itself
+        for tf in list(self._files.values()):
+            if tf.comp is not None:
+                continue
+            st = os.fstat(tf.fd)  # OSError (closed by a sweep meanwhile): the hub says changed
+            if st.st_size != tf.read_pos or st.st_mtime_ns != tf.mtime_ns:
+                return True
+        for path, ident in list(self._net_paths.items()):
+            try:
+                st = os.stat(path)
+                now: Identity | None = (st.st_dev, st.st_ino)
+            except OSError:
+                now = None
+            if now != ident:
+                return True
+        for d, stamp in list(self._net_dirs.items()):
+            try:
+                if os.stat(d).st_mtime_ns != stamp:
+                    return True
+            except OSError:
+                return True
+        return False
+
     def _dirs_to_watch(self) -> set[str]:
         dirs = {os.path.dirname(os.path.abspath(tf.path)) for tf in self._files.values()}
         for pattern in self._config.paths:
@@ -1288,7 +1459,7 @@ class FileSource:
         self._problem_view = (*self._problems.values(), *self._events.values())
         self._status_view = {
             "name": self.name,
-            "watcher": "inotify" if self._watcher is not None else "polling",
+            "watcher": "inotify" if self._sub is not None and self._watching else "polling",
             "caught_up": self._caught_up,
             "problems": [p.message for p in self._problem_view],
             **({"events_split": self._splits} if self._config.multiline is not None else {}),

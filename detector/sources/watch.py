@@ -1,79 +1,279 @@
-"""inotify wake-ups for the file tailer: a watchdog Observer on the directories of its files.
+"""inotify wake-ups for the file tailer: one inotify instance per event loop, read on the loop.
 
-Sits beside ``sources/files.py``, which it only wakes: the observer's thread calls
-``loop.call_soon_threadsafe(event.set)`` on any change in a watched directory and does nothing
-else; the tailer's sweep, run on the loop's side, then reads what changed. Without inotify (or
-past the watch limit) :meth:`Watcher.start` and :meth:`Watcher.watch` log it and the tailer's
-sweep every ``poll_interval`` still finds everything.
+Sits beside ``sources/files.py``, which it only wakes. Every ``FileSource`` of the agent shares
+one :class:`Hub` (per event loop and clock): one inotify file descriptor, read by the loop itself
+(``loop.add_reader``: no thread, no hand-over), one watch per directory whatever the number of
+sources in it, and one safety-net timer on the injected clock. A source holds a
+:class:`Subscription`: the directories it wants watched, a predicate saying which file names in
+them concern it, and a stat-only check that the timer calls.
+
+*Coalescing.* An event wakes its sources at once (a lone write is read with no added delay);
+then the hub stops reading the descriptor for ``COALESCE_S``, so the writes of that interval
+pile up in the kernel's queue (which merges repeated events of one file) and are read, and
+swept, together: a file written a thousand times a second costs at most ``1 / COALESCE_S``
+sweeps a second, not one per write.
+
+*The safety net.* Every ``poll_interval`` (the smallest among the subscriptions) the timer runs
+each subscription's check: a few ``stat`` calls on the loop that wake the source only if a file
+or directory differs from what its last sweep saw (a write inotify cannot see, e.g. through a
+hard link in an unwatched directory; a queue overflow). Without inotify (not Linux, or past the
+instance limit) :meth:`Hub.get` returns None, and a directory past the watch limit makes
+:meth:`Subscription.watch` return False: the source then sweeps in full every ``poll_interval``
+itself, as it always could.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
+import ctypes.util
+import errno
 import logging
-from dataclasses import dataclass, field
-from typing import Any
+import os
+import struct
+from collections.abc import Callable
+from datetime import datetime, timedelta
+
+from detector.clock import Clock
 
 log = logging.getLogger(__name__)
 
-OBSERVER_STOP_TIMEOUT = 5.0  # seconds to wait for the watchdog thread to end
+COALESCE_S = 0.025
+"""After an event, inotify is read again only this much later (physical time): the latency
+budget spent to turn many writes into one sweep."""
+
+IN_MODIFY = 0x2
+IN_ATTRIB = 0x4
+IN_CLOSE_WRITE = 0x8
+IN_MOVED_FROM = 0x40
+IN_MOVED_TO = 0x80
+IN_CREATE = 0x100
+IN_DELETE = 0x200
+IN_DELETE_SELF = 0x400
+IN_MOVE_SELF = 0x800
+IN_Q_OVERFLOW = 0x4000
+IN_IGNORED = 0x8000
+IN_ONLYDIR = 0x1000000
+IN_NONBLOCK = os.O_NONBLOCK
+IN_CLOEXEC = os.O_CLOEXEC
+MASK = (
+    IN_MODIFY
+    | IN_ATTRIB
+    | IN_CLOSE_WRITE
+    | IN_MOVED_FROM
+    | IN_MOVED_TO
+    | IN_CREATE
+    | IN_DELETE
+    | IN_DELETE_SELF
+    | IN_MOVE_SELF
+    | IN_ONLYDIR
+)
+_EVENT = struct.Struct("iIII")  # wd, mask, cookie, len; then len bytes of name
+READ_BYTES = 64 * 1024
 
 
-@dataclass
-class Watcher:
-    """A watchdog Observer whose handler only sets an asyncio.Event on the loop."""
+class _Libc:
+    def __init__(self) -> None:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        self.init1 = libc.inotify_init1
+        self.add_watch = libc.inotify_add_watch
+        self.add_watch.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_uint32]
+        self.rm_watch = libc.inotify_rm_watch
+        self.rm_watch.argtypes = [ctypes.c_int, ctypes.c_int]
 
-    observer: Any
-    handler: Any
-    watches: dict[str, Any] = field(default_factory=dict)
 
-    @staticmethod
-    def start(loop: asyncio.AbstractEventLoop, wake: asyncio.Event) -> Watcher | None:
+class Subscription:
+    """One source's interest: directories, which names in them, and its safety-net check."""
+
+    def __init__(
+        self,
+        hub: Hub,
+        wake: Callable[[], None],
+        wants: Callable[[str, str], bool],
+        check: Callable[[], bool],
+        every: timedelta,
+    ) -> None:
+        self.hub = hub
+        self.wake = wake
+        self.wants = wants  # (directory, file name) → does an event there concern the source?
+        self.check = check  # True: something changed that a sweep must look at
+        self.every = every
+        self.dirs: set[str] = set()
+        self.checked_at: datetime | None = None
+
+    def watch(self, dirs: set[str]) -> bool:
+        """Watch exactly ``dirs``; False if one of them cannot be watched (then poll it)."""
+        ok = True
+        for d in dirs - self.dirs:
+            ok = self.hub._add(d, self) and ok
+        for d in self.dirs - dirs:
+            self.hub._remove(d, self)
+        self.dirs = {d for d in dirs if self in self.hub._subs_of.get(d, ())}
+        return ok and self.dirs == dirs
+
+    def close(self) -> None:
+        self.hub._unsubscribe(self)
+
+
+class Hub:
+    """The loop's one inotify instance and safety-net timer (see the module docstring)."""
+
+    _hubs: dict[tuple[int, int], Hub] = {}  # noqa: RUF012 - (id(loop), id(clock)) → its hub
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, clock: Clock, libc: _Libc, fd: int) -> None:
+        self.loop = loop
+        self.clock = clock
+        self._libc = libc
+        self.fd = fd
+        self._wd_of: dict[str, int] = {}
+        self._dir_of: dict[int, str] = {}
+        self._subs_of: dict[str, set[Subscription]] = {}
+        self._subs: set[Subscription] = set()
+        self._paused: asyncio.TimerHandle | None = None
+        self._timer: asyncio.Task[None] | None = None
+        loop.add_reader(fd, self._on_readable)
+
+    @classmethod
+    def get(cls, loop: asyncio.AbstractEventLoop, clock: Clock) -> Hub | None:
+        """The hub of this loop and clock, started on first use; None without inotify."""
+        key = (id(loop), id(clock))
+        hub = cls._hubs.get(key)
+        if hub is not None and hub.loop is loop and not loop.is_closed():
+            return hub
         try:
-            from watchdog.events import FileSystemEvent, FileSystemEventHandler  # noqa: PLC0415
-            from watchdog.observers import Observer  # noqa: PLC0415
-
-            class _Wake(FileSystemEventHandler):
-                def on_any_event(self, event: FileSystemEvent) -> None:
-                    # The loop may be closed already: then nobody is left to wake.
-                    with contextlib.suppress(RuntimeError):
-                        loop.call_soon_threadsafe(wake.set)
-
-            observer = Observer()
-            observer.daemon = True
-            observer.start()
-        except Exception as e:  # no inotify: the poll sweep still works
-            log.info("file watcher unavailable (%s); polling only", e)
+            libc = _Libc()
+            fd = libc.init1(IN_NONBLOCK | IN_CLOEXEC)
+            if fd < 0:
+                raise OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno()))
+        except (OSError, AttributeError) as e:  # not Linux, or the instance limit
+            log.info("inotify unavailable (%s); file sources poll", e)
             return None
-        return Watcher(observer, _Wake())
+        cls._hubs[key] = hub = Hub(loop, clock, libc, fd)
+        return hub
 
-    def watch(self, dirs: set[str]) -> None:
-        from watchdog import events as ev  # noqa: PLC0415
+    def subscribe(
+        self,
+        wake: Callable[[], None],
+        wants: Callable[[str, str], bool],
+        check: Callable[[], bool],
+        every: timedelta,
+    ) -> Subscription:
+        sub = Subscription(self, wake, wants, check, every)
+        self._subs.add(sub)
+        if self._timer is None or self._timer.done():
+            self._timer = self.loop.create_task(self._safety_net(), name="file-safety-net")
+        return sub
 
-        wanted = [
-            ev.FileCreatedEvent,
-            ev.FileModifiedEvent,
-            ev.FileAttribEvent,
-            ev.FileMovedEvent,
-            ev.FileDeletedEvent,
-            ev.FileClosedEvent,
-            ev.DirCreatedEvent,
-            ev.DirDeletedEvent,
-            ev.DirMovedEvent,
-        ]
-        for d in dirs - self.watches.keys():
+    # ------------------------------------------------------------ watches
+
+    def _add(self, d: str, sub: Subscription) -> bool:
+        if d not in self._wd_of:
+            wd = self._libc.add_watch(self.fd, os.fsencode(d), MASK)
+            if wd < 0:
+                err = ctypes.get_errno()
+                if err != errno.ENOENT:  # e.g. the watch limit; the poll covers it
+                    log.info("cannot watch %s (%s); polling it", d, os.strerror(err))
+                return False
+            self._wd_of[d], self._dir_of[wd] = wd, d
+        self._subs_of.setdefault(d, set()).add(sub)
+        return True
+
+    def _remove(self, d: str, sub: Subscription) -> None:
+        subs = self._subs_of.get(d)
+        if subs is None:
+            return
+        subs.discard(sub)
+        if not subs:
+            del self._subs_of[d]
+            wd = self._wd_of.pop(d, None)
+            if wd is not None:
+                self._dir_of.pop(wd, None)
+                self._libc.rm_watch(self.fd, wd)  # fails harmlessly if it went with its dir
+
+    def _unsubscribe(self, sub: Subscription) -> None:
+        for d in list(sub.dirs):
+            self._remove(d, sub)
+        sub.dirs.clear()
+        self._subs.discard(sub)
+        if not self._subs:
+            self.close()
+
+    def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        if self._paused is not None:
+            self._paused.cancel()
+        with contextlib.suppress(Exception):  # the loop may be closing already
+            self.loop.remove_reader(self.fd)
+        with contextlib.suppress(OSError):
+            os.close(self.fd)
+        Hub._hubs = {k: h for k, h in Hub._hubs.items() if h is not self}
+
+    # ------------------------------------------------------------ events
+
+    def _on_readable(self) -> None:
+        woken: set[Subscription] = set()
+        while True:
             try:
-                self.watches[d] = self.observer.schedule(self.handler, d, event_filter=wanted)
-            except Exception as e:  # e.g. the inotify watch limit; the poll sweep covers it
-                log.info("cannot watch %s (%s); polling it", d, e)
-                self.watches[d] = None
-        for d in self.watches.keys() - dirs:
-            w = self.watches.pop(d)
-            if w is not None:
-                with contextlib.suppress(Exception):  # gone with its directory already
-                    self.observer.unschedule(w)
+                buf = os.read(self.fd, READ_BYTES)
+            except BlockingIOError:
+                break
+            except OSError as e:  # should not happen; the safety net still works
+                log.warning("reading inotify failed: %s", e)
+                break
+            self._dispatch(buf, woken)
+            if len(buf) < READ_BYTES - 4096:
+                break
+        for sub in woken:
+            sub.wake()
+        # let the next events queue (and merge) in the kernel for a while: one sweep for them
+        self.loop.remove_reader(self.fd)
+        self._paused = self.loop.call_later(COALESCE_S, self._resume)
 
-    def stop(self) -> None:
-        self.observer.stop()
-        self.observer.join(OBSERVER_STOP_TIMEOUT)
+    def _resume(self) -> None:
+        self._paused = None
+        with contextlib.suppress(Exception):
+            self.loop.add_reader(self.fd, self._on_readable)
+
+    def _dispatch(self, buf: bytes, woken: set[Subscription]) -> None:
+        at = 0
+        while at + _EVENT.size <= len(buf):
+            wd, mask, _cookie, n = _EVENT.unpack_from(buf, at)
+            name = os.fsdecode(buf[at + _EVENT.size : at + _EVENT.size + n].rstrip(b"\0"))
+            at += _EVENT.size + n
+            if mask & IN_Q_OVERFLOW:  # events were dropped: everyone looks
+                woken.update(self._subs)
+                continue
+            d = self._dir_of.get(wd)
+            if d is None:
+                continue
+            subs = self._subs_of.get(d, set())
+            if mask & (IN_IGNORED | IN_DELETE_SELF | IN_MOVE_SELF):  # the directory went
+                if mask & IN_IGNORED:
+                    self._dir_of.pop(wd, None)
+                    self._wd_of.pop(d, None)
+                    self._subs_of.pop(d, None)
+                    for sub in subs:
+                        sub.dirs.discard(d)  # watched again by its next sweep, if it is back
+                woken.update(subs)
+                continue
+            woken.update(s for s in subs if s.wants(d, name))
+
+    # ------------------------------------------------------------ the safety net
+
+    async def _safety_net(self) -> None:
+        while self._subs:
+            every = min(s.every for s in self._subs)
+            await self.clock.sleep_until(self.clock.now() + every)
+            now = self.clock.now()
+            for sub in list(self._subs):
+                if sub.checked_at is not None and now - sub.checked_at < sub.every:
+                    continue
+                sub.checked_at = now
+                try:
+                    changed = sub.check()
+                except Exception:  # a file closed by a sweep meanwhile, say: let it look
+                    changed = True
+                if changed:
+                    sub.wake()
