@@ -1,51 +1,60 @@
-"""inotify wake-ups for the file tailer: watchdog's one shared inotify instance, handed to the loop.
+"""inotify wake-ups for the file tailer: one inotify instance per event loop, read on the loop.
 
 Sits beside ``sources/files.py``, which it only wakes. Every ``FileSource`` of the agent shares
-one :class:`Hub` (per event loop and clock) on watchdog's process-wide inotify instance
-(``watchdog.observers.inotify_c.InotifyFD.get_instance()``, watchdog ≥ 7.0: one file descriptor
-and one reader thread for every watch of the process): one watch per directory whatever the
-number of sources in it, and one safety-net timer on the injected clock. A source holds a
+one :class:`Hub` (per event loop and clock): one inotify file descriptor, read by the loop itself
+(``loop.add_reader``: no thread, no hand-over), one watch per directory whatever the number of
+sources in it, and one safety-net timer on the injected clock. A source holds a
 :class:`Subscription`: the directories it wants watched, a predicate saying which file names in
 them concern it, and a stat-only check that the timer calls.
 
-*Coalescing.* watchdog's thread only notes an event for the hub; the first one of a quiet spell
-is handed to the loop at once (``call_soon_threadsafe``: a lone write is read with no added
-delay), which wakes the sources whose file names the events carry; for ``COALESCE_S`` after that
-the thread keeps noting events but hands nothing over, and what it noted meanwhile is handed
-over in one go when the interval ends: a file written a thousand times a second costs at most
-``1 / COALESCE_S`` hand-overs and sweeps a second, not one per write.
+*Coalescing.* An event wakes its sources at once (a lone write is read with no added delay);
+then the hub stops reading the descriptor for ``COALESCE_S``, so the writes of that interval
+pile up in the kernel's queue (which merges repeated events of one file) and are read, and
+swept, together: a file written a thousand times a second costs at most ``1 / COALESCE_S``
+sweeps a second, not one per write.
 
 *The safety net.* Every ``poll_interval`` (the smallest among the subscriptions) the timer runs
 each subscription's check: a few ``stat`` calls on the loop that wake the source only if a file
 or directory differs from what its last sweep saw (a write inotify cannot see, e.g. through a
-hard link in an unwatched directory). A kernel queue overflow wakes every source. Without
-inotify (not Linux, or past the instance limit) :meth:`Hub.get` returns None, and a directory
-past the watch limit makes :meth:`Subscription.watch` return False: the source then sweeps in
-full every ``poll_interval`` itself, as it always could.
+hard link in an unwatched directory; a queue overflow). Without inotify (not Linux, or past the
+instance limit) :meth:`Hub.get` returns None, and a directory past the watch limit makes
+:meth:`Subscription.watch` return False: the source then sweeps in full every ``poll_interval``
+itself, as it always could.
+
+*Why not watchdog's shared instance.* watchdog ≥ 7.0 has one (``inotify_c.InotifyFD
+.get_instance()``: one descriptor, one reader thread, ``add_callback`` per path); a port of this
+hub onto it (in this module's history; it covered every event above, IN_Q_OVERFLOW from 7.1)
+was measured and dropped: its thread reads each event the moment it arrives, so the kernel never
+merges a burst's events and every ``write()`` costs a thread wake-up, a read, an event object and
+two locks under the GIL, even with the hub handing the loop one call per ``COALESCE_S``. Paired
+runs of ``bench/bench_writes.py`` (2 pairs, 5 s a shape): 1,000 single-line writes/s 6.9–8.0 %
+→ 8.4–10.5 % of a core (1.8–2.0x → 2.4–2.7x the same lines in 10 writes/s; the target is
+≤ 5 %), idle threads with 20 sources 5–6 → 6–7 (the limit is 6). The class is also new (7.0)
+and documented only by its docstrings, and it raises nothing for EACCES (it files a watch -1).
+Here the loop stops reading for ``COALESCE_S`` instead, so the writes of that interval cost
+nothing but the kernel's merge.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
+import ctypes.util
 import errno
 import logging
 import os
-import threading
+import struct
 from collections.abc import Callable
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any
 
 from detector.clock import Clock
-
-if TYPE_CHECKING:
-    from watchdog.observers.inotify_c import InotifyEvent, InotifyFD
 
 log = logging.getLogger(__name__)
 
 COALESCE_S = 0.025
-"""After handing events to the loop, the next ones are handed over only this much later
-(physical time): the latency budget spent to turn many writes into one sweep."""
+"""After an event, inotify is read again only this much later (physical time): the latency
+budget spent to turn many writes into one sweep."""
 
 IN_MODIFY = 0x2
 IN_ATTRIB = 0x4
@@ -59,6 +68,8 @@ IN_MOVE_SELF = 0x800
 IN_Q_OVERFLOW = 0x4000
 IN_IGNORED = 0x8000
 IN_ONLYDIR = 0x1000000
+IN_NONBLOCK = os.O_NONBLOCK
+IN_CLOEXEC = os.O_CLOEXEC
 MASK = (
     IN_MODIFY
     | IN_ATTRIB
@@ -71,14 +82,18 @@ MASK = (
     | IN_MOVE_SELF
     | IN_ONLYDIR
 )
-_Event = tuple[int, int, bytes]  # wd, mask, file name (b"" for the directory itself)
+_EVENT = struct.Struct("iIII")  # wd, mask, cookie, len; then len bytes of name
+READ_BYTES = 64 * 1024
 
 
-def _shared_inotify() -> InotifyFD:
-    """watchdog's process-wide inotify instance and its reader thread (started on first use)."""
-    from watchdog.observers.inotify_c import InotifyFD  # noqa: PLC0415 - raises off Linux
-
-    return InotifyFD.get_instance()
+class _Libc:
+    def __init__(self) -> None:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        self.init1 = libc.inotify_init1
+        self.add_watch = libc.inotify_add_watch
+        self.add_watch.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_uint32]
+        self.rm_watch = libc.inotify_rm_watch
+        self.rm_watch.argtypes = [ctypes.c_int, ctypes.c_int]
 
 
 class Subscription:
@@ -115,31 +130,22 @@ class Subscription:
 
 
 class Hub:
-    """The loop's share of watchdog's inotify instance, and its safety-net timer (see the
-    module docstring). It is the watchdog callback of each of its watches: ``on_event``,
-    ``on_watch_deleted`` and ``on_queue_overflow`` run in watchdog's reader thread and only note
-    the event; everything else runs on the loop."""
+    """The loop's one inotify instance and safety-net timer (see the module docstring)."""
 
     _hubs: dict[tuple[int, int], Hub] = {}  # noqa: RUF012 - (id(loop), id(clock)) → its hub
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, clock: Clock, inotify: InotifyFD) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, clock: Clock, libc: _Libc, fd: int) -> None:
         self.loop = loop
         self.clock = clock
-        self._inotify = inotify
-        self._id: Any = id(self)  # this hub's callback id on each watch (a watchdog CallbackId)
+        self._libc = libc
+        self.fd = fd
         self._wd_of: dict[str, int] = {}
         self._dir_of: dict[int, str] = {}
         self._subs_of: dict[str, set[Subscription]] = {}
         self._subs: set[Subscription] = set()
+        self._paused: asyncio.TimerHandle | None = None
         self._timer: asyncio.Task[None] | None = None
-        self._window: asyncio.TimerHandle | None = None
-        # shared with watchdog's thread, under _lock: the events noted since the last hand-over
-        # (repeated writes of one file are one entry) and whether a hand-over or its coalescing
-        # window is under way (then a new event is only noted: no self-pipe write)
-        self._lock = threading.Lock()
-        self._pending: dict[_Event, None] = {}
-        self._handing = False
-        self._closed = False
+        loop.add_reader(fd, self._on_readable)
 
     @classmethod
     def get(cls, loop: asyncio.AbstractEventLoop, clock: Clock) -> Hub | None:
@@ -149,11 +155,14 @@ class Hub:
         if hub is not None and hub.loop is loop and not loop.is_closed():
             return hub
         try:
-            inotify = _shared_inotify()
-        except Exception as e:  # not Linux (ImportError, UnsupportedLibcError), the instance limit
+            libc = _Libc()
+            fd = libc.init1(IN_NONBLOCK | IN_CLOEXEC)
+            if fd < 0:
+                raise OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno()))
+        except (OSError, AttributeError) as e:  # not Linux, or the instance limit
             log.info("inotify unavailable (%s); file sources poll", e)
             return None
-        cls._hubs[key] = hub = Hub(loop, clock, inotify)
+        cls._hubs[key] = hub = Hub(loop, clock, libc, fd)
         return hub
 
     def subscribe(
@@ -165,7 +174,6 @@ class Hub:
     ) -> Subscription:
         sub = Subscription(self, wake, wants, check, every)
         self._subs.add(sub)
-        self._closed = False
         if self._timer is None or self._timer.done():
             self._timer = self.loop.create_task(self._safety_net(), name="file-safety-net")
         return sub
@@ -174,16 +182,11 @@ class Hub:
 
     def _add(self, d: str, sub: Subscription) -> bool:
         if d not in self._wd_of:
-            try:
-                wd = self._inotify.add_callback(os.fsencode(d), MASK, self, self._id)  # type: ignore[arg-type]
-            except OSError as e:
-                if e.errno != errno.ENOENT:  # e.g. the watch limit; the poll covers it
-                    log.info("cannot watch %s (%s); polling it", d, e.strerror)
-                return False
-            if wd < 0:  # watchdog does not raise for EACCES: it files a watch -1
-                with contextlib.suppress(OSError):
-                    self._inotify.remove_callbacks([(wd, self._id)])
-                log.info("cannot watch %s (%s); polling it", d, os.strerror(errno.EACCES))
+            wd = self._libc.add_watch(self.fd, os.fsencode(d), MASK)
+            if wd < 0:
+                err = ctypes.get_errno()
+                if err != errno.ENOENT:  # e.g. the watch limit; the poll covers it
+                    log.info("cannot watch %s (%s); polling it", d, os.strerror(err))
                 return False
             self._wd_of[d], self._dir_of[wd] = wd, d
         self._subs_of.setdefault(d, set()).add(sub)
@@ -199,13 +202,7 @@ class Hub:
             wd = self._wd_of.pop(d, None)
             if wd is not None:
                 self._dir_of.pop(wd, None)
-                self._forget([wd])
-
-    def _forget(self, wds: list[int]) -> None:
-        """Drop this hub's callback from those watches (watchdog removes a watch left unused;
-        one that went with its directory is already gone, harmlessly)."""
-        with contextlib.suppress(OSError):
-            self._inotify.remove_callbacks([(wd, self._id) for wd in wds])  # type: ignore[misc]
+                self._libc.rm_watch(self.fd, wd)  # fails harmlessly if it went with its dir
 
     def _unsubscribe(self, sub: Subscription) -> None:
         for d in list(sub.dirs):
@@ -216,84 +213,65 @@ class Hub:
             self.close()
 
     def close(self) -> None:
-        self._closed = True
         if self._timer is not None:
             self._timer.cancel()
-        if self._window is not None:
-            self._window.cancel()
-            self._window = None
-        self._forget(list(self._dir_of))
-        self._wd_of.clear()
-        self._dir_of.clear()
-        self._subs_of.clear()
-        with self._lock:
-            self._pending.clear()
-            self._handing = False
+        if self._paused is not None:
+            self._paused.cancel()
+        with contextlib.suppress(Exception):  # the loop may be closing already
+            self.loop.remove_reader(self.fd)
+        with contextlib.suppress(OSError):
+            os.close(self.fd)
         Hub._hubs = {k: h for k, h in Hub._hubs.items() if h is not self}
 
-    # ------------------------------------------------------------ events: watchdog's thread
+    # ------------------------------------------------------------ events
 
-    def on_event(self, event: InotifyEvent) -> None:
-        self._note((event.wd, event.mask, event.name))
-
-    def on_watch_deleted(self, wd: int) -> None:
-        self._note((wd, IN_IGNORED, b""))
-
-    def on_queue_overflow(self) -> None:
-        self._note((-1, IN_Q_OVERFLOW, b""))
-
-    def _note(self, event: _Event) -> None:
-        with self._lock:
-            self._pending[event] = None
-            if self._handing:
-                return
-            self._handing = True
-        with contextlib.suppress(RuntimeError):  # the loop closed (no source left on it)
-            self.loop.call_soon_threadsafe(self._hand_over)
-
-    # ------------------------------------------------------------ events: the loop
-
-    def _hand_over(self) -> None:
-        with self._lock:
-            events, self._pending = self._pending, {}
-        if self._closed:
-            return
+    def _on_readable(self) -> None:
         woken: set[Subscription] = set()
-        for event in events:
-            self._dispatch(event, woken)
+        while True:
+            try:
+                buf = os.read(self.fd, READ_BYTES)
+            except BlockingIOError:
+                break
+            except OSError as e:  # should not happen; the safety net still works
+                log.warning("reading inotify failed: %s", e)
+                break
+            self._dispatch(buf, woken)
+            if len(buf) < READ_BYTES - 4096:
+                break
         for sub in woken:
             sub.wake()
-        # the events of the next COALESCE_S are only noted meanwhile: one sweep for them
-        self._window = self.loop.call_later(COALESCE_S, self._window_ends)
+        # let the next events queue (and merge) in the kernel for a while: one sweep for them
+        self.loop.remove_reader(self.fd)
+        self._paused = self.loop.call_later(COALESCE_S, self._resume)
 
-    def _window_ends(self) -> None:
-        self._window = None
-        with self._lock:
-            if not self._pending:
-                self._handing = False
-                return
-        self._hand_over()
+    def _resume(self) -> None:
+        self._paused = None
+        with contextlib.suppress(Exception):
+            self.loop.add_reader(self.fd, self._on_readable)
 
-    def _dispatch(self, event: _Event, woken: set[Subscription]) -> None:
-        wd, mask, raw = event
-        if mask & IN_Q_OVERFLOW:  # events were dropped: everyone looks
-            woken.update(self._subs)
-            return
-        d = self._dir_of.get(wd)
-        if d is None:
-            return
-        subs = self._subs_of.get(d, set())
-        if mask & (IN_IGNORED | IN_DELETE_SELF | IN_MOVE_SELF):  # the directory went
-            if mask & IN_IGNORED:
-                self._dir_of.pop(wd, None)
-                self._wd_of.pop(d, None)
-                self._subs_of.pop(d, None)
-                for sub in subs:
-                    sub.dirs.discard(d)  # watched again by its next sweep, if it is back
-            woken.update(subs)
-            return
-        name = os.fsdecode(raw)
-        woken.update(s for s in subs if s.wants(d, name))
+    def _dispatch(self, buf: bytes, woken: set[Subscription]) -> None:
+        at = 0
+        while at + _EVENT.size <= len(buf):
+            wd, mask, _cookie, n = _EVENT.unpack_from(buf, at)
+            name = os.fsdecode(buf[at + _EVENT.size : at + _EVENT.size + n].rstrip(b"\0"))
+            at += _EVENT.size + n
+            if mask & IN_Q_OVERFLOW:  # events were dropped: everyone looks
+                woken.update(self._subs)
+                continue
+            d = self._dir_of.get(wd)
+            if d is None:
+                continue
+            subs = self._subs_of.get(d, set())
+            if mask & (IN_IGNORED | IN_DELETE_SELF | IN_MOVE_SELF):  # the directory went
+                if mask & IN_IGNORED:
+                    self._dir_of.pop(wd, None)
+                    self._wd_of.pop(d, None)
+                    self._subs_of.pop(d, None)
+                    for sub in subs:
+                        sub.dirs.discard(d)  # watched again by its next sweep, if it is back
+                woken.update(subs)
+                continue
+            woken.update(s for s in subs if s.wants(d, name))
 
     # ------------------------------------------------------------ the safety net
 
