@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 
 from detector.clock import FakeClock
 from detector.model import FileSourceConfig
-from detector.sources import files
+from detector.sources import files, watch
 from detector.sources.base import Batch, Line
 from detector.sources.files import FileSource
 
@@ -776,3 +776,39 @@ def test_the_same_holds_with_reads_smaller_than_a_line_or_a_few_lines(
             asyncio.run(run_scenario(Path(d), ops))
     finally:
         files.BLOCK_BYTES = saved
+
+
+async def test_an_inotify_queue_overflow_wakes_every_source(tmp_path: Path) -> None:
+    """A kernel queue overflow (events were dropped, IN_Q_OVERFLOW with wd -1): every source of
+    the hub sweeps, and finds what was written meanwhile."""
+    a, b = tmp_path / "a" / "a.log", tmp_path / "b" / "b.log"
+    for p in (a, b):
+        p.parent.mkdir()
+        p.touch()
+    clock = FakeClock()
+    sa = FileSource(config(a), {}, clock)
+    sb = FileSource(FileSourceConfig(name="b", paths=(str(b),), start_at="beginning"), {}, clock)
+    try:
+        async with (
+            contextlib.aclosing(sa.batches()) as ba,
+            contextlib.aclosing(sb.batches()) as bb,
+        ):
+            assert await collect_until(ba, lambda t: True) == []
+            assert await collect_until(bb, lambda t: True) == []
+            assert sa._sub is not None
+            hub = sa._sub.hub
+            hub.loop.remove_reader(hub.fd)  # the writes' own events are lost with the overflow
+            if hub._paused is not None:
+                hub._paused.cancel()
+            append(a, "lost a\n")
+            append(b, "lost b\n")
+            woken: set[Any] = set()
+            hub._dispatch(watch._EVENT.pack(-1, watch.IN_Q_OVERFLOW, 0, 0), woken)
+            assert woken == hub._subs
+            for sub in woken:
+                sub.wake()
+            assert await collect_until(ba, bool) == ["lost a"]
+            assert await collect_until(bb, bool) == ["lost b"]
+    finally:
+        await sa.aclose()
+        await sb.aclose()

@@ -20,6 +20,19 @@ hard link in an unwatched directory; a queue overflow). Without inotify (not Lin
 instance limit) :meth:`Hub.get` returns None, and a directory past the watch limit makes
 :meth:`Subscription.watch` return False: the source then sweeps in full every ``poll_interval``
 itself, as it always could.
+
+*Why not watchdog's shared instance.* watchdog ≥ 7.0 has one (``inotify_c.InotifyFD
+.get_instance()``: one descriptor, one reader thread, ``add_callback`` per path); a port of this
+hub onto it (in this module's history; it covered every event above, IN_Q_OVERFLOW from 7.1)
+was measured and dropped: its thread reads each event the moment it arrives, so the kernel never
+merges a burst's events and every ``write()`` costs a thread wake-up, a read, an event object and
+two locks under the GIL, even with the hub handing the loop one call per ``COALESCE_S``. Paired
+runs of ``bench/bench_writes.py`` (2 pairs, 5 s a shape): 1,000 single-line writes/s 6.9–8.0 %
+→ 8.4–10.5 % of a core (1.8–2.0x → 2.4–2.7x the same lines in 10 writes/s; the target is
+≤ 5 %), idle threads with 20 sources 5–6 → 6–7 (the limit is 6). The class is also new (7.0)
+and documented only by its docstrings, and it raises nothing for EACCES (it files a watch -1).
+Here the loop stops reading for ``COALESCE_S`` instead, so the writes of that interval cost
+nothing but the kernel's merge.
 """
 
 from __future__ import annotations
