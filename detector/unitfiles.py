@@ -238,6 +238,17 @@ def enabled(root: Path, name: str) -> bool:
     )
 
 
+def last_interval(timer: Unit) -> tuple[str, str] | None:
+    """The timer's monotonic period, ``OnUnitActiveSec=`` or ``OnUnitInactiveSec=`` (the last one
+    set wins, as systemd reads it), as (key, value); None: it has none."""
+    intervals = [
+        (key, value)
+        for key in ("OnUnitActiveSec", "OnUnitInactiveSec")
+        for value in timer.all("Timer", key)
+    ]
+    return intervals[-1] if intervals else None
+
+
 def cron_error(cron: str) -> str | None:
     """Why ``cron`` is not a 5-field expression cronsim (and so the window rule) accepts."""
     if len(cron.split()) != 5:
@@ -294,13 +305,9 @@ def timer_schedules(
                 notes.append(f"{found[1]}: OnCalendar={spec} not watched: {e}")
                 continue
             out.append(SystemdTimer(name, service, f"OnCalendar={spec}", cron, tz, within=slack))
-        intervals = [
-            (key, value)
-            for key in ("OnUnitActiveSec", "OnUnitInactiveSec")
-            for value in timer.all("Timer", key)
-        ]
-        if intervals:
-            key, value = intervals[-1]
+        interval = last_interval(timer)
+        if interval is not None:
+            key, value = interval
             try:
                 every = parse_span(value)
             except ValueError as e:

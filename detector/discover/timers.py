@@ -28,6 +28,7 @@ from detector.unitfiles import (
     calendar_to_cron,
     enabled,
     find_unit,
+    last_interval,
     parse_span,
     read_unit,
 )
@@ -110,13 +111,9 @@ def timer_job(root: Path, name: str, zone: str) -> tuple[list[Job], list[str]]:
                 within=slack,
             )
         )
-    intervals = [
-        (key, value)
-        for key in ("OnUnitActiveSec", "OnUnitInactiveSec")
-        for value in timer.all("Timer", key)
-    ]
-    if intervals:
-        key, value = intervals[-1]
+    interval = last_interval(timer)
+    if interval is not None:
+        key, value = interval
         try:
             every = parse_span(value)
         except ValueError as e:
