@@ -460,6 +460,13 @@ async def test_an_agent_alert_left_open_by_a_stop_resolves_after_the_restart_if_
         async with running(cfg, clock) as agent:
             await until(lambda: bool(agent.problems.pending()), what="the problem")
             await until(lambda: bool(agent_alerts(rx)), clock, what="the agent alert")
+            # stopped only once the delivery is recorded: else the restart rightly sends it again
+            async with asyncio.timeout(15):
+                while any(
+                    set(c) - {"delivered"}
+                    for c in (await agent.db.run(outbox.state_counts)).values()
+                ):
+                    await asyncio.sleep(0.05)
         assert summaries(rx)[0][0] == "firing"
         missing.rmdir()
         missing.touch()  # fixed while the agent was stopped
