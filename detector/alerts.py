@@ -34,6 +34,11 @@ A rule's timing keys change steps 1 and 4 (agent alerts have their own grace, ``
 These deadlines are kept on the alert, so they survive a restart with it, and are run by ``due``
 like the repeats.
 
+A resolved alert is kept ``RESOLVED_KEEP`` (its flap history, ``detector status``), and at most
+``MAX_RESOLVED`` of them: past that the longest resolved is forgotten at once (its row deleted),
+unless it still owes a notice. Step 2 is the hot path (every hit of a firing rule): ``apply`` does
+it inline, without ``_fire``.
+
 Every notification becomes one outbox row per webhook the alert was routed to when it opened
 (``routing.py``: a rule's own ``notify:``, else ``routes:``, else the default), with an event id
 that is stable across delivery retries (it is stored with the row, in the same transaction as the
