@@ -34,6 +34,11 @@ A rule's timing keys change steps 1 and 4 (agent alerts have their own grace, ``
 These deadlines are kept on the alert, so they survive a restart with it, and are run by ``due``
 like the repeats.
 
+A resolved alert is kept ``RESOLVED_KEEP`` (its flap history, ``detector status``), and at most
+``MAX_RESOLVED`` of them: past that the longest resolved is forgotten at once (its row deleted),
+unless it still owes a notice. Step 2 is the hot path (every hit of a firing rule): ``apply`` does
+it inline, without ``_fire``.
+
 Every notification becomes one outbox row per webhook the alert was routed to when it opened
 (``routing.py``: a rule's own ``notify:``, else ``routes:``, else the default), with an event id
 that is stable across delivery retries (it is stored with the row, in the same transaction as the
@@ -47,6 +52,7 @@ import functools
 import hashlib
 import sys
 import uuid
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -65,6 +71,10 @@ MAX_SAMPLE_CHARS = 2000
 AGENT_REPEAT = timedelta(hours=4)
 RESOLVED_KEEP = timedelta(days=7)
 PRUNE_EVERY = timedelta(hours=1)
+MAX_RESOLVED = 10_000
+"""The most resolved alerts kept (in memory and in the state file), whatever the keys seen: past
+it the longest resolved is forgotten at once, as if its week were over. One that still owes a
+notice (a resolved notice held by a silence, a ``settled`` one to come) is kept until then."""
 
 
 def clip_sample(text: str, limit: int = MAX_SAMPLE_CHARS) -> str:
@@ -220,6 +230,7 @@ class Alert:
         }
 
 
+_OPEN = frozenset(("firing", "pending"))
 _TIMING_FIELDS = ("pending_until", "clearing_until", "flapping_since")
 _SHARED = frozenset(
     ("rule", "kind", "status", "severity", "owner", "runbook", "host", "source", "description")
@@ -243,6 +254,9 @@ class AlertBook:
         self._repeats = DeadlineHeap()  # fingerprint -> when its next repeat is due
         self._timers = DeadlineHeap()  # fingerprint -> its next for:/keep_firing_for:/flap time
         self._pruned_at: datetime | None = None
+        self.max_resolved = MAX_RESOLVED
+        self._resolved: OrderedDict[str, None] = OrderedDict()
+        """The resolved alerts' fingerprints, longest resolved first (``MAX_RESOLVED``)."""
         self._changed: dict[str, Alert | None] = {}
         self._outbox: list[OutboxRow] = []
         self.record: Callable[[dict[str, Any], str], None] | None = None
@@ -251,6 +265,9 @@ class AlertBook:
         self.muter: Muter | None = None
         """Silences and maintenance windows (set by the pipeline); None: nothing is muted."""
         self._mute_at: datetime | None = None
+        self.fast = True
+        """Whether ``apply`` takes its inline path for a fire on an open alert (a test turns it
+        off, to compare it with ``_fire``)."""
         self.configure(rules, webhooks, fallback, routes)
 
     def configure(
@@ -278,6 +295,10 @@ class AlertBook:
             self.alerts[alert.fingerprint] = alert
             self._schedule_repeat(alert.fingerprint, alert)
             self._schedule_timer(alert.fingerprint, alert)
+        resolved = [a for a in self.alerts.values() if a.status == "resolved"]
+        resolved.sort(key=lambda a: a.resolved_at or a.last_seen_at)
+        self._resolved = OrderedDict.fromkeys(a.fingerprint for a in resolved)
+        self._bound_resolved()
 
     def take(self) -> tuple[dict[str, Mapping[str, Any] | None], list[OutboxRow]]:
         """Changed alert rows and new outbox rows since the last call (for ``Store.commit``)."""
@@ -293,9 +314,34 @@ class AlertBook:
     def apply(self, signals: Iterable[Signal], now: datetime | None) -> None:
         """``now`` None: each notification is stamped with its signal's time (a replay's
         simulated clock)."""
+        alerts, changed, fast = self.alerts, self._changed, self.fast
         for s in signals:
             at = s.at if now is None else now
             if s.action == "fire":
+                fp = fingerprint(s.rule, s.key)
+                alert = alerts.get(fp)
+                if (
+                    fast
+                    and alert is not None
+                    and alert.clearing_until is None
+                    and not s.renotify
+                    and alert.status in _OPEN
+                ):
+                    # ``_fire`` on an open alert (the common case: every hit of a firing rule),
+                    # inline: deduplicated, nothing told
+                    if s.count > 0:
+                        alert.count += s.count
+                    alert.last_seen_at = max(alert.last_seen_at, s.at)
+                    if s.summary:
+                        alert.summary = s.summary
+                    if s.description:
+                        alert.description = s.description
+                    if s.evidence:
+                        alert.evidence.update(s.evidence)
+                    if s.sample is not None and len(alert.samples) < MAX_SAMPLES:
+                        alert.samples.append(clip_sample(s.sample))
+                    changed[fp] = alert
+                    continue
                 self._fire(s, at)
             elif s.action == "resolve":
                 self._resolve(s.rule, s.key, s.at, at, s)
@@ -347,6 +393,7 @@ class AlertBook:
         opening = alert is None or alert.status not in ("firing", "pending")
         if opening:
             before = alert
+            self._resolved.pop(fp, None)
             alert = self._new_alert(s)
             if before is not None:  # the flap history goes on
                 alert.changes, alert.flap_changes = before.changes, before.flap_changes
@@ -421,6 +468,7 @@ class AlertBook:
         self._changed_state(alert, "resolved", now)
         self._repeats.push(fp, None)
         self._schedule_timer(fp, alert)
+        self._keep_resolved(fp)
 
     def _drop_pending(self, alert: Alert, at: datetime) -> None:
         """A ``for:`` alert whose condition ended before it fired: nobody was told, nobody is.
@@ -430,10 +478,37 @@ class AlertBook:
         if alert.changes or alert.flapping_since is not None:
             alert.status, alert.resolved_at = "resolved", at
             self._changed[fp] = alert
+            self._schedule_timer(fp, alert)
+            self._keep_resolved(fp)
         else:
             del self.alerts[fp]
             self._changed[fp] = None
-        self._schedule_timer(fp, alert)
+            self._schedule_timer(fp, alert)
+
+    def _keep_resolved(self, fp: str) -> None:
+        """Note that ``fp`` resolved just now; forget the longest resolved past ``MAX_RESOLVED``."""
+        self._resolved[fp] = None
+        self._resolved.move_to_end(fp)
+        if len(self._resolved) > self.max_resolved:
+            self._bound_resolved()
+
+    def _bound_resolved(self) -> None:
+        """Forget the longest resolved alerts past ``max_resolved``, except those that still owe
+        a notice (those go to the back and are kept)."""
+        index = self._resolved
+        tries = len(index)
+        while len(index) > self.max_resolved and tries > 0:
+            tries -= 1
+            fp, _ = index.popitem(last=False)
+            alert = self.alerts.get(fp)
+            if alert is None or alert.status != "resolved":
+                continue
+            if alert.owed is not None or alert.flapping_since is not None:
+                index[fp] = None
+                continue
+            del self.alerts[fp]
+            self._changed[fp] = None
+            self._schedule_timer(fp, alert)
 
     def _info(self, s: Signal, now: datetime) -> None:
         alert = self._new_alert(s)
@@ -498,6 +573,7 @@ class AlertBook:
                 and alert.resolved_at < now - RESOLVED_KEEP
             ):
                 del self.alerts[fp]
+                self._resolved.pop(fp, None)
                 self._changed[fp] = None
 
     # ---------------------------------------------------------------- for:, keep_firing_for:, flap:

@@ -13,16 +13,18 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from detector.alerts import AlertBook
 from detector.clock import FakeClock
 from detector.config.load import parse_config
 from detector.config.nodes import ConfigError
 from detector.matching import Hit
-from detector.model import ThresholdSpec
+from detector.model import FlapSpec, ThresholdSpec
 from detector.records import Commit
 from detector.rules.base import Signal, When
 from detector.rules.match import MatchEvaluator
 from detector.rules.state import DIGEST_KEY
 from detector.rules.threshold import CHUNK, ThresholdEvaluator, _Runs
+from detector.sources.base import Line
 from detector.store.db import Store
 from tests.helpers import T0, at, line, rule
 from tests.test_selfmon import monitor_for
@@ -146,6 +148,147 @@ def test_the_compact_window_fires_and_resolves_when_every_match_time_would(
     assert compact == exact
     if restart_at is None:  # everything expired in the end: no row is left behind
         assert rows.rows == {}
+
+
+class _General(ThresholdEvaluator):
+    """Every match the general way (``_observe_general``), never ``_refire``."""
+
+    fast = False
+
+
+class _Refires(ThresholdEvaluator):
+    """Counts the matches that took ``_refire``."""
+
+    refires = 0
+
+    def _refire(self, *args: Any, **kw: Any) -> list[Signal]:
+        type(self).refires += 1
+        return super()._refire(*args, **kw)
+
+
+def _replay(
+    ev: ThresholdEvaluator,
+    book: AlertBook,
+    steps: list[tuple[float, str, float, bool]],
+    restart_at: int | None,
+) -> list[Any]:
+    """Feed ``(seconds after the previous hit, ip, seconds its time lies back, journald field)``
+    hits through the evaluator into the alert book, waking both at every deadline the clock
+    passes and committing after every hit, with a restart (both reloaded from their rows) before
+    hit ``restart_at``. Every signal, state row, notification and alert row, step by step."""
+    rows: dict[str, str] = {}
+    alerts: dict[str, str] = {}
+    out: list[Any] = []
+
+    def commit() -> None:
+        changes = ev.state_changes()
+        for key, value in changes.items():
+            if value is None:
+                rows.pop(key, None)
+            else:
+                rows[key] = json.dumps(value)
+        changed, outbox = book.take()
+        for fp, row in changed.items():
+            if row is None:
+                alerts.pop(fp, None)
+            else:
+                alerts[fp] = json.dumps(row)
+        told = [{k: v for k, v in o.payload.items() if k != "event_id"} for o in outbox]
+        out.append((sorted(changes), sorted(changed), told, ev.next_deadline()))
+
+    def wake(until: datetime) -> None:
+        while True:
+            due = [d for d in (ev.next_deadline(), book.next_deadline()) if d is not None]
+            if not due or min(due) > until:
+                return
+            now = min(due)
+            signals = ev.due(now)
+            out.append(_signals_all(signals))
+            book.apply(signals, now)
+            book.due(now)
+            commit()
+
+    now = T0
+    for i, (gap, ip, back, journald) in enumerate(steps):
+        if i == restart_at:
+            fresh = type(ev)(ev.rule, now)
+            fresh.load_state({k: json.loads(v) for k, v in rows.items()})
+            ev = fresh
+            book = AlertBook("h1", {ev.rule.name: ev.rule}, ["hook"])
+            book.fast = fresh.fast
+            book.load(json.loads(v) for v in alerts.values())
+        now += timedelta(seconds=gap)
+        wake(now)
+        fields = {"ip": ip, "unit": "sshd"} if journald else None
+        hit = Hit(0, "t", "match", {"ip": ip, "user": "u"})
+        signals = ev.observe(
+            hit,
+            Line("s", f"x {ip}", fields=fields),
+            When.exact(now - timedelta(seconds=back)),
+        )
+        out.append(_signals_all(signals))
+        book.apply(signals, now)
+        commit()
+    wake(now + timedelta(days=1))
+    out.append((sorted(rows.items()), sorted(alerts.items())))
+    return out
+
+
+def _signals_all(out: list[Signal]) -> list[tuple[Any, ...]]:
+    return [
+        (s.rule, s.kind, s.key, s.action, s.at, dict(s.labels), s.summary, s.description,
+         s.happened, s.sample, s.count, dict(s.evidence), s.source)
+        for s in out
+    ]  # fmt: skip
+
+
+@settings(max_examples=120, deadline=None)
+@given(
+    steps=st.lists(
+        st.tuples(
+            st.sampled_from([0, 0, 0, 0.5, 1, 3, 10, 40]),
+            st.sampled_from(["a", "a", "b"]),
+            st.sampled_from([0, 0, 0, 0, 2]),  # an out-of-order timestamp now and then
+            st.sampled_from([False, False, True]),
+        ),
+        min_size=1,
+        max_size=300,
+    ),
+    count=st.sampled_from([1, 2, 3, 7, CHUNK + 1]),
+    within=st.sampled_from([1, 5, 30, 120]),
+    by=st.sampled_from([("ip",), ()]),
+    restart_at=st.one_of(st.none(), st.integers(0, 299)),
+    timing=st.sampled_from(["", "", "for", "keep", "flap"]),
+)
+def test_a_match_of_a_firing_key_tells_and_stores_what_the_general_path_does(
+    steps: list[tuple[float, str, float, bool]],
+    count: int,
+    within: float,
+    by: tuple[str, ...],
+    restart_at: int | None,
+    timing: str,
+) -> None:
+    spec = ThresholdSpec(count=count, within=timedelta(seconds=within), by=by)
+    r = rule(
+        "t", "threshold", threshold=spec, repeat=timedelta(seconds=60),
+        pending_for=timedelta(seconds=5 if timing == "for" else 0),
+        keep_firing_for=timedelta(seconds=20 if timing == "keep" else 0),
+        flap=FlapSpec(changes=2, within=timedelta(minutes=1)) if timing == "flap" else None,
+    )  # fmt: skip
+    general_book = AlertBook("h1", {"t": r}, ["hook"])
+    general_book.fast = False
+    fast = _replay(_Refires(r, T0), AlertBook("h1", {"t": r}, ["hook"]), steps, restart_at)
+    general = _replay(_General(r, T0), general_book, steps, restart_at)
+    assert fast == general
+
+
+def test_the_matches_of_a_firing_key_take_refire() -> None:
+    _Refires.refires = 0
+    ev = _Refires(rule("t", "threshold", threshold=ThresholdSpec(3, timedelta(minutes=1))), T0)
+    out = [ev.observe(Hit(0, "t", "match", {}), line("x"), When.exact(at(i))) for i in range(10)]
+    assert [len(o) for o in out] == [0, 0, 1, 1, 1, 1, 1, 1, 1, 1]
+    assert _Refires.refires == 7  # all but the one that made it fire
+    assert ev.keys[""].peak == 10 and ev.next_deadline() == at(7 + 60)
 
 
 def test_a_flood_keeps_its_window_in_runs_and_writes_a_few_rows_per_batch() -> None:

@@ -222,6 +222,8 @@ class ThresholdEvaluator:
     wants_all_lines = False
     runs: type[_Runs] = _Runs
     """How a key keeps its match times (a test keeps every one, to compare the answers)."""
+    fast = True
+    """Whether a match of a firing key takes ``_refire`` (a test turns it off, to compare)."""
 
     def __init__(self, rule: RuleConfig, now: datetime) -> None:
         assert rule.threshold is not None
@@ -248,6 +250,10 @@ class ThresholdEvaluator:
         """``max_keys``: a new key past it is folded into the rule's digest alert."""
         self._gone: dict[str, None] = {}
         """Chunk rows to delete with the next ``state_changes`` (their key was forgotten)."""
+        self._fast = (
+            self.fast and self.spec.distinct is None and not (rule.summary or rule.description)
+        )
+        """``observe`` takes ``_refire`` for a match of a key that fires already."""
 
     # deadline of a key: firing → when the window drops below count; idle → when it empties
     def _deadline(self, k: _Key) -> datetime | None:
@@ -260,11 +266,77 @@ class ThresholdEvaluator:
             heapq.heappush(self._heap, (at, key))
 
     def observe(self, hit: Hit, line: Line, when: When) -> list[Signal]:
-        if hit.role == "reset":
-            return self._reset(hit, line, when)
-        if hit.role != "match":
-            return []
-        fields = hit_fields(hit, line)
+        role = hit.role
+        if role != "match":
+            return self._reset(hit, line, when) if role == "reset" else []
+        spec = self.spec
+        fields = hit.groups if not line.fields else hit_fields(hit, line)
+        key, labels = group_key(spec.by, fields) if spec.by else ("", {})
+        k = self.keys.get(key)
+        if (
+            k is not None
+            and k.firing
+            and self._fast
+            and k.recent is not None
+            and when.at >= k.times.times[-1]  # in time order (else: clamped, the general way)
+        ):
+            return self._refire(hit, line, when.at, key=key, labels=labels, k=k)
+        return self._observe_general(hit, line, when, fields=fields, key=key, labels=labels, k=k)
+
+    def _refire(
+        self, hit: Hit, line: Line, at: datetime, *, key: str, labels: dict[str, str], k: _Key
+    ) -> list[Signal]:
+        """``_observe_general`` for a match of a key that fires already, of a rule without
+        ``distinct`` or templates, in time order: the same signal and the same window, peak and
+        deadline, with the steps that cannot change anything left out (the window stays full,
+        the summary is the default, the deadline moves only if the oldest match went)."""
+        spec = self.spec
+        r = k.times
+        oldest = r.times[0]
+        r.add(at, spec.count)
+        self._touch(key)
+        recent = k.recent
+        assert isinstance(recent, _Runs)
+        recent.add(at, PEAK_CAP)
+        recent.expire(at - spec.within)
+        if k.peak is not None and recent.total > k.peak:
+            k.peak = recent.total
+        if r.times[0] != oldest:  # the deadline moved (else the heap holds it already)
+            heapq.heappush(self._heap, (r.times[0] + spec.within, key))
+        if labels:
+            summary = f"{self._default} ({', '.join(f'{n}={v}' for n, v in labels.items())})"
+            signal_labels = {**hit.groups, **labels}
+        else:
+            summary, signal_labels = self._default, hit.groups
+        return [
+            Signal(
+                self.rule.name,
+                "threshold",
+                key,
+                "fire",
+                at,
+                signal_labels,
+                summary,
+                "",
+                "",
+                line.text,
+                1,
+                self._evidence,
+                line.source,
+            )
+        ]
+
+    def _observe_general(
+        self,
+        hit: Hit,
+        line: Line,
+        when: When,
+        *,
+        fields: dict[str, str],
+        key: str,
+        labels: dict[str, str],
+        k: _Key | None,
+    ) -> list[Signal]:
         spec = self.spec
         value = ""
         if spec.distinct is not None:
@@ -272,8 +344,6 @@ class ThresholdEvaluator:
             if got is None:
                 return []  # nothing to count distinct values of
             value = got
-        key, labels = group_key(spec.by, fields)
-        k = self.keys.get(key)
         if k is None:
             if len(self.keys) >= self.cap.limit:
                 return self.cap.fold(key, when.at, "threshold")
@@ -283,6 +353,7 @@ class ThresholdEvaluator:
         newest = k.newest()
         if newest is not None and at < newest:
             at = newest  # out-of-order timestamps: never let the window run backwards
+        before = self._deadline(k)
         k.add(at, value, spec.count)
         self._touch(key)
         oldest = k.oldest()
@@ -301,9 +372,8 @@ class ThresholdEvaluator:
                     "within": self._within,
                 }
                 summary, description = summarize(rule, default, ctx)
-            else:  # the common case, kept cheap: a firing key fires again on every match
+            else:
                 summary, description = default, ""
-            evidence = dict(self._evidence)
             out.append(
                 Signal(
                     rule=self.rule.name,
@@ -316,14 +386,15 @@ class ThresholdEvaluator:
                     description=description,
                     sample=line.text,
                     count=spec.count if not k.firing else 1,
-                    evidence=evidence,
+                    evidence=self._evidence,  # shared: a signal is read, never changed
                     source=line.source,
                 )
             )
             if not k.firing:
                 k.firing, k.peak, k.recent = True, 0, None
             k.count_peak(at, value, spec.within)
-        self._push(key, k)
+        if self._deadline(k) != before:  # else the heap holds this deadline already
+            self._push(key, k)
         return out
 
     def _reset(self, hit: Hit, line: Line, when: When) -> list[Signal]:
