@@ -99,7 +99,7 @@ RESOLVED_SEP = " — "
 """Between a rule's own (rendered) summary and what happened, in a resolved notice."""
 
 
-@functools.lru_cache(maxsize=65536)
+@functools.lru_cache(maxsize=4096)  # the keys firing now; 65,536 entries held 12 MB
 def fingerprint(rule: str, key: str) -> str:
     return hashlib.sha256(f"{rule}\x00{key}".encode()).hexdigest()[:16]
 
@@ -135,8 +135,9 @@ class Alert:
     """``keep_firing_for:``: the condition cleared; when the alert resolves unless it fires."""
     clearing_summary: str | None = None
     """The resolved notice's summary, kept for ``clearing_until``."""
-    changes: list[datetime] = field(default_factory=list)
-    """``flap:``: when its notified state changed, within the flap window."""
+    changes: tuple[datetime, ...] = ()
+    """``flap:``: when its notified state changed, within the flap window (a tuple: most alerts
+    have none, and an empty list per alert is 56 bytes)."""
     flapping_since: datetime | None = None
     flap_changes: int = 0
     """Changes since it started flapping."""
@@ -180,25 +181,28 @@ class Alert:
         }
 
     @staticmethod
-    def from_row(row: Mapping[str, Any]) -> Alert:
+    def from_row(row: Mapping[str, Any], shared: dict[Any, Any] | None = None) -> Alert:
         # The strings every alert of a rule shares (its rule, host, kind, label names…) are
         # interned: loaded from JSON, each row would hold its own copies (memory after a restart
-        # equals memory before it, issue 20.6).
+        # equals memory before it, issue 20.6). Label values and times, shared by some alerts
+        # only (a label of the rule's, the time of one read), are shared through ``shared``, a
+        # memo the caller keeps over the rows it loads (interned, 100,000 distinct ``ip``
+        # values would stay in the interpreter's table).
+        memo: dict[Any, Any] = {} if shared is None else shared
         data: dict[str, Any] = {
             k: sys.intern(v) if k in _SHARED and isinstance(v, str) else v for k, v in row.items()
         }
         labels = data.get("labels")
         if isinstance(labels, Mapping):
             data["labels"] = {
-                sys.intern(k): sys.intern(v) if isinstance(v, str) else v for k, v in labels.items()
+                sys.intern(k): memo.setdefault(v, v) if isinstance(v, str) else v
+                for k, v in labels.items()
             }
         for name in ("first_seen_at", "last_seen_at", "resolved_at", "last_notified_at"):
-            data[name] = parse_iso_or_none(data.get(name))
-        if data["last_seen_at"] == data["first_seen_at"]:
-            data["last_seen_at"] = data["first_seen_at"]  # one object, not two equal ones
+            data[name] = _parse_time(data.get(name), memo)
         for name in _TIMING_FIELDS:
-            data[name] = parse_iso_or_none(data.get(name))
-        data["changes"] = [t for t in map(parse_iso_or_none, data.get("changes") or ()) if t]
+            data[name] = _parse_time(data.get(name), memo)
+        data["changes"] = tuple(t for t in map(parse_iso_or_none, data.get("changes") or ()) if t)
         data["notify"] = tuple(sys.intern(w) for w in data.get("notify") or ())
         known = set(Alert.__dataclass_fields__)
         return Alert(**{k: v for k, v in data.items() if k in known})
@@ -230,7 +234,19 @@ class Alert:
         }
 
 
+def _parse_time(value: object, memo: dict[Any, Any]) -> datetime | None:
+    """``parse_iso_or_none``, one datetime per distinct text in ``memo``."""
+    if not isinstance(value, str) or not value:
+        return None
+    got = memo.get(("t", value))
+    if got is None:
+        got = memo[("t", value)] = parse_iso_or_none(value)
+    return got
+
+
 _OPEN = frozenset(("firing", "pending"))
+
+
 _TIMING_FIELDS = ("pending_until", "clearing_until", "flapping_since")
 _SHARED = frozenset(
     ("rule", "kind", "status", "severity", "owner", "runbook", "host", "source", "description")
@@ -252,6 +268,8 @@ class AlertBook:
         self.host = host
         self.alerts: dict[str, Alert] = {}
         self._repeats = DeadlineHeap()  # fingerprint -> when its next repeat is due
+        self._repeat_at: dict[tuple[datetime, timedelta], datetime] = {}
+        """Recent ``last_notified_at + repeat``, so that alerts notified together share one."""
         self._timers = DeadlineHeap()  # fingerprint -> its next for:/keep_firing_for:/flap time
         self._pruned_at: datetime | None = None
         self.max_resolved = MAX_RESOLVED
@@ -290,8 +308,9 @@ class AlertBook:
     # ---------------------------------------------------------------- persistence
 
     def load(self, rows: Iterable[Mapping[str, Any]]) -> None:
+        shared: dict[Any, Any] = {}  # what the rows share, once (Alert.from_row)
         for row in rows:
-            alert = Alert.from_row(row)
+            alert = Alert.from_row(row, shared)
             self.alerts[alert.fingerprint] = alert
             self._schedule_repeat(alert.fingerprint, alert)
             self._schedule_timer(alert.fingerprint, alert)
@@ -536,7 +555,13 @@ class AlertBook:
     def _schedule_repeat(self, fp: str, alert: Alert) -> None:
         every = self._repeat_every(alert)
         if alert.status == "firing" and every is not None and alert.last_notified_at is not None:
-            self._repeats.push(fp, alert.last_notified_at + every)
+            memo = self._repeat_at
+            due = memo.get((alert.last_notified_at, every))
+            if due is None:
+                if len(memo) >= 64:
+                    memo.clear()
+                due = memo[alert.last_notified_at, every] = alert.last_notified_at + every
+            self._repeats.push(fp, due)  # the alerts notified at one moment share one deadline
         else:
             self._repeats.push(fp, None)
 
@@ -623,7 +648,7 @@ class AlertBook:
         if flap is None:
             self._notify(alert, notification, now)
             return
-        alert.changes = [t for t in alert.changes if t > now - flap.within] + [now]
+        alert.changes = (*[t for t in alert.changes if t > now - flap.within], now)
         self._schedule_timer(alert.fingerprint, alert)
         if alert.flapping_since is not None:
             alert.flap_changes += 1
@@ -648,7 +673,7 @@ class AlertBook:
         """No change for the flap window: one notice of the state the alert settled in."""
         since, n = alert.flapping_since, alert.flap_changes
         assert since is not None
-        alert.flapping_since, alert.flap_changes, alert.changes = None, 0, []
+        alert.flapping_since, alert.flap_changes, alert.changes = None, 0, ()
         self._changed[alert.fingerprint] = alert
         text = (
             f"settled {alert.status} after {n} changes in "

@@ -14,13 +14,17 @@ from datetime import datetime
 
 
 class DeadlineHeap:
-    """Keys with one deadline each; ``pop_due(now)`` returns the keys whose time ``<= now``."""
+    """Keys with one deadline each; ``pop_due(now)`` returns the keys whose time ``<= now``.
+
+    One tuple ``(at, seq, key)`` per scheduled key, held both by the heap and by the index
+    ``_at`` (an entry in the heap is current iff it *is* the key's entry in the index): an
+    evaluator with 100,000 open keys keeps one such tuple per key, not two."""
 
     __slots__ = ("_at", "_heap", "_seq")
 
     def __init__(self) -> None:
         self._heap: list[tuple[datetime, int, str]] = []
-        self._at: dict[str, tuple[datetime, int]] = {}
+        self._at: dict[str, tuple[datetime, int, str]] = {}
         self._seq = 0
 
     def __len__(self) -> int:
@@ -42,8 +46,9 @@ class DeadlineHeap:
         if old is not None and old[0] == at:
             return
         self._seq += 1
-        self._at[key] = (at, self._seq)
-        heapq.heappush(self._heap, (at, self._seq, key))
+        entry = (at, self._seq, key)
+        self._at[key] = entry
+        heapq.heappush(self._heap, entry)
         if len(self._heap) > 2 * len(self._at) + 64:
             self._compact()
 
@@ -53,9 +58,9 @@ class DeadlineHeap:
     def next_at(self) -> datetime | None:
         heap = self._heap
         while heap:
-            at, seq, key = heap[0]
-            if self._at.get(key) == (at, seq):
-                return at
+            entry = heap[0]
+            if self._at.get(entry[2]) is entry:
+                return entry[0]
             heapq.heappop(heap)
         return None
 
@@ -63,18 +68,20 @@ class DeadlineHeap:
         """Remove and return, earliest first, every key whose deadline is ``<= now``."""
         out: list[str] = []
         heap = self._heap
+        index = self._at
         while heap:
-            at, seq, key = heap[0]
-            if self._at.get(key) != (at, seq):
+            entry = heap[0]
+            key = entry[2]
+            if index.get(key) is not entry:
                 heapq.heappop(heap)
                 continue
-            if at > now:
+            if entry[0] > now:
                 break
             heapq.heappop(heap)
-            del self._at[key]
+            del index[key]
             out.append(key)
         return out
 
     def _compact(self) -> None:
-        self._heap = [(at, seq, key) for key, (at, seq) in self._at.items()]
+        self._heap = list(self._at.values())
         heapq.heapify(self._heap)

@@ -38,7 +38,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import json
 import logging
 import signal
 import time
@@ -72,6 +71,7 @@ from detector.sources.base import Batch, Line, Source
 from detector.store import outbox
 from detector.store import silences as silence_table
 from detector.store.db import AsyncStore, Store, StoreError
+from detector.store.db import alert_rows as alert_rows_of
 from detector.store.runs import (
     PreviousRun,
     StateLocked,
@@ -343,7 +343,7 @@ class Agent:
         matcher is ready and the processor runs."""
         config = self.config
         compiling = asyncio.ensure_future(self._compile(config))
-        alert_rows = map(json.loads, await self.db.run(lambda s: s.load_alert_texts()))
+        alert_rows = alert_rows_of(await self.db.run(lambda s: s.load_alert_chunks()))
         states = await self.db.run(all_rule_state)
         for webhook in config.webhooks:
             self._start_worker(webhook)

@@ -43,12 +43,16 @@ def hit_fields(hit: Hit | None, line: Line) -> dict[str, str]:
     return fields
 
 
+KEY_SEP = "\x1f"
+"""Between the ``name=value`` fields of an alert key."""
+
+
 def group_key(names: Iterable[str], fields: Mapping[str, str]) -> tuple[str, dict[str, str]]:
     """The alert key for the grouping fields ``names`` and the labels that name it."""
     if not names:
         return "", {}
     labels = {n: fields.get(n, "") for n in names}
-    return "\x1f".join(f"{k}={v}" for k, v in labels.items()), labels
+    return KEY_SEP.join(f"{k}={v}" for k, v in labels.items()), labels
 
 
 def summarize(

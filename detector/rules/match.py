@@ -6,6 +6,10 @@ book, and resolved once ``resolve_after`` has passed without a new match for tha
 an earlier version has no count, and the summary then leaves it out). This is the hottest
 evaluator (every hit of every error rule comes here), so it keeps plain datetimes in memory and
 serialises only the keys a batch touched, in ``state_changes``.
+
+Per open group it keeps its last match, its count and its resolve deadline, nothing more: a
+group's labels are read back from its key (``ip=203.0.113.7``, fields joined by ``\x1f``), and
+kept apart only for the rare key they cannot be read back from (a value holding ``\x1f``).
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from typing import Any
 from detector.matching import Hit
 from detector.model import RuleConfig
 from detector.rules.base import Signal, When
-from detector.rules.common import group_key, hit_fields, plural, resolved, summarize
+from detector.rules.common import KEY_SEP, group_key, hit_fields, plural, resolved, summarize
 from detector.rules.state import KeyCap, KeyedState
 from detector.schedule import DeadlineHeap
 from detector.sources.base import Line
@@ -30,7 +34,12 @@ class MatchEvaluator:
     def __init__(self, rule: RuleConfig, now: datetime) -> None:
         self.rule = rule
         self._last: dict[str, datetime] = {}
-        self._labels: dict[str, dict[str, str]] = {}
+        self._names = tuple(dict.fromkeys(rule.group_by))
+        """The grouping fields, as named in a key."""
+        self._odd: dict[str, dict[str, str]] = {}
+        """The labels of the keys whose labels are not their key's text split (``labels``)."""
+        self._due_for: tuple[datetime | None, datetime | None] = (None, None)
+        """The last ``(at, at + resolve_after)``: the groups of one read share one deadline."""
         self._counts: dict[str, int | None] = {}
         """Matches since the key's alert opened; None: unknown (a row of an earlier version)."""
         self._rows = KeyedState(self._last, self._row)
@@ -51,7 +60,6 @@ class MatchEvaluator:
             previous = self._last.get("")
             at = when.at if previous is None or when.at > previous else previous
             self._last[""] = at
-            self._labels[""] = {}
             n = self._counts.get("", 0)
             self._counts[""] = None if n is None else n + 1
             self._touch("")
@@ -89,11 +97,19 @@ class MatchEvaluator:
             return self.cap.fold(key, when.at, "error")
         at = when.at if previous is None or when.at > previous else previous
         if key:
-            self._deadlines.push(key, at + rule.resolve_after)
+            base, deadline = self._due_for
+            if at is not base:
+                deadline = at + rule.resolve_after
+                self._due_for = (at, deadline)
+            self._deadlines.push(key, deadline)
         # else: the one key of a rule without group_by, whose deadline next_deadline() derives
         # from _last: no heap work per hit (a replay asks for the next deadline after each hit)
         self._last[key] = at
-        self._labels[key] = group_labels
+        if previous is None or self._odd:  # labels are kept apart only if the key garbles them
+            if key.count(KEY_SEP) != len(self._names) - 1 and key:
+                self._odd[key] = group_labels
+            elif self._odd:
+                self._odd.pop(key, None)
         n = self._counts.get(key, 0)
         self._counts[key] = None if n is None else n + 1
         self._touch(key)
@@ -132,7 +148,8 @@ class MatchEvaluator:
             due.append("")
         for key in due:
             at = self._last.pop(key) + self.rule.resolve_after
-            labels = self._labels.pop(key, None) or {}
+            labels = self.labels(key)
+            self._odd.pop(key, None)
             n = self._counts.pop(key, None)
             self._touch(key)
             what = f"quiet for {quiet}" + ("" if n is None else f" after {plural(n, 'match')}")
@@ -159,24 +176,54 @@ class MatchEvaluator:
     def _row(self, key: str, last: datetime) -> dict[str, Any]:
         row: dict[str, Any] = {
             "last": iso(last, keep_offset=True),
-            "labels": self._labels.get(key, {}),
+            "labels": self.labels(key),
         }
         n = self._counts.get(key)
         if n is not None:
             row["count"] = n
         return row
 
+    def labels(self, key: str) -> dict[str, str]:
+        """The labels of an open group: its key's text split, unless kept apart."""
+        odd = self._odd.get(key)
+        return self._split(key) if odd is None else odd
+
+    def _note_labels(self, key: str, labels: Mapping[str, str]) -> None:
+        """Keep ``labels`` apart if ``labels(key)`` would not give them back."""
+        if key.count(KEY_SEP) == len(self._names) - 1 and (
+            len(labels) == len(self._names) and self._split(key) == labels
+        ):
+            self._odd.pop(key, None)
+        elif key or labels:
+            self._odd[key] = dict(labels)
+
+    def _split(self, key: str) -> dict[str, str]:
+        """A key's labels as its text says (``group_key`` inverted)."""
+        if not key:
+            return {}
+        parts = key.split(KEY_SEP)  # as many as names, for every key not kept apart
+        return {n: part[len(n) + 1 :] for n, part in zip(self._names, parts, strict=False)}
+
     def load_state(self, items: Mapping[str, Any]) -> None:
         # a row written by another version of the rule is left out: that group starts afresh
-        for key, (last, value) in self._rows.load(self.cap.load(items), _decode):
+        times: dict[str, tuple[datetime, datetime]] = {}
+        """Rows of one read share their time: one datetime (and one deadline) for all."""
+        after = self.rule.resolve_after
+
+        def decode(_key: str, value: Any) -> tuple[datetime, Any]:
+            text = value["last"]
+            got = times.get(text)
+            if got is None:
+                last = parse_iso(text)
+                got = times[text] = (last, last + after)
+            return got[0], value
+
+        for key, (last, value) in self._rows.load(self.cap.load(items), decode):
             self._last[key] = last
-            self._labels[key] = dict(value.get("labels", {}))
+            labels = value.get("labels", {})
+            self._note_labels(key, labels if isinstance(labels, Mapping) else {})
             n = value.get("count")
             self._counts[key] = n if isinstance(n, int) and n > 0 else None
             if key:
-                self._deadlines.push(key, last + self.rule.resolve_after)
+                self._deadlines.push(key, times[value["last"]][1])
         self.cap.restored(len(self._last))
-
-
-def _decode(_key: str, value: Any) -> tuple[datetime, Any]:
-    return parse_iso(value["last"]), value

@@ -71,9 +71,9 @@ class KeyedState(Generic[V]):
         """This family's stored rows in ``items`` (all of one rule's rows), as ``(key, JSON)`` with
         the prefix removed."""
         prefix, n = self.prefix, len(self.prefix)
-        for row, value in items.items():
+        for row in items:  # by name first: a row of another family is not read (decoded)
             if row.startswith(prefix):
-                yield row[n:], value
+                yield row[n:], items[row]
 
     def load(
         self,
@@ -99,6 +99,27 @@ class KeyedState(Generic[V]):
                 continue
             out.append((key, value))
         return out
+
+
+class _Without(Mapping[str, Any]):
+    """The rows of ``items`` whose names do not begin with ``prefix`` (a view, not a copy)."""
+
+    __slots__ = ("_items", "_prefix")
+
+    def __init__(self, items: Mapping[str, Any], prefix: str) -> None:
+        self._items, self._prefix = items, prefix
+
+    def __getitem__(self, row: str) -> Any:
+        if row.startswith(self._prefix):
+            raise KeyError(row)
+        return self._items[row]
+
+    def __iter__(self) -> Iterator[str]:
+        prefix = self._prefix
+        return (row for row in self._items if not row.startswith(prefix))
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
 
 
 DIGEST_KEY = "\x1dmore"
@@ -223,19 +244,22 @@ class KeyCap:
         self.dirty.clear()
         return out
 
-    def load(self, items: Mapping[str, Any]) -> dict[str, Any]:
+    def load(self, items: Mapping[str, Any]) -> Mapping[str, Any]:
         """Restore the digest from a rule's rows; the other rows (for the evaluator), which
-        then calls :meth:`restored`."""
-        rest: dict[str, Any] = {}
-        found = False
-        for row, value in items.items():
+        then calls :meth:`restored`. Those are a view of ``items``: a row is read (decoded,
+        for the store's ``StateRows``) only when the evaluator reads it."""
+        found = digest = False
+        for row in items:
             if not row.startswith(DIGEST_KEY):
-                rest[row] = value
-            elif row == DIGEST_KEY:
+                continue
+            digest = True
+            value = items[row]
+            if row == DIGEST_KEY:
                 found = True
                 self.firing = isinstance(value, Mapping) and bool(value.get("firing"))
             elif isinstance(value, list):
                 self.seen.update(h for h in value if isinstance(h, int))
+        rest: Mapping[str, Any] = _Without(items, DIGEST_KEY) if digest else items
         self.legacy = not found
         if found and not self.firing and self.seen:  # a half-written digest: start afresh
             self.dirty.update(h % BUCKETS for h in self.seen)

@@ -23,7 +23,8 @@ import concurrent.futures
 import json
 import os
 import sqlite3
-from collections.abc import Callable, Iterable, Mapping
+import zlib
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
@@ -218,9 +219,10 @@ class Store:
         rows = self.conn.execute("SELECT key, value FROM checkpoints WHERE source=?", (source,))
         return {k: json.loads(v) for k, v in rows}
 
-    def load_rule_state(self, rule: str) -> dict[str, Any]:
+    def load_rule_state(self, rule: str) -> StateRows:
+        """A rule's rows, decoded one by one as they are read (:class:`StateRows`)."""
         rows = self.conn.execute("SELECT key, value FROM rule_state WHERE rule=?", (rule,))
-        return {k: json.loads(v) for k, v in rows}
+        return StateRows(dict(rows))
 
     def rules_with_state(self) -> list[str]:
         return [r[0] for r in self.conn.execute("SELECT DISTINCT rule FROM rule_state")]
@@ -232,6 +234,17 @@ class Store:
     def load_alerts(self) -> list[dict[str, Any]]:
         rows = self.conn.execute("SELECT value FROM alerts ORDER BY fingerprint")
         return [json.loads(r[0]) for r in rows]
+
+    def load_alert_chunks(self) -> list[bytes]:
+        """The alert rows as stored, ``ALERT_CHUNK`` rows per chunk, each chunk their JSON texts
+        joined by newlines and compressed: for :func:`alert_rows` to decode one at a time while
+        they are loaded. 100,000 open alerts are 80 MB of JSON, held at once by a list of texts
+        (and left behind, fragmented, once decoded); a few MB as chunks, each freed once read."""
+        cur = self.conn.execute("SELECT value FROM alerts ORDER BY fingerprint")
+        out: list[bytes] = []
+        while batch := cur.fetchmany(ALERT_CHUNK):
+            out.append(zlib.compress("\n".join(r[0] for r in batch).encode(), 1))
+        return out
 
     def load_alert_texts(self) -> list[str]:
         """The alert rows as stored (JSON text), to decode one at a time while they are loaded
@@ -375,6 +388,48 @@ class _Tx:
             self.conn.execute("COMMIT")
         else:
             self.conn.execute("ROLLBACK")
+
+
+ALERT_CHUNK = 500
+"""Alert rows per chunk of :meth:`Store.load_alert_chunks`."""
+
+
+def alert_rows(chunks: list[bytes]) -> Iterator[dict[str, Any]]:
+    """The decoded alert rows of :meth:`Store.load_alert_chunks`, in stored order. ``chunks`` is
+    emptied as they are read (each chunk is freed once its rows are decoded). A JSON text holds
+    no raw newline (``json.dumps`` writes it as ``\\n``), so the newlines split the rows."""
+    chunks.reverse()
+    while chunks:
+        texts = zlib.decompress(chunks.pop()).decode().split("\n")
+        texts.reverse()
+        while texts:
+            yield json.loads(texts.pop())
+
+
+class StateRows(Mapping[str, Any]):
+    """One rule's ``rule_state`` rows, kept as their stored JSON texts and decoded when read
+    (each read decodes afresh: an evaluator takes what it keeps from a row, and the rest goes).
+    An error rule with 100,000 open groups then never holds 100,000 decoded rows at once."""
+
+    __slots__ = ("_texts",)
+
+    def __init__(self, texts: dict[str, str]) -> None:
+        self._texts = texts
+
+    def __getitem__(self, key: str) -> Any:
+        return json.loads(self._texts[key])
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._texts)
+
+    def __len__(self) -> int:
+        return len(self._texts)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._texts
+
+    def __repr__(self) -> str:
+        return f"StateRows({dict(self.items())!r})"
 
 
 class AsyncStore:

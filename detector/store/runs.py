@@ -157,7 +157,7 @@ def end_run(started_at: datetime, now: datetime) -> dict[str, Any]:
     return {"started_at": started_at.isoformat(), "pid": os.getpid(), "stopped_at": now.isoformat()}
 
 
-def all_rule_state(store: Store) -> dict[str, dict[str, Any]]:
+def all_rule_state(store: Store) -> dict[str, Mapping[str, Any]]:
     return {rule: store.load_rule_state(rule) for rule in store.rules_with_state()}
 
 
