@@ -347,8 +347,6 @@ class Matcher:
 
         def text_at(i: int, start: int, end: int) -> None:
             if i not in line_text:
-                if start < 0:
-                    start = data.rfind(b"\n", 0, end) + 1
                 line_text[i] = data[start:end].decode("utf-8", "replace")
 
         if not data.endswith(b"\n"):
@@ -376,8 +374,14 @@ class Matcher:
         """One Hyperscan pass over ``data`` (whole lines, the last one ending in a newline):
         line → {active index: hyperscan's verdict is exact}, and the number of lines if
         ``count_lines`` (else 0). Newlines are counted once, between events, on the way.
-        ``text_at(line, start, end)`` is told of every reported line, once per end offset
-        (``start`` < 0: not computed, the line starts after the last newline before ``end``)."""
+        ``text_at(line, start, end)`` is told of every reported line once, with the offsets of
+        its first byte and of its ending newline.
+
+        The events are sorted first: Hyperscan does not report in offset order. A pattern with
+        a ``$`` inside an alternation (no ``[^\\n]*$`` suffix, see :func:`_hs_expr`) reports
+        where a branch ends, mid-line, or at a line's start when one matches empty, and a ``$``
+        match is known (and reported) only once the ``"\\n"`` after it is read: after such an
+        empty match at the next line's start."""
         events: list[tuple[int, int]] = []
         append = events.append
 
@@ -385,6 +389,7 @@ class Matcher:
             append((to, hid))
 
         plan.db.scan(data, match_event_handler=on_match)
+        events.sort()
         cands: dict[int, dict[int, bool]] = {}
         ids = plan.ids
         active = plan.active
@@ -393,21 +398,20 @@ class Matcher:
         pos = 0
         all_ascii = is_ascii = data.isascii()  # one fast pass; then no per-line check
         count = data.count
-        last_to = -1
+        find = data.find
+        line_end = -1  # offset of the newline ending the current line
         per: dict[int, bool] = {}
         for to, hid in events:
-            if to != last_to:
+            if to > line_end:  # a line not seen yet (a later match on it may end mid-line)
                 if to == end:  # an empty match after the final newline: no line of the data
                     break
                 line += count(b"\n", pos, to)
                 pos = to
-                last_to = to
+                start = data.rfind(b"\n", 0, to) + 1
+                line_end = find(b"\n", to)
                 if not all_ascii:
-                    start = data.rfind(b"\n", 0, to) + 1
-                    is_ascii = data[start:to].isascii()
-                    text_at(line, start, to)
-                else:
-                    text_at(line, -1, to)
+                    is_ascii = data[start:line_end].isascii()
+                text_at(line, start, line_end)
                 per = cands.get(line) or cands.setdefault(line, {})
             index, variant = ids[hid]
             if variant == _ASCII_ONLY and not is_ascii:
