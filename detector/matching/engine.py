@@ -327,7 +327,7 @@ class Matcher:
             joined = "\n".join("" if i in bad else t for i, t in enumerate(texts))
         # A final newline: Hyperscan does not report an empty match at the very end of data.
         data = joined.encode("utf-8", "surrogatepass") + b"\n"
-        cands, _ = self._scan(plan, data, lambda i, _s, _e: texts[i])
+        cands, _ = self._scan(plan, data, None)
         hits = self._finish(plan, cands, lambda i: texts[i], len(texts), set(multiline))
         if multiline:
             hits.extend(self._event_lines(plan, texts, multiline))
@@ -345,13 +345,9 @@ class Matcher:
                 line_text[h.line] = every[h.line]
             return nlines, hits
 
-        def text_at(i: int, start: int, end: int) -> None:
-            if i not in line_text:
-                line_text[i] = data[start:end].decode("utf-8", "replace")
-
         if not data.endswith(b"\n"):
             data += b"\n"  # see match()
-        cands, nlines = self._scan(plan, data, text_at, count_lines=True)
+        cands, nlines = self._scan(plan, data, line_text, count_lines=True)
         return nlines, self._finish(plan, cands, line_text.__getitem__, nlines, set())
 
     def _plan(self, source: str) -> _Plan:
@@ -367,15 +363,14 @@ class Matcher:
         self,
         plan: _Plan,
         data: bytes,
-        text_at: Callable[[int, int, int], object],
+        line_text: dict[int, str] | None,
         *,
         count_lines: bool = False,
     ) -> tuple[dict[int, dict[int, bool]], int]:
         """One Hyperscan pass over ``data`` (whole lines, the last one ending in a newline):
         line → {active index: hyperscan's verdict is exact}, and the number of lines if
         ``count_lines`` (else 0). Newlines are counted once, between events, on the way.
-        ``text_at(line, start, end)`` is told of every reported line once, with the offsets of
-        its first byte and of its ending newline.
+        ``line_text``, if given, receives the decoded text of every reported line.
 
         The events are sorted first: Hyperscan does not report in offset order. A pattern with
         a ``$`` inside an alternation (no ``[^\\n]*$`` suffix, see :func:`_hs_expr`) reports
@@ -392,7 +387,7 @@ class Matcher:
         events.sort()
         cands: dict[int, dict[int, bool]] = {}
         ids = plan.ids
-        active = plan.active
+        exact = [c.analysis.exact for c in plan.active]
         end = len(data)
         line = 0
         pos = 0
@@ -411,14 +406,15 @@ class Matcher:
                 line_end = find(b"\n", to)
                 if not all_ascii:
                     is_ascii = data[start:line_end].isascii()
-                text_at(line, start, line_end)
-                per = cands.get(line) or cands.setdefault(line, {})
+                if line_text is not None:
+                    line_text[line] = data[start:line_end].decode("utf-8", "replace")
+                per = cands[line] = {}  # sorted: each line comes once
             index, variant = ids[hid]
             if variant == _ASCII_ONLY and not is_ascii:
                 continue
             if variant == _HIGH_ONLY and is_ascii:
                 continue
-            per[index] = is_ascii and active[index].analysis.exact
+            per[index] = is_ascii and exact[index]
         return cands, (line + count(b"\n", pos) if count_lines else 0)
 
     def _finish(
@@ -488,7 +484,7 @@ class Matcher:
             n += texts[i].count("\n") + 1
         joined = "\n".join([texts[i] for i in which])
         data = joined.encode("utf-8", "surrogatepass") + b"\n"  # see _match
-        cands, _ = self._scan(plan, data, lambda _i, _s, _e: "")
+        cands, _ = self._scan(plan, data, None)
         per_text: dict[int, dict[int, bool]] = {}
         for line, found in cands.items():
             got = per_text.setdefault(bisect_right(firsts, line) - 1, {})
