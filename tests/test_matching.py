@@ -378,3 +378,68 @@ def test_the_hyperscan_wheel_is_required_exactly_where_pypi_has_one(
     (req,) = [Requirement(d) for d in project["dependencies"] if d.startswith("hyperscan")]
     assert req.marker is not None
     assert req.marker.evaluate({"platform_machine": machine}) is wheel
+
+
+# ------------------------------------- Hyperscan reports out of order, and before a line's end
+
+# A pattern whose translation holds a ``$`` inside an alternation gets no ``[^\n]*$`` suffix
+# (Hyperscan refuses more pattern after an end anchor): it reports wherever a branch ends,
+# mid-line, and at the start of a line when a branch matches empty. Hyperscan learns that a
+# ``$`` matched only when it reads the ``"\n"``, so it reports the earlier line's end *after*
+# such an empty match at the next line's start: events come out of offset order.
+
+
+def test_a_hit_reported_after_a_later_offset_stays_on_its_own_line() -> None:
+    specs = specs_of(r"\d+", r"x?|z$")  # r1 matches empty at every offset
+    texts = ["a 12", "b"]
+    matcher = Matcher(specs)
+    data = "".join(t + "\n" for t in texts).encode()
+    events: list[int] = []
+    db = matcher._plan("s").db
+    db.scan(data, match_event_handler=lambda _h, _f, to, _fl, _c: events.append(to))
+    assert events != sorted(events)  # the premise: Hyperscan reports 4 (r0) after 5 (r1)
+    assert matcher.match("s", texts) == naive(specs, "s", texts)
+    assert matcher.match_block("s", data) == (2, naive(specs, "s", texts))
+
+
+def test_a_match_reported_mid_line_still_confirms_on_the_whole_line() -> None:
+    specs = specs_of(r"(?P<x>bar.*)|foo$", r"(?P<y>\w+)\b|z$")
+    texts = ["xbar baz", "foo", "qux quux"]
+    data = "".join(t + "\n" for t in texts).encode()
+    assert Matcher(specs).match_block("s", data) == (3, naive(specs, "s", texts))
+
+
+_BRANCHES = [r"", r"x?", r"\b", r"\d+", r"\w+\b", r"(?P<g{n}>\w+)", r"(?P<g{n}>\S+).*", r"=\S*"]
+
+
+@st.composite
+def eager_regexes(draw: st.DrawFn, k: int) -> str:
+    """A pattern with ``$`` in one alternative (no line-end suffix for Hyperscan) and others
+    that may end mid-line or match empty: the reports that come early or out of order."""
+    alts = [
+        draw(st.sampled_from(_BRANCHES)).replace("{n}", str(k)),
+        re.escape(draw(st.sampled_from(WORDS))) + "$",
+    ]
+    if draw(st.booleans()):
+        alts.append(re.escape(draw(st.sampled_from(WORDS))) + draw(st.sampled_from(_BRANCHES)))
+    body = "|".join(draw(st.permutations(alts)))
+    return draw(st.sampled_from(["", "(?i)", "(?a)"])) + body.replace("{n}", str(k + 10))
+
+
+@settings(max_examples=60, deadline=None, database=None)
+@given(
+    data=st.data(),
+    n_eager=st.integers(1, 4),
+    plain=st.lists(regexes(), max_size=8),
+    picks=st.lists(st.tuples(st.integers(0, len(LINES) - 1), st.integers(0, 5)), max_size=60),
+)
+def test_fast_matcher_equals_naive_re_when_hyperscan_reports_early_or_out_of_order(
+    data: st.DataObject, n_eager: int, plain: list[str], picks: list[tuple[int, int]]
+) -> None:
+    eager = [data.draw(eager_regexes(k)) for k in range(n_eager)]
+    specs = specs_of(*eager, *plain)
+    texts = [_mutate(LINES[i], how) for i, how in picks]
+    matcher = Matcher(specs, budget_s=10.0)
+    assert matcher.match("s", texts) == naive(specs, "s", texts)
+    block = "".join(t + "\n" for t in texts).encode()
+    assert matcher.match_block("s", block) == (len(texts), naive(specs, "s", texts))

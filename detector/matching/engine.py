@@ -327,7 +327,7 @@ class Matcher:
             joined = "\n".join("" if i in bad else t for i, t in enumerate(texts))
         # A final newline: Hyperscan does not report an empty match at the very end of data.
         data = joined.encode("utf-8", "surrogatepass") + b"\n"
-        cands, _ = self._scan(plan, data, lambda i, _s, _e: texts[i])
+        cands, _ = self._scan(plan, data, None)
         hits = self._finish(plan, cands, lambda i: texts[i], len(texts), set(multiline))
         if multiline:
             hits.extend(self._event_lines(plan, texts, multiline))
@@ -345,15 +345,9 @@ class Matcher:
                 line_text[h.line] = every[h.line]
             return nlines, hits
 
-        def text_at(i: int, start: int, end: int) -> None:
-            if i not in line_text:
-                if start < 0:
-                    start = data.rfind(b"\n", 0, end) + 1
-                line_text[i] = data[start:end].decode("utf-8", "replace")
-
         if not data.endswith(b"\n"):
             data += b"\n"  # see match()
-        cands, nlines = self._scan(plan, data, text_at, count_lines=True)
+        cands, nlines = self._scan(plan, data, line_text, count_lines=True)
         return nlines, self._finish(plan, cands, line_text.__getitem__, nlines, set())
 
     def _plan(self, source: str) -> _Plan:
@@ -369,15 +363,20 @@ class Matcher:
         self,
         plan: _Plan,
         data: bytes,
-        text_at: Callable[[int, int, int], object],
+        line_text: dict[int, str] | None,
         *,
         count_lines: bool = False,
     ) -> tuple[dict[int, dict[int, bool]], int]:
         """One Hyperscan pass over ``data`` (whole lines, the last one ending in a newline):
         line → {active index: hyperscan's verdict is exact}, and the number of lines if
         ``count_lines`` (else 0). Newlines are counted once, between events, on the way.
-        ``text_at(line, start, end)`` is told of every reported line, once per end offset
-        (``start`` < 0: not computed, the line starts after the last newline before ``end``)."""
+        ``line_text``, if given, receives the decoded text of every reported line.
+
+        The events are sorted first: Hyperscan does not report in offset order. A pattern with
+        a ``$`` inside an alternation (no ``[^\\n]*$`` suffix, see :func:`_hs_expr`) reports
+        where a branch ends, mid-line, or at a line's start when one matches empty, and a ``$``
+        match is known (and reported) only once the ``"\\n"`` after it is read: after such an
+        empty match at the next line's start."""
         events: list[tuple[int, int]] = []
         append = events.append
 
@@ -385,36 +384,37 @@ class Matcher:
             append((to, hid))
 
         plan.db.scan(data, match_event_handler=on_match)
+        events.sort()
         cands: dict[int, dict[int, bool]] = {}
         ids = plan.ids
-        active = plan.active
+        exact = [c.analysis.exact for c in plan.active]
         end = len(data)
         line = 0
         pos = 0
         all_ascii = is_ascii = data.isascii()  # one fast pass; then no per-line check
         count = data.count
-        last_to = -1
+        find = data.find
+        line_end = -1  # offset of the newline ending the current line
         per: dict[int, bool] = {}
         for to, hid in events:
-            if to != last_to:
+            if to > line_end:  # a line not seen yet (a later match on it may end mid-line)
                 if to == end:  # an empty match after the final newline: no line of the data
                     break
                 line += count(b"\n", pos, to)
                 pos = to
-                last_to = to
+                start = data.rfind(b"\n", 0, to) + 1
+                line_end = find(b"\n", to)
                 if not all_ascii:
-                    start = data.rfind(b"\n", 0, to) + 1
-                    is_ascii = data[start:to].isascii()
-                    text_at(line, start, to)
-                else:
-                    text_at(line, -1, to)
-                per = cands.get(line) or cands.setdefault(line, {})
+                    is_ascii = data[start:line_end].isascii()
+                if line_text is not None:
+                    line_text[line] = data[start:line_end].decode("utf-8", "replace")
+                per = cands[line] = {}  # sorted: each line comes once
             index, variant = ids[hid]
             if variant == _ASCII_ONLY and not is_ascii:
                 continue
             if variant == _HIGH_ONLY and is_ascii:
                 continue
-            per[index] = is_ascii and active[index].analysis.exact
+            per[index] = is_ascii and exact[index]
         return cands, (line + count(b"\n", pos) if count_lines else 0)
 
     def _finish(
@@ -484,7 +484,7 @@ class Matcher:
             n += texts[i].count("\n") + 1
         joined = "\n".join([texts[i] for i in which])
         data = joined.encode("utf-8", "surrogatepass") + b"\n"  # see _match
-        cands, _ = self._scan(plan, data, lambda _i, _s, _e: "")
+        cands, _ = self._scan(plan, data, None)
         per_text: dict[int, dict[int, bool]] = {}
         for line, found in cands.items():
             got = per_text.setdefault(bisect_right(firsts, line) - 1, {})
