@@ -66,12 +66,13 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from detector.clock import Clock
-from detector.model import JournaldSourceConfig
+from detector.model import Config, JournaldSourceConfig, RuleConfig
 from detector.records import Checkpoint
 from detector.sources.base import Batch, Line, SourceProblem
 from detector.sources.events import Event, EventAssembler
 from detector.sources.lines import LineAssembler
 from detector.sources.sdjournal import SdJournal, choose_reader, sees_everything
+from detector.templating import field_names
 from detector.timefmt import format_duration
 from detector.timestamps import realtime_at
 
@@ -88,6 +89,45 @@ STDERR_KEEP = 20
 Mark = tuple["dict[str, Any] | None", Line]
 """A journal entry pushed into the event assembler of a ``multiline:`` source: the checkpoint
 value of the entry before it (where to resume to read it again) and the entry."""
+
+
+SYSTEMD_UNITS_FIELDS = (
+    "SYSLOG_IDENTIFIER", "_PID", "_UID", "UNIT", "USER_UNIT", "MESSAGE_ID", "UNIT_RESULT",
+    "EXIT_CODE", "EXIT_STATUS", "JOB_RESULT",
+)  # fmt: skip
+"""What a ``systemd_units:`` rule reads of an entry besides ``MESSAGE`` (``rules/systemd_units.py``
+``parse_event``; ``tests/test_journald_fields.py`` holds the two together)."""
+
+
+def rule_fields(rule: RuleConfig) -> set[str]:
+    """The journal field names ``rule`` may read of a line: its grouping fields (``group_by``,
+    ``by:``, ``distinct:``), its ``fields:`` and the names in its templates. A superset is
+    harmless (a name that is not a journal field is simply absent)."""
+    names: set[str] = set(rule.group_by) | set(rule.fields)
+    for template in (rule.summary, rule.description):
+        if template:
+            names |= field_names(template)
+    spec: Any
+    for spec in (rule.threshold, rule.heartbeat, rule.anomaly_rate):
+        if spec is None:
+            continue
+        by = spec.by
+        names |= {by} if isinstance(by, str) else set(by or ())
+        if getattr(spec, "distinct", None):
+            names.add(spec.distinct)
+    if rule.systemd_units is not None:
+        names.update(SYSTEMD_UNITS_FIELDS)
+    return names
+
+
+def journal_fields(config: Config, source: str) -> tuple[str, ...]:
+    """The journal fields that the rules of ``source`` read, sorted: all a reader fetches of an
+    entry (``MESSAGE`` always; the cursor, realtime and boot id of the checkpoint besides)."""
+    names = {"MESSAGE"}
+    for rule in config.rules:
+        if source in rule.sources:
+            names |= rule_fields(rule)
+    return tuple(sorted(n for n in names if FIELD_NAME.match(n)))
 
 
 def cursor_value(fields: Mapping[str, str]) -> dict[str, Any]:
@@ -212,8 +252,12 @@ class JournaldSource:
         crash_loop_after: int = 5,
         crash_window: timedelta = timedelta(minutes=5),
         reader: str | None = None,
+        fields: Sequence[str] | None = None,
     ) -> None:
+        """``fields``: the journal fields to read of each entry (:func:`journal_fields`; the
+        service passes its rules' list), None: every field."""
         self.name = config.name
+        self.fields: tuple[str, ...] | None = None if fields is None else tuple(fields)
         self.reader, self.reader_why = choose_reader(config, reader)
         """``sd-journal`` (in-process, the binding) or ``journalctl`` (children), and why."""
         self._sdj: SdJournal | None = None
@@ -354,6 +398,7 @@ class JournaldSource:
             "reader": self.reader,
             "namespace": self._config.namespace,
             "filters": self._filters,
+            "fields": list(self.fields) if self.fields is not None else "all",
             "caught_up": self._caught_up,
             "cursor": self._cursor,
             "last_event_at": (
@@ -416,6 +461,8 @@ class JournaldSource:
 
     def _base_args(self) -> list[str]:
         args = [self._config.journalctl, "--output=json", "--all", "--no-pager"]
+        if self.fields is not None:  # the cursor, times and _BOOT_ID come with any list
+            args.append("--output-fields=" + ",".join(self.fields))
         if self._config.namespace is not None:
             args.append(f"--namespace={self._config.namespace}")
         return args
@@ -498,7 +545,12 @@ class JournaldSource:
 
     def _open_sdj(self, *, filtered: bool = True) -> SdJournal:
         try:
-            return SdJournal(self._config, filtered=filtered)
+            return SdJournal(
+                self._config,
+                filtered=filtered,
+                fields=self.fields,
+                cursor_each=self._events is not None,
+            )
         except OSError as exc:
             raise JournalctlFailed(f"sd-journal: cannot open the journal: {exc}") from exc
 
