@@ -5,6 +5,7 @@ matches, and a reload that needs other fields restarts the source where it was."
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime, timedelta
@@ -12,6 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from detector.clock import FakeClock, SystemClock
 from detector.config import load_config
@@ -19,7 +22,12 @@ from detector.model import JournaldSourceConfig, MultilineConfig
 from detector.rules.systemd_units import parse_event
 from detector.service import Agent
 from detector.sources.base import Line
-from detector.sources.journald import SYSTEMD_UNITS_FIELDS, JournaldSource, journal_fields
+from detector.sources.journald import (
+    SYSTEMD_UNITS_FIELDS,
+    JournaldSource,
+    journal_fields,
+    parse_entries,
+)
 from detector.sources.sdjournal import READER_ENV
 from tests.agent_inproc import running, until
 from tests.agent_proc import config_in, write_config
@@ -162,6 +170,37 @@ def test_a_systemd_units_rule_reads_only_the_fields_journal_fields_gives_it(
     )
     assert event is not None and event.unit == "app.service"
     assert fields.read <= {"MESSAGE", *SYSTEMD_UNITS_FIELDS}
+
+
+# ---------------------------------------------------------------- journalctl's JSON, parsed at once
+
+_value = st.one_of(
+    st.text(max_size=8), st.lists(st.integers(0, 255), max_size=3), st.none(), st.just(["a", "b"])
+)
+_entry = st.dictionaries(st.sampled_from(["MESSAGE", "A", "__CURSOR", "_PID"]), _value).map(
+    lambda d: json.dumps(d, separators=(",", ":")).encode()
+)
+_garbage = st.one_of(
+    st.binary(max_size=12).map(lambda b: b.replace(b"\n", b"")),
+    st.sampled_from([b"{", b"}", b"1,2", b"{},{}", b'{"a":[{}', b"{}]}", b"[]", b"null"]),
+)
+
+
+@settings(deadline=None)  # a shared machine: time is not what this checks
+@given(st.lists(st.one_of(_entry, _garbage), max_size=12))
+def test_parsing_lines_at_once_gives_what_parsing_each_line_gives(lines: list[bytes]) -> None:
+    def one(raw: bytes) -> Any:
+        try:
+            return json.loads(raw)
+        except ValueError:
+            return None
+
+    expected = [e for e in map(one, [r for r in lines if r]) if type(e) is dict]
+    entries, all_str, skipped = parse_entries([r for r in lines if r])
+    assert entries == expected
+    assert skipped == len([r for r in lines if r]) - len(expected)
+    if all_str:
+        assert all(type(v) is str for e in entries for v in e.values())
 
 
 # ---------------------------------------------------------------- reading them from the journal
