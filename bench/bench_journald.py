@@ -1,19 +1,21 @@
 """Benchmark of the journald source against a real private journald (prints markdown tables).
 
 1. Throughput: N entries (realistic fields, ~1 in 1,000 an error) are written to a private
-   journald namespace; then, in the same run, (a) ``journalctl --output=json`` and
-   ``--output=export`` alone into a pipe we drain (what journalctl can export), (b)
-   ``JournaldSource`` from the beginning until caught up, on each reader (``journalctl``: the
-   fallback, the old reader; ``sd-journal``: the binding), and (c) the same with a ``Matcher`` of 20
-   rules run over every batch. Entries/s, and each as a ratio to ``journalctl -o json`` alone,
-   best of ``--repeat`` interleaved runs, with the range.
+   journald namespace; then, in the same run, (a) ``journalctl`` alone into a pipe we drain
+   (``-o json``, ``-o json --output-fields=`` of the rules' fields, ``-o export``, ``-o cat``:
+   what journalctl can export), (b) ``JournaldSource`` from the beginning until caught up, on
+   each reader (``journalctl``: the fallback; ``sd-journal``: the binding), reading every field
+   (``fields=None``, as before issue 20.5) and only the rules' fields (``FIELDS``), and (c) each
+   with a ``Matcher`` of 20 rules run over every batch. Entries/s: the median and the range over
+   ``--repeat`` interleaved rounds, and the median as a ratio to ``journalctl -o json`` alone.
 2. Latency: a following source; entries are sent one at a time (``sendto`` on the native socket)
    and the time from just before ``sendto`` to the batch holding the entry being yielded is taken,
    one entry every 5 ms and in bursts of 200; p50/p99/max, next to the same measurement on a bare
    ``journalctl --follow`` (journald's own share: it signals followers through inotify at most
    every 250 ms, see ``POST_CHANGE_TIMER_INTERVAL_USEC`` in systemd's journal-file.c).
 
-Run as root: ``.venv/bin/python bench/bench_journald.py [--entries 100000] [--latency 500]``.
+Run as root: ``.venv/bin/python bench/bench_journald.py [--entries 100000] [--repeat 3]
+[--latency 500]`` (``--latency 0``: throughput only).
 """
 
 from __future__ import annotations
@@ -281,6 +283,7 @@ async def main() -> None:
                 "`journalctl -o json --output-fields=…` alone",
                 lambda: journalctl_alone(ns, tag, "--output=json", out_fields),
             ),
+            ("`journalctl -o export` alone", lambda: journalctl_alone(ns, tag, "--output=export")),
             ("`journalctl -o cat` alone", lambda: journalctl_alone(ns, tag, "--output=cat")),
             (
                 "journalctl reader, every field",

@@ -1,11 +1,14 @@
 """The journald source: the journal through sd-journal or journalctl children, entries as Lines.
 
 Sits at the start of the flow, beside ``sources/files.py``: it yields :class:`Batch` es of
-:class:`Line` s (``text`` = ``MESSAGE``, ``event_at`` = ``__REALTIME_TIMESTAMP``, ``fields`` = every
-journal field as ``str``) with the journal cursor as the batch checkpoint, which the service commits
-in the batch transaction. Two readers (``sources/sdjournal.py`` chooses): in-process through the
-sd-journal binding when it imports (the same steps, on an open journal, waiting on its inotify fd),
-else journalctl children as below; ``status()["reader"]`` says which.
+:class:`Line` s (``text`` = ``MESSAGE``, ``event_at`` = ``__REALTIME_TIMESTAMP``, ``fields`` = the
+journal fields as ``str``: those the rules read, :func:`journal_fields`, which the service passes,
+or every field without a list) with the journal cursor as the batch checkpoint, which the service
+commits in the batch transaction (the last line of a batch carries ``__CURSOR``; every line does
+only for ``multiline:``, and through journalctl). Two readers (``sources/sdjournal.py``
+chooses): in-process through the sd-journal binding when it imports (the same steps, on an open
+journal, waiting on its inotify fd), else journalctl children as below (``--output-fields=`` of
+the list); ``status()["reader"]`` says which.
 
 How it reads (each step is a journalctl child; none blocks the loop):
 

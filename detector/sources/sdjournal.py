@@ -7,8 +7,11 @@ why; ``DETECTOR_JOURNALD_READER=journalctl`` forces the fallback). Both yield th
 ``MESSAGE`` as the text, ``__REALTIME_TIMESTAMP`` as the time, every journal field as ``str``
 (binary values decoded with ``errors="replace"``, a repeated field's first value, fields of any
 size: the binding's 64 KiB data threshold is lifted) plus ``__CURSOR``, ``__REALTIME_TIMESTAMP``
-and ``__MONOTONIC_TIMESTAMP``, as journalctl's JSON has them. Fields are decoded when a rule reads
-them (:class:`JournalFields`), not for every entry. The filters are journalctl's: ``units`` as
+and ``__MONOTONIC_TIMESTAMP``, as journalctl's JSON has them. Given the list of fields the rules
+read (``journald.journal_fields``) a read fetches only those of each entry (one
+``sd_journal_get_data`` each) and the cursor once, for the last entry of the read (every entry
+for ``multiline:``, which resumes between entries); without a list every field is read, decoded
+when a rule reads it (:class:`JournalFields`). The filters are journalctl's: ``units`` as
 ``journalctl --unit`` matches them (the unit's own entries, its coredumps, PID 1 and authorised
 daemons about it), then identifiers, priority and ``match:``, each kind ANDed with the others.
 New entries are waited for on the journal's inotify fd in the event loop, never by polling.
