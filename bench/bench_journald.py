@@ -1,19 +1,21 @@
 """Benchmark of the journald source against a real private journald (prints markdown tables).
 
 1. Throughput: N entries (realistic fields, ~1 in 1,000 an error) are written to a private
-   journald namespace; then, in the same run, (a) ``journalctl --output=json`` and
-   ``--output=export`` alone into a pipe we drain (what journalctl can export), (b)
-   ``JournaldSource`` from the beginning until caught up, on each reader (``journalctl``: the
-   fallback, the old reader; ``sd-journal``: the binding), and (c) the same with a ``Matcher`` of 20
-   rules run over every batch. Entries/s, and each as a ratio to ``journalctl -o json`` alone,
-   best of ``--repeat`` interleaved runs, with the range.
+   journald namespace; then, in the same run, (a) ``journalctl`` alone into a pipe we drain
+   (``-o json``, ``-o json --output-fields=`` of the rules' fields, ``-o export``, ``-o cat``:
+   what journalctl can export), (b) ``JournaldSource`` from the beginning until caught up, on
+   each reader (``journalctl``: the fallback; ``sd-journal``: the binding), reading every field
+   (``fields=None``, as before issue 20.5) and only the rules' fields (``FIELDS``), and (c) each
+   with a ``Matcher`` of 20 rules run over every batch. Entries/s: the median and the range over
+   ``--repeat`` interleaved rounds, and the median as a ratio to ``journalctl -o json`` alone.
 2. Latency: a following source; entries are sent one at a time (``sendto`` on the native socket)
    and the time from just before ``sendto`` to the batch holding the entry being yielded is taken,
    one entry every 5 ms and in bursts of 200; p50/p99/max, next to the same measurement on a bare
    ``journalctl --follow`` (journald's own share: it signals followers through inotify at most
    every 250 ms, see ``POST_CHANGE_TIMER_INTERVAL_USEC`` in systemd's journal-file.c).
 
-Run as root: ``.venv/bin/python bench/bench_journald.py [--entries 100000] [--latency 500]``.
+Run as root: ``.venv/bin/python bench/bench_journald.py [--entries 100000] [--repeat 3]
+[--latency 500]`` (``--latency 0``: throughput only).
 """
 
 from __future__ import annotations
@@ -88,13 +90,23 @@ def pct(values: list[float], p: float) -> float:
     return values[min(len(values) - 1, int(p / 100 * len(values)))]
 
 
+FIELDS = ("MESSAGE", "SYSLOG_IDENTIFIER")
+"""What the benchmark's sources read when given a field list: ``MESSAGE`` and one field a rule
+might group by (``journal_fields`` of a config whose rules name ``SYSLOG_IDENTIFIER``)."""
+
+
 async def read_all(
-    ns: JournaldNamespace, tag: str, n: int, matcher: Matcher | None, reader: str = "sd-journal"
+    ns: JournaldNamespace,
+    tag: str,
+    n: int,
+    matcher: Matcher | None,
+    reader: str = "sd-journal",
+    fields: tuple[str, ...] | None = FIELDS,
 ) -> float:
     cfg = JournaldSourceConfig(
         name="jd", namespace=ns.name, start_at="beginning", match={"DETECTOR_TEST": (tag,)}
     )
-    src = JournaldSource(cfg, {}, SystemClock(), reader=reader)
+    src = JournaldSource(cfg, {}, SystemClock(), reader=reader, fields=fields)
     assert src.reader == reader, src.reader_why
     seen = hits = 0
     t0 = time.perf_counter()
@@ -106,16 +118,17 @@ async def read_all(
             break
     secs = time.perf_counter() - t0
     await src.aclose()
+    assert seen == n, seen
     if matcher is not None:
         assert hits == n // 1000 * 2, hits  # ERROR [mod] and status=5xx on every error line
     return secs
 
 
-def journalctl_alone(ns: JournaldNamespace, tag: str, output: str = "json") -> float:
+def journalctl_alone(ns: JournaldNamespace, tag: str, *output: str) -> float:
     t0 = time.perf_counter()
     proc = subprocess.Popen(
-        ["journalctl", f"--namespace={ns.name}", f"--output={output}", "--all", "--no-pager",
-         f"DETECTOR_TEST={tag}"],
+        ["journalctl", f"--namespace={ns.name}", *(output or ["--output=json"]), "--all",
+         "--no-pager", f"DETECTOR_TEST={tag}"],
         stdout=subprocess.PIPE,
     )  # fmt: skip
     assert proc.stdout is not None
@@ -247,7 +260,7 @@ async def end_to_end(ns: JournaldNamespace, count: int) -> list[float]:
 async def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--entries", type=int, default=100_000)
-    ap.add_argument("--latency", type=int, default=500)
+    ap.add_argument("--latency", type=int, default=500, help="0: throughput only")
     ap.add_argument("--repeat", type=int, default=3)
     args = ap.parse_args()
     ns = start_journald_namespace()
@@ -263,16 +276,35 @@ async def main() -> None:
         matcher = Matcher(
             [PatternSpec(f"r{i}", "match", rx, frozenset({"jd"})) for i, rx in enumerate(RULES)]
         )
+        out_fields = "--output-fields=" + ",".join(FIELDS)
         stages: list[tuple[str, Any]] = [
             ("`journalctl -o json` alone", lambda: journalctl_alone(ns, tag)),
-            ("`journalctl -o export` alone", lambda: journalctl_alone(ns, tag, "export")),
-            ("old reader: journalctl children", lambda: read_all(ns, tag, n, None, "journalctl")),
             (
-                "old reader + Matcher (20 rules)",
+                "`journalctl -o json --output-fields=…` alone",
+                lambda: journalctl_alone(ns, tag, "--output=json", out_fields),
+            ),
+            ("`journalctl -o export` alone", lambda: journalctl_alone(ns, tag, "--output=export")),
+            ("`journalctl -o cat` alone", lambda: journalctl_alone(ns, tag, "--output=cat")),
+            (
+                "journalctl reader, every field",
+                lambda: read_all(ns, tag, n, None, "journalctl", None),
+            ),
+            (
+                "journalctl reader, every field + Matcher",
+                lambda: read_all(ns, tag, n, matcher, "journalctl", None),
+            ),
+            ("journalctl reader, rules' fields", lambda: read_all(ns, tag, n, None, "journalctl")),
+            (
+                "journalctl reader, rules' fields + Matcher",
                 lambda: read_all(ns, tag, n, matcher, "journalctl"),
             ),
-            ("new reader: sd-journal", lambda: read_all(ns, tag, n, None)),
-            ("new reader + Matcher (20 rules)", lambda: read_all(ns, tag, n, matcher)),
+            ("sd-journal, every field", lambda: read_all(ns, tag, n, None, fields=None)),
+            (
+                "sd-journal, every field + Matcher",
+                lambda: read_all(ns, tag, n, matcher, fields=None),
+            ),
+            ("sd-journal, rules' fields", lambda: read_all(ns, tag, n, None)),
+            ("sd-journal, rules' fields + Matcher", lambda: read_all(ns, tag, n, matcher)),
         ]
         rates: dict[str, list[float]] = {label: [] for label, _ in stages}
         for _ in range(args.repeat):  # interleaved: each round sees the same machine
@@ -280,16 +312,36 @@ async def main() -> None:
                 got = run()
                 secs = await got if asyncio.iscoroutine(got) else got
                 rates[label].append(n / secs)
-        base = max(rates[stages[0][0]])
-        print("| stage | entries/s (best) | range | x `journalctl -o json` |")
+        med = {label: statistics.median(r) for label, r in rates.items()}
+        base = med[stages[0][0]]
+        print(f"{args.repeat} interleaved rounds; median and range of entries/s\n")
+        print("| stage | entries/s (median) | range | x `journalctl -o json` (median) |")
         print("|---|---:|---:|---:|")
         for label, _ in stages:
             r = rates[label]
             print(
-                f"| {label} | {max(r):,.0f} | {min(r):,.0f}–{max(r):,.0f} | {max(r) / base:.2f}x |"
+                f"| {label} | {med[label]:,.0f} | {min(r):,.0f}–{max(r):,.0f} "
+                f"| {med[label] / base:.2f}x |"
             )
-        old, new = max(rates[stages[3][0]]), max(rates[stages[5][0]])
-        print(f"\nnew / old reader, with the matcher: {new / old:.2f}x")
+        print()
+        for label in ("journalctl reader", "sd-journal"):
+            every, some = (
+                med[f"{label}, every field + Matcher"],
+                med[f"{label}, rules' fields + Matcher"],
+            )
+            print(f"{label} + Matcher: rules' fields / every field: {some / every:.2f}x")
+        per_round = [
+            a / b
+            for a, b in zip(
+                rates["sd-journal, rules' fields + Matcher"], rates[stages[0][0]], strict=True
+            )
+        ]
+        print(
+            "sd-journal, rules' fields + Matcher / `journalctl -o json`, per round: "
+            + ", ".join(f"{x:.2f}x" for x in per_round)
+        )
+        if args.latency <= 0:
+            return
 
         print(f"\n### sendto → batch yielded latency ({args.latency} entries)\n")
         print("| traffic | p50 ms | p99 ms | max ms |")

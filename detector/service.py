@@ -59,7 +59,7 @@ from detector.delivery.worker import DeliveryWorker
 from detector.health import Health, loop_lag_monitor
 from detector.http import heartbeat_loop, start_http
 from detector.matching import Matcher
-from detector.model import Config, FileSourceConfig, SourceConfig
+from detector.model import Config, FileSourceConfig, JournaldSourceConfig, SourceConfig
 from detector.pipeline import Pipeline, build_matcher
 from detector.problems import AGENT_RULE, Problems
 from detector.records import Commit
@@ -105,15 +105,29 @@ SILENCE_POLL_S = 1.0
 ``PRAGMA data_version``; the table is read only when it moved)."""
 
 
-def build_source(cfg: SourceConfig, checkpoints: Mapping[str, Any], clock: Clock) -> Source:
-    """The one mapping from a source config to its implementation."""
+def build_source(
+    cfg: SourceConfig, checkpoints: Mapping[str, Any], clock: Clock, config: Config | None = None
+) -> Source:
+    """The one mapping from a source config to its implementation (``config``: the rules, for
+    the journal fields a journald source reads; None: every field)."""
     if isinstance(cfg, FileSourceConfig):
         from detector.sources.files import FileSource  # noqa: PLC0415 - inotify only if used
 
         return FileSource(cfg, checkpoints, clock)
-    from detector.sources.journald import JournaldSource  # noqa: PLC0415
+    from detector.sources.journald import JournaldSource, journal_fields  # noqa: PLC0415
 
-    return JournaldSource(cfg, checkpoints, clock)
+    fields = journal_fields(config, cfg.name) if config is not None else None
+    return JournaldSource(cfg, checkpoints, clock, fields=fields)
+
+
+def reads_other_fields(name: str, old: Config, new: Config) -> bool:
+    """Whether the journald source ``name`` must be restarted to read the fields ``new``'s
+    rules need (it reads only those ``old``'s rules needed)."""
+    if not isinstance(new.sources.get(name), JournaldSourceConfig):
+        return False
+    from detector.sources.journald import journal_fields  # noqa: PLC0415
+
+    return journal_fields(old, name) != journal_fields(new, name)
 
 
 @dataclass
@@ -455,7 +469,7 @@ class Agent:
 
     async def _start_source(self, name: str, cfg: SourceConfig) -> None:
         checkpoints = await self.db.run(lambda s: s.load_checkpoints(name))
-        source = build_source(cfg, checkpoints, self.clock)
+        source = build_source(cfg, checkpoints, self.clock, self.config)
         task = self.tg.create_task(self._pump(source), name=f"source:{name}")
         self.sources[name] = _Running(cfg, source, task)
 
@@ -813,7 +827,11 @@ class Agent:
         when the first half read them (the watch's new baseline)."""
         old = self.config
         changed = [
-            n for n, c in old.sources.items() if n not in config.sources or config.sources[n] != c
+            n
+            for n, c in old.sources.items()
+            if n not in config.sources
+            or config.sources[n] != c
+            or reads_other_fields(n, old, config)
         ]
         for name in changed:
             await self._stop_source(name)

@@ -1,11 +1,14 @@
 """The journald source: the journal through sd-journal or journalctl children, entries as Lines.
 
 Sits at the start of the flow, beside ``sources/files.py``: it yields :class:`Batch` es of
-:class:`Line` s (``text`` = ``MESSAGE``, ``event_at`` = ``__REALTIME_TIMESTAMP``, ``fields`` = every
-journal field as ``str``) with the journal cursor as the batch checkpoint, which the service commits
-in the batch transaction. Two readers (``sources/sdjournal.py`` chooses): in-process through the
-sd-journal binding when it imports (the same steps, on an open journal, waiting on its inotify fd),
-else journalctl children as below; ``status()["reader"]`` says which.
+:class:`Line` s (``text`` = ``MESSAGE``, ``event_at`` = ``__REALTIME_TIMESTAMP``, ``fields`` = the
+journal fields as ``str``: those the rules read, :func:`journal_fields`, which the service passes,
+or every field without a list) with the journal cursor as the batch checkpoint, which the service
+commits in the batch transaction (the last line of a batch carries ``__CURSOR``; every line does
+only for ``multiline:``, and through journalctl). Two readers (``sources/sdjournal.py``
+chooses): in-process through the sd-journal binding when it imports (the same steps, on an open
+journal, waiting on its inotify fd), else journalctl children as below (``--output-fields=`` of
+the list); ``status()["reader"]`` says which.
 
 How it reads (each step is a journalctl child; none blocks the loop):
 
@@ -66,12 +69,13 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from detector.clock import Clock
-from detector.model import JournaldSourceConfig
+from detector.model import Config, JournaldSourceConfig, RuleConfig
 from detector.records import Checkpoint
 from detector.sources.base import Batch, Line, SourceProblem
 from detector.sources.events import Event, EventAssembler
 from detector.sources.lines import LineAssembler
 from detector.sources.sdjournal import SdJournal, choose_reader, sees_everything
+from detector.templating import field_names
 from detector.timefmt import format_duration
 from detector.timestamps import realtime_at
 
@@ -88,6 +92,45 @@ STDERR_KEEP = 20
 Mark = tuple["dict[str, Any] | None", Line]
 """A journal entry pushed into the event assembler of a ``multiline:`` source: the checkpoint
 value of the entry before it (where to resume to read it again) and the entry."""
+
+
+SYSTEMD_UNITS_FIELDS = (
+    "SYSLOG_IDENTIFIER", "_PID", "_UID", "UNIT", "USER_UNIT", "MESSAGE_ID", "UNIT_RESULT",
+    "EXIT_CODE", "EXIT_STATUS", "JOB_RESULT",
+)  # fmt: skip
+"""What a ``systemd_units:`` rule reads of an entry besides ``MESSAGE`` (``rules/systemd_units.py``
+``parse_event``; ``tests/test_journald_fields.py`` holds the two together)."""
+
+
+def rule_fields(rule: RuleConfig) -> set[str]:
+    """The journal field names ``rule`` may read of a line: its grouping fields (``group_by``,
+    ``by:``, ``distinct:``), its ``fields:`` and the names in its templates. A superset is
+    harmless (a name that is not a journal field is simply absent)."""
+    names: set[str] = set(rule.group_by) | set(rule.fields)
+    for template in (rule.summary, rule.description):
+        if template:
+            names |= field_names(template)
+    spec: Any
+    for spec in (rule.threshold, rule.heartbeat, rule.anomaly_rate):
+        if spec is None:
+            continue
+        by = spec.by
+        names |= {by} if isinstance(by, str) else set(by or ())
+        if getattr(spec, "distinct", None):
+            names.add(spec.distinct)
+    if rule.systemd_units is not None:
+        names.update(SYSTEMD_UNITS_FIELDS)
+    return names
+
+
+def journal_fields(config: Config, source: str) -> tuple[str, ...]:
+    """The journal fields that the rules of ``source`` read, sorted: all a reader fetches of an
+    entry (``MESSAGE`` always; the cursor, realtime and boot id of the checkpoint besides)."""
+    names = {"MESSAGE"}
+    for rule in config.rules:
+        if source in rule.sources:
+            names |= rule_fields(rule)
+    return tuple(sorted(n for n in names if FIELD_NAME.match(n)))
 
 
 def cursor_value(fields: Mapping[str, str]) -> dict[str, Any]:
@@ -152,6 +195,39 @@ def entry_to_line(source: str, entry: dict[str, Any], all_str: bool = False) -> 
     return Line(source=source, text=text, event_at=event_at, fields=fields)
 
 
+def parse_entries(raws: list[bytes]) -> tuple[list[dict[str, Any]], bool, int]:
+    """journalctl's JSON lines as entries: the entries, whether every value of every entry is a
+    string, and how many lines were not an entry (skipped, never a crash).
+
+    One ``json.loads`` for all the lines (joined as an array) instead of one a line: the
+    wrapper around the C scanner costs more than the scan of a short entry. Taken only if it
+    gives one object with a ``__CURSOR`` per line (journalctl prints one a line); otherwise,
+    and for any line that is not JSON, line by line.
+    """
+    if not raws:
+        return [], True, 0
+    blob = b"[" + b",".join(raws) + b"]"
+    try:
+        got = json.loads(blob)
+    except ValueError:
+        got = None
+    if (
+        type(got) is list
+        and len(got) == len(raws)
+        and all(type(e) is dict and "__CURSOR" in e for e in got)
+    ):
+        return got, b"[" not in blob[1:-1] and b"null" not in blob, 0
+    entries: list[dict[str, Any]] = []
+    for raw in raws:
+        try:
+            entry = json.loads(raw)
+        except ValueError:
+            entry = None
+        if type(entry) is dict:
+            entries.append(entry)
+    return entries, False, len(raws) - len(entries)
+
+
 def filter_args(config: JournaldSourceConfig) -> list[str]:
     """journalctl arguments for the source's filters (all given kinds must hold, as in journalctl:
     units AND identifiers AND priority AND match; values of one kind are alternatives)."""
@@ -212,8 +288,12 @@ class JournaldSource:
         crash_loop_after: int = 5,
         crash_window: timedelta = timedelta(minutes=5),
         reader: str | None = None,
+        fields: Sequence[str] | None = None,
     ) -> None:
+        """``fields``: the journal fields to read of each entry (:func:`journal_fields`; the
+        service passes its rules' list), None: every field."""
         self.name = config.name
+        self.fields: tuple[str, ...] | None = None if fields is None else tuple(fields)
         self.reader, self.reader_why = choose_reader(config, reader)
         """``sd-journal`` (in-process, the binding) or ``journalctl`` (children), and why."""
         self._sdj: SdJournal | None = None
@@ -354,6 +434,7 @@ class JournaldSource:
             "reader": self.reader,
             "namespace": self._config.namespace,
             "filters": self._filters,
+            "fields": list(self.fields) if self.fields is not None else "all",
             "caught_up": self._caught_up,
             "cursor": self._cursor,
             "last_event_at": (
@@ -416,6 +497,8 @@ class JournaldSource:
 
     def _base_args(self) -> list[str]:
         args = [self._config.journalctl, "--output=json", "--all", "--no-pager"]
+        if self.fields is not None:  # the cursor, times and _BOOT_ID come with any list
+            args.append("--output-fields=" + ",".join(self.fields))
         if self._config.namespace is not None:
             args.append(f"--namespace={self._config.namespace}")
         return args
@@ -498,7 +581,12 @@ class JournaldSource:
 
     def _open_sdj(self, *, filtered: bool = True) -> SdJournal:
         try:
-            return SdJournal(self._config, filtered=filtered)
+            return SdJournal(
+                self._config,
+                filtered=filtered,
+                fields=self.fields,
+                cursor_each=self._events is not None,
+            )
         except OSError as exc:
             raise JournalctlFailed(f"sd-journal: cannot open the journal: {exc}") from exc
 
@@ -686,19 +774,14 @@ class JournaldSource:
                     chunk, reading = await reading, None
                 if not chunk:
                     break
-                entries: list[Line] = []
-                for raw in splitter.split(chunk):
-                    try:
-                        entry = json.loads(raw)
-                    except ValueError:
-                        splitter.skipped += 1
-                        continue
-                    if skip_cursor is not None:
-                        first_cursor, skip_cursor = entry.get("__CURSOR"), None
-                        if first_cursor == start_cursor:
-                            continue  # --cursor includes the entry we already read
-                    all_str = b"[" not in raw and b"null" not in raw
-                    entries.append(entry_to_line(self.name, entry, all_str))
+                parsed, all_str, bad = parse_entries(splitter.split(chunk))
+                splitter.skipped += bad
+                if skip_cursor is not None and parsed:
+                    skip_cursor = None
+                    if parsed[0].get("__CURSOR") == start_cursor:
+                        del parsed[0]  # --cursor includes the entry we already read
+                name = self.name
+                entries = [entry_to_line(name, entry, all_str) for entry in parsed]
                 for batch in self._make_batches(entries, splitter.take_skipped()):
                     if follow:
                         yield self._out(batch)

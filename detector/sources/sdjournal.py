@@ -7,8 +7,11 @@ why; ``DETECTOR_JOURNALD_READER=journalctl`` forces the fallback). Both yield th
 ``MESSAGE`` as the text, ``__REALTIME_TIMESTAMP`` as the time, every journal field as ``str``
 (binary values decoded with ``errors="replace"``, a repeated field's first value, fields of any
 size: the binding's 64 KiB data threshold is lifted) plus ``__CURSOR``, ``__REALTIME_TIMESTAMP``
-and ``__MONOTONIC_TIMESTAMP``, as journalctl's JSON has them. Fields are decoded when a rule reads
-them (:class:`JournalFields`), not for every entry. The filters are journalctl's: ``units`` as
+and ``__MONOTONIC_TIMESTAMP``, as journalctl's JSON has them. Given the list of fields the rules
+read (``journald.journal_fields``) a read fetches only those of each entry (one
+``sd_journal_get_data`` each) and the cursor once, for the last entry of the read (every entry
+for ``multiline:``, which resumes between entries); without a list every field is read, decoded
+when a rule reads it (:class:`JournalFields`). The filters are journalctl's: ``units`` as
 ``journalctl --unit`` matches them (the unit's own entries, its coredumps, PID 1 and authorised
 daemons about it), then identifiers, priority and ``match:``, each kind ANDed with the others.
 New entries are waited for on the journal's inotify fd in the event loop, never by polling.
@@ -16,9 +19,10 @@ New entries are waited for on the journal's inotify fd in the event loop, never 
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
@@ -31,6 +35,8 @@ READERS: Final = ("auto", "sd-journal", "journalctl")
 GLOB = frozenset("*?[")
 COREDUMP_MESSAGE_ID = "fc2e22bc6ee647b6b90729ab34a250b1"
 TRUSTED_GROUPS = ("systemd-journal", "adm", "wheel")
+PSEUDO_FIELDS = frozenset({"__CURSOR", "__REALTIME_TIMESTAMP", "__MONOTONIC_TIMESTAMP"})
+"""What journalctl's JSON adds to an entry's own fields (sd-journal has a call for each)."""
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _US = timedelta(microseconds=1)
 
@@ -133,7 +139,17 @@ class JournalFields(Mapping[str, str]):
 class SdJournal:
     """One open journal (the source's namespace), filtered or not. Not thread-safe."""
 
-    def __init__(self, config: JournaldSourceConfig, *, filtered: bool = True) -> None:
+    def __init__(
+        self,
+        config: JournaldSourceConfig,
+        *,
+        filtered: bool = True,
+        fields: Sequence[str] | None = None,
+        cursor_each: bool = False,
+    ) -> None:
+        """``fields``: the only fields read of each entry (:func:`journal_fields`; None: every
+        field); ``cursor_each``: every Line gets its ``__CURSOR`` and ``_BOOT_ID`` (a
+        ``multiline:`` source resumes between entries), not only the last of a read."""
         mod = binding()
         if mod is None:
             raise OSError(f"the sd-journal binding is missing: {binding_error()}")
@@ -144,6 +160,13 @@ class SdJournal:
             self._add_filters(config)
         self.fd: int = self._r.fileno()  # sets up inotify now: nothing written after is missed
         self._unread = False  # positioned on an entry not handed out yet
+        self._fields: tuple[str, ...] | None = None
+        self._pseudo: frozenset[str] = frozenset()
+        self._cursor_each = cursor_each
+        if fields is not None:
+            self._fields = tuple(f for f in fields if f != "MESSAGE" and f not in PSEUDO_FIELDS)
+            self._pseudo = frozenset(fields) & PSEUDO_FIELDS
+            self._cursor_each = cursor_each or "__CURSOR" in self._pseudo
 
     def _add_filters(self, config: JournaldSourceConfig) -> None:
         r = self._r
@@ -222,7 +245,67 @@ class SdJournal:
     # ------------------------------------------------------------------ reading
 
     def read(self, limit: int) -> list[Line]:
-        """Up to ``limit`` entries after the position, as Lines (the hot path)."""
+        """Up to ``limit`` entries after the position, as Lines (the hot path). The last one's
+        fields have ``__CURSOR``, ``__REALTIME_TIMESTAMP`` and ``_BOOT_ID`` (the checkpoint)."""
+        if self._fields is None:
+            return self._read_all(limit)
+        return self._read_some(limit)
+
+    def _read_some(self, limit: int) -> list[Line]:
+        """:meth:`read` of :attr:`_fields` only: one ``sd_journal_get_data`` per field (no
+        dict of every field, no cursor string per entry unless needed), decoded at once."""
+        r = self._r
+        nxt, get, get_realtime = r._next, r._get, r._get_realtime
+        names, name = self._fields or (), self.name
+        each, pseudo = self._cursor_each, self._pseudo
+        epoch, us = _EPOCH, _US
+        out: list[Line] = []
+        append = out.append
+        fields: dict[str, str] = {}
+        if self._unread:
+            self._unread = False
+        elif not nxt(1):
+            return out
+        while True:
+            try:
+                text = get("MESSAGE").decode("utf-8", "replace")
+            except KeyError:
+                text = ""
+            realtime = get_realtime()
+            fields = {"MESSAGE": text}
+            for f in names:
+                try:  # noqa: SIM105 - the hot loop: cheaper than contextlib.suppress
+                    fields[f] = get(f).decode("utf-8", "replace")
+                except KeyError:
+                    pass
+            if pseudo:
+                self._add_pseudo(fields, realtime)
+            if each:
+                self._add_position(fields, realtime)
+            append(Line(name, text.rstrip("\n"), epoch + realtime * us, None, fields))
+            if len(out) >= limit or not nxt(1):
+                break
+        if not each:  # positioned on the last entry (a failed next does not move)
+            self._add_position(fields, realtime)
+        return out
+
+    def _add_position(self, fields: dict[str, str], realtime: int) -> None:
+        """The current entry's checkpoint fields (``journal.cursor_value`` reads them)."""
+        r = self._r
+        fields["__CURSOR"] = str(r._get_cursor())
+        fields["__REALTIME_TIMESTAMP"] = str(realtime)
+        with contextlib.suppress(KeyError):
+            fields["_BOOT_ID"] = r._get("_BOOT_ID").decode("ascii", "replace")
+
+    def _add_pseudo(self, fields: dict[str, str], realtime: int) -> None:
+        """``__REALTIME_TIMESTAMP`` / ``__MONOTONIC_TIMESTAMP`` named by a rule."""
+        if "__REALTIME_TIMESTAMP" in self._pseudo:
+            fields["__REALTIME_TIMESTAMP"] = str(realtime)
+        if "__MONOTONIC_TIMESTAMP" in self._pseudo:
+            fields["__MONOTONIC_TIMESTAMP"] = _to_str(self._r._get_monotonic())
+
+    def _read_all(self, limit: int) -> list[Line]:
+        """:meth:`read` of every field of every entry (no field list given)."""
         r = self._r
         nxt, get_all, get_cursor = r._next, r._get_all, r._get_cursor
         get_realtime, get_monotonic = r._get_realtime, r._get_monotonic
