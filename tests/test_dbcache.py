@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import inspect
 import logging
 import os
 import subprocess
@@ -15,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from detector.config import load_config
+from detector.config import load_config, sections
 from detector.config.sections import default_cache_dir
 from detector.matching import Matcher, PatternSpec, open_db_cache
 from detector.matching import engine as engine_mod
@@ -255,8 +256,11 @@ def test_the_cache_dir_defaults_to_systemds_then_home_and_can_be_off(tmp_path: P
 
 
 def test_the_default_cache_dir_is_the_units_for_root_and_the_users_otherwise() -> None:
-    unit = Path("/var/cache/detector")  # systemd/detector.service: CacheDirectory=detector
+    # systemd/detector.service's CacheDirectory=detector (tests/conftest.py points the constant
+    # at the run's own directory; test_systemd_cache_real.py checks the real one under systemd)
     assert "\nCacheDirectory=detector\n" in UNIT.read_text()
+    assert inspect.getsource(sections).count('SYSTEM_CACHE_DIR = Path("/var/cache/detector")') == 1
+    unit = sections.SYSTEM_CACHE_DIR
     home = {"HOME": "/home/u"}
     # systemd's $CACHE_DIRECTORY first, as root or not (a drop-in may name another directory)
     assert default_cache_dir({"CACHE_DIRECTORY": "/srv/c:/srv/d", **home}, 0) == Path("/srv/c")
