@@ -947,13 +947,15 @@ class Agent:
         whether dead letters reported earlier are still there (they
         leave when `detector outbox retry` queues them again, or when pruned)."""
         now = self.clock.now()
-        self.monitor.sources(
-            {
-                n: [*r.source.problems(), *self.pipeline.parse_problems(n, now)]
-                for n, r in self.sources.items()
-            }
-        )
-        if hasattr(self, "pipeline"):  # built once the state is loaded
+        if not hasattr(self, "pipeline"):  # built once the patterns compiled (seconds, at start)
+            self.monitor.sources({n: r.source.problems() for n, r in self.sources.items()})
+        else:
+            self.monitor.sources(
+                {
+                    n: [*r.source.problems(), *self.pipeline.parse_problems(n, now)]
+                    for n, r in self.sources.items()
+                }
+            )
             self.monitor.rules_over_cap(self.pipeline.over_cap())
         dead_reported = [p.key for p in self.problems.reported() if p.component == "dead-letter"]
         if dead_reported and self._db is not None:

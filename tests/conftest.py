@@ -11,6 +11,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from detector.config import sections
 from detector.store.db import AsyncStore, Store
 from tests.receiver import Receiver
 
@@ -18,6 +19,10 @@ from tests.receiver import Receiver
 # subprocess, which inherits it): one fresh directory per test run, never the user's
 # ~/.cache/detector, so no run reuses another's entries.
 os.environ["CACHE_DIRECTORY"] = tempfile.mkdtemp(prefix="detector-test-cache-")
+# A config loaded in-process with an env of its own ({}: no $CACHE_DIRECTORY) falls back, as root
+# (the suite's usual user), to root's default, the machine's /var/cache/detector: the same
+# directory instead (subprocesses read $CACHE_DIRECTORY above first).
+sections.SYSTEM_CACHE_DIR = Path(os.environ["CACHE_DIRECTORY"])
 
 
 @pytest.fixture

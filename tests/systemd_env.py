@@ -3,7 +3,8 @@
 Used by ``tests/test_systemd_real.py``. Runs as root. :func:`boot_systemd` starts
 
     unshare --pid --fork --mount --uts --ipc --mount-proc sh -c \\
-      'mount -t tmpfs tmpfs /tmp && mount -t tmpfs tmpfs /var/tmp && ... exec /lib/systemd/systemd'
+      'mount -t tmpfs tmpfs /tmp && mount -t tmpfs tmpfs /var/tmp && ... && \\
+       mount -t tmpfs tmpfs /var/cache && exec /lib/systemd/systemd'
 
 and :class:`SystemdNamespace` runs ``systemctl``/``journalctl`` inside with ``nsenter``. Its
 :meth:`~SystemdNamespace.stop` kills the namespace's PID 1 (the kernel then kills every process of
@@ -16,10 +17,13 @@ What is shared with the machine, and what we do about it (systemd 252):
 - The filesystem is the machine's, except what is mounted in the namespace. At boot
   systemd-tmpfiles empties /tmp and /var/tmp: both get their own tmpfs first (NEVER leave them
   out: it would empty the machine's). /var/log/journal gets one too, so the namespace's journald
-  does not write into (or beside) the machine's persistent journal. systemd mounts its own tmpfs
-  on /run (it is not a mount point here), so units and drop-ins written to
-  ``/proc/<pid1>/root/run/systemd/system`` exist only inside. Everything else the test installs
-  goes under ``/opt/detector-test-<hex>`` (not /tmp: that is another tmpfs inside) and is removed.
+  does not write into (or beside) the machine's persistent journal, and so does /var/cache: the
+  unit's ``CacheDirectory=detector`` (and ``detector check`` run as root, whose default it is)
+  then fill the namespace's ``/var/cache/detector``, never the machine's (a real install's).
+  systemd mounts its own tmpfs on /run (it is not a mount point here), so units and drop-ins
+  written to ``/proc/<pid1>/root/run/systemd/system`` exist only inside. Everything else the
+  test installs goes under ``/opt/detector-test-<hex>`` (not /tmp: that is another tmpfs inside)
+  and is removed.
 - The boot target is ``sysinit.target``, not ``default.target``: the machine's enabled services
   (a database, Alertmanager, timers that fetch package lists) must not start a second time on
   the shared network and disks. The unit's default dependencies pull in nothing more.
@@ -74,6 +78,7 @@ MASKED = (
 BOOT_SCRIPT = (
     "mount -t tmpfs tmpfs /tmp && mount -t tmpfs tmpfs /var/tmp"
     " && { [ ! -d /var/log/journal ] || mount -t tmpfs tmpfs /var/log/journal; }"
+    " && mount -t tmpfs -o mode=0755 tmpfs /var/cache"
     ' && exec "$@"'
 )
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import inspect
 import logging
 import os
 import subprocess
@@ -15,12 +16,14 @@ from pathlib import Path
 
 import pytest
 
-from detector.config import load_config
+from detector.config import load_config, sections
+from detector.config.sections import default_cache_dir
 from detector.matching import Matcher, PatternSpec, open_db_cache
 from detector.matching import engine as engine_mod
 from detector.matching.dbcache import FORMAT, SUFFIX, DbCache, cpu_features, db_key
 from detector.pipeline import build_matcher
 
+UNIT = Path(__file__).resolve().parents[1] / "systemd" / "detector.service"
 hs = importlib.import_module("hyperscan")  # a dependency: never skipped
 
 AUTH = r"Failed password for (?P<user>\S+) from (?P<ip>[\d.]+)"
@@ -246,12 +249,53 @@ def test_the_cache_dir_defaults_to_systemds_then_home_and_can_be_off(tmp_path: P
     cfg = tmp_path / "rules.yaml"
     body = CONFIG.format(cache="x", state=tmp_path / "s.db", log=tmp_path / "a.log")
     cfg.write_text(body.replace('cache_dir: "x", ', ""))
-    env = {"CACHE_DIRECTORY": "/var/cache/detector", "HOME": "/home/u"}
-    assert load_config(cfg, env).agent.cache_dir == Path("/var/cache/detector")
-    assert load_config(cfg, {"HOME": "/home/u"}).agent.cache_dir == Path("/home/u/.cache/detector")
-    assert load_config(cfg, {}).agent.cache_dir is None
+    env = {"CACHE_DIRECTORY": "/run/elsewhere", "HOME": "/home/u"}
+    assert load_config(cfg, env).agent.cache_dir == Path("/run/elsewhere")
     cfg.write_text(body.replace('cache_dir: "x"', "cache_dir: off"))
     assert load_config(cfg, env).agent.cache_dir is None
+
+
+def test_the_default_cache_dir_is_the_units_for_root_and_the_users_otherwise() -> None:
+    # systemd/detector.service's CacheDirectory=detector (tests/conftest.py points the constant
+    # at the run's own directory; test_systemd_cache_real.py checks the real one under systemd)
+    assert "\nCacheDirectory=detector\n" in UNIT.read_text()
+    assert inspect.getsource(sections).count('SYSTEM_CACHE_DIR = Path("/var/cache/detector")') == 1
+    unit = sections.SYSTEM_CACHE_DIR
+    home = {"HOME": "/home/u"}
+    # systemd's $CACHE_DIRECTORY first, as root or not (a drop-in may name another directory)
+    assert default_cache_dir({"CACHE_DIRECTORY": "/srv/c:/srv/d", **home}, 0) == Path("/srv/c")
+    assert default_cache_dir({"CACHE_DIRECTORY": "/srv/c"}, 1000) == Path("/srv/c")
+    # root (`sudo detector check`): the unit's directory, whatever its home or XDG says
+    assert default_cache_dir({"HOME": "/root", "XDG_CACHE_HOME": "/root/.x"}, 0) == unit
+    assert default_cache_dir({}, 0) == unit
+    # anyone else: the XDG user cache
+    assert default_cache_dir({"XDG_CACHE_HOME": "/home/u/.x", **home}, 1000) == Path(
+        "/home/u/.x/detector"
+    )
+    assert default_cache_dir({"XDG_CACHE_HOME": "rel", **home}, 1000) == Path(
+        "/home/u/.cache/detector"
+    )
+    assert default_cache_dir({}, 1000) is None
+
+
+def test_an_entry_root_writes_belongs_to_the_cache_directorys_owner(tmp_path: Path) -> None:
+    """`sudo detector check` into the unit's /var/cache/detector (owned by its dynamic user):
+    the entries must be the user's, or the service could not read them (mode 0600)."""
+    assert os.geteuid() == 0, "this test chowns: it runs as root, like the systemd tests"
+    service = tmp_path / "service"
+    service.mkdir()
+    os.chown(service, 61234, 61235)  # what DynamicUser= picks
+    mine = tmp_path / "mine"
+    _m, cache = fresh(service)
+    _m, own = fresh(mine)
+    written = [p for p in service.iterdir() if p.suffix == SUFFIX]
+    assert written and cache.disabled == ""
+    for p in written:
+        st = p.stat()
+        assert (st.st_uid, st.st_gid, st.st_mode & 0o777) == (61234, 61235, 0o600), p
+    assert all(p.stat().st_uid == 0 for p in mine.iterdir())  # root's own: left alone
+    assert mine.stat().st_mode & 0o777 == 0o700
+    assert own.disabled == ""
 
 
 def test_check_timings_lists_the_rules_by_compile_cost_and_matches_the_sample(

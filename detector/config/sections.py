@@ -141,6 +141,10 @@ _CHANNEL_KEYS = {  # the keys of the formats that are no HTTP POST
 _JOURNAL_FIELD = re.compile(r"[A-Z0-9_]+")
 
 
+SYSTEM_CACHE_DIR = Path("/var/cache/detector")
+"""The unit's ``CacheDirectory=detector``: root's default cache directory too."""
+
+
 @dataclass(frozen=True)
 class Declared:
     """The source and webhook names the file declares; ``journald`` and ``parsed`` (``parse:``
@@ -154,12 +158,17 @@ class Declared:
     """``message:`` of the parsed sources: what their samples' ``match:`` sees."""
 
 
-def default_cache_dir(env: Mapping[str, str] | None) -> Path | None:
-    """``$CACHE_DIRECTORY`` (systemd CacheDirectory=), else ``$XDG_CACHE_HOME/detector``, else
-    ``~/.cache/detector``; None (no cache) when there is no home either."""
+def default_cache_dir(env: Mapping[str, str] | None, euid: int | None = None) -> Path | None:
+    """Where the compiled-pattern cache lives unless ``agent: cache_dir`` says otherwise:
+    ``$CACHE_DIRECTORY`` (set by the unit's ``CacheDirectory=detector``), else for root
+    ``/var/cache/detector`` (that same directory, so that ``sudo detector check`` warms the
+    service's cache), else ``$XDG_CACHE_HOME/detector``, else ``~/.cache/detector``; None (no
+    cache) when there is no home either. ``euid`` defaults to this process's."""
     e = os.environ if env is None else env
     if e.get("CACHE_DIRECTORY"):
         return Path(e["CACHE_DIRECTORY"].split(":")[0])
+    if (os.geteuid() if euid is None else euid) == 0:
+        return SYSTEM_CACHE_DIR
     if e.get("XDG_CACHE_HOME", "").startswith("/"):
         return Path(e["XDG_CACHE_HOME"]) / "detector"
     home = e.get("HOME")

@@ -9,8 +9,10 @@ version, and the CPU features Hyperscan targets (``cpu_features``). An entry is 
 (``hyperscan.dumpb``). Nothing read back is trusted: a wrong magic, a wrong key, a checksum
 that does not match or a payload ``hyperscan.loadb`` refuses makes the entry a miss (logged once
 per kind and cache), and the caller's rebuild replaces it. Writes go to a temporary file renamed
-into place (a concurrent reader sees a whole entry or none); an unwritable directory turns the
-cache off for that process, with one warning. The directory is bounded: past ``max_bytes`` or
+into place (a concurrent reader sees a whole entry or none); an entry root writes into a
+directory another user owns is given to that user (``_give_to_owner``: ``sudo detector check``
+warming the service's ``/var/cache/detector``); an unwritable directory turns the cache off for
+that process, with one warning. The directory is bounded: past ``max_bytes`` or
 ``max_entries`` the least recently used entries (by mtime, touched on every hit) are removed.
 """
 
@@ -160,10 +162,11 @@ class DbCache:
             return False
         data = FORMAT + key.encode("ascii") + b"\n" + hashlib.sha256(payload).digest() + payload
         try:
-            self.directory.mkdir(parents=True, exist_ok=True)
+            self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=SUFFIX, dir=self.directory)
             try:
                 with os.fdopen(fd, "wb") as f:
+                    self._give_to_owner(f.fileno())
                     f.write(data)
                 os.replace(tmp, self.path(key))
             except BaseException:
@@ -180,6 +183,27 @@ class DbCache:
             return False
         self.evict()
         return True
+
+    def _give_to_owner(self, fd: int) -> None:
+        """A new entry written by root goes to the directory's owner: ``sudo detector check``
+        warms ``/var/cache/detector``, which systemd made for the unit's (dynamic) user, and
+        that user must be able to read (mode 0600) and replace what root wrote. systemd's own
+        chown at start does not help: it skips the tree when the top directory is already the
+        user's. Not root, or a directory root owns: nothing to do. A chown refused (root
+        squashed on a network file system) is said once; the service then rebuilds the entry."""
+        if os.geteuid() != 0:
+            return
+        st = os.stat(self.directory)
+        if (st.st_uid, st.st_gid) == (0, 0):
+            return
+        try:
+            os.fchown(fd, st.st_uid, st.st_gid)
+        except OSError as e:
+            self._warn(
+                "chown",
+                f"cannot give compiled-pattern cache entries in {self.directory} to its owner "
+                f"(uid {st.st_uid}): {e.strerror or e}; the service will compile them again",
+            )
 
     def evict(self) -> list[Path]:
         """Remove the least recently used entries past ``max_entries`` / ``max_bytes``."""
