@@ -7,9 +7,10 @@ own parser (``re._parser``), then walked once to produce:
   the block path). Every single-character test (literal, class, ``.``, ``\\w``…) is turned into an
   explicit byte class whose ASCII part is computed by asking Python's ``re`` itself, so on a line
   that is pure ASCII the Hyperscan pattern matches exactly the lines ``re.search`` matches. A
-  character that may be non-ASCII becomes "any run of 1–4 bytes ≥ 0x80", so on other lines the
-  pattern is a superset (a UTF-8 code point, and every U+FFFD produced by ``errors="replace"``, is
-  such a run). Constructs Hyperscan cannot express (backreferences, lookaround, atomic groups,
+  character that may be non-ASCII becomes "one of its ASCII bytes or a byte ≥ 0x80, then up to 3
+  bytes ≥ 0x80", so on other lines the pattern is a superset (a UTF-8 code point, and every
+  U+FFFD produced by ``errors="replace"`` from 1–3 invalid bytes, is such a run; a literal U+FFFD
+  in the pattern is therefore any such run, not its own three bytes). Constructs Hyperscan cannot express (backreferences, lookaround, atomic groups,
   possessive repeats, conditionals) are widened to a superset and the pattern is marked inexact.
 * ``hs_loose`` — only for Unicode ``\\b``/``\\B``: the same pattern without word boundaries, a
   superset on non-ASCII lines (where ASCII-only ``\\b`` would be wrong in both directions).
