@@ -10,8 +10,9 @@ own parser (``re._parser``), then walked once to produce:
   character that may be non-ASCII becomes "one of its ASCII bytes or a byte ≥ 0x80, then up to 3
   bytes ≥ 0x80", so on other lines the pattern is a superset (a UTF-8 code point, and every
   U+FFFD produced by ``errors="replace"`` from 1–3 invalid bytes, is such a run; a literal U+FFFD
-  in the pattern is therefore any such run, not its own three bytes). Constructs Hyperscan cannot express (backreferences, lookaround, atomic groups,
-  possessive repeats, conditionals) are widened to a superset and the pattern is marked inexact.
+  in the pattern is therefore any such run, not its own three bytes). Constructs Hyperscan
+  cannot express (backreferences, lookaround, atomic groups, possessive repeats, conditionals)
+  are widened to a superset and the pattern is marked inexact.
 * ``hs_loose`` — only for Unicode ``\\b``/``\\B``: the same pattern without word boundaries, a
   superset on non-ASCII lines (where ASCII-only ``\\b`` would be wrong in both directions).
 * ``risky`` — a static ReDoS check: a repeat of something that can itself repeat or branch (the
