@@ -947,15 +947,16 @@ class Agent:
         whether dead letters reported earlier are still there (they
         leave when `detector outbox retry` queues them again, or when pruned)."""
         now = self.clock.now()
-        if not hasattr(self, "pipeline"):  # built once the patterns compiled (seconds, at start)
-            self.monitor.sources({n: r.source.problems() for n, r in self.sources.items()})
-        else:
-            self.monitor.sources(
-                {
-                    n: [*r.source.problems(), *self.pipeline.parse_problems(n, now)]
-                    for n, r in self.sources.items()
-                }
-            )
+        # the sources open while the patterns compile (``_start``); the pipeline, and what it
+        # knows of unparsed lines and capped keys, exists only once they are compiled
+        built = hasattr(self, "pipeline")
+        self.monitor.sources(
+            {
+                n: [*r.source.problems(), *(self.pipeline.parse_problems(n, now) if built else ())]
+                for n, r in self.sources.items()
+            }
+        )
+        if built:
             self.monitor.rules_over_cap(self.pipeline.over_cap())
         dead_reported = [p.key for p in self.problems.reported() if p.component == "dead-letter"]
         if dead_reported and self._db is not None:
@@ -1009,7 +1010,9 @@ class Agent:
             "caught_up": self.state.caught_up,
             "batches": self.state.batches,
             "sources": {n: r.source.status() for n, r in self.sources.items()},
-            "firing": [a.summary for a in self.pipeline.alerts.firing()],
+            "firing": [a.summary for a in self.pipeline.alerts.firing()]
+            if hasattr(self, "pipeline")  # /status answers while the patterns compile
+            else [],
         }
 
 

@@ -162,3 +162,73 @@ async def test_a_reload_keeps_matching_with_the_old_rules_until_the_new_ones_are
         agent.request_stop()
         async with asyncio.timeout(20):
             assert await task == 0
+
+
+class SlowCompileAgent(Agent):
+    """The real agent whose (real, cold-cache) compile starts only after the self-monitor has
+    polled twice with the sources open: a compile that outlasts polls, as ~150 real-world rules
+    on a cold cache do, decided by the test instead of by the machine's speed."""
+
+    def __init__(self, *args: Any, **kw: Any) -> None:
+        super().__init__(*args, **kw)
+        self.polls_while_compiling = 0
+        self.polled = asyncio.Event()
+
+    async def _poll(self) -> None:
+        await super()._poll()
+        if self.sources and not hasattr(self, "pipeline"):
+            self.polls_while_compiling += 1
+            self.polled.set()
+
+    async def _compile(self, config: Config) -> Matcher:
+        while self.polls_while_compiling < 2:
+            self.polled.clear()
+            await self.polled.wait()
+        matcher = await super()._compile(config)
+        assert not any(matcher.cached.values()), "the cache was meant to be cold"
+        return matcher
+
+
+async def test_a_cold_compile_outlasting_the_self_monitor_polls_still_starts_and_alerts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import aiohttp
+
+    from detector import selfmon
+    from tests.agent_proc import free_port
+    from tests.receiver import Receiver
+
+    monkeypatch.setattr(selfmon, "POLL_S", 0.02)
+    log = tmp_path / "app.log"
+    log.touch()
+    port = free_port()
+    async with Receiver() as rx:
+        cfg = tmp_path / "rules.yaml"
+        cfg.write_text(
+            f'version: 1\nagent: {{state: "{tmp_path / "state.db"}", host: t, '
+            f'cache_dir: "{tmp_path / "cache"}", listen: "127.0.0.1:{port}"}}\n'
+            f"webhooks:\n  hook: {{url: '{rx.url}/hook'}}\n"
+            f'sources:\n  app: {{file: "{log}", start_at: beginning}}\n'
+            "rules:\n  - name: errors\n    source: app\n    match: 'ERROR (?P<n>\\d+)'\n"
+            "    group_by: [n]\n"
+        )
+        agent = SlowCompileAgent(cfg, FakeClock(datetime(2026, 6, 9, 12, 0, tzinfo=UTC)))
+        task = asyncio.create_task(agent.run())
+        try:
+            await eventually(lambda: agent.polls_while_compiling >= 1, what="a poll mid-compile")
+            async with aiohttp.ClientSession() as session:  # the listener answers meanwhile
+                for path in ("/healthz", "/status", "/metrics"):
+                    async with session.get(f"http://127.0.0.1:{port}{path}") as r:
+                        assert r.status in (200, 503), (path, r.status, await r.text())
+                async with session.get(f"http://127.0.0.1:{port}/status") as r:
+                    assert (await r.json())["agent"]["firing"] == []
+            await eventually(lambda: hasattr(agent, "pipeline"), what="the start")
+            assert agent.polls_while_compiling >= 2 and not task.done()
+            append(log, "ERROR 7")
+            await rx.wait_for(1, within=10)
+            (alert,) = rx.received[0].json()["alerts"]
+            assert alert["status"] == "firing" and alert["labels"]["n"] == "7", alert
+        finally:
+            agent.request_stop()
+            async with asyncio.timeout(20):
+                assert await task == 0

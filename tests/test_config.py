@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import textwrap
 from datetime import timedelta
 from pathlib import Path
@@ -1087,3 +1088,41 @@ def test_a_webhook_template_with_an_unknown_placeholder_names_the_line_and_the_k
         load_config("rules.yaml", {})
     assert "rules.yaml:4:" in str(e.value) and "webhook 'h'" in str(e.value)
     assert "$sumary" in str(e.value) and "summary" in str(e.value)
+
+
+_NON_ASCII = """\
+version: 1
+# é ü — a comment that is not ASCII
+sources:
+  app: {file: /var/log/app.log}
+rules:
+  - name: café
+    source: app
+    match: 'Fehler: (?P<was>\\w+) – ß [[]x'
+    description: "🙂 ünïcode"
+"""
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        (Path(__file__).parents[1] / "rules.yaml").read_text(),
+        (Path(__file__).parent / "configs" / "design.yaml").read_text(),
+        "\ufeff" + _NON_ASCII.replace("\n", "\r\n"),
+    ],
+    ids=["rules.yaml", "design.yaml", "non-ascii"],
+)
+def test_libyaml_and_pure_python_yaml_read_the_same_config_and_warnings(
+    text: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from detector.config import load
+
+    assert load._FAST_LOADER is not None  # the wheel has libyaml: the fast path is tested
+    fast = parse_config(text, "rules.yaml", DESIGN_ENV)
+    monkeypatch.setattr(load, "_FAST_LOADER", None)
+    re.purge()  # a warning is said when re compiles a pattern, not from re's cache
+    pure = parse_config(text, "rules.yaml", DESIGN_ENV)
+    assert fast == pure
+    assert fast.warnings == pure.warnings
+    if "[[]" in text:
+        assert any("café" in w and ":8:" in w for w in fast.warnings), fast.warnings

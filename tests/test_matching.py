@@ -443,3 +443,71 @@ def test_fast_matcher_equals_naive_re_when_hyperscan_reports_early_or_out_of_ord
     assert matcher.match("s", texts) == naive(specs, "s", texts)
     block = "".join(t + "\n" for t in texts).encode()
     assert matcher.match_block("s", block) == (len(texts), naive(specs, "s", texts))
+
+
+# Shapes the translation once got wrong or dropped: a literal U+FFFD (what errors="replace" makes
+# of invalid bytes, which the raw-block scan sees as they are), counted repeats of {0} (which
+# Hyperscan refuses as {0,0}), scoped (?a:...) flags, classes that may be non-ASCII under counts.
+EDGE_ATOMS = [
+    "\ufffd",
+    "[\ufffd]",
+    "\ufffd+",
+    "[^a]\ufffd",
+    "x{0}",
+    "(?:ab){0}",
+    "(?P<z{n}>\\w){0}",
+    "(?:\\b){0}",
+    "(?=q){0}",
+    "(?a:\\w+)",
+    "(?a:\\d{1,3})",
+    "\\w{2,3}",
+    "\\W{1,2}",
+    ".{2}",
+    "\\S{0,2}",
+    "[é\ufffd]",
+    "a",
+    "b",
+    " ",
+]
+
+
+@st.composite
+def edge_regexes(draw: st.DrawFn) -> str:
+    n = draw(st.integers(1, 3))
+    atoms = [draw(st.sampled_from(EDGE_ATOMS)).replace("{n}", str(k)) for k in range(n)]
+    return draw(st.sampled_from(["", "(?i)"])) + "".join(atoms)
+
+
+_EDGE_BYTES = [b"a", b"b", b"x", b" ", b"1", b"\xff", b"\xfe", b"\x80", b"\xe2\x82", b"\xc3\xa9",
+               b"\xef\xbf\xbd", b"\xf0\x9f\x98\x80", b"\xc3"]  # fmt: skip
+
+
+@settings(max_examples=150, deadline=None, database=None)
+@given(
+    patterns=st.lists(edge_regexes(), min_size=1, max_size=4),
+    lines=st.lists(
+        st.lists(st.sampled_from(_EDGE_BYTES), max_size=8).map(b"".join), min_size=1, max_size=12
+    ),
+)
+def test_raw_blocks_with_invalid_utf8_match_like_re_on_their_replaced_text(
+    patterns: list[str], lines: list[bytes]
+) -> None:
+    specs = specs_of(*patterns)
+    texts = [line.decode("utf-8", "replace") for line in lines]
+    want = naive(specs, "s", texts)
+    matcher = Matcher(specs, budget_s=10.0)
+    assert matcher.match_block("s", b"\n".join(lines) + b"\n") == (len(lines), want)
+    assert matcher.match("s", texts) == want
+
+
+@pytest.mark.parametrize(
+    "pattern", ["ab{0}c", "x{0}", "(?:a{0})+b", "(?a:\\d{1,3}(?:\\.\\d{1,3}){3})", "(?a:\\w+)x"]
+)
+def test_zero_counts_and_scoped_ascii_keep_an_exact_prefilter(pattern: str) -> None:
+    a = analyse(pattern)
+    assert a.hs is not None and a.exact, a
+    matcher = Matcher(specs_of(pattern))
+    (report,) = matcher.report()
+    assert report.engine == "hyperscan (exact on ASCII lines)", report
+    plan = matcher._plan("s")  # Hyperscan took it: not a pattern run with re on every line
+    assert plan.db is not None and plan.always == (), plan

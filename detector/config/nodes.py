@@ -105,6 +105,7 @@ class NodeReader:
         self.warnings: list[Problem] = []
         self.ctor = SafeConstructor()
         self.flattened: set[int] = set()  # ids of mapping nodes whose << merges are resolved
+        self.fast = False  # compose with libyaml (load.py: only while nothing is wrong)
 
     def file_of(self, node: Node) -> str:
         """The file ``node`` was read from (the main file unless its mark names a file read)."""

@@ -169,17 +169,45 @@ class PatternReport:
     note: str = ""
 
 
-@dataclass(frozen=True)
 class _Compiled:
-    spec: PatternSpec
-    rx: re.Pattern[str]
-    analysis: Analysis
-    pike: PikeProgram | None
-    confirm: Confirm
-    named: bool
-    """Groups must be extracted (named groups, and not an ignore pattern)."""
-    no_pike: str
-    """Why the Pike VM cannot run the pattern ("" if it can)."""
+    """One pattern ready to confirm lines. Its Pike VM program is built on first use (most
+    patterns never need it, and building one costs about as much as analysing the pattern):
+    at once only for a risky pattern, whose confirmation mode depends on it."""
+
+    __slots__ = ("_pike", "analysis", "confirm", "named", "rx", "spec")
+
+    def __init__(
+        self,
+        spec: PatternSpec,
+        rx: re.Pattern[str],
+        analysis: Analysis,
+        named: bool,
+        pike: tuple[PikeProgram | None, str] | None = None,
+    ) -> None:
+        self.spec = spec
+        self.rx = rx
+        self.analysis = analysis
+        self.named = named
+        """Groups must be extracted (named groups, and not an ignore pattern)."""
+        self._pike = pike
+        """(program or None, why not) once built."""
+        self.confirm: Confirm = "re"
+        if analysis.risky:
+            self.confirm = "pike" if self.pike is not None else "re-capped"
+
+    @property
+    def pike(self) -> PikeProgram | None:
+        """The Pike VM program (None if it cannot run the pattern: ``no_pike`` says why)."""
+        if self._pike is None:
+            self._pike = _build_pike(self.spec.regex, self.analysis)
+        return self._pike[0]
+
+    @property
+    def no_pike(self) -> str:
+        """Why the Pike VM cannot run the pattern ("" if it can)."""
+        if self._pike is None:
+            self._pike = _build_pike(self.spec.regex, self.analysis)
+        return self._pike[1]
 
 
 @dataclass(frozen=True)
@@ -703,7 +731,7 @@ def _compile(spec: PatternSpec, cache: CharCache, known: Analysis | None = None)
             problem = f"pattern analysis failed ({type(exc).__name__}: {exc})"
     # re alone, under the budget; "re-capped" off the main thread (risk unknown)
     analysis = unanalysed(problem)
-    return _Compiled(spec, rx, analysis, None, "re-capped", named, "pattern not analysed")
+    return _Compiled(spec, rx, analysis, named, (None, "pattern not analysed"))
 
 
 def _compile_analysed(
@@ -714,19 +742,23 @@ def _compile_analysed(
     known: Analysis | None = None,
 ) -> _Compiled:
     analysis = known if known is not None else analyse(spec.regex, cache)
-    pike: PikeProgram | None = None
-    no_pike = ""
+    return _Compiled(spec, rx, analysis, named)
+
+
+def _build_pike(regex: str, analysis: Analysis) -> tuple[PikeProgram | None, str]:
+    """The Pike VM program of ``regex`` (analysed as ``analysis``), or None and why not."""
+    if _translate.PARSER_PROBLEM:
+        return None, "pattern not analysed"
     try:
         # compile_pike stops at the first construct it cannot run: that names the reason
-        pike = compile_pike(spec.regex)
+        pike = compile_pike(regex)
     except PikeUnsupported as exc:
-        no_pike = _PIKE_UNSUPPORTED.get(str(exc), str(exc))
-    if pike is not None and not analysis.pike_ok:  # pragma: no cover - the two agree
-        pike, no_pike = None, "unsupported construct"
-    confirm: Confirm = "re"
-    if analysis.risky:
-        confirm = "pike" if pike is not None else "re-capped"
-    return _Compiled(spec, rx, analysis, pike, confirm, named, no_pike)
+        return None, _PIKE_UNSUPPORTED.get(str(exc), str(exc))
+    except Exception as exc:  # a parse tree the builder does not expect: no Pike VM
+        return None, f"Pike VM failed ({type(exc).__name__}: {exc})"
+    if not analysis.pike_ok:  # pragma: no cover - the two agree
+        return None, "unsupported construct"
+    return pike, ""
 
 
 def _event_kind(regex: str) -> int:

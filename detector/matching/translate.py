@@ -7,10 +7,12 @@ own parser (``re._parser``), then walked once to produce:
   the block path). Every single-character test (literal, class, ``.``, ``\\w``…) is turned into an
   explicit byte class whose ASCII part is computed by asking Python's ``re`` itself, so on a line
   that is pure ASCII the Hyperscan pattern matches exactly the lines ``re.search`` matches. A
-  character that may be non-ASCII becomes "any run of 1–4 bytes ≥ 0x80", so on other lines the
-  pattern is a superset (a UTF-8 code point, and every U+FFFD produced by ``errors="replace"``, is
-  such a run). Constructs Hyperscan cannot express (backreferences, lookaround, atomic groups,
-  possessive repeats, conditionals) are widened to a superset and the pattern is marked inexact.
+  character that may be non-ASCII becomes "one of its ASCII bytes or a byte ≥ 0x80, then up to 3
+  bytes ≥ 0x80", so on other lines the pattern is a superset (a UTF-8 code point, and every
+  U+FFFD produced by ``errors="replace"`` from 1–3 invalid bytes, is such a run; a literal U+FFFD
+  in the pattern is therefore any such run, not its own three bytes). Constructs Hyperscan
+  cannot express (backreferences, lookaround, atomic groups, possessive repeats, conditionals)
+  are widened to a superset and the pattern is marked inexact.
 * ``hs_loose`` — only for Unicode ``\\b``/``\\B``: the same pattern without word boundaries, a
   superset on non-ASCII lines (where ASCII-only ``\\b`` would be wrong in both directions).
 * ``risky`` — a static ReDoS check: a repeat of something that can itself repeat or branch (the
@@ -122,6 +124,10 @@ MAXREPEAT: int = -1 if PARSER_PROBLEM else _c.MAXREPEAT
 _NL = 0x0A
 _HIGH = r"[\x80-\xff]"
 _HIGH_RUN = r"[\x80-\xff]{1,4}"
+"""A non-ASCII character in UTF-8 bytes: a code point (2-4 bytes), or the 1-3 invalid bytes
+that ``errors="replace"`` turns into one U+FFFD."""
+_HIGH_TAIL = r"[\x80-\xff]{0,3}"
+_REPLACEMENT = 0xFFFD
 _FLAG_MASK = re.IGNORECASE | re.DOTALL | re.MULTILINE | re.ASCII | re.UNICODE
 
 _CATEGORIES = {
@@ -220,6 +226,12 @@ def _lit(code: int) -> str:
 
 
 def effective_flags(flags: int, add: int, delete: int) -> int:
+    """The flags inside a ``(?add-delete:...)`` group. A scoped ``(?a:...)`` replaces the
+    pattern's Unicode flag (``re`` refuses to compile a test with both)."""
+    if add & re.ASCII:
+        flags &= ~re.UNICODE
+    elif add & re.UNICODE:
+        flags &= ~re.ASCII
     return (flags | add) & ~delete
 
 
@@ -272,6 +284,8 @@ class _Translator:
 
     def single(self, op: Any, av: Any, flags: int) -> str:
         if str(op) == "LITERAL" and av >= 128 and not flags & re.IGNORECASE:
+            if av == _REPLACEMENT:  # also what errors="replace" makes of any invalid bytes
+                return _HIGH_RUN
             data = chr(av).encode("utf-8", "surrogatepass")
             return "".join(f"\\x{b:02x}" for b in data)
         codes, may_high = self.char_set(op, av, flags)
@@ -281,7 +295,10 @@ class _Translator:
             return _byte_class(codes)
         if not codes:
             return _HIGH_RUN
-        return f"(?:{_byte_class(codes)}|{_HIGH_RUN})"
+        # one ASCII byte, or a run of 1-4 high bytes: the same on ASCII lines as
+        # (?:[ascii]|[\x80-\xff]{1,4}), a superset elsewhere, and cheaper for Hyperscan to build
+        # (no alternation) inside counted repeats
+        return _byte_class(codes, r"\x80-\xff") + _HIGH_TAIL
 
     def single_run(self, op: Any, av: Any, flags: int) -> str | None:
         """A class usable under an unbounded repeat: one byte class, or None if not simple."""
@@ -328,6 +345,8 @@ class _Translator:
                 run = self.single_run(sub[0][0], sub[0][1], flags)
                 if run is not None:
                     return run + ("*" if lo == 0 else "+" if lo == 1 else f"{{{lo},}}")
+            if hi == 0:  # x{0} matches the empty string (and Hyperscan refuses {0,0})
+                return ""
             body = "(?:" + self.seq(sub, flags) + ")"
             if hi == MAXREPEAT:
                 return body + ("*" if lo == 0 else "+" if lo == 1 else f"{{{lo},}}")
