@@ -18,7 +18,13 @@ after every 20th line, read steady state by a plain source and by a ``multiline:
 source (one event per log line and its traceback), in lines/s each.
 
     .venv/bin/python bench/bench_ingest.py [--lines 2000000] [--profile dense|quiet|all]
-        [--multiline]
+        [--multiline] [--repeat 3] [--rss-rules 200]
+
+Each command runs ``--repeat`` times, interleaved; printed are the median and the range of the
+seconds and of the ratios to grep (each run paired with its repeat's grep), by wall time and by
+CPU time of the process (``/proc/PID/stat`` for the agent, ``getrusage`` for grep: the steadier
+figure on a shared machine), and the agent's peak RSS (``VmHWM``), also for a steady run at
+``--rss-rules`` rules (``gen_log.rules``: the realistic rules padded with service rules).
 """
 
 from __future__ import annotations
@@ -27,12 +33,15 @@ import argparse
 import compileall
 import json
 import os
+import resource
 import shutil
 import sqlite3
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -60,44 +69,101 @@ def ingest(args: argparse.Namespace, profile: str) -> None:
     ere.write_text("\n".join(gen_log.to_ere(r) for _, r in gen_log.RULES) + "\n")
     cpu = str(min(os.sched_getaffinity(0)))
 
-    baselines: list[tuple[str, float]] = []
-    for name, argv in (
-        ("grep -c -E -f (C)", ["grep", "-c", "-E", "-f", str(ere), str(log)]),
-        ("ripgrep -c -f (1 thread)", ["rg", "-j1", "-c", "-f", str(ere), str(log)]),
-    ):
-        if not shutil.which(argv[0]):
-            print(f"{argv[0]} not installed (scripts/system-deps installs it): no row")
-            continue
-        start = time.perf_counter()
-        subprocess.run(
-            ["taskset", "-c", cpu, *argv],
-            env={**os.environ, "LC_ALL": "C"},
-            capture_output=True,
-            check=False,
-        )
-        baselines.append((name, time.perf_counter() - start))
-
     target = _last_newline_end(log)
-    with tempfile.TemporaryDirectory() as tmp:
-        watched = Path(tmp) / "incoming"
-        watched.mkdir()
-        startup_s, steady_s = _run_agent(
-            Path(tmp) / "steady", cpu, watched / "*.log", target, arrive=(log, watched / log.name)
+    rows: dict[str, list[Run]] = {}
+    grep_name = "grep -c -E -f (C)"
+    for _ in range(args.repeat):  # interleaved: each repeat runs every command once
+        for name, argv in (
+            (grep_name, ["grep", "-c", "-E", "-f", str(ere), str(log)]),
+            ("ripgrep -c -f (1 thread)", ["rg", "-j1", "-c", "-f", str(ere), str(log)]),
+        ):
+            if not shutil.which(argv[0]):
+                print(f"{argv[0]} not installed (scripts/system-deps installs it): no row")
+                continue
+            before = resource.getrusage(resource.RUSAGE_CHILDREN)
+            start = time.perf_counter()
+            subprocess.run(
+                ["taskset", "-c", cpu, *argv],
+                env={**os.environ, "LC_ALL": "C"},
+                capture_output=True,
+                check=False,
+            )
+            wall = time.perf_counter() - start
+            after = resource.getrusage(resource.RUSAGE_CHILDREN)
+            used = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+            rows.setdefault(name, []).append(Run(wall, used, 0.0))
+        with tempfile.TemporaryDirectory() as tmp:
+            for name, rules, cold in (
+                ("detector run, steady state (the log appears while the agent runs)", None, False),
+                ("detector run, cold (start_at: beginning, start-up included)", None, True),
+                (f"detector run, steady state, {args.rss_rules} rules", args.rss_rules, False),
+            ):
+                home = Path(tmp) / f"run{len(list(Path(tmp).iterdir()))}"
+                watched = home.parent / f"{home.name}-in"
+                watched.mkdir()
+                rule_set = None if rules is None else gen_log.rules(rules)
+                if cold:
+                    run = _run_agent(home, cpu, log, target, rules=rule_set)
+                else:
+                    run = _run_agent(
+                        home,
+                        cpu,
+                        watched / "*.log",
+                        target,
+                        arrive=(log, watched / log.name),
+                        rules=rule_set,
+                    )
+                rows.setdefault(name, []).append(run)
+    grep = rows[grep_name]
+    print(
+        f"\nlive ingest of {args.lines:,} {profile} lines ({size / 1e6:.0f} MB), one CPU each, "
+        f"{args.repeat} interleaved run(s): median (range); the ratios pair each run with the "
+        "grep of its own repeat (wall time, and CPU time of the process):\n"
+    )
+    print(f"| {profile} log | seconds | lines/s | vs grep (wall) | vs grep (CPU) | peak RSS MB |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for name, runs in rows.items():
+        walls = [r.wall_s for r in runs]
+        rates = [args.lines / w for w in walls]
+        by_wall = [g.wall_s / r.wall_s for g, r in zip(grep, runs, strict=False)]
+        by_cpu = [g.cpu_s / r.cpu_s for g, r in zip(grep, runs, strict=False) if r.cpu_s]
+        rss = [r.peak_mb for r in runs if r.peak_mb]
+        print(
+            f"| {name} | {_span(walls, '.2f')} | {_span(rates, ',.0f')} "
+            f"| {_span(by_wall, '.2f')}x | {_span(by_cpu, '.2f')}x "
+            f"| {_span(rss, '.0f') if rss else '-'} |"
         )
-        _, cold_s = _run_agent(Path(tmp) / "cold", cpu, log, target)
-    grep_s = baselines[0][1]
-    print(f"\nlive ingest of {args.lines:,} {profile} lines ({size / 1e6:.0f} MB), one CPU each:\n")
-    print(f"| {profile} log | seconds | lines/s | MB/s | vs grep |")
-    print("|---|---:|---:|---:|---:|")
-    rows = [
-        *baselines,
-        ("detector run, steady state (the log appears while the agent runs)", steady_s),
-        ("detector run, cold (start_at: beginning, start-up included)", cold_s),
-    ]
-    for name, seconds in rows:
-        rate, mb = args.lines / seconds, size / seconds / 1e6
-        print(f"| {name} | {seconds:.2f} | {rate:,.0f} | {mb:.0f} | {grep_s / seconds:.2f}× |")
-    print(f"\nagent start-up (process start to ready): {startup_s:.2f} s", flush=True)
+    startups = [r.startup_s for r in rows[next(iter(k for k in rows if "steady" in k))]]
+    print(f"\nagent start-up (process start to ready): {_span(startups, '.2f')} s", flush=True)
+
+
+@dataclass
+class Run:
+    wall_s: float
+    cpu_s: float
+    peak_mb: float
+    startup_s: float = 0.0
+
+
+def _span(values: list[float], fmt: str) -> str:
+    if not values:
+        return "-"
+    lo, hi, mid = min(values), max(values), statistics.median(values)
+    if format(lo, fmt) == format(hi, fmt):
+        return format(mid, fmt)
+    return f"{mid:{fmt}} ({lo:{fmt}}–{hi:{fmt}})"
+
+
+def _cpu_s(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _peak_mb(pid: int) -> float:
+    for row in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if row.startswith("VmHWM:"):
+            return int(row.split()[1]) / 1024
+    return 0.0
 
 
 MULTILINE = r"{start: '^(?:[A-Z][a-z]{2} [ \d]\d |\d+\.\d+\.\d+\.\d+ )'}"
@@ -142,14 +208,14 @@ def multiline(args: argparse.Namespace, profile: str) -> None:
             home = Path(tmp) / name.split()[0]
             watched = home.parent / f"{home.name}-in"
             watched.mkdir()
-            _, seconds = _run_agent(
+            seconds = _run_agent(
                 home,
                 cpu,
                 watched / "*.log",
                 target,
                 arrive=(log, watched / log.name),
                 multiline=spec,
-            )
+            ).wall_s
             rows.append((name, seconds))
     print(f"\nmultiline: {lines:,} lines ({size / 1e6:.0f} MB, a traceback every 20 lines), ")
     print("steady state, one CPU:\n")
@@ -176,10 +242,12 @@ def _run_agent(
     arrive: tuple[Path, Path] | None = None,
     multiline: str | None = None,
     rules: list[tuple[str, str]] | None = None,
-) -> tuple[float, float]:
+) -> Run:
     """Start ``detector run`` on one file source ``path`` (beginning of the file if it exists at
     start-up, or, with ``arrive``, a file linked into place once the agent is ready). Returns
-    (start-up seconds, seconds until the read position reached ``target``)."""
+    the seconds until the read position reached ``target``, the agent's CPU seconds meanwhile
+    (``/proc/PID/stat``; taskset execs it, so its pid is the agent's), its peak RSS and its
+    start-up seconds."""
     home.mkdir()
     cfg = home / "rules.yaml"
     gen_log.write_rules_yaml(cfg, path, gen_log.RULES if rules is None else rules)
@@ -210,11 +278,15 @@ def _run_agent(
             startup = time.perf_counter() - start
             time.sleep(0.5)  # let the first sweep and the watcher settle
             begin = time.perf_counter()
+            cpu0 = _cpu_s(agent.pid)
             os.link(*arrive)
+        if arrive is None:
+            cpu0 = 0.0
         while committed_offset(state) < target:
             _check_alive(agent, err)
             time.sleep(0.005)
-        return startup, time.perf_counter() - begin
+        wall = time.perf_counter() - begin
+        return Run(wall, _cpu_s(agent.pid) - cpu0, _peak_mb(agent.pid), startup)
     finally:
         agent.terminate()
         agent.wait(timeout=30)
@@ -231,6 +303,10 @@ def main() -> None:
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/detector-bench"))
     ap.add_argument("--profile", choices=[*gen_log.PROFILES, "all"], default="all")
     ap.add_argument("--multiline", action="store_true", help="the multiline: workload too")
+    ap.add_argument("--repeat", type=int, default=3, help="interleaved runs of every command")
+    ap.add_argument(
+        "--rss-rules", type=int, default=200, help="rules of the extra steady run (peak RSS)"
+    )
     args = ap.parse_args()
     args.workdir.mkdir(parents=True, exist_ok=True)
     # byte-compiled as pip does at install time (see bench_match.py)

@@ -351,14 +351,14 @@ def live_workload(
         with tempfile.TemporaryDirectory() as tmp:
             watched = Path(tmp) / "incoming"
             watched.mkdir()
-            _, steady = bench_ingest._run_agent(
+            steady = bench_ingest._run_agent(
                 Path(tmp) / "steady",
                 cpu,
                 watched / "*.log",
                 target,
                 arrive=(log, watched / log.name),
                 rules=w.rules,
-            )
+            ).wall_s
         ratios.append(grep.seconds / steady)
     print(
         f"| {w.name}, {lines:,} lines | live agent (steady state, 1 CPU) | "

@@ -17,7 +17,7 @@ other load on the machine changes the figures little):
 
 ``--code DIR`` runs another checkout's ``detector`` (e.g. ``git archive`` of an older commit
 unpacked in DIR) under the same bench, to compare before and after. ``--repeat`` repeats the whole
-set; quote the range, not the best run.
+set; quote the median and the range, never the best run.
 
     .venv/bin/python bench/bench_writes.py [--seconds 10] [--idle-seconds 20] [--repeat 3]
 """
@@ -29,6 +29,7 @@ import asyncio
 import json
 import os
 import re
+import statistics
 import sys
 import tempfile
 import time
@@ -261,8 +262,11 @@ async def run_idle(code: Path, seconds: float, n_sources: int, n_rules: int) -> 
 
 
 def _span(values: list[float], fmt: str) -> str:
-    lo, hi = min(values), max(values)
-    return format(lo, fmt) if format(lo, fmt) == format(hi, fmt) else f"{lo:{fmt}}–{hi:{fmt}}"
+    """The median and, over more than one run, the range: ``6.1 (5.3–8.2)``."""
+    lo, hi, mid = min(values), max(values), statistics.median(values)
+    if format(lo, fmt) == format(hi, fmt):
+        return format(mid, fmt)
+    return f"{mid:{fmt}} ({lo:{fmt}}–{hi:{fmt}})"
 
 
 async def main() -> None:
@@ -283,7 +287,7 @@ async def main() -> None:
             writes[(r.writes_per_s, r.lines_per_write)].append(r)
         if not args.no_idle:
             idle.append(await run_idle(args.code, args.idle_seconds, 20, 50))
-    print(f"code: {args.code}; {args.repeat} run(s), ranges over runs")
+    print(f"code: {args.code}; {args.repeat} run(s): median (range over runs)")
     print(
         "\n| writes/s × lines | agent CPU % of a core | CPU µs per write | vs same lines in "
         "10 writes/s | append → webhook p50 / p99 ms | probes arrived |"

@@ -36,7 +36,7 @@ def store(tmp_path: Path) -> Iterator[Store]:
 async def db(store: Store) -> AsyncIterator[AsyncStore]:
     a = AsyncStore(store)
     yield a
-    a._pool.shutdown(wait=True)
+    a.stop()
 
 
 @pytest.fixture

@@ -142,7 +142,7 @@ def mail_hook(port: int, crt: Path, password: str = PASSWORD, **over: Any) -> We
 async def channel_db(store: Store) -> AsyncIterator[AsyncStore]:
     a = AsyncStore(store)
     yield a
-    a._pool.shutdown(wait=True)
+    a.stop()
 
 
 async def test_a_mail_goes_out_over_starttls_with_auth_and_reads_well(

@@ -154,3 +154,44 @@ def test_a_cut_line_is_a_warning_with_path_and_offset_once_a_minute(
     second_offset = len(b"ok\n") * 2 + 3 * (len(long) + 1)  # the fifth line
     assert f"the line at byte {second_offset} " in warnings[1]
     assert "(2 more lines were cut since the last warning)" in warnings[1]
+
+
+@given(
+    st.lists(st.binary(max_size=120).map(lambda b: b.replace(b"\n", b"")), max_size=60).map(
+        b"\n".join
+    ),
+    st.integers(min_value=0, max_value=3000),
+    st.integers(min_value=1, max_value=700),
+)
+@settings(max_examples=200, deadline=None)
+def test_read_block_sized_by_what_the_file_holds_gives_the_same_lines(
+    tmp_path_factory: pytest.TempPathFactory, data: bytes, expect: int, size: int
+) -> None:
+    """A read asked for what ``fstat`` said (``expect``, however stale) consumes the file into
+    the same lines as whole-block reads."""
+    import os
+
+    from detector.sources import lines as lines_mod
+
+    path = tmp_path_factory.mktemp("rb") / "f.log"
+    path.write_bytes(data)
+
+    def consume(hint: bool) -> list[str]:
+        fd = os.open(path, os.O_RDONLY)
+        asm, out, pos = LineAssembler(10_000), [], 0
+        try:
+            while True:
+                known = min(expect, len(data)) - pos if hint else None
+                n, chunks = lines_mod.read_block(fd, pos, asm, size, expect=known)
+                if not n:
+                    return out
+                pos += n
+                for c in chunks:
+                    if c.block is None:
+                        out.extend(c.texts)
+                    else:
+                        out.extend(c.block.decode("utf-8", "replace").split("\n")[:-1])
+        finally:
+            os.close(fd)
+
+    assert consume(True) == consume(False)

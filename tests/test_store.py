@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -147,3 +148,39 @@ def test_batches_committed_together_leave_what_committing_them_one_by_one_leaves
         merged.absorb(c)
     together.commit(merged, at(1))
     assert _tables(together) == _tables(one_by_one)
+
+
+async def test_async_store_runs_calls_in_order_on_one_thread_and_hands_back_errors(
+    tmp_path: Path,
+) -> None:
+    import asyncio
+    import threading
+
+    from detector.store.db import AsyncStore
+
+    db = AsyncStore(Store(tmp_path / "state.db"))
+    seen: list[tuple[int, str]] = []
+
+    def note(i: int) -> Callable[[Store], int]:
+        def call(s: Store) -> int:
+            seen.append((i, threading.current_thread().name))
+            return i * 10
+
+        return call
+
+    try:
+        results = await asyncio.gather(*(db.run(note(i)) for i in range(50)))
+        assert results == [i * 10 for i in range(50)]
+        assert [i for i, _ in seen] == list(range(50))  # one writer, in the order asked
+        assert {name for _, name in seen} == {"db"}
+        assert threading.current_thread().name not in {"db"}
+
+        def boom(s: Store) -> None:
+            raise StoreError("disk full")
+
+        with pytest.raises(StoreError, match="disk full"):
+            await db.run(boom)
+        assert await db.run(note(7)) == 70  # the thread survives a failing call
+    finally:
+        db.close()
+    assert not [t for t in threading.enumerate() if t.name == "db"]

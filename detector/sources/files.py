@@ -1074,7 +1074,9 @@ class FileSource:
                     tf.dirty = True
             while tf.read_pos < tf.size and blocks < FILE_BLOCKS_PER_SWEEP:
                 base = tf.read_pos
-                n, chunks = read_block(tf.fd, base, tf.assembler, BLOCK_BYTES)
+                n, chunks = read_block(
+                    tf.fd, base, tf.assembler, BLOCK_BYTES, expect=tf.size - base
+                )
                 if not n:
                     break
                 tf.read_pos += n

@@ -35,6 +35,8 @@ BLOCK_BYTES = 1 << 20
 """One read. Not larger: matching runs several passes over a block (Hyperscan, newline count),
 which are fastest while it fits the CPU's L2 cache; 2 and 4 MiB reads matched up to 1.5x slower
 here. The cost of a batch (a commit) is shared by the agent committing queued batches together."""
+READ_SLACK = 64 * 1024
+"""A read given what the file holds asks this much more, for what was appended since."""
 MAX_BATCH_LINES = 10_000
 """Decoded lines per chunk at most."""
 LOOKBACK = 8 * 1024
@@ -269,12 +271,20 @@ def read_block(
     assembler: LineAssembler,
     size: int = BLOCK_BYTES,
     end: int | None = None,
+    *,
+    expect: int | None = None,
 ) -> tuple[int, list[Chunk]]:
     """One read of the file ``fd`` at ``pos`` (at most ``size`` bytes, none past ``end``):
     (bytes consumed, the chunks ``assembler`` made of them). A full read stops at its last
     newline: the partial line after it is read again, whole, with the next read (rather than
-    held, which would split the next read's lines into two chunks). 0 bytes: nothing to read."""
+    held, which would split the next read's lines into two chunks). 0 bytes: nothing to read.
+
+    ``expect``: the bytes the caller knows are there (its ``fstat``); the read asks for those
+    and ``READ_SLACK`` more rather than a whole block, since a 1 MiB request costs a 1 MiB
+    buffer (an ``mmap`` and ``munmap``) even for the one short line a service just wrote."""
     want = size if end is None else min(size, end - pos)
+    if expect is not None:
+        want = min(want, max(0, expect) + READ_SLACK)
     data = os.pread(fd, want, pos) if want > 0 else b""
     if not data:
         return 0, []

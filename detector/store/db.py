@@ -13,16 +13,18 @@ that ``sqlite3`` keeps prepared, and each checkpoint written once however many c
 moved it.
 
 The store is synchronous and owned by one thread at a time; the service calls it through a
-single-thread executor so that the event loop never blocks on disk.
+single thread (:class:`AsyncStore`) so that the event loop never blocks on disk.
 """
 
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
+import contextlib
 import json
 import os
+import queue
 import sqlite3
+import threading
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import UTC, datetime
@@ -435,16 +437,61 @@ class StateRows(Mapping[str, Any]):
 class AsyncStore:
     """Runs store calls on one dedicated thread, so the event loop never waits on disk.
 
-    ``await db.run(lambda s: s.load_alerts())``. All writes go through here: one writer.
+    ``await db.run(lambda s: s.load_alerts())``. All writes go through here: one writer, in the
+    order the calls were made. A call is two hand-overs (a ``SimpleQueue`` to the thread, one
+    ``call_soon_threadsafe`` back), without an executor's futures and locks around them: the
+    live agent makes one per batch it commits. A call whose caller was cancelled before the
+    thread took it is skipped, as an executor's would be.
     """
 
     def __init__(self, store: Store) -> None:
         self.store = store
-        self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="db")
+        self._calls: queue.SimpleQueue[_Call | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
 
     async def run(self, fn: Callable[[Store], T]) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._pool, fn, self.store)
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[T] = loop.create_future()
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._serve, name="db", daemon=True)
+            self._thread.start()
+        self._calls.put((loop, fut, fn))
+        return await fut
+
+    def _serve(self) -> None:
+        while (call := self._calls.get()) is not None:
+            loop, fut, fn = call
+            if fut.cancelled():  # a benign race: at worst the call runs, as it was asked to
+                continue
+            try:
+                result = fn(self.store)
+            except BaseException as e:  # handed to the caller, whatever it is
+                with contextlib.suppress(RuntimeError):  # its loop closed meanwhile
+                    loop.call_soon_threadsafe(_fail, fut, e)
+                continue
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(_resolve, fut, result)
+
+    def stop(self) -> None:
+        """Let the calls made so far finish, then end the thread (the store stays open)."""
+        if self._thread is not None:
+            self._calls.put(None)
+            self._thread.join()
+            self._thread = None
 
     def close(self) -> None:
-        self._pool.shutdown(wait=True)
+        self.stop()
         self.store.close()
+
+
+_Call = tuple[asyncio.AbstractEventLoop, "asyncio.Future[Any]", Callable[[Store], Any]]
+
+
+def _resolve(fut: asyncio.Future[Any], result: Any) -> None:
+    if not fut.done():
+        fut.set_result(result)
+
+
+def _fail(fut: asyncio.Future[Any], e: BaseException) -> None:
+    if not fut.done():
+        fut.set_exception(e)
