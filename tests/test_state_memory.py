@@ -1,7 +1,8 @@
 """The compact forms that keep per-key state light (issue 20.6) say exactly what the plain forms
 said: an error rule's group labels read back from its key, rule-state rows decoded as they are
-read, alert rows loaded in compressed chunks, the deadline heap's buckets, alert labels rebuilt from the key. Each against
-a plain model, through a real SQLite file where a restart is involved."""
+read, alert rows loaded in compressed chunks, the deadline heap's buckets, an alert's labels
+rebuilt from its key. Each against a plain model, through a real SQLite file where a restart is
+involved."""
 
 from __future__ import annotations
 
