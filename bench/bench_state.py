@@ -32,7 +32,7 @@ from detector.config.load import parse_config
 from detector.pipeline import Pipeline
 from detector.rules.base import When
 from detector.sources.base import Line
-from detector.store.db import Store, alert_rows
+from detector.store.db import Store, alert_rows, release_memory
 from detector.store.runs import all_rule_state
 
 T0 = datetime(2026, 3, 1, tzinfo=UTC)
@@ -66,6 +66,7 @@ def _run(config: Any, state: Path, lines: list[list[str]]) -> tuple[float, Pipel
     rows = alert_rows(store.load_alert_chunks())  # as the service loads them
     pipeline = Pipeline(config, T0, lambda r: states.get(r, {}), rows)
     states.clear()
+    release_memory()  # as the service does once the state is loaded
     pipeline.warm()
     start = time.perf_counter()
     for i, batch in enumerate(lines):

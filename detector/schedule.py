@@ -3,8 +3,8 @@
 Sits beside the evaluators and the service's wake-up loop. Evaluators with many keys (heartbeat
 ``by:`` keys, open pairs) keep one to answer ``next_deadline()`` in O(1) amortised time, and the
 service can keep one over rule names so that an idle round touches only the rules that are due
-instead of asking every evaluator. Entries are replaced lazily: ``push`` of a key that is already
-scheduled supersedes the old time, ``push(key, None)`` unschedules it.
+instead of asking every evaluator. ``push`` of a key that is already scheduled supersedes the old
+time, ``push(key, None)`` unschedules it.
 """
 
 from __future__ import annotations
@@ -14,18 +14,24 @@ from datetime import datetime
 
 
 class DeadlineHeap:
-    """Keys with one deadline each; ``pop_due(now)`` returns the keys whose time ``<= now``.
+    """Keys with one deadline each; ``pop_due(now)`` returns the keys whose time ``<= now``
+    (earliest first; keys due at one time in the order they were scheduled for it).
 
-    One tuple ``(at, seq, key)`` per scheduled key, held both by the heap and by the index
-    ``_at`` (an entry in the heap is current iff it *is* the key's entry in the index): an
-    evaluator with 100,000 open keys keeps one such tuple per key, not two."""
+    The keys are kept in buckets, one per distinct deadline (``_due``: deadline → the keys due
+    then, an insertion-ordered dict), and the heap holds each distinct deadline once. Keys share
+    their deadline often (the keys of one read, alerts notified together), so an evaluator with
+    100,000 open keys holds two dict entries per key and one datetime per distinct time, not a
+    heap entry, a sequence number and a datetime per key (issue 20.6)."""
 
-    __slots__ = ("_at", "_heap", "_seq")
+    __slots__ = ("_at", "_due", "_heap")
 
     def __init__(self) -> None:
-        self._heap: list[tuple[datetime, int, str]] = []
-        self._at: dict[str, tuple[datetime, int, str]] = {}
-        self._seq = 0
+        self._heap: list[datetime] = []
+        """The distinct deadlines (a deadline whose bucket emptied stays until it is reached)."""
+        self._due: dict[datetime, str | dict[str, None]] = {}
+        """Deadline → the one key due then, or the keys (in the order they were scheduled)."""
+        self._at: dict[str, datetime] = {}
+        """Each key's deadline: the very object that keys its bucket in ``_due``."""
 
     def __len__(self) -> int:
         return len(self._at)
@@ -34,54 +40,80 @@ class DeadlineHeap:
         return key in self._at
 
     def get(self, key: str) -> datetime | None:
-        entry = self._at.get(key)
-        return None if entry is None else entry[0]
+        return self._at.get(key)
 
     def push(self, key: str, at: datetime | None) -> None:
         """Schedule ``key`` at ``at`` (replacing any earlier schedule); ``None`` removes it."""
+        index = self._at
+        old = index.get(key)
+        if old is not None:
+            if at is not None and (old is at or old == at):
+                return
+            self._unfile(key, old)
         if at is None:
-            self._at.pop(key, None)
             return
-        old = self._at.get(key)
-        if old is not None and old[0] == at:
+        due = self._due
+        bucket = due.get(at)
+        if bucket is None:
+            due[at] = key
+            heapq.heappush(self._heap, at)
+            if len(self._heap) > 2 * len(due) + 64:
+                self._compact()
+        elif isinstance(bucket, str):
+            at = index[bucket]  # the bucket's own datetime: one object for all its keys
+            due[at] = {bucket: None, key: None}
+        else:
+            at = index[next(iter(bucket))]
+            bucket[key] = None
+        index[key] = at
+
+    def _unfile(self, key: str, at: datetime) -> None:
+        del self._at[key]
+        due = self._due
+        bucket = due.get(at)
+        if bucket is None:
             return
-        self._seq += 1
-        entry = (at, self._seq, key)
-        self._at[key] = entry
-        heapq.heappush(self._heap, entry)
-        if len(self._heap) > 2 * len(self._at) + 64:
-            self._compact()
+        if isinstance(bucket, str):
+            if bucket == key:
+                del due[at]
+            return
+        bucket.pop(key, None)
+        if len(bucket) == 1:
+            due[at] = next(iter(bucket))
+        elif not bucket:
+            del due[at]
 
     def remove(self, key: str) -> None:
-        self._at.pop(key, None)
+        old = self._at.get(key)
+        if old is not None:
+            self._unfile(key, old)
 
     def next_at(self) -> datetime | None:
-        heap = self._heap
+        heap, due = self._heap, self._due
         while heap:
-            entry = heap[0]
-            if self._at.get(entry[2]) is entry:
-                return entry[0]
+            at = heap[0]
+            if at in due:
+                return at
             heapq.heappop(heap)
         return None
 
     def pop_due(self, now: datetime) -> list[str]:
         """Remove and return, earliest first, every key whose deadline is ``<= now``."""
         out: list[str] = []
-        heap = self._heap
-        index = self._at
-        while heap:
-            entry = heap[0]
-            key = entry[2]
-            if index.get(key) is not entry:
-                heapq.heappop(heap)
+        heap, due, index = self._heap, self._due, self._at
+        while heap and heap[0] <= now:
+            bucket = due.pop(heapq.heappop(heap), None)
+            if bucket is None:
                 continue
-            if entry[0] > now:
-                break
-            heapq.heappop(heap)
-            del index[key]
-            out.append(key)
+            if isinstance(bucket, str):
+                del index[bucket]
+                out.append(bucket)
+            else:
+                for key in bucket:
+                    del index[key]
+                out.extend(bucket)
         return out
 
     def _compact(self) -> None:
-        self._heap = list(self._at.values())
+        self._heap = list(self._due)
         heapq.heapify(self._heap)

@@ -70,7 +70,7 @@ from detector.silences import Silence
 from detector.sources.base import Batch, Line, Source
 from detector.store import outbox
 from detector.store import silences as silence_table
-from detector.store.db import AsyncStore, Store, StoreError
+from detector.store.db import AsyncStore, Store, StoreError, release_memory
 from detector.store.db import alert_rows as alert_rows_of
 from detector.store.runs import (
     PreviousRun,
@@ -368,6 +368,7 @@ class Agent:
         self.pipeline = Pipeline(
             config, now, lambda r: states.get(r, {}), alert_rows, matcher=matcher
         )
+        release_memory()  # what loading the state left free goes back to the system
         silences = await self.db.run(functools.partial(_read_silences, now=now))
         await self._commit(self.pipeline.set_silences(silences, now))  # initial schedules
         self.problems.adopt(

@@ -1,7 +1,8 @@
 """The compact forms that keep per-key state light (issue 20.6) say exactly what the plain forms
 said: an error rule's group labels read back from its key, rule-state rows decoded as they are
-read, alert rows loaded in compressed chunks, the deadline heap's one tuple per key. Each against
-a plain model, through a real SQLite file where a restart is involved."""
+read, alert rows loaded in compressed chunks, the deadline heap's buckets, an alert's labels
+rebuilt from its key. Each against a plain model, through a real SQLite file where a restart is
+involved."""
 
 from __future__ import annotations
 
@@ -14,17 +15,18 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from detector.alerts import Alert
+from detector.alerts import Alert, AlertBook, KeyLabels, LabelLayout, compact_labels, fingerprint
 from detector.matching import Hit
 from detector.model import RuleConfig
 from detector.records import Commit
 from detector.rules.base import Signal, When
-from detector.rules.common import group_key, key_text, plural
+from detector.rules.common import KEY_SEP, group_key, key_text, plural
 from detector.rules.match import MatchEvaluator
 from detector.rules.state import DIGEST_KEY, KeyCap
 from detector.schedule import DeadlineHeap
 from detector.sources.base import Line
 from detector.store.db import ALERT_CHUNK, StateRows, Store, alert_rows
+from tests import helpers as rules
 from tests.helpers import T0, at
 
 QUIET = timedelta(minutes=15)
@@ -200,3 +202,59 @@ def test_the_deadline_heap_pops_what_a_plain_dict_says_is_due(
         nxt = min(model.values(), default=None)
         assert heap.next_at() == (None if nxt is None else at(nxt[0]))
         assert len(heap) == len(model)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[FIXTURE])
+@given(
+    names=NAMES,
+    extra=st.dictionaries(st.sampled_from(["user", "ip", "a"]), VALUES, max_size=2),
+    hits=st.lists(st.lists(VALUES, min_size=3, max_size=3), min_size=1, max_size=8),
+)
+def test_alert_labels_rebuilt_from_the_key_are_the_labels_in_order_across_a_restart(
+    tmp_path_factory: Any, names: list[str], extra: dict[str, str], hits: list[list[str]]
+) -> None:
+    """An alert's labels (kept as a layout and its key where that gives them back) are, in
+    their order, the labels a dict would hold; stored and loaded again through SQLite the alerts
+    are equal, with the same labels and payload."""
+    cfg = rules.rule("e", group_by=tuple(names), labels={"team": "ops"})
+    book = AlertBook("h", {"e": cfg}, ["hook"])
+    expected: dict[str, list[tuple[str, str]]] = {}
+    for i, values in enumerate(hits):
+        key, group = group_key(names, dict(zip(names, values, strict=False)))
+        own = {**extra, **group}
+        book.apply(
+            [Signal("e", "error", key, "fire", at(i), own, "s", source="src", sample="x")], at(i)
+        )
+        alert = book.alerts[fingerprint("e", key)]
+        if key not in expected:  # the labels of the fire that opened the alert
+            labels = {"team": "ops", **own}
+            labels |= {"host": "h", "rule": "e", "severity": "warning", "kind": "error"}
+            expected[key] = list((labels | {"source": "src"}).items())
+        assert list(alert.labels.items()) == expected[key]
+        assert dict(alert.labels) == alert.to_row()["labels"]
+    db = tmp_path_factory.mktemp("s") / "state.db"
+    store = Store(db)
+    store.migrate()
+    rows, _ = book.take()
+    store.commit(Commit(alerts=rows), at(0))
+    again = AlertBook("h", {"e": cfg}, ["hook"])
+    again.load(alert_rows(store.load_alert_chunks()))
+    store.close()
+    assert again.alerts == book.alerts
+    for fp, alert in again.alerts.items():
+        assert list(alert.labels.items()) == list(book.alerts[fp].labels.items())
+        assert alert.payload("firing", "id", at(0)) == book.alerts[fp].payload(
+            "firing", "id", at(0)
+        )
+
+
+def test_labels_that_vary_beyond_the_key_stay_a_dict_and_layouts_are_shared() -> None:
+    layouts: dict[Any, LabelLayout] = {}
+    a = compact_labels({"ip": "1", "host": "h"}, "ip=1", layouts)
+    b = compact_labels({"ip": "2", "host": "h"}, "ip=2", layouts)
+    assert isinstance(a, KeyLabels) and isinstance(b, KeyLabels) and len(layouts) == 1
+    assert a == {"ip": "1", "host": "h"} and b != a and dict(b) == {"ip": "2", "host": "h"}
+    odd = {"ip": "1", "host": "h"}
+    assert compact_labels(odd, "ip=2", layouts) is odd  # the key says otherwise: kept as given
+    assert compact_labels(odd, "ip=1\x1fx=y", layouts) is odd
+    assert KEY_SEP == "\x1f"
