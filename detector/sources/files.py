@@ -59,8 +59,9 @@ problem), so it works without inotify too. Choices, in the order a file meets th
    at most 2 MiB of lines (``SWEEP_BLOCKS``: memory in flight), rotated files first, then in path
    order from the file the last sweep ran out of budget at (so every busy file gets its turn);
    the next sweep follows at once; blocks inside one over-long line do not count, as nothing of
-   them is kept. Each batch is let go of as the agent's queue takes it. Cancelling :meth:`batches` during a sweep drops what that sweep read: cancel
-   means shut down, and the next process resumes from the committed checkpoints.
+   them is kept. Each batch is let go of as the agent's queue takes it. Cancelling
+   :meth:`batches` during a sweep drops what that sweep read: cancel means shut down, and the
+   next process resumes from the committed checkpoints.
 8. Limits, by design: a file deleted
    while the agent is down is lost; the same first bytes rewritten after a truncation to at least
    the old size cannot be told apart from the old content. If inotify is unavailable (or a watched

@@ -23,9 +23,6 @@ began (:attr:`Chunk.starts`), which the event assembler of a ``multiline:`` sour
 
 from __future__ import annotations
 
-import bz2
-import gzip
-import lzma
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
@@ -398,10 +395,17 @@ def open_stream(fd: int, kind: str) -> BinaryIO:
         raw = open(path, "rb")  # noqa: SIM115 - closed with the reader (closefd)
         reader = zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True)
         return reader
+    # the decompressors imported here, for a compressed file (and their libraries loaded)
     if kind == "gz":
+        import gzip  # noqa: PLC0415
+
         return gzip.open(path, "rb")  # type: ignore[return-value]
     if kind == "xz":
+        import lzma  # noqa: PLC0415
+
         return lzma.open(path, "rb")  # type: ignore[return-value]
+    import bz2  # noqa: PLC0415
+
     return bz2.open(path, "rb")  # type: ignore[return-value]
 
 
@@ -410,6 +414,8 @@ def stream_head(fd: int, kind: str | None, n: int) -> bytes:
     a compressed file still being written)."""
     if kind is None:
         return os.pread(fd, n, 0)
+    import lzma  # noqa: PLC0415 - for its error (only a compressed file gets here)
+
     try:
         with open_stream(fd, kind) as f:
             return f.read(n)
