@@ -514,7 +514,7 @@ def _print_timings(
 def cmd_run(args: argparse.Namespace) -> int:
     from detector.cli_support import tune_malloc  # noqa: PLC0415
 
-    tune_malloc()  # before the agent's imports and allocations
+    tune_malloc()  # before the agent starts its threads
     import asyncio  # noqa: PLC0415 - only the agent needs it (other commands start faster)
 
     from detector import logs  # noqa: PLC0415

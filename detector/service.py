@@ -133,7 +133,7 @@ def reads_other_fields(name: str, old: Config, new: Config) -> bool:
     return journal_fields(old, name) != journal_fields(new, name)
 
 
-class _BatchQueue(asyncio.Queue[Batch]):
+class BatchQueue(asyncio.Queue[Batch]):
     """An :class:`asyncio.Queue` of batches that is also full while it holds ``max_bytes`` of
     blocks or more (the hooks ``_put``/``_get`` are those ``asyncio.PriorityQueue`` uses)."""
 
@@ -223,7 +223,7 @@ class Agent:
         self._pending_silences: list[Silence] | None = None
         self._compiling: tuple[Config, asyncio.Future[Matcher], Snapshot] | None = None
         """A reload's new config and its matcher compiling in a thread (``_begin_reload``)."""
-        self.queue: asyncio.Queue[Batch] = _BatchQueue(QUEUE_BYTES, maxsize=QUEUE_BATCHES)
+        self.queue: asyncio.Queue[Batch] = BatchQueue(QUEUE_BYTES, maxsize=QUEUE_BATCHES)
         self.sources: dict[str, _Running] = {}
         self.workers: dict[str, tuple[DeliveryWorker, asyncio.Task[None]]] = {}
         self.down_since: datetime | None = None
