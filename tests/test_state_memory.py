@@ -12,7 +12,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from detector.alerts import Alert, AlertBook, KeyLabels, LabelLayout, compact_labels, fingerprint
@@ -23,7 +23,7 @@ from detector.rules.base import Signal, When
 from detector.rules.common import KEY_SEP, group_key, key_text, plural
 from detector.rules.match import MatchEvaluator
 from detector.rules.state import DIGEST_KEY, KeyCap
-from detector.schedule import DeadlineHeap
+from detector.schedule import DeadlineHeap, KeyedDeadlines
 from detector.sources.base import Line
 from detector.store.db import ALERT_CHUNK, StateRows, Store, alert_rows
 from tests import helpers as rules
@@ -202,6 +202,50 @@ def test_the_deadline_heap_pops_what_a_plain_dict_says_is_due(
         nxt = min(model.values(), default=None)
         assert heap.next_at() == (None if nxt is None else at(nxt[0]))
         assert len(heap) == len(model)
+
+
+class _Eager(KeyedDeadlines):
+    SLACK = 2  # compactions every few moves
+
+
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from("abcd"), st.none() | st.integers(0, 9), st.none() | st.integers(0, 9)
+        ),
+        max_size=200,
+    )
+)
+@example([("c", 3, None), ("a", 5, None), ("b", 5, None), ("a", 7, None), ("a", 5, 6)])
+@settings(max_examples=300)
+def test_keyed_deadlines_pop_what_the_deadline_heap_pops(
+    ops: list[tuple[str, int | None, int | None]],
+) -> None:
+    """The queue without an entry per key (its owner keeps the deadlines) pops the same keys in
+    the same order as the deadline heap, and says the same next deadline, whatever the moves,
+    the keys dropped and the compactions (stale entries past the live ones)."""
+    owner: dict[str, Any] = {}
+    queue = _Eager(owner.get)
+    heap = DeadlineHeap()
+    for key, when, now in ops:
+        old = owner.get(key)
+        new = None if when is None else at(when)
+        heap.push(key, new)
+        if new is None:
+            if old is not None:
+                del owner[key]
+                queue.forget()
+        elif new != old:
+            owner[key] = new
+            queue.push(key, new, old is not None)
+        if now is None:  # no round: moves pile up in the buckets
+            assert queue.next_at() == heap.next_at()
+            continue
+        popped = queue.pop_due(at(now))
+        assert popped == heap.pop_due(at(now))
+        for k in popped:
+            del owner[k]
+        assert queue.next_at() == heap.next_at()
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[FIXTURE])
