@@ -172,7 +172,12 @@ class KeyedDeadlines:
             key = bucket[0]
             return bucket if of(key) == at else []
         seen: set[str] = set()
-        out = [k for k in reversed(bucket) if k not in seen and not seen.add(k) and of(k) == at]
+        out: list[str] = []
+        for key in reversed(bucket):
+            if key not in seen:
+                seen.add(key)
+                if of(key) == at:
+                    out.append(key)
         out.reverse()
         return out
 
