@@ -395,6 +395,9 @@ class AlertBook:
         """The resolved alerts' fingerprints, longest resolved first (``MAX_RESOLVED``)."""
         self._layouts: dict[Any, LabelLayout] = {}
         """The label layouts the alerts share (``compact_labels``)."""
+        self.loaded_keys: dict[str, dict[str, str]] = {}
+        """Rule → its loaded alerts' keys (each its own value), for the evaluators to hold the
+        same strings as they load (``rules.state.SharedKeys``); emptied by the caller then."""
         self._changed: dict[str, Alert | None] = {}
         self._outbox: list[OutboxRow] = []
         self.record: Callable[[dict[str, Any], str], None] | None = None
@@ -432,6 +435,7 @@ class AlertBook:
         for row in rows:
             alert = Alert.from_row(row, shared)
             self.alerts[alert.fingerprint] = alert
+            self.loaded_keys.setdefault(alert.rule, {})[alert.key] = alert.key
             self._schedule_repeat(alert.fingerprint, alert)
             self._schedule_timer(alert.fingerprint, alert)
         resolved = [a for a in self.alerts.values() if a.status == "resolved"]
