@@ -42,7 +42,7 @@ from detector.problems import agent_signal
 from detector.records import Commit
 from detector.rules.base import Evaluator, Signal, When
 from detector.rules.registry import build_evaluator
-from detector.rules.state import KeyCap
+from detector.rules.state import KeyCap, SharedKeys
 from detector.schedule import DeadlineHeap
 from detector.silences import Muter, Silence
 from detector.sources.base import Batch, Line, SourceProblem
@@ -158,6 +158,7 @@ class Pipeline:
         """Notifications are stamped with the time of the signal that caused them (the line or
         the deadline), not the batch's ``now`` (``detector test``'s simulated clock)."""
         self._build(config, now, load_state, keep={}, matcher=matcher)
+        self.alerts.loaded_keys = {}
         self.alerts.recheck_mutes(now)
 
     def _build(
@@ -178,7 +179,9 @@ class Pipeline:
                 evaluators[rule.name] = old
                 continue
             ev = build_evaluator(rule, now)
-            ev.load_state(load_state(rule.name))
+            items = load_state(rule.name)
+            pool = self.alerts.loaded_keys.get(rule.name)  # the keys its alerts hold, once
+            ev.load_state(SharedKeys(items, pool) if pool else items)
             evaluators[rule.name] = ev
             self._unsaved.add(rule.name)  # its initial schedule must reach the state file
         self.evaluators = evaluators
