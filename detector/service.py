@@ -417,6 +417,9 @@ class Agent:
             config.agent.state,
         )
         await self._sources_opened()
+        # alive from now on (the next start measures its downtime from the last such mark): the
+        # first commits, of positions only, may wait (DEFER_S), a kill may come before them
+        await self._mark_alive()
         tg.create_task(self._processor(), name="processor")
         tg.create_task(self._alive_loop(), name="alive")
         tg.create_task(self._silence_loop(), name="silences")
@@ -579,6 +582,8 @@ class Agent:
         getter: asyncio.Task[Batch] | None = None
         # kept until it fires: one task for all the batches between two wake-ups, not one each
         waker: asyncio.Future[Any] | None = None
+        # the same for the sleep until the next deadline, while that deadline stays the same
+        sleeper: tuple[datetime, asyncio.Future[Any]] | None = None
         while not self._stop.is_set():
             if self._flush_asked:  # DEFER_S passed, or wait_idle() asks
                 self._flush_asked = False
@@ -635,7 +640,11 @@ class Agent:
                 waits.update(asyncio.shield(f) for f in settle.reads.values() if not f.done())
                 waits.add(asyncio.ensure_future(self.clock.sleep_until(settle.until)))
             elif deadline is not None:
-                waits.add(asyncio.ensure_future(self.clock.sleep_until(deadline)))
+                if sleeper is None or sleeper[0] != deadline or sleeper[1].done():
+                    if sleeper is not None:
+                        sleeper[1].cancel()
+                    sleeper = (deadline, asyncio.ensure_future(self.clock.sleep_until(deadline)))
+                waits.add(sleeper[1])
             elif not caught_up:
                 waits.add(asyncio.ensure_future(asyncio.sleep(CATCH_UP_RECHECK_S)))
             self._parked = (waits, deadline)  # for wait_idle()
@@ -644,8 +653,9 @@ class Agent:
             done, pending = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
             self._parked = None
             self._parked_event.clear()
+            kept = (getter, waker, sleeper[1] if sleeper is not None else None)
             for fut in pending:
-                if fut is not getter and fut is not waker and fut not in self._compiling_futures():
+                if fut not in kept and fut not in self._compiling_futures():
                     fut.cancel()
             if getter in done:
                 batch = getter.result()
@@ -655,6 +665,8 @@ class Agent:
             getter.cancel()
         if waker is not None:
             waker.cancel()
+        if sleeper is not None:
+            sleeper[1].cancel()
         await self._write_deferred()
 
     def _settling(self, deadline: datetime, now: datetime) -> _Settle | None:
