@@ -445,6 +445,11 @@ class AlertBook:
         self._changed, self._outbox = {}, []
         return rows, outbox
 
+    def drop_changes(self) -> None:
+        """Forget the changes ``take`` would return, without building their rows (a replay)."""
+        self._changed.clear()
+        self._outbox.clear()
+
     # ---------------------------------------------------------------- signals
 
     def apply(self, signals: Iterable[Signal], now: datetime | None) -> None:

@@ -156,6 +156,10 @@ class Pipeline:
         self.signal_time = False
         """Notifications are stamped with the time of the signal that caused them (the line or
         the deadline), not the batch's ``now`` (``detector test``'s simulated clock)."""
+        self.keep_rows = True
+        """Commits carry the changed alert rows and the outbox rows; False (``detector test``,
+        which stores nothing and gets every notification from ``AlertBook.record``): they are
+        dropped, not built."""
         self._build(config, now, load_state, keep={}, matcher=matcher)
         self.alerts.recheck_mutes(now)
 
@@ -621,6 +625,9 @@ class Pipeline:
             changes = ev.state_changes()
             if changes:
                 commit.rule_state.setdefault(name, {}).update(changes)
+        if not self.keep_rows:
+            self.alerts.drop_changes()
+            return
         alerts, outbox = self.alerts.take()
         commit.alerts.update(alerts)
         commit.outbox.extend(outbox)
