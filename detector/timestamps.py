@@ -271,8 +271,7 @@ class TimeParser:
             frac, tz = tail.groups()
             minute = self._dated.get(text[:17] + "\0" + tz if tz else text[:17])
             if minute is not None:
-                at = minute + sec
-                return at + _fraction(frac) if frac else at
+                return minute + sec + _fraction(frac) if frac else minute + sec
         m = _ISO.match(text)
         if m is None:
             return None

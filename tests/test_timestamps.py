@@ -10,6 +10,7 @@ from zoneinfo import ZoneInfo
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import detector.timestamps as ts
 from detector.timestamps import TimeParser, syslog_start_year
 
 MONTHS = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"]
@@ -320,9 +321,7 @@ def test_the_no_stamp_shortcut_changes_no_result(
     """A line in which the search after a prefix skips every attempt (``_MAYBE_STAMP`` finds
     nothing) has the time the attempts would give it: none. The lines: a stamp of each format
     after a prefix, damaged at one place, amid digits and separators."""
-    import detector.timestamps as ts  # noqa: PLC0415
-
-    text = f"x {before} {stamp[:cut]}{spliced}{stamp[cut + len(spliced):]} {after}"
+    text = f"x {before} {stamp[:cut]}{spliced}{stamp[cut + len(spliced) :]} {after}"
     fast = TimeParser(None, YEAR).parse(text)
     saved = ts._MAYBE_STAMP
     ts._MAYBE_STAMP = re.compile("")  # matches everywhere: every attempt is made
