@@ -452,6 +452,11 @@ class AlertBook:
         self._changed, self._outbox = {}, []
         return rows, outbox
 
+    def drop_changes(self) -> None:
+        """Forget the changes ``take`` would return, without building their rows (a replay)."""
+        self._changed.clear()
+        self._outbox.clear()
+
     # ---------------------------------------------------------------- signals
 
     def apply(self, signals: Iterable[Signal], now: datetime | None) -> None:
@@ -490,6 +495,29 @@ class AlertBook:
                 self._resolve(s.rule, s.key, s.at, at, s)
             else:
                 self._info(s, at)
+
+    def fire_open(self, fp: str, at: datetime, summary: str, sample: str) -> bool:
+        """``apply([Signal(fire, at=at, summary=summary, sample=sample)])`` (count 1, no
+        description, evidence or labels to add, not renotify) if the alert ``fp`` is open and
+        takes the inline path; else nothing is done and False is returned: apply that Signal
+        instead. For a hot caller (a plain error rule) that builds no Signal per hit; it must have
+        no signal of ``fp`` waiting to be applied (it would be applied out of order)."""
+        alert = self.alerts.get(fp)
+        if (
+            alert is None
+            or alert.status not in _OPEN
+            or alert.clearing_until is not None
+            or not self.fast
+        ):
+            return False
+        alert.count += 1
+        alert.last_seen_at = max(alert.last_seen_at, at)
+        if summary:
+            alert.summary = summary
+        if len(alert.samples) < MAX_SAMPLES:
+            alert.samples.append(clip_sample(sample))
+        self._changed[fp] = alert
+        return True
 
     def _routing(self, rule: str, kind: str) -> tuple[tuple[str, ...], Severity, RuleConfig | None]:
         cfg = self.rules.get(rule)

@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any, overload
 
-from detector.alerts import AlertBook
+from detector.alerts import AlertBook, fingerprint
 from detector.maintenance import Maintenance
 from detector.matching import (
     CONFIRM_BUDGET_S,
@@ -157,6 +157,10 @@ class Pipeline:
         self.signal_time = False
         """Notifications are stamped with the time of the signal that caused them (the line or
         the deadline), not the batch's ``now`` (``detector test``'s simulated clock)."""
+        self.keep_rows = True
+        """Commits carry the changed alert rows and the outbox rows; False (``detector test``,
+        which stores nothing and gets every notification from ``AlertBook.record``): they are
+        dropped, not built."""
         self._build(config, now, load_state, keep={}, matcher=matcher)
         self.alerts.loaded_keys = {}
         self.alerts.recheck_mutes(now)
@@ -185,6 +189,7 @@ class Pipeline:
             evaluators[rule.name] = ev
             self._unsaved.add(rule.name)  # its initial schedule must reach the state file
         self.evaluators = evaluators
+        self._wire()
         self._hold_expectations()
         self._schedule()
         self.matcher = matcher if matcher is not None else new_matcher(config)
@@ -195,6 +200,18 @@ class Pipeline:
             if ev.wants_all_lines:
                 for s in ev.rule.sources:
                     self._all_lines.setdefault(s, []).append(ev)
+
+    def _wire(self) -> None:
+        """Bind the evaluators that tell the alert book directly of a hit on an open alert
+        (``fire_open``: a plain error rule, see ``MatchEvaluator``), and note how soon after a
+        hit each can have a deadline (``deadline_delay``: the replay's per-hit check)."""
+        self._delays: dict[str, timedelta] = {}
+        for name, ev in self.evaluators.items():
+            if hasattr(ev, "fire_open"):
+                ev.fire_open = functools.partial(self.alerts.fire_open, fingerprint(name, ""))
+            delay = getattr(ev, "deadline_delay", None)
+            if isinstance(delay, timedelta):
+                self._delays[name] = delay
 
     def _hold_expectations(self) -> None:
         """Tell the expectation rules (heartbeat, window, pair) about their maintenance windows,
@@ -223,6 +240,7 @@ class Pipeline:
         after the pipeline, and its compiled matcher, were built)."""
         for name, ev in list(self.evaluators.items()):
             self.evaluators[name] = build_evaluator(ev.rule, now)
+        self._wire()
         self._hold_expectations()
         self._schedule()
         self.alerts.recheck_mutes(now)
@@ -385,7 +403,7 @@ class Pipeline:
                 abandoned = self.structured.take_abandoned()
                 if abandoned:
                     self._foreign_abandoned.append(abandoned)
-            evaluators = self.evaluators
+            evaluators, delays = self.evaluators, self._delays
             upcoming = self.next_deadline() if interleave_ticks else None
             matched: dict[str, int] = {}
             last_at: dict[str, datetime] = {}
@@ -421,7 +439,9 @@ class Pipeline:
                     extend(ev.observe(hit, line, when))
                 except Exception as e:  # one rule's bug must not stop the agent
                     signals.append(self._rule_failed(rule, e, line.text, at))
-                if interleave_ticks:
+                if interleave_ticks and (
+                    upcoming is None or (delay := delays.get(rule)) is None or at + delay < upcoming
+                ):  # else no deadline of this rule can come before the next one already known
                     d = ev.next_deadline()
                     if d is not None and (upcoming is None or d < upcoming):
                         upcoming = d
@@ -625,6 +645,9 @@ class Pipeline:
             changes = ev.state_changes()
             if changes:
                 commit.rule_state.setdefault(name, {}).update(changes)
+        if not self.keep_rows:
+            self.alerts.drop_changes()
+            return
         alerts, outbox = self.alerts.take()
         commit.alerts.update(alerts)
         commit.outbox.extend(outbox)

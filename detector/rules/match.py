@@ -14,7 +14,7 @@ kept apart only for the rare key they cannot be read back from (a value holding 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import Any
 
@@ -53,6 +53,15 @@ class MatchEvaluator:
         self._plain = not (rule.group_by or rule.summary or rule.description)
         """No grouping, no templates: ``observe``'s fast path (for lines without fields)."""
         self._prefix = f"{rule.name}: "
+        self.fire_open: Callable[[datetime, str, str], bool] | None = None
+        """Set by the pipeline: ``AlertBook.fire_open`` bound to this rule's one alert (key
+        ''). A hit of the fast path below on an open alert updates it at once, with no Signal;
+        the signals this rule returns are applied before anything else touches that alert, so
+        none of its own is ever waiting when this is called (see ``fire_open``)."""
+        self.deadline_delay = rule.resolve_after
+        """An ``observe`` at ``when.at`` adds no deadline before ``when.at + deadline_delay``
+        and moves none earlier: the pipeline need not ask ``next_deadline`` after a hit when its
+        next deadline is already sooner than that."""
 
     def observe(self, hit: Hit, line: Line, when: When) -> list[Signal]:
         if hit.role != "match":
@@ -67,6 +76,9 @@ class MatchEvaluator:
             self._counts[""] = None if n is None else n + 1
             self._touch("")
             text = line.text
+            fire_open = self.fire_open
+            if fire_open is not None and fire_open(when.at, self._prefix + text[:200], text):
+                return []
             return [
                 Signal(
                     rule.name,
