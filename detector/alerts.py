@@ -63,7 +63,7 @@ from detector.model import AlertKind, FlapSpec, RouteConfig, RuleConfig, Severit
 from detector.records import OutboxRow
 from detector.routing import route, with_source
 from detector.rules.base import Signal
-from detector.schedule import DeadlineHeap
+from detector.schedule import DeadlineHeap, KeyedDeadlines
 from detector.silences import Muter
 from detector.timefmt import format_duration, iso_or_none, parse_iso_or_none
 
@@ -246,6 +246,8 @@ class Alert:
     flapping_since: datetime | None = None
     flap_changes: int = 0
     """Changes since it started flapping."""
+    repeat_at: datetime | None = field(default=None, compare=False, repr=False)
+    """When its next repeat is due, as scheduled (``AlertBook._repeats``); not stored."""
 
     def to_row(self) -> dict[str, Any]:
         # By hand, not dataclasses.asdict: that deep-copies every value and was the largest
@@ -382,7 +384,8 @@ class AlertBook:
     ) -> None:
         self.host = host
         self.alerts: dict[str, Alert] = {}
-        self._repeats = DeadlineHeap()  # fingerprint -> when its next repeat is due
+        self._repeats = KeyedDeadlines(self._repeat_of)
+        """The fingerprints by when their next repeat is due (each alert's ``repeat_at``)."""
         self._repeat_at: dict[tuple[datetime, timedelta], datetime] = {}
         """Recent ``last_notified_at + repeat``, so that alerts notified together share one."""
         self._timers = DeadlineHeap()  # fingerprint -> its next for:/keep_firing_for:/flap time
@@ -392,6 +395,9 @@ class AlertBook:
         """The resolved alerts' fingerprints, longest resolved first (``MAX_RESOLVED``)."""
         self._layouts: dict[Any, LabelLayout] = {}
         """The label layouts the alerts share (``compact_labels``)."""
+        self.loaded_keys: dict[str, dict[str, str]] = {}
+        """Rule → its loaded alerts' keys (each its own value), for the evaluators to hold the
+        same strings as they load (``rules.state.SharedKeys``); emptied by the caller then."""
         self._changed: dict[str, Alert | None] = {}
         self._outbox: list[OutboxRow] = []
         self.record: Callable[[dict[str, Any], str], None] | None = None
@@ -429,6 +435,7 @@ class AlertBook:
         for row in rows:
             alert = Alert.from_row(row, shared)
             self.alerts[alert.fingerprint] = alert
+            self.loaded_keys.setdefault(alert.rule, {})[alert.key] = alert.key
             self._schedule_repeat(alert.fingerprint, alert)
             self._schedule_timer(alert.fingerprint, alert)
         resolved = [a for a in self.alerts.values() if a.status == "resolved"]
@@ -444,6 +451,11 @@ class AlertBook:
         outbox = self._outbox
         self._changed, self._outbox = {}, []
         return rows, outbox
+
+    def drop_changes(self) -> None:
+        """Forget the changes ``take`` would return, without building their rows (a replay)."""
+        self._changed.clear()
+        self._outbox.clear()
 
     # ---------------------------------------------------------------- signals
 
@@ -483,6 +495,29 @@ class AlertBook:
                 self._resolve(s.rule, s.key, s.at, at, s)
             else:
                 self._info(s, at)
+
+    def fire_open(self, fp: str, at: datetime, summary: str, sample: str) -> bool:
+        """``apply([Signal(fire, at=at, summary=summary, sample=sample)])`` (count 1, no
+        description, evidence or labels to add, not renotify) if the alert ``fp`` is open and
+        takes the inline path; else nothing is done and False is returned: apply that Signal
+        instead. For a hot caller (a plain error rule) that builds no Signal per hit; it must have
+        no signal of ``fp`` waiting to be applied (it would be applied out of order)."""
+        alert = self.alerts.get(fp)
+        if (
+            alert is None
+            or alert.status not in _OPEN
+            or alert.clearing_until is not None
+            or not self.fast
+        ):
+            return False
+        alert.count += 1
+        alert.last_seen_at = max(alert.last_seen_at, at)
+        if summary:
+            alert.summary = summary
+        if len(alert.samples) < MAX_SAMPLES:
+            alert.samples.append(clip_sample(sample))
+        self._changed[fp] = alert
+        return True
 
     def _routing(self, rule: str, kind: str) -> tuple[tuple[str, ...], Severity, RuleConfig | None]:
         cfg = self.rules.get(rule)
@@ -529,6 +564,8 @@ class AlertBook:
         opening = alert is None or alert.status not in ("firing", "pending")
         if opening:
             before = alert
+            if before is not None:
+                self._unrepeat(before)
             self._resolved.pop(fp, None)
             alert = self._new_alert(s)
             if before is not None:  # the flap history goes on
@@ -602,7 +639,7 @@ class AlertBook:
         alert.clearing_until = alert.clearing_summary = None
         self._changed[fp] = alert
         self._changed_state(alert, "resolved", now)
-        self._repeats.push(fp, None)
+        self._unrepeat(alert)
         self._schedule_timer(fp, alert)
         self._keep_resolved(fp)
 
@@ -678,9 +715,20 @@ class AlertBook:
                 if len(memo) >= 64:
                     memo.clear()
                 due = memo[alert.last_notified_at, every] = alert.last_notified_at + every
-            self._repeats.push(fp, due)  # the alerts notified at one moment share one deadline
+            if due != alert.repeat_at:  # the alerts notified at one moment share one deadline
+                moved, alert.repeat_at = alert.repeat_at is not None, due
+                self._repeats.push(fp, due, moved)
         else:
-            self._repeats.push(fp, None)
+            self._unrepeat(alert)
+
+    def _unrepeat(self, alert: Alert) -> None:
+        if alert.repeat_at is not None:
+            alert.repeat_at = None
+            self._repeats.forget()
+
+    def _repeat_of(self, fp: str) -> datetime | None:
+        alert = self.alerts.get(fp)
+        return None if alert is None else alert.repeat_at
 
     def next_deadline(self) -> datetime | None:
         present = [t for t in (self._repeats.next_at(), self._timers.next_at()) if t is not None]
@@ -701,6 +749,8 @@ class AlertBook:
                 self._schedule_timer(fp, alert)
         for fp in self._repeats.pop_due(now):
             alert = self.alerts.get(fp)
+            if alert is not None:
+                alert.repeat_at = None  # no longer scheduled
             if alert is None or alert.status != "firing" or alert.flapping_since is not None:
                 continue
             self._changed[fp] = alert

@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any, overload
 
-from detector.alerts import AlertBook
+from detector.alerts import AlertBook, fingerprint
 from detector.maintenance import Maintenance
 from detector.matching import (
     CONFIRM_BUDGET_S,
@@ -42,7 +42,7 @@ from detector.problems import agent_signal
 from detector.records import Commit
 from detector.rules.base import Evaluator, Signal, When
 from detector.rules.registry import build_evaluator
-from detector.rules.state import KeyCap
+from detector.rules.state import KeyCap, SharedKeys
 from detector.schedule import DeadlineHeap
 from detector.silences import Muter, Silence
 from detector.sources.base import Batch, Line, SourceProblem
@@ -60,12 +60,13 @@ def new_matcher(config: Config) -> Matcher:
     return Matcher(pattern_specs(config.rules), db_cache=open_db_cache(config.agent.cache_dir))
 
 
-def build_matcher(config: Config) -> Matcher:
+def build_matcher(config: Config, cancelled: Callable[[], bool] | None = None) -> Matcher:
     """``new_matcher(config)`` with every source's database compiled (or loaded from the cache).
     Seconds for a large rule set: the service runs it in a thread, while the event loop (and the
-    old matcher, on a reload) keeps going."""
+    old matcher, on a reload) keeps going; ``cancelled`` (asked between sources) cuts it short
+    with ``CompileCancelled`` when the agent stops meanwhile."""
     matcher = new_matcher(config)
-    matcher.warm(list(config.sources), workers=min(4, os.cpu_count() or 1))
+    matcher.warm(list(config.sources), workers=min(4, os.cpu_count() or 1), cancelled=cancelled)
     return matcher
 
 
@@ -156,7 +157,12 @@ class Pipeline:
         self.signal_time = False
         """Notifications are stamped with the time of the signal that caused them (the line or
         the deadline), not the batch's ``now`` (``detector test``'s simulated clock)."""
+        self.keep_rows = True
+        """Commits carry the changed alert rows and the outbox rows; False (``detector test``,
+        which stores nothing and gets every notification from ``AlertBook.record``): they are
+        dropped, not built."""
         self._build(config, now, load_state, keep={}, matcher=matcher)
+        self.alerts.loaded_keys = {}
         self.alerts.recheck_mutes(now)
 
     def _build(
@@ -177,10 +183,13 @@ class Pipeline:
                 evaluators[rule.name] = old
                 continue
             ev = build_evaluator(rule, now)
-            ev.load_state(load_state(rule.name))
+            items = load_state(rule.name)
+            pool = self.alerts.loaded_keys.get(rule.name)  # the keys its alerts hold, once
+            ev.load_state(SharedKeys(items, pool) if pool else items)
             evaluators[rule.name] = ev
             self._unsaved.add(rule.name)  # its initial schedule must reach the state file
         self.evaluators = evaluators
+        self._wire()
         self._hold_expectations()
         self._schedule()
         self.matcher = matcher if matcher is not None else new_matcher(config)
@@ -191,6 +200,18 @@ class Pipeline:
             if ev.wants_all_lines:
                 for s in ev.rule.sources:
                     self._all_lines.setdefault(s, []).append(ev)
+
+    def _wire(self) -> None:
+        """Bind the evaluators that tell the alert book directly of a hit on an open alert
+        (``fire_open``: a plain error rule, see ``MatchEvaluator``), and note how soon after a
+        hit each can have a deadline (``deadline_delay``: the replay's per-hit check)."""
+        self._delays: dict[str, timedelta] = {}
+        for name, ev in self.evaluators.items():
+            if hasattr(ev, "fire_open"):
+                ev.fire_open = functools.partial(self.alerts.fire_open, fingerprint(name, ""))
+            delay = getattr(ev, "deadline_delay", None)
+            if isinstance(delay, timedelta):
+                self._delays[name] = delay
 
     def _hold_expectations(self) -> None:
         """Tell the expectation rules (heartbeat, window, pair) about their maintenance windows,
@@ -219,6 +240,7 @@ class Pipeline:
         after the pipeline, and its compiled matcher, were built)."""
         for name, ev in list(self.evaluators.items()):
             self.evaluators[name] = build_evaluator(ev.rule, now)
+        self._wire()
         self._hold_expectations()
         self._schedule()
         self.alerts.recheck_mutes(now)
@@ -381,7 +403,7 @@ class Pipeline:
                 abandoned = self.structured.take_abandoned()
                 if abandoned:
                     self._foreign_abandoned.append(abandoned)
-            evaluators = self.evaluators
+            evaluators, delays = self.evaluators, self._delays
             upcoming = self.next_deadline() if interleave_ticks else None
             matched: dict[str, int] = {}
             last_at: dict[str, datetime] = {}
@@ -417,7 +439,9 @@ class Pipeline:
                     extend(ev.observe(hit, line, when))
                 except Exception as e:  # one rule's bug must not stop the agent
                     signals.append(self._rule_failed(rule, e, line.text, at))
-                if interleave_ticks:
+                if interleave_ticks and (
+                    upcoming is None or (delay := delays.get(rule)) is None or at + delay < upcoming
+                ):  # else no deadline of this rule can come before the next one already known
                     d = ev.next_deadline()
                     if d is not None and (upcoming is None or d < upcoming):
                         upcoming = d
@@ -621,6 +645,9 @@ class Pipeline:
             changes = ev.state_changes()
             if changes:
                 commit.rule_state.setdefault(name, {}).update(changes)
+        if not self.keep_rows:
+            self.alerts.drop_changes()
+            return
         alerts, outbox = self.alerts.take()
         commit.alerts.update(alerts)
         commit.outbox.extend(outbox)

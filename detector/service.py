@@ -40,6 +40,8 @@ import contextlib
 import functools
 import logging
 import signal
+import sqlite3
+import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -55,7 +57,7 @@ from detector.clock import Clock
 from detector.config import ConfigError, load_config
 from detector.config.watch import Snapshot, config_changes, snapshot
 from detector.delivery.direct import send_from_memory
-from detector.delivery.worker import DeliveryWorker
+from detector.delivery.worker import DeliveryWorker, Handed
 from detector.health import Health, loop_lag_monitor
 from detector.http import heartbeat_loop, start_http
 from detector.matching import Matcher
@@ -95,6 +97,13 @@ in one transaction (catching up: one commit per ~8 MiB instead of per 1 MiB bloc
 COALESCE_S = 0.25
 """...and no more once processing them took this long (physical time): the event loop, and with it
 the systemd watchdog ping, must not wait for eight slow batches (lines at the regex budget)."""
+DEFER_S = 0.2
+"""A commit that holds only read positions and rule state (no alert changed, no notification) is
+not written at once but with the next commit, at most this long after it (physical time), and at
+once before a reload, at a stop and when a test waits for idle (``_defer``). A crash meanwhile
+loses nothing: its read positions were not committed either, so its lines are read again and
+produce the same state. A commit with an alert or a notification is written at once (with what
+waits before it): latency."""
 ALIVE_EVERY_S = 15.0
 CONFIG_POLL_S = 1.0
 OPEN_WAIT_S = 15.0
@@ -235,6 +244,12 @@ class Agent:
         """An expectation deadline that is due, waiting for its sources' reads (``_settling``)."""
         self._lagging: dict[str, asyncio.Future[None]] = {}
         """Sources whose read outlived a settle: not waited for again until it is done."""
+        self._deferred: Commit | None = None
+        """What the processed batches changed that is not written yet (``DEFER_S``): the pipeline
+        in memory is always exactly the state file plus this (nothing is processed between a
+        pipeline step and its ``_commit``, and a later commit absorbs it)."""
+        self._defer_timer: asyncio.TimerHandle | None = None
+        self._flush_asked = False
 
     @property
     def db(self) -> AsyncStore:
@@ -271,6 +286,11 @@ class Agent:
         read (``pipeline.lines_read``), then for idle. Never returns once the agent stopped."""
         while True:
             await self._parked_event.wait()
+            if self._deferred is not None:  # idle means written: ask for it now
+                self._flush_asked = True
+                self._wake.set()
+                await asyncio.sleep(0)
+                continue
             for worker, _task in list(self.workers.values()):
                 await worker.wait_idle()
             if self._idle_now():
@@ -290,6 +310,7 @@ class Agent:
         waits, deadline = self._parked
         return (
             not self._wake.is_set()  # reload, agent signal or stop pending
+            and self._deferred is None  # a commit waits to be written
             and self._settle is None  # a due deadline waits for its sources' reads
             and self._compiling is None  # a reload's patterns are compiling
             and self.queue.empty()
@@ -388,7 +409,16 @@ class Agent:
             self._start_worker(webhook)
         for name, cfg in config.sources.items():
             await self._start_source(name, cfg)
-        matcher = await compiling
+        stop = asyncio.ensure_future(self._stop.wait())
+        try:
+            await asyncio.wait({compiling, stop}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stop.cancel()
+        if not compiling.done():  # a stop while compiling: do not wait for the rest of it
+            compiling.cancel()
+            log.info("stopping while the patterns compile: the compile is abandoned")
+            raise _Stop
+        matcher = compiling.result()
         now = self.clock.now()
         self.pipeline = Pipeline(
             config, now, lambda r: states.get(r, {}), alert_rows, matcher=matcher
@@ -422,6 +452,9 @@ class Agent:
             config.agent.state,
         )
         await self._sources_opened()
+        # alive from now on (the next start measures its downtime from the last such mark): the
+        # first commits, of positions only, may wait (DEFER_S), a kill may come before them
+        await self._mark_alive()
         tg.create_task(self._processor(), name="processor")
         tg.create_task(self._alive_loop(), name="alive")
         tg.create_task(self._silence_loop(), name="silences")
@@ -537,9 +570,12 @@ class Agent:
         """Reverse order of start-up: sources, workers, listener, HTTP session, state file (a
         clean stop is marked there: the next start knows this one was not a crash)."""
         last_status = self._snapshot() if hasattr(self, "pipeline") else None
+        if self._compiling is not None:  # a reload's compile: abandoned, not waited for
+            self._compiling[1].cancel()
         for name in list(self.sources):
             with contextlib.suppress(Exception):
                 await self._stop_source(name)
+        await self._write_deferred()
         for name in list(self.workers):
             with contextlib.suppress(Exception):
                 await self._stop_worker(name)
@@ -584,7 +620,12 @@ class Agent:
         getter: asyncio.Task[Batch] | None = None
         # kept until it fires: one task for all the batches between two wake-ups, not one each
         waker: asyncio.Future[Any] | None = None
+        # the same for the sleep until the next deadline, while that deadline stays the same
+        sleeper: tuple[datetime, asyncio.Future[Any]] | None = None
         while not self._stop.is_set():
+            if self._flush_asked:  # DEFER_S passed, or wait_idle() asks
+                self._flush_asked = False
+                await self._commit(Commit())
             if self._compiling is not None and self._compiling[1].done():
                 if getter is not None:
                     getter.cancel()
@@ -621,7 +662,7 @@ class Agent:
                 if settle is None or settle.ready(now):
                     await self._drain_queue()  # what the sources handed over, before the tick
                     self._settled()
-                    await self._commit(self.pipeline.tick(now))
+                    await self._commit(self.pipeline.tick(now), defer=True)
                     continue
             elif self._settle is not None:  # what it waited for arrived: no longer due
                 self._settle = None
@@ -637,7 +678,11 @@ class Agent:
                 waits.update(asyncio.shield(f) for f in settle.reads.values() if not f.done())
                 waits.add(asyncio.ensure_future(self.clock.sleep_until(settle.until)))
             elif deadline is not None:
-                waits.add(asyncio.ensure_future(self.clock.sleep_until(deadline)))
+                if sleeper is None or sleeper[0] != deadline or sleeper[1].done():
+                    if sleeper is not None:
+                        sleeper[1].cancel()
+                    sleeper = (deadline, asyncio.ensure_future(self.clock.sleep_until(deadline)))
+                waits.add(sleeper[1])
             elif not caught_up:
                 waits.add(asyncio.ensure_future(asyncio.sleep(CATCH_UP_RECHECK_S)))
             self._parked = (waits, deadline)  # for wait_idle()
@@ -646,8 +691,9 @@ class Agent:
             done, pending = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
             self._parked = None
             self._parked_event.clear()
+            kept = (getter, waker, sleeper[1] if sleeper is not None else None)
             for fut in pending:
-                if fut is not getter and fut is not waker and fut not in self._compiling_futures():
+                if fut not in kept and fut not in self._compiling_futures():
                     fut.cancel()
             if getter in done:
                 batch = getter.result()
@@ -657,6 +703,9 @@ class Agent:
             getter.cancel()
         if waker is not None:
             waker.cancel()
+        if sleeper is not None:
+            sleeper[1].cancel()
+        await self._write_deferred()
 
     def _settling(self, deadline: datetime, now: datetime) -> _Settle | None:
         """The settle of the due ``deadline``: before an expectation deadline runs, every source
@@ -749,7 +798,7 @@ class Agent:
             more = len(batches) < most and time.perf_counter() - started < COALESCE_S
             batch = self.queue.get_nowait() if more and not self.queue.empty() else None
         self.state.batches += len(batches)
-        await self._commit(commit)
+        await self._commit(commit, defer=True)
         h = self.health
         for source in {b.source for b in batches}:
             read = self.pipeline.lines_read[source] - read_before.get(source, 0)
@@ -767,21 +816,42 @@ class Agent:
             if n != matched_before.get(rule, 0):
                 h.inc("lines_matched", n - matched_before.get(rule, 0), rule=rule)
 
-    async def _commit(self, commit: Commit) -> None:
-        """Write ``commit`` in one transaction. If the state file fails (disk full, read-only),
-        the agent does not exit: it reports the problem with alerts sent straight from memory,
-        holds the commit (read positions included: nothing read is lost) and retries it every
-        RETRY_S; meanwhile the bounded queue stops the sources. A stop while it waits drops the
-        commit: what it held is read again at the next start."""
+    async def _commit(self, commit: Commit, *, defer: bool = False) -> None:
+        """Write ``commit`` in one transaction, together with what waits before it
+        (``_deferred``). ``defer``: a batch's or a deadline's commit, which may wait for the next
+        one when it holds only read positions and rule state (``DEFER_S``).
+
+        If the state file fails (disk full, read-only), the agent does not exit: it reports the
+        problem with alerts sent straight from memory, holds the commit (read positions
+        included: nothing read is lost) and retries it every RETRY_S; meanwhile the bounded
+        queue stops the sources. A stop while it waits drops the commit: what it held is read
+        again at the next start."""
+        if self._deferred is not None:  # committing the two together = one, then the other
+            self._deferred.absorb(commit)
+            commit, self._deferred = self._deferred, None
         if commit.empty():
             return
+        if defer and not (commit.alerts or commit.outbox or commit.meta or self._stop.is_set()):
+            self._deferred = commit
+            if self._defer_timer is None:
+                self._defer_timer = asyncio.get_running_loop().call_later(DEFER_S, self._defer_due)
+            return
+        if self._defer_timer is not None:
+            self._defer_timer.cancel()
+            self._defer_timer = None
         db = self.db
         failing = False
         while True:
             now = self.clock.now()
             commit.meta["last_alive_at"] = now.isoformat()
+            readers: dict[str, Callable[[Store], Handed] | None] = {}
+            for row in commit.outbox:  # the woken workers' next rows, read in the same call
+                if row.webhook not in readers and row.webhook in self.workers:
+                    readers[row.webhook] = self.workers[row.webhook][0].due_reader()
             try:
-                await db.run(functools.partial(Store.commit, c=commit, now=now))
+                handed = await db.run(
+                    functools.partial(_commit_and_read, c=commit, now=now, readers=readers)
+                )
                 break
             except StoreError as e:
                 (log.error if not failing else log.warning)(
@@ -807,13 +877,42 @@ class Agent:
             self.health.inc("notifications_queued", webhook=row.webhook)
             if row.webhook not in woken and row.webhook in self.workers:
                 woken.add(row.webhook)
-                self.workers[row.webhook][0].wake()
+                self.workers[row.webhook][0].wake(handed.get(row.webhook))
+
+    def _defer_due(self) -> None:
+        """``DEFER_S`` after a commit was deferred: the processor writes it (``_flush_asked``)."""
+        self._defer_timer = None
+        if self._deferred is not None:
+            self._flush_asked = True
+            self._wake.set()
+
+    async def _write_deferred(self) -> None:
+        """Write the deferred commit now (the processor has stopped: at shutdown). A state file
+        that fails drops it: its lines are read again at the next start."""
+        commit, self._deferred = self._deferred, None
+        if self._defer_timer is not None:
+            self._defer_timer.cancel()
+            self._defer_timer = None
+        if commit is None or self._db is None:
+            return
+        commit.meta["last_alive_at"] = self.clock.now().isoformat()
+        try:
+            await self._db.run(functools.partial(Store.commit, c=commit, now=self.clock.now()))
+        except StoreError as e:
+            log.warning("cannot commit to the state file at the stop: %s", e)
+            return
+        self.state.commits += 1
 
     async def _compile(self, config: Config) -> Matcher:
         """``build_matcher(config)`` in a thread (Hyperscan releases the GIL while it compiles),
         the time it took logged."""
         started = time.perf_counter()
-        matcher = await asyncio.to_thread(build_matcher, config)
+        cancel = threading.Event()
+        try:
+            matcher = await asyncio.to_thread(build_matcher, config, cancel.is_set)
+        except asyncio.CancelledError:
+            cancel.set()  # the thread stops after the databases it is building
+            raise
         cached = sum(matcher.cached.values())
         log.info(
             "patterns compiled in %.2fs (%d of %d sources from the cache)",
@@ -864,6 +963,7 @@ class Agent:
             await self._stop_source(name)
         while not self.queue.empty():  # everything already read is processed under the old rules
             await self._handle_batches(self.queue.get_nowait())
+        await self._commit(Commit())  # the deferred one: the rule state is read back next
         now = self.clock.now()
         states = await self.db.run(all_rule_state)
         commit = self.pipeline.reconfigure(config, now, lambda r: states.get(r, {}), matcher)
@@ -1041,6 +1141,24 @@ class Agent:
             if hasattr(self, "pipeline")  # /status answers while the patterns compile
             else [],
         }
+
+
+def _commit_and_read(
+    store: Store,
+    c: Commit,
+    now: datetime,
+    readers: Mapping[str, Callable[[Store], Handed] | None],
+) -> dict[str, Handed]:
+    """``Store.commit``, then, in the same store call (one hand-over to the store thread, not
+    one more per woken worker), each woken worker's due rows (``DeliveryWorker.due_reader``).
+    A read that fails leaves that worker to read for itself: the commit stands."""
+    store.commit(c, now)
+    out: dict[str, Handed] = {}
+    for name, read in readers.items():
+        if read is not None:
+            with contextlib.suppress(sqlite3.Error):
+                out[name] = read(store)
+    return out
 
 
 def _read_silences(store: Store, now: datetime) -> list[Silence]:

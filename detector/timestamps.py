@@ -44,6 +44,11 @@ _MONTHS_TEXT = {name: str(number) for name, number in _MONTHS.items()}
 _ISO = re.compile(
     r"(\d{4})-(\d\d)-(\d\d)[T ](\d\d):(\d\d):(\d\d)(?:[.,](\d{1,9}))?\s?(Z|[+-]\d\d:?\d\d)?"
 )
+_ISO_TAIL = re.compile(r"(?:[.,](\d{1,9}))?\s?(Z|[+-]\d\d:?\d\d)?")
+"""What ``_ISO`` reads after its fixed-width ``yyyy-mm-ddTHH:MM:SS`` (a fraction, an offset)."""
+_MAYBE_STAMP = re.compile(r"\d\d(?:[:.]\d\d|\d{8})")
+"""Found in every stamp the search after a prefix can read (ISO, access log, ctime: ``HH:MM``;
+dashed: ``HH.MM``; epoch: ten digits): a line without it has no stamp, and no attempt is made."""
 _SYSLOG = re.compile(r"([A-Z][a-z]{2}) +(\d{1,2}) (\d\d):(\d\d):(\d\d)")
 _CLF = re.compile(r"\[(\d\d)/([A-Z][a-z]{2})/(\d{4}):(\d\d):(\d\d):(\d\d) ([+-]\d{4})\]")
 _SLASHED = re.compile(r"(\d{4})/(\d\d)/(\d\d) (\d\d):(\d\d):(\d\d)")
@@ -168,6 +173,9 @@ class TimeParser:
         """A stamp's text without its seconds (``"Nov 25 10:00:"``; ``"[25/Nov/2026:10:00:"``
         and its offset) → that minute, for stamps that parsed before: a new second of a known
         minute costs a slice and two lookups, no regex. Cleared with ``_stamps``."""
+        self._dated: dict[str, datetime] = {}
+        """The same for stamps with a year at the line start: ``"2026-11-25T10:00:"`` plus a
+        NUL and the offset text (ISO 8601), ``"2026/11/25 10:00:"`` (slashed) → that minute."""
 
     def parse(self, text: str) -> datetime | None:
         if self.regex is not None:
@@ -182,7 +190,7 @@ class TimeParser:
         if first.isdigit():
             c4 = text[4:5]
             if c4 == "-":
-                at = self._iso(_ISO.match(text)) or self._dashed(_DASHED.match(text))
+                at = self._iso_start(text) or self._dashed(_DASHED.match(text))
             elif c4 == "/":
                 at = self._slashed(text)
             elif text[2:3] == "/":
@@ -198,6 +206,8 @@ class TimeParser:
         if at is not None:
             return at
         # no stamp at the start: a stamp after a prefix (host, level…)
+        if _MAYBE_STAMP.search(text) is None:  # none of them can match: no attempt
+            return None
         return (
             self._iso(_ISO.search(text, 0, _SCAN + 40))
             or self._dashed(_DASHED.search(text, 0, _SCAN + 40))
@@ -251,6 +261,31 @@ class TimeParser:
         y, mo, d, h, mi, s, frac, tz = m.groups()
         at = self._minute((y, mo, d, h, mi, tz or ""), s)
         return at + _fraction(frac) if frac and at is not None else at
+
+    def _iso_start(self, text: str) -> datetime | None:
+        """``_iso(_ISO.match(text))``, without the regex for a new second of a known minute."""
+        sec = _SECS.get(text[17:19])
+        if sec is not None:
+            tail = _ISO_TAIL.match(text, 19)
+            assert tail is not None  # it matches the empty string
+            frac, tz = tail.groups()
+            minute = self._dated.get(text[:17] + "\0" + tz if tz else text[:17])
+            if minute is not None:
+                return minute + sec + _fraction(frac) if frac else minute + sec
+        m = _ISO.match(text)
+        if m is None:
+            return None
+        y, mo, d, h, mi, s, frac, tz = m.groups()
+        key = (y, mo, d, h, mi, tz or "")
+        at = self._minute(key, s)
+        if at is not None and sec is not None:
+            self._date(text[:17] + "\0" + tz if tz else text[:17], self._minutes[key])
+        return at + _fraction(frac) if frac and at is not None else at
+
+    def _date(self, prefix: str, minute: datetime) -> None:
+        if len(self._dated) >= _CACHE_MAX:
+            self._dated.clear()
+        self._dated[prefix] = minute
 
     def _dashed(self, m: re.Match[str] | None) -> datetime | None:
         if m is None:
@@ -370,14 +405,20 @@ class TimeParser:
         return self._remember(whole, at)
 
     def _slashed(self, text: str) -> datetime | None:
-        at = self._stamps.get(text[:19])
-        if at is not None:
-            return at
+        sec = _SECS.get(text[17:19])
+        if sec is not None:
+            minute = self._dated.get(text[:17])  # a known minute (``_SLASHED`` is fixed-width)
+            if minute is not None:
+                return minute + sec
         m = _SLASHED.match(text)
         if m is None:
             return None
         y, mo, d, h, mi, s = m.groups()
-        return self._remember(m.group(0), self._minute((y, mo, d, h, mi, ""), s))
+        key = (y, mo, d, h, mi, "")
+        at = self._minute(key, s)
+        if at is not None and sec is not None:
+            self._date(text[:17], self._minutes[key])
+        return at
 
     def _strptime(self, text: str) -> datetime | None:
         assert self.fixed is not None

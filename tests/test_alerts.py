@@ -105,7 +105,8 @@ def test_an_alert_row_holds_every_field_and_loads_back_equal_and_independent() -
     alert = b.firing()[0]
     alert.resolved_at = at(5)
     row = alert.to_row()
-    assert set(row) == {f.name for f in fields(Alert)}
+    # every field but the repeat's schedule, which the book derives again when it loads the row
+    assert set(row) == {f.name for f in fields(Alert)} - {"repeat_at"}
     assert Alert.from_row(row) == alert
     row["labels"]["rule"] = "changed"
     row["samples"].append("more")

@@ -12,20 +12,23 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from detector.alerts import Alert, AlertBook, KeyLabels, LabelLayout, compact_labels, fingerprint
+from detector.config.load import parse_config
 from detector.matching import Hit
 from detector.model import RuleConfig
+from detector.pipeline import Pipeline
 from detector.records import Commit
 from detector.rules.base import Signal, When
 from detector.rules.common import KEY_SEP, group_key, key_text, plural
 from detector.rules.match import MatchEvaluator
 from detector.rules.state import DIGEST_KEY, KeyCap
-from detector.schedule import DeadlineHeap
+from detector.schedule import DeadlineHeap, KeyedDeadlines
 from detector.sources.base import Line
 from detector.store.db import ALERT_CHUNK, StateRows, Store, alert_rows
+from detector.store.runs import all_rule_state
 from tests import helpers as rules
 from tests.helpers import T0, at
 
@@ -204,6 +207,50 @@ def test_the_deadline_heap_pops_what_a_plain_dict_says_is_due(
         assert len(heap) == len(model)
 
 
+class _Eager(KeyedDeadlines):
+    SLACK = 2  # compactions every few moves
+
+
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from("abcd"), st.none() | st.integers(0, 9), st.none() | st.integers(0, 9)
+        ),
+        max_size=200,
+    )
+)
+@example([("c", 3, None), ("a", 5, None), ("b", 5, None), ("a", 7, None), ("a", 5, 6)])
+@settings(max_examples=300)
+def test_keyed_deadlines_pop_what_the_deadline_heap_pops(
+    ops: list[tuple[str, int | None, int | None]],
+) -> None:
+    """The queue without an entry per key (its owner keeps the deadlines) pops the same keys in
+    the same order as the deadline heap, and says the same next deadline, whatever the moves,
+    the keys dropped and the compactions (stale entries past the live ones)."""
+    owner: dict[str, Any] = {}
+    queue = _Eager(owner.get)
+    heap = DeadlineHeap()
+    for key, when, now in ops:
+        old = owner.get(key)
+        new = None if when is None else at(when)
+        heap.push(key, new)
+        if new is None:
+            if old is not None:
+                del owner[key]
+                queue.forget()
+        elif new != old:
+            owner[key] = new
+            queue.push(key, new, old is not None)
+        if now is None:  # no round: moves pile up in the buckets
+            assert queue.next_at() == heap.next_at()
+            continue
+        popped = queue.pop_due(at(now))
+        assert popped == heap.pop_due(at(now))
+        for k in popped:
+            del owner[k]
+        assert queue.next_at() == heap.next_at()
+
+
 @settings(max_examples=150, deadline=None, suppress_health_check=[FIXTURE])
 @given(
     names=NAMES,
@@ -258,3 +305,39 @@ def test_labels_that_vary_beyond_the_key_stay_a_dict_and_layouts_are_shared() ->
     assert compact_labels(odd, "ip=2", layouts) is odd  # the key says otherwise: kept as given
     assert compact_labels(odd, "ip=1\x1fx=y", layouts) is odd
     assert KEY_SEP == "\x1f"
+
+
+def test_after_a_restart_an_error_rules_groups_hold_their_alerts_key_strings(
+    tmp_path: Path,
+) -> None:
+    """The groups loaded from the state file keep the very key strings of their alerts (one
+    copy per key, as before the restart), and are the groups from before it."""
+    state = tmp_path / "state.db"
+    config = parse_config(
+        f"""
+agent: {{state: {state}}}
+webhooks: {{hook: {{url: "http://127.0.0.1:9/"}}}}
+sources: {{s: {{file: /var/log/x.log}}}}
+rules:
+  - {{name: r, source: s, match: "failed for (?P<ip>\\\\S+)", group_by: [ip], resolve_after: 1h}}
+""",
+        "t.yaml",
+    )
+    store = Store(state)
+    first = Pipeline(config, T0, lambda r: {}, ())
+    texts = [f"failed for 10.0.0.{i % 7}" for i in range(20)]
+    when = When.exact(T0)
+    store.commit(
+        first.process_texts("s", texts, lambda i: Line("s", texts[i]), lambda _l: when, T0), T0
+    )
+    states = all_rule_state(store)
+    again = Pipeline(config, T0, lambda r: states.get(r, {}), alert_rows(store.load_alert_chunks()))
+    store.close()
+    before, after = first.evaluators["r"], again.evaluators["r"]
+    assert isinstance(before, MatchEvaluator) and isinstance(after, MatchEvaluator)
+    assert after._last == before._last and len(after._last) == 7
+    assert after._counts == before._counts and after._counts
+    held = {k: k for k in after._last}
+    alerts = list(again.alerts.alerts.values())
+    assert len(alerts) == 7 and all(held[a.key] is a.key for a in alerts)
+    assert again.alerts.loaded_keys == {}

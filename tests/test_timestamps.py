@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import itertools
+import re
 from datetime import UTC, datetime, timedelta, timezone
 from zoneinfo import ZoneInfo
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import detector.timestamps as ts
 from detector.timestamps import TimeParser, syslog_start_year
 
 MONTHS = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"]
@@ -262,3 +264,69 @@ def test_new_seconds_of_a_known_minute_read_as_alone(
         assert shared.parse(text) == expected, text
         if not rolling:
             assert TimeParser(None, YEAR).parse(text) == expected, text
+
+
+@settings(max_examples=200, deadline=None, database=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["2026-03-01T10:00:", "2026-03-01 10:00:", "2025-12-31 23:59:"]),
+            st.sampled_from(["00", "07", "59", "60", "99", "٠٥", "5 "]),
+            st.sampled_from(["", ".5", ",250", ".123456789", ".x"]),
+            st.sampled_from(["", "Z", " Z", "+01:00", " +0100", "-0530", "+2500", " UTC"]),
+            st.sampled_from(["iso", "slashed"]),
+        ),
+        min_size=1,
+        max_size=40,
+    ),
+    st.sampled_from(["UTC", "Europe/Berlin"]),
+)
+def test_new_seconds_of_a_known_dated_minute_read_as_alone(
+    stamps: list[tuple[str, str, str, str, str]], zone: str
+) -> None:
+    """The minute caches of stamps with a year at the line start (ISO 8601 with its fraction
+    and offset, nginx's slashed ``2026/03/01 10:00:07``) give every line the time a fresh
+    parser gives it, also for seconds that are no stamp and offsets that are none."""
+    shared = TimeParser(None, YEAR, zone=ZoneInfo(zone))
+    for prefix, sec, frac, tz, kind in stamps:
+        head = prefix if kind == "iso" else prefix[:10].replace("-", "/") + " " + prefix[11:]
+        text = f"{head}{sec}{frac}{tz} host app: x" if kind == "iso" else f"{head}{sec} [error] x"
+        assert shared.parse(text) == TimeParser(None, YEAR, zone=ZoneInfo(zone)).parse(text), text
+
+
+_STAMPS_AFTER_A_PREFIX = [
+    "2026-03-01T10:00:07.5Z",
+    "2026-03-01 10:00:07",
+    "2026-03-01-10.00.07.123",
+    "[01/Mar/2026:10:00:07 +0100]",
+    "Sun Mar  1 10:00:07 2026",
+    "[Sun Mar 01 10:00:07.123 2026]",
+    "1772359207",
+    "1772359207123",
+    "1772359207.25",
+]
+
+
+@settings(max_examples=300, deadline=None, database=None)
+@given(
+    st.text(st.sampled_from("0123456789٠٥-:./ []+TZ,abcMarSun"), max_size=20),
+    st.sampled_from(["", *_STAMPS_AFTER_A_PREFIX]),
+    st.integers(0, 30),
+    st.text(st.sampled_from("0123456789-:. x"), max_size=3),
+    st.text(st.sampled_from("0123456789٠٥-:./ []+TZ,abc"), max_size=20),
+)
+def test_the_no_stamp_shortcut_changes_no_result(
+    before: str, stamp: str, cut: int, spliced: str, after: str
+) -> None:
+    """A line in which the search after a prefix skips every attempt (``_MAYBE_STAMP`` finds
+    nothing) has the time the attempts would give it: none. The lines: a stamp of each format
+    after a prefix, damaged at one place, amid digits and separators."""
+    text = f"x {before} {stamp[:cut]}{spliced}{stamp[cut + len(spliced) :]} {after}"
+    fast = TimeParser(None, YEAR).parse(text)
+    saved = ts._MAYBE_STAMP
+    ts._MAYBE_STAMP = re.compile("")  # matches everywhere: every attempt is made
+    try:
+        slow = TimeParser(None, YEAR).parse(text)
+    finally:
+        ts._MAYBE_STAMP = saved
+    assert fast == slow, text

@@ -31,8 +31,17 @@ Each pass (:meth:`DeliveryWorker.run_once`) does, with ``now`` read once from th
    webhook itself (the reason quotes its answer, ``HTTP 404 Not Found: no_service``), else after
    ``fail_after`` consecutive failures or 5 minutes of failures.
 
-Rows past the webhook's ``max_age`` are dead-lettered when they fail again (also reported). The
-service calls :meth:`wake` after a commit that added rows; between wakes the loop sleeps on
+Rows past the webhook's ``max_age`` are dead-lettered when they fail again (also reported).
+
+Store calls: what a pass writes (a delivery, a retry, a dead letter, a hold) waits in
+``_writes`` until just before the next POST or the end of the pass, and the end of the pass is
+one call that writes it, reads the queue's gauges and when the next row is due. A pass woken by a
+commit gets its due rows from that commit's own call (:meth:`due_reader`): a pass that sends one
+new alert is one store call, not four. A delivery is thus written before anything else is sent,
+as before; a crash between a POST and its write sends that row again (its event id is the
+receiver's idempotency key).
+
+The service calls :meth:`wake` after a commit that added rows; between wakes the loop sleeps on
 ``clock.sleep_until`` (the earliest due row, hold end, budget refill or re-send), and at most
 :data:`RESCAN_EVERY`, so rows re-queued from outside (``detector outbox retry``) go out without a
 restart.
@@ -76,6 +85,15 @@ IDLE_GUARD = timedelta(seconds=1)
 RESCAN_EVERY = timedelta(seconds=30)  # re-read the outbox at least this often (rows re-queued)
 
 Failed = tuple[outbox.OutboxEntry, Outcome]
+
+
+@dataclass(frozen=True)
+class Handed:
+    """Due rows read for a worker by another store call (:meth:`DeliveryWorker.due_reader`)."""
+
+    passes: int  # the worker's pass count when it was asked: valid only if no pass ran since
+    at: datetime  # due at this time
+    rows: list[outbox.OutboxEntry]
 
 
 @dataclass(frozen=True)
@@ -157,6 +175,13 @@ class DeliveryWorker:
         self._last_error: str | None = None
         self._queue = outbox.QueueStats(0, None)
         self._stats_at: datetime | None = None
+        self._writes: list[Callable[[Store], object]] = []
+        """What the pass wrote, not yet sent to the store (``_flush``, ``_finish``)."""
+        self._due_in_db: datetime | None = None
+        """When the earliest row is due as the last ``_finish`` read it (None: none pending)."""
+        self._passes = 0
+        self._handed: Handed | None = None
+        """Due rows read by a commit's own store call, for the next pass (``due_reader``)."""
 
     # ---------------------------------------------------------------- public
 
@@ -172,9 +197,35 @@ class DeliveryWorker:
         if self._on_count is not None:
             self._on_count(metric, n)
 
-    def wake(self) -> None:
-        """New rows were committed: run a pass now instead of at the next deadline."""
+    def wake(self, handed: Handed | None = None) -> None:
+        """New rows were committed: run a pass now instead of at the next deadline. ``handed``:
+        what the reader of :meth:`due_reader` returned, in the commit's store call."""
+        if handed is not None and handed.passes == self._passes and self._parked.is_set():
+            self._handed = handed
         self._woken.set()
+
+    def due_reader(self) -> Callable[[Store], Handed] | None:
+        """For the service's commit that adds rows: a function that reads, in the commit's own
+        store call right after it, the rows the next pass sends, so that pass need not ask the
+        store (hand the result to :meth:`wake`). None when that pass would not send them as they
+        are: it runs already (it may write rows meanwhile), or the path is held or out of budget.
+
+        The rows are then read after every write of the worker (it is parked, its last call
+        done; one store thread runs calls in order) and taken only if no pass started since; a
+        row that falls due between that read and the pass waits for the next pass, which its
+        own ``_finish`` schedules (a read a few ms earlier, nothing else)."""
+        if not self._parked.is_set() or self._hold_until is not None:
+            return None
+        now = self.clock.now()
+        budget = self._budget(now)
+        if budget is not None or self._resend_every is not None:
+            return None  # storm control and re-sends: the pass reads for itself
+        name, limit, passes = self.name, self._batch, self._passes
+
+        def read(s: Store) -> Handed:
+            return Handed(passes, now, outbox.due(s, name, now, limit))
+
+        return read
 
     def stats(self) -> DeliveryStats:
         now = self._stats_at
@@ -201,7 +252,7 @@ class DeliveryWorker:
             self._woken.clear()
             try:
                 posts = await self.run_once()
-                at = await self.next_wake_at()
+                at = self._wake_at(self._due_in_db)
                 now = self.clock.now()
                 if posts == 0 and at is not None and at <= now:
                     at = now + IDLE_GUARD  # a pass that could send nothing must not spin
@@ -239,14 +290,17 @@ class DeliveryWorker:
 
     async def next_wake_at(self) -> datetime | None:
         """When the next pass has work: earliest due row, held back by hold and rate budget."""
-        now = self.clock.now()
+        return self._wake_at(await self.db.run(functools.partial(self._earliest, self.clock.now())))
 
-        def earliest(s: Store) -> datetime | None:
-            if outbox.due(s, self.name, now, 1):  # cheap on a long backlog
-                return now
-            return outbox.next_due_at(s, self.name)  # O(queue), only when nothing is due
+    def _earliest(self, now: datetime, s: Store) -> datetime | None:
+        """When the earliest head row is due (``now`` if one is; None: nothing pending)."""
+        if outbox.due(s, self.name, now, 1):  # cheap on a long backlog
+            return now
+        return outbox.next_due_at(s, self.name)  # O(queue), only when nothing is due
 
-        due = await self.db.run(earliest)
+    def _wake_at(self, due: datetime | None) -> datetime | None:
+        """``due`` (the earliest row, from the store) held back by hold and rate budget, or the
+        next re-send if that comes first."""
         if due is not None:
             if self._hold_until is not None:
                 due = max(due, self._hold_until)
@@ -264,6 +318,8 @@ class DeliveryWorker:
         """Attempt everything due now; returns the number of POSTs made."""
         now = self.clock.now()
         posts = 0
+        self._passes += 1
+        handed, self._handed = self._handed, None
         if self._hold_until is not None and now < self._hold_until:
             await self._refresh(now)
             return 0
@@ -276,7 +332,11 @@ class DeliveryWorker:
             await self._refresh(now)
             return posts
         limit = self._batch if budget is None else max(self._batch, self._digest_max)
-        rows = await self.db.run(lambda s: outbox.due(s, self.name, now, limit))
+        if handed is not None and self._handed_holds(handed, now, budget):
+            rows = handed.rows  # read by the commit that woke this pass (``due_reader``)
+        else:
+            await self._flush()
+            rows = await self.db.run(lambda s: outbox.due(s, self.name, now, limit))
         singles: Sequence[outbox.OutboxEntry] = rows
         folded: Sequence[outbox.OutboxEntry] = ()
         if budget is not None and len(rows) > budget:
@@ -329,6 +389,7 @@ class DeliveryWorker:
             self._count("delivery_failures")
             await self._dead_letter([row], now, f"cannot render: {e!r}")
             return None  # not the path's fault: health unchanged
+        await self._flush()  # what was delivered before is written before this is sent
         outcome = await deliver(
             self._get_session(), self.webhook, request, event_id=row.event_id, now=now
         )
@@ -337,9 +398,8 @@ class DeliveryWorker:
         self._health(outcome, now)
         if outcome.ok:
             self._count("notifications_delivered")
-            ids = [row.id]
-            await self.db.run(lambda s: outbox.mark_delivered(s, ids, now))
-            await self._after_success(now)
+            self._write(functools.partial(outbox.mark_delivered, ids=[row.id], now=now))
+            self._after_success(now)
         else:
             self._count("delivery_failures")
             self._last_error = outcome.error or "failed"
@@ -376,15 +436,16 @@ class DeliveryWorker:
                 await self._retry_later(row, next_at, error)
 
     async def _retry_later(self, row: outbox.OutboxEntry, at: datetime, error: str) -> None:
-        ids = [row.id]
-        await self.db.run(lambda s: outbox.mark_retry(s, ids, at, error))
+        self._write(
+            functools.partial(outbox.mark_retry, ids=[row.id], next_attempt_at=at, error=error)
+        )
 
     async def _dead_letter(
         self, rows: Sequence[outbox.OutboxEntry], now: datetime, reason: str
     ) -> None:
         """Give up on ``rows`` (written, counted, logged and reported one by one)."""
         ids = [r.id for r in rows]
-        await self.db.run(lambda s: outbox.mark_dead(s, ids, now, reason))
+        self._write(functools.partial(outbox.mark_dead, ids=ids, now=now, error=reason))
         self._count("dead_letters", len(rows))
         self._last_error = reason
         for row in rows:
@@ -426,7 +487,7 @@ class DeliveryWorker:
                 outbox.mark_retry(s, ids, until, error)
             outbox.hold(s, self.name, until)
 
-        await self.db.run(write)
+        self._write(write)
         log.warning(
             "delivery to %s: path failing (%s); every pending notification held, "
             "next attempt at %s",
@@ -471,11 +532,11 @@ class DeliveryWorker:
         if self._on_path_health is not None:
             self._on_path_health(self.name, True, reason)
 
-    async def _after_success(self, now: datetime) -> None:
+    def _after_success(self, now: datetime) -> None:
         if self._path_failures or self._hold_until is not None:
             self._path_failures = 0
             self._hold_until = None
-            await self.db.run(lambda s: outbox.release(s, self.name, now))
+            self._write(functools.partial(outbox.release, webhook=self.name, now=now))
 
     # ---------------------------------------------------------------- storm control
 
@@ -500,6 +561,7 @@ class DeliveryWorker:
         request, key = formats.render_digest(
             [r.payload for r in rows], self.webhook, host=self.host, attempt=attempt, now=now
         )
+        await self._flush()
         outcome = await deliver(self._get_session(), self.webhook, request, event_id=key, now=now)
         self._count("delivery_attempts")
         self._note_sent(now)
@@ -509,8 +571,9 @@ class DeliveryWorker:
             self._count("notifications_delivered", len(rows))
             self._digests += 1
             log.warning("delivery to %s: %d alerts sent as one digest", self.name, len(rows))
-            await self.db.run(lambda s: outbox.mark_delivered(s, ids, now, f"in digest {key}"))
-            await self._after_success(now)
+            note = f"in digest {key}"
+            self._write(functools.partial(outbox.mark_delivered, ids=ids, now=now, note=note))
+            self._after_success(now)
             return
         self._count("delivery_failures")
         self._last_error = outcome.error or "failed"
@@ -538,6 +601,7 @@ class DeliveryWorker:
         """
         assert self._resend_every is not None
         self._next_resend_at = now + self._resend_every
+        await self._flush()
         rows = await self.db.run(lambda s: outbox.firing_snapshots(s, self.name))
         if not rows:
             return 0
@@ -551,6 +615,7 @@ class DeliveryWorker:
             request = alertmanager.render_many(
                 [payload for _, _, payload in part], self.webhook, attempt=1, now=now
             )
+            await self._flush()
             outcome = await deliver(
                 self._get_session(), self.webhook, request, event_id=key, now=now
             )
@@ -575,7 +640,7 @@ class DeliveryWorker:
         if refused and (accepted or len(rows) == 1):
             for row_id, event_id, outcome in refused:
                 reason = f"re-send refused: {outcome.answer}"
-                await self.db.run(functools.partial(self._refuse, row_id, now, reason))
+                self._write(functools.partial(self._refuse, row_id, now, reason))
                 self._count("dead_letters")
                 self._last_error = reason
                 log.error("delivery to %s: event %s dead: %s", self.name, event_id, reason)
@@ -600,8 +665,34 @@ class DeliveryWorker:
             self._session = aiohttp.ClientSession()
         return self._session
 
+    def _handed_holds(self, handed: Handed, now: datetime, budget: int | None) -> bool:
+        """Whether ``handed`` is what a read now would give: no write of this pass waits, no
+        budget counts, and no row known to fall due between its read and now (a retry)."""
+        later = self._due_in_db
+        fell_due = later is not None and handed.at < later <= now
+        return budget is None and not self._writes and not fell_due
+
+    def _write(self, fn: Callable[[Store], object]) -> None:
+        """Write ``fn`` with the next store call of this worker (before its next POST)."""
+        self._writes.append(fn)
+
+    async def _flush(self) -> None:
+        """Write what waits in ``_writes`` now (one call; nothing if nothing waits)."""
+        if self._writes:
+            writes, self._writes = self._writes, []
+            await self.db.run(functools.partial(_apply, writes))
+
     async def _refresh(self, now: datetime) -> None:
-        self._queue = await self.db.run(lambda s: outbox.queue_stats(s, self.name))
+        """The end of a pass, one store call: what it wrote, then the queue's gauges and when the
+        next row is due (``_due_in_db``)."""
+        writes, self._writes = self._writes, []
+        at = self.clock.now()
+
+        def finish(s: Store) -> tuple[outbox.QueueStats, datetime | None]:
+            _apply(writes, s)
+            return outbox.queue_stats(s, self.name), self._earliest(at, s)
+
+        self._queue, self._due_in_db = await self.db.run(finish)
         self._stats_at = now
 
     async def _sleep(self, at: datetime | None) -> None:
@@ -620,3 +711,8 @@ class DeliveryWorker:
             for task in waiters:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+
+
+def _apply(writes: Sequence[Callable[[Store], object]], s: Store) -> None:
+    for fn in writes:
+        fn(s)

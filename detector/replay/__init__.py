@@ -267,6 +267,7 @@ def replay(
     pipeline = Pipeline(config, started_at or present, lambda _rule: {})
     pipeline.alerts.record = result.record  # every notification, webhooks or not
     pipeline.signal_time = True  # stamped at the line or deadline that caused it
+    pipeline.keep_rows = False  # nothing is stored: no alert or outbox rows built
     current: list[datetime | None] = [started_at]
     pool: MatchPool | None = None
     try:

@@ -14,7 +14,7 @@ kept apart only for the rare key they cannot be read back from (a value holding 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import Any
 
@@ -23,7 +23,7 @@ from detector.model import RuleConfig
 from detector.rules.base import Signal, When
 from detector.rules.common import KEY_SEP, group_key, hit_fields, plural, resolved, summarize
 from detector.rules.state import KeyCap, KeyedState
-from detector.schedule import DeadlineHeap
+from detector.schedule import KeyedDeadlines
 from detector.sources.base import Line
 from detector.timefmt import format_duration, iso, parse_iso
 
@@ -38,18 +38,30 @@ class MatchEvaluator:
         """The grouping fields, as named in a key."""
         self._odd: dict[str, dict[str, str]] = {}
         """The labels of the keys whose labels are not their key's text split (``labels``)."""
-        self._due_for: tuple[datetime | None, datetime | None] = (None, None)
-        """The last ``(at, at + resolve_after)``: the groups of one read share one deadline."""
         self._counts: dict[str, int | None] = {}
-        """Matches since the key's alert opened; None: unknown (a row of an earlier version)."""
+        """Matches since the key's alert opened, for the keys matched more than once (a key of
+        ``_last`` not here has 1); None: unknown (a row of an earlier version)."""
         self._rows = KeyedState(self._last, self._row)
         self._touch = self._rows.touch
-        self._deadlines = DeadlineHeap()
+        self._deadlines = KeyedDeadlines(self._last.get)
+        """The grouped keys by their last match (their deadline less ``resolve_after``): the
+        queue keeps no entry per key of its own, ``_last`` says when each is due."""
+        self._next: tuple[datetime | None, datetime | None] = (None, None)
+        """The last ``(last, last + resolve_after)`` that ``next_deadline`` computed."""
         self.cap = KeyCap(rule)
         """``max_keys``: a new group past it is folded into the rule's digest alert."""
         self._plain = not (rule.group_by or rule.summary or rule.description)
         """No grouping, no templates: ``observe``'s fast path (for lines without fields)."""
         self._prefix = f"{rule.name}: "
+        self.fire_open: Callable[[datetime, str, str], bool] | None = None
+        """Set by the pipeline: ``AlertBook.fire_open`` bound to this rule's one alert (key
+        ''). A hit of the fast path below on an open alert updates it at once, with no Signal;
+        the signals this rule returns are applied before anything else touches that alert, so
+        none of its own is ever waiting when this is called (see ``fire_open``)."""
+        self.deadline_delay = rule.resolve_after
+        """An ``observe`` at ``when.at`` adds no deadline before ``when.at + deadline_delay``
+        and moves none earlier: the pipeline need not ask ``next_deadline`` after a hit when its
+        next deadline is already sooner than that."""
 
     def observe(self, hit: Hit, line: Line, when: When) -> list[Signal]:
         if hit.role != "match":
@@ -60,10 +72,13 @@ class MatchEvaluator:
             previous = self._last.get("")
             at = when.at if previous is None or when.at > previous else previous
             self._last[""] = at
-            n = self._counts.get("", 0)
+            n = self._counts.get("", 0 if previous is None else 1)
             self._counts[""] = None if n is None else n + 1
             self._touch("")
             text = line.text
+            fire_open = self.fire_open
+            if fire_open is not None and fire_open(when.at, self._prefix + text[:200], text):
+                return []
             return [
                 Signal(
                     rule.name,
@@ -96,22 +111,19 @@ class MatchEvaluator:
         if previous is None and key and len(self._last) >= self.cap.limit:
             return self.cap.fold(key, when.at, "error")
         at = when.at if previous is None or when.at > previous else previous
-        if key:
-            base, deadline = self._due_for
-            if at is not base:
-                deadline = at + rule.resolve_after
-                self._due_for = (at, deadline)
-            self._deadlines.push(key, deadline)
-        # else: the one key of a rule without group_by, whose deadline next_deadline() derives
-        # from _last: no heap work per hit (a replay asks for the next deadline after each hit)
         self._last[key] = at
+        if key and at is not previous:
+            self._deadlines.push(key, at, previous is not None)
+        # else: the one key of a rule without group_by, whose deadline next_deadline() derives
+        # from _last: no queue work per hit (a replay asks for the next deadline after each hit)
         if previous is None or self._odd:  # labels are kept apart only if the key garbles them
             if key.count(KEY_SEP) != len(self._names) - 1 and key:
                 self._odd[key] = group_labels
             elif self._odd:
                 self._odd.pop(key, None)
-        n = self._counts.get(key, 0)
-        self._counts[key] = None if n is None else n + 1
+        if previous is not None:
+            n = self._counts.get(key, 1)
+            self._counts[key] = None if n is None else n + 1
         self._touch(key)
         return [
             Signal(
@@ -133,6 +145,12 @@ class MatchEvaluator:
 
     def next_deadline(self) -> datetime | None:
         grouped = self._deadlines.next_at()
+        if grouped is not None:
+            base, deadline = self._next
+            if grouped is not base:
+                deadline = grouped + self.rule.resolve_after
+                self._next = (grouped, deadline)
+            grouped = deadline
         last = self._last.get("")
         if last is None:
             return grouped
@@ -142,7 +160,7 @@ class MatchEvaluator:
     def due(self, now: datetime) -> list[Signal]:
         out: list[Signal] = []
         quiet = format_duration(self.rule.resolve_after)
-        due = self._deadlines.pop_due(now)
+        due = self._deadlines.pop_due(now - self.rule.resolve_after)
         last = self._last.get("")
         if last is not None and last + self.rule.resolve_after <= now:
             due.append("")
@@ -150,7 +168,7 @@ class MatchEvaluator:
             at = self._last.pop(key) + self.rule.resolve_after
             labels = self.labels(key)
             self._odd.pop(key, None)
-            n = self._counts.pop(key, None)
+            n = self._counts.pop(key, 1)
             self._touch(key)
             what = f"quiet for {quiet}" + ("" if n is None else f" after {plural(n, 'match')}")
             out.append(
@@ -178,7 +196,7 @@ class MatchEvaluator:
             "last": iso(last, keep_offset=True),
             "labels": self.labels(key),
         }
-        n = self._counts.get(key)
+        n = self._counts.get(key, 1)
         if n is not None:
             row["count"] = n
         return row
@@ -206,24 +224,25 @@ class MatchEvaluator:
 
     def load_state(self, items: Mapping[str, Any]) -> None:
         # a row written by another version of the rule is left out: that group starts afresh
-        times: dict[str, tuple[datetime, datetime]] = {}
-        """Rows of one read share their time: one datetime (and one deadline) for all."""
-        after = self.rule.resolve_after
+        times: dict[str, datetime] = {}
+        """Rows of one read share their time: one datetime for all."""
 
         def decode(_key: str, value: Any) -> tuple[datetime, Any]:
             text = value["last"]
-            got = times.get(text)
-            if got is None:
-                last = parse_iso(text)
-                got = times[text] = (last, last + after)
-            return got[0], value
+            last = times.get(text)
+            if last is None:
+                last = times[text] = parse_iso(text)
+            return last, value
 
         for key, (last, value) in self._rows.load(self.cap.load(items), decode):
             self._last[key] = last
             labels = value.get("labels", {})
             self._note_labels(key, labels if isinstance(labels, Mapping) else {})
             n = value.get("count")
-            self._counts[key] = n if isinstance(n, int) and n > 0 else None
+            if not (isinstance(n, int) and n > 0):
+                self._counts[key] = None
+            elif n != 1:
+                self._counts[key] = n
             if key:
-                self._deadlines.push(key, times[value["last"]][1])
+                self._deadlines.push(key, last, False)
         self.cap.restored(len(self._last))

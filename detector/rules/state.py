@@ -122,6 +122,31 @@ class _Without(Mapping[str, Any]):
         return sum(1 for _ in self)
 
 
+class SharedKeys(Mapping[str, Any]):
+    """A rule's rows, their names given as the equal strings of ``pool`` where it has them (the
+    keys of the rule's alerts loaded before): an evaluator that keeps a row's name as its key then
+    holds the very string its alert holds, not a second copy of 100,000 keys (memory after a
+    restart equals memory before it, issue 20.6)."""
+
+    __slots__ = ("_items", "_pool")
+
+    def __init__(self, items: Mapping[str, Any], pool: Mapping[str, str]) -> None:
+        self._items, self._pool = items, pool
+
+    def __getitem__(self, row: str) -> Any:
+        return self._items[row]
+
+    def __iter__(self) -> Iterator[str]:
+        get = self._pool.get
+        return (get(row, row) for row in self._items)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __contains__(self, row: object) -> bool:
+        return row in self._items
+
+
 DIGEST_KEY = "\x1dmore"
 """The key of a rule's digest alert: the keys past ``max_keys``, folded into one. Also the name of
 the digest's state row (and, with ``/N``, of its bucket rows): no other row begins with ``\x1d``."""

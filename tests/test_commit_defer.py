@@ -1,0 +1,230 @@
+"""A commit of read positions and rule state only waits for the next one (``service.DEFER_S``).
+
+In process (FakeClock, ``DEFER_S`` made long so that only the agent's own reasons write it): the
+deferred commit is written with the next alert's, before a reload reads the rule state back, at a
+stop, and when a test waits for idle. As a subprocess: a real SIGKILL between a deferred batch
+and the next commit loses nothing and counts nothing twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from detector import service
+from detector.clock import FakeClock
+from detector.service import Agent
+from tests.agent_inproc import RULES, rule_alerts, until
+from tests.agent_proc import AgentProcess, config_in, free_port
+from tests.receiver import Receiver
+from tests.waiting import read_positions, settled
+
+T0 = datetime(2026, 6, 9, 12, 0, tzinfo=UTC)
+
+
+def append(path: Path, *lines: str) -> None:
+    with path.open("a") as f:
+        for line in lines:
+            f.write(line + "\n")
+
+
+@pytest.fixture
+def long_defer(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(service, "DEFER_S", 3600.0)
+
+
+async def _start(cfg: Path) -> tuple[Agent, asyncio.Task[int]]:
+    agent = Agent(cfg, FakeClock(T0))
+    task = asyncio.create_task(agent.run())
+    await until(lambda: hasattr(agent, "pipeline") and agent.state.caught_up, what="caught up")
+    return agent, task
+
+
+async def processed(agent: Agent, n: int) -> None:
+    """Until the agent has processed ``n`` lines of ``app`` (not: committed them)."""
+    await until(lambda: agent.pipeline.lines_read.get("app", 0) >= n, what=f"{n} lines read")
+
+
+@pytest.mark.usefixtures("long_defer")
+async def test_a_batch_without_alert_is_committed_with_the_next_alert_or_at_idle(
+    tmp_path: Path,
+) -> None:
+    log, state = tmp_path / "app.log", tmp_path / "state.db"
+    log.touch()
+    async with Receiver() as rx:
+        cfg = config_in(tmp_path, RULES.format(log=log), rx.url + "/hook")
+        agent, task = await _start(cfg)
+        try:
+            await agent.wait_idle()
+            start = read_positions(state).get(str(log))
+            append(log, "INFO one", "INFO two")
+            await processed(agent, 2)
+            assert read_positions(state).get(str(log)) == start  # waiting, not written
+            assert agent._deferred is not None
+
+            append(log, "ERROR 1 disk full")
+            await rx.wait_for(1, within=10)
+            # the alert's commit carried the waiting one: everything read is committed
+            assert read_positions(state)[str(log)] == log.stat().st_size
+            assert agent._deferred is None
+
+            append(log, "INFO three")
+            await processed(agent, 4)
+            assert read_positions(state)[str(log)] < log.stat().st_size
+            await agent.wait_idle()  # idle means written
+            assert read_positions(state)[str(log)] == log.stat().st_size
+            assert [a["labels"]["n"] for a in rule_alerts(rx)] == ["1"]
+        finally:
+            agent.request_stop()
+            assert await task == 0
+
+
+@pytest.mark.usefixtures("long_defer")
+async def test_a_stop_writes_the_deferred_commit(tmp_path: Path) -> None:
+    log, state = tmp_path / "app.log", tmp_path / "state.db"
+    log.touch()
+    async with Receiver() as rx:
+        cfg = config_in(tmp_path, RULES.format(log=log), rx.url + "/hook")
+        agent, task = await _start(cfg)
+        await agent.wait_idle()
+        append(log, "INFO one", "INFO two")
+        await processed(agent, 2)
+        assert read_positions(state).get(str(log)) != log.stat().st_size
+        agent.request_stop()
+        assert await task == 0
+    assert read_positions(state)[str(log)] == log.stat().st_size
+
+
+THRESHOLD = """\
+sources:
+  app: {{file: "{log}"}}
+rules:
+  - name: bursts
+    source: app
+    match: 'E (?P<n>\\d+)'
+    threshold: {{count: 3, within: 1h}}
+    summary: "{summary}"
+"""
+
+
+@pytest.mark.usefixtures("long_defer")
+async def test_a_reload_reads_back_the_rule_state_of_deferred_batches(tmp_path: Path) -> None:
+    """A changed rule restarts from its stored state: the state of the batches still waiting to
+    be committed must be in it (else their matches are forgotten and the threshold is late)."""
+    log = tmp_path / "app.log"
+    log.touch()
+    async with Receiver() as rx:
+        cfg = config_in(tmp_path, THRESHOLD.format(log=log, summary="bursts"), rx.url + "/hook")
+        agent, task = await _start(cfg)
+        try:
+            await agent.wait_idle()
+            append(log, "E 1", "E 2")
+            await processed(agent, 2)
+            assert agent._deferred is not None
+            config_in(tmp_path, THRESHOLD.format(log=log, summary="bursts!"), rx.url + "/hook")
+            agent.request_reload()
+            await until(lambda: agent.config.rules[0].summary == "bursts!", what="reloaded")
+            append(log, "E 3")
+            await rx.wait_for(1, within=10)
+            assert [a["annotations"]["summary"] for a in rule_alerts_of(rx, "bursts")] == [
+                "bursts!"
+            ]
+        finally:
+            agent.request_stop()
+            assert await task == 0
+
+
+def rule_alerts_of(rx: Receiver, rule: str) -> list[dict[str, Any]]:
+    return [a for b in rx.bodies() for a in b["alerts"] if a["labels"]["rule"] == rule]
+
+
+# ---------------------------------------------------------------- a real SIGKILL
+
+KILL = """\
+sources:
+  app: {{file: "{log}"}}
+rules:
+  - name: bursts
+    source: app
+    match: 'E (?P<n>\\d+)'
+    threshold: {{count: {count}, within: 1h}}
+  - name: probe
+    source: app
+    match: 'probe (?P<id>\\d+)'
+    group_by: [id]
+    repeat: never
+"""
+
+
+async def _lines_read(session: aiohttp.ClientSession, base: str) -> int:
+    async with session.get(f"{base}/status") as r:
+        body = await r.json()
+    return int(body["sources"].get("app", {}).get("lines_read", 0))
+
+
+@pytest.mark.slow
+async def test_sigkill_between_a_deferred_batch_and_its_commit_counts_every_line_once(
+    tmp_path: Path,
+) -> None:
+    """The agent is stopped (SIGSTOP) right after it processed a line that raised no alert, the
+    state file is seen not to hold it yet (its commit deferred), and the agent is SIGKILLed.
+    After the restart that line is read again and counted once: the threshold fires exactly at
+    its ``count``-th line, not one line early (counted twice) nor late (lost), and the alert
+    committed before the kill is not sent again."""
+    log, state = tmp_path / "app.log", tmp_path / "state.db"
+    log.touch()
+    count = 30
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    async with Receiver() as rx, aiohttp.ClientSession() as session:
+        cfg = config_in(
+            tmp_path,
+            KILL.format(log=log, count=count),
+            rx.url + "/hook",
+            extra_agent=f"listen: 127.0.0.1:{port}\n",
+        )
+        agent = await AgentProcess(cfg).start()
+        try:
+            append(log, "E 1", "E 2", "probe 1")  # an alert: committed at once
+            await rx.wait_for(1, within=10)
+            await settled(state, [log])
+            lines, matches = 3, 2
+            deferred = False
+            for _ in range(count - 5):
+                append(log, f"E {matches + 1}")
+                lines += 1
+                matches += 1
+                async with asyncio.timeout(10):
+                    while await _lines_read(session, base) < lines:
+                        await asyncio.sleep(0.002)  # polled: stop it as soon as it is there
+                assert agent.proc is not None
+                os.kill(agent.proc.pid, signal.SIGSTOP)
+                if read_positions(state)[str(log)] < log.stat().st_size:
+                    deferred = True  # processed, not committed: kill it now
+                    break
+                os.kill(agent.proc.pid, signal.SIGCONT)  # the commit came first: once more
+            assert deferred, "every line was committed before the agent could be stopped"
+            await agent.kill()
+
+            agent = await AgentProcess(cfg).start()
+            await settled(state, [log])
+            assert rule_alerts_of(rx, "bursts") == []
+            assert [a["labels"]["id"] for a in rule_alerts_of(rx, "probe")] == ["1"]
+            missing = count - matches
+            append(log, *(f"E {matches + i}" for i in range(1, missing)))
+            await settled(state, [log])
+            assert rule_alerts_of(rx, "bursts") == []  # count - 1 matches: not yet
+            append(log, f"E {count}")
+            await rx.wait_until(lambda: bool(rule_alerts_of(rx, "bursts")), within=10)
+            await settled(state, [log])
+            assert len(rule_alerts_of(rx, "bursts")) == 1
+            assert [a["labels"]["id"] for a in rule_alerts_of(rx, "probe")] == ["1"]
+        finally:
+            await agent.stop_quietly()
