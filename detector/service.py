@@ -795,6 +795,7 @@ class Agent:
         while batch is not None:
             batches.append(batch)
             commit.absorb(self.pipeline.process(batch, when_for, now))
+            batch.block = None  # matched: its bytes are not held until the commit is written
             more = len(batches) < most and time.perf_counter() - started < COALESCE_S
             batch = self.queue.get_nowait() if more and not self.queue.empty() else None
         self.state.batches += len(batches)
@@ -809,7 +810,7 @@ class Agent:
         for batch in batches:
             if batch.truncated_lines:
                 h.inc("truncated_lines", batch.truncated_lines, source=batch.source)
-            if batch.lines or batch.block:
+            if batch.lines or batch.block_path:  # lines, or a block (let go of above)
                 last = (batch.lines[-1].event_at if batch.lines else None) or now
                 h.set_time("last_event_at", last, source=batch.source)
         for rule, n in self.pipeline.lines_matched.items():
