@@ -13,7 +13,6 @@ import argparse
 import contextlib
 import logging
 import os
-import platform
 import re
 import sys
 from collections.abc import Callable, Sequence
@@ -57,8 +56,31 @@ def _add_env_file(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _columns() -> int:
+    """``shutil.get_terminal_size().columns``, without importing ``shutil`` (and its bz2, lzma
+    and zlib) for every command."""
+    try:
+        columns = int(os.environ["COLUMNS"])
+    except (KeyError, ValueError):
+        columns = 0
+    if columns <= 0:
+        try:
+            columns = os.get_terminal_size(sys.__stdout__.fileno()).columns  # type: ignore[union-attr]
+        except (AttributeError, ValueError, OSError):
+            columns = 0
+    return columns or 80
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` whose help formatter is told the width (argparse makes one for
+    every argument added, and without a width each imports ``shutil`` to ask the terminal)."""
+
+    def _get_formatter(self) -> argparse.HelpFormatter:
+        return self.formatter_class(prog=self.prog, width=_columns() - 2)  # type: ignore[call-arg]
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="detector",
         description="Log-tailing anomaly and silence detector: tails files and journald, matches "
         "rules.yaml, remembers state in SQLite and posts alerts to webhooks.",
@@ -320,6 +342,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def cmd_version(args: argparse.Namespace) -> int:
+    import platform  # noqa: PLC0415 - here only: it compiles regexes as it is imported
+
     from detector import matching  # noqa: PLC0415 - keep `detector version` light
 
     print(f"detector {__version__}")
@@ -488,6 +512,9 @@ def _print_timings(
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from detector.cli_support import tune_malloc  # noqa: PLC0415
+
+    tune_malloc()  # before the agent starts its threads
     import asyncio  # noqa: PLC0415 - only the agent needs it (other commands start faster)
 
     from detector import logs  # noqa: PLC0415

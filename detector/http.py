@@ -8,18 +8,22 @@ monitor (Healthchecks, Uptime Kuma, …) notices when the agent dies, hangs, or 
 
 from __future__ import annotations
 
+import functools
 import hmac
 import json
 import logging
 from datetime import timedelta
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 import aiohttp
-from aiohttp import web
-from aiohttp.typedefs import Handler, Middleware
 
 from detector.clock import Clock
 from detector.health import Health
+
+if TYPE_CHECKING:  # the server side of aiohttp (2 MB) is imported only when a listener starts
+    from aiohttp import web
+    from aiohttp.typedefs import Handler, Middleware
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +32,12 @@ LOOPBACK_HOSTS = frozenset({"127.0.0.1", "::1", "localhost"})
 PROMETHEUS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 HEARTBEAT_TIMEOUT = timedelta(seconds=10)
 
-_HEALTH_KEY = web.AppKey("health", Health)
+
+@functools.cache
+def _health_key() -> web.AppKey[Health]:
+    from aiohttp import web  # noqa: PLC0415 - see the imports
+
+    return web.AppKey("health", Health)
 
 
 def parse_listen(listen: str) -> tuple[str, int]:
@@ -52,9 +61,11 @@ def parse_listen(listen: str) -> tuple[str, int]:
 
 def build_app(health: Health, token: str | None) -> web.Application:
     """The aiohttp application: three GET routes, optionally behind ``Authorization: Bearer``."""
+    from aiohttp import web  # noqa: PLC0415 - see the imports
+
     middlewares = [_bearer_middleware(token)] if token else []
     app = web.Application(middlewares=middlewares)
-    app[_HEALTH_KEY] = health
+    app[_health_key()] = health
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/metrics", _metrics)
     app.router.add_get("/status", _status)
@@ -64,6 +75,8 @@ def build_app(health: Health, token: str | None) -> web.Application:
 async def start_http(health: Health, listen: str, token: str | None) -> web.AppRunner:
     """Start serving; returns the runner (``runner.addresses`` has the bound address; call
     ``await runner.cleanup()`` on shutdown). Raises ``OSError`` if the address cannot be bound."""
+    from aiohttp import web  # noqa: PLC0415 - see the imports
+
     host, port = parse_listen(listen)
     if host not in LOOPBACK_HOSTS and not token:
         log.warning("HTTP listener on %s without a token: /status and /metrics are public", host)
@@ -82,6 +95,8 @@ async def start_http(health: Health, listen: str, token: str | None) -> web.AppR
 
 
 def _bearer_middleware(token: str) -> Middleware:
+    from aiohttp import web  # noqa: PLC0415 - see the imports
+
     expected = f"Bearer {token}".encode()
 
     @web.middleware
@@ -99,7 +114,9 @@ def _bearer_middleware(token: str) -> Middleware:
 
 
 async def _healthz(request: web.Request) -> web.Response:
-    health = request.app[_HEALTH_KEY]
+    from aiohttp import web  # noqa: PLC0415 - see the imports
+
+    health = request.app[_health_key()]
     headers = {"Cache-Control": "no-store"}
     if health.healthy():
         return web.Response(text="ok\n", headers=headers)
@@ -108,7 +125,9 @@ async def _healthz(request: web.Request) -> web.Response:
 
 
 async def _metrics(request: web.Request) -> web.Response:
-    body = request.app[_HEALTH_KEY].render_prometheus().encode()
+    from aiohttp import web  # noqa: PLC0415 - see the imports
+
+    body = request.app[_health_key()].render_prometheus().encode()
     return web.Response(
         body=body,
         headers={"Content-Type": PROMETHEUS_CONTENT_TYPE, "Cache-Control": "no-store"},
@@ -116,7 +135,9 @@ async def _metrics(request: web.Request) -> web.Response:
 
 
 async def _status(request: web.Request) -> web.Response:
-    body = request.app[_HEALTH_KEY].status_json()
+    from aiohttp import web  # noqa: PLC0415 - see the imports
+
+    body = request.app[_health_key()].status_json()
     return web.json_response(
         body,
         dumps=lambda o: json.dumps(o, indent=2, default=str),

@@ -88,6 +88,9 @@ from detector.timefmt import iso_or_none
 log = logging.getLogger("detector")
 
 QUEUE_BATCHES = 8
+QUEUE_BYTES = 2 << 20
+"""The queue takes no batch while it holds this many bytes of blocks (and at most QUEUE_BATCHES
+batches): what is read waits in memory, 1 MiB a block, so the bound is bytes, not batches."""
 COALESCE_BATCHES = 8
 """At most this many batches already waiting in the queue are processed together and committed
 in one transaction (catching up: one commit per ~8 MiB instead of per 1 MiB block)..."""
@@ -137,6 +140,28 @@ def reads_other_fields(name: str, old: Config, new: Config) -> bool:
     from detector.sources.journald import journal_fields  # noqa: PLC0415
 
     return journal_fields(old, name) != journal_fields(new, name)
+
+
+class BatchQueue(asyncio.Queue[Batch]):
+    """An :class:`asyncio.Queue` of batches that is also full while it holds ``max_bytes`` of
+    blocks or more (the hooks ``_put``/``_get`` are those ``asyncio.PriorityQueue`` uses)."""
+
+    def __init__(self, max_bytes: int, maxsize: int = 0) -> None:
+        super().__init__(maxsize)
+        self.max_bytes = max_bytes
+        self.bytes = 0
+
+    def full(self) -> bool:
+        return self.bytes >= self.max_bytes or super().full()
+
+    def _put(self, item: Batch) -> None:
+        self.bytes += len(item.block) if item.block else 0
+        super()._put(item)
+
+    def _get(self) -> Batch:
+        item = super()._get()
+        self.bytes -= len(item.block) if item.block else 0
+        return item
 
 
 @dataclass
@@ -207,7 +232,7 @@ class Agent:
         self._pending_silences: list[Silence] | None = None
         self._compiling: tuple[Config, asyncio.Future[Matcher], Snapshot] | None = None
         """A reload's new config and its matcher compiling in a thread (``_begin_reload``)."""
-        self.queue: asyncio.Queue[Batch] = asyncio.Queue(maxsize=QUEUE_BATCHES)
+        self.queue: asyncio.Queue[Batch] = BatchQueue(QUEUE_BYTES, maxsize=QUEUE_BATCHES)
         self.sources: dict[str, _Running] = {}
         self.workers: dict[str, tuple[DeliveryWorker, asyncio.Task[None]]] = {}
         self.down_since: datetime | None = None
@@ -517,6 +542,7 @@ class Agent:
     async def _pump(self, source: Source) -> None:
         async for batch in source.batches():
             await self.queue.put(batch)
+            del batch  # not held while the source reads the next one
 
     def _start_worker(self, name: str) -> None:
         webhook = self.config.webhooks[name]
@@ -769,6 +795,7 @@ class Agent:
         while batch is not None:
             batches.append(batch)
             commit.absorb(self.pipeline.process(batch, when_for, now))
+            batch.block = None  # matched: its bytes are not held until the commit is written
             more = len(batches) < most and time.perf_counter() - started < COALESCE_S
             batch = self.queue.get_nowait() if more and not self.queue.empty() else None
         self.state.batches += len(batches)
@@ -783,7 +810,7 @@ class Agent:
         for batch in batches:
             if batch.truncated_lines:
                 h.inc("truncated_lines", batch.truncated_lines, source=batch.source)
-            if batch.lines or batch.block:
+            if batch.lines or batch.block_path:  # lines, or a block (let go of above)
                 last = (batch.lines[-1].event_at if batch.lines else None) or now
                 h.set_time("last_event_at", last, source=batch.source)
         for rule, n in self.pipeline.lines_matched.items():

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import os
 import shutil
 import tempfile
@@ -314,6 +315,52 @@ async def test_caught_up_once_every_file_present_at_start_was_read_to_its_end(
         await t.drain()
         assert t.source.caught_up()
         assert t.source.status()["caught_up"] is True
+
+
+async def test_a_sweep_out_of_budget_goes_on_from_the_next_file_so_every_busy_file_is_read(
+    tmp_path: Path,
+) -> None:
+    """A sweep reads SWEEP_BLOCKS blocks; the next one starts at the file the last one did not
+    reach, so a file that keeps its backlog cannot hold back the files after it."""
+    blocks = files.SWEEP_BLOCKS + 1  # more than one sweep of each file
+    lines = blocks * files.BLOCK_BYTES // 100
+    for name in ("a.log", "b.log", "c.log"):  # other first bytes: not copies of one another
+        (tmp_path / name).write_bytes((name[0].encode() * 99 + b"\n") * lines)
+    async with tailing(config(tmp_path / "*.log")) as t:
+        order: list[str] = []
+        for _ in range(6):
+            batches = await t.source.poll_once()
+            t.commit(batches)
+            read = [Path(b.block_path or "").name for b in batches if b.block]
+            assert len(read) <= files.SWEEP_BLOCKS
+            order.extend(dict.fromkeys(read))
+        assert order[:3] == ["a.log", "b.log", "c.log"]  # each file's turn before any second
+        await t.drain()
+        sizes = {
+            Path(cp["path"]).name: cp["offset"] for cp in file_checkpoints(t.committed).values()
+        }
+        assert sizes == {n: (tmp_path / n).stat().st_size for n in ("a.log", "b.log", "c.log")}
+        assert len(t.lines) == 3 * lines
+
+
+async def test_batches_are_let_go_of_as_they_are_handed_over(tmp_path: Path) -> None:
+    """What a sweep read is not held by the source once the consumer took it: the memory in
+    flight is what waits in the consumer, not a sweep's whole list."""
+    line = b"w" * 99 + b"\n"
+    (tmp_path / "big.log").write_bytes(line * (files.SWEEP_BLOCKS * files.BLOCK_BYTES // 100))
+    source = FileSource(config(tmp_path / "*.log"), {}, FakeClock(), watch=False)
+    gen = source.batches()
+    try:
+        first = await anext(gen)
+        second = await anext(gen)  # the next batch of the same sweep
+        assert first.block is not None and second.block is not None
+        gc.collect()
+        # only this test's frame holds them: no list of the source's (its sweep's batches)
+        for batch in (first, second):
+            assert not [r for r in gc.get_referrers(batch) if isinstance(r, list)]
+    finally:
+        await gen.aclose()
+        await source.aclose()
 
 
 # ---------------------------------------------------------------- rotation and truncation

@@ -14,8 +14,11 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from detector.clock import FakeClock
-from detector.service import Agent
+from detector.service import QUEUE_BATCHES, Agent, BatchQueue
+from detector.sources.base import Batch
 from tests.agent_inproc import RULES
 from tests.agent_proc import config_in, write_config
 from tests.receiver import Receiver
@@ -505,3 +508,27 @@ async def test_slow_batches_are_committed_one_by_one_so_the_loop_is_not_held(
     assert agent.pipeline.lines_undecided["lookbehind"] == 18
     assert agent.state.batches >= 3
     assert agent.state.commits >= agent.state.batches
+
+
+async def test_the_agents_queue_is_bounded_by_the_bytes_of_its_blocks() -> None:
+    """Full at ``max_bytes`` of blocks (whatever the count below QUEUE_BATCHES); a batch of
+    lines or checkpoints counts no bytes; every byte taken out is given back."""
+    mib = b"x" * 1023 + b"\n"
+    mib *= 1024
+    q = BatchQueue(2 << 20, maxsize=QUEUE_BATCHES)
+    q.put_nowait(Batch("s", [], block=mib))
+    q.put_nowait(Batch("s", []))  # checkpoints only: no bytes
+    assert not q.full()
+    q.put_nowait(Batch("s", [], block=mib))
+    assert q.full() and q.bytes == 2 << 20 and q.qsize() == 3
+    with pytest.raises(asyncio.QueueFull):
+        q.put_nowait(Batch("s", []))
+    assert (await q.get()).block == mib
+    assert not q.full() and q.bytes == 1 << 20
+    q.put_nowait(Batch("s", [], block=mib[:10]))
+    while not q.empty():
+        q.get_nowait()
+    assert q.bytes == 0
+    for _ in range(QUEUE_BATCHES):  # and the count bound still holds
+        q.put_nowait(Batch("s", []))
+    assert q.full()

@@ -19,14 +19,15 @@ from __future__ import annotations
 
 import ssl
 from email.utils import getaddresses, parseaddr
-from typing import Any
-
-import aiosmtplib
+from typing import TYPE_CHECKING, Any
 
 from detector.delivery.common import RenderedRequest, clip
 from detector.delivery.mail import smtp_url
 from detector.delivery.transport import Outcome, redact
 from detector.model import SmtpConfig, WebhookConfig
+
+if TYPE_CHECKING:  # imported where a mail is sent: an agent without email never loads it
+    import aiosmtplib
 
 ANSWER_CHARS = 200
 
@@ -38,6 +39,8 @@ def _tls_context(smtp: SmtpConfig) -> ssl.SSLContext:
 async def send(webhook: WebhookConfig, request: RenderedRequest) -> Outcome:
     """Hand one rendered mail to the webhook's SMTP server; never raises for a delivery
     problem."""
+    import aiosmtplib  # noqa: PLC0415 - see the imports
+
     smtp = webhook.smtp
     assert smtp is not None and webhook.mail_from is not None
     where = smtp_url(smtp)
@@ -100,6 +103,8 @@ async def send(webhook: WebhookConfig, request: RenderedRequest) -> Outcome:
 
 
 def _step(e: aiosmtplib.SMTPResponseException) -> str:
+    import aiosmtplib  # noqa: PLC0415 - see the imports
+
     if isinstance(e, aiosmtplib.SMTPAuthenticationError):
         return "the login"
     if isinstance(e, aiosmtplib.SMTPSenderRefused):

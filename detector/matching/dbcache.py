@@ -23,7 +23,6 @@ import hashlib
 import logging
 import os
 import platform
-import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -163,6 +162,8 @@ class DbCache:
         data = FORMAT + key.encode("ascii") + b"\n" + hashlib.sha256(payload).digest() + payload
         try:
             self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+            import tempfile  # noqa: PLC0415 - on a miss only: commands start without it
+
             fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=SUFFIX, dir=self.directory)
             try:
                 with os.fdopen(fd, "wb") as f:

@@ -56,10 +56,12 @@ problem), so it works without inotify too. Choices, in the order a file meets th
    does not stop reads; they use a directory and a broken symlink instead.)
 7. Batches: at most 10,000 decoded lines, or one block of at most 1 MiB; new checkpoints
    (start-up position, restart at 0) and deletions go out in a batch without lines. A sweep reads
-   at most 4 MiB of lines per file and 16 MiB in total (rotated files first, then in path order),
-   then the next sweep follows at once; blocks inside one over-long line do not count, as nothing
-   of them is kept. Cancelling :meth:`batches` during a sweep drops what that sweep read: cancel
-   means shut down, and the next process resumes from the committed checkpoints.
+   at most 2 MiB of lines (``SWEEP_BLOCKS``: memory in flight), rotated files first, then in path
+   order from the file the last sweep ran out of budget at (so every busy file gets its turn);
+   the next sweep follows at once; blocks inside one over-long line do not count, as nothing of
+   them is kept. Each batch is let go of as the agent's queue takes it. Cancelling
+   :meth:`batches` during a sweep drops what that sweep read: cancel means shut down, and the
+   next process resumes from the committed checkpoints.
 8. Limits, by design: a file deleted
    while the agent is down is lost; the same first bytes rewritten after a truncation to at least
    the old size cannot be told apart from the old content. If inotify is unavailable (or a watched
@@ -127,8 +129,11 @@ from detector.sources.watch import Hub, Subscription
 log = logging.getLogger(__name__)
 
 FP_BYTES = 256
-FILE_BLOCKS_PER_SWEEP = 4
-SWEEP_BLOCKS = 16
+FILE_BLOCKS_PER_SWEEP = 2
+SWEEP_BLOCKS = 2
+"""A sweep reads at most this many 1 MiB blocks of a file, and of all its files (then the next
+sweep follows at once): what a sweep reads waits whole for the agent's queue, so this is memory
+in flight (2 MiB beside the queue's 2), not speed: a sweep of a few files costs a few µs."""
 START_TAIL_BYTES = 64 * 1024  # how far back start_at=end looks for the last newline
 GLOB_CHARS = frozenset("*?[")
 FULL_SWEEP_EVERY = timedelta(minutes=1)
@@ -366,6 +371,7 @@ class FileSource:
         self._sibling_names: set[str] = set()  # the rotated copies' paths at the last sweep
         self._rescan = False
         self._reads = ReadRequests()
+        self._resume_at: _Tracked | None = None  # the file the next sweep reads first
 
     # ------------------------------------------------------------ public API
 
@@ -385,8 +391,9 @@ class FileSource:
                 found = await self.poll_once()
             finally:
                 self.opened.set()  # the first sweep fixed where every file starts
-            for batch in found:
-                yield batch  # returns once the agent's queue took it
+            found.reverse()
+            while found:  # each batch let go of once handed over: memory in flight is bounded
+                yield found.pop()  # returns once the agent's queue took it
             if not self._more:
                 self._reads.served(asked)  # read to the end of every file as it was then
                 await self._wait()
@@ -559,9 +566,15 @@ class FileSource:
             batches.append(Batch(self.name, [], [self._done_checkpoint()]))
         budget = SWEEP_BLOCKS
         self._more = False
+        if self._resume_at in order:  # the last sweep ran out of budget: it goes on from there
+            first_at = order.index(self._resume_at)
+            order = [*order[first_at:], *order[:first_at]]
+        self._resume_at = None
         for tf in [*draining, *order]:
             if budget <= 0:
                 self._more = True
+                if tf.draining_since is None:
+                    self._resume_at = tf
                 break
             budget -= self._read(tf, now, batches, problems)
             if self._should_retire(tf, now):

@@ -23,9 +23,6 @@ began (:attr:`Chunk.starts`), which the event assembler of a ``multiline:`` sour
 
 from __future__ import annotations
 
-import bz2
-import gzip
-import lzma
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
@@ -82,12 +79,11 @@ def _with_starts(chunks: list[Chunk], data: bytes, held: int) -> list[Chunk]:
     return out
 
 
-def _has_long_line(body: bytes, limit: int) -> bool:
-    """Does a line of ``body`` (lines separated by newlines) exceed ``limit`` bytes? One look
-    per ``limit`` bytes: the last newline of each window must exist."""
-    pos, n = 0, len(body)
-    while n - pos > limit:
-        nl = body.rfind(b"\n", pos, pos + limit + 1)
+def _has_long_line(data: bytes, pos: int, end: int, limit: int) -> bool:
+    """Does a line of ``data[pos:end]`` (lines separated by newlines) exceed ``limit`` bytes?
+    One look per ``limit`` bytes: the last newline of each window must exist."""
+    while end - pos > limit:
+        nl = data.rfind(b"\n", pos, pos + limit + 1)
         if nl < 0:
             return True
         pos = nl + 1
@@ -195,11 +191,11 @@ class LineAssembler:
                 cuts.append((0, start))
             pos = first_nl + 1
         if pos <= last_nl:
-            body = data[pos:last_nl]
             limit = self.max_line_bytes
-            has_cr = b"\r" in body
-            if (not has_cr or self._normalize) and not _has_long_line(body, limit):
-                # The common case: whole lines, as read. They go on undecoded (Chunk.block).
+            has_cr = data.find(b"\r", pos, last_nl) >= 0
+            if (not has_cr or self._normalize) and not _has_long_line(data, pos, last_nl, limit):
+                # The common case: whole lines, as read. They go on undecoded (Chunk.block):
+                # ``data`` itself when it is all whole lines (no copy of the block).
                 self._hold(data[last_nl + 1 :])
                 raw = data[pos : last_nl + 1]
                 if has_cr:
@@ -208,6 +204,7 @@ class LineAssembler:
                 if texts:  # a held partial line completed first: a chunk of its own
                     return [Chunk(texts, pos, cut_at=tuple(s for _, s in cuts)), block]
                 return [block]
+            body = data[pos:last_nl]
             parts = body.split(b"\n")
             long = len(body) > limit and max(map(len, parts)) > limit
             if not long and not has_cr:
@@ -285,6 +282,14 @@ def read_block(
     want = size if end is None else min(size, end - pos)
     if expect is not None:
         want = min(want, max(0, expect) + READ_SLACK)
+    if want == size and size > LOOKBACK:
+        # A full read: its last newline is looked for first, in its last LOOKBACK bytes, and the
+        # read stops there, rather than reading it all and copying all but the partial line.
+        tail = os.pread(fd, LOOKBACK, pos + size - LOOKBACK)
+        nl = tail.rfind(b"\n") if len(tail) == LOOKBACK else -1
+        if nl >= 0:
+            data = os.pread(fd, size - LOOKBACK + nl + 1, pos)
+            return len(data), assembler.feed(data) if data else []
     data = os.pread(fd, want, pos) if want > 0 else b""
     if not data:
         return 0, []
@@ -390,10 +395,17 @@ def open_stream(fd: int, kind: str) -> BinaryIO:
         raw = open(path, "rb")  # noqa: SIM115 - closed with the reader (closefd)
         reader = zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True)
         return reader
+    # the decompressors imported here, for a compressed file (and their libraries loaded)
     if kind == "gz":
+        import gzip  # noqa: PLC0415
+
         return gzip.open(path, "rb")  # type: ignore[return-value]
     if kind == "xz":
+        import lzma  # noqa: PLC0415
+
         return lzma.open(path, "rb")  # type: ignore[return-value]
+    import bz2  # noqa: PLC0415
+
     return bz2.open(path, "rb")  # type: ignore[return-value]
 
 
@@ -402,6 +414,8 @@ def stream_head(fd: int, kind: str | None, n: int) -> bytes:
     a compressed file still being written)."""
     if kind is None:
         return os.pread(fd, n, 0)
+    import lzma  # noqa: PLC0415 - for its error (only a compressed file gets here)
+
     try:
         with open_stream(fd, kind) as f:
             return f.read(n)

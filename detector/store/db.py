@@ -32,8 +32,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
-import sqlite_utils
-
 from detector.records import Commit
 from detector.timefmt import iso
 
@@ -93,52 +91,77 @@ def iso_ts(value: float | None) -> str | None:
     return None if value is None else iso(from_ts(value), timespec="seconds")
 
 
-def _migrate_1(db: sqlite_utils.Database) -> None:
-    db.table("meta").create({"key": str, "value": str}, pk="key", if_not_exists=True)
-    db.table("checkpoints").create(
-        {"source": str, "key": str, "value": str, "updated_at": float},
-        pk=("source", "key"),
-        if_not_exists=True,
-    )
-    db.table("rule_state").create(
-        {"rule": str, "key": str, "value": str}, pk=("rule", "key"), if_not_exists=True
-    )
-    db.table("alerts").create(
-        {"fingerprint": str, "rule": str, "status": str, "value": str, "updated_at": float},
-        pk="fingerprint",
-        if_not_exists=True,
-    )
-    db.table("outbox").create(
-        {
-            "id": int,
-            "webhook": str,
-            "event_id": str,
-            "fingerprint": str,
-            "status": str,
-            "payload": str,
-            "created_at": float,
-            "next_attempt_at": float,
-            "attempts": int,
-            "state": str,  # pending | delivered | dead
-            "last_error": str,
-            "delivered_at": float,
-        },
-        pk="id",
-        if_not_exists=True,
-        defaults={"attempts": 0, "state": "pending"},
-    )
-    db.table("outbox").create_index(["webhook", "state", "id"], if_not_exists=True)
-    db.table("outbox").create_index(["webhook", "event_id"], unique=True, if_not_exists=True)
+# The schema as sqlite-utils wrote it (the same text in ``sqlite_master``, byte for byte), in
+# plain SQL: a running agent then does not import sqlite-utils (and click, pluggy, dateutil with
+# it: 4 MB of the agent's memory) for the two statements a fresh state file needs.
+_SCHEMA_1 = (
+    """CREATE TABLE IF NOT EXISTS "meta" (
+   "key" TEXT PRIMARY KEY,
+   "value" TEXT
+)""",
+    """CREATE TABLE IF NOT EXISTS "checkpoints" (
+   "source" TEXT,
+   "key" TEXT,
+   "value" TEXT,
+   "updated_at" REAL,
+   PRIMARY KEY ("source", "key")
+)""",
+    """CREATE TABLE IF NOT EXISTS "rule_state" (
+   "rule" TEXT,
+   "key" TEXT,
+   "value" TEXT,
+   PRIMARY KEY ("rule", "key")
+)""",
+    """CREATE TABLE IF NOT EXISTS "alerts" (
+   "fingerprint" TEXT PRIMARY KEY,
+   "rule" TEXT,
+   "status" TEXT,
+   "value" TEXT,
+   "updated_at" REAL
+)""",
+    """CREATE TABLE IF NOT EXISTS "outbox" (
+   "id" INTEGER PRIMARY KEY,
+   "webhook" TEXT,
+   "event_id" TEXT,
+   "fingerprint" TEXT,
+   "status" TEXT,
+   "payload" TEXT,
+   "created_at" REAL,
+   "next_attempt_at" REAL,
+   "attempts" INTEGER DEFAULT 0,
+   "state" TEXT DEFAULT 'pending',
+   "last_error" TEXT,
+   "delivered_at" REAL
+)""",
+    """CREATE INDEX IF NOT EXISTS "idx_outbox_webhook_state_id"
+    ON "outbox" ("webhook", "state", "id")""",
+    """CREATE UNIQUE INDEX IF NOT EXISTS "idx_outbox_webhook_event_id"
+    ON "outbox" ("webhook", "event_id")""",
+)
+_SCHEMA_2 = (
+    """CREATE TABLE IF NOT EXISTS "silences" (
+   "id" TEXT PRIMARY KEY,
+   "value" TEXT,
+   "ends_at" REAL,
+   "created_at" REAL
+)""",
+)
+"""Silences (``detector silence``; store/silences.py): written by the command, read by the
+agent."""
 
 
-def _migrate_2(db: sqlite_utils.Database) -> None:
-    """Silences (``detector silence``; store/silences.py): written by the command, read by the
-    agent."""
-    db.table("silences").create(
-        {"id": str, "value": str, "ends_at": float, "created_at": float},
-        pk="id",
-        if_not_exists=True,
-    )
+def _migrate_1(conn: sqlite3.Connection) -> None:
+    for statement in _SCHEMA_1:
+        conn.execute(statement)
+
+
+def _migrate_2(conn: sqlite3.Connection) -> None:
+    for statement in _SCHEMA_2:
+        conn.execute(statement)
+
+
+def _table_names(conn: sqlite3.Connection) -> set[str]:
+    return {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
 
 
 MIGRATIONS = {1: _migrate_1, 2: _migrate_2}
@@ -167,8 +190,7 @@ class Store:
             conn = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None)
             conn.execute("PRAGMA busy_timeout=5000")
             self.conn = conn
-            self.db = sqlite_utils.Database(conn)
-            if size is not None and "meta" not in self.db.table_names():  # before any write
+            if size is not None and "meta" not in _table_names(conn):  # before any write
                 raise StoreCorrupt(
                     f"cannot open state file {self.path}: it has no detector schema (no meta "
                     "table), not a detector state file"
@@ -191,7 +213,7 @@ class Store:
     # ---------------------------------------------------------------- schema
 
     def schema_version(self) -> int:
-        if "meta" not in self.db.table_names():
+        if "meta" not in _table_names(self.conn):
             return 0
         row = self.conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
         return int(row[0]) if row else 0
@@ -206,7 +228,7 @@ class Store:
             )
         for version in range(current + 1, SCHEMA_VERSION + 1):
             with self._tx():
-                MIGRATIONS[version](self.db)
+                MIGRATIONS[version](self.conn)
                 self.conn.execute(
                     "INSERT OR REPLACE INTO meta(key, value) VALUES('schema_version', ?)",
                     (str(version),),
