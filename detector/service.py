@@ -249,6 +249,9 @@ class Agent:
         in memory is always exactly the state file plus this (nothing is processed between a
         pipeline step and its ``_commit``, and a later commit absorbs it)."""
         self._defer_timer: asyncio.TimerHandle | None = None
+        self._committed_keys: set[tuple[str, str]] = set()
+        """(source, key) of every checkpoint in the state file: only a commit that moves those
+        may wait (``_deferrable``)."""
         self._flush_asked = False
 
     @property
@@ -405,6 +408,7 @@ class Agent:
         compiling = asyncio.ensure_future(self._compile(config))
         alert_rows = alert_rows_of(await self.db.run(lambda s: s.load_alert_chunks()))
         states = await self.db.run(all_rule_state)
+        self._committed_keys = await self.db.run(_checkpoint_keys)
         for webhook in config.webhooks:
             self._start_worker(webhook)
         for name, cfg in config.sources.items():
@@ -832,7 +836,7 @@ class Agent:
             commit, self._deferred = self._deferred, None
         if commit.empty():
             return
-        if defer and not (commit.alerts or commit.outbox or commit.meta or self._stop.is_set()):
+        if defer and self._deferrable(commit):
             self._deferred = commit
             if self._defer_timer is None:
                 self._defer_timer = asyncio.get_running_loop().call_later(DEFER_S, self._defer_due)
@@ -867,6 +871,7 @@ class Agent:
         if failing:
             self.monitor.state_ok()
         self.state.commits += 1
+        self._note_committed(commit)
         woken: set[str] = set()
         seen_events: set[str] = set()
         for row in commit.outbox:
@@ -879,6 +884,24 @@ class Agent:
             if row.webhook not in woken and row.webhook in self.workers:
                 woken.add(row.webhook)
                 self.workers[row.webhook][0].wake(handed.get(row.webhook))
+
+    def _deferrable(self, commit: Commit) -> bool:
+        """Whether ``commit`` may wait (``DEFER_S``): no alert, notification or agent record, and
+        every checkpoint moves one the state file already holds. A file's first checkpoint (a
+        new file, a rotated one found, the place a first start begins at), a deletion, or a
+        journal's first cursor is written at once: lost in a crash, the next start would not
+        know the file or where it began and would apply ``start_at`` again, skipping lines."""
+        if commit.alerts or commit.outbox or commit.meta or self._stop.is_set():
+            return False
+        keys = self._committed_keys
+        return all(not cp.delete and (cp.source, cp.key) in keys for cp in commit.checkpoints)
+
+    def _note_committed(self, commit: Commit) -> None:
+        for cp in commit.checkpoints:
+            if cp.delete:
+                self._committed_keys.discard((cp.source, cp.key))
+            else:
+                self._committed_keys.add((cp.source, cp.key))
 
     def _defer_due(self) -> None:
         """``DEFER_S`` after a commit was deferred: the processor writes it (``_flush_asked``)."""
@@ -903,6 +926,7 @@ class Agent:
             log.warning("cannot commit to the state file at the stop: %s", e)
             return
         self.state.commits += 1
+        self._note_committed(commit)
 
     async def _compile(self, config: Config) -> Matcher:
         """``build_matcher(config)`` in a thread (Hyperscan releases the GIL while it compiles),
@@ -1160,6 +1184,10 @@ def _commit_and_read(
             with contextlib.suppress(sqlite3.Error):
                 out[name] = read(store)
     return out
+
+
+def _checkpoint_keys(store: Store) -> set[tuple[str, str]]:
+    return {(r[0], r[1]) for r in store.conn.execute("SELECT source, key FROM checkpoints")}
 
 
 def _read_silences(store: Store, now: datetime) -> list[Silence]:

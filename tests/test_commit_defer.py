@@ -102,6 +102,40 @@ async def test_a_stop_writes_the_deferred_commit(tmp_path: Path) -> None:
     assert read_positions(state)[str(log)] == log.stat().st_size
 
 
+@pytest.mark.usefixtures("long_defer")
+async def test_a_files_first_checkpoint_is_written_at_once_never_deferred(tmp_path: Path) -> None:
+    """Where a first start begins (``start_at: end``) and a file found after a rotation have no
+    checkpoint yet: theirs is written at once. Deferred and lost in a crash, the next start
+    would not know the file, begin at its end again and skip what was written meanwhile (found
+    by tests/test_rotation_agent.py: SIGKILLs between renames lost whole generations)."""
+    log, state = tmp_path / "app.log", tmp_path / "state.db"
+    append(log, "INFO before the agent")
+    async with Receiver() as rx:
+        cfg = config_in(tmp_path, RULES.format(log=log), rx.url + "/hook")
+        agent, task = await _start(cfg)
+        try:
+            # no wait_idle(): it would write the deferred commit itself
+            await until(
+                lambda: read_positions(state).get(str(log)) == log.stat().st_size,
+                what="the first start's place in the state file",
+            )
+            first = read_positions(state)[str(log)]
+            append(log, "INFO one")
+            await processed(agent, 1)
+            assert read_positions(state)[str(log)] == first  # a known file's move: waits
+            assert agent._deferred is not None
+            log.rename(tmp_path / "app.log.1")
+            append(log, "INFO in the new file")
+            # the new file's first checkpoint goes out at once, with the one that waited
+            await until(
+                lambda: read_positions(state).get(str(log)) == log.stat().st_size,
+                what="the new file's first checkpoint",
+            )
+        finally:
+            agent.request_stop()
+            assert await task == 0
+
+
 THRESHOLD = """\
 sources:
   app: {{file: "{log}"}}
