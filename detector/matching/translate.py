@@ -21,6 +21,10 @@ own parser (``re._parser``), then walked once to produce:
   never run through backtracking ``re`` when the linear-time Pike VM (``pike``) can
   run them.
 * ``pike_ok`` — the pattern only uses constructs the Pike VM supports.
+* ``literals`` — required literals (``required_literals``): a few strings of at least
+  ``MIN_LITERAL`` characters, one of which every match takes in (on any line). For a pattern
+  ``re`` confirms on every candidate line anyway, Hyperscan can look for them instead of the
+  whole translation: a superset of candidates, far cheaper to compile.
 
 ``re._parser`` is private to CPython: it is read only on the versions in ``SUPPORTED_PYTHONS`` and
 only if a probe pattern parses to the tree this module (and ``pike``) expects. Otherwise
@@ -169,6 +173,9 @@ class Analysis:
     pike_ok: bool
     reasons: tuple[str, ...]
     """Why the pattern is inexact / risky, for ``PatternReport.note``."""
+    literals: tuple[str, ...] | None = None
+    """Required literals (:func:`required_literals`): every match of the pattern, on any line,
+    takes in one of them, as Hyperscan byte-pattern text; None when none is long enough."""
 
 
 class ParserUnavailable(Exception):
@@ -184,7 +191,7 @@ def parse(regex: str) -> Any:
 def unanalysed(why: str) -> Analysis:
     """The analysis of a pattern whose parse tree cannot be read: no prefilter, no Pike VM, and
     assumed risky (so off the main thread the static caps of risky patterns apply)."""
-    return Analysis(None, False, None, True, False, (f"no prefilter, no Pike VM: {why}",))
+    return Analysis(None, False, None, True, False, (f"no prefilter, no Pike VM: {why}",), None)
 
 
 def char_source(op: Any, av: Any) -> str:
@@ -386,6 +393,145 @@ def _class_may_be_high(items: Any, flags: int) -> bool:
     return False
 
 
+# ---------------------------------------------------------------- required literals
+
+MIN_LITERAL = 5
+"""Shortest required literal worth a prefilter, in characters. A shorter one (``" "``,
+``"id="``) is on most lines of a log: every line would be a candidate and ``re`` would run on
+it. A pattern whose required literals include a shorter one keeps its full translation."""
+MAX_LITERALS = 16
+"""Most required literals one pattern may have (the cross product of alternations grows
+fast): past it, the analysis settles for a shorter sub-sequence, or none."""
+_MAX_UNIT_CODES = 2
+"""Most ASCII characters one position of a literal may be (a letter in either case)."""
+
+_Unit = str
+"""One character position of a literal, as Hyperscan byte-pattern text."""
+_Strings = frozenset[tuple[_Unit, ...]]
+_EMPTY: _Strings = frozenset({()})
+
+
+def _score(strings: _Strings | None) -> tuple[int, int]:
+    """How selective requiring one of ``strings`` is: the shortest first, then fewer."""
+    if not strings:
+        return (-1, 0)
+    return (min(len(s) for s in strings), -len(strings))
+
+
+def _better(a: _Strings | None, b: _Strings | None) -> _Strings | None:
+    return b if _score(b) > _score(a) else a
+
+
+class _Literals:
+    """The walk of :func:`required_literals`. ``node``/``seq`` return (exact, required):
+
+    * exact — every string the node can take in is one of these (zero-width parts take in
+      nothing), or None when that set is unknown or too large;
+    * required — every match of the node takes in a string containing one of these, or None.
+
+    Lookarounds take in nothing here and contribute nothing (a lookahead of an event's text may
+    look past the line the match is on)."""
+
+    def __init__(self, translator: _Translator) -> None:
+        self.t = translator
+
+    def unit(self, op: Any, av: Any, flags: int) -> _Unit | None:
+        name = str(op)
+        if name == "LITERAL" and av >= 128 and not flags & re.IGNORECASE:
+            if av == _REPLACEMENT:  # on raw bytes, also 1-3 invalid bytes: not one string
+                return None
+            data = chr(av).encode("utf-8", "surrogatepass")
+            return "".join(f"\\x{b:02x}" for b in data)
+        try:
+            codes, may_high = self.t.char_set(op, av, flags)
+        except Untranslatable:
+            return None
+        if may_high or not codes or len(codes) > _MAX_UNIT_CODES:
+            return None
+        if len(codes) == 1:
+            return f"\\x{codes[0]:02x}"
+        return _byte_class(codes)
+
+    def seq(self, items: Any, flags: int) -> tuple[_Strings | None, _Strings | None]:
+        run: _Strings = _EMPTY
+        whole = True  # ``run`` is the exact set of the whole sequence so far
+        best: _Strings | None = None
+        for op, av in items:
+            exact, required = self.node(op, av, flags)
+            best = _better(best, required)
+            if exact is None:
+                best = _better(best, run)
+                run, whole = _EMPTY, False
+                continue
+            if len(run) * len(exact) > MAX_LITERALS:
+                best = _better(best, run)
+                run, whole = exact, False
+                continue
+            run = frozenset(x + y for x in run for y in exact)
+        best = _better(best, run)
+        return (run if whole else None), best
+
+    def node(self, op: Any, av: Any, flags: int) -> tuple[_Strings | None, _Strings | None]:
+        name = str(op)
+        if name in ("LITERAL", "NOT_LITERAL", "ANY", "IN"):
+            unit = self.unit(op, av, flags)
+            if unit is None:
+                return None, None
+            one = frozenset({(unit,)})
+            return one, one
+        if name in ("AT", "ASSERT", "ASSERT_NOT"):
+            return _EMPTY, None
+        if name == "SUBPATTERN":
+            _gid, add, delete, sub = av
+            return self.seq(sub, effective_flags(flags, add, delete))
+        if name == "ATOMIC_GROUP":
+            return self.seq(av, flags)
+        if name == "BRANCH":
+            alts = [self.seq(alt, flags) for alt in av[1]]
+            exact: _Strings | None = None
+            if all(e is not None for e, _ in alts):
+                exact = frozenset().union(*(e for e, _ in alts if e is not None))
+                if len(exact) > MAX_LITERALS:
+                    exact = None
+            required: _Strings | None = None
+            if all(r for _, r in alts):
+                required = frozenset().union(*(r for _, r in alts if r is not None))
+                if len(required) > MAX_LITERALS or () in required:
+                    required = None
+            return exact, _better(required, exact)
+        if name in ("MAX_REPEAT", "MIN_REPEAT", "POSSESSIVE_REPEAT"):
+            lo, hi, sub = av
+            if hi == 0:
+                return _EMPTY, None
+            body_exact, body_required = self.seq(sub, flags)
+            exact = None
+            if body_exact is not None and hi == 1:
+                exact = body_exact if lo == 1 else body_exact | _EMPTY
+            elif body_exact is not None and lo == hi and len(body_exact) ** lo <= MAX_LITERALS:
+                exact = _EMPTY
+                for _ in range(lo):
+                    exact = frozenset(x + y for x in exact for y in body_exact)
+            return exact, (body_required if lo >= 1 else None)
+        return None, None  # backreferences, conditionals, anything unknown: no literal known
+
+
+def required_literals(
+    tree: Any, flags: int, translator: _Translator | None = None
+) -> tuple[str, ...] | None:
+    """Literals one of which every match of the parsed pattern takes in, each at least
+    ``MIN_LITERAL`` characters (as Hyperscan byte-pattern text, sorted), or None.
+
+    A literal's character is an ASCII character (or its two cases) that cannot stand for a
+    non-ASCII one (so not ``i``, ``k``, ``s`` under Unicode ``(?i)``: ``ı``, ``K``, ``ſ``), or
+    the UTF-8 bytes of a non-ASCII one (not U+FFFD, which ``errors="replace"`` makes of invalid
+    bytes): the same bytes are on the line whenever the decoded line holds it."""
+    walker = _Literals(translator or _Translator(loose_boundaries=False, cache={}))
+    _exact, required = walker.seq(list(tree), flags)
+    if not required or _score(required)[0] < MIN_LITERAL:
+        return None
+    return tuple(sorted("".join(s) for s in required))
+
+
 # ---------------------------------------------------------------- risk analysis
 
 
@@ -517,6 +663,7 @@ def analyse(regex: str, cache: CharCache | None = None) -> Analysis:
     risky_reasons = list(dict.fromkeys(_risky(list(tree), flags)))
     blockers = list(dict.fromkeys(_pike_blockers(list(tree))))
     strict = _Translator(loose_boundaries=False, cache=cache)
+    literals = required_literals(tree, flags, strict)
     try:
         hs: str | None = strict.seq(list(tree), flags)
     except Untranslatable as exc:
@@ -527,9 +674,22 @@ def analyse(regex: str, cache: CharCache | None = None) -> Analysis:
             bool(risky_reasons),
             not blockers,
             (f"no prefilter: {exc}", *risky_reasons),
+            literals,
         )
     hs_loose = None
     if strict.has_unicode_boundary:
         hs_loose = _Translator(loose_boundaries=True, cache=cache).seq(list(tree), flags)
     reasons = tuple(strict.reasons) + tuple(risky_reasons)
-    return Analysis(hs, strict.exact, hs_loose, bool(risky_reasons), not blockers, reasons)
+    return Analysis(
+        hs, strict.exact, hs_loose, bool(risky_reasons), not blockers, reasons, literals
+    )
+
+
+_UNIT = re.compile(r"\[\\x([0-9a-f]{2})\\x[0-9a-f]{2}\]|\\x([0-9a-f]{2})")
+
+
+def literal_text(literal: str) -> str:
+    """A required literal (byte-pattern text) as readable text: a position that is either case
+    of a letter shown as its first (upper) case."""
+    data = bytes(int(m.group(1) or m.group(2), 16) for m in _UNIT.finditer(literal))
+    return data.decode("utf-8", "replace")
