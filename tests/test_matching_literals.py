@@ -1,6 +1,7 @@
-"""Required literals (``translate.required_literals``): Hyperscan looks for them instead of the
-whole translation for patterns ``re`` confirms on every candidate line anyway. That is only right
-if every line a pattern matches holds one of them, on decoded text and on raw bytes alike."""
+"""Required literals and skeletons (``translate.required_literals``, ``translate.skeleton``):
+Hyperscan looks for the skeleton instead of the whole translation for patterns ``re`` confirms on
+every candidate line anyway. That is only right if every line a pattern matches holds one of the
+literals and matches the skeleton, on decoded text and on raw bytes alike."""
 
 from __future__ import annotations
 
@@ -120,9 +121,12 @@ def _check_superset(pattern: str, lines: list[str], splice: list[int]) -> int:
         rx = re.compile(pattern)
     except re.error:
         return 0
-    literals = analyse(pattern).literals
+    analysis = analyse(pattern)
+    literals = analysis.literals
     if literals is None:
         return 0
+    assert analysis.skeleton is not None
+    skeleton = re.compile(analysis.skeleton.encode("ascii"))  # Python syntax too
     assert min(len(literal_text(x)) for x in literals) >= MIN_LITERAL, literals
     checked = 0
     for k, line in enumerate(lines):
@@ -130,11 +134,13 @@ def _check_superset(pattern: str, lines: list[str], splice: list[int]) -> int:
         if rx.search(line):
             checked += 1
             assert _holds_literal(literals, data), (pattern, line, literals)
+            assert skeleton.search(data), (pattern, line, analysis.skeleton)
         cut = splice[k % len(splice)] % (len(data) + 1) if splice else 0
         raw = data[:cut] + _INVALID[k % len(_INVALID)] + data[cut:]
         if rx.search(raw.decode("utf-8", "replace")):
             checked += 1
             assert _holds_literal(literals, raw), (pattern, raw, literals)
+            assert skeleton.search(raw), (pattern, raw, analysis.skeleton)
     return checked
 
 
@@ -264,10 +270,11 @@ def test_only_patterns_re_confirms_anyway_use_their_literals() -> None:
     ]
     reports = matcher.report()
     assert reports[0].engine == "hyperscan (exact on ASCII lines)"
-    assert reports[1].engine == "hyperscan required literals (1) + re"
-    assert "candidate lines: those holding one of 'Out of memory: Killed process '" in (
-        reports[1].note
+    assert reports[1].engine == "hyperscan literal skeleton (1 required literals) + re"
+    assert "holding one of 'Out of memory: Killed process '" in (reports[1].note)
+    assert (
+        reports[2].engine
+        == "hyperscan literal skeleton (1 required literals) + re (no linear fallback)"
     )
-    assert reports[2].engine == "hyperscan required literals (1) + re (no linear fallback)"
     lines = ["Out of memory: Killed process 12", "not Killed process 3", "Killed process 4", "x"]
     assert matcher.match("s", lines) == naive(specs, "s", lines)

@@ -695,7 +695,7 @@ def _stored_analyses(specs: Sequence[PatternSpec], db_cache: DbCache | None) -> 
 
     def parse(payload: bytes) -> None:
         rows = json.loads(payload)
-        for regex, hs, exact, loose, risky, pike_ok, reasons, literals in rows:
+        for regex, hs, exact, loose, risky, pike_ok, reasons, literals, skeleton in rows:
             if not (
                 isinstance(regex, str)
                 and isinstance(reasons, list)
@@ -710,6 +710,7 @@ def _stored_analyses(specs: Sequence[PatternSpec], db_cache: DbCache | None) -> 
                 bool(pike_ok),
                 tuple(reasons),
                 None if literals is None else tuple(literals),
+                skeleton,
             )
         if set(out) != set(regexes):
             raise ValueError("not the analyses of these patterns")
@@ -733,6 +734,7 @@ def _store_analyses(compiled: Sequence[_Compiled], db_cache: DbCache) -> None:
             a.pike_ok,
             list(a.reasons),
             None if a.literals is None else list(a.literals),
+            a.skeleton,
         ]
         for r, a in sorted(by_regex.items())
     ]
@@ -891,7 +893,7 @@ def _literal_prefilter(c: _Compiled) -> bool:
     translation (~25 ms for a fail2ban-style pattern). Patterns whose required literals are
     shorter than ``translate.MIN_LITERAL`` (common on every line) keep the translation."""
     a = c.analysis
-    return a.literals is not None and (not a.exact or c.named)
+    return a.literals is not None and a.skeleton is not None and (not a.exact or c.named)
 
 
 def _build_plan(
@@ -907,8 +909,8 @@ def _build_plan(
     for index, c in enumerate(active):
         a = c.analysis
         if _literal_prefilter(c):
-            assert a.literals is not None
-            exprs.append(_hs_expr("(?:" + "|".join(a.literals) + ")"))
+            assert a.skeleton is not None
+            exprs.append(_hs_expr(a.skeleton))
             ids.append((index, _BOTH))
             continue
         if a.hs is None:
@@ -1002,8 +1004,8 @@ def _report(c: _Compiled, budget_s: float) -> PatternReport:
         assert a.literals is not None
         shown = ", ".join(repr(_translate.literal_text(x)) for x in a.literals[:4])
         more = f" and {len(a.literals) - 4} more" if len(a.literals) > 4 else ""
-        prefilter = f"hyperscan required literals ({len(a.literals)})"
-        notes.insert(0, f"candidate lines: those holding one of {shown}{more}")
+        prefilter = f"hyperscan literal skeleton ({len(a.literals)} required literals)"
+        notes.insert(0, f"candidate lines: its literals in order, holding one of {shown}{more}")
     elif _hs is None or a.hs is None:
         prefilter = "no prefilter (every line)"
     elif a.exact:

@@ -176,6 +176,10 @@ class Analysis:
     literals: tuple[str, ...] | None = None
     """Required literals (:func:`required_literals`): every match of the pattern, on any line,
     takes in one of them, as Hyperscan byte-pattern text; None when none is long enough."""
+    skeleton: str | None = None
+    """With ``literals``: the pattern's literal runs in order, gaps (``[^\\n]*``) between
+    them (:func:`skeleton`), a superset of ``hs`` that Hyperscan compiles in a fraction of its
+    time."""
 
 
 class ParserUnavailable(Exception):
@@ -514,6 +518,100 @@ class _Literals:
             return exact, (body_required if lo >= 1 else None)
         return None, None  # backreferences, conditionals, anything unknown: no literal known
 
+    # -- the skeleton: the pattern's literals in order, anything else a gap
+    def skeleton(self, items: Any, flags: int) -> list[_Part]:
+        """Parts of a superset of ``items`` on one line: alternations of literal strings, byte
+        classes, and ``_GAP`` (``[^\\n]*``) for whatever the walk cannot pin down."""
+        parts: list[_Part] = []
+        run: _Strings = _EMPTY
+
+        def flush() -> None:
+            if run == _EMPTY:
+                return
+            if () in run:  # an optional run: its text may be absent
+                parts.append(_GAP_PART)
+            else:
+                parts.append((_alternation(run), _score(run)[0]))
+
+        for op, av in items:
+            exact, _required = self.node(op, av, flags)
+            if exact is not None and len(run) * len(exact) <= MAX_LITERALS:
+                run = frozenset(x + y for x in run for y in exact)
+                continue
+            flush()
+            run = _EMPTY
+            if exact is not None:
+                run = exact
+                continue
+            parts.extend(self.skeleton_node(op, av, flags))
+        flush()
+        return parts
+
+    def skeleton_node(self, op: Any, av: Any, flags: int) -> list[_Part]:
+        name = str(op)
+        if name in ("LITERAL", "NOT_LITERAL", "ANY", "IN"):
+            # a class (\\d, [^\\]]...): one ASCII byte of it, or a run of high bytes
+            try:
+                codes, may_high = self.t.char_set(op, av, flags)
+            except Untranslatable:
+                return [_GAP_PART]
+            if not codes:
+                return [_GAP_PART]
+            if may_high:
+                return [(_byte_class(codes, r"\x80-\xff") + _HIGH_ANY, 0)]
+            return [(_byte_class(codes), 0)]
+        if name == "SUBPATTERN":
+            _gid, add, delete, sub = av
+            return self.skeleton(sub, effective_flags(flags, add, delete))
+        if name == "ATOMIC_GROUP":
+            return self.skeleton(av, flags)
+        if name == "BRANCH":
+            alts = [self.skeleton(alt, flags) for alt in av[1]]
+            # an alternative without a literal run (a host: digits, hex or a name): a gap
+            if not all(any(w >= _MIN_SKELETON_RUN for _, w in alt) for alt in alts):
+                return [_GAP_PART]
+            texts = [_render(alt, strip=False) or "" for alt in alts]
+            return [("(?:" + "|".join(texts) + ")", 0)]
+        if name in ("MAX_REPEAT", "MIN_REPEAT", "POSSESSIVE_REPEAT"):
+            lo, hi, sub = av
+            if lo == hi <= 4:  # x{n}: the body n times
+                return [part for _ in range(lo) for part in self.skeleton(sub, flags)]
+            if lo >= 1:  # the body at least once: its skeleton, then anything
+                return [*self.skeleton(sub, flags), _GAP_PART]
+        return [_GAP_PART]
+
+
+_Part = tuple[str, int]
+"""A piece of a skeleton: its byte-pattern text, and its shortest literal (0: not a literal)."""
+_GAP = r"[^\n]*"
+_GAP_PART: _Part = (_GAP, 0)
+_HIGH_ANY = r"[\x80-\xff]*"
+_MIN_SKELETON_RUN = 3
+"""An alternation in a skeleton is kept only if each branch has a literal run this long."""
+
+
+def _alternation(strings: _Strings) -> str:
+    texts = sorted("".join(s) for s in strings)
+    return texts[0] if len(texts) == 1 else "(?:" + "|".join(texts) + ")"
+
+
+def _render(parts: list[_Part], strip: bool) -> str | None:
+    """The parts as one expression, gaps merged, and with ``strip`` dropped at both ends (a
+    search finds the text anywhere on the line); None if nothing but gaps is left."""
+    out: list[str] = []
+    for part, _w in parts:
+        if part == _GAP and out and out[-1] == _GAP:
+            continue
+        out.append(part)
+    if all(part == _GAP for part in out):
+        return None
+    if strip:
+        while out[0] == _GAP:
+            out.pop(0)
+        while out[-1] == _GAP:
+            out.pop()
+    return "".join(out)
+
 
 def required_literals(
     tree: Any, flags: int, translator: _Translator | None = None
@@ -530,6 +628,15 @@ def required_literals(
     if not required or _score(required)[0] < MIN_LITERAL:
         return None
     return tuple(sorted("".join(s) for s in required))
+
+
+def skeleton(tree: Any, flags: int, translator: _Translator | None = None) -> str | None:
+    """A superset of the parsed pattern on one line, as a Hyperscan byte pattern: its literal
+    runs (``_Literals``: the same characters as ``required_literals``) in order, with
+    ``[^\\n]*`` for every part between them (classes, repeats, captures of hosts…), anchors
+    and lookarounds dropped. None if it has no literal at all."""
+    walker = _Literals(translator or _Translator(loose_boundaries=False, cache={}))
+    return _render(walker.skeleton(list(tree), flags), strip=True)
 
 
 # ---------------------------------------------------------------- risk analysis
@@ -664,6 +771,7 @@ def analyse(regex: str, cache: CharCache | None = None) -> Analysis:
     blockers = list(dict.fromkeys(_pike_blockers(list(tree))))
     strict = _Translator(loose_boundaries=False, cache=cache)
     literals = required_literals(tree, flags, strict)
+    skel = skeleton(tree, flags, strict) if literals is not None else None
     try:
         hs: str | None = strict.seq(list(tree), flags)
     except Untranslatable as exc:
@@ -675,13 +783,14 @@ def analyse(regex: str, cache: CharCache | None = None) -> Analysis:
             not blockers,
             (f"no prefilter: {exc}", *risky_reasons),
             literals,
+            skel,
         )
     hs_loose = None
     if strict.has_unicode_boundary:
         hs_loose = _Translator(loose_boundaries=True, cache=cache).seq(list(tree), flags)
     reasons = tuple(strict.reasons) + tuple(risky_reasons)
     return Analysis(
-        hs, strict.exact, hs_loose, bool(risky_reasons), not blockers, reasons, literals
+        hs, strict.exact, hs_loose, bool(risky_reasons), not blockers, reasons, literals, skel
     )
 
 
