@@ -60,12 +60,13 @@ def new_matcher(config: Config) -> Matcher:
     return Matcher(pattern_specs(config.rules), db_cache=open_db_cache(config.agent.cache_dir))
 
 
-def build_matcher(config: Config) -> Matcher:
+def build_matcher(config: Config, cancelled: Callable[[], bool] | None = None) -> Matcher:
     """``new_matcher(config)`` with every source's database compiled (or loaded from the cache).
     Seconds for a large rule set: the service runs it in a thread, while the event loop (and the
-    old matcher, on a reload) keeps going."""
+    old matcher, on a reload) keeps going; ``cancelled`` (asked between sources) cuts it short
+    with ``CompileCancelled`` when the agent stops meanwhile."""
     matcher = new_matcher(config)
-    matcher.warm(list(config.sources), workers=min(4, os.cpu_count() or 1))
+    matcher.warm(list(config.sources), workers=min(4, os.cpu_count() or 1), cancelled=cancelled)
     return matcher
 
 

@@ -40,6 +40,7 @@ import contextlib
 import functools
 import logging
 import signal
+import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -363,7 +364,16 @@ class Agent:
             self._start_worker(webhook)
         for name, cfg in config.sources.items():
             await self._start_source(name, cfg)
-        matcher = await compiling
+        stop = asyncio.ensure_future(self._stop.wait())
+        try:
+            await asyncio.wait({compiling, stop}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stop.cancel()
+        if not compiling.done():  # a stop while compiling: do not wait for the rest of it
+            compiling.cancel()
+            log.info("stopping while the patterns compile: the compile is abandoned")
+            raise _Stop
+        matcher = compiling.result()
         now = self.clock.now()
         self.pipeline = Pipeline(
             config, now, lambda r: states.get(r, {}), alert_rows, matcher=matcher
@@ -511,6 +521,8 @@ class Agent:
         """Reverse order of start-up: sources, workers, listener, HTTP session, state file (a
         clean stop is marked there: the next start knows this one was not a crash)."""
         last_status = self._snapshot() if hasattr(self, "pipeline") else None
+        if self._compiling is not None:  # a reload's compile: abandoned, not waited for
+            self._compiling[1].cancel()
         for name in list(self.sources):
             with contextlib.suppress(Exception):
                 await self._stop_source(name)
@@ -787,7 +799,12 @@ class Agent:
         """``build_matcher(config)`` in a thread (Hyperscan releases the GIL while it compiles),
         the time it took logged."""
         started = time.perf_counter()
-        matcher = await asyncio.to_thread(build_matcher, config)
+        cancel = threading.Event()
+        try:
+            matcher = await asyncio.to_thread(build_matcher, config, cancel.is_set)
+        except asyncio.CancelledError:
+            cancel.set()  # the thread stops after the databases it is building
+            raise
         cached = sum(matcher.cached.values())
         log.info(
             "patterns compiled in %.2fs (%d of %d sources from the cache)",

@@ -232,3 +232,63 @@ async def test_a_cold_compile_outlasting_the_self_monitor_polls_still_starts_and
             agent.request_stop()
             async with asyncio.timeout(20):
                 assert await task == 0
+
+
+async def test_a_stop_while_compiling_does_not_wait_for_the_rest_of_the_rule_set(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``systemctl stop`` during a long cold compile: ``run`` returns (a clean stop) while a
+    source's database is still being built, and the compile thread then builds no further
+    source (``CompileCancelled``) instead of compiling the whole rule set for nobody. The build
+    of one source is held by a threading event, so the test decides when it ends."""
+    import threading
+
+    from detector.matching.engine import CompileCancelled
+
+    sources = [f"s{i}" for i in range(8)]
+    for s in sources:
+        (tmp_path / f"{s}.log").touch()
+    cfg = tmp_path / "rules.yaml"
+    cfg.write_text(
+        f'version: 1\nagent: {{state: "{tmp_path / "state.db"}", '
+        f'cache_dir: "{tmp_path / "cache"}"}}\nsources:\n'
+        + "".join(f'  {s}: {{file: "{tmp_path / s}.log"}}\n' for s in sources)
+        + "rules:\n"
+        + "".join(f"  - {{name: r{s}, source: {s}, match: 'ERROR {s} (\\d+)'}}\n" for s in sources)
+    )
+    started, gate = threading.Event(), threading.Event()
+    outcomes: list[str] = []
+    real = Matcher._build_source
+
+    def held(self: Matcher, source: str, cancelled: Any = None) -> Any:
+        started.set()
+        gate.wait(30)
+        try:
+            got = real(self, source, cancelled)
+        except CompileCancelled:
+            outcomes.append("cancelled")
+            raise
+        outcomes.append("built")
+        return got
+
+    monkeypatch.setattr(Matcher, "_build_source", held)
+    caplog.set_level("INFO", logger="detector")
+    agent = Agent(cfg, FakeClock(datetime(2026, 6, 9, 12, 0, tzinfo=UTC)))
+    task = asyncio.create_task(agent.run())
+    try:
+        await eventually(started.is_set, what="a source's database to start building")
+        await eventually(lambda: len(agent.sources) == len(sources), what="the sources to open")
+        agent.request_stop()
+        async with asyncio.timeout(20):
+            assert await task == 0  # returned while the held build has not finished
+        assert not gate.is_set() and outcomes == []
+        assert not hasattr(agent, "pipeline")
+        assert "the compile is abandoned" in caplog.text
+        assert "patterns compiled" not in caplog.text
+    finally:
+        gate.set()
+        agent.request_stop()
+    await eventually(lambda: len(outcomes) == len(sources), what="the compile thread to end")
+    workers = min(4, os.cpu_count() or 1)
+    assert outcomes.count("built") <= workers  # those already building when the stop came
+    assert outcomes.count("cancelled") >= len(sources) - workers, outcomes

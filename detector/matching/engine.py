@@ -47,6 +47,7 @@ first ``match`` (``match(source, [])`` warms it up). A ``Matcher`` is used by on
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import importlib
 import json
@@ -228,6 +229,10 @@ class _Plan:
 _BOTH, _ASCII_ONLY, _HIGH_ONLY = 0, 1, 2
 
 
+class CompileCancelled(Exception):
+    """:meth:`Matcher.warm` gave up at its ``cancelled`` callback (the source not built yet)."""
+
+
 class Matcher:
     def __init__(
         self,
@@ -311,14 +316,23 @@ class Matcher:
         out, self._slow = self._slow, {}
         return out
 
-    def warm(self, sources: Sequence[str], workers: int = 1) -> None:
+    def warm(
+        self,
+        sources: Sequence[str],
+        workers: int = 1,
+        cancelled: Callable[[], bool] | None = None,
+    ) -> None:
         """Build the per-source databases of ``sources`` now (they are otherwise built on the
         first ``match``), ``workers`` of them at a time (Hyperscan compiles without the GIL).
         Safe off the main thread, on a ``Matcher`` no other thread uses yet: the service builds
-        a new one this way while the old one keeps matching."""
+        a new one this way while the old one keeps matching. ``cancelled`` is asked before each
+        source: once it says True, :class:`CompileCancelled` is raised as soon as the databases
+        being built finish (the agent stopping does not wait for the whole rule set)."""
         todo = [s for s in dict.fromkeys(sources) if s not in self._plans]
         if workers <= 1 or len(todo) <= 1:
             for source in todo:
+                if cancelled is not None and cancelled():
+                    raise CompileCancelled(source)
                 self._plan(source)
             return
         from concurrent.futures import ThreadPoolExecutor  # noqa: PLC0415 - only here
@@ -327,13 +341,18 @@ class Matcher:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)
             with ThreadPoolExecutor(max_workers=workers) as pool:
-                built = list(pool.map(self._build_source, todo))
+                build = functools.partial(self._build_source, cancelled=cancelled)
+                built = list(pool.map(build, todo))
         for source, (plan, seconds, hit) in zip(todo, built, strict=True):
             self._plans[source] = plan
             self.build_s[source] = seconds
             self.cached[source] = hit
 
-    def _build_source(self, source: str) -> tuple[_Plan, float, bool]:
+    def _build_source(
+        self, source: str, cancelled: Callable[[], bool] | None = None
+    ) -> tuple[_Plan, float, bool]:
+        if cancelled is not None and cancelled():
+            raise CompileCancelled(source)
         started = perf_counter()
         hit: list[bool] = []
         active = tuple(c for c in self._compiled if source in c.spec.sources)
