@@ -1,7 +1,9 @@
 """Required literals and skeletons (``translate.required_literals``, ``translate.skeleton``):
 Hyperscan looks for the skeleton instead of the whole translation for patterns ``re`` confirms on
 every candidate line anyway. That is only right if every line a pattern matches holds one of the
-literals and matches the skeleton, on decoded text and on raw bytes alike."""
+literals and matches the skeleton, on decoded text and on raw bytes alike. The agent starts on
+the skeletons when the full databases are not cached (``Matcher.warm(quick=True)``) and takes the
+full ones once ``Matcher.upgrade`` built them: the same answers before, after and in between."""
 
 from __future__ import annotations
 
@@ -185,15 +187,22 @@ def test_the_matcher_with_literal_prefilters_equals_naive_re(
         return
     specs = specs_of(*patterns)
     matcher = Matcher(specs, budget_s=10.0)
+    matcher.warm(["s"], quick=True)
     used = sum(engine._literal_prefilter(c) for c in matcher._compiled)
     event(f"{used} of {len(patterns)} patterns on literals")
+    skeleton = engine._has_skeleton(matcher._compiled)
+    assert matcher.stage == {"s": "skeleton" if skeleton else "full"}
     want = naive(specs, "s", lines)
-    assert matcher.match("s", lines) == want
     block = "".join(line + "\n" for line in lines).encode("utf-8", "surrogatepass")
-    if all("\n" not in line for line in lines) and block.decode("utf-8", "replace") == "".join(
-        line + "\n" for line in lines
-    ):
-        assert matcher.match_block("s", block) == (len(lines), want)
+    blocks = all("\n" not in line for line in lines) and block.decode(
+        "utf-8", "replace"
+    ) == "".join(line + "\n" for line in lines)
+    for stage in ("skeleton", "full"):
+        assert matcher.match("s", lines) == want, stage
+        if blocks:
+            assert matcher.match_block("s", block) == (len(lines), want), stage
+        assert matcher.upgrade() == (["s"] if stage == "skeleton" and skeleton else [])
+    assert matcher.stage == {"s": "full"}
     assert matcher.take_abandoned() == {}
 
 
@@ -262,19 +271,29 @@ def test_only_patterns_re_confirms_anyway_use_their_literals() -> None:
         PatternSpec("r1", "ignore", ignore_named, SRC),
     ]
     matcher = Matcher(specs)
+    matcher.warm(["s"], quick=True)
+    assert matcher.stage == {"s": "skeleton"}
     assert [engine._literal_prefilter(c) for c in matcher._compiled] == [
         False,
         True,
         True,
         False,
     ]
+    # `detector check`: the full database's prefilter, and the skeleton a cold start begins with
     reports = matcher.report()
     assert reports[0].engine == "hyperscan (exact on ASCII lines)"
-    assert reports[1].engine == "hyperscan literal skeleton (1 required literals) + re"
+    assert "skeleton" not in reports[0].note
+    assert reports[1].engine == "hyperscan (exact on ASCII lines) + re"
+    assert reports[2].engine == "hyperscan prefilter + re (no linear fallback)"
+    for r in reports[1:3]:
+        assert "a hyperscan literal skeleton (1 required literals) finds" in r.note
+        assert "until the full database is compiled in the background" in r.note
     assert "holding one of 'Out of memory: Killed process '" in (reports[1].note)
-    assert (
-        reports[2].engine
-        == "hyperscan literal skeleton (1 required literals) + re (no linear fallback)"
-    )
     lines = ["Out of memory: Killed process 12", "not Killed process 3", "Killed process 4", "x"]
-    assert matcher.match("s", lines) == naive(specs, "s", lines)
+    want = naive(specs, "s", lines)
+    assert want and matcher.match("s", lines) == want
+    skeleton_db = matcher._plans["s"].db
+    assert matcher.upgrade() == ["s"]
+    assert matcher.stage == {"s": "skeleton"}  # taken by the next match call, not before
+    assert matcher.match("s", lines) == want
+    assert matcher.stage == {"s": "full"} and matcher._plans["s"].db is not skeleton_db
