@@ -8,6 +8,7 @@ full ones once ``Matcher.upgrade`` built them: the same answers before, after an
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import pytest
 from hypothesis import event, given, settings
@@ -297,3 +298,52 @@ def test_only_patterns_re_confirms_anyway_use_their_literals() -> None:
     assert matcher.stage == {"s": "skeleton"}  # taken by the next match call, not before
     assert matcher.match("s", lines) == want
     assert matcher.stage == {"s": "full"} and matcher._plans["s"].db is not skeleton_db
+
+
+def test_a_quick_start_takes_a_cached_full_database_else_the_skeleton_and_caches_both(
+    tmp_path: Path,
+) -> None:
+    """``warm(quick=True)`` (the agent's start): the full database when the cache holds it
+    (``detector check`` or an earlier run put it there), else the skeleton (cached too, under
+    its own key), and ``upgrade`` stores the full one; ``warm()`` alone (``detector test``,
+    ``detector check``) is always the full one."""
+    import importlib
+
+    from detector.matching.dbcache import SUFFIX, DbCache
+
+    hs = importlib.import_module("hyperscan")
+    specs = specs_of(r"Out of memory: Killed process (?P<pid>\d+)", r"error \d+")
+    lines = ["Out of memory: Killed process 12", "error 3", "Out of memory: Killed process x"]
+    want = naive(specs, "s", lines)
+
+    def files(directory: Path) -> set[str]:
+        return {p.name for p in directory.glob("*" + SUFFIX)}
+
+    def started(directory: Path, quick: bool = True) -> Matcher:
+        matcher = Matcher(specs, db_cache=DbCache(directory, hs))
+        matcher.warm(["s"], quick=quick)
+        assert matcher.match("s", lines) == want
+        return matcher
+
+    cold = tmp_path / "cold"
+    first = started(cold)
+    assert (first.stage, first.cached) == ({"s": "skeleton"}, {"s": False})
+    with_skeleton = files(cold)  # the analyses and the skeleton's database
+    assert len(with_skeleton) == 2
+    # the cache holding only the skeleton: the skeleton again, from the cache
+    again = started(cold)
+    assert (again.stage, again.cached) == ({"s": "skeleton"}, {"s": True})
+    assert first.upgrade() == ["s"] and first.match("s", lines) == want
+    assert (first.stage, first.cached) == ({"s": "full"}, {"s": False})
+    assert len(files(cold) - with_skeleton) == 1  # the full database
+    # both cached: the full one wins
+    warm = started(cold)
+    assert (warm.stage, warm.cached) == ({"s": "full"}, {"s": True})
+    assert warm.upgrade() == []
+    # detector check / test: the full database, never the skeleton
+    checked = tmp_path / "checked"
+    full = started(checked, quick=False)
+    assert (full.stage, full.cached) == ({"s": "full"}, {"s": False})
+    after_check = started(checked)
+    assert (after_check.stage, after_check.cached) == ({"s": "full"}, {"s": True})
+    assert len(files(checked)) == 2  # the analyses and the full database: no skeleton
