@@ -430,6 +430,7 @@ class Agent:
             )
         self.notifier.ready(self._status_line())
         log.info("ready")
+        self._upgrade(self.pipeline.matcher)  # after READY=1: it must not delay it
 
     async def _sources_opened(self) -> None:
         """Before READY=1: every source has fixed where it starts (``systemctl start`` returning
@@ -807,8 +808,8 @@ class Agent:
     async def _compile(self, config: Config) -> Matcher:
         """``build_matcher(config)`` in a thread (Hyperscan releases the GIL while it compiles),
         the time it took logged. Quick: a source whose full database is not cached gets its
-        literal skeleton (exact matches, a slower scan), and ``_upgrade`` then builds the full
-        ones in the background."""
+        literal skeleton (exact matches, a slower scan), and ``_upgrade`` builds the full ones
+        in the background once the matcher is in use."""
         started = time.perf_counter()
         cancel = threading.Event()
         try:
@@ -827,16 +828,18 @@ class Agent:
             if skeletons
             else "",
         )
-        if skeletons:
-            self._upgrade(matcher)
         return matcher
 
     def _upgrade(self, matcher: Matcher) -> None:
-        """Compile ``matcher``'s full databases in a thread (``upgrade_matcher``); its next
-        ``match`` calls take them, on the processor, between two batches. Any earlier such
-        compile is told to stop: that matcher is being replaced."""
+        """Compile the full databases of ``matcher``'s sources on their literal skeletons (if
+        any) in a thread (``upgrade_matcher``); its next ``match`` calls take them, on the
+        processor, between two batches. Called once the matcher is in use (READY=1 sent): the
+        compile takes a CPU. Any earlier such compile is told to stop: its matcher is gone."""
         if self._upgrading is not None:
             self._upgrading[1].set()
+            self._upgrading = None
+        if "skeleton" not in matcher.stage.values():
+            return
         started = time.perf_counter()
         cancel = threading.Event()
         fut = asyncio.ensure_future(asyncio.to_thread(upgrade_matcher, matcher, cancel.is_set))
@@ -925,6 +928,7 @@ class Agent:
             if name not in self.sources:
                 await self._start_source(name, cfg)
         self.notifier.ready(self._status_line())
+        self._upgrade(matcher)
         log.info(
             "configuration reloaded: %d rules, %d sources", len(config.rules), len(config.sources)
         )

@@ -215,3 +215,43 @@ async def test_a_stop_during_the_background_compile_does_not_wait_for_it(
     await eventually(lambda: held.outcomes != [], what="the compile thread to end")
     assert held.outcomes == ["cancelled"]  # told to stop: it built nothing
     assert cache_files(tmp_path) == before
+
+
+async def test_a_reload_to_new_patterns_starts_them_on_their_skeletons_then_upgrades(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    log = tmp_path / "app.log"
+    log.touch()
+    cfg = write_rules(tmp_path)
+    caplog.set_level("INFO", logger="detector")
+    agent = Agent(cfg, FakeClock(datetime(2026, 6, 9, 12, 0, tzinfo=UTC)))
+    task = asyncio.create_task(agent.run())
+    try:
+        await eventually(lambda: hasattr(agent, "pipeline"), what="the start")
+        await agent.wait_idle()  # the full databases compiled in the background
+        old = agent.pipeline.matcher
+        append(log, [SENTINEL])
+        await matched(agent, expected([SENTINEL]))
+        assert old.stage == {"app": "full"}  # taken with that batch
+        # other patterns (nothing cached for them): the reload's matcher starts on skeletons
+        cfg.write_text(cfg.read_text().replace("Failed password", "Failed publickey"))
+        agent.request_reload()
+        await agent.wait_idle()  # the swap, then the background compile of the full databases
+        new = agent.pipeline.matcher
+        assert new is not old and new.stage == {"app": "skeleton"}
+        assert caplog.text.count("full pattern databases compiled") == 2
+        lines = [*LINES, "Failed publickey for root from 10.0.0.9", SENTINEL]
+        append(log, lines)
+        now = dict(PATTERNS, ssh=PATTERNS["ssh"].replace("password", "publickey"))
+        want = {n: sum(bool(re.search(rx, t)) for t in [SENTINEL, *lines]) for n, rx in now.items()}
+        assert want["ssh"] == 1
+        await eventually(
+            lambda: agent.pipeline.lines_matched.get("oom", 0) == want["oom"],
+            what=lambda: f"the sentinel to match: {dict(agent.pipeline.lines_matched)}",
+        )
+        assert {n: agent.pipeline.lines_matched.get(n, 0) for n in now} == want
+        assert new.stage == {"app": "full"}
+    finally:
+        agent.request_stop()
+        async with asyncio.timeout(20):
+            assert await task == 0

@@ -300,13 +300,13 @@ def test_only_patterns_re_confirms_anyway_use_their_literals() -> None:
     assert matcher.stage == {"s": "full"} and matcher._plans["s"].db is not skeleton_db
 
 
-def test_a_quick_start_takes_a_cached_full_database_else_the_skeleton_and_caches_both(
+def test_a_quick_start_takes_a_cached_full_database_else_the_skeleton_not_cached(
     tmp_path: Path,
 ) -> None:
     """``warm(quick=True)`` (the agent's start): the full database when the cache holds it
-    (``detector check`` or an earlier run put it there), else the skeleton (cached too, under
-    its own key), and ``upgrade`` stores the full one; ``warm()`` alone (``detector test``,
-    ``detector check``) is always the full one."""
+    (``detector check`` or an earlier run put it there), else the skeleton (compiled, never
+    cached: the cache's entries are for full databases), and ``upgrade`` stores the full one;
+    ``warm()`` alone (``detector test``, ``detector check``) is always the full one."""
     import importlib
 
     from detector.matching.dbcache import SUFFIX, DbCache
@@ -328,15 +328,14 @@ def test_a_quick_start_takes_a_cached_full_database_else_the_skeleton_and_caches
     cold = tmp_path / "cold"
     first = started(cold)
     assert (first.stage, first.cached) == ({"s": "skeleton"}, {"s": False})
-    with_skeleton = files(cold)  # the analyses and the skeleton's database
-    assert len(with_skeleton) == 2
-    # the cache holding only the skeleton: the skeleton again, from the cache
-    again = started(cold)
-    assert (again.stage, again.cached) == ({"s": "skeleton"}, {"s": True})
+    analyses = files(cold)
+    assert len(analyses) == 1  # no database: the skeleton's is not stored
+    again = started(cold)  # stopped before the upgrade: the skeleton compiled again
+    assert (again.stage, again.cached) == ({"s": "skeleton"}, {"s": False})
     assert first.upgrade() == ["s"] and first.match("s", lines) == want
     assert (first.stage, first.cached) == ({"s": "full"}, {"s": False})
-    assert len(files(cold) - with_skeleton) == 1  # the full database
-    # both cached: the full one wins
+    assert len(files(cold) - analyses) == 1  # the full database
+    # cached: the full one at once
     warm = started(cold)
     assert (warm.stage, warm.cached) == ({"s": "full"}, {"s": True})
     assert warm.upgrade() == []

@@ -342,8 +342,8 @@ class Matcher:
 
         ``quick`` (the agent's start): a source whose full database is not in the cache gets
         the literal skeleton database instead (``_exprs``: ~1/4 of the compile, the same
-        matches, a slower scan; ``stage`` says ``"skeleton"``) and :meth:`upgrade` builds the
-        full one later; a cached full database is always taken."""
+        matches, a slower scan; ``stage`` says ``"skeleton"``; not cached) and
+        :meth:`upgrade` builds the full one later; a cached full database is always taken."""
         todo = [s for s in dict.fromkeys(sources) if s not in self._plans]
         build = functools.partial(self._build_source, cancelled=cancelled, quick=quick)
         with warnings.catch_warnings():
@@ -395,7 +395,9 @@ class Matcher:
         if quick and _has_skeleton(active):
             plan = _cached_full_plan(active, self.db_cache, hit)
             if plan is None:
-                plan = _build_plan(active, self.db_cache, hit, skeleton=True)
+                # not cached: needed only until the full one is, and the cache's 64 entries
+                # are better spent on full databases (of this and other rule sets)
+                plan = _build_plan(active, None, hit, skeleton=True)
                 stage = "skeleton"
         else:
             plan = _build_plan(active, self.db_cache, hit)
