@@ -250,7 +250,14 @@ class Matcher:
         # (config.nodes.regex); compiling the same and derived patterns here must stay quiet.
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)
-            self._compiled = [_compile(s, cache, known.get(s.regex)) for s in specs]
+            # a regex shared by several rules (the same filter on several sources) is
+            # analysed once: on a cold cache the analysis is most of the Python side
+            analysed = dict(known)
+            self._compiled = []
+            for spec in specs:
+                c = _compile(spec, cache, analysed.get(spec.regex))
+                analysed.setdefault(spec.regex, c.analysis)
+                self._compiled.append(c)
         if db_cache is not None and not known:
             _store_analyses(self._compiled, db_cache)
         self._plans: dict[str, _Plan] = {}
