@@ -41,7 +41,11 @@ the text's), and through ``re`` alone for the others. Without the ``hyperscan`` 
 goes through that path (``ENGINE`` says so); so it does on a Python whose ``re._parser``
 ``translate`` cannot read (``PARSER_PROBLEM``), with no Pike VM behind the budget either
 (``ENGINE`` and ``report()`` say so). The Hyperscan database of a source is compiled on its
-first ``match`` (``match(source, [])`` warms it up). A ``Matcher`` is used by one thread at a time.
+first ``match`` (``match(source, [])`` warms it up), or by ``warm``; the agent's start warms it
+``quick``: a source without its full database in the cache gets the *literal skeleton* of the
+patterns ``re`` confirms anyway (``_exprs``: quick to compile, slower to scan), and ``upgrade``,
+run in another thread, builds the full one, which the next ``match`` call takes. A ``Matcher``
+is used by one thread at a time (``upgrade`` aside).
 """
 
 from __future__ import annotations
