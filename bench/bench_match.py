@@ -56,6 +56,8 @@ class Row:
     size: int
     peak_rss_kb: int
     output: str
+    cpu_s: float = 0.0
+    """User + system CPU seconds (GNU time): less disturbed than the wall time on a busy host."""
 
     @property
     def lines_per_s(self) -> float:
@@ -88,17 +90,18 @@ def measure(
     with tempfile.NamedTemporaryFile("r", suffix=".rss") as rss:
         start = time.perf_counter()
         proc = subprocess.run(
-            [GNU_TIME, "-q", "-f", "%M", "-o", rss.name, "taskset", "-c", cpu, *argv],
+            [GNU_TIME, "-q", "-f", "%M %U %S", "-o", rss.name, "taskset", "-c", cpu, *argv],
             stdout=subprocess.PIPE,
             env=env,
             text=True,
             check=False,
         )
         seconds = time.perf_counter() - start
-        peak_kb = int(rss.read().split()[-1])
+        peak, user, system = rss.read().split()[-3:]
     if proc.returncode not in (0, 1):  # grep exits 1 when nothing matched
         raise RuntimeError(f"{argv[0]} failed with {proc.returncode}")
-    return Row(name, lines, seconds, size, peak_kb, proc.stdout.strip())
+    cpu_s = float(user) + float(system)
+    return Row(name, lines, seconds, size, int(peak), proc.stdout.strip(), cpu_s)
 
 
 def worker(log: Path, rules_json: Path, max_lines: int) -> None:
@@ -307,11 +310,13 @@ def bench_workload(
         ("detector test --jobs 2 (2 CPUs)", [*replay, "--jobs", "2"], 2),
     ]
     seconds: dict[str, list[float]] = {name: [] for name, _, _ in cmds}
+    cpu_s: dict[str, list[float]] = {name: [] for name, _, _ in cmds}
     counts: dict[str, str] = {}
     for _ in range(args.repeat):
         for name, argv, cpus in cmds:
             row = measure(name, argv, lines, size, env, cpus=cpus)
             seconds[name].append(row.seconds)
+            cpu_s[name].append(row.cpu_s)
             counts[name] = row.output
     greps = [c for n, c in counts.items() if not n.startswith("detector")]
     agree = len(set(greps)) == 1
@@ -330,6 +335,9 @@ def bench_workload(
             f"| {name} | {_median(times):.2f} | {lines / _median(times):,.0f} | "
             f"{_median(ratios):.2f}× ({min(ratios):.2f}–{max(ratios):.2f}) | {vs_rg} |"
         )
+    print("\nCPU seconds (user + system), median (range): " + "; ".join(
+        f"{name} {_median(t):.2f} ({min(t):.2f}–{max(t):.2f})" for name, t in cpu_s.items()
+    ))  # fmt: skip
     print(flush=True)
     return seconds
 

@@ -60,14 +60,27 @@ def new_matcher(config: Config) -> Matcher:
     return Matcher(pattern_specs(config.rules), db_cache=open_db_cache(config.agent.cache_dir))
 
 
-def build_matcher(config: Config, cancelled: Callable[[], bool] | None = None) -> Matcher:
+def build_matcher(
+    config: Config, cancelled: Callable[[], bool] | None = None, *, quick: bool = False
+) -> Matcher:
     """``new_matcher(config)`` with every source's database compiled (or loaded from the cache).
     Seconds for a large rule set: the service runs it in a thread, while the event loop (and the
     old matcher, on a reload) keeps going; ``cancelled`` (asked between sources) cuts it short
-    with ``CompileCancelled`` when the agent stops meanwhile."""
+    with ``CompileCancelled`` when the agent stops meanwhile. ``quick``: literal skeletons where
+    the full databases are not cached (``Matcher.warm``), ``upgrade_matcher`` builds those."""
     matcher = new_matcher(config)
-    matcher.warm(list(config.sources), workers=min(4, os.cpu_count() or 1), cancelled=cancelled)
+    matcher.warm(list(config.sources), workers=_workers(), cancelled=cancelled, quick=quick)
     return matcher
+
+
+def upgrade_matcher(matcher: Matcher, cancelled: Callable[[], bool] | None = None) -> list[str]:
+    """``matcher.upgrade``: the full databases of the sources a quick build gave their literal
+    skeleton, with half the CPUs (the agent matches meanwhile); the sources built."""
+    return matcher.upgrade(workers=max(1, _workers() // 2), cancelled=cancelled)
+
+
+def _workers() -> int:
+    return min(4, os.cpu_count() or 1)
 
 
 def pattern_specs(rules: Iterable[RuleConfig]) -> list[PatternSpec]:

@@ -7,6 +7,8 @@ Read top to bottom, this is the data flow of DESIGN.md §2:
    rule state, alerts and source checkpoints, and notes how long the agent was down; the
    patterns compile in a thread meanwhile (``_compile``; the sources open, the watchdog is
    pinged, READY=1 waits for it), as they do on a reload while the old rules keep matching;
+   a source whose full database is not in the cache starts on its quick literal skeleton, the
+   full one compiles in the background and is taken between two batches (``_upgrade``);
 2. one *pump* task per source pushes its batches into a bounded queue (back-pressure);
 3. the single *processor* task takes a batch (and those already waiting behind it, up to
    ``COALESCE_BATCHES``), runs them through the :class:`Pipeline` and commits the result (state +
@@ -62,7 +64,7 @@ from detector.health import Health, loop_lag_monitor
 from detector.http import heartbeat_loop, start_http
 from detector.matching import Matcher
 from detector.model import Config, FileSourceConfig, JournaldSourceConfig, SourceConfig
-from detector.pipeline import Pipeline, build_matcher
+from detector.pipeline import Pipeline, build_matcher, upgrade_matcher
 from detector.problems import AGENT_RULE, Problems
 from detector.records import Commit
 from detector.rules.base import Signal, When
@@ -232,6 +234,9 @@ class Agent:
         self._pending_silences: list[Silence] | None = None
         self._compiling: tuple[Config, asyncio.Future[Matcher], Snapshot] | None = None
         """A reload's new config and its matcher compiling in a thread (``_begin_reload``)."""
+        self._upgrading: tuple[asyncio.Future[list[str]], threading.Event] | None = None
+        """The full databases of the newest matcher compiling in a thread (``_upgrade``), until
+        their compile has ended and said so."""
         self.queue: asyncio.Queue[Batch] = BatchQueue(QUEUE_BYTES, maxsize=QUEUE_BATCHES)
         self.sources: dict[str, _Running] = {}
         self.workers: dict[str, tuple[DeliveryWorker, asyncio.Task[None]]] = {}
@@ -316,6 +321,7 @@ class Agent:
             and self._deferred is None  # a commit waits to be written
             and self._settle is None  # a due deadline waits for its sources' reads
             and self._compiling is None  # a reload's patterns are compiling
+            and self._upgrading is None  # the full databases are compiling
             and self.queue.empty()
             and not any(f.done() for f in waits)  # a batch taken, or the deadline reached
             and (deadline is None or deadline > self.clock.now())
@@ -476,6 +482,7 @@ class Agent:
             )
         self.notifier.ready(self._status_line())
         log.info("ready")
+        self._upgrade(self.pipeline.matcher)  # after READY=1: it must not delay it
 
     async def _sources_opened(self) -> None:
         """Before READY=1: every source has fixed where it starts (``systemctl start`` returning
@@ -576,6 +583,9 @@ class Agent:
         last_status = self._snapshot() if hasattr(self, "pipeline") else None
         if self._compiling is not None:  # a reload's compile: abandoned, not waited for
             self._compiling[1].cancel()
+        if self._upgrading is not None:  # the full databases' compile: likewise
+            self._upgrading[1].set()
+            self._upgrading[0].cancel()
         for name in list(self.sources):
             with contextlib.suppress(Exception):
                 await self._stop_source(name)
@@ -930,22 +940,67 @@ class Agent:
 
     async def _compile(self, config: Config) -> Matcher:
         """``build_matcher(config)`` in a thread (Hyperscan releases the GIL while it compiles),
-        the time it took logged."""
+        the time it took logged. Quick: a source whose full database is not cached gets its
+        literal skeleton (exact matches, a slower scan), and ``_upgrade`` builds the full ones
+        in the background once the matcher is in use."""
         started = time.perf_counter()
         cancel = threading.Event()
         try:
-            matcher = await asyncio.to_thread(build_matcher, config, cancel.is_set)
+            matcher = await asyncio.to_thread(build_matcher, config, cancel.is_set, quick=True)
         except asyncio.CancelledError:
             cancel.set()  # the thread stops after the databases it is building
             raise
         cached = sum(matcher.cached.values())
+        skeletons = sum(stage == "skeleton" for stage in matcher.stage.values())
         log.info(
-            "patterns compiled in %.2fs (%d of %d sources from the cache)",
+            "patterns compiled in %.2fs (%d of %d sources from the cache)%s",
             time.perf_counter() - started,
             cached,
             len(matcher.cached),
+            f"; {skeletons} on literal skeletons until their full databases are compiled"
+            if skeletons
+            else "",
         )
         return matcher
+
+    def _upgrade(self, matcher: Matcher) -> None:
+        """Compile the full databases of ``matcher``'s sources on their literal skeletons (if
+        any) in a thread (``upgrade_matcher``); its next ``match`` calls take them, on the
+        processor, between two batches. Called once the matcher is in use (READY=1 sent): the
+        compile takes a CPU. Any earlier such compile is told to stop: its matcher is gone."""
+        if self._upgrading is not None:
+            self._upgrading[1].set()
+            self._upgrading = None
+        if "skeleton" not in matcher.stage.values():
+            return
+        started = time.perf_counter()
+        cancel = threading.Event()
+        fut = asyncio.ensure_future(asyncio.to_thread(upgrade_matcher, matcher, cancel.is_set))
+        self._upgrading = (fut, cancel)
+
+        def done(fut: asyncio.Future[list[str]]) -> None:
+            if self._upgrading is not None and self._upgrading[0] is fut:
+                self._upgrading = None
+            if fut.cancelled():
+                return
+            e = fut.exception()  # retrieved (CompileCancelled too): no "never retrieved"
+            if cancel.is_set():
+                return
+            if e is not None:
+                log.error(
+                    "compiling the full pattern databases failed (%s: %s): the literal "
+                    "skeletons stay in use (same matches, slower)",
+                    type(e).__name__,
+                    e,
+                )
+                return
+            log.info(
+                "full pattern databases compiled in %.2fs (%d sources), in use from the next batch",
+                time.perf_counter() - started,
+                len(fut.result()),
+            )
+
+        fut.add_done_callback(done)
 
     # ---------------------------------------------------------------- reload
 
@@ -1007,6 +1062,7 @@ class Agent:
             if name not in self.sources:
                 await self._start_source(name, cfg)
         self.notifier.ready(self._status_line())
+        self._upgrade(matcher)
         log.info(
             "configuration reloaded: %d rules, %d sources", len(config.rules), len(config.sources)
         )

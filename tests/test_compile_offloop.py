@@ -260,11 +260,11 @@ async def test_a_stop_while_compiling_does_not_wait_for_the_rest_of_the_rule_set
     outcomes: list[str] = []
     real = Matcher._build_source
 
-    def held(self: Matcher, source: str, cancelled: Any = None) -> Any:
+    def held(self: Matcher, source: str, cancelled: Any = None, **kw: Any) -> Any:
         started.set()
         gate.wait(30)
         try:
-            got = real(self, source, cancelled)
+            got = real(self, source, cancelled, **kw)
         except CompileCancelled:
             outcomes.append("cancelled")
             raise

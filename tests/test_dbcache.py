@@ -191,7 +191,7 @@ def test_stored_analyses_are_the_analyses_and_a_wrong_one_is_not_used(tmp_path: 
     assert [c.analysis for c in m2._compiled] == [c.analysis for c in m1._compiled]
     assert cache.hits == 2  # the analyses and the database
     # a whole entry with a good checksum, but the analyses of other patterns
-    payload = b'[["x", "x", true, null, false, true, []]]'
+    payload = b'[["x", "x", true, null, false, true, [], null]]'
     key = stored.stem
     stored.write_bytes(FORMAT + key.encode() + b"\n" + hashlib.sha256(payload).digest() + payload)
     m3, cache3 = fresh(tmp_path)

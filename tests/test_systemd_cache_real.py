@@ -6,10 +6,13 @@ paths, ``WatchdogSec=3s`` and, until the last step, no ``ExecStartPre=`` (whose 
 would warm the cache before the agent starts). 450 rules over 30 sources (the bench's
 fail2ban-style set in three variants) take several seconds to compile, longer than the watchdog:
 
-1. cold cache: the agent compiles in a thread while its event loop pings the watchdog; the unit
-   reaches active (READY=1) without a watchdog kill, and the cache directory fills;
-2. a restart loads every database from the cache ("... 30 of 30 sources from the cache");
-3. a damaged entry is refused, rebuilt and replaced ("29 of 30"; step 4's start loads it);
+1. cold cache: the agent compiles in a thread while its event loop pings the watchdog, first the
+   literal skeletons (READY=1), then the full databases (the cache directory fills with those);
+   the unit reaches active without a watchdog kill;
+2. a restart loads every database from the cache ("... 30 of 30 sources from the cache", no
+   skeleton);
+3. a damaged entry is refused, its source starts on its skeleton, the full database is rebuilt
+   and replaced ("29 of 30"; step 4's start loads it);
 4. ``detector check`` run by root outside the unit (no ``$CACHE_DIRECTORY``) fills the same
    ``/var/cache/detector`` (half its databases removed first), with entries the unit's dynamic
    user owns: the next start is warm.
@@ -42,7 +45,11 @@ pytestmark = [pytest.mark.systemd, pytest.mark.slow]
 WATCHDOG_S = 3  # the first ping comes ~1.5 s after exec (imports) on a loaded machine
 VARIANTS = 3  # x 150 rules
 SOURCES = 30
-COMPILED = re.compile(r"patterns compiled in ([\d.]+)s \((\d+) of (\d+) sources from the cache\)")
+COMPILED = re.compile(
+    r"patterns compiled in ([\d.]+)s \((\d+) of (\d+) sources from the cache\)"
+    r"(?:; (\d+) on literal skeletons)?"
+)
+UPGRADED = re.compile(r"full pattern databases compiled in ([\d.]+)s \((\d+) sources\)")
 HEADER = len(FORMAT) + 64 + 1 + 32  # magic, key, newline, SHA-256: then the payload
 
 
@@ -87,9 +94,11 @@ def test_big_rule_set_starts_under_the_watchdog_and_restarts_from_the_cache(
         journal = ns.journalctl("-u", unit, "-n", "40", "-o", "short-monotonic").stdout
         return ns.systemctl("status", "-n", "0", unit).stdout + "\n" + journal
 
-    def start(how: str) -> tuple[int, float, int]:
+    def start(how: str) -> tuple[int, float, int, int]:
         """``systemctl start``/``restart``: must end active with no restart; then the agent's
-        "patterns compiled" line of this run: (pid, seconds, sources from the cache)."""
+        "patterns compiled" line of this run: (pid, seconds, sources from the cache, sources on
+        their skeletons); with skeletons, waits for the full databases' line too (its seconds
+        added)."""
         done = ns.systemctl(how, unit)
         state = ns.show(unit, "ActiveState", "SubState", "MainPID", "NRestarts", "Result")
         assert done.returncode == 0 and state["ActiveState"] == "active", (
@@ -107,14 +116,28 @@ def test_big_rule_set_starts_under_the_watchdog_and_restarts_from_the_cache(
         assert until(logged, 15), f"no 'patterns compiled' line from pid {pid}:\n{status()}"
         m = found[-1]
         assert int(m[3]) == SOURCES, m[0]
-        return pid, float(m[1]), int(m[2])
+        skeletons = int(m[4] or 0)
+        if not skeletons:
+            return pid, float(m[1]), int(m[2]), 0
+        upgraded: list[re.Match[str]] = []
+
+        def full() -> bool:
+            out = ns.journalctl(f"_PID={pid}", "-o", "cat").stdout
+            upgraded[:] = list(UPGRADED.finditer(out))
+            return bool(upgraded)
+
+        assert until(full, 60), f"no 'full pattern databases' line from pid {pid}:\n{status()}"
+        assert int(upgraded[-1][2]) == skeletons, (m[0], upgraded[-1][0])
+        return pid, float(m[1]) + float(upgraded[-1][1]), int(m[2]), skeletons
 
     def entries() -> dict[str, bytes]:
         return {p.name: p.read_bytes() for p in cache.iterdir() if p.suffix == SUFFIX}
 
-    # 1. cold: compiled by the agent, for longer than the watchdog, which never fires
-    _pid, seconds, cached = start("start")
+    # 1. cold: compiled by the agent (the skeletons, then the full databases in the background),
+    # for longer than the watchdog, which never fires
+    _pid, seconds, cached, skeletons = start("start")
     assert cached == 0, f"the cache was not cold: {cached} sources from it"
+    assert skeletons > 0, "no source started on its literal skeletons"
     assert seconds > WATCHDOG_S, (
         f"the compile took {seconds}s: no longer than WatchdogSec={WATCHDOG_S}s, so this run "
         "does not show that the watchdog is pinged while compiling (use more rules)"
@@ -128,16 +151,18 @@ def test_big_rule_set_starts_under_the_watchdog_and_restarts_from_the_cache(
     assert owner != 0 and {(cache / n).stat().st_uid for n in cold} == {owner}
 
     # 2. warm: every database from the cache
-    _pid, seconds, cached = start("restart")
+    _pid, seconds, cached, skeletons = start("restart")
     assert cached == SOURCES, f"a warm restart took {cached} of {SOURCES} from the cache"
+    assert skeletons == 0, f"a warm restart started {skeletons} sources on their skeletons"
 
     # 3. a damaged entry: refused (said so), rebuilt, replaced by a good one
     victim = next(n for n, raw in sorted(cold.items()) if not raw[HEADER:].startswith(b"["))
     raw = bytearray(cold[victim])  # a database, not the analyses (JSON)
     raw[HEADER + len(raw[HEADER:]) // 2] ^= 0xFF
     (cache / victim).write_bytes(bytes(raw))
-    pid, seconds, cached = start("restart")
+    pid, seconds, cached, skeletons = start("restart")  # waits for the rebuild (the upgrade)
     assert cached == SOURCES - 1, f"{cached} from the cache after damaging {victim}"
+    assert skeletons == 1, f"{skeletons} sources on their skeletons after damaging {victim}"
     said = ns.journalctl(f"_PID={pid}", "-o", "cat").stdout
     assert f"{victim} is unusable (checksum mismatch" in said, said[-3000:]
     assert (cache / victim).read_bytes() != bytes(raw), f"{victim} was not replaced"
@@ -154,8 +179,8 @@ def test_big_rule_set_starts_under_the_watchdog_and_restarts_from_the_cache(
     warmed = entries()
     assert set(dropped) <= set(warmed), "root's check wrote elsewhere than /var/cache/detector"
     assert {(cache / n).stat().st_uid for n in warmed} == {owner}, "not given to the unit's user"
-    _pid, seconds, cached = start("start")
-    assert cached == SOURCES, (
+    _pid, seconds, cached, skeletons = start("start")
+    assert (cached, skeletons) == (SOURCES, 0), (
         f"after root's check (and the rebuild of {victim}): {cached} of {SOURCES} from the cache"
     )
     assert ns.systemctl("stop", unit).returncode == 0

@@ -41,7 +41,11 @@ the text's), and through ``re`` alone for the others. Without the ``hyperscan`` 
 goes through that path (``ENGINE`` says so); so it does on a Python whose ``re._parser``
 ``translate`` cannot read (``PARSER_PROBLEM``), with no Pike VM behind the budget either
 (``ENGINE`` and ``report()`` say so). The Hyperscan database of a source is compiled on its
-first ``match`` (``match(source, [])`` warms it up). A ``Matcher`` is used by one thread at a time.
+first ``match`` (``match(source, [])`` warms it up), or by ``warm``; the agent's start warms it
+``quick``: a source without its full database in the cache gets the *literal skeleton* of the
+patterns ``re`` confirms anyway (``_exprs``: quick to compile, slower to scan), and ``upgrade``,
+run in another thread, builds the full one, which the next ``match`` call takes. A ``Matcher``
+is used by one thread at a time (``upgrade`` aside).
 """
 
 from __future__ import annotations
@@ -53,6 +57,7 @@ import importlib
 import json
 import re
 import sys
+import threading
 import warnings
 from bisect import bisect_right
 from collections.abc import Callable, Sequence
@@ -83,6 +88,7 @@ except ImportError:  # pragma: no cover - exercised on hosts without the wheel
 
 Role = Literal["match", "ignore", "fail", "start", "end", "reset"]
 Confirm = Literal["re", "pike", "re-capped"]
+Stage = Literal["full", "skeleton"]
 
 RE_MAX_CHARS = 4096
 """Without the budget (not the main thread): longest line confirmed with ``re`` when the Pike VM
@@ -103,9 +109,10 @@ after this much of it in one ``match`` call, the call's remaining Pike confirmat
 untried (and recorded). Normal work stays far below it (a 1 MiB block of 100-character lines
 through a risky pattern: ~1 s); a flood of long lines through several risky patterns would
 otherwise hold the event loop past the systemd watchdog."""
-DB_FORMAT = "detector-engine 1"
+DB_FORMAT = "detector-engine 2"
 """Part of the compiled-database cache key: bump it when the expressions built from the same
-patterns, or the way they are compiled, change meaning (``_hs_expr``, ``_hs_flags``)."""
+patterns, or the way they are compiled, change meaning (``_hs_expr``, ``_hs_flags``,
+``_prefilter``), or the stored analyses' layout changes (2: required literals)."""
 RISKY_RE_MAX_CHARS = 256
 """Without the budget (not the main thread): longest line confirmed for risky patterns the Pike
 VM cannot run; longer lines never match."""
@@ -247,7 +254,14 @@ class Matcher:
         # (config.nodes.regex); compiling the same and derived patterns here must stay quiet.
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)
-            self._compiled = [_compile(s, cache, known.get(s.regex)) for s in specs]
+            # a regex shared by several rules (the same filter on several sources) is
+            # analysed once: on a cold cache the analysis is most of the Python side
+            analysed = dict(known)
+            self._compiled = []
+            for spec in specs:
+                c = _compile(spec, cache, analysed.get(spec.regex))
+                analysed.setdefault(spec.regex, c.analysis)
+                self._compiled.append(c)
         if db_cache is not None and not known:
             _store_analyses(self._compiled, db_cache)
         self._plans: dict[str, _Plan] = {}
@@ -256,6 +270,13 @@ class Matcher:
         """Per source, seconds its Hyperscan database took to compile (or load from the cache)."""
         self.cached: dict[str, bool] = {}
         """Per source, whether its database came from the cache."""
+        self.stage: dict[str, Stage] = {}
+        """Per source, which database it matches with: ``"skeleton"`` (``warm(quick=True)``
+        without the full one in the cache) until :meth:`upgrade` has built the full one and a
+        ``match`` call has taken it; ``"full"`` otherwise."""
+        self._upgrades: dict[str, tuple[_Plan, float, bool, Stage]] = {}
+        """Full plans built by :meth:`upgrade` (another thread), not taken yet (``_plan``)."""
+        self._upgrade_lock = threading.Lock()
         self._budget_s = budget_s
         self._watchdog = Watchdog(budget_s)
         self._abandoned: dict[str, Abandoned] = {}
@@ -268,8 +289,8 @@ class Matcher:
         """Seconds spent in the Pike VM in the current ``match`` call."""
         self._pike_s_per_call = pike_s_per_call
         self._local: dict[int, tuple[int, ...]] = {}
-        """Per plan (by id; plans live as long as the matcher): :func:`_event_kind` of each of
-        its patterns."""
+        """Per plan (by id; a plan lives as long as the matcher, or until ``_take_upgrades``
+        drops it): :func:`_event_kind` of each of its patterns."""
 
     # ------------------------------------------------------------ public API
 
@@ -320,43 +341,78 @@ class Matcher:
         sources: Sequence[str],
         workers: int = 1,
         cancelled: Callable[[], bool] | None = None,
+        *,
+        quick: bool = False,
     ) -> None:
         """Build the per-source databases of ``sources`` now (they are otherwise built on the
         first ``match``), ``workers`` of them at a time (Hyperscan compiles without the GIL).
         Safe off the main thread, on a ``Matcher`` no other thread uses yet: the service builds
         a new one this way while the old one keeps matching. ``cancelled`` is asked before each
         source: once it says True, :class:`CompileCancelled` is raised as soon as the databases
-        being built finish (the agent stopping does not wait for the whole rule set)."""
-        todo = [s for s in dict.fromkeys(sources) if s not in self._plans]
-        if workers <= 1 or len(todo) <= 1:
-            for source in todo:
-                if cancelled is not None and cancelled():
-                    raise CompileCancelled(source)
-                self._plan(source)
-            return
-        from concurrent.futures import ThreadPoolExecutor  # noqa: PLC0415 - only here
+        being built finish (the agent stopping does not wait for the whole rule set).
 
-        # one filter change for all the threads (catch_warnings is not thread-safe)
+        ``quick`` (the agent's start): a source whose full database is not in the cache gets
+        the literal skeleton database instead (``_exprs``: ~1/4 of the compile, the same
+        matches, a slower scan; ``stage`` says ``"skeleton"``; not cached) and
+        :meth:`upgrade` builds the full one later; a cached full database is always taken."""
+        todo = [s for s in dict.fromkeys(sources) if s not in self._plans]
+        build = functools.partial(self._build_source, cancelled=cancelled, quick=quick)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)
-            with ThreadPoolExecutor(max_workers=workers) as pool:
-                build = functools.partial(self._build_source, cancelled=cancelled)
-                built = list(pool.map(build, todo))
-        for source, (plan, seconds, hit) in zip(todo, built, strict=True):
+            built = self._build_all(build, todo, workers)
+        for source, (plan, seconds, hit, stage) in zip(todo, built, strict=True):
             self._plans[source] = plan
             self.build_s[source] = seconds
             self.cached[source] = hit
+            self.stage[source] = stage
+
+    def upgrade(self, workers: int = 1, cancelled: Callable[[], bool] | None = None) -> list[str]:
+        """Build the full database of every source that matches with its skeleton (``stage``),
+        in the calling thread, meant to be another one than the matching thread, which keeps
+        matching meanwhile: each ``match`` call takes the full plans built by then, between two
+        calls (everything else of the matcher, its counts of abandoned and slow lines included,
+        stays). The full databases go to the cache. Returns the sources built;
+        ``cancelled``: as for :meth:`warm` (what was built before it said True is kept)."""
+        todo = [s for s, stage in list(self.stage.items()) if stage == "skeleton"]
+
+        def one(source: str) -> None:
+            result = self._build_source(source, cancelled)
+            with self._upgrade_lock:
+                self._upgrades[source] = result
+
+        # no warnings filter here: catch_warnings is not thread-safe, and building a plan from
+        # the analyses compiles no Python regex
+        self._build_all(one, todo, workers)
+        return todo
+
+    @staticmethod
+    def _build_all(build: Callable[[str], Any], todo: list[str], workers: int) -> list[Any]:
+        if workers <= 1 or len(todo) <= 1:
+            return [build(source) for source in todo]
+        from concurrent.futures import ThreadPoolExecutor  # noqa: PLC0415 - only here
+
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            return list(pool.map(build, todo))
 
     def _build_source(
-        self, source: str, cancelled: Callable[[], bool] | None = None
-    ) -> tuple[_Plan, float, bool]:
+        self, source: str, cancelled: Callable[[], bool] | None = None, quick: bool = False
+    ) -> tuple[_Plan, float, bool, Stage]:
         if cancelled is not None and cancelled():
             raise CompileCancelled(source)
         started = perf_counter()
         hit: list[bool] = []
         active = tuple(c for c in self._compiled if source in c.spec.sources)
-        plan = _build_plan(active, self.db_cache, hit)
-        return plan, perf_counter() - started, bool(hit)
+        stage: Stage = "full"
+        if quick and _has_skeleton(active):
+            plan = _cached_full_plan(active, self.db_cache, hit)
+            if plan is None:
+                # not cached: needed only until the full one is, and the cache's 64 entries
+                # are better spent on full databases (of this and other rule sets)
+                plan = _build_plan(active, None, hit, skeleton=True)
+                stage = "skeleton"
+        else:
+            plan = _build_plan(active, self.db_cache, hit)
+        return plan, perf_counter() - started, bool(hit), stage
 
     def report(self) -> list[PatternReport]:
         return [_report(c, self._budget_s) for c in self._compiled]
@@ -398,13 +454,31 @@ class Matcher:
         return nlines, self._finish(plan, cands, line_text.__getitem__, nlines, set())
 
     def _plan(self, source: str) -> _Plan:
+        if self._upgrades:
+            self._take_upgrades()
         plan = self._plans.get(source)
         if plan is None:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", FutureWarning)
-                plan, self.build_s[source], self.cached[source] = self._build_source(source)
+                plan, self.build_s[source], self.cached[source], self.stage[source] = (
+                    self._build_source(source)
+                )
             self._plans[source] = plan
         return plan
+
+    def _take_upgrades(self) -> None:
+        """Switch to the full plans :meth:`upgrade` built (on the matching thread, between two
+        ``match`` calls)."""
+        with self._upgrade_lock:
+            upgrades, self._upgrades = self._upgrades, {}
+        for source, (plan, seconds, hit, stage) in upgrades.items():
+            old = self._plans.get(source)
+            if old is not None:
+                self._local.pop(id(old), None)  # keyed by id: the old plan is dropped
+            self._plans[source] = plan
+            self.build_s[source] = seconds
+            self.cached[source] = hit
+            self.stage[source] = stage
 
     def _scan(
         self,
@@ -713,11 +787,22 @@ def _stored_analyses(specs: Sequence[PatternSpec], db_cache: DbCache | None) -> 
 
     def parse(payload: bytes) -> None:
         rows = json.loads(payload)
-        for regex, hs, exact, loose, risky, pike_ok, reasons in rows:
-            if not (isinstance(regex, str) and isinstance(reasons, list)):
+        for regex, hs, exact, loose, risky, pike_ok, reasons, literals, skeleton in rows:
+            if not (
+                isinstance(regex, str)
+                and isinstance(reasons, list)
+                and (literals is None or isinstance(literals, list))
+            ):
                 raise ValueError("not an analysis")
             out[regex] = Analysis(
-                hs, bool(exact), loose, bool(risky), bool(pike_ok), tuple(reasons)
+                hs,
+                bool(exact),
+                loose,
+                bool(risky),
+                bool(pike_ok),
+                tuple(reasons),
+                None if literals is None else tuple(literals),
+                skeleton,
             )
         if set(out) != set(regexes):
             raise ValueError("not the analyses of these patterns")
@@ -732,7 +817,17 @@ def _store_analyses(compiled: Sequence[_Compiled], db_cache: DbCache) -> None:
         return
     by_regex = {c.spec.regex: c.analysis for c in compiled}
     rows = [
-        [r, a.hs, a.exact, a.hs_loose, a.risky, a.pike_ok, list(a.reasons)]
+        [
+            r,
+            a.hs,
+            a.exact,
+            a.hs_loose,
+            a.risky,
+            a.pike_ok,
+            list(a.reasons),
+            None if a.literals is None else list(a.literals),
+            a.skeleton,
+        ]
         for r, a in sorted(by_regex.items())
     ]
     with contextlib.suppress(OSError):
@@ -880,18 +975,37 @@ def _hs_expr(pattern: str) -> bytes:
     return ("(?:" + pattern + r")[^\n]*$").encode("ascii")
 
 
-def _build_plan(
-    active: tuple[_Compiled, ...], db_cache: DbCache | None = None, hit: list[bool] | None = None
-) -> _Plan:
-    """The plan of one source; its database from ``db_cache`` when there (``hit`` then gets a
-    True), else compiled (and stored there)."""
-    if _hs is None or not active:
-        return _Plan(active, None, (), tuple(range(len(active))))
+def _literal_prefilter(c: _Compiled) -> bool:
+    """Does Hyperscan look for the pattern's required literals rather than its translation?
+
+    Only where its verdict is never used as the answer: ``re`` confirms every candidate line of
+    a pattern that is not exact (lookarounds, backreferences…) or whose named groups are
+    needed (``_finish``/``_line``: ``not exact or named``). There any superset of the lines it
+    matches will do, and a handful of literals compiles in a fraction of the time of the full
+    translation (~25 ms for a fail2ban-style pattern). Patterns whose required literals are
+    shorter than ``translate.MIN_LITERAL`` (common on every line) keep the translation."""
+    a = c.analysis
+    return a.literals is not None and a.skeleton is not None and (not a.exact or c.named)
+
+
+def _exprs(
+    active: tuple[_Compiled, ...], skeleton: bool
+) -> tuple[list[bytes], list[tuple[int, int]], list[int]]:
+    """The Hyperscan expressions of a source's patterns, their ids (``_Plan.ids``) and the
+    patterns without one (``_Plan.always``); ``skeleton``: the literal skeleton of the patterns
+    that have one (``_literal_prefilter``) instead of their translation (quicker to compile,
+    slower to scan: ``Matcher.warm``'s ``quick``). A pattern without a translation takes its
+    skeleton either way (better than every line)."""
     exprs: list[bytes] = []
     ids: list[tuple[int, int]] = []
     always: list[int] = []
     for index, c in enumerate(active):
         a = c.analysis
+        if _literal_prefilter(c) and (skeleton or a.hs is None):
+            assert a.skeleton is not None
+            exprs.append(_hs_expr(a.skeleton))
+            ids.append((index, _BOTH))
+            continue
         if a.hs is None:
             always.append(index)
             continue
@@ -903,6 +1017,46 @@ def _build_plan(
             ids.append((index, _ASCII_ONLY))
             exprs.append(_hs_expr(a.hs_loose))
             ids.append((index, _HIGH_ONLY))
+    return exprs, ids, always
+
+
+def _has_skeleton(active: Sequence[_Compiled]) -> bool:
+    """Does the skeleton plan of these patterns differ from the full one?"""
+    return _hs is not None and any(
+        _literal_prefilter(c) and c.analysis.hs is not None for c in active
+    )
+
+
+def _cached_full_plan(
+    active: tuple[_Compiled, ...], db_cache: DbCache | None, hit: list[bool]
+) -> _Plan | None:
+    """The full plan of these patterns if ``db_cache`` holds its database (``hit`` then gets
+    a True), without compiling anything; else None. (A set Hyperscan rejects part of is stored
+    without the rejected patterns: not found here, then built again.)"""
+    if db_cache is None or _hs is None:
+        return None
+    exprs, ids, always = _exprs(active, skeleton=False)
+    if not exprs:
+        return None
+    db = db_cache.get(cache_key(exprs), int(_hs.HS_MODE_BLOCK))
+    if db is None:
+        return None
+    hit.append(True)
+    return _Plan(active, db, tuple(ids), tuple(sorted(always)))
+
+
+def _build_plan(
+    active: tuple[_Compiled, ...],
+    db_cache: DbCache | None = None,
+    hit: list[bool] | None = None,
+    *,
+    skeleton: bool = False,
+) -> _Plan:
+    """The plan of one source; its database from ``db_cache`` when there (``hit`` then gets a
+    True), else compiled (and stored there). ``skeleton``: the quick one (``_exprs``)."""
+    if _hs is None or not active:
+        return _Plan(active, None, (), tuple(range(len(active))))
+    exprs, ids, always = _exprs(active, skeleton)
     db = _cached_db(exprs, db_cache, hit) if exprs else None
     if db is None and exprs:
         # Find the patterns Hyperscan rejects; they run without a prefilter.
@@ -979,7 +1133,24 @@ def _compile_db(exprs: list[bytes]) -> Any:
 def _report(c: _Compiled, budget_s: float) -> PatternReport:
     a = c.analysis
     notes = list(a.reasons)
-    if _hs is None or a.hs is None:
+    skeleton = ""
+    if _hs is not None and _literal_prefilter(c):
+        assert a.literals is not None
+        shown = ", ".join(repr(_translate.literal_text(x)) for x in a.literals[:4])
+        more = f" and {len(a.literals) - 4} more" if len(a.literals) > 4 else ""
+        skeleton = f"hyperscan literal skeleton ({len(a.literals)} required literals)"
+        seen = f"its literals in order, holding one of {shown}{more}"
+        if a.hs is not None:
+            notes.insert(
+                0,
+                f"on a start without its database in the cache, a {skeleton} finds its "
+                f"candidate lines ({seen}) until the full database is compiled in the background",
+            )
+        else:
+            notes.insert(0, f"candidate lines: {seen}")
+    if skeleton and a.hs is None:
+        prefilter = skeleton
+    elif _hs is None or a.hs is None:
         prefilter = "no prefilter (every line)"
     elif a.exact:
         prefilter = "hyperscan (exact on ASCII lines)"

@@ -21,6 +21,10 @@ own parser (``re._parser``), then walked once to produce:
   never run through backtracking ``re`` when the linear-time Pike VM (``pike``) can
   run them.
 * ``pike_ok`` — the pattern only uses constructs the Pike VM supports.
+* ``literals`` — required literals (``required_literals``): a few strings of at least
+  ``MIN_LITERAL`` characters, one of which every match takes in (on any line). For a pattern
+  ``re`` confirms on every candidate line anyway, Hyperscan can look for them instead of the
+  whole translation: a superset of candidates, far cheaper to compile.
 
 ``re._parser`` is private to CPython: it is read only on the versions in ``SUPPORTED_PYTHONS`` and
 only if a probe pattern parses to the tree this module (and ``pike``) expects. Otherwise
@@ -169,6 +173,13 @@ class Analysis:
     pike_ok: bool
     reasons: tuple[str, ...]
     """Why the pattern is inexact / risky, for ``PatternReport.note``."""
+    literals: tuple[str, ...] | None = None
+    """Required literals (:func:`required_literals`): every match of the pattern, on any line,
+    takes in one of them, as Hyperscan byte-pattern text; None when none is long enough."""
+    skeleton: str | None = None
+    """With ``literals``: the pattern's literal runs in order, gaps (``[^\\n]*``) between
+    them (:func:`skeleton`), a superset of ``hs`` that Hyperscan compiles in a fraction of its
+    time."""
 
 
 class ParserUnavailable(Exception):
@@ -184,7 +195,7 @@ def parse(regex: str) -> Any:
 def unanalysed(why: str) -> Analysis:
     """The analysis of a pattern whose parse tree cannot be read: no prefilter, no Pike VM, and
     assumed risky (so off the main thread the static caps of risky patterns apply)."""
-    return Analysis(None, False, None, True, False, (f"no prefilter, no Pike VM: {why}",))
+    return Analysis(None, False, None, True, False, (f"no prefilter, no Pike VM: {why}",), None)
 
 
 def char_source(op: Any, av: Any) -> str:
@@ -386,6 +397,248 @@ def _class_may_be_high(items: Any, flags: int) -> bool:
     return False
 
 
+# ---------------------------------------------------------------- required literals
+
+MIN_LITERAL = 5
+"""Shortest required literal worth a prefilter, in characters. A shorter one (``" "``,
+``"id="``) is on most lines of a log: every line would be a candidate and ``re`` would run on
+it. A pattern whose required literals include a shorter one keeps its full translation."""
+MAX_LITERALS = 16
+"""Most required literals one pattern may have (the cross product of alternations grows
+fast): past it, the analysis settles for a shorter sub-sequence, or none."""
+_MAX_UNIT_CODES = 2
+"""Most ASCII characters one position of a literal may be (a letter in either case)."""
+
+_Unit = str
+"""One character position of a literal, as Hyperscan byte-pattern text."""
+_Strings = frozenset[tuple[_Unit, ...]]
+_EMPTY: _Strings = frozenset({()})
+
+
+def _score(strings: _Strings | None) -> tuple[int, int]:
+    """How selective requiring one of ``strings`` is: the shortest first, then fewer."""
+    if not strings:
+        return (-1, 0)
+    return (min(len(s) for s in strings), -len(strings))
+
+
+def _better(a: _Strings | None, b: _Strings | None) -> _Strings | None:
+    return b if _score(b) > _score(a) else a
+
+
+class _Literals:
+    """The walk of :func:`required_literals`. ``node``/``seq`` return (exact, required):
+
+    * exact — every string the node can take in is one of these (zero-width parts take in
+      nothing), or None when that set is unknown or too large;
+    * required — every match of the node takes in a string containing one of these, or None.
+
+    Lookarounds take in nothing here and contribute nothing (a lookahead of an event's text may
+    look past the line the match is on)."""
+
+    def __init__(self, translator: _Translator) -> None:
+        self.t = translator
+
+    def unit(self, op: Any, av: Any, flags: int) -> _Unit | None:
+        name = str(op)
+        if name == "LITERAL" and av >= 128 and not flags & re.IGNORECASE:
+            if av == _REPLACEMENT:  # on raw bytes, also 1-3 invalid bytes: not one string
+                return None
+            data = chr(av).encode("utf-8", "surrogatepass")
+            return "".join(f"\\x{b:02x}" for b in data)
+        try:
+            codes, may_high = self.t.char_set(op, av, flags)
+        except Untranslatable:
+            return None
+        if may_high or not codes or len(codes) > _MAX_UNIT_CODES:
+            return None
+        if len(codes) == 1:
+            return f"\\x{codes[0]:02x}"
+        return _byte_class(codes)
+
+    def seq(self, items: Any, flags: int) -> tuple[_Strings | None, _Strings | None]:
+        run: _Strings = _EMPTY
+        whole = True  # ``run`` is the exact set of the whole sequence so far
+        best: _Strings | None = None
+        for op, av in items:
+            exact, required = self.node(op, av, flags)
+            best = _better(best, required)
+            if exact is None:
+                best = _better(best, run)
+                run, whole = _EMPTY, False
+                continue
+            if len(run) * len(exact) > MAX_LITERALS:
+                best = _better(best, run)
+                run, whole = exact, False
+                continue
+            run = frozenset(x + y for x in run for y in exact)
+        best = _better(best, run)
+        return (run if whole else None), best
+
+    def node(self, op: Any, av: Any, flags: int) -> tuple[_Strings | None, _Strings | None]:
+        name = str(op)
+        if name in ("LITERAL", "NOT_LITERAL", "ANY", "IN"):
+            unit = self.unit(op, av, flags)
+            if unit is None:
+                return None, None
+            one = frozenset({(unit,)})
+            return one, one
+        if name in ("AT", "ASSERT", "ASSERT_NOT"):
+            return _EMPTY, None
+        if name == "SUBPATTERN":
+            _gid, add, delete, sub = av
+            return self.seq(sub, effective_flags(flags, add, delete))
+        if name == "ATOMIC_GROUP":
+            return self.seq(av, flags)
+        if name == "BRANCH":
+            alts = [self.seq(alt, flags) for alt in av[1]]
+            exact: _Strings | None = None
+            if all(e is not None for e, _ in alts):
+                exact = frozenset().union(*(e for e, _ in alts if e is not None))
+                if len(exact) > MAX_LITERALS:
+                    exact = None
+            required: _Strings | None = None
+            if all(r for _, r in alts):
+                required = frozenset().union(*(r for _, r in alts if r is not None))
+                if len(required) > MAX_LITERALS or () in required:
+                    required = None
+            return exact, _better(required, exact)
+        if name in ("MAX_REPEAT", "MIN_REPEAT", "POSSESSIVE_REPEAT"):
+            lo, hi, sub = av
+            if hi == 0:
+                return _EMPTY, None
+            body_exact, body_required = self.seq(sub, flags)
+            exact = None
+            if body_exact is not None and hi == 1:
+                exact = body_exact if lo == 1 else body_exact | _EMPTY
+            elif body_exact is not None and lo == hi and len(body_exact) ** lo <= MAX_LITERALS:
+                exact = _EMPTY
+                for _ in range(lo):
+                    exact = frozenset(x + y for x in exact for y in body_exact)
+            return exact, (body_required if lo >= 1 else None)
+        return None, None  # backreferences, conditionals, anything unknown: no literal known
+
+    # -- the skeleton: the pattern's literals in order, anything else a gap
+    def skeleton(self, items: Any, flags: int) -> list[_Part]:
+        """Parts of a superset of ``items`` on one line: alternations of literal strings, byte
+        classes, and ``_GAP`` (``[^\\n]*``) for whatever the walk cannot pin down."""
+        parts: list[_Part] = []
+        run: _Strings = _EMPTY
+
+        def flush() -> None:
+            if run == _EMPTY:
+                return
+            if () in run:  # an optional run: its text may be absent
+                parts.append(_GAP_PART)
+            else:
+                parts.append((_alternation(run), _score(run)[0]))
+
+        for op, av in items:
+            exact, _required = self.node(op, av, flags)
+            if exact is not None and len(run) * len(exact) <= MAX_LITERALS:
+                run = frozenset(x + y for x in run for y in exact)
+                continue
+            flush()
+            run = _EMPTY
+            if exact is not None:
+                run = exact
+                continue
+            parts.extend(self.skeleton_node(op, av, flags))
+        flush()
+        return parts
+
+    def skeleton_node(self, op: Any, av: Any, flags: int) -> list[_Part]:
+        name = str(op)
+        if name in ("LITERAL", "NOT_LITERAL", "ANY", "IN"):
+            # a class (\\d, [^\\]]...): one ASCII byte of it, or a run of high bytes
+            try:
+                codes, may_high = self.t.char_set(op, av, flags)
+            except Untranslatable:
+                return [_GAP_PART]
+            if not codes:
+                return [_GAP_PART]
+            if may_high:
+                return [(_byte_class(codes, r"\x80-\xff") + _HIGH_ANY, 0)]
+            return [(_byte_class(codes), 0)]
+        if name == "SUBPATTERN":
+            _gid, add, delete, sub = av
+            return self.skeleton(sub, effective_flags(flags, add, delete))
+        if name == "ATOMIC_GROUP":
+            return self.skeleton(av, flags)
+        if name == "BRANCH":
+            alts = [self.skeleton(alt, flags) for alt in av[1]]
+            # an alternative without a literal run (a host: digits, hex or a name): a gap
+            if not all(any(w >= _MIN_SKELETON_RUN for _, w in alt) for alt in alts):
+                return [_GAP_PART]
+            texts = [_render(alt, strip=False) or "" for alt in alts]
+            return [("(?:" + "|".join(texts) + ")", 0)]
+        if name in ("MAX_REPEAT", "MIN_REPEAT", "POSSESSIVE_REPEAT"):
+            lo, hi, sub = av
+            if lo == hi <= 4:  # x{n}: the body n times
+                return [part for _ in range(lo) for part in self.skeleton(sub, flags)]
+            if lo >= 1:  # the body at least once: its skeleton, then anything
+                return [*self.skeleton(sub, flags), _GAP_PART]
+        return [_GAP_PART]
+
+
+_Part = tuple[str, int]
+"""A piece of a skeleton: its byte-pattern text, and its shortest literal (0: not a literal)."""
+_GAP = r"[^\n]*"
+_GAP_PART: _Part = (_GAP, 0)
+_HIGH_ANY = r"[\x80-\xff]*"
+_MIN_SKELETON_RUN = 3
+"""An alternation in a skeleton is kept only if each branch has a literal run this long."""
+
+
+def _alternation(strings: _Strings) -> str:
+    texts = sorted("".join(s) for s in strings)
+    return texts[0] if len(texts) == 1 else "(?:" + "|".join(texts) + ")"
+
+
+def _render(parts: list[_Part], strip: bool) -> str | None:
+    """The parts as one expression, gaps merged, and with ``strip`` dropped at both ends (a
+    search finds the text anywhere on the line); None if nothing but gaps is left."""
+    out: list[str] = []
+    for part, _w in parts:
+        if part == _GAP and out and out[-1] == _GAP:
+            continue
+        out.append(part)
+    if all(part == _GAP for part in out):
+        return None
+    if strip:
+        while out[0] == _GAP:
+            out.pop(0)
+        while out[-1] == _GAP:
+            out.pop()
+    return "".join(out)
+
+
+def required_literals(
+    tree: Any, flags: int, translator: _Translator | None = None
+) -> tuple[str, ...] | None:
+    """Literals one of which every match of the parsed pattern takes in, each at least
+    ``MIN_LITERAL`` characters (as Hyperscan byte-pattern text, sorted), or None.
+
+    A literal's character is an ASCII character (or its two cases) that cannot stand for a
+    non-ASCII one (so not ``i``, ``k``, ``s`` under Unicode ``(?i)``: ``ı``, ``K``, ``ſ``), or
+    the UTF-8 bytes of a non-ASCII one (not U+FFFD, which ``errors="replace"`` makes of invalid
+    bytes): the same bytes are on the line whenever the decoded line holds it."""
+    walker = _Literals(translator or _Translator(loose_boundaries=False, cache={}))
+    _exact, required = walker.seq(list(tree), flags)
+    if not required or _score(required)[0] < MIN_LITERAL:
+        return None
+    return tuple(sorted("".join(s) for s in required))
+
+
+def skeleton(tree: Any, flags: int, translator: _Translator | None = None) -> str | None:
+    """A superset of the parsed pattern on one line, as a Hyperscan byte pattern: its literal
+    runs (``_Literals``: the same characters as ``required_literals``) in order, with
+    ``[^\\n]*`` for every part between them (classes, repeats, captures of hosts…), anchors
+    and lookarounds dropped. None if it has no literal at all."""
+    walker = _Literals(translator or _Translator(loose_boundaries=False, cache={}))
+    return _render(walker.skeleton(list(tree), flags), strip=True)
+
+
 # ---------------------------------------------------------------- risk analysis
 
 
@@ -517,6 +770,8 @@ def analyse(regex: str, cache: CharCache | None = None) -> Analysis:
     risky_reasons = list(dict.fromkeys(_risky(list(tree), flags)))
     blockers = list(dict.fromkeys(_pike_blockers(list(tree))))
     strict = _Translator(loose_boundaries=False, cache=cache)
+    literals = required_literals(tree, flags, strict)
+    skel = skeleton(tree, flags, strict) if literals is not None else None
     try:
         hs: str | None = strict.seq(list(tree), flags)
     except Untranslatable as exc:
@@ -527,9 +782,23 @@ def analyse(regex: str, cache: CharCache | None = None) -> Analysis:
             bool(risky_reasons),
             not blockers,
             (f"no prefilter: {exc}", *risky_reasons),
+            literals,
+            skel,
         )
     hs_loose = None
     if strict.has_unicode_boundary:
         hs_loose = _Translator(loose_boundaries=True, cache=cache).seq(list(tree), flags)
     reasons = tuple(strict.reasons) + tuple(risky_reasons)
-    return Analysis(hs, strict.exact, hs_loose, bool(risky_reasons), not blockers, reasons)
+    return Analysis(
+        hs, strict.exact, hs_loose, bool(risky_reasons), not blockers, reasons, literals, skel
+    )
+
+
+_UNIT = re.compile(r"\[\\x([0-9a-f]{2})\\x[0-9a-f]{2}\]|\\x([0-9a-f]{2})")
+
+
+def literal_text(literal: str) -> str:
+    """A required literal (byte-pattern text) as readable text: a position that is either case
+    of a letter shown as its first (upper) case."""
+    data = bytes(int(m.group(1) or m.group(2), 16) for m in _UNIT.finditer(literal))
+    return data.decode("utf-8", "replace")
