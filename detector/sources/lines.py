@@ -82,10 +82,11 @@ def _with_starts(chunks: list[Chunk], data: bytes, held: int) -> list[Chunk]:
     return out
 
 
-def _has_long_line(body: bytes, limit: int) -> bool:
-    """Does a line of ``body`` (lines separated by newlines) exceed ``limit`` bytes? One look
-    per ``limit`` bytes: the last newline of each window must exist."""
-    pos, n = 0, len(body)
+def _has_long_line(body: bytes, limit: int, pos: int = 0, end: int | None = None) -> bool:
+    """Does a line of ``body[pos:end]`` (lines separated by newlines) exceed ``limit`` bytes?
+    One look per ``limit`` bytes: the last newline of each window must exist. Bounds rather
+    than a slice: the block is not copied."""
+    n = len(body) if end is None else end
     while n - pos > limit:
         nl = body.rfind(b"\n", pos, pos + limit + 1)
         if nl < 0:
@@ -195,10 +196,10 @@ class LineAssembler:
                 cuts.append((0, start))
             pos = first_nl + 1
         if pos <= last_nl:
-            body = data[pos:last_nl]
             limit = self.max_line_bytes
-            has_cr = b"\r" in body
-            if (not has_cr or self._normalize) and not _has_long_line(body, limit):
+            # bounds, not a slice: the common case below never copies the block
+            has_cr = data.find(b"\r", pos, last_nl) >= 0
+            if (not has_cr or self._normalize) and not _has_long_line(data, limit, pos, last_nl):
                 # The common case: whole lines, as read. They go on undecoded (Chunk.block).
                 self._hold(data[last_nl + 1 :])
                 raw = data[pos : last_nl + 1]
@@ -208,6 +209,7 @@ class LineAssembler:
                 if texts:  # a held partial line completed first: a chunk of its own
                     return [Chunk(texts, pos, cut_at=tuple(s for _, s in cuts)), block]
                 return [block]
+            body = data[pos:last_nl]
             parts = body.split(b"\n")
             long = len(body) > limit and max(map(len, parts)) > limit
             if not long and not has_cr:
@@ -285,6 +287,18 @@ def read_block(
     want = size if end is None else min(size, end - pos)
     if expect is not None:
         want = min(want, max(0, expect) + READ_SLACK)
+    if want == size > LOOKBACK:
+        # A full read is cut at its last newline: find it first in the read's last LOOKBACK
+        # bytes, then read just that far. The block is then not copied again by the cut (a
+        # 1 MiB copy costs ~10x this small read). Same bytes as the read below when the file
+        # holds them both times (else, or with no newline there, the read below).
+        probe = os.pread(fd, LOOKBACK, pos + size - LOOKBACK)
+        last_nl = probe.rfind(b"\n") if len(probe) == LOOKBACK else -1
+        if last_nl >= 0:
+            whole = size - LOOKBACK + last_nl + 1
+            data = os.pread(fd, whole, pos)
+            if len(data) == whole and data[-1] == 10:  # b"\n"
+                return whole, assembler.feed(data)
     data = os.pread(fd, want, pos) if want > 0 else b""
     if not data:
         return 0, []
