@@ -235,7 +235,6 @@ class _HidInfo(NamedTuple):
     variant: int
     plain: bool
     """Exact on ASCII lines, no groups to extract: a report there is the answer."""
-    exact: bool
     compiled: _Compiled
     rule: str
     role: Role
@@ -475,7 +474,6 @@ class Matcher:
                         index,
                         variant,
                         c.analysis.exact and not c.named,
-                        c.analysis.exact,
                         c,
                         c.spec.rule,
                         c.spec.role,
@@ -524,7 +522,8 @@ class Matcher:
                 break
             line += count(b"\n", pos, to)
             pos = to
-            line_end = find(b"\n", to)
+            # a report ends at its line's newline (the [^\n]*$ suffix), or before it
+            line_end = to if data[to] == 10 else find(b"\n", to)
             start = -1
             if not all_ascii:
                 start = rfind(b"\n", 0, to) + 1
@@ -548,7 +547,7 @@ class Matcher:
                 found: list[Hit] = []
                 ignored: set[str] = set()
                 for at in sorted(per):
-                    _at, _v, plain, _x, c, rule, role, ignore = per[at]
+                    _at, _v, plain, c, rule, role, ignore = per[at]
                     groups = {} if is_ascii and plain else confirm(c, text)
                     if groups is None:
                         continue
@@ -563,7 +562,7 @@ class Matcher:
                         line_text[line] = text
                     hits.extend(found)
                 continue
-            _at, variant, plain, _x, c, rule, role, ignore = table[hid]
+            _at, variant, plain, c, rule, role, ignore = table[hid]
             if variant != _BOTH and (variant == _ASCII_ONLY) != is_ascii:
                 continue
             if is_ascii and plain:  # Hyperscan's verdict is the answer: no re
