@@ -195,3 +195,52 @@ def test_read_block_sized_by_what_the_file_holds_gives_the_same_lines(
             os.close(fd)
 
     assert consume(True) == consume(False)
+
+
+@given(
+    st.lists(
+        st.tuples(st.integers(min_value=0, max_value=20_000), st.sampled_from(b"ab\r\xc3")),
+        max_size=30,
+    ).map(lambda ls: b"\n".join(bytes([c]) * n for n, c in ls)),
+    st.booleans(),
+    st.integers(min_value=8 * 1024 + 1, max_value=40_000),
+)
+@settings(max_examples=150, deadline=None)
+def test_a_full_read_found_by_its_last_window_is_the_read_cut_at_its_last_newline(
+    tmp_path_factory: pytest.TempPathFactory, data: bytes, final_newline: bool, size: int
+) -> None:
+    """``read_block`` finds where a full read ends in its last ``LOOKBACK`` bytes and reads
+    only that far: the same reads, and the same chunks, as reading ``size`` bytes and cutting
+    at the last newline (lines longer than the window, a file ending mid-line, CRs)."""
+    import os
+
+    from detector.sources import lines as lines_mod
+
+    assert size > lines_mod.LOOKBACK  # the path under test
+    data += b"\n" if final_newline else b""
+    path = tmp_path_factory.mktemp("rb") / "f.log"
+    path.write_bytes(data)
+
+    def reference(fd: int, pos: int, asm: LineAssembler) -> tuple[int, list[object]]:
+        got = os.pread(fd, size, pos)
+        if len(got) == size and got.rfind(b"\n") >= 0:
+            got = got[: got.rfind(b"\n") + 1]
+        return len(got), asm.feed(got) if got else []
+
+    def consume(read: object) -> list[tuple[int, list[object]]]:
+        fd = os.open(path, os.O_RDONLY)
+        asm, out, pos = LineAssembler(30_000, crlf="normalize"), [], 0
+        try:
+            while True:
+                n, chunks = read(fd, pos, asm)  # type: ignore[operator]
+                out.append((n, chunks))
+                if not n:
+                    last = asm.flush()
+                    return [*out, (0, [last])]
+                pos += n
+        finally:
+            os.close(fd)
+
+    got = consume(lambda fd, pos, asm: lines_mod.read_block(fd, pos, asm, size))
+    assert got == consume(reference)
+    assert sum(n for n, _ in got) == len(data)

@@ -340,7 +340,11 @@ def test_fast_matcher_equals_naive_re_on_random_rules_and_loghub_lines(
     assert matcher.match("s", texts) == naive(specs, "s", texts)
     data = "".join(t + "\n" for t in texts).encode()
     if texts:
-        assert matcher.match_block("s", data) == (len(texts), naive(specs, "s", texts))
+        got: dict[int, str] = {}
+        assert matcher.match_block("s", data, got) == (len(texts), naive(specs, "s", texts))
+        # the decoded text of every line with a hit (at least), each the line's own
+        assert {h.line for h in naive(specs, "s", texts)} <= set(got)
+        assert all(texts[i] == t for i, t in got.items())
     assert matcher.take_abandoned() == {}
 
 
@@ -496,7 +500,10 @@ def test_raw_blocks_with_invalid_utf8_match_like_re_on_their_replaced_text(
     texts = [line.decode("utf-8", "replace") for line in lines]
     want = naive(specs, "s", texts)
     matcher = Matcher(specs, budget_s=10.0)
-    assert matcher.match_block("s", b"\n".join(lines) + b"\n") == (len(lines), want)
+    got: dict[int, str] = {}
+    assert matcher.match_block("s", b"\n".join(lines) + b"\n", got) == (len(lines), want)
+    assert {h.line for h in want} <= set(got)
+    assert all(texts[i] == t for i, t in got.items())
     assert matcher.match("s", texts) == want
 
 

@@ -239,6 +239,20 @@ class CompileCancelled(Exception):
     """:meth:`Matcher.warm` gave up at its ``cancelled`` callback (the source not built yet)."""
 
 
+class _HidInfo(NamedTuple):
+    """What :meth:`Matcher._scan_block` needs of one Hyperscan id's pattern."""
+
+    at: int
+    """Index into the plan's ``active``."""
+    variant: int
+    plain: bool
+    """Exact on ASCII lines, no groups to extract: a report there is the answer."""
+    compiled: _Compiled
+    rule: str
+    role: Role
+    ignore: bool
+
+
 class Matcher:
     def __init__(
         self,
@@ -288,6 +302,8 @@ class Matcher:
         self._pike_s = 0.0
         """Seconds spent in the Pike VM in the current ``match`` call."""
         self._pike_s_per_call = pike_s_per_call
+        self._tables: dict[int, tuple[_HidInfo, ...]] = {}
+        """Per plan (by id): :meth:`_block_table`."""
         self._local: dict[int, tuple[int, ...]] = {}
         """Per plan (by id; a plan lives as long as the matcher, or until ``_take_upgrades``
         drops it): :func:`_event_kind` of each of its patterns."""
@@ -319,7 +335,7 @@ class Matcher:
         if not plan.active or not data:
             return data.count(b"\n") + (0 if not data or data.endswith(b"\n") else 1), []
         try:
-            return self._match_block(plan, data, {} if texts is None else texts)
+            return self._match_block(plan, data, texts)
         finally:
             self._watchdog.disarm()
             self._end_call()
@@ -438,20 +454,20 @@ class Matcher:
         return hits
 
     def _match_block(
-        self, plan: _Plan, data: bytes, line_text: dict[int, str]
+        self, plan: _Plan, data: bytes, line_text: dict[int, str] | None
     ) -> tuple[int, list[Hit]]:
         if plan.db is None or plan.always:
             nlines = data.count(b"\n") + (0 if data.endswith(b"\n") else 1)
             every = data.decode("utf-8", "replace").split("\n")[:nlines]
             hits = self._match(plan, every)
-            for h in hits:
-                line_text[h.line] = every[h.line]
+            if line_text is not None:
+                for h in hits:
+                    line_text[h.line] = every[h.line]
             return nlines, hits
 
         if not data.endswith(b"\n"):
             data += b"\n"  # see match()
-        cands, nlines = self._scan(plan, data, line_text, count_lines=True)
-        return nlines, self._finish(plan, cands, line_text.__getitem__, nlines, set())
+        return self._scan_block(plan, data, line_text)
 
     def _plan(self, source: str) -> _Plan:
         if self._upgrades:
@@ -475,6 +491,7 @@ class Matcher:
             old = self._plans.get(source)
             if old is not None:
                 self._local.pop(id(old), None)  # keyed by id: the old plan is dropped
+                self._tables.pop(id(old), None)
             self._plans[source] = plan
             self.build_s[source] = seconds
             self.cached[source] = hit
@@ -537,6 +554,152 @@ class Matcher:
                 continue
             per[index] = is_ascii and exact[index]
         return cands, (line + count(b"\n", pos) if count_lines else 0)
+
+    def _block_table(self, plan: _Plan) -> tuple[_HidInfo, ...]:
+        """Per Hyperscan id of ``plan``, what :meth:`_scan_block` needs of its pattern, looked
+        up once per plan (plans live as long as the matcher, or until ``_take_upgrades`` drops
+        them: by id, so their entries go with them)."""
+        table = self._tables.get(id(plan))
+        if table is None:
+            rows = []
+            for index, variant in plan.ids:
+                c = plan.active[index]
+                rows.append(
+                    _HidInfo(
+                        index,
+                        variant,
+                        c.analysis.exact and not c.named,
+                        c,
+                        c.spec.rule,
+                        c.spec.role,
+                        c.spec.role == "ignore",
+                    )
+                )
+            table = self._tables[id(plan)] = tuple(rows)
+        return table
+
+    def _scan_block(
+        self, plan: _Plan, data: bytes, line_text: dict[int, str] | None
+    ) -> tuple[int, list[Hit]]:
+        """``match_block`` with a database and no ``always`` pattern: one Hyperscan pass over
+        ``data`` (whole lines, the last one ending in a newline), then one walk over the sorted
+        events: the line of each (newlines counted once, between events), ``re`` only where
+        Hyperscan's verdict is not exact there or groups are wanted, and the hits. Only lines
+        that need ``re`` or have a hit are decoded (into ``line_text``, if given). Same result
+        as :meth:`_scan` then :meth:`_finish`, which :meth:`match` uses (see :meth:`_scan` on
+        the order of the events)."""
+        events: list[tuple[int, int]] = []
+        append = events.append
+
+        def on_match(hid: int, _from: int, to: int, _flags: int, _ctx: object) -> None:
+            append((to, hid))
+
+        plan.db.scan(data, match_event_handler=on_match)
+        count = data.count
+        if not events:
+            return count(b"\n"), []
+        events.sort()
+        table = self._block_table(plan)
+        hits: list[Hit] = []
+        hit = hits.append
+        end = len(data)
+        find = data.find
+        rfind = data.rfind
+        all_ascii = is_ascii = data.isascii()  # one fast pass; then no per-line check
+        confirm = self._confirm_fast
+        new_hit = tuple.__new__
+        line = pos = 0
+        k, n = 0, len(events)
+        while k < n:
+            to, hid = events[k]
+            k += 1
+            if to == end:  # an empty match after the final newline: no line of the data
+                break
+            line += count(b"\n", pos, to)
+            pos = to
+            # a report ends at its line's newline (the [^\n]*$ suffix), or before it
+            line_end = to if data[to] == 10 else find(b"\n", to)
+            start = -1
+            if not all_ascii:
+                start = rfind(b"\n", 0, to) + 1
+                is_ascii = data[start:line_end].isascii()
+            if k < n and events[k][0] <= line_end:
+                # more than one report on this line: confirm in spec order, ignore applies
+                per: dict[int, _HidInfo] = {}
+                while True:
+                    info = table[hid]
+                    if info[1] == _BOTH or (info[1] == _ASCII_ONLY) == is_ascii:
+                        per[info[0]] = info
+                    if k == n or events[k][0] > line_end:
+                        break
+                    hid = events[k][1]
+                    k += 1
+                if not per:
+                    continue
+                if start < 0:
+                    start = rfind(b"\n", 0, to) + 1
+                text = data[start:line_end].decode("utf-8", "replace")
+                found: list[Hit] = []
+                ignored: set[str] = set()
+                for at in sorted(per):
+                    _at, _v, plain, c, rule, role, ignore = per[at]
+                    groups = {} if is_ascii and plain else confirm(c, text)
+                    if groups is None:
+                        continue
+                    if ignore:
+                        ignored.add(rule)
+                    else:
+                        found.append(new_hit(Hit, (line, rule, role, groups)))
+                if ignored:
+                    found = [h for h in found if h.rule not in ignored]
+                if found:
+                    if line_text is not None:
+                        line_text[line] = text
+                    hits.extend(found)
+                continue
+            _at, variant, plain, c, rule, role, ignore = table[hid]
+            if variant != _BOTH and (variant == _ASCII_ONLY) != is_ascii:
+                continue
+            if is_ascii and plain:  # Hyperscan's verdict is the answer: no re
+                if ignore:
+                    continue
+                if line_text is not None:
+                    if start < 0:
+                        start = rfind(b"\n", 0, to) + 1
+                    line_text[line] = data[start:line_end].decode("utf-8", "replace")
+                hit(new_hit(Hit, (line, rule, role, {})))
+                continue
+            if start < 0:
+                start = rfind(b"\n", 0, to) + 1
+            text = data[start:line_end].decode("utf-8", "replace")
+            groups = confirm(c, text)
+            if groups is None or ignore:
+                continue
+            if line_text is not None:
+                line_text[line] = text
+            hit(new_hit(Hit, (line, rule, role, groups)))
+        return line + count(b"\n", pos), hits
+
+    def _confirm_fast(self, c: _Compiled, text: str) -> dict[str, str] | None:
+        """:meth:`_confirm`, with its common case (the budget armed, no overruns in this call)
+        first and inlined: this runs once per candidate line."""
+        watchdog = self._watchdog
+        if self._overruns or not (watchdog.state == ARMED or watchdog.arm()):
+            return self._confirm(c, text)  # the general path: caps, overruns
+        try:  # watchdog.search(c.rx, text), inlined
+            watchdog.started = perf_counter()
+            m = c.rx.search(text)
+            watchdog.started = 0.0
+        except BudgetExceeded:
+            return self._over_budget(c, text)
+        if m is None:
+            return None
+        if not c.named:
+            return {}
+        groups = m.groupdict()
+        if None in groups.values():  # groups that did not take part are not fields
+            return {g: v for g, v in groups.items() if v is not None}
+        return groups
 
     def _finish(
         self,
