@@ -518,3 +518,15 @@ def test_zero_counts_and_scoped_ascii_keep_an_exact_prefilter(pattern: str) -> N
     assert report.engine == "hyperscan (exact on ASCII lines)", report
     plan = matcher._plan("s")  # Hyperscan took it: not a pattern run with re on every line
     assert plan.db is not None and plan.always == (), plan
+
+
+def test_non_boundary_on_an_empty_line_is_decided_as_re_decides() -> None:
+    r"""``\B`` on an empty line: Python's ``re`` (before 3.14) finds no match, Hyperscan's
+    ``\B`` does, so the pattern is confirmed by ``re``, not taken on Hyperscan's word (found by
+    the literal-prefilter property test, pattern ``\B`` beside ``Failed``)."""
+    specs = specs_of("Failed", r"\B", r"a\B")
+    lines = ["Failed", "", "ab", "a b", ""]
+    matcher = Matcher(specs)
+    assert matcher.match("s", lines) == naive(specs, "s", lines)
+    block = "".join(line + "\n" for line in lines).encode()
+    assert matcher.match_block("s", block) == (len(lines), naive(specs, "s", lines))

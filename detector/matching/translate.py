@@ -341,6 +341,10 @@ class _Translator:
                     self.has_unicode_boundary = True
                     if self.loose:
                         return ""
+                if at == "AT_NON_BOUNDARY" and sys.version_info < (3, 14):
+                    # Python before 3.14: \B never matches an empty string; Hyperscan's does,
+                    # on an empty line (a superset: re confirms)
+                    self.inexact("\\B (Python's never matches an empty line)")
                 return r"\b" if at == "AT_BOUNDARY" else r"\B"
             raise Untranslatable(at)
         if name == "SUBPATTERN":
