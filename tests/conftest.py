@@ -4,6 +4,7 @@ thread, an HTTP session and a receiver on 127.0.0.1 (a module may define its own
 from __future__ import annotations
 
 import os
+import socket
 import tempfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -49,3 +50,19 @@ async def session() -> AsyncIterator[aiohttp.ClientSession]:
 async def rx() -> AsyncIterator[Receiver]:
     async with Receiver() as r:
         yield r
+
+
+@pytest.fixture
+def notify_socket() -> Iterator[tuple[str, socket.socket]]:
+    """A bound, non-blocking ``NOTIFY_SOCKET`` datagram socket (path, socket) for sd_notify
+    messages; in a short /tmp directory: AF_UNIX paths are limited to 108 bytes and pytest's
+    tmp_path can be longer."""
+    with tempfile.TemporaryDirectory(prefix="sdn-", dir="/tmp") as directory:
+        path = os.path.join(directory, "notify")
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        sock.bind(path)
+        sock.setblocking(False)
+        try:
+            yield path, sock
+        finally:
+            sock.close()

@@ -10,8 +10,6 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
-import tempfile
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -69,19 +67,6 @@ def write_rules(tmp_path: Path, rule: str, word: str) -> Path:
 def append(path: Path, *lines: str) -> None:
     with path.open("a") as f:
         f.write("".join(line + "\n" for line in lines))
-
-
-@pytest.fixture
-def notify_socket() -> Iterator[tuple[str, socket.socket]]:
-    with tempfile.TemporaryDirectory(prefix="sdn-", dir="/tmp") as directory:
-        path = os.path.join(directory, "notify")
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        sock.bind(path)
-        sock.setblocking(False)
-        try:
-            yield path, sock
-        finally:
-            sock.close()
 
 
 async def next_datagram(sock: socket.socket, within: float = 10.0) -> str:

@@ -9,12 +9,9 @@ compile is held by a threading event, so the test decides when it runs."""
 from __future__ import annotations
 
 import asyncio
-import os
 import re
 import socket
-import tempfile
 import threading
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -83,19 +80,6 @@ def append(path: Path, lines: list[str]) -> None:
 def cache_files(tmp_path: Path) -> set[str]:
     directory = tmp_path / "cache"
     return {p.name for p in directory.iterdir()} if directory.exists() else set()
-
-
-@pytest.fixture
-def notify_socket() -> Iterator[tuple[str, socket.socket]]:
-    with tempfile.TemporaryDirectory(prefix="sdn-", dir="/tmp") as directory:
-        path = os.path.join(directory, "notify")
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        sock.bind(path)
-        sock.setblocking(False)
-        try:
-            yield path, sock
-        finally:
-            sock.close()
 
 
 class HeldUpgrade:

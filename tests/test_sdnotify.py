@@ -6,12 +6,9 @@ import asyncio
 import contextlib
 import itertools
 import logging
-import os
 import socket
-import tempfile
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -19,19 +16,6 @@ import pytest
 from detector.clock import FakeClock, SystemClock
 from detector.health import Health
 from detector.sdnotify import Notifier, watchdog_loop
-
-
-@pytest.fixture
-def notify_socket() -> Iterator[tuple[str, socket.socket]]:
-    # AF_UNIX paths are limited to 108 bytes; pytest's tmp_path can be longer.
-    with tempfile.TemporaryDirectory(prefix="sdn-", dir="/tmp") as directory:
-        path = os.path.join(directory, "notify")
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        sock.bind(path)
-        try:
-            yield path, sock
-        finally:
-            sock.close()
 
 
 def receive(sock: socket.socket, timeout: float = 2.0) -> str:

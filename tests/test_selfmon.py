@@ -84,18 +84,6 @@ async def test_a_failing_webhook_is_told_to_the_healthy_one_when_no_fallback_is_
             await until(agent.health.healthy, what="healthy again")
 
 
-@pytest.fixture
-def notify_socket(tmp_path: Path) -> Iterator[tuple[str, socket.socket]]:
-    path = str(tmp_path / "notify.sock")
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    sock.bind(path)
-    sock.setblocking(False)
-    try:
-        yield path, sock
-    finally:
-        sock.close()
-
-
 def datagrams(sock: socket.socket) -> list[str]:
     out = []
     while True:

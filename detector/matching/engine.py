@@ -694,12 +694,7 @@ class Matcher:
             return self._over_budget(c, text)
         if m is None:
             return None
-        if not c.named:
-            return {}
-        groups = m.groupdict()
-        if None in groups.values():  # groups that did not take part are not fields
-            return {g: v for g, v in groups.items() if v is not None}
-        return groups
+        return _fields_of(m) if c.named else {}
 
     def _finish(
         self,
@@ -836,12 +831,7 @@ class Matcher:
             m = c.rx.search(text)
         if m is None:
             return None
-        if not c.named:
-            return {}
-        groups = m.groupdict()
-        if None in groups.values():  # groups that did not take part are not fields
-            return {k: v for k, v in groups.items() if v is not None}
-        return groups
+        return _fields_of(m) if c.named else {}
 
     def _over_budget(self, c: _Compiled, text: str) -> dict[str, str] | None:
         rule = c.spec.rule
@@ -1339,3 +1329,11 @@ def _report(c: _Compiled, budget_s: float) -> PatternReport:
             "candidates of that batch at once"
         )
     return PatternReport(c.spec.rule, c.spec.role, engine, "; ".join(notes))
+
+
+def _fields_of(m: re.Match[str]) -> dict[str, str]:
+    """A confirmed match's named groups as fields: groups that did not take part are none."""
+    groups = m.groupdict()
+    if None in groups.values():
+        return {k: v for k, v in groups.items() if v is not None}
+    return groups
