@@ -12,7 +12,6 @@ redacted on the way out: a value taken from the environment is shown as its ``${
 
 from __future__ import annotations
 
-import difflib
 import re
 import warnings
 from collections.abc import Collection, Iterable, Mapping
@@ -77,6 +76,8 @@ def describe(node: Node) -> str:
 
 
 def did_you_mean(word: str, options: Iterable[str]) -> str:
+    import difflib  # noqa: PLC0415 - only for a misspelt key
+
     close = difflib.get_close_matches(word, list(options), n=1, cutoff=0.6)
     return f"did you mean '{close[0]}'?" if close else ""
 

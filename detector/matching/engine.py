@@ -52,7 +52,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import hashlib
 import importlib
 import json
 import re
@@ -66,6 +65,7 @@ from pathlib import Path
 from time import perf_counter
 from typing import Any, Literal, NamedTuple
 
+from detector.digest import sha256
 from detector.matching import translate as _translate
 from detector.matching.budget import ARMED, CONFIRM_BUDGET_S, BudgetExceeded, Watchdog
 from detector.matching.dbcache import DbCache, cpu_features, db_key
@@ -929,7 +929,7 @@ def rule_timings(specs: Sequence[PatternSpec], sample: Sequence[str] | None) -> 
 def _analyses_key(regexes: Sequence[str]) -> str:
     """Cache key of the analyses of ``regexes``: they depend on the regexes, on Python's
     ``re`` parser (its version) and on the translator's code (its source, hashed)."""
-    h = hashlib.sha256(f"analysis {DB_FORMAT} {sys.version}\0".encode())
+    h = sha256(f"analysis {DB_FORMAT} {sys.version}\0".encode())
     h.update(Path(_translate.__file__).read_bytes())
     for r in regexes:
         h.update(b"\0" + r.encode("utf-8", "surrogatepass"))
