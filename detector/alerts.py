@@ -208,6 +208,8 @@ def compact_labels(
 
 @dataclass(slots=True)
 class Alert:
+    """One alert of the book: a rule's key, its status and what was notified."""
+
     fingerprint: str
     rule: str
     kind: AlertKind

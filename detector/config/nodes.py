@@ -48,6 +48,8 @@ class ConfigError(Exception):
 
 @dataclass(frozen=True)
 class Problem:
+    """One error or warning of the loader, at a line and column of a file."""
+
     line: int
     column: int
     text: str

@@ -133,6 +133,8 @@ ENGINE = engine_name(_hs, _translate.PARSER_PROBLEM)
 
 @dataclass(frozen=True)
 class PatternSpec:
+    """One regex of a rule (its role: match, ignore, fail, start, end or reset) and its sources."""
+
     rule: str
     role: Role
     regex: str
@@ -171,6 +173,8 @@ class Abandoned:
 
 @dataclass(frozen=True)
 class PatternReport:
+    """How one pattern is matched (``detector check`` prints it)."""
+
     rule: str
     role: Role
     engine: str
@@ -891,6 +895,8 @@ class Matcher:
 
 @dataclass(frozen=True)
 class RuleTiming:
+    """What a rule's patterns cost (``detector check --timings``)."""
+
     rule: str
     compile_s: float
     """Its patterns alone: analysis, ``re``, the Pike VM and the Hyperscan database (no cache)."""
