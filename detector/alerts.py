@@ -49,9 +49,7 @@ from __future__ import annotations
 
 import copy
 import functools
-import hashlib
 import sys
-import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -59,6 +57,7 @@ from datetime import datetime, timedelta
 from types import MappingProxyType
 from typing import Any
 
+from detector.digest import sha256
 from detector.model import AlertKind, FlapSpec, RouteConfig, RuleConfig, Severity
 from detector.records import OutboxRow
 from detector.routing import route, with_source
@@ -102,7 +101,7 @@ RESOLVED_SEP = " — "
 
 @functools.lru_cache(maxsize=4096)  # the keys firing now; 65,536 entries held 12 MB
 def fingerprint(rule: str, key: str) -> str:
-    return hashlib.sha256(f"{rule}\x00{key}".encode()).hexdigest()[:16]
+    return sha256(f"{rule}\x00{key}".encode()).hexdigest()[:16]
 
 
 _KEY_SEP = "\x1f"
@@ -209,6 +208,8 @@ def compact_labels(
 
 @dataclass(slots=True)
 class Alert:
+    """One alert of the book: a rule's key, its status and what was notified."""
+
     fingerprint: str
     rule: str
     kind: AlertKind
@@ -911,6 +912,8 @@ class AlertBook:
             return
         if self.muter is not None and self._held(alert, notification, now):
             return
+        import uuid  # noqa: PLC0415 - a notification only: `detector check` starts without it
+
         event_id = uuid.uuid4().hex
         payload = alert.payload(notification, event_id, now)
         if self.record is not None:

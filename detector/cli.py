@@ -79,6 +79,26 @@ class _Parser(argparse.ArgumentParser):
         return self.formatter_class(prog=self.prog, width=_columns() - 2)  # type: ignore[call-arg]
 
 
+def _add_silence_arguments(p: argparse.ArgumentParser) -> None:
+    """``detector silence``'s arguments: here, not in ``silence_cli`` (whose imports, the config
+    loader among them, every command would pay to build its parser)."""
+    p.add_argument("action", choices=("add", "list", "expire"))
+    p.add_argument("id", nargs="?", metavar="ID", help="expire: the silence (a unique prefix)")
+    p.add_argument("--rule", action="append", default=[], metavar="R", help="add: rule R")
+    p.add_argument(
+        "--match",
+        action="append",
+        default=[],
+        metavar="LABEL=VALUE",
+        help="add: a matcher on the alert's labels: label=value, label!=value, label=~regex, "
+        "label!~regex (repeatable; all must match)",
+    )
+    p.add_argument("--for", dest="duration", metavar="DURATION", help="add: how long, e.g. 2h")
+    p.add_argument("--comment", default="", help="add: why (shown in status and list)")
+    p.add_argument("--author", default=None, help="add: who (default: $SUDO_USER, else $USER)")
+    p.add_argument("--format", choices=("text", "json"), default="text", help="list: output")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="detector",
@@ -285,9 +305,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_config(p)
     _add_env_file(p)
-    from detector.silence_cli import add_arguments  # noqa: PLC0415
-
-    add_arguments(p)
+    _add_silence_arguments(p)
 
     p = sub.add_parser(
         "send-test",
@@ -342,12 +360,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def cmd_version(args: argparse.Namespace) -> int:
-    import platform  # noqa: PLC0415 - here only: it compiles regexes as it is imported
-
     from detector import matching  # noqa: PLC0415 - keep `detector version` light
 
     print(f"detector {__version__}")
-    print(f"python {platform.python_version()} ({sys.executable})")
+    python = sys.version.split(" ", 1)[0]  # platform.python_version(), without its import
+    print(f"python {python} ({sys.executable})")
     print(f"matching engine: {matching.ENGINE}")
     from detector.sources.sdjournal import choose_reader  # noqa: PLC0415
 

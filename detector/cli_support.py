@@ -19,9 +19,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from detector.model import Config
-
 if TYPE_CHECKING:
+    from detector.model import Config
     from detector.store.db import Store
 
 EXIT_OK = 0

@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import socket
 import struct
 import sys
 from collections.abc import Mapping
@@ -111,6 +110,8 @@ class JournalHandler(logging.Handler):
         )
         self.identifier = identifier
         self.stream = stream if stream is not None else sys.stderr
+        import socket  # noqa: PLC0415 - under journald only: the commands start without it
+
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self._fallback_noted = False
         self.setFormatter(logging.Formatter("%(message)s"))

@@ -14,9 +14,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime, timedelta
-from zoneinfo import ZoneInfo
-
-from cronsim import CronSim
 
 from detector.model import MaintenanceConfig
 
@@ -31,6 +28,10 @@ def _opens_after(m: MaintenanceConfig, t: datetime) -> Iterator[datetime]:
         if m.start is not None and m.start > t:
             yield m.start
         return
+    from zoneinfo import ZoneInfo  # noqa: PLC0415 - a cron window only: most configs have none
+
+    from cronsim import CronSim  # noqa: PLC0415
+
     zone = ZoneInfo(m.timezone)
     last = t
     for n, opened in enumerate(CronSim(m.cron, t.astimezone(zone))):

@@ -46,6 +46,8 @@ class Location:
 
 @dataclass(frozen=True)
 class AgentConfig:
+    """The ``agent:`` section: the state file, the host name, the listener, the cache."""
+
     state: Path
     host: str
     listen: str | None = None  # "127.0.0.1:9465"; None = no HTTP listener
@@ -73,6 +75,8 @@ class FlapSpec:
 
 @dataclass(frozen=True)
 class Defaults:
+    """The ``defaults:`` section: what a rule that does not say otherwise gets."""
+
     severity: Severity = "warning"
     notify: tuple[str, ...] = ()  # webhook names; empty = every webhook
     repeat: timedelta | None = timedelta(hours=4)  # None = never repeat
@@ -108,6 +112,8 @@ class MultilineConfig:
 
 @dataclass(frozen=True)
 class FileSourceConfig:
+    """A ``file:`` source: its paths or globs and how they are read."""
+
     name: str
     paths: tuple[str, ...]  # paths or globs
     start_at: Literal["end", "beginning"] = "end"
@@ -129,6 +135,8 @@ class FileSourceConfig:
 
 @dataclass(frozen=True)
 class JournaldSourceConfig:
+    """A ``journald:`` source: the units, identifiers and fields it reads."""
+
     name: str
     units: tuple[str, ...] = ()
     identifiers: tuple[str, ...] = ()
@@ -177,6 +185,8 @@ class SmtpConfig:
 
 @dataclass(frozen=True)
 class WebhookConfig:
+    """One entry of ``webhooks:``: where alerts go and in which format."""
+
     name: str
     url: str
     format: WebhookFormat = "json"
@@ -203,6 +213,8 @@ class WebhookConfig:
 
 @dataclass(frozen=True)
 class ThresholdSpec:
+    """``threshold:``: count matches within a window, per ``by:`` key."""
+
     count: int
     within: timedelta
     by: tuple[str, ...] = ()  # captured group / field names that split the count
@@ -212,6 +224,8 @@ class ThresholdSpec:
 
 @dataclass(frozen=True)
 class HeartbeatSpec:
+    """``heartbeat:``: a line expected every ``every``, per ``by:`` key."""
+
     every: timedelta
     grace: timedelta = timedelta(0)
     by: str | None = None
@@ -220,6 +234,8 @@ class HeartbeatSpec:
 
 @dataclass(frozen=True)
 class WindowSpec:
+    """``window:``: a line expected within ``within`` after each cron time."""
+
     cron: str  # 5-field cron expression
     within: timedelta
     timezone: str = "UTC"
@@ -229,6 +245,8 @@ class WindowSpec:
 
 @dataclass(frozen=True)
 class PairSpec:
+    """``pair:``: an ``end`` line expected within ``within`` of each ``start`` line."""
+
     start: str
     end: str
     within: timedelta
@@ -239,6 +257,8 @@ class PairSpec:
 
 @dataclass(frozen=True)
 class AnomalyNewSpec:
+    """``anomaly: new``: log templates learned, then a new one alerts."""
+
     learn: timedelta | None = timedelta(days=1)
     learn_lines: int | None = None  # if set, learning ends after this many lines instead
     max_alerts_per_hour: int = 10
@@ -248,6 +268,8 @@ class AnomalyNewSpec:
 
 @dataclass(frozen=True)
 class AnomalyRateSpec:
+    """``anomaly: rate``: a per-bucket line rate against its robust baseline."""
+
     bucket: timedelta = timedelta(minutes=1)
     sensitivity: float = 4.0  # deviations (robust z-score) to count as anomalous
     for_buckets: int = 2  # consecutive anomalous buckets before firing
@@ -296,6 +318,8 @@ class SystemdUnitsSpec:
 
 @dataclass(frozen=True)
 class RuleConfig:
+    """One rule of ``rules:``, with its kind's spec and the defaults applied."""
+
     name: str
     kind: RuleKind
     sources: tuple[str, ...]
@@ -376,6 +400,8 @@ class RouteConfig:
 
 @dataclass(frozen=True)
 class Config:
+    """A whole rules.yaml (with its includes), as the loader validated it."""
+
     path: str
     agent: AgentConfig
     defaults: Defaults

@@ -89,6 +89,8 @@ def agent_signal(
 
 @dataclass
 class Problem:
+    """One of the agent's own problems, open since ``since_at``."""
+
     key: str
     component: Component
     message: str

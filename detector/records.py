@@ -29,6 +29,8 @@ class Checkpoint:
 
 @dataclass(frozen=True)
 class OutboxRow:
+    """A notification owed to a webhook, as the outbox stores it."""
+
     webhook: str
     event_id: str
     fingerprint: str

@@ -75,6 +75,8 @@ def describe(index: int, route: RouteConfig) -> str:
 
 @dataclass(frozen=True)
 class Routed:
+    """The webhooks an alert goes to, and why."""
+
     webhooks: tuple[str, ...]
     why: tuple[str, ...]
     """The routes that took the alert (``describe``), in order."""

@@ -24,24 +24,6 @@ from detector.silences import LabelMatcher, MatcherError, Silence
 from detector.timefmt import format_duration, utc_text
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("action", choices=("add", "list", "expire"))
-    p.add_argument("id", nargs="?", metavar="ID", help="expire: the silence (a unique prefix)")
-    p.add_argument("--rule", action="append", default=[], metavar="R", help="add: rule R")
-    p.add_argument(
-        "--match",
-        action="append",
-        default=[],
-        metavar="LABEL=VALUE",
-        help="add: a matcher on the alert's labels: label=value, label!=value, label=~regex, "
-        "label!~regex (repeatable; all must match)",
-    )
-    p.add_argument("--for", dest="duration", metavar="DURATION", help="add: how long, e.g. 2h")
-    p.add_argument("--comment", default="", help="add: why (shown in status and list)")
-    p.add_argument("--author", default=None, help="add: who (default: $SUDO_USER, else $USER)")
-    p.add_argument("--format", choices=("text", "json"), default="text", help="list: output")
-
-
 def main(args: argparse.Namespace) -> int:
     # the state file's modules only here: `detector` builds this parser for every command
     from detector.store import silences as table  # noqa: PLC0415

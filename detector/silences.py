@@ -34,6 +34,8 @@ class MatcherError(ValueError):
 
 @dataclass(frozen=True)
 class LabelMatcher:
+    """One matcher of a silence: ``name op value``."""
+
     name: str
     op: str  # = != =~ !~
     value: str
@@ -71,6 +73,8 @@ class LabelMatcher:
 
 @dataclass(frozen=True)
 class Silence:
+    """A silence: alerts its matchers all match are recorded but not notified."""
+
     id: str
     matchers: tuple[LabelMatcher, ...]
     starts_at: datetime

@@ -32,7 +32,6 @@ import re
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta, timezone, tzinfo
 from functools import lru_cache
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 _MONTHS = {
     m: i
@@ -116,6 +115,8 @@ def realtime_at(value: object) -> datetime | None:
 def host_zone() -> tzinfo:
     """The host's time zone (``$TZ``, else ``/etc/localtime``), with its DST rules; UTC if none
     can be found. The default ``timezone:`` of a source's stamps without an offset."""
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError  # noqa: PLC0415 - a source's stamps only
+
     name = os.environ.get("TZ", "").lstrip(":")
     if name:
         try:
@@ -135,6 +136,8 @@ def zone_named(name: str | None) -> tzinfo:
         return host_zone()
     if name.upper() == "UTC":
         return UTC
+    from zoneinfo import ZoneInfo  # noqa: PLC0415
+
     return ZoneInfo(name)
 
 

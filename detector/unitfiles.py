@@ -17,9 +17,6 @@ import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
-
-import cronsim
 
 from detector.model import SystemdTimer
 
@@ -253,6 +250,8 @@ def cron_error(cron: str) -> str | None:
     """Why ``cron`` is not a 5-field expression cronsim (and so the window rule) accepts."""
     if len(cron.split()) != 5:
         return f"'{cron}' does not have 5 fields"
+    import cronsim  # noqa: PLC0415 - with zoneinfo and calendar: only where a cron is read
+
     try:
         cronsim.CronSim(cron, datetime(2026, 1, 1, tzinfo=UTC))
     except cronsim.CronSimError as e:
@@ -261,6 +260,8 @@ def cron_error(cron: str) -> str | None:
 
 
 def zone_ok(name: str) -> bool:
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError  # noqa: PLC0415 - only for a zone
+
     try:
         ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError, OSError):

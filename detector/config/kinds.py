@@ -21,9 +21,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
-import cronsim
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from detector.config.nodes import NodeReader, choices_hint, describe, did_you_mean
@@ -266,6 +264,10 @@ def _window(r: NodeReader, node: Node, w: str) -> WindowSpec | None:
             "every: (a heartbeat) cannot be combined with cron: (a window) — pick one",
         )
         return None
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones  # noqa: PLC0415
+
+    import cronsim  # noqa: PLC0415 - with zoneinfo and calendar: only a window rule needs it
+
     kw: dict[str, Any] = {}
     tz = "UTC"
     zone: ZoneInfo | None = ZoneInfo("UTC")
@@ -489,6 +491,8 @@ def _systemd_units(r: NodeReader, node: Node, w: str) -> SystemdUnitsSpec | None
         tnode = e["timezone"][1]
         t = r.string(tnode, f"{w}.timezone", "an IANA time zone such as Europe/Berlin")
         if t is not None:
+            from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones  # noqa: PLC0415
+
             try:
                 ZoneInfo(t)
             except (ZoneInfoNotFoundError, ValueError, OSError):

@@ -12,9 +12,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from typing import Any
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
-import cronsim
 from yaml.nodes import Node, SequenceNode
 
 from detector.config.nodes import NodeReader, did_you_mean
@@ -63,6 +61,10 @@ def _entry(r: NodeReader, node: Node, w: str, rules: set[str]) -> MaintenanceCon
         if "for" not in e:
             r.err(node, w, "a cron window needs for: (how long it lasts), e.g. for: 2h")
             return None
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones  # noqa: PLC0415
+
+        import cronsim  # noqa: PLC0415 - with zoneinfo and calendar: only a cron window needs it
+
         zone = ZoneInfo("UTC")
         if "timezone" in e:
             tnode = e["timezone"][1]

@@ -12,7 +12,6 @@ redacted on the way out: a value taken from the environment is shown as its ``${
 
 from __future__ import annotations
 
-import difflib
 import re
 import warnings
 from collections.abc import Collection, Iterable, Mapping
@@ -49,6 +48,8 @@ class ConfigError(Exception):
 
 @dataclass(frozen=True)
 class Problem:
+    """One error or warning of the loader, at a line and column of a file."""
+
     line: int
     column: int
     text: str
@@ -77,6 +78,8 @@ def describe(node: Node) -> str:
 
 
 def did_you_mean(word: str, options: Iterable[str]) -> str:
+    import difflib  # noqa: PLC0415 - only for a misspelt key
+
     close = difflib.get_close_matches(word, list(options), n=1, cutoff=0.6)
     return f"did you mean '{close[0]}'?" if close else ""
 

@@ -12,14 +12,12 @@ from __future__ import annotations
 
 import os
 import re
-import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, Literal, cast
 from urllib.parse import urlsplit
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from yaml.nodes import Node, ScalarNode
 
@@ -186,7 +184,7 @@ def read_agent(r: NodeReader, declared: Declared, node: Node | None) -> AgentCon
         s = r.string(entries["state"][1], f"{w}: state", "a file path")
         if s is not None:
             state = Path(s).expanduser()
-    host = socket.gethostname()
+    host = os.uname().nodename  # socket.gethostname(), without importing socket
     if "host" in entries:
         h = r.string(entries["host"][1], f"{w}: host")
         if h is not None:
@@ -476,6 +474,8 @@ def _time_keys(r: NodeReader, body: dict[str, tuple[Node, Node]], w: str) -> dic
         if value is None:
             continue
         if key == "timezone" and value != "local" and value.upper() != "UTC":
+            from zoneinfo import ZoneInfo, ZoneInfoNotFoundError  # noqa: PLC0415 - a named zone only
+
             try:
                 ZoneInfo(value)
             except (ZoneInfoNotFoundError, ValueError):

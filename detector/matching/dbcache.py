@@ -19,15 +19,16 @@ that process, with one warning. The directory is bounded: past ``max_bytes`` or
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import os
-import platform
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from detector.digest import sha256
+
 log = logging.getLogger(__name__)
+
 
 FORMAT = b"detector-hsdb 1\n"
 """First bytes of every entry; bump the number when the layout (or what a key covers) changes."""
@@ -56,14 +57,15 @@ def cpu_features(cpuinfo: str | None = None) -> str:
         if sep and name.strip() in ("flags", "Features"):
             flags.update(value.split())
             break  # the first CPU stands for all (Hyperscan looks at the one it runs on)
-    return platform.machine() + ":" + ",".join(f for f in _CPU_FLAGS if f in flags)
+    machine = os.uname().machine  # platform.machine(), without importing platform
+    return machine + ":" + ",".join(f for f in _CPU_FLAGS if f in flags)
 
 
 def db_key(
     exprs: Sequence[bytes], flags: Sequence[int], mode: int, engine: str, features: str
 ) -> str:
     """The cache key of one database: hex SHA-256 over everything that decides its bytes."""
-    h = hashlib.sha256()
+    h = sha256()
     h.update(FORMAT)
     for part in (engine.encode(), features.encode(), str(mode).encode(), str(len(exprs)).encode()):
         h.update(len(part).to_bytes(4, "big") + part)
@@ -159,7 +161,7 @@ class DbCache:
         """Store ``payload`` under ``key``, checksummed, by an atomic rename; then evict."""
         if self.disabled:
             return False
-        data = FORMAT + key.encode("ascii") + b"\n" + hashlib.sha256(payload).digest() + payload
+        data = FORMAT + key.encode("ascii") + b"\n" + sha256(payload).digest() + payload
         try:
             self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
             import tempfile  # noqa: PLC0415 - on a miss only: commands start without it
@@ -244,6 +246,6 @@ def _unpack(raw: bytes, key: str) -> tuple[str, bytes]:
     if not sep or stored_key != key.encode("ascii"):
         return "stored under another key", b""
     digest, payload = rest[:32], rest[32:]
-    if len(digest) < 32 or hashlib.sha256(payload).digest() != digest:
+    if len(digest) < 32 or sha256(payload).digest() != digest:
         return "checksum mismatch (truncated or damaged)", b""
     return "", payload

@@ -52,7 +52,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import hashlib
 import importlib
 import json
 import re
@@ -66,6 +65,7 @@ from pathlib import Path
 from time import perf_counter
 from typing import Any, Literal, NamedTuple
 
+from detector.digest import sha256
 from detector.matching import translate as _translate
 from detector.matching.budget import ARMED, CONFIRM_BUDGET_S, BudgetExceeded, Watchdog
 from detector.matching.dbcache import DbCache, cpu_features, db_key
@@ -133,6 +133,8 @@ ENGINE = engine_name(_hs, _translate.PARSER_PROBLEM)
 
 @dataclass(frozen=True)
 class PatternSpec:
+    """One regex of a rule (its role: match, ignore, fail, start, end or reset) and its sources."""
+
     rule: str
     role: Role
     regex: str
@@ -171,6 +173,8 @@ class Abandoned:
 
 @dataclass(frozen=True)
 class PatternReport:
+    """How one pattern is matched (``detector check`` prints it)."""
+
     rule: str
     role: Role
     engine: str
@@ -881,6 +885,8 @@ class Matcher:
 
 @dataclass(frozen=True)
 class RuleTiming:
+    """What a rule's patterns cost (``detector check --timings``)."""
+
     rule: str
     compile_s: float
     """Its patterns alone: analysis, ``re``, the Pike VM and the Hyperscan database (no cache)."""
@@ -919,7 +925,7 @@ def rule_timings(specs: Sequence[PatternSpec], sample: Sequence[str] | None) -> 
 def _analyses_key(regexes: Sequence[str]) -> str:
     """Cache key of the analyses of ``regexes``: they depend on the regexes, on Python's
     ``re`` parser (its version) and on the translator's code (its source, hashed)."""
-    h = hashlib.sha256(f"analysis {DB_FORMAT} {sys.version}\0".encode())
+    h = sha256(f"analysis {DB_FORMAT} {sys.version}\0".encode())
     h.update(Path(_translate.__file__).read_bytes())
     for r in regexes:
         h.update(b"\0" + r.encode("utf-8", "surrogatepass"))

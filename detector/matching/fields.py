@@ -57,6 +57,8 @@ PARSE_KEY = "parse"
 
 @dataclass(frozen=True)
 class _FieldRule:
+    """A rule with ``fields:`` on a parsed source: the paths it looks up."""
+
     rule: str
     paths: tuple[str, ...]
     has_match: bool
@@ -276,6 +278,8 @@ class _LineFields(Sequence[Mapping[str, Any] | None]):
 
 @dataclass
 class _Failing:
+    """The count of a source's lines that its parser refused, for its problem."""
+
     total: int = 0
     pending: int = 0
     """Since the last report."""

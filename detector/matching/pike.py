@@ -42,6 +42,8 @@ class PikeUnsupported(Exception):
 
 @dataclass(frozen=True)
 class PikeProgram:
+    """A regex compiled for the Pike VM."""
+
     code: tuple[Instr, ...]
     groups_end: int
     """Capture slots (2 per group, group 0 included); loop marks follow them."""

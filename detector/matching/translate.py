@@ -162,6 +162,8 @@ class Untranslatable(Exception):
 
 @dataclass(frozen=True)
 class Analysis:
+    """What a Python regex becomes for Hyperscan, and how exact it is."""
+
     hs: str | None
     """Hyperscan pattern (bytes syntax as text), or None if it could not be translated."""
     exact: bool

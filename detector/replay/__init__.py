@@ -58,6 +58,8 @@ KEEP_PER_RULE = 20
 
 @dataclass
 class ReplayResult:
+    """What ``detector test`` found: counts, samples and notifications."""
+
     lines: int = 0
     bytes: int = 0
     seconds: float = 0.0

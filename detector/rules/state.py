@@ -10,11 +10,11 @@ rows; what a row holds stays the evaluator's business (its ``encode``/``decode``
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable, Iterator, Mapping
 from datetime import datetime
 from typing import Any, Generic, TypeVar
 
+from detector.digest import blake2b
 from detector.model import AlertKind, RuleConfig
 from detector.rules.base import Signal
 
@@ -161,7 +161,7 @@ touched, never all of them."""
 
 def _stable_hash(key: str) -> int:
     """A folded key's hash, the same in every process (``hash()`` is salted per process)."""
-    return int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "big") >> 1
+    return int.from_bytes(blake2b(key.encode(), digest_size=8).digest(), "big") >> 1
 
 
 class KeyCap:

@@ -38,6 +38,8 @@ class Line:
 
 @dataclass(slots=True)
 class Batch:
+    """Lines read from one source, with the checkpoints they end at."""
+
     source: str
     lines: list[Line]
     checkpoints: list[Checkpoint] = field(default_factory=list)

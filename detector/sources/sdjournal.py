@@ -24,10 +24,12 @@ import importlib
 import os
 from collections.abc import Iterator, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
-from detector.model import JournaldSourceConfig
 from detector.sources.base import Line
+
+if TYPE_CHECKING:  # `detector version` starts without the config's model
+    from detector.model import JournaldSourceConfig
 
 READER_ENV: Final = "DETECTOR_JOURNALD_READER"
 """``auto`` (default: sd-journal when the binding imports), ``sd-journal`` or ``journalctl``."""
