@@ -457,7 +457,7 @@ class Alert:
         (``"<rule>: <sample[:200]>"``, as ``MatchEvaluator`` makes it): it is rebuilt when
         read, exactly (checked here). Samples are only ever added, so the first stays."""
         summary = self._summary
-        if summary is not None and self._samples:
+        if summary is not None and self._samples is not _NO_SAMPLES:
             first = self.first_sample()
             rule = self._base[0]
             if (
@@ -507,8 +507,8 @@ class Alert:
         if type(samples) is list:
             if len(samples) < MAX_SAMPLES:
                 samples.append(clip_sample(text))
-        elif samples:
-            self._samples = [samples, clip_sample(text)]  # type: ignore[list-item]
+        elif type(samples) is str:  # one so far (maybe an empty line)
+            self._samples = [samples, clip_sample(text)]
         else:
             self._samples = clip_sample(text)
 
