@@ -765,7 +765,11 @@ class AlertBook:
                     if s.evidence:
                         alert.evidence = {**alert.evidence, **s.evidence}
                     if s.sample is not None:
-                        alert.add_sample(s.sample)
+                        samples = alert._samples
+                        if type(samples) is not list:
+                            alert.add_sample(s.sample)
+                        elif len(samples) < MAX_SAMPLES:
+                            samples.append(clip_sample(s.sample))
                     changed[fp] = alert
                     continue
                 self._fire(s, at)
@@ -793,11 +797,10 @@ class AlertBook:
         if summary:
             alert._summary = summary
         samples = alert._samples
-        if type(samples) is list:
-            if len(samples) < MAX_SAMPLES:
-                samples.append(clip_sample(sample))
-        else:
+        if type(samples) is not list:
             alert.add_sample(sample)
+        elif len(samples) < MAX_SAMPLES:
+            samples.append(clip_sample(sample))
         self._changed[fp] = alert
         return True
 
