@@ -52,10 +52,9 @@ import functools
 import sys
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from types import MappingProxyType
-from typing import Any
+from typing import Any, Generic, TypeVar, overload
 
 from detector.digest import sha256
 from detector.model import AlertKind, FlapSpec, RouteConfig, RuleConfig, Severity
@@ -65,6 +64,8 @@ from detector.rules.base import Signal
 from detector.schedule import DeadlineHeap, KeyedDeadlines
 from detector.silences import Muter
 from detector.timefmt import format_duration, iso_or_none, parse_iso_or_none
+
+T = TypeVar("T")
 
 MAX_SAMPLES = 5
 MAX_SAMPLE_CHARS = 2000
@@ -206,49 +207,322 @@ def compact_labels(
     return made
 
 
-@dataclass(slots=True)
-class Alert:
-    """One alert of the book: a rule's key, its status and what was notified."""
+class _Shared(Generic[T]):
+    """An alert field that the alerts of one rule (and routing) share: read from the alert's
+    ``_base`` tuple, one tuple per distinct combination (``_share``), not 8 bytes per field and
+    alert. Set (never, in practice) by making the alert its own tuple."""
 
-    fingerprint: str
-    rule: str
-    kind: AlertKind
-    key: str
-    status: str  # pending (for:) | firing | resolved
-    severity: Severity
-    summary: str
-    description: str
-    labels: Mapping[str, str]
-    """A dict, or (most alerts) a :class:`KeyLabels` rebuilt from the key: read-only."""
-    owner: str | None
-    runbook: str | None
-    host: str
-    source: str | None
-    first_seen_at: datetime
-    last_seen_at: datetime
-    resolved_at: datetime | None = None
-    count: int = 0
-    samples: list[str] = field(default_factory=list)
-    evidence: Mapping[str, Any] = field(default_factory=lambda: NO_EVIDENCE)
-    """Read-only once given (``NO_EVIDENCE``, or a signal's copy): updated by replacing it."""
-    notify: tuple[str, ...] = ()
-    last_notified_at: datetime | None = None
-    muted: dict[str, Any] | None = None
-    owed: str | None = None  # the notification held back by a mute: firing | repeat | resolved
-    pending_until: datetime | None = None
+    __slots__ = ("index",)
+
+    def __init__(self, index: int) -> None:
+        self.index = index
+
+    @overload
+    def __get__(self, obj: None, owner: Any) -> _Shared[T]: ...
+    @overload
+    def __get__(self, obj: Alert, owner: Any) -> T: ...
+    def __get__(self, obj: Alert | None, owner: Any) -> T | _Shared[T]:
+        if obj is None:
+            return self
+        value: T = obj._base[self.index]
+        return value
+
+    def __set__(self, obj: Alert, value: T) -> None:
+        base, i = obj._base, self.index
+        obj._base = _share((*base[:i], value, *base[i + 1 :]))
+
+
+class _Rare(Generic[T]):
+    """An alert field that most alerts leave at its default (the timing keys' deadlines, a mute,
+    the flap history, when it resolved): kept in the alert's ``_rare`` list, made only when one
+    of them is set (issue 20.6: 8 bytes per field and open alert otherwise)."""
+
+    __slots__ = ("default", "index")
+
+    def __init__(self, index: int, default: T) -> None:
+        self.index, self.default = index, default
+
+    @overload
+    def __get__(self, obj: None, owner: Any) -> _Rare[T]: ...
+    @overload
+    def __get__(self, obj: Alert, owner: Any) -> T: ...
+    def __get__(self, obj: Alert | None, owner: Any) -> T | _Rare[T]:
+        if obj is None:
+            return self
+        rare = obj._rare
+        value: T = self.default if rare is None else rare[self.index]
+        return value
+
+    def __set__(self, obj: Alert, value: T) -> None:
+        rare = obj._rare
+        if rare is None:
+            if value is self.default or value == self.default:
+                return
+            rare = obj._rare = list(_RARE_DEFAULTS)
+        rare[self.index] = value
+
+
+_BASE_FIELDS = ("rule", "kind", "severity", "owner", "runbook", "host", "source", "notify")
+_RARE_FIELDS = (
+    "resolved_at",
+    "muted",
+    "owed",
+    "pending_until",
+    "clearing_until",
+    "clearing_summary",
+    "changes",
+    "flapping_since",
+    "flap_changes",
+)
+_RARE_DEFAULTS: tuple[Any, ...] = (None, None, None, None, None, None, (), None, 0)
+_CLEARING = _RARE_FIELDS.index("clearing_until")
+_BASES: dict[tuple[Any, ...], tuple[Any, ...]] = {}
+MAX_BASES = 4096
+"""The most distinct ``_base`` tuples shared (past them an alert keeps its own)."""
+
+
+def _share(base: tuple[Any, ...]) -> tuple[Any, ...]:
+    got = _BASES.get(base)
+    if got is None:
+        if len(_BASES) >= MAX_BASES:
+            return base
+        got = _BASES[base] = base
+    return got
+
+
+FIELDS = (
+    "fingerprint",
+    "rule",
+    "kind",
+    "key",
+    "status",
+    "severity",
+    "summary",
+    "description",
+    "labels",
+    "owner",
+    "runbook",
+    "host",
+    "source",
+    "first_seen_at",
+    "last_seen_at",
+    "resolved_at",
+    "count",
+    "samples",
+    "evidence",
+    "notify",
+    "last_notified_at",
+    "muted",
+    "owed",
+    "pending_until",
+    "clearing_until",
+    "clearing_summary",
+    "changes",
+    "flapping_since",
+    "flap_changes",
+)
+"""An alert's fields, in the order of its constructor's parameters (``repeat_at`` aside)."""
+
+_NO_SAMPLES: tuple[str, ...] = ()
+
+
+class Alert:
+    """One alert (rule + key), open or recently resolved.
+
+    Laid out for 100,000 open alerts (issue 20.6): the fields its rule's alerts share are one
+    shared tuple (``_Shared``), the rarely set ones a list made when one is set (``_Rare``); its
+    labels are its key and a shared :class:`LabelLayout`; one sample is held as the string
+    itself, a list only from the second; and a summary that is the error rule's default for its
+    first sample (``"<rule>: <sample[:200]>"``) is not kept but rebuilt when read. The public
+    fields read and compare as a dataclass's did (``FIELDS``)."""
+
+    __slots__ = (
+        "_base",
+        "_labels",
+        "_rare",
+        "_samples",
+        "_summary",
+        "count",
+        "description",
+        "evidence",
+        "fingerprint",
+        "first_seen_at",
+        "key",
+        "last_notified_at",
+        "last_seen_at",
+        "repeat_at",
+        "status",
+    )
+
+    rule: _Shared[str] = _Shared(0)
+    kind: _Shared[AlertKind] = _Shared(1)
+    severity: _Shared[Severity] = _Shared(2)
+    owner: _Shared[str | None] = _Shared(3)
+    runbook: _Shared[str | None] = _Shared(4)
+    host: _Shared[str] = _Shared(5)
+    source: _Shared[str | None] = _Shared(6)
+    notify: _Shared[tuple[str, ...]] = _Shared(7)
+    resolved_at: _Rare[datetime | None] = _Rare(0, None)
+    muted: _Rare[dict[str, Any] | None] = _Rare(1, None)
+    owed: _Rare[str | None] = _Rare(2, None)
+    """The notification held back by a mute: firing | repeat | resolved."""
+    pending_until: _Rare[datetime | None] = _Rare(3, None)
     """``for:``: while pending, when it fires if still open."""
-    clearing_until: datetime | None = None
+    clearing_until: _Rare[datetime | None] = _Rare(4, None)
     """``keep_firing_for:``: the condition cleared; when the alert resolves unless it fires."""
-    clearing_summary: str | None = None
+    clearing_summary: _Rare[str | None] = _Rare(5, None)
     """The resolved notice's summary, kept for ``clearing_until``."""
-    changes: tuple[datetime, ...] = ()
-    """``flap:``: when its notified state changed, within the flap window (a tuple: most alerts
-    have none, and an empty list per alert is 56 bytes)."""
-    flapping_since: datetime | None = None
-    flap_changes: int = 0
+    changes: _Rare[tuple[datetime, ...]] = _Rare(6, ())
+    """``flap:``: when its notified state changed, within the flap window."""
+    flapping_since: _Rare[datetime | None] = _Rare(7, None)
+    flap_changes: _Rare[int] = _Rare(8, 0)
     """Changes since it started flapping."""
-    repeat_at: datetime | None = field(default=None, compare=False, repr=False)
-    """When its next repeat is due, as scheduled (``AlertBook._repeats``); not stored."""
+
+    def __init__(
+        self,
+        *,
+        fingerprint: str,
+        rule: str,
+        kind: AlertKind,
+        key: str,
+        status: str,  # pending (for:) | firing | resolved
+        severity: Severity,
+        summary: str,
+        description: str,
+        labels: Mapping[str, str],
+        owner: str | None,
+        runbook: str | None,
+        host: str,
+        source: str | None,
+        first_seen_at: datetime,
+        last_seen_at: datetime,
+        resolved_at: datetime | None = None,
+        count: int = 0,
+        samples: Iterable[str] = (),
+        evidence: Mapping[str, Any] = NO_EVIDENCE,
+        notify: tuple[str, ...] = (),
+        last_notified_at: datetime | None = None,
+        muted: dict[str, Any] | None = None,
+        owed: str | None = None,
+        pending_until: datetime | None = None,
+        clearing_until: datetime | None = None,
+        clearing_summary: str | None = None,
+        changes: tuple[datetime, ...] = (),
+        flapping_since: datetime | None = None,
+        flap_changes: int = 0,
+    ) -> None:
+        self.fingerprint, self.key, self.status = fingerprint, key, status
+        self._base = _share((rule, kind, severity, owner, runbook, host, source, notify))
+        self._summary: str | None = summary
+        self.description = description
+        self.labels = labels
+        self.first_seen_at, self.last_seen_at = first_seen_at, last_seen_at
+        self.count = count
+        self.samples = samples
+        self.evidence: Mapping[str, Any] = evidence
+        """Read-only once given (``NO_EVIDENCE``, or a signal's copy): updated by replacing it."""
+        self.last_notified_at = last_notified_at
+        self.repeat_at: datetime | None = None
+        """When its next repeat is due, as scheduled (``AlertBook._repeats``); not stored, not
+        compared."""
+        self._rare: list[Any] | None = None
+        rare = (
+            resolved_at,
+            muted,
+            owed,
+            pending_until,
+            clearing_until,
+            clearing_summary,
+            changes,
+            flapping_since,
+            flap_changes,
+        )
+        if rare != _RARE_DEFAULTS:
+            self._rare = list(rare)
+
+    @property
+    def summary(self) -> str:
+        summary = self._summary
+        if summary is None:  # the default one of its first sample (``derive_summary``)
+            return f"{self._base[0]}: {self.first_sample()[:200]}"
+        return summary
+
+    @summary.setter
+    def summary(self, value: str) -> None:
+        self._summary = value
+
+    def derive_summary(self) -> None:
+        """Keep no summary of its own if it is the error rule's default for its first sample
+        (``"<rule>: <sample[:200]>"``, as ``MatchEvaluator`` makes it): it is rebuilt when
+        read, exactly (checked here). Samples are only ever added, so the first stays."""
+        summary = self._summary
+        if summary is not None and self._samples is not _NO_SAMPLES:
+            first = self.first_sample()
+            rule = self._base[0]
+            if (
+                len(summary) == len(rule) + 2 + min(len(first), 200)
+                and summary == f"{rule}: {first[:200]}"
+            ):
+                self._summary = None
+
+    @property
+    def labels(self) -> Mapping[str, str]:
+        """A dict, or (most alerts) a :class:`KeyLabels` rebuilt from the key: read-only."""
+        labels = self._labels
+        if type(labels) is LabelLayout:
+            return KeyLabels(labels, self.key)
+        return labels  # type: ignore[return-value]
+
+    @labels.setter
+    def labels(self, value: Mapping[str, str]) -> None:
+        if type(value) is KeyLabels and value._key == self.key:
+            self._labels: LabelLayout | Mapping[str, str] = value._layout
+        else:
+            self._labels = value
+
+    @property
+    def samples(self) -> list[str]:
+        """Up to ``MAX_SAMPLES`` sample lines, first seen first (a copy: add with
+        ``add_sample``)."""
+        samples = self._samples
+        if type(samples) is str:
+            return [samples]
+        return list(samples)
+
+    @samples.setter
+    def samples(self, value: Iterable[str]) -> None:
+        got = list(value)
+        self._samples: str | list[str] | tuple[str, ...] = (
+            got if len(got) > 1 else got[0] if got else _NO_SAMPLES
+        )
+
+    def first_sample(self) -> str:
+        samples = self._samples
+        return samples if type(samples) is str else samples[0]
+
+    def add_sample(self, text: str) -> None:
+        """Keep ``text`` (clipped) as a sample if there are fewer than ``MAX_SAMPLES``."""
+        samples = self._samples
+        if type(samples) is list:
+            if len(samples) < MAX_SAMPLES:
+                samples.append(clip_sample(text))
+        elif type(samples) is str:  # one so far (maybe an empty line)
+            self._samples = [samples, clip_sample(text)]
+        else:
+            self._samples = clip_sample(text)
+
+    def _fields(self) -> tuple[Any, ...]:
+        return tuple(getattr(self, name) for name in FIELDS)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Alert):
+            return NotImplemented
+        return self._fields() == other._fields()
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return "Alert(" + ", ".join(f"{n}={getattr(self, n)!r}" for n in FIELDS) + ")"
 
     def to_row(self) -> dict[str, Any]:
         # By hand, not dataclasses.asdict: that deep-copies every value and was the largest
@@ -320,8 +594,10 @@ class Alert:
         data["changes"] = tuple(t for t in map(parse_iso_or_none, data.get("changes") or ()) if t)
         notify = tuple(sys.intern(w) for w in data.get("notify") or ())
         data["notify"] = memo.setdefault(("notify", notify), notify)  # one tuple per routing
-        known = set(Alert.__dataclass_fields__)
-        return Alert(**{k: v for k, v in data.items() if k in known})
+        known = set(FIELDS)
+        alert = Alert(**{k: v for k, v in data.items() if k in known})
+        alert.derive_summary()
+        return alert
 
     def payload(self, notification: str, event_id: str, now: datetime) -> dict[str, Any]:
         """The snapshot stored in the outbox and rendered by every delivery format."""
@@ -472,7 +748,7 @@ class AlertBook:
                 if (
                     fast
                     and alert is not None
-                    and alert.clearing_until is None
+                    and ((rare := alert._rare) is None or rare[_CLEARING] is None)
                     and not s.renotify
                     and alert.status in _OPEN
                 ):
@@ -482,13 +758,17 @@ class AlertBook:
                         alert.count += s.count
                     alert.last_seen_at = max(alert.last_seen_at, s.at)
                     if s.summary:
-                        alert.summary = s.summary
+                        alert._summary = s.summary
                     if s.description:
                         alert.description = s.description
                     if s.evidence:
                         alert.evidence = {**alert.evidence, **s.evidence}
-                    if s.sample is not None and len(alert.samples) < MAX_SAMPLES:
-                        alert.samples.append(clip_sample(s.sample))
+                    if s.sample is not None:
+                        samples = alert._samples
+                        if type(samples) is not list:
+                            alert.add_sample(s.sample)
+                        elif len(samples) < MAX_SAMPLES:
+                            samples.append(clip_sample(s.sample))
                     changed[fp] = alert
                     continue
                 self._fire(s, at)
@@ -507,16 +787,19 @@ class AlertBook:
         if (
             alert is None
             or alert.status not in _OPEN
-            or alert.clearing_until is not None
+            or ((rare := alert._rare) is not None and rare[_CLEARING] is not None)
             or not self.fast
         ):
             return False
         alert.count += 1
         alert.last_seen_at = max(alert.last_seen_at, at)
         if summary:
-            alert.summary = summary
-        if len(alert.samples) < MAX_SAMPLES:
-            alert.samples.append(clip_sample(sample))
+            alert._summary = summary
+        samples = alert._samples
+        if type(samples) is not list:
+            alert.add_sample(sample)
+        elif len(samples) < MAX_SAMPLES:
+            samples.append(clip_sample(sample))
         self._changed[fp] = alert
         return True
 
@@ -591,8 +874,10 @@ class AlertBook:
             alert.description = s.description
         if s.evidence:
             alert.evidence = {**alert.evidence, **s.evidence}
-        if s.sample is not None and len(alert.samples) < MAX_SAMPLES:
-            alert.samples.append(clip_sample(s.sample))
+        if s.sample is not None:
+            alert.add_sample(s.sample)
+        if opening:
+            alert.derive_summary()
         self._changed[fp] = alert
         if alert.status == "pending":
             return
@@ -621,8 +906,8 @@ class AlertBook:
                 summary = s.summary
             if s.evidence:
                 alert.evidence = {**alert.evidence, **s.evidence}
-            if s.sample is not None and len(alert.samples) < MAX_SAMPLES:
-                alert.samples.append(clip_sample(s.sample))
+            if s.sample is not None:
+                alert.add_sample(s.sample)
             hold = self._timing(alert)
             if hold is not None and hold.keep_firing_for > timedelta(0):
                 alert.clearing_until = at + hold.keep_firing_for
@@ -689,7 +974,7 @@ class AlertBook:
         alert.count = s.count
         alert.evidence = dict(s.evidence) if s.evidence else NO_EVIDENCE
         if s.sample is not None:
-            alert.samples.append(clip_sample(s.sample))
+            alert.add_sample(s.sample)
         self._notify(alert, "info", now)
 
     def resolve_rule(self, rule: str, now: datetime, why: str) -> None:
@@ -713,7 +998,7 @@ class AlertBook:
             memo = self._repeat_at
             due = memo.get((alert.last_notified_at, every))
             if due is None:
-                if len(memo) >= 64:
+                if len(memo) >= 1024:  # one per distinct time: the loaded alerts' may interleave
                     memo.clear()
                 due = memo[alert.last_notified_at, every] = alert.last_notified_at + every
             if due != alert.repeat_at:  # the alerts notified at one moment share one deadline
@@ -853,12 +1138,12 @@ class AlertBook:
         self, alert: Alert, notification: str, status: str, summary: str, now: datetime
     ) -> None:
         """A notice about the alert that shows another status and summary than its own."""
-        own = alert.status, alert.summary
+        own = alert.status, alert._summary
         alert.status, alert.summary = status, summary
         try:
             self._notify(alert, notification, now)
         finally:
-            alert.status, alert.summary = own
+            alert.status, alert._summary = own
         self._schedule_repeat(alert.fingerprint, alert)
 
     # ---------------------------------------------------------------- notifications
