@@ -18,7 +18,12 @@ after every 20th line, read steady state by a plain source and by a ``multiline:
 source (one event per log line and its traceback), in lines/s each.
 
     .venv/bin/python bench/bench_ingest.py [--lines 2000000] [--profile dense|quiet|all]
-        [--multiline] [--repeat 3] [--rss-rules 200]
+        [--workload host43,f2b150,simple|all] [--multiline] [--repeat 3] [--rss-rules 200]
+        [--code OTHER_CHECKOUT]
+
+``--workload`` runs the same on ``workloads.py``'s rule sets and logs, beside bench_match.py's
+grep and ripgrep commands for them (``grep -c -E -f``, or the ``grep -v -P`` pipeline of
+``f2b150``); ``--code`` runs another checkout's agent beside this one's, interleaved.
 
 Each command runs ``--repeat`` times, interleaved; printed are the median and the range of the
 seconds and of the ratios to grep (each run paired with its repeat's grep), by wall time and by
