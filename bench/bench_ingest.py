@@ -18,7 +18,12 @@ after every 20th line, read steady state by a plain source and by a ``multiline:
 source (one event per log line and its traceback), in lines/s each.
 
     .venv/bin/python bench/bench_ingest.py [--lines 2000000] [--profile dense|quiet|all]
-        [--multiline] [--repeat 3] [--rss-rules 200]
+        [--workload host43,f2b150,simple|all] [--multiline] [--repeat 3] [--rss-rules 200]
+        [--code OTHER_CHECKOUT]
+
+``--workload`` runs the same on ``workloads.py``'s rule sets and logs, beside bench_match.py's
+grep and ripgrep commands for them (``grep -c -E -f``, or the ``grep -v -P`` pipeline of
+``f2b150``); ``--code`` runs another checkout's agent beside this one's, interleaved.
 
 Each command runs ``--repeat`` times, interleaved; printed are the median and the range of the
 seconds and of the ratios to grep (each run paired with its repeat's grep), by wall time and by
@@ -46,6 +51,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import gen_log  # the bench's own generator, next to this file
+import workloads
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -60,25 +66,72 @@ def committed_offset(db: Path) -> int:
     return max((json.loads(v).get("offset", 0) for (v,) in rows), default=0)
 
 
-def ingest(args: argparse.Namespace, profile: str) -> None:
+@dataclass
+class Case:
+    """One workload: a log, its rules, and the grep commands to compare with (the first is the
+    baseline of the ratios)."""
+
+    label: str
+    log: Path
+    lines: int
+    rules: list[tuple[str, str]]
+    greps: list[tuple[str, list[str]]]
+    rss_rules: bool = True
+    """Also a steady run at ``--rss-rules`` rules (gen_log's padded set: the gen_log profiles)."""
+
+
+def profile_case(args: argparse.Namespace, profile: str) -> Case:
     log = args.workdir / f"ingest-{profile}-{args.lines}.log"
     if not log.exists():
         gen_log.generate(log, args.lines, profile=profile)
-    size = log.stat().st_size
     ere = args.workdir / "rules.ere"
     ere.write_text("\n".join(gen_log.to_ere(r) for _, r in gen_log.RULES) + "\n")
+    greps = [
+        ("grep -c -E -f (C)", ["grep", "-c", "-E", "-f", str(ere), str(log)]),
+        ("ripgrep -c -f (1 thread)", ["rg", "-j1", "-c", "-f", str(ere), str(log)]),
+    ]
+    return Case(profile, log, args.lines, gen_log.RULES, greps)
+
+
+def workload_case(args: argparse.Namespace, name: str) -> Case:
+    """``workloads.py``'s ``name`` at ``--lines``, with bench_match's grep and ripgrep commands
+    (``grep -c -E -f``, or for the PCRE rule sets the ``grep -v -P`` pipeline)."""
+    w = workloads.WORKLOADS[name]
+    log = args.workdir / f"{w.name}-{args.lines}.log"  # the file bench_match.py writes
+    if not log.exists():
+        print(f"generating {log} …", flush=True)
+        workloads.generate(log, w, args.lines)
+    pats = workloads.write_patterns(w, args.workdir / f"{w.name}.pat")
+    pcre = w.grep == "pcre"
+    greps = [
+        (
+            f"grep -c ({'-P, pipeline' if pcre else '-E -f'}, C)",
+            workloads.grep_argv(w, pats, log, args.lines),
+        ),
+        (
+            "ripgrep (1 thread)" + (" -P, pipeline" if pcre else ""),
+            workloads.rg_argv(w, pats, log, args.lines),
+        ),
+    ]
+    return Case(w.name, log, args.lines, w.rules, greps, rss_rules=False)
+
+
+def ingest(args: argparse.Namespace, case: Case) -> None:
+    log = case.log
+    size = log.stat().st_size
     cpu = str(min(os.sched_getaffinity(0)))
+    codes: list[tuple[str, Path]] = [("", ROOT)]
+    if args.code is not None:  # another checkout beside this one: before / after, paired
+        codes = [(" [--code]", args.code.resolve()), (" [this]", ROOT)]
 
     target = _last_newline_end(log)
     rows: dict[str, list[Run]] = {}
-    grep_name = "grep -c -E -f (C)"
+    grep_name = case.greps[0][0]
     for _ in range(args.repeat):  # interleaved: each repeat runs every command once
-        for name, argv in (
-            (grep_name, ["grep", "-c", "-E", "-f", str(ere), str(log)]),
-            ("ripgrep -c -f (1 thread)", ["rg", "-j1", "-c", "-f", str(ere), str(log)]),
-        ):
-            if not shutil.which(argv[0]):
-                print(f"{argv[0]} not installed (scripts/system-deps installs it): no row")
+        for name, argv in case.greps:
+            tool = "rg" if name.startswith("ripgrep") else "grep"
+            if not shutil.which(tool):
+                print(f"{tool} not installed (scripts/system-deps installs it): no row")
                 continue
             before = resource.getrusage(resource.RUSAGE_CHILDREN)
             start = time.perf_counter()
@@ -93,38 +146,47 @@ def ingest(args: argparse.Namespace, profile: str) -> None:
             used = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
             rows.setdefault(name, []).append(Run(wall, used, 0.0))
         with tempfile.TemporaryDirectory() as tmp:
-            for name, rules, cold in (
+            runs: list[tuple[str, int | None, bool]] = [
                 ("detector run, steady state (the log appears while the agent runs)", None, False),
                 ("detector run, cold (start_at: beginning, start-up included)", None, True),
-                (f"detector run, steady state, {args.rss_rules} rules", args.rss_rules, False),
-            ):
-                home = Path(tmp) / f"run{len(list(Path(tmp).iterdir()))}"
-                watched = home.parent / f"{home.name}-in"
-                watched.mkdir()
-                rule_set = None if rules is None else gen_log.rules(rules)
-                if cold:
-                    run = _run_agent(home, cpu, log, target, rules=rule_set)
-                else:
-                    run = _run_agent(
-                        home,
-                        cpu,
-                        watched / "*.log",
-                        target,
-                        arrive=(log, watched / log.name),
-                        rules=rule_set,
-                    )
-                rows.setdefault(name, []).append(run)
+            ]
+            if case.rss_rules and args.rss_rules:
+                runs.append(
+                    (f"detector run, steady state, {args.rss_rules} rules", args.rss_rules, False)
+                )
+            for name, rules, cold in runs:
+                for suffix, code in codes:
+                    home = Path(tmp) / f"run{len(list(Path(tmp).iterdir()))}"
+                    watched = home.parent / f"{home.name}-in"
+                    watched.mkdir()
+                    rule_set = case.rules if rules is None else gen_log.rules(rules)
+                    if cold:
+                        run = _run_agent(home, cpu, log, target, rules=rule_set, code=code)
+                    else:
+                        run = _run_agent(
+                            home,
+                            cpu,
+                            watched / "*.log",
+                            target,
+                            arrive=(log, watched / log.name),
+                            rules=rule_set,
+                            code=code,
+                        )
+                    rows.setdefault(name + suffix, []).append(run)
     grep = rows[grep_name]
     print(
-        f"\nlive ingest of {args.lines:,} {profile} lines ({size / 1e6:.0f} MB), one CPU each, "
+        f"\nlive ingest of {case.lines:,} {case.label} lines ({size / 1e6:.0f} MB, "
+        f"{len(case.rules)} rules), one CPU each, "
         f"{args.repeat} interleaved run(s): median (range); the ratios pair each run with the "
         "grep of its own repeat (wall time, and CPU time of the process):\n"
     )
-    print(f"| {profile} log | seconds | lines/s | vs grep (wall) | vs grep (CPU) | peak RSS MB |")
+    print(
+        f"| {case.label} log | seconds | lines/s | vs grep (wall) | vs grep (CPU) | peak RSS MB |"
+    )
     print("|---|---:|---:|---:|---:|---:|")
     for name, runs in rows.items():
         walls = [r.wall_s for r in runs]
-        rates = [args.lines / w for w in walls]
+        rates = [case.lines / w for w in walls]
         by_wall = [g.wall_s / r.wall_s for g, r in zip(grep, runs, strict=False)]
         by_cpu = [g.cpu_s / r.cpu_s for g, r in zip(grep, runs, strict=False) if r.cpu_s]
         rss = [r.peak_mb for r in runs if r.peak_mb]
@@ -133,8 +195,19 @@ def ingest(args: argparse.Namespace, profile: str) -> None:
             f"| {_span(by_wall, '.2f')}x | {_span(by_cpu, '.2f')}x "
             f"| {_span(rss, '.0f') if rss else '-'} |"
         )
-    startups = [r.startup_s for r in rows[next(iter(k for k in rows if "steady" in k))]]
-    print(f"\nagent start-up (process start to ready): {_span(startups, '.2f')} s", flush=True)
+    print("\nCPU seconds, median (range): " + "; ".join(
+        f"{name} {_span([r.cpu_s for r in runs], '.2f')}" for name, runs in rows.items()
+    ))  # fmt: skip
+    for suffix, _ in codes:
+        steady = rows.get(
+            "detector run, steady state (the log appears while the agent runs)" + suffix
+        )
+        if steady:
+            startups = [r.startup_s for r in steady]
+            print(
+                f"agent{suffix} start-up (process start to ready): {_span(startups, '.2f')} s",
+                flush=True,
+            )
 
 
 @dataclass
@@ -242,12 +315,14 @@ def _run_agent(
     arrive: tuple[Path, Path] | None = None,
     multiline: str | None = None,
     rules: list[tuple[str, str]] | None = None,
+    code: Path = ROOT,
 ) -> Run:
     """Start ``detector run`` on one file source ``path`` (beginning of the file if it exists at
     start-up, or, with ``arrive``, a file linked into place once the agent is ready). Returns
     the seconds until the read position reached ``target``, the agent's CPU seconds meanwhile
     (``/proc/PID/stat``; taskset execs it, so its pid is the agent's), its peak RSS and its
-    start-up seconds."""
+    start-up seconds. ``code``: the checkout whose ``detector`` package runs (``python -m`` puts
+    the working directory first on the path)."""
     home.mkdir()
     cfg = home / "rules.yaml"
     gen_log.write_rules_yaml(cfg, path, gen_log.RULES if rules is None else rules)
@@ -264,7 +339,7 @@ def _run_agent(
     with err.open("wb") as err_f:
         agent = subprocess.Popen(
             ["taskset", "-c", cpu, sys.executable, "-m", "detector", "run", "-c", str(cfg)],
-            cwd=ROOT,
+            cwd=code,
             stderr=err_f,
         )
     try:
@@ -276,6 +351,13 @@ def _run_agent(
                 _check_alive(agent, err)
                 time.sleep(0.005)
             startup = time.perf_counter() - start
+            # steady state: a running agent has its full pattern databases (not cached: compiled
+            # after READY, on the literal skeletons meanwhile)
+            while b"literal skeletons until" in err.read_bytes() and not any(
+                m in err.read_bytes() for m in (b"full pattern databases compiled", b"failed")
+            ):
+                _check_alive(agent, err)
+                time.sleep(0.05)
             time.sleep(0.5)  # let the first sweep and the watcher settle
             begin = time.perf_counter()
             cpu0 = _cpu_s(agent.pid)
@@ -301,20 +383,45 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--lines", type=int, default=2_000_000)
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/detector-bench"))
-    ap.add_argument("--profile", choices=[*gen_log.PROFILES, "all"], default="all")
+    ap.add_argument(
+        "--profile",
+        choices=[*gen_log.PROFILES, "all", "none"],
+        default=None,
+        help="gen_log profiles (default: all, or none with --workload)",
+    )
+    ap.add_argument(
+        "--workload",
+        type=lambda t: [w for w in t.split(",") if w] if t != "all" else list(workloads.WORKLOADS),
+        default=[],
+        help=f"workloads.py rule sets, comma-separated ({', '.join(workloads.WORKLOADS)}, all)",
+    )
     ap.add_argument("--multiline", action="store_true", help="the multiline: workload too")
     ap.add_argument("--repeat", type=int, default=3, help="interleaved runs of every command")
     ap.add_argument(
-        "--rss-rules", type=int, default=200, help="rules of the extra steady run (peak RSS)"
+        "--rss-rules", type=int, default=200, help="rules of the extra steady run (0: none)"
+    )
+    ap.add_argument(
+        "--code",
+        type=Path,
+        help="another checkout (a git worktree of main, say) whose agent runs beside this one's",
     )
     args = ap.parse_args()
+    for name in args.workload:
+        if name not in workloads.WORKLOADS:
+            ap.error(f"unknown workload {name!r}")
+    profile = args.profile or ("none" if args.workload else "all")
     args.workdir.mkdir(parents=True, exist_ok=True)
     # byte-compiled as pip does at install time (see bench_match.py)
     compileall.compile_dir(ROOT / "detector", quiet=1)
-    for profile in gen_log.PROFILES if args.profile == "all" else (args.profile,):
-        ingest(args, profile)
+    if args.code is not None:
+        compileall.compile_dir(args.code / "detector", quiet=1)
+    for name in args.workload:
+        ingest(args, workload_case(args, name))
+    profiles = {"all": gen_log.PROFILES, "none": ()}.get(profile, (profile,))
+    for p in profiles:
+        ingest(args, profile_case(args, p))
         if args.multiline:
-            multiline(args, profile)
+            multiline(args, p)
 
 
 if __name__ == "__main__":

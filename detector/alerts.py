@@ -729,6 +729,13 @@ class AlertBook:
         self._changed, self._outbox = {}, []
         return rows, outbox
 
+    def take_alerts(self) -> tuple[dict[str, Alert | None], list[OutboxRow]]:
+        """As :meth:`take`, with the changed alerts themselves, not their rows (the live agent's
+        commits build them once, when written: ``Commit.seal``)."""
+        changed, outbox = self._changed, self._outbox
+        self._changed, self._outbox = {}, []
+        return changed, outbox
+
     def drop_changes(self) -> None:
         """Forget the changes ``take`` would return, without building their rows (a replay)."""
         self._changed.clear()

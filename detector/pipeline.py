@@ -174,6 +174,9 @@ class Pipeline:
         """Commits carry the changed alert rows and the outbox rows; False (``detector test``,
         which stores nothing and gets every notification from ``AlertBook.record``): they are
         dropped, not built."""
+        self.lazy_rows = False
+        """True (the live agent): commits carry the changed alerts themselves
+        (``Commit.changed``), their rows built once when the commit is written (``seal``)."""
         self._build(config, now, load_state, keep={}, matcher=matcher)
         self.alerts.loaded_keys = {}
         self.alerts.recheck_mutes(now)
@@ -660,6 +663,11 @@ class Pipeline:
                 commit.rule_state.setdefault(name, {}).update(changes)
         if not self.keep_rows:
             self.alerts.drop_changes()
+            return
+        if self.lazy_rows:
+            changed, outbox = self.alerts.take_alerts()
+            commit.changed.update(changed)
+            commit.outbox.extend(outbox)
             return
         alerts, outbox = self.alerts.take()
         commit.alerts.update(alerts)

@@ -13,7 +13,16 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
+
+
+class HasRow(Protocol):
+    """What ``Commit.changed`` holds: an alert whose row is built when the commit is written."""
+
+    @property
+    def kind(self) -> str: ...
+
+    def to_row(self) -> Mapping[str, Any]: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,11 +55,23 @@ class Commit:
     checkpoints: list[Checkpoint] = field(default_factory=list)
     rule_state: dict[str, dict[str, Any | None]] = field(default_factory=dict)
     alerts: dict[str, Mapping[str, Any] | None] = field(default_factory=dict)  # fingerprint -> row
+    changed: dict[str, HasRow | None] = field(default_factory=dict)
+    """Changed alerts whose rows are not built yet (fingerprint -> the alert, None: deleted): the
+    live agent's pipeline leaves them to :meth:`seal`, run once when the commit is written, so an
+    alert that every batch of a commit changes has its row built once, not once a batch. A
+    fingerprint is in ``alerts`` or in ``changed``, never both (the later change wins)."""
     outbox: list[OutboxRow] = field(default_factory=list)
     meta: dict[str, Any] = field(default_factory=dict)
 
     def empty(self) -> bool:
-        return not (self.checkpoints or self.rule_state or self.alerts or self.outbox or self.meta)
+        return not (
+            self.checkpoints
+            or self.rule_state
+            or self.alerts
+            or self.changed
+            or self.outbox
+            or self.meta
+        )
 
     def absorb(self, later: Commit) -> None:
         """Add what ``later`` (the next batch's commit) changed: committing the two together is
@@ -58,9 +79,23 @@ class Commit:
         self.checkpoints.extend(later.checkpoints)
         for rule, changes in later.rule_state.items():
             self.rule_state.setdefault(rule, {}).update(changes)
+        for fp in later.alerts.keys() & self.changed.keys():
+            del self.changed[fp]
+        for fp in later.changed.keys() & self.alerts.keys():
+            del self.alerts[fp]
         self.alerts.update(later.alerts)
+        self.changed.update(later.changed)
         self.outbox.extend(later.outbox)
         self.meta.update(later.meta)
+
+    def seal(self) -> None:
+        """Build the rows of ``changed`` (the alerts as they are now). On the thread that owns
+        the alerts (the event loop), before the commit goes to the store thread: the rows are
+        then the state that the commit's read positions produced."""
+        if self.changed:
+            changed, self.changed = self.changed, {}
+            for fp, alert in changed.items():
+                self.alerts[fp] = alert.to_row() if alert is not None else None
 
 
 def default_state_path(env: Mapping[str, str] | None = None) -> Path:

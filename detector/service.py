@@ -100,12 +100,12 @@ COALESCE_S = 0.25
 """...and no more once processing them took this long (physical time): the event loop, and with it
 the systemd watchdog ping, must not wait for eight slow batches (lines at the regex budget)."""
 DEFER_S = 0.2
-"""A commit that holds only read positions and rule state (no alert changed, no notification) is
-not written at once but with the next commit, at most this long after it (physical time), and at
-once before a reload, at a stop and when a test waits for idle (``_defer``). A crash meanwhile
-loses nothing: its read positions were not committed either, so its lines are read again and
-produce the same state. A commit with an alert or a notification is written at once (with what
-waits before it): latency."""
+"""A commit that holds only read positions, rule state and changed rule alerts (no notification,
+no agent record or agent alert) is not written at once but with the next commit, at most this
+long after it (physical time), and at once before a reload, at a stop and when a test waits for
+idle (``_defer``). A crash meanwhile loses nothing: its read positions were not committed either,
+so its lines are read again and produce the same state. A commit with a notification is written
+at once (with what waits before it): latency."""
 ALIVE_EVERY_S = 15.0
 CONFIG_POLL_S = 1.0
 OPEN_WAIT_S = 15.0
@@ -433,6 +433,7 @@ class Agent:
         self.pipeline = Pipeline(
             config, now, lambda r: states.get(r, {}), alert_rows, matcher=matcher
         )
+        self.pipeline.lazy_rows = True  # alert rows built once a commit, when it is written
         release_memory()  # what loading the state left free goes back to the system
         silences = await self.db.run(functools.partial(_read_silences, now=now))
         await self._commit(self.pipeline.set_silences(silences, now))  # initial schedules
@@ -859,6 +860,7 @@ class Agent:
         while True:
             now = self.clock.now()
             commit.meta["last_alive_at"] = now.isoformat()
+            commit.seal()  # the alerts' rows, here on the loop: as the read positions left them
             readers: dict[str, Callable[[Store], Handed] | None] = {}
             for row in commit.outbox:  # the woken workers' next rows, read in the same call
                 if row.webhook not in readers and row.webhook in self.workers:
@@ -896,12 +898,20 @@ class Agent:
                 self.workers[row.webhook][0].wake(handed.get(row.webhook))
 
     def _deferrable(self, commit: Commit) -> bool:
-        """Whether ``commit`` may wait (``DEFER_S``): no alert, notification or agent record, and
-        every checkpoint moves one the state file already holds. A file's first checkpoint (a
-        new file, a rotated one found, the place a first start begins at), a deletion, or a
-        journal's first cursor is written at once: lost in a crash, the next start would not
-        know the file or where it began and would apply ``start_at`` again, skipping lines."""
-        if commit.alerts or commit.outbox or commit.meta or self._stop.is_set():
+        """Whether ``commit`` may wait (``DEFER_S``): no notification or agent record (an agent
+        alert included), and every checkpoint moves one the state file already holds. Changed
+        rule alerts may wait with it (an open alert's count, last hit and samples: what every
+        batch of a busy log changes; their rows are then built once, when it is written); a
+        notification, an agent alert or an alert deleted is written at once.
+        A file's first checkpoint (a new file, a rotated one found, the place a first start
+        begins at), a deletion, or a journal's first cursor is written at once: lost in a crash,
+        the next start would not know the file or where it began and would apply ``start_at``
+        again, skipping lines."""
+        if commit.outbox or commit.meta or self._stop.is_set():
+            return False
+        if any(a is None or a.kind == "agent" for a in commit.changed.values()):
+            return False
+        if any(row is None or row["kind"] == "agent" for row in commit.alerts.values()):
             return False
         keys = self._committed_keys
         return all(not cp.delete and (cp.source, cp.key) in keys for cp in commit.checkpoints)
@@ -930,6 +940,7 @@ class Agent:
         if commit is None or self._db is None:
             return
         commit.meta["last_alive_at"] = self.clock.now().isoformat()
+        commit.seal()
         try:
             await self._db.run(functools.partial(Store.commit, c=commit, now=self.clock.now()))
         except StoreError as e:

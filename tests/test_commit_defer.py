@@ -9,6 +9,7 @@ and the next commit loses nothing and counts nothing twice.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 from datetime import UTC, datetime
@@ -24,7 +25,7 @@ from detector.service import Agent
 from tests.agent_inproc import RULES, rule_alerts, until
 from tests.agent_proc import AgentProcess, config_in, free_port
 from tests.receiver import Receiver
-from tests.waiting import read_positions, settled
+from tests.waiting import query, read_positions, settled
 
 T0 = datetime(2026, 6, 9, 12, 0, tzinfo=UTC)
 
@@ -81,6 +82,45 @@ async def test_a_batch_without_alert_is_committed_with_the_next_alert_or_at_idle
             await agent.wait_idle()  # idle means written
             assert read_positions(state)[str(log)] == log.stat().st_size
             assert [a["labels"]["n"] for a in rule_alerts(rx)] == ["1"]
+        finally:
+            agent.request_stop()
+            assert await task == 0
+
+
+def alert_counts(state: Path) -> dict[str, int]:
+    """Rule → the count of its alert in the state file."""
+    rows = query(state, "SELECT rule, value FROM alerts")
+    return {rule: json.loads(value)["count"] for rule, value in rows}
+
+
+@pytest.mark.usefixtures("long_defer")
+async def test_an_open_alerts_new_hits_wait_with_their_batch_a_new_alert_does_not(
+    tmp_path: Path,
+) -> None:
+    """A hit on an alert already open changes only its count, last hit and samples: that waits
+    with the batch's read position (what every batch of a busy log does); the row the state
+    file then gets holds every hit. A new alert (its notification) is written at once."""
+    log, state = tmp_path / "app.log", tmp_path / "state.db"
+    log.touch()
+    async with Receiver() as rx:
+        cfg = config_in(tmp_path, RULES.format(log=log), rx.url + "/hook")
+        agent, task = await _start(cfg)
+        try:
+            await agent.wait_idle()
+            append(log, "ERROR 1 disk full")
+            await rx.wait_for(1, within=10)
+            assert alert_counts(state) == {"errors": 1}  # the new alert: at once
+            assert read_positions(state)[str(log)] == log.stat().st_size
+            append(log, "ERROR 1 disk full", "ERROR 1 disk full")
+            await processed(agent, 3)
+            assert agent._deferred is not None
+            assert agent._deferred.changed  # the alert itself: its row is built once, later
+            assert alert_counts(state) == {"errors": 1}  # waiting with the read position
+            assert read_positions(state)[str(log)] < log.stat().st_size
+            await agent.wait_idle()
+            assert alert_counts(state) == {"errors": 3}
+            assert read_positions(state)[str(log)] == log.stat().st_size
+            assert len(rule_alerts(rx)) == 1  # repeat: never, no notification for the hits
         finally:
             agent.request_stop()
             assert await task == 0
@@ -259,6 +299,58 @@ async def test_sigkill_between_a_deferred_batch_and_its_commit_counts_every_line
             await rx.wait_until(lambda: bool(rule_alerts_of(rx, "bursts")), within=10)
             await settled(state, [log])
             assert len(rule_alerts_of(rx, "bursts")) == 1
+            assert [a["labels"]["id"] for a in rule_alerts_of(rx, "probe")] == ["1"]
+        finally:
+            await agent.stop_quietly()
+
+
+@pytest.mark.slow
+async def test_sigkill_while_an_open_alerts_hits_wait_counts_every_hit_once(
+    tmp_path: Path,
+) -> None:
+    """An open alert's new hits wait with their batch (no notification). The agent is stopped
+    right after it processed one such hit whose commit has not been written, then SIGKILLed:
+    after the restart the alert's count in the state file is the number of its lines, not
+    one more (the hit counted twice) nor one fewer (lost), and it was notified once."""
+    log, state = tmp_path / "app.log", tmp_path / "state.db"
+    log.touch()
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    async with Receiver() as rx, aiohttp.ClientSession() as session:
+        cfg = config_in(
+            tmp_path,
+            KILL.format(log=log, count=1000),
+            rx.url + "/hook",
+            extra_agent=f"listen: 127.0.0.1:{port}\n",
+        )
+        agent = await AgentProcess(cfg).start()
+        try:
+            append(log, "probe 1")  # a new alert: committed at once
+            await rx.wait_for(1, within=10)
+            await settled(state, [log])
+            hits = 1
+            deferred = False
+            for _ in range(40):
+                append(log, "probe 1 again")
+                hits += 1
+                async with asyncio.timeout(10):
+                    while await _lines_read(session, base) < hits:
+                        await asyncio.sleep(0.002)
+                assert agent.proc is not None
+                os.kill(agent.proc.pid, signal.SIGSTOP)
+                if read_positions(state)[str(log)] < log.stat().st_size:
+                    deferred = True  # processed, not committed: kill it now
+                    break
+                os.kill(agent.proc.pid, signal.SIGCONT)
+            assert deferred, "every hit was committed before the agent could be stopped"
+            assert alert_counts(state)["probe"] < hits
+            await agent.kill()
+
+            agent = await AgentProcess(cfg).start()
+            append(log, "probe 1 once more")
+            hits += 1
+            await settled(state, [log])  # every line committed, with what it changed
+            assert alert_counts(state)["probe"] == hits
             assert [a["labels"]["id"] for a in rule_alerts_of(rx, "probe")] == ["1"]
         finally:
             await agent.stop_quietly()

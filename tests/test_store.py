@@ -184,3 +184,77 @@ async def test_async_store_runs_calls_in_order_on_one_thread_and_hands_back_erro
     finally:
         db.close()
     assert not [t for t in threading.enumerate() if t.name == "db"]
+
+
+class _LiveAlert:
+    """An alert of the live agent's book, as ``Commit.changed`` holds it: mutable, its row
+    built by ``Commit.seal``."""
+
+    kind = "rule"
+
+    def __init__(self) -> None:
+        self.n = 0
+
+    def to_row(self) -> dict[str, object]:
+        return {"rule": "r", "status": "firing", "kind": self.kind, "n": self.n}
+
+
+_STEPS = st.lists(
+    st.lists(st.tuples(_KEYS, st.sampled_from(["change", "delete", "row"])), max_size=4),
+    min_size=1,
+    max_size=6,
+)
+
+
+@settings(max_examples=80, deadline=None)
+@given(steps=_STEPS)
+def test_alerts_whose_rows_are_built_once_at_the_write_leave_what_rows_per_batch_leave(
+    tmp_path_factory: pytest.TempPathFactory, steps: list[list[tuple[str, str]]]
+) -> None:
+    """The live agent's batches carry their changed alerts themselves (``Commit.changed``) and
+    the rows are built once, when the merged commit is written (``seal``): the state file must
+    end up as after one commit per batch with each batch's rows built then. Each batch changes
+    alerts (a change puts the alert in ``changed``, as the alert book does), deletes them, or
+    carries a row built at once (``alerts``: ``AlertBook.take``, the failing-state-file path)."""
+    d = tmp_path_factory.mktemp("seal")
+    one_by_one, together = Store(d / "one.db"), Store(d / "together.db")
+    book: dict[str, _LiveAlert] = {}
+    merged = Commit()
+    for ops in steps:
+        now, later = Commit(), Commit()  # the same batch: sealed at once, and merged
+        for fp, op in ops:
+            if op == "delete":
+                book.pop(fp, None)
+                now.changed[fp] = later.changed[fp] = None
+                now.alerts.pop(fp, None)
+                later.alerts.pop(fp, None)
+                continue
+            alert = book.setdefault(fp, _LiveAlert())
+            alert.n += 1
+            if op == "change":
+                now.changed[fp] = later.changed[fp] = alert
+                now.alerts.pop(fp, None)
+                later.alerts.pop(fp, None)
+            else:
+                now.alerts[fp] = later.alerts[fp] = alert.to_row()
+                now.changed.pop(fp, None)
+                later.changed.pop(fp, None)
+        now.seal()
+        one_by_one.commit(now, at(1))
+        merged.absorb(later)
+    merged.seal()
+    assert not merged.changed
+    together.commit(merged, at(1))
+    assert _tables(together) == _tables(one_by_one)
+
+
+def test_a_commit_with_rows_not_built_is_refused_by_the_store(tmp_path: Path) -> None:
+    """``seal`` belongs on the thread that owns the alerts: the store thread never builds rows."""
+    s = Store(tmp_path / "state.db")
+    c = Commit(changed={"a": _LiveAlert()})
+    with pytest.raises(RuntimeError, match="seal"):
+        s.commit(c, at(1))
+    assert s.execute("SELECT * FROM alerts") == []
+    c.seal()
+    s.commit(c, at(1))
+    assert len(s.execute("SELECT * FROM alerts")) == 1

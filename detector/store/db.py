@@ -286,6 +286,8 @@ class Store:
         """Write everything in ``c`` in one transaction (all or nothing)."""
         if c.empty():
             return
+        if c.changed:  # a bug: the rows would be built here, off the thread that owns the alerts
+            raise RuntimeError("Commit.seal() must run before the commit is written")
         t = ts(now)
         try:
             with self._tx():
