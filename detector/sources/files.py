@@ -13,7 +13,14 @@ per directory, events of one ``COALESCE_S`` swept together) or when the hub's st
 net, every ``poll_interval`` of the injected clock, sees a file or directory changed; it sweeps
 in full every ``FULL_SWEEP_EVERY`` anyway, and every ``poll_interval`` when inotify cannot cover
 it (no inotify, a directory not watched, a glob in a directory name, a file draining, a
-problem), so it works without inotify too. Choices, in the order a file meets them:
+problem), so it works without inotify too. A wake-up for nothing but writes (``IN_MODIFY``,
+``IN_CLOSE_WRITE``) to the paths of files it reads is a *write-only sweep*
+(:meth:`FileSource._sweep_written`): those files alone are read, by their descriptors, as a full
+sweep reads them (``fstat``, the fingerprint, ``pread`` from the position: a truncation is
+noticed the same way, and asks for a full sweep next), with no glob, no ``stat`` of the paths, no
+directory listing; a rename or a new file has events of its own, which make the next sweep a full
+one; any other wake-up (another event, the safety net, ``read_now``, a timer) is a full sweep.
+Choices, in the order a file meets them:
 
 1. *Identity* is ``(st_dev, st_ino)`` plus a fingerprint ``"<n>:<hash>"`` of the first ``n`` bytes
    (``n`` grows with the file up to 256). The checkpoint is ``key="<dev>:<ino>"``, ``value={path,
