@@ -13,7 +13,14 @@ per directory, events of one ``COALESCE_S`` swept together) or when the hub's st
 net, every ``poll_interval`` of the injected clock, sees a file or directory changed; it sweeps
 in full every ``FULL_SWEEP_EVERY`` anyway, and every ``poll_interval`` when inotify cannot cover
 it (no inotify, a directory not watched, a glob in a directory name, a file draining, a
-problem), so it works without inotify too. Choices, in the order a file meets them:
+problem), so it works without inotify too. A wake-up for nothing but writes (``IN_MODIFY``,
+``IN_CLOSE_WRITE``) to the paths of files it reads is a *write-only sweep*
+(:meth:`FileSource._sweep_written`): those files alone are read, by their descriptors, as a full
+sweep reads them (``fstat``, the fingerprint, ``pread`` from the position: a truncation is
+noticed the same way, and asks for a full sweep next), with no glob, no ``stat`` of the paths, no
+directory listing; a rename or a new file has events of its own, which make the next sweep a full
+one; any other wake-up (another event, the safety net, ``read_now``, a timer) is a full sweep.
+Choices, in the order a file meets them:
 
 1. *Identity* is ``(st_dev, st_ino)`` plus a fingerprint ``"<n>:<hash>"`` of the first ``n`` bytes
    (``n`` grows with the file up to 256). The checkpoint is ``key="<dev>:<ino>"``, ``value={path,
@@ -337,8 +344,15 @@ class FileSource:
         self._watch_dirs: set[str] = set()
         self._lock = threading.Lock()
         self._closed = False
-        self._wake: asyncio.Event | None = None
+        self._woken = False  # woken (inotify, the safety net, read_now, its timer) since cleared
+        self._waiter: asyncio.Future[None] | None = None  # what _wait awaits
+        self._sleeper: asyncio.Task[None] | None = None  # wakes it at _sleeper_at
+        self._sleeper_at: datetime | None = None
         self._sub: Subscription | None = None
+        self._full_at: datetime | None = None  # when the last full sweep began (clock time)
+        self._full_wanted = False  # read_now, a failed read: the next sweep is a full one
+        self._by_abspath: dict[str, _Tracked] = {}  # the files a write event may concern
+        self._sweeps = {"full": 0, "written": 0}  # how many of each kind (for tests)
         self._watching = False  # every directory it needs is watched by inotify
         self._needs_poll = True  # a state only a full sweep every poll_interval follows
         self._names_by_dir: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {}
@@ -377,42 +391,54 @@ class FileSource:
 
     async def batches(self) -> AsyncGenerator[Batch, None]:
         """Yield batches until cancelled. Never raises for I/O problems (see :meth:`problems`)."""
-        self._wake = asyncio.Event()
+        self.subscribe()
+        try:
+            while True:
+                self._woken = False
+                asked = self._reads.begin()
+                try:
+                    found = await self.poll_once()
+                finally:
+                    self.opened.set()  # the first sweep fixed where every file starts
+                found.reverse()
+                while found:  # each batch let go of once handed over: memory in flight bounded
+                    yield found.pop()  # returns once the agent's queue took it
+                if not self._more:
+                    self._reads.served(asked)  # read to the end of every file as it was then
+                    await self._wait()
+        finally:
+            if self._sleeper is not None:
+                self._sleeper.cancel()
+                self._sleeper = None
+
+    def subscribe(self) -> None:
+        """Join the loop's inotify hub (done by :meth:`batches`; a test driving
+        :meth:`poll_once` itself may call it to sweep the way the agent does)."""
         if self._use_watcher and self._sub is None:
             hub = Hub.get(asyncio.get_running_loop(), self._clock)
             if hub is not None:
                 self._sub = hub.subscribe(
-                    self._wake.set, self._wants, self._looks_changed, self._config.poll_interval
+                    self._wake_up, self._wants, self._looks_changed, self._config.poll_interval
                 )
-        while True:
-            self._wake.clear()
-            asked = self._reads.begin()
-            try:
-                found = await self.poll_once()
-            finally:
-                self.opened.set()  # the first sweep fixed where every file starts
-            found.reverse()
-            while found:  # each batch let go of once handed over: memory in flight is bounded
-                yield found.pop()  # returns once the agent's queue took it
-            if not self._more:
-                self._reads.served(asked)  # read to the end of every file as it was then
-                await self._wait()
 
     def read_now(self) -> asyncio.Future[None]:
         """A sweep now (whatever inotify has or has not told yet); done once a sweep begun after
         this call read every file to its end and its batches were handed out."""
         fut = self._reads.ask()
-        if self._wake is not None:
-            self._wake.set()
+        self._full_wanted = True
+        self._wake_up()
         return fut
 
     async def poll_once(self) -> list[Batch]:
-        """One sweep: discover, check and read every file. Returns the batches it produced."""
-        if self._small_sweep():
-            batches = self._sweep_locked()
+        """One sweep: discover, check and read every file, or, when inotify told of nothing but
+        writes to files it reads, only read those (:meth:`_written_only`). Returns the batches
+        it produced."""
+        written = self._written_only()
+        if self._small_sweep(written):
+            batches = self._sweep_locked(written)
         else:
             loop = asyncio.get_running_loop()
-            batches = await loop.run_in_executor(_sweep_pool(), self._sweep_locked)
+            batches = await loop.run_in_executor(_sweep_pool(), self._sweep_locked, written)
         if self._sub is not None:
             self._watching = self._sub.watch(self._watch_dirs)
             self._publish()
@@ -438,23 +464,38 @@ class FileSource:
     # ------------------------------------------------------------ waiting
 
     async def _wait(self) -> None:
-        """Until inotify (or the hub's stat-only safety net) wakes it; at most poll_interval when
-        a full sweep must follow (no inotify, a directory not watched, a file draining, a
-        problem) and FULL_SWEEP_EVERY otherwise."""
-        assert self._wake is not None
+        """Until inotify (or the hub's stat-only safety net) wakes it; at most poll_interval
+        after the last full sweep when a full sweep must follow (no inotify, a directory not
+        watched, a file draining, a problem) and FULL_SWEEP_EVERY otherwise. The timer is kept
+        while its time stays the same (sweeps that only read what was written do not move it):
+        a task and a timer per wake-up less."""
         inotify = self._sub is not None and self._watching and not self._needs_poll
         every = FULL_SWEEP_EVERY if inotify else self._config.poll_interval
-        at = self._clock.now() + every
+        at = (self._full_at or self._clock.now()) + every
         quiet = self.next_deadline()  # a pending multiline event's timeout
         if quiet is not None and quiet < at:
             at = quiet
-        sleeper = asyncio.ensure_future(self._clock.sleep_until(at))
-        woken = asyncio.ensure_future(self._wake.wait())
+        if self._sleeper is None or self._sleeper.done() or self._sleeper_at != at:
+            if self._sleeper is not None:
+                self._sleeper.cancel()
+            self._sleeper_at = at
+            self._sleeper = asyncio.ensure_future(self._sleep_then_wake(at))
+        if self._woken:
+            return
+        self._waiter = asyncio.get_running_loop().create_future()
         try:
-            await asyncio.wait({sleeper, woken}, return_when=asyncio.FIRST_COMPLETED)
+            await self._waiter
         finally:
-            sleeper.cancel()
-            woken.cancel()
+            self._waiter = None
+
+    async def _sleep_then_wake(self, at: datetime) -> None:
+        await self._clock.sleep_until(at)
+        self._wake_up()
+
+    def _wake_up(self) -> None:
+        self._woken = True
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
 
     def _close_all(self) -> None:
         with self._lock:
@@ -465,7 +506,7 @@ class FileSource:
 
     # ------------------------------------------------------------ the sweep (worker thread)
 
-    def _small_sweep(self) -> bool:
+    def _small_sweep(self, written: list[_Tracked] | None = None) -> bool:
         """Will the next sweep be small and quick (then it runs on the loop)? Only after a quick
         one, with nothing but a few appended bytes to read (an ``fstat`` per file)."""
         if self._first_sweep or self._last_sweep_s > INLINE_SWEEP_S or self._needs_poll:
@@ -473,7 +514,7 @@ class FileSource:
         if self._scan_wanted or self._more:
             return False
         pending = 0
-        for tf in self._files.values():
+        for tf in self._files.values() if written is None else written:
             if tf.comp is not None:
                 return False
             try:
@@ -482,19 +523,19 @@ class FileSource:
                 return False
         return 0 <= pending <= INLINE_BYTES
 
-    def _sweep_locked(self) -> list[Batch]:
+    def _sweep_locked(self, written: list[_Tracked] | None = None) -> list[Batch]:
         started = time.perf_counter()
         try:
-            return self._sweep_timed()
+            return self._sweep_timed(written)
         finally:
             self._last_sweep_s = time.perf_counter() - started
 
-    def _sweep_timed(self) -> list[Batch]:
+    def _sweep_timed(self, written: list[_Tracked] | None) -> list[Batch]:
         with self._lock:
             if self._closed:
                 return []
             try:
-                batches = self._sweep()
+                batches = self._sweep() if written is None else self._sweep_written(written)
                 self._problems.pop(INTERNAL, None)
                 return batches
             except Exception as e:  # last resort: batches() must not die; this is a bug
@@ -506,8 +547,71 @@ class FileSource:
             finally:
                 self._publish()
 
+    def _written_only(self) -> list[_Tracked] | None:
+        """The files to read when the next sweep only has to read what was written to them:
+        inotify woke the source for nothing but ``IN_MODIFY``/``IN_CLOSE_WRITE`` of the paths of
+        files it reads (not draining, not compressed), and nothing else asks for a full sweep
+        (the first, a problem, a scan, a draining file, ``read_now``, the safety net, a full
+        sweep due since FULL_SWEEP_EVERY). None: a full sweep. Taking what woke it on the loop,
+        before the sweep, leaves what comes later for the next one."""
+        if self._sub is None:
+            return None
+        full, written = self._sub.take()
+        asked, self._full_wanted = self._full_wanted, False
+        if full or asked or not written or self._first_sweep or not self._watching:
+            return None
+        if self._needs_poll or self._scan_wanted or self._more or self._rescan:
+            return None
+        if self._full_at is None or self._clock.now() - self._full_at >= FULL_SWEEP_EVERY:
+            return None
+        out: list[_Tracked] = []
+        for path in sorted(written):
+            tf = self._by_abspath.get(path)
+            if tf is None or self._files.get(tf.identity) is not tf:
+                return None  # a name it does not read (a copy being written…): look at all
+            out.append(tf)
+        return out
+
+    def _sweep_written(self, written: list[_Tracked]) -> list[Batch]:
+        """A sweep that only reads what was appended to ``written`` (:meth:`_written_only`):
+        no glob, no ``stat`` of the paths, no directory listing. It reads each file by its
+        descriptor as :meth:`_sweep` does (so a truncation is noticed as there, and asks for a
+        full sweep next); a rename or a new file in the meantime has events of its own, not
+        taken yet, which make the next sweep a full one. The checkpoints keep the ``seen`` of
+        the last full sweep: the sibling scan at a restart still looks back from there."""
+        now = self._clock.now()
+        self._sweeps["written"] += 1
+        problems: dict[str, SourceProblem] = {}
+        batches: list[Batch] = []
+        budget = SWEEP_BLOCKS
+        for tf in written:
+            if budget <= 0:
+                self._more, self._resume_at = True, tf
+                break
+            budget -= self._read(tf, now, batches, problems)
+        if self._config.multiline is not None:
+            self._flush_quiet(now, batches)
+        if not self._initial:
+            self._caught_up = True
+        cp_only: list[Checkpoint] = []
+        for tf in self._files.values():
+            if tf.dirty:
+                cp_only.append(self._checkpoint(tf))
+                tf.dirty = False
+        if self._done_dirty:
+            cp_only.append(self._done_checkpoint())
+        if cp_only:
+            batches.append(Batch(self.name, [], cp_only))
+        if problems:  # a full sweep, at once, reports it (and keeps it until it reads again)
+            self._full_wanted = self._more = True
+        self._warn_cuts_left(now)
+        self._needs_poll = self._poll_needed()
+        return batches
+
     def _sweep(self) -> list[Batch]:
         now = self._clock.now()
+        self._full_at = now
+        self._sweeps["full"] += 1
         self._sweep_ns = time.time_ns()
         dir_stamps = self._dir_stamps(self._watch_dirs | self._pattern_dirs())
         first = self._first_sweep
@@ -1401,6 +1505,11 @@ class FileSource:
         by_path = {tf.path: tf.identity for tf in self._files.values()}
         self._net_paths = {p: by_path.get(p) for p in self._explicit}
         tracked = {tf.path for tf in self._files.values()}
+        self._by_abspath = {
+            os.path.abspath(tf.path): tf
+            for tf in self._files.values()
+            if tf.draining_since is None and tf.comp is None
+        }
         if tracked != self._names_of:  # the names its events carry change with its files
             self._names_of = tracked
             names: dict[str, tuple[set[str], set[str]]] = {}
@@ -1412,7 +1521,11 @@ class FileSource:
                 else:
                     prefixes.add(_stem(name))
             self._names_by_dir = {d: (tuple(p), tuple(g)) for d, (p, g) in names.items()}
-        self._needs_poll = bool(
+        self._needs_poll = self._poll_needed()
+
+    def _poll_needed(self) -> bool:
+        """A state only a full sweep every poll_interval follows (not inotify's events)."""
+        return bool(
             self._magic_dirs
             or any(v < 0 for v in self._net_dirs.values())
             or any(tf.draining_since is not None for tf in self._files.values())

@@ -11,7 +11,16 @@ them concern it, and a stat-only check that the timer calls.
 then the hub stops reading the descriptor for ``COALESCE_S``, so the writes of that interval
 pile up in the kernel's queue (which merges repeated events of one file) and are read, and
 swept, together: a file written a thousand times a second costs at most ``1 / COALESCE_S``
-sweeps a second, not one per write.
+sweeps a second, not one per write. The loop does not watch the inotify descriptor itself but a
+private epoll instance holding it ``EPOLLONESHOT``: reading that epoll once disarms it, one
+``epoll_ctl`` re-arms it after ``COALESCE_S``, and the loop's own registration never changes
+(``remove_reader``/``add_reader`` each pause cost more CPU than the sweep it saved).
+
+*What woke a source.* Each subscription collects, until its source takes them
+(:meth:`Subscription.take`), the paths of the plain writes (``IN_MODIFY``, ``IN_CLOSE_WRITE``)
+it was woken for; any other event (a name created, moved, deleted, changed attributes, the
+directory gone, a queue overflow) or a wake by the safety net marks it ``full``: then the
+source sweeps in full, else it may only read the files written (``sources/files.py``).
 
 *The safety net.* Every ``poll_interval`` (the smallest among the subscriptions) the timer runs
 each subscription's check: a few ``stat`` calls on the loop that wake the source only if a file
@@ -44,6 +53,7 @@ import ctypes.util
 import errno
 import logging
 import os
+import select
 import struct
 from collections.abc import Callable
 from datetime import datetime, timedelta
@@ -82,6 +92,7 @@ MASK = (
     | IN_MOVE_SELF
     | IN_ONLYDIR
 )
+WRITES = IN_MODIFY | IN_CLOSE_WRITE  # events that only say a file's content grew or changed
 _EVENT = struct.Struct("iIII")  # wd, mask, cookie, len; then len bytes of name
 READ_BYTES = 64 * 1024
 
@@ -114,6 +125,14 @@ class Subscription:
         self.every = every
         self.dirs: set[str] = set()
         self.checked_at: datetime | None = None
+        self.written: set[str] = set()  # absolute paths of the plain writes it was woken for
+        self.full = True  # woken for something else too (or not told yet): a full sweep
+
+    def take(self) -> tuple[bool, set[str]]:
+        """What it was woken for since the last call: (full sweep needed, paths written)."""
+        full, written = self.full, self.written
+        self.full, self.written = False, set()
+        return full, written
 
     def watch(self, dirs: set[str]) -> bool:
         """Watch exactly ``dirs``; False if one of them cannot be watched (then poll it)."""
@@ -145,7 +164,11 @@ class Hub:
         self._subs: set[Subscription] = set()
         self._paused: asyncio.TimerHandle | None = None
         self._timer: asyncio.Task[None] | None = None
-        loop.add_reader(fd, self._on_readable)
+        # the loop watches this epoll, which holds the inotify descriptor one-shot: a pause is
+        # one epoll_ctl to re-arm it, with no change to the loop's own registrations
+        self._ep = select.epoll(1)
+        self._ep.register(fd, select.EPOLLIN | select.EPOLLONESHOT)
+        loop.add_reader(self._ep.fileno(), self._on_readable)
 
     @classmethod
     def get(cls, loop: asyncio.AbstractEventLoop, clock: Clock) -> Hub | None:
@@ -218,7 +241,8 @@ class Hub:
         if self._paused is not None:
             self._paused.cancel()
         with contextlib.suppress(Exception):  # the loop may be closing already
-            self.loop.remove_reader(self.fd)
+            self.loop.remove_reader(self._ep.fileno())
+        self._ep.close()
         with contextlib.suppress(OSError):
             os.close(self.fd)
         Hub._hubs = {k: h for k, h in Hub._hubs.items() if h is not self}
@@ -226,6 +250,7 @@ class Hub:
     # ------------------------------------------------------------ events
 
     def _on_readable(self) -> None:
+        self._ep.poll(0)  # disarms the one-shot registration: the loop stops seeing it
         woken: set[Subscription] = set()
         while True:
             try:
@@ -241,13 +266,13 @@ class Hub:
         for sub in woken:
             sub.wake()
         # let the next events queue (and merge) in the kernel for a while: one sweep for them
-        self.loop.remove_reader(self.fd)
-        self._paused = self.loop.call_later(COALESCE_S, self._resume)
+        if self._paused is None:
+            self._paused = self.loop.call_later(COALESCE_S, self._resume)
 
     def _resume(self) -> None:
         self._paused = None
-        with contextlib.suppress(Exception):
-            self.loop.add_reader(self.fd, self._on_readable)
+        with contextlib.suppress(OSError):  # closed meanwhile
+            self._ep.modify(self.fd, select.EPOLLIN | select.EPOLLONESHOT)
 
     def _dispatch(self, buf: bytes, woken: set[Subscription]) -> None:
         at = 0
@@ -256,6 +281,8 @@ class Hub:
             name = os.fsdecode(buf[at + _EVENT.size : at + _EVENT.size + n].rstrip(b"\0"))
             at += _EVENT.size + n
             if mask & IN_Q_OVERFLOW:  # events were dropped: everyone looks
+                for sub in self._subs:
+                    sub.full = True
                 woken.update(self._subs)
                 continue
             d = self._dir_of.get(wd)
@@ -269,9 +296,19 @@ class Hub:
                     self._subs_of.pop(d, None)
                     for sub in subs:
                         sub.dirs.discard(d)  # watched again by its next sweep, if it is back
+                for sub in subs:
+                    sub.full = True
                 woken.update(subs)
                 continue
-            woken.update(s for s in subs if s.wants(d, name))
+            path = None
+            for sub in subs:
+                if sub.wants(d, name):
+                    woken.add(sub)
+                    if not name or mask & ~WRITES:
+                        sub.full = True
+                    else:
+                        path = path or os.path.join(d, name)
+                        sub.written.add(path)
 
     # ------------------------------------------------------------ the safety net
 
@@ -289,4 +326,5 @@ class Hub:
                 except Exception:  # a file closed by a sweep meanwhile, say: let it look
                     changed = True
                 if changed:
+                    sub.full = True
                     sub.wake()
