@@ -246,6 +246,8 @@ class Agent:
         self._parked: tuple[set[asyncio.Future[Any]], datetime | None] | None = None
         self._parked_event = asyncio.Event()
         self._settle: _Settle | None = None
+        self._due_at: datetime | None = None
+        """A due deadline whose run waits for a batch handed over before it (``_processor``)."""
         """An expectation deadline that is due, waiting for its sources' reads (``_settling``)."""
         self._lagging: dict[str, asyncio.Future[None]] = {}
         """Sources whose read outlived a settle: not waited for again until it is done."""
@@ -671,7 +673,7 @@ class Agent:
             if deadline is not None and deadline <= now:
                 if getter is not None and getter.done():  # a batch taken meanwhile goes first
                     batch, getter = getter.result(), None
-                    await self._handle_batches(batch, COALESCE_BATCHES)
+                    await self._handle_handed(batch, deadline)
                     continue
                 settle = self._settling(deadline, now)
                 if settle is None or settle.ready(now):
@@ -713,7 +715,7 @@ class Agent:
             if getter in done:
                 batch = getter.result()
                 getter = None
-                await self._handle_batches(batch, COALESCE_BATCHES)
+                await self._handle_handed(batch, deadline)
         if getter is not None:
             getter.cancel()
         if waker is not None:
@@ -721,6 +723,18 @@ class Agent:
         if sleeper is not None:
             sleeper[1].cancel()
         await self._write_deferred()
+
+    async def _handle_handed(self, batch: Batch, deadline: datetime | None) -> None:
+        """``_handle_batches`` of a batch the processor took while parked until ``deadline``
+        (the pipeline's next one). If that deadline is due by now, the batch was handed over
+        before it ran: its lines are judged as a settle's reads are (``_when_for``), since they
+        may have been written before it, an instant before the clock passed it."""
+        due = deadline is not None and deadline <= self.clock.now()
+        self._due_at = deadline if due else None
+        try:
+            await self._handle_batches(batch, COALESCE_BATCHES)
+        finally:
+            self._due_at = None
 
     def _settling(self, deadline: datetime, now: datetime) -> _Settle | None:
         """The settle of the due ``deadline``: before an expectation deadline runs, every source
@@ -782,10 +796,12 @@ class Agent:
     def _when_for(self, now: datetime) -> Callable[[Line], When]:
         catching_up = not self.state.caught_up and self.down_since is not None
         earliest = self.down_since if catching_up and self.down_since else now
-        if self._settle is not None:
-            # read for a due deadline: a line without its own time may have been written
-            # before it (an instant before, read an instant after): judged in its favour
-            earliest = min(earliest, self._settle.deadline)
+        due = self._settle.deadline if self._settle is not None else self._due_at
+        if due is not None:
+            # read for a due deadline, or handed over before it ran: a line without its own
+            # time may have been written before it (an instant before, read an instant after):
+            # judged in its favour
+            earliest = min(earliest, due)
         default = When(now, earliest)
 
         def when_for(line: Line) -> When:
