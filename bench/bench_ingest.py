@@ -159,19 +159,15 @@ def ingest(args: argparse.Namespace, case: Case) -> None:
                     home = Path(tmp) / f"run{len(list(Path(tmp).iterdir()))}"
                     watched = home.parent / f"{home.name}-in"
                     watched.mkdir()
-                    rule_set = case.rules if rules is None else gen_log.rules(rules)
-                    if cold:
-                        run = _run_agent(home, cpu, log, target, rules=rule_set, code=code)
-                    else:
-                        run = _run_agent(
-                            home,
-                            cpu,
-                            watched / "*.log",
-                            target,
-                            arrive=(log, watched / log.name),
-                            rules=rule_set,
-                            code=code,
-                        )
+                    run = _run_agent(  # cold: the log is there at start; else it arrives
+                        home,
+                        cpu,
+                        log if cold else watched / "*.log",
+                        target,
+                        arrive=None if cold else (log, watched / log.name),
+                        rules=case.rules if rules is None else gen_log.rules(rules),
+                        code=code,
+                    )
                     rows.setdefault(name + suffix, []).append(run)
     grep = rows[grep_name]
     print(

@@ -262,20 +262,6 @@ class _Rare(Generic[T]):
         rare[self.index] = value
 
 
-_BASE_FIELDS = ("rule", "kind", "severity", "owner", "runbook", "host", "source", "notify")
-_RARE_FIELDS = (
-    "resolved_at",
-    "muted",
-    "owed",
-    "pending_until",
-    "clearing_until",
-    "clearing_summary",
-    "changes",
-    "flapping_since",
-    "flap_changes",
-)
-_RARE_DEFAULTS: tuple[Any, ...] = (None, None, None, None, None, None, (), None, 0)
-_CLEARING = _RARE_FIELDS.index("clearing_until")
 _BASES: dict[tuple[Any, ...], tuple[Any, ...]] = {}
 MAX_BASES = 4096
 """The most distinct ``_base`` tuples shared (past them an alert keeps its own)."""
@@ -289,39 +275,6 @@ def _share(base: tuple[Any, ...]) -> tuple[Any, ...]:
         got = _BASES[base] = base
     return got
 
-
-FIELDS = (
-    "fingerprint",
-    "rule",
-    "kind",
-    "key",
-    "status",
-    "severity",
-    "summary",
-    "description",
-    "labels",
-    "owner",
-    "runbook",
-    "host",
-    "source",
-    "first_seen_at",
-    "last_seen_at",
-    "resolved_at",
-    "count",
-    "samples",
-    "evidence",
-    "notify",
-    "last_notified_at",
-    "muted",
-    "owed",
-    "pending_until",
-    "clearing_until",
-    "clearing_summary",
-    "changes",
-    "flapping_since",
-    "flap_changes",
-)
-"""An alert's fields, in the order of its constructor's parameters (``repeat_at`` aside)."""
 
 _NO_SAMPLES: tuple[str, ...] = ()
 
@@ -639,6 +592,29 @@ def _parse_time(value: object, memo: dict[Any, Any]) -> datetime | None:
 _OPEN = frozenset(("firing", "pending"))
 _LAYOUTS = ("layouts",)
 """Where ``Alert.from_row``'s memo keeps the label layouts (no label value or time is a tuple)."""
+
+
+def _laid_out(kind: type[_Shared[Any]] | type[_Rare[Any]]) -> tuple[str, ...]:
+    """The names of ``Alert``'s fields held in ``_base`` (``_Shared``) or ``_rare``
+    (``_Rare``), in the order of their indices (which must run 0, 1, …)."""
+    found = sorted((d.index, name) for name, d in vars(Alert).items() if isinstance(d, kind))
+    if [i for i, _ in found] != list(range(len(found))):
+        raise AssertionError(f"Alert's {kind.__name__} indices are not 0..n-1: {found}")
+    return tuple(name for _, name in found)
+
+
+FIELDS: tuple[str, ...] = Alert.__init__.__code__.co_varnames[
+    1 : 1 + Alert.__init__.__code__.co_kwonlyargcount
+]
+"""An alert's fields, in the order of its constructor's (keyword-only) parameters: derived, so
+that the constructor, ``to_row``/``from_row``, ``==`` and ``repr`` cannot disagree."""
+_BASE_FIELDS = _laid_out(_Shared)
+"""The fields in an alert's shared ``_base`` tuple; ``Alert.__init__`` builds it in this
+order (tests/test_alerts_layout.py sets each field alone and reads it back)."""
+_RARE_FIELDS = _laid_out(_Rare)
+"""The fields in an alert's ``_rare`` list, in its order (``__init__`` builds it so too)."""
+_RARE_DEFAULTS: tuple[Any, ...] = tuple(getattr(Alert, name).default for name in _RARE_FIELDS)
+_CLEARING = Alert.clearing_until.index
 
 
 _TIMING_FIELDS = ("pending_until", "clearing_until", "flapping_since")

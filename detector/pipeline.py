@@ -205,6 +205,7 @@ class Pipeline:
             evaluators[rule.name] = ev
             self._unsaved.add(rule.name)  # its initial schedule must reach the state file
         self.evaluators = evaluators
+        self._rank = {name: i for i, name in enumerate(evaluators)}
         self._wire()
         self._hold_expectations()
         self._schedule()
@@ -250,6 +251,15 @@ class Pipeline:
         self._deadlines = DeadlineHeap()
         for name, ev in self.evaluators.items():
             self._deadlines.push(name, ev.next_deadline())
+
+    def _reschedule(self, names: set[str]) -> None:
+        """Schedule the next deadline of each rule in ``names`` again, in the rules' order:
+        rules due at one time run in the order they were scheduled for it, and a set's order
+        (seeded by PYTHONHASHSEED) would make equal-time notifications come out in a different
+        order from one run of ``detector test`` to the next."""
+        push, evaluators = self._deadlines.push, self.evaluators
+        for name in sorted(names, key=self._rank.__getitem__) if len(names) > 1 else names:
+            push(name, evaluators[name].next_deadline())
 
     def start_at(self, now: datetime) -> None:
         """Start every rule afresh at ``now`` (``detector test``: the first line's time, found
@@ -443,8 +453,7 @@ class Pipeline:
                     self.alerts.apply(signals, stamp)
                     signals = []
                     extend = signals.extend
-                    for name in touched:
-                        self._deadlines.push(name, self.evaluators[name].next_deadline())
+                    self._reschedule(touched)
                     touched |= self._advance(at)
                     upcoming = self.next_deadline()
                 if hit.role == "match":
@@ -472,8 +481,7 @@ class Pipeline:
                     if upcoming is not None and upcoming <= when.at:
                         self.alerts.apply(signals, stamp)
                         signals = []
-                        for name in touched:
-                            self._deadlines.push(name, self.evaluators[name].next_deadline())
+                        self._reschedule(touched)
                         touched |= self._advance(when.at)
                         upcoming = self.next_deadline()
                     try:
@@ -486,8 +494,7 @@ class Pipeline:
                             upcoming = d
         self._undecided(signals, now)
         self.alerts.apply(signals, stamp)
-        for name in touched:
-            self._deadlines.push(name, self.evaluators[name].next_deadline())
+        self._reschedule(touched)
         commit = Commit()
         self._collect(commit, touched)
         return commit

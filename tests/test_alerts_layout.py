@@ -13,7 +13,16 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from detector.alerts import MAX_SAMPLES, Alert, AlertBook, clip_sample, fingerprint
+from detector.alerts import (
+    _BASE_FIELDS,
+    _RARE_FIELDS,
+    FIELDS,
+    MAX_SAMPLES,
+    Alert,
+    AlertBook,
+    clip_sample,
+    fingerprint,
+)
 from detector.records import Commit
 from detector.rules.base import Signal
 from detector.store.db import Store, alert_rows
@@ -93,6 +102,43 @@ def test_rare_fields_read_their_defaults_and_are_made_only_when_set() -> None:
     assert other == alert
     other.flap_changes = 3
     assert other != alert
+
+
+def test_every_field_given_alone_to_the_constructor_reads_back_as_given() -> None:
+    """``Alert.__init__`` builds the shared ``_base`` tuple and the ``_rare`` list by hand (it
+    runs once per alert); their order must be the descriptors' (``_BASE_FIELDS``,
+    ``_RARE_FIELDS``, derived from the indices). One field at a time set to a value of its own,
+    every other field must keep what it was given."""
+    base: dict[str, Any] = {
+        "fingerprint": "f", "rule": "r", "kind": "error", "key": "k", "status": "firing",
+        "severity": "warning", "summary": "s", "description": "d", "labels": {"a": "b"},
+        "owner": None, "runbook": None, "host": "h", "source": None, "first_seen_at": at(0),
+        "last_seen_at": at(1),
+    }  # fmt: skip
+    assert set(_BASE_FIELDS) | set(_RARE_FIELDS) <= set(FIELDS)
+    assert not set(_BASE_FIELDS) & set(_RARE_FIELDS)
+    plain = Alert(**base)
+    for n, name in enumerate(FIELDS):
+        if name in ("samples", "labels", "evidence", "summary"):
+            continue  # read back transformed (a list, a view, the default summary): below
+        value: Any = (
+            (f"v{n}",) if name in ("notify", "changes")
+            else n + 10 if name in ("count", "flap_changes")
+            else at(100 + n) if name.endswith(("_at", "_until", "_since"))
+            else {"m": n} if name == "muted"
+            else f"v{n}"
+        )  # fmt: skip
+        alert = Alert(**{**base, name: value})
+        assert getattr(alert, name) == value, name
+        others = [f for f in FIELDS if f != name]
+        assert [getattr(alert, f) for f in others] == [getattr(plain, f) for f in others], name
+    given = Alert(**{**base, "samples": ["x", "y"], "evidence": {"e": 1}})
+    assert (given.samples, dict(given.evidence), dict(given.labels), given.summary) == (
+        ["x", "y"],
+        {"e": 1},
+        {"a": "b"},
+        "s",
+    )
 
 
 SAMPLE = st.one_of(

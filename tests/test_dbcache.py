@@ -12,6 +12,7 @@ import logging
 import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -318,3 +319,42 @@ def test_check_timings_lists_the_rules_by_compile_cost_and_matches_the_sample(
     assert "slowest 1 of 2 rules, each alone on 4 sample lines:" in text
     (line,) = [x for x in text.splitlines() if x.startswith("  rule ") and "compile" in x]
     assert "match" in line and ("(2 lines)" in line or "(1 lines)" in line)
+
+
+def test_threads_sharing_a_cache_lose_no_count_and_warn_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A reload's compile and the background full-database build share the process's cache:
+    every lookup is counted once (hits, misses and rejected entries), and a bad entry is
+    warned about once, whichever thread finds it first."""
+    cache = DbCache(tmp_path / "c", hs)
+    assert cache.put_bytes("a" * 64, b"payload")
+    bad = cache.path("b" * 64)
+    bad.write_bytes(b"not an entry")
+    rounds, threads = 3000, 6
+    start = threading.Barrier(threads)
+
+    def lookups() -> None:
+        start.wait()
+        for _ in range(rounds):
+            assert cache.get_bytes("a" * 64) == b"payload"
+            assert cache.get_bytes("c" * 64) is None  # absent
+            assert cache.get_bytes("b" * 64) is None  # unusable
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads as often as CPython can: races show
+    try:
+        with caplog.at_level(logging.WARNING):
+            workers = [threading.Thread(target=lookups) for _ in range(threads)]
+            for w in workers:
+                w.start()
+            for w in workers:
+                w.join()
+    finally:
+        sys.setswitchinterval(interval)
+    assert cache.stats() == {
+        "hits": rounds * threads,
+        "misses": 2 * rounds * threads,
+        "rejected": rounds * threads,
+    }
+    assert sum("is unusable" in r.getMessage() for r in caplog.records) == 1

@@ -412,3 +412,38 @@ def test_a_file_source_says_how_its_stamps_are_read() -> None:
         assert "'timezone' applies to file sources only" in str(e)
     else:
         raise AssertionError("a journald source took timezone:")
+
+
+def test_rules_due_at_one_time_report_in_rules_yaml_order_whatever_the_hash_seed(
+    tmp_path: Path,
+) -> None:
+    """Eight error rules hit by one line resolve at the same instant (15 min later): their
+    resolved notices come in the order of rules.yaml, on every run — not in a set's order,
+    which PYTHONHASHSEED changes from one process to the next."""
+    names = ["zeta", "alpha", "mu", "beta", "omega", "kappa", "delta", "nu"]
+    log = tmp_path / "app.log"
+    log.write_text("2026-03-01T10:00:00Z " + " ".join(f"w-{n}" for n in names) + "\n")
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(
+        "version: 1\nsources:\n  app: {file: /var/log/app.log}\nwebhooks:\n"
+        "  ops: {url: 'http://127.0.0.1:9/'}\nrules:\n"
+        + "".join(f"  - {{name: {n}, source: app, match: 'w-{n}'}}\n" for n in names)
+    )
+    argv = [sys.executable, "-m", "detector", "test", "-c", str(rules), "--source", "app"]
+    argv += ["--format", "json", "--until", "+1h", str(log)]
+    outputs = set()
+    for seed in ("0", "1", "2", "3"):
+        out = subprocess.run(
+            argv,
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+            check=False,
+            env={**os.environ, "TZ": "UTC", "PYTHONHASHSEED": seed},
+        )
+        assert out.returncode == 1, out.stderr
+        rows = [json.loads(x) for x in out.stdout.splitlines()]
+        resolved = [(r["time"], r["rule"]) for r in rows if r["notification"] == "resolved"]
+        assert resolved == [("2026-03-01T10:15:00.000Z", n) for n in names], seed
+        outputs.add(out.stdout)
+    assert len(outputs) == 1

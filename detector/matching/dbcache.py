@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -76,8 +77,9 @@ def db_key(
 
 class DbCache:
     """One cache directory. ``hs`` is the hyperscan module (``dumpb``/``loadb``); the directory
-    is created on the first ``put``. Used from one thread at a time per instance; several
-    processes may share a directory."""
+    is created on the first ``put``. Shared by the threads of a process that compile (a reload's
+    and the background full-database build can overlap): its counters and warnings are kept
+    under a lock; several processes may share a directory (atomic renames, checksums)."""
 
     def __init__(
         self,
@@ -98,6 +100,15 @@ class DbCache:
         self.rejected = 0
         """Entries that were there but failed to verify or load (then rebuilt)."""
         self._warned: set[str] = set()
+        self._lock = threading.Lock()
+
+    def _tally(self, hit: bool, rejected: bool = False) -> None:
+        with self._lock:
+            if hit:
+                self.hits += 1
+            else:
+                self.misses += 1
+                self.rejected += rejected
 
     def path(self, key: str) -> Path:
         return self.directory / (key + SUFFIX)
@@ -133,11 +144,11 @@ class DbCache:
         try:
             raw = path.read_bytes()
         except FileNotFoundError:
-            self.misses += 1
+            self._tally(hit=False)
             return None
         except OSError as e:
             self._warn("read", f"cannot read the compiled-pattern cache {path}: {e}; rebuilding")
-            self.misses += 1
+            self._tally(hit=False)
             return None
         problem, payload = _unpack(raw, key)
         if not problem and verify is not None:
@@ -146,13 +157,12 @@ class DbCache:
             except Exception as e:  # hyperscan.error, or anything raised on bad bytes
                 problem = f"refused ({type(e).__name__}: {e})"
         if problem:
-            self.misses += 1
-            self.rejected += 1
+            self._tally(hit=False, rejected=True)
             self._warn(
                 "bad", f"compiled-pattern cache entry {path} is unusable ({problem}); rebuilding it"
             )
             return None
-        self.hits += 1
+        self._tally(hit=True)
         with contextlib.suppress(OSError):
             os.utime(path)  # most recently used: evicted last
         return payload
@@ -229,12 +239,15 @@ class DbCache:
         return removed
 
     def stats(self) -> Mapping[str, int]:
-        return {"hits": self.hits, "misses": self.misses, "rejected": self.rejected}
+        with self._lock:
+            return {"hits": self.hits, "misses": self.misses, "rejected": self.rejected}
 
     def _warn(self, kind: str, text: str) -> None:
-        if kind not in self._warned:
+        with self._lock:
+            if kind in self._warned:
+                return
             self._warned.add(kind)
-            log.warning("%s", text)
+        log.warning("%s", text)
 
 
 def _unpack(raw: bytes, key: str) -> tuple[str, bytes]:

@@ -1233,6 +1233,7 @@ def _build_plan(
 
 _FEATURES: list[str] = []
 _CACHES: dict[Path, DbCache] = {}
+_CACHES_LOCK = threading.Lock()
 
 
 def open_db_cache(directory: Path | None) -> DbCache | None:
@@ -1241,10 +1242,11 @@ def open_db_cache(directory: Path | None) -> DbCache | None:
     hyperscan wheel."""
     if directory is None or _hs is None:
         return None
-    cache = _CACHES.get(directory)
-    if cache is None:
-        cache = _CACHES[directory] = DbCache(directory, _hs)
-    return cache
+    with _CACHES_LOCK:  # compile threads may open it at once: still one instance
+        cache = _CACHES.get(directory)
+        if cache is None:
+            cache = _CACHES[directory] = DbCache(directory, _hs)
+        return cache
 
 
 def cache_key(exprs: Sequence[bytes]) -> str:
