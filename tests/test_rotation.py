@@ -108,6 +108,28 @@ async def test_copytruncate_reads_the_copy_from_where_it_was_and_the_file_from_z
         assert t.source.problems() == []
 
 
+async def test_lines_written_between_the_copy_and_the_truncation_are_no_loss_if_read(
+    tmp_path: Path,
+) -> None:
+    """logrotate's copytruncate copies, then truncates: lines the service writes in between are
+    not in the copy. When the agent read them from the file before the truncation, the copy is
+    shorter than what was read and nothing is missing: no loss is reported, no line twice."""
+    log = tmp_path / "app.log"
+    append(log, lines(1, 20))  # longer than the fingerprint's 256 bytes, as logs are
+    async with tailing(config(log)) as t:
+        await t.drain()
+        shutil.copyfile(log, tmp_path / "app.log.1")  # the copy: lines 1-20
+        append(log, lines(21, 23))  # written before the truncation: only in the file
+        await t.drain()  # ... and read from it
+        os.truncate(log, 0)
+        append(log, lines(24, 25))
+        await t.drain()
+        t.clock.advance(QUIET)
+        await t.drain()
+        assert t.texts() == texts(1, 25)
+        assert t.source.problems() == []
+
+
 async def test_copytruncate_while_down_reads_the_compressed_copy_from_the_position(
     tmp_path: Path,
 ) -> None:

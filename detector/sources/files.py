@@ -940,8 +940,10 @@ class FileSource:
                 best = (n, kind, offset, path, ref)
 
         for i, (fp, offset, path, _) in enumerate(self._pending_copies):
-            if comp is not None or size >= offset:
-                offer(fp, "copy", offset, path, i)
+            # also when shorter than what was read of its file: logrotate's copytruncate copies,
+            # then truncates, and lines written in between (read from the file) miss from the
+            # copy, which then has nothing unread (``_open_sibling`` records it as done)
+            offer(fp, "copy", offset, path, i)
         for key, cp in self._checkpoints.items():
             at = cp.get("offset")
             if isinstance(at, int) and not self._still_at_path(cp):
@@ -1014,7 +1016,7 @@ class FileSource:
             self._loss(
                 f"truncated:{path}",
                 f"{path} was truncated (or replaced by a file on the same inode) and no copy of "
-                f"it (a rotated file starting with the same bytes, at least {offset} bytes long) "
+                f"it (a rotated file starting with the same bytes) "
                 f"was found: the lines written after byte "
                 f"{offset} before the truncation were not read"
                 + (f" (at least {unread} bytes)" if unread > 0 else ""),
