@@ -197,9 +197,9 @@ REDOS = [r"^(\w+\s?)+$", r"(?P<w>^(\w+\s?)+$)", r"(a+)+b", r"(?P<x>(a|aa)+)c", r
 def test_catastrophic_patterns_finish_fast_on_long_lines(pattern: str) -> None:
     lines = ["a" * 5000 + "!", "é" * 40 + "!", "a" * 40 + "!", "aaaa" * 100 + "c ab"]
     m = Matcher(specs_of(pattern))
-    start = time.perf_counter()
+    start = time.process_time()
     m.match("s", lines)
-    assert time.perf_counter() - start < 2.0
+    assert time.process_time() - start < 2.0
 
 
 def test_catastrophic_pattern_with_named_group_still_returns_python_groups() -> None:
@@ -211,12 +211,12 @@ def test_catastrophic_pattern_with_named_group_still_returns_python_groups() -> 
 def test_risky_pattern_that_needs_backtracking_matches_long_lines_under_the_budget() -> None:
     m = Matcher(specs_of(r"(\w+)+\1!"))
     long_line = "ab" * 200 + "bb!"
-    start = time.perf_counter()
+    start = time.process_time()
     assert m.match("s", ["xx!", long_line, "yz!"]) == [
         Hit(0, "r0", "match", {}),
         Hit(1, "r0", "match", {}),
     ]
-    assert time.perf_counter() - start < 2.0
+    assert time.process_time() - start < 2.0
     assert m.take_abandoned() == {}
 
 

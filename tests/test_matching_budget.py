@@ -25,8 +25,11 @@ from detector.matching.budget import BudgetExceeded, Watchdog
 from detector.matching.pike import compile_pike
 
 SRC = frozenset({"s"})
-WALL = 1.5
-"""Generous wall bound per call (shared 2-core machine): the budget is 50 ms."""
+CPU_BOUND_S = 1.5
+"""A generous bound on the CPU time of one call: the budget is 50 ms (of CPU time: see
+``budget.py``), ``re`` alone would take seconds to hours. Every bound here is on the process's
+CPU time, not wall time, so that a busy machine (other processes on the 2 cores) cannot fail
+it."""
 
 
 def one(pattern: str, **kwargs: float) -> Matcher:
@@ -34,9 +37,9 @@ def one(pattern: str, **kwargs: float) -> Matcher:
 
 
 def timed(m: Matcher, texts: list[str]) -> list[Hit]:
-    start = time.perf_counter()
+    start = time.process_time()
     hits = m.match("s", texts)
-    assert time.perf_counter() - start < WALL
+    assert time.process_time() - start < CPU_BOUND_S
     return hits
 
 
@@ -105,9 +108,9 @@ def test_64k_line_with_ordinary_named_pattern_is_confirmed_by_re_quickly() -> No
     text = '{"level": "error", "msg": "disk full", ' + payload + "}"
     assert len(text) > 65536
     m = one(pattern)
-    start = time.perf_counter()
+    start = time.process_time()
     hits = m.match("s", [text])
-    assert time.perf_counter() - start < 0.3
+    assert time.process_time() - start < 0.3
     found = re.search(pattern, text)
     assert found is not None
     assert hits == [Hit(0, "r", "match", found.groupdict())]
@@ -130,9 +133,9 @@ def test_catastrophic_pattern_without_linear_engine_abandons_the_line_and_report
 ) -> None:
     m = one(pattern)
     assert f"{why}: no linear engine" in m.report()[0].note
-    start = time.perf_counter()
+    start = time.process_time()
     hits = m.match("s", ["short", bad, bad])
-    assert time.perf_counter() - start < 2 * WALL
+    assert time.process_time() - start < 2 * CPU_BOUND_S
     assert [h.line for h in hits] == []
     assert m.take_abandoned() == {"r": Abandoned("r", 2, len(bad), bad[:200])}
     assert m.take_abandoned() == {}
@@ -166,11 +169,10 @@ def test_abandoned_sample_is_the_first_200_characters_and_longest_is_tracked() -
 
 def test_budget_bounds_the_wait_per_line() -> None:
     m = one(r"^(\w+\s?)+$(?<=z)", budget_s=0.02)
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     assert m.match("s", ["a" * 40 + "y"] * 4) == []
-    elapsed = time.perf_counter() - start
-    assert elapsed >= 4 * 0.02  # each line really ran its budget
-    assert elapsed < 4 * 0.02 * 10
+    assert time.perf_counter() - start >= 4 * 0.02  # each line really ran its budget
+    assert time.process_time() - cpu < 4 * 0.02 * 10  # and no more (CPU: a busy machine)
     assert m.take_abandoned()["r"].lines == 4
 
 
@@ -185,14 +187,14 @@ def test_a_flood_of_undecidable_lines_is_bounded_per_call_and_reported_untried()
     m = Matcher(specs, budget_s=0.02)
     bad = "a" * 40 + "y"
     lines = [bad] * 500 + ["ERROR disk"]
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     count, hits = m.match_block("s", ("\n".join(lines) + "\n").encode())
-    elapsed = time.perf_counter() - start
+    elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu
     assert count == 501
     assert hits == [Hit(500, "errors", "match", {"what": "disk"})]
     tried = MAX_OVERRUNS_PER_CALL
     assert elapsed >= tried * 0.02  # the tried ones really ran their budget
-    assert elapsed < 500 * 0.02 / 4  # but not all 500 (10 s): those were never tried
+    assert cpu < 500 * 0.02 / 4  # but not all 500 (10 s): those were never tried
     # "ERROR disk" is a candidate of `slow` too (its prefilter is a superset), and untried
     assert m.take_abandoned() == {
         "slow": Abandoned("slow", 501, 41, bad, untried=501 - tried),
@@ -350,11 +352,11 @@ def test_in_another_thread_the_matcher_keeps_the_static_caps_and_never_raises() 
         except BaseException as exc:  # pragma: no cover - reported by the assert below
             out.append(exc)
 
-    start = time.perf_counter()
+    start = time.process_time()
     thread = threading.Thread(target=work, daemon=True)
     thread.start()
     thread.join(30)
-    assert time.perf_counter() - start < 10
+    assert time.process_time() - start < 10
     assert out == [
         [
             Hit(1, "risky", "match", {}),
@@ -370,10 +372,10 @@ def test_watchdog_search_raises_over_budget_and_is_plain_search_otherwise() -> N
     try:
         found = wd.search(re.compile(r"b+"), "abbc")
         assert found is not None and found.group() == "bb"
-        start = time.perf_counter()
+        start = time.process_time()
         with pytest.raises(BudgetExceeded):
             wd.search(re.compile(r"^(\w+\s?)+$"), "a" * 40 + "!")
-        assert time.perf_counter() - start < WALL
+        assert time.process_time() - start < CPU_BOUND_S
         assert wd.started == 0.0
     finally:
         wd.disarm()
