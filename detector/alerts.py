@@ -803,7 +803,8 @@ class AlertBook:
             ):
                 return False
             alert.count += 1
-            alert.last_seen_at = max(alert.last_seen_at, at)
+            last = alert.last_seen_at
+            alert.last_seen_at = at if at > last else last  # max(), without the call
             if summary:
                 alert._summary = summary
             samples = alert._samples

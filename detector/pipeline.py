@@ -125,14 +125,14 @@ class SparseTexts(Sequence[str]):
             return [self[k] for k in range(*i.indices(self._n))]
         return self._texts[i + self._n if i < 0 else i]
 
-    def text(self, i: int) -> str:
+    def getter(self) -> Callable[[int], str]:
         """``self[i]`` for a line index ``i >= 0``, without the generic indexing (hot path)."""
-        return self._texts[i]
+        return self._texts.__getitem__
 
 
 def text_getter(texts: Sequence[str]) -> Callable[[int], str]:
     """The fastest way to get line ``i >= 0`` of ``texts`` (a list or ``SparseTexts``)."""
-    return texts.text if isinstance(texts, SparseTexts) else texts.__getitem__
+    return texts.getter() if isinstance(texts, SparseTexts) else texts.__getitem__
 
 
 class Pipeline:
