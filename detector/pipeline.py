@@ -41,6 +41,7 @@ from detector.model import Config, RuleConfig
 from detector.problems import agent_signal
 from detector.records import Commit
 from detector.rules.base import Evaluator, Signal, When
+from detector.rules.match import MatchEvaluator
 from detector.rules.registry import build_evaluator
 from detector.rules.state import KeyCap, SharedKeys
 from detector.schedule import DeadlineHeap
@@ -124,14 +125,14 @@ class SparseTexts(Sequence[str]):
             return [self[k] for k in range(*i.indices(self._n))]
         return self._texts[i + self._n if i < 0 else i]
 
-    def text(self, i: int) -> str:
+    def getter(self) -> Callable[[int], str]:
         """``self[i]`` for a line index ``i >= 0``, without the generic indexing (hot path)."""
-        return self._texts[i]
+        return self._texts.__getitem__
 
 
 def text_getter(texts: Sequence[str]) -> Callable[[int], str]:
     """The fastest way to get line ``i >= 0`` of ``texts`` (a list or ``SparseTexts``)."""
-    return texts.text if isinstance(texts, SparseTexts) else texts.__getitem__
+    return texts.getter() if isinstance(texts, SparseTexts) else texts.__getitem__
 
 
 class Pipeline:
@@ -223,9 +224,14 @@ class Pipeline:
         (``fire_open``: a plain error rule, see ``MatchEvaluator``), and note how soon after a
         hit each can have a deadline (``deadline_delay``: the replay's per-hit check)."""
         self._delays: dict[str, timedelta] = {}
+        self._plain: dict[str, MatchEvaluator] = {}
+        """The plain error rules, whose ``observe_plain`` a match hit on a line without fields
+        comes to."""
         for name, ev in self.evaluators.items():
+            if isinstance(ev, MatchEvaluator) and ev.plain:
+                self._plain[name] = ev
             if hasattr(ev, "fire_open"):
-                ev.fire_open = functools.partial(self.alerts.fire_open, fingerprint(name, ""))
+                ev.fire_open = self.alerts.fire_open_of(fingerprint(name, ""))
             delay = getattr(ev, "deadline_delay", None)
             if isinstance(delay, timedelta):
                 self._delays[name] = delay
@@ -407,11 +413,15 @@ class Pipeline:
         *,
         interleave_ticks: bool = False,
         hits: Sequence[Hit] | None = None,
+        when_of: Callable[[str], When] | None = None,
     ) -> Commit:
         """The core of ``process``: ``line_at(i)`` builds the Line of ``texts[i]`` only for lines
         that a rule needs (hits), which keeps the common case — no match — cheap. ``hits``, when
         given, are the matcher's hits for ``texts`` computed elsewhere (``detector test --jobs``,
-        by worker processes with a matcher built from the same rules): the matcher is not run."""
+        by worker processes with a matcher built from the same rules): the matcher is not run.
+        ``when_of``, when given, is ``when_for`` of a line from its text alone: every
+        ``line_at(i)`` is then ``Line(source, texts[i], None, path)`` (no time or fields of its
+        own), and is built only for a hit of a rule that wants a Line (not a plain error rule)."""
         self.lines_read[source] += len(texts)
         stamp = None if self.signal_time else now
         signals: list[Signal] = []
@@ -420,6 +430,7 @@ class Pipeline:
             records = None
             if self.structured.needs_texts(source):  # parse:
                 texts, line_at, records = self.structured.prepare(source, texts, line_at, now)
+                when_of = None  # its Lines have fields, maybe a time of their own
                 if self.structured.rewrites(source):
                     hits = None  # found on the raw lines (detector test's reader): not these
             if hits is None:
@@ -429,7 +440,7 @@ class Pipeline:
                 abandoned = self.structured.take_abandoned()
                 if abandoned:
                     self._foreign_abandoned.append(abandoned)
-            evaluators, delays = self.evaluators, self._delays
+            evaluators, delays, plain_of = self.evaluators, self._delays, self._plain
             upcoming = self.next_deadline() if interleave_ticks else None
             matched: dict[str, int] = {}
             last_at: dict[str, datetime] = {}
@@ -438,17 +449,27 @@ class Pipeline:
             last_i = -1
             line: Line | None = None
             when = When.exact(now)
+            at = now
+            text = ""
+            bare = True
+            text_at = text_getter(texts)
             for hit in hits:
-                rule = hit.rule
+                i, rule, role, groups = hit
                 ev = evaluators.get(rule)
                 if ev is None:
                     continue
-                if hit.line != last_i:  # the hits of one line share its Line and its time
-                    last_i = hit.line
-                    line = line_at(last_i)
-                    when = when_for(line)
-                assert line is not None
-                at = when.at
+                if i != last_i:  # the hits of one line share its Line and its time
+                    last_i = i
+                    if when_of is None:
+                        line = line_at(i)
+                        when = when_for(line)
+                        text = line.text
+                        bare = not line.fields
+                    else:  # the Line only if a rule wants it
+                        line = None
+                        text = text_at(i)
+                        when = when_of(text)
+                    at = when.at
                 if upcoming is not None and upcoming <= at:
                     self.alerts.apply(signals, stamp)
                     signals = []
@@ -456,14 +477,24 @@ class Pipeline:
                     self._reschedule(touched)
                     touched |= self._advance(at)
                     upcoming = self.next_deadline()
-                if hit.role == "match":
+                touch(rule)
+                plain = None
+                if role == "match":
                     matched[rule] = matched.get(rule, 0) + 1
                     last_at[rule] = at
-                touch(rule)
+                    if bare:
+                        plain = plain_of.get(rule)
                 try:
-                    extend(ev.observe(hit, line, when))
+                    if plain is not None and plain is ev:  # a plain error rule: no Line, no list
+                        signal = plain.observe_plain(at, text, groups, source)
+                        if signal is not None:
+                            signals.append(signal)
+                    else:
+                        if line is None:
+                            line = line_at(i)
+                        extend(ev.observe(hit, line, when))
                 except Exception as e:  # one rule's bug must not stop the agent
-                    signals.append(self._rule_failed(rule, e, line.text, at))
+                    signals.append(self._rule_failed(rule, e, text, at))
                 if interleave_ticks and (
                     upcoming is None or (delay := delays.get(rule)) is None or at + delay < upcoming
                 ):  # else no deadline of this rule can come before the next one already known

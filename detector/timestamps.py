@@ -188,8 +188,12 @@ class TimeParser:
             text = m.group(self.group)
         if self.fixed is not None:
             return self._strptime(text)
+        at: datetime | None = self._stamps.get(text[:15])  # a syslog stamp seen before: as
+        # _syslog returns it, without the dispatch below (most lines of most logs)
+        if at is not None and text[15:16] == " " and text[:1].isupper():
+            return at
         first = text[:1]
-        at: datetime | None = None
+        at = None
         if first.isdigit():
             c4 = text[4:5]
             if c4 == "-":

@@ -54,6 +54,8 @@ from detector.timestamps import TimeParser, syslog_start_year, zone_named
 BLOCK = BLOCK_BYTES
 _NAMES = {"gz": "gzip", "xz": "xz", "bz2": "bzip2", "zst": "zstd"}
 KEEP_PER_RULE = 20
+new_when = tuple.__new__
+"""``new_when(When, (at, at))`` is ``When(at, at)`` at half the cost (once per line with a hit)."""
 
 
 @dataclass
@@ -333,24 +335,39 @@ def replay(
                     # a line without a time of its own happened at the last time seen
                     seen = [When.exact(now)]
 
-                    def when_for(
-                        line: Line,
+                    def when_of(
+                        text: str,
+                        own: datetime | None = None,
                         parse: Callable[[str], datetime | None] = parser.parse,
                         seen: list[When] = seen,
                     ) -> When:
-                        # When.of(at, seen[0]), inlined: this runs once per hit; time: a field's
-                        at = line.event_at or parse(line.text)
+                        # When.of(at, seen[0]), inlined: this runs once per line with a hit;
+                        # own: a field's time (parse:), else the text's
+                        at = own or parse(text)
                         if at is None:
                             return seen[0]
+                        last = seen[0]
+                        if at is last.at:  # the same stamp again (the parser's cache)
+                            return last
                         if current[0] is None or at > current[0]:
                             current[0] = at
-                            seen[0] = When(at, at)
-                            return seen[0]
-                        return When(at, at)
+                            last = seen[0] = new_when(When, (at, at))
+                            return last
+                        return new_when(When, (at, at))
+
+                    def when_for(line: Line, when_of: Callable[..., When] = when_of) -> When:
+                        return when_of(line.text, line.event_at)
 
                     pipeline.note_abandoned(b.abandoned)
                     pipeline.process_texts(
-                        source, texts, line_at, when_for, now, interleave_ticks=True, hits=b.hits
+                        source,
+                        texts,
+                        line_at,
+                        when_for,
+                        now,
+                        interleave_ticks=True,
+                        hits=b.hits,
+                        when_of=when_of,
                     )
                     for t in reversed(b.tail):
                         last = parser.parse(t)

@@ -198,25 +198,29 @@ def match_chunk(matcher: Matcher, source: str, chunk: Chunk, all_texts: bool) ->
     hit_texts: dict[int, str] = {}
     n, found = matcher.match_block(source, data, hit_texts)
     chars = len(data) if data.isascii() else len(data.decode("utf-8", "replace"))
-    head, tail = edges(data[:-1])
+    head, tail = edges(data, stop=len(data) - 1)
     return n, chars, found, hit_texts, head, tail, 0
 
 
-def edges(data: bytes, k: int = EDGE_LINES) -> tuple[list[str], list[str]]:
-    """The first and the last ``k`` lines of a block (without its last newline), decoded (where
-    the replay reads the clock when no rule hits), without splitting the rest of the block."""
+def edges(
+    data: bytes, k: int = EDGE_LINES, *, stop: int | None = None
+) -> tuple[list[str], list[str]]:
+    """The first and the last ``k`` lines of a block (``data[:stop]``: without its last newline),
+    decoded (where the replay reads the clock when no rule hits), without splitting the rest of
+    the block nor copying it."""
+    stop = len(data) if stop is None else stop
     end = -1
     for _ in range(k):
-        end = data.find(b"\n", end + 1)
+        end = data.find(b"\n", end + 1, stop)
         if end < 0:
             break
-    start = len(data)
+    start = stop
     for _ in range(k):
         start = data.rfind(b"\n", 0, start)
         if start < 0:
             break
-    head = data if end < 0 else data[:end]
-    tail = data if start < 0 else data[start + 1 :]
+    head = data[:stop] if end < 0 else data[:end]
+    tail = data[:stop] if start < 0 else data[start + 1 : stop]
     return (
         head.decode("utf-8", "replace").split("\n"),
         tail.decode("utf-8", "replace").split("\n"),

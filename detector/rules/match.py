@@ -50,14 +50,15 @@ class MatchEvaluator:
         """The last ``(last, last + resolve_after)`` that ``next_deadline`` computed."""
         self.cap = KeyCap(rule)
         """``max_keys``: a new group past it is folded into the rule's digest alert."""
-        self._plain = not (rule.group_by or rule.summary or rule.description)
-        """No grouping, no templates: ``observe``'s fast path (for lines without fields)."""
+        self.plain = not (rule.group_by or rule.summary or rule.description)
+        """No grouping, no templates: ``observe_plain`` takes the hits of lines without
+        fields."""
         self._prefix = f"{rule.name}: "
         self.fire_open: Callable[[datetime, str, str], bool] | None = None
-        """Set by the pipeline: ``AlertBook.fire_open`` bound to this rule's one alert (key
-        ''). A hit of the fast path below on an open alert updates it at once, with no Signal;
-        the signals this rule returns are applied before anything else touches that alert, so
-        none of its own is ever waiting when this is called (see ``fire_open``)."""
+        """Set by the pipeline: ``AlertBook.fire_open_of`` this rule's one alert (key ''). A
+        hit of ``observe_plain`` on an open alert updates it at once, with no Signal; the signals
+        this rule returns are applied before anything else touches that alert, so none of its
+        own is ever waiting when this is called (see ``fire_open_of``)."""
         self.deadline_delay = rule.resolve_after
         """An ``observe`` at ``when.at`` adds no deadline before ``when.at + deadline_delay``
         and moves none earlier: the pipeline need not ask ``next_deadline`` after a hit when its
@@ -66,36 +67,10 @@ class MatchEvaluator:
     def observe(self, hit: Hit, line: Line, when: When) -> list[Signal]:
         if hit.role != "match":
             return []
+        if self.plain and not line.fields:
+            signal = self.observe_plain(when.at, line.text, hit.groups, line.source)
+            return [] if signal is None else [signal]
         rule = self.rule
-        if self._plain and not line.fields:
-            # the common case, kept cheap: one alert per rule, default summary
-            previous = self._last.get("")
-            at = when.at if previous is None or when.at > previous else previous
-            self._last[""] = at
-            n = self._counts.get("", 0 if previous is None else 1)
-            self._counts[""] = None if n is None else n + 1
-            self._touch("")
-            text = line.text
-            fire_open = self.fire_open
-            if fire_open is not None and fire_open(when.at, self._prefix + text[:200], text):
-                return []
-            return [
-                Signal(
-                    rule.name,
-                    "error",
-                    "",
-                    "fire",
-                    when.at,
-                    hit.groups,
-                    self._prefix + text[:200],
-                    "",
-                    "",
-                    text,
-                    1,
-                    {},
-                    line.source,
-                )
-            ]
         if rule.group_by or rule.summary or rule.description or line.fields:
             fields = hit_fields(hit, line)
             key, group_labels = group_key(rule.group_by, fields)
@@ -139,6 +114,27 @@ class MatchEvaluator:
                 source=line.source,
             )
         ]
+
+    def observe_plain(
+        self, at: datetime, text: str, groups: Mapping[str, str], source: str
+    ) -> Signal | None:
+        """``observe`` of a match hit at ``at`` on a line ``text`` without fields, for a
+        ``plain`` rule: the common case, kept cheap (the pipeline calls it directly). None: the
+        hit went straight to the open alert (``fire_open``), no Signal to apply."""
+        last = self._last
+        previous = last.get("")
+        if previous is None or at > previous:
+            last[""] = at
+        n = self._counts.get("", 0 if previous is None else 1)
+        self._counts[""] = None if n is None else n + 1
+        self._touch("")
+        summary = self._prefix + text[:200]
+        fire_open = self.fire_open
+        if fire_open is not None and fire_open(at, summary, text):
+            return None
+        return Signal(
+            self.rule.name, "error", "", "fire", at, groups, summary, "", "", text, 1, {}, source
+        )
 
     def observe_line(self, line: Line, when: When) -> list[Signal]:
         return []
