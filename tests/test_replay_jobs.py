@@ -360,10 +360,11 @@ def test_workers_find_exactly_the_blocks_one_process_reads(
     k=st.integers(1, 8),
 )
 def test_block_edges_are_its_first_and_last_lines_decoded(data: bytes, k: int) -> None:
-    """Where the replay reads the clock when no rule hits: found without splitting the block."""
+    """Where the replay reads the clock when no rule hits: found without splitting the block
+    (``data`` is the block's lines without its final newline)."""
     head = [t.decode("utf-8", "replace") for t in data.split(b"\n", k)[:k]]
     tail = [t.decode("utf-8", "replace") for t in data.rsplit(b"\n", k)[-k:]]
-    assert edges(data, k) == (head, tail)
+    assert edges(data + b"\n", k) == (head, tail)
 
 
 def test_a_worker_refuses_a_file_replaced_since_the_replay_measured_it(tmp_path: Path) -> None:

@@ -95,6 +95,8 @@ def read_chunks(path: str, max_line: int, block: int = BLOCK_BYTES) -> Iterator[
     else:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         try:
+            if os.fstat(fd).st_size > 2 * block:
+                keep_read_buffers()
             kind = sniff(fd, zstd=True)
             if kind is not None:  # compressed: decompressed as a stream, as the tailer does
                 with open_stream(fd, kind) as stream:
@@ -198,26 +200,58 @@ def match_chunk(matcher: Matcher, source: str, chunk: Chunk, all_texts: bool) ->
     hit_texts: dict[int, str] = {}
     n, found = matcher.match_block(source, data, hit_texts)
     chars = len(data) if data.isascii() else len(data.decode("utf-8", "replace"))
-    head, tail = edges(data[:-1])
+    head, tail = edges(data)
     return n, chars, found, hit_texts, head, tail, 0
 
 
 def edges(data: bytes, k: int = EDGE_LINES) -> tuple[list[str], list[str]]:
-    """The first and the last ``k`` lines of a block (without its last newline), decoded (where
-    the replay reads the clock when no rule hits), without splitting the rest of the block."""
+    """The first and the last ``k`` lines of a block of whole lines (``data`` ends in a newline),
+    decoded (where the replay reads the clock when no rule hits), without splitting the rest of
+    the block, nor copying it without its last newline."""
+    last = len(data) - 1  # the block's final newline
     end = -1
     for _ in range(k):
-        end = data.find(b"\n", end + 1)
+        end = data.find(b"\n", end + 1, last)
         if end < 0:
             break
-    start = len(data)
+    start = last
     for _ in range(k):
         start = data.rfind(b"\n", 0, start)
         if start < 0:
             break
-    head = data if end < 0 else data[:end]
-    tail = data if start < 0 else data[start + 1 :]
+    head = data[:last] if end < 0 else data[:end]
+    tail = data[:last] if start < 0 else data[start + 1 : last]
     return (
         head.decode("utf-8", "replace").split("\n"),
         tail.decode("utf-8", "replace").split("\n"),
     )
+
+
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # mallopt's parameter numbers (malloc.h)
+KEPT_HEAP_BYTES = 16 << 20
+"""Freed memory glibc's malloc keeps for reuse while a replay reads (``keep_read_buffers``)."""
+_kept: list[bool] = []
+
+
+def keep_read_buffers() -> None:
+    """Let a replaying process reuse the memory of its 1 MiB reads (glibc; elsewhere nothing).
+
+    Each read (``os.pread``), and what is made of it, is a fresh ~1 MiB allocation. glibc's
+    malloc maps such a block on its own or, past its adaptive threshold, trims the top of the
+    heap as soon as two of them are free: either way the next read faults its pages in anew
+    (in ``--jobs`` workers nearly every page of the file, twice: a third of their CPU time,
+    most of it in the kernel). A fixed mmap threshold above the block size and a trim
+    threshold of a few blocks keep them on the heap, reused. Only for ``detector test``: the
+    agent's small reads stay with the defaults (``cli_support.tune_malloc``). The environment's
+    ``MALLOC_MMAP_THRESHOLD_`` or ``MALLOC_TRIM_THRESHOLD_`` wins."""
+    if _kept or "MALLOC_MMAP_THRESHOLD_" in os.environ or "MALLOC_TRIM_THRESHOLD_" in os.environ:
+        return
+    _kept.append(True)
+    try:
+        import ctypes  # noqa: PLC0415 - only a replay of a large file needs it
+
+        mallopt = ctypes.CDLL("libc.so.6").mallopt
+    except (OSError, AttributeError):  # not glibc
+        return
+    mallopt(_M_MMAP_THRESHOLD, 4 * BLOCK_BYTES)
+    mallopt(_M_TRIM_THRESHOLD, KEPT_HEAP_BYTES)
