@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 
 from detector.matching import Abandoned, Hit, Matcher, PatternSpec, Role
 from detector.pipeline import SparseTexts
-from detector.replay.blocks import ReplayBlock, assembler, match_chunk
+from detector.replay.blocks import ReplayBlock, assembler, keep_read_buffers, match_chunk
 from detector.sources.lines import read_block, read_plan
 
 if TYPE_CHECKING:  # multiprocessing is imported only when --jobs starts workers
@@ -56,6 +56,7 @@ def match_worker(conn: Connection, matcher: Matcher | list[PatternSpec]) -> None
     ``matcher`` is the parent's, already compiled (fork), or the specs to build one from."""
     if not isinstance(matcher, Matcher):
         matcher = Matcher(matcher)
+    keep_read_buffers()  # each span is a 1 MiB read
     opened: tuple[str, tuple[int, int], int] | None = None
     try:
         while (task := conn.recv()) is not None:
