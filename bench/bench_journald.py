@@ -1,13 +1,19 @@
 """Benchmark of the journald source against a real private journald (prints markdown tables).
 
 1. Throughput: N entries (realistic fields, ~1 in 1,000 an error) are written to a private
-   journald namespace; then, in the same run, (a) ``journalctl`` alone into a pipe we drain
-   (``-o json``, ``-o json --output-fields=`` of the rules' fields, ``-o export``, ``-o cat``:
-   what journalctl can export), (b) ``JournaldSource`` from the beginning until caught up, on
-   each reader (``journalctl``: the fallback; ``sd-journal``: the binding), reading every field
-   (``fields=None``, as before issue 20.5) and only the rules' fields (``FIELDS``), and (c) each
-   with a ``Matcher`` of 20 rules run over every batch. Entries/s: the median and the range over
-   ``--repeat`` interleaved rounds, and the median as a ratio to ``journalctl -o json`` alone.
+   journald namespace; then, in the same run, (a) the journal's own speed: ``journalctl`` alone
+   into a pipe we drain (``-o json``, ``-o json --output-fields=`` of the rules' fields,
+   ``-o export``, ``-o cat``) and the sd-journal binding alone (``next`` and ``get`` of the rules'
+   fields, no Python objects of ours), (b) ``JournaldSource`` from the beginning until caught up,
+   on each reader (``journalctl``: the fallback; ``sd-journal``: the binding), reading every
+   field (``fields=None``, as before issue 20.5) and only the rules' fields (``FIELDS``), and (c)
+   each with a ``Matcher`` of 20 rules run over every batch. Each stage is timed by the wall
+   clock *and* by the CPU time of the process doing the work (ours, plus the journalctl child's
+   for the fallback reader; the child's alone for ``journalctl`` alone): on a shared machine the
+   wall clock says how much of a core we were given, the CPU time what a read costs. Beside them,
+   per stage: the CPU journald spent meanwhile (nothing: a read never asks it) and what every
+   other process on the machine used (``/proc/stat``), which is what makes a low wall-clock round
+   low. Median and range over ``--repeat`` interleaved rounds.
 2. Latency: a following source; entries are sent one at a time (``sendto`` on the native socket)
    and the time from just before ``sendto`` to the batch holding the entry being yielded is taken,
    one entry every 5 ms and in bursts of 200; p50/p99/max, next to the same measurement on a bare
@@ -15,18 +21,22 @@
    every 250 ms, see ``POST_CHANGE_TIMER_INTERVAL_USEC`` in systemd's journal-file.c).
 
 Run as root: ``.venv/bin/python bench/bench_journald.py [--entries 100000] [--repeat 3]
-[--latency 500]`` (``--latency 0``: throughput only).
+[--latency 500] [--stages sd-journal,alone]`` (``--latency 0``: throughput only; ``--stages``:
+only the stages whose label holds one of the words).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
+import resource
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -102,30 +112,26 @@ async def read_all(
     matcher: Matcher | None,
     reader: str = "sd-journal",
     fields: tuple[str, ...] | None = FIELDS,
-) -> float:
+) -> None:
     cfg = JournaldSourceConfig(
         name="jd", namespace=ns.name, start_at="beginning", match={"DETECTOR_TEST": (tag,)}
     )
     src = JournaldSource(cfg, {}, SystemClock(), reader=reader, fields=fields)
     assert src.reader == reader, src.reader_why
     seen = hits = 0
-    t0 = time.perf_counter()
     async for batch in src.batches():
         seen += len(batch.lines)
         if matcher is not None:
             hits += len(matcher.match("jd", [line.text for line in batch.lines]))
         if seen >= n and src.caught_up():
             break
-    secs = time.perf_counter() - t0
     await src.aclose()
     assert seen == n, seen
     if matcher is not None:
         assert hits == n // 1000 * 2, hits  # ERROR [mod] and status=5xx on every error line
-    return secs
 
 
-def journalctl_alone(ns: JournaldNamespace, tag: str, *output: str) -> float:
-    t0 = time.perf_counter()
+def journalctl_alone(ns: JournaldNamespace, tag: str, *output: str) -> None:
     proc = subprocess.Popen(
         ["journalctl", f"--namespace={ns.name}", *(output or ["--output=json"]), "--all",
          "--no-pager", f"DETECTOR_TEST={tag}"],
@@ -134,8 +140,90 @@ def journalctl_alone(ns: JournaldNamespace, tag: str, *output: str) -> float:
     assert proc.stdout is not None
     while proc.stdout.read(1 << 20):
         pass
-    proc.wait()
-    return time.perf_counter() - t0
+    assert proc.wait() == 0
+
+
+def binding_alone(ns: JournaldNamespace, tag: str, n: int) -> None:
+    """What the sd-journal binding itself costs for what our reader asks of it: ``next``, a
+    ``get`` of each of the rules' fields and the entry's time, making no Python object of ours
+    (the floor of an in-process reader)."""
+    from systemd import journal  # noqa: PLC0415 - only this stage needs it
+
+    r = journal._Reader(journal.LOCAL_ONLY, None, None, ns.name)
+    r.data_threshold = 0
+    r.add_match(f"DETECTOR_TEST={tag}".encode())
+    nxt, get, get_realtime = r._next, r._get, r._get_realtime
+    seen = 0
+    while nxt(1):
+        for f in FIELDS:
+            get(f)
+        get_realtime()
+        seen += 1
+    r.close()
+    assert seen == n, seen
+
+
+HZ = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_self_children() -> tuple[float, float]:
+    """CPU seconds (user + sys) of this process and of its waited-for children."""
+    me, kids = (
+        resource.getrusage(resource.RUSAGE_SELF),
+        resource.getrusage(resource.RUSAGE_CHILDREN),
+    )
+    return me.ru_utime + me.ru_stime, kids.ru_utime + kids.ru_stime
+
+
+def cpu_of(pid: int) -> float:
+    """CPU seconds a running process has used (``/proc/PID/stat`` utime + stime)."""
+    after_comm = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(after_comm[11]) + int(after_comm[12])) / HZ
+
+
+def machine_busy() -> float:
+    """CPU seconds every CPU of the machine has been busy or stolen by the hypervisor (the
+    ``cpu`` line of ``/proc/stat``: user nice system idle iowait irq softirq steal)."""
+    ticks = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    return (sum(ticks) - ticks[3] - ticks[4]) / HZ
+
+
+@dataclass
+class Sample:
+    """One stage of one round."""
+
+    wall: float
+    """Seconds on the wall clock."""
+    cpu: float
+    """CPU seconds of the processes doing the work: ours and our children (journalctl)."""
+    child: float
+    """Of which the children's."""
+    journald: float
+    """CPU seconds journald used meanwhile."""
+    others: float
+    """CPU seconds (and steal) of every other process of the machine meanwhile."""
+
+
+async def measure(ns: JournaldNamespace, run: Any) -> Sample:
+    assert ns.process is not None
+    jpid = ns.process.pid
+    busy0, jd0, (me0, kids0), t0 = (
+        machine_busy(),
+        cpu_of(jpid),
+        cpu_self_children(),
+        time.perf_counter(),
+    )
+    got = run()
+    if asyncio.iscoroutine(got):
+        await got
+    wall = time.perf_counter() - t0
+    busy1, jd1, (me1, kids1) = machine_busy(), cpu_of(jpid), cpu_self_children()
+    me, kids, jd = me1 - me0, kids1 - kids0, jd1 - jd0
+    return Sample(wall, me + kids, kids, jd, max(0.0, busy1 - busy0 - me - kids - jd))
+
+
+def rng(values: list[float], fmt: str = ",.0f") -> str:
+    return f"{statistics.median(values):{fmt}} ({min(values):{fmt}}–{max(values):{fmt}})"
 
 
 async def latency(ns: JournaldNamespace, count: int, burst: int) -> list[float]:
@@ -262,6 +350,7 @@ async def main() -> None:
     ap.add_argument("--entries", type=int, default=100_000)
     ap.add_argument("--latency", type=int, default=500, help="0: throughput only")
     ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--stages", default="", help="only stages whose label holds one of these")
     args = ap.parse_args()
     ns = start_journald_namespace()
     try:
@@ -285,6 +374,7 @@ async def main() -> None:
             ),
             ("`journalctl -o export` alone", lambda: journalctl_alone(ns, tag, "--output=export")),
             ("`journalctl -o cat` alone", lambda: journalctl_alone(ns, tag, "--output=cat")),
+            ("sd-journal binding alone, rules' fields", lambda: binding_alone(ns, tag, n)),
             (
                 "journalctl reader, every field",
                 lambda: read_all(ns, tag, n, None, "journalctl", None),
@@ -306,40 +396,70 @@ async def main() -> None:
             ("sd-journal, rules' fields", lambda: read_all(ns, tag, n, None)),
             ("sd-journal, rules' fields + Matcher", lambda: read_all(ns, tag, n, matcher)),
         ]
-        rates: dict[str, list[float]] = {label: [] for label, _ in stages}
+        if args.stages:
+            words = args.stages.split(",")
+            stages = [st for st in stages if any(w in st[0] for w in words)]
+        samples: dict[str, list[Sample]] = {label: [] for label, _ in stages}
         for _ in range(args.repeat):  # interleaved: each round sees the same machine
             for label, run in stages:
-                got = run()
-                secs = await got if asyncio.iscoroutine(got) else got
-                rates[label].append(n / secs)
-        med = {label: statistics.median(r) for label, r in rates.items()}
-        base = med[stages[0][0]]
-        print(f"{args.repeat} interleaved rounds; median and range of entries/s\n")
-        print("| stage | entries/s (median) | range | x `journalctl -o json` (median) |")
-        print("|---|---:|---:|---:|")
+                samples[label].append(await measure(ns, run))
+        print(
+            f"{args.repeat} interleaved rounds; median (range). Entries/s by the wall clock and "
+            "per CPU second of the reading processes (ours, plus the journalctl child's for the "
+            "fallback; the child's alone for `journalctl` alone); the share of a core they got "
+            "(CPU / wall); what journald and every other process on the machine used meanwhile, "
+            "in cores.\n"
+        )
+        print(
+            "| stage | entries/s, wall | entries/s of CPU | CPU s / 100k entries | share of a core "
+            "| journald, cores | others, cores |"
+        )
+        print("|---|---:|---:|---:|---:|---:|---:|")
         for label, _ in stages:
-            r = rates[label]
+            got = samples[label]
+            child = (
+                ""
+                if not any(x.child for x in got)
+                else (f", child {statistics.median(x.child for x in got) * 1e5 / n:.2f}")
+            )
             print(
-                f"| {label} | {med[label]:,.0f} | {min(r):,.0f}–{max(r):,.0f} "
-                f"| {med[label] / base:.2f}x |"
+                f"| {label} | {rng([n / x.wall for x in got])} | {rng([n / x.cpu for x in got])} "
+                f"| {rng([x.cpu * 1e5 / n for x in got], '.2f')}{child} "
+                f"| {rng([x.cpu / x.wall for x in got], '.2f')} "
+                f"| {rng([x.journald / x.wall for x in got], '.2f')} "
+                f"| {rng([x.others / x.wall for x in got], '.2f')} |"
             )
         print()
-        for label in ("journalctl reader", "sd-journal"):
-            every, some = (
-                med[f"{label}, every field + Matcher"],
-                med[f"{label}, rules' fields + Matcher"],
-            )
-            print(f"{label} + Matcher: rules' fields / every field: {some / every:.2f}x")
-        per_round = [
-            a / b
-            for a, b in zip(
-                rates["sd-journal, rules' fields + Matcher"], rates[stages[0][0]], strict=True
-            )
-        ]
-        print(
-            "sd-journal, rules' fields + Matcher / `journalctl -o json`, per round: "
-            + ", ".join(f"{x:.2f}x" for x in per_round)
+        for base in ("`journalctl -o json` alone", "`journalctl -o export` alone"):
+            if base not in samples:
+                continue
+            for label in [lb for lb in samples if lb.endswith("+ Matcher")]:
+                pairs = list(zip(samples[label], samples[base], strict=True))
+                by_wall = statistics.median(b.wall / x.wall for x, b in pairs)
+                by_cpu = statistics.median(b.cpu / x.cpu for x, b in pairs)
+                print(f"{label} / {base}, per round (median): {by_wall:.2f}x by the wall clock, "
+                      f"{by_cpu:.2f}x by CPU")  # fmt: skip
+        head, floor = (
+            "sd-journal, rules' fields + Matcher",
+            "sd-journal binding alone, rules' fields",
         )
+        if head in samples:
+            print(
+                f"\n{head}, each round: entries/s by the wall clock / per CPU second; the share "
+                "of a core it got and the cores the other processes used; its CPU per entry as a "
+                "multiple of the binding's alone in the same round (the machine's speed drifts: "
+                "this does not)"
+            )
+            for i, x in enumerate(samples[head]):
+                vs = (
+                    f", {x.cpu / samples[floor][i].cpu:.2f}x the binding"
+                    if floor in samples
+                    else ""
+                )
+                print(
+                    f"- {n / x.wall:,.0f} / {n / x.cpu:,.0f} ({x.cpu / x.wall:.2f} of a core, "
+                    f"others {x.others / x.wall:.2f}{vs})"
+                )
         if args.latency <= 0:
             return
 

@@ -9,6 +9,7 @@ both readers (the sd-journal binding and the journalctl fallback, chosen with
 from __future__ import annotations
 
 import asyncio
+import gc
 import itertools
 import json
 import os
@@ -245,6 +246,28 @@ async def test_batches_are_capped_and_each_carries_the_cursor_of_its_last_line(
             assert b.checkpoints[0].value["cursor"] == b.lines[-1].fields["__CURSOR"]
     finally:
         await c.close()
+
+
+async def test_a_read_leaves_the_garbage_collector_as_it_found_it(journald: JournaldNamespace):
+    """The sd-journal reader pauses the cyclic collector while it makes a read's Lines: it is
+    on again after each read, and a collector someone else turned off stays off."""
+    tag = unique_tag()
+    send(journald, tag, *[f"entry {i}" for i in range(25)])
+    try:
+        for enabled, fields in itertools.product((True, False), (None, ("MESSAGE",))):
+            (gc.enable if enabled else gc.disable)()
+            cfg = config(journald, tag)
+            c = await read_existing(
+                JournaldSource(cfg, {}, SystemClock(), max_batch=10, fields=fields)
+            )
+            try:
+                assert c.texts() == [f"entry {i}" for i in range(25)]
+                assert len(c.batches) >= 3  # several reads
+                assert gc.isenabled() is enabled, (enabled, fields)
+            finally:
+                await c.close()
+    finally:
+        gc.enable()
 
 
 # ---------------------------------------------------------------- filters

@@ -20,6 +20,7 @@ New entries are waited for on the journal's inotify fd in the event loop, never 
 from __future__ import annotations
 
 import contextlib
+import gc
 import importlib
 import os
 from collections.abc import Iterator, Mapping, Sequence
@@ -108,6 +109,23 @@ def _to_str(value: Any) -> str:
     if type(value) is timedelta:
         return str(value // timedelta(microseconds=1))
     return str(value)
+
+
+@contextlib.contextmanager
+def _collector_paused() -> Iterator[None]:
+    """The cyclic garbage collector off for one read. A read makes a Line per entry, each
+    tracked by the collector, and keeps them all until it returns: every collection it would
+    trigger (one per 700 Lines, a full one as they pile up) walks Lines that hold no cycle and
+    are all alive. bench_journald.py measured that at ~15 % of a read's CPU; the collector runs
+    again on the next allocation after it, once over the whole batch."""
+    if not gc.isenabled():  # someone else paused it: theirs to restart
+        yield
+        return
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
 
 
 class JournalFields(Mapping[str, str]):
@@ -249,9 +267,10 @@ class SdJournal:
     def read(self, limit: int) -> list[Line]:
         """Up to ``limit`` entries after the position, as Lines (the hot path). The last one's
         fields have ``__CURSOR``, ``__REALTIME_TIMESTAMP`` and ``_BOOT_ID`` (the checkpoint)."""
-        if self._fields is None:
-            return self._read_all(limit)
-        return self._read_some(limit)
+        with _collector_paused():
+            if self._fields is None:
+                return self._read_all(limit)
+            return self._read_some(limit)
 
     def _read_some(self, limit: int) -> list[Line]:
         """:meth:`read` of :attr:`_fields` only: one ``sd_journal_get_data`` per field (no
