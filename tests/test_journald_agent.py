@@ -117,6 +117,7 @@ async def test_a_cursor_vacuumed_away_while_the_agent_was_down_is_a_gap_alert_wi
         last_read = realtime_at(int(entry("ERROR 1")["__REALTIME_TIMESTAMP"]))
         assert last_read is not None
         send("ERROR 2")  # written while the agent is down...
+        ns.sync()  # stored before the rotation (a datagram: journald stores it when it gets to it)
         ns.rotate()
         send("ERROR 3")
         ns.vacuum_archived()  # ...and vacuumed away with the file that held the cursor
