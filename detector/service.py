@@ -100,12 +100,8 @@ COALESCE_S = 0.25
 """...and no more once processing them took this long (physical time): the event loop, and with it
 the systemd watchdog ping, must not wait for eight slow batches (lines at the regex budget)."""
 DEFER_S = 0.2
-"""A commit that holds only read positions, rule state and changed rule alerts (no notification,
-no agent record or agent alert) is not written at once but with the next commit, at most this
-long after it (physical time), and at once before a reload, at a stop and when a test waits for
-idle (``_defer``). A crash meanwhile loses nothing: its read positions were not committed either,
-so its lines are read again and produce the same state. A commit with a notification is written
-at once (with what waits before it): latency."""
+"""How long a commit may wait to be written (physical time): what may wait and what never does
+is decided in one place, :class:`Deferral`."""
 ALIVE_EVERY_S = 15.0
 CONFIG_POLL_S = 1.0
 OPEN_WAIT_S = 15.0
@@ -142,6 +138,100 @@ def reads_other_fields(name: str, old: Config, new: Config) -> bool:
     from detector.sources.journald import journal_fields  # noqa: PLC0415
 
     return journal_fields(old, name) != journal_fields(new, name)
+
+
+class Deferral:
+    """Which commit may wait to be written, and the one that waits (``pending``): the one place
+    that decides it (``Agent._commit`` asks :meth:`offer` before every write).
+
+    The pipeline in memory is always exactly the state file plus ``pending``: nothing is
+    processed between a pipeline step and its commit, and the next commit absorbs the pending
+    one (committing the two together is committing one, then the other). So a crash while one
+    waits loses nothing and counts nothing twice: its read positions were not written either,
+    and its lines, read again, produce the same state.
+
+    *May wait* (at most ``DEFER_S``, then written; until then absorbed by any later commit) —
+    a batch's or a deadline round's commit (``defer=True``) holding only:
+
+    - read positions that move a checkpoint the state file already holds (``known``);
+    - rule state;
+    - rule alerts changed without a notification (an open alert's count, last hit and samples:
+      what every batch of a busy log changes; their rows are built once, when written).
+
+    *Never waits* (written at once, with what waits before it):
+
+    - a notification (an outbox row): its POST waits for its commit, so waiting is latency;
+    - an agent record (``meta``), an agent alert, an alert deleted: the agent's own state and
+      problems are never behind what it says;
+    - a file's first checkpoint (a new file, a rotated one found, where a first start begins), a
+      checkpoint deleted, a journal's first cursor: lost in a crash, the next start would not
+      know the file or where it began and would apply ``start_at`` again, skipping lines;
+    - anything once the agent stops, and the commits that are not a batch's or a deadline
+      round's (agent signals, silences, the start-up schedules, a reload's);
+    - what waits is written at once before a reload reads rule state back, at a stop and when a
+      test waits for idle (``Agent._flush_asked``), and ``DEFER_S`` after it began to wait.
+
+    The processor's order obeys the same rule the other way round: a batch handed over before a
+    due deadline runs never waits behind it; it is processed first and its lines are judged as
+    of the deadline, like a settle's reads (``Agent._handle_handed``, ``Agent._when_for``)."""
+
+    def __init__(self, due: Callable[[], None]) -> None:
+        self.pending: Commit | None = None
+        self.known: set[tuple[str, str]] = set()
+        """(source, key) of every checkpoint in the state file (read at start, then kept by
+        :meth:`written`)."""
+        self._due = due  # called DEFER_S after a commit began to wait
+        self._timer: asyncio.TimerHandle | None = None
+
+    def offer(self, commit: Commit, *, defer: bool, stopping: bool) -> Commit | None:
+        """The commit to write now: ``commit`` after what waits (None: nothing to write, or it
+        waits, held as ``pending``). ``defer``: a batch's or a deadline round's commit."""
+        if self.pending is not None:
+            self.pending.absorb(commit)
+            commit, self.pending = self.pending, None
+        if commit.empty():
+            return None
+        if defer and not stopping and self._may_wait(commit):
+            self.pending = commit
+            if self._timer is None:
+                self._timer = asyncio.get_running_loop().call_later(DEFER_S, self._fire)
+            return None
+        self.cancel_timer()
+        return commit
+
+    def take(self) -> Commit | None:
+        """What waits, to write now whatever it holds (at the stop)."""
+        commit, self.pending = self.pending, None
+        self.cancel_timer()
+        return commit
+
+    def written(self, commit: Commit) -> None:
+        """``commit`` is in the state file: its checkpoints are known from now on."""
+        for cp in commit.checkpoints:
+            if cp.delete:
+                self.known.discard((cp.source, cp.key))
+            else:
+                self.known.add((cp.source, cp.key))
+
+    def cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _may_wait(self, commit: Commit) -> bool:
+        if commit.outbox or commit.meta:
+            return False
+        if any(a is None or a.kind == "agent" for a in commit.changed.values()):
+            return False
+        if any(row is None or row["kind"] == "agent" for row in commit.alerts.values()):
+            return False
+        known = self.known
+        return all(not cp.delete and (cp.source, cp.key) in known for cp in commit.checkpoints)
+
+    def _fire(self) -> None:
+        self._timer = None
+        if self.pending is not None:
+            self._due()
 
 
 class BatchQueue(asyncio.Queue[Batch]):
@@ -246,19 +336,14 @@ class Agent:
         self._parked: tuple[set[asyncio.Future[Any]], datetime | None] | None = None
         self._parked_event = asyncio.Event()
         self._settle: _Settle | None = None
-        self._due_at: datetime | None = None
-        """A due deadline whose run waits for a batch handed over before it (``_processor``)."""
         """An expectation deadline that is due, waiting for its sources' reads (``_settling``)."""
+        self._due_at: datetime | None = None
+        """The due deadline a batch being processed was handed over before (``_handle_handed``):
+        its lines are judged as of it."""
         self._lagging: dict[str, asyncio.Future[None]] = {}
         """Sources whose read outlived a settle: not waited for again until it is done."""
-        self._deferred: Commit | None = None
-        """What the processed batches changed that is not written yet (``DEFER_S``): the pipeline
-        in memory is always exactly the state file plus this (nothing is processed between a
-        pipeline step and its ``_commit``, and a later commit absorbs it)."""
-        self._defer_timer: asyncio.TimerHandle | None = None
-        self._committed_keys: set[tuple[str, str]] = set()
-        """(source, key) of every checkpoint in the state file: only a commit that moves those
-        may wait (``_deferrable``)."""
+        self.deferral = Deferral(self._defer_due)
+        """What may wait to be written, and what waits (see :class:`Deferral`)."""
         self._flush_asked = False
 
     @property
@@ -296,7 +381,7 @@ class Agent:
         read (``pipeline.lines_read``), then for idle. Never returns once the agent stopped."""
         while True:
             await self._parked_event.wait()
-            if self._deferred is not None:  # idle means written: ask for it now
+            if self.deferral.pending is not None:  # idle means written: ask for it now
                 self._flush_asked = True
                 self._wake.set()
                 await asyncio.sleep(0)
@@ -320,7 +405,7 @@ class Agent:
         waits, deadline = self._parked
         return (
             not self._wake.is_set()  # reload, agent signal or stop pending
-            and self._deferred is None  # a commit waits to be written
+            and self.deferral.pending is None  # a commit waits to be written
             and self._settle is None  # a due deadline waits for its sources' reads
             and self._compiling is None  # a reload's patterns are compiling
             and self._upgrading is None  # the full databases are compiling
@@ -416,7 +501,7 @@ class Agent:
         compiling = asyncio.ensure_future(self._compile(config))
         alert_rows = alert_rows_of(await self.db.run(lambda s: s.load_alert_chunks()))
         states = await self.db.run(all_rule_state)
-        self._committed_keys = await self.db.run(_checkpoint_keys)
+        self.deferral.known = await self.db.run(_checkpoint_keys)
         for webhook in config.webhooks:
             self._start_worker(webhook)
         for name, cfg in config.sources.items():
@@ -849,28 +934,18 @@ class Agent:
                 h.inc("lines_matched", n - matched_before.get(rule, 0), rule=rule)
 
     async def _commit(self, commit: Commit, *, defer: bool = False) -> None:
-        """Write ``commit`` in one transaction, together with what waits before it
-        (``_deferred``). ``defer``: a batch's or a deadline's commit, which may wait for the next
-        one when it holds only read positions and rule state (``DEFER_S``).
+        """Write ``commit`` in one transaction, together with what waits before it, unless
+        :class:`Deferral` lets it wait. ``defer``: a batch's or a deadline round's commit.
 
         If the state file fails (disk full, read-only), the agent does not exit: it reports the
         problem with alerts sent straight from memory, holds the commit (read positions
         included: nothing read is lost) and retries it every RETRY_S; meanwhile the bounded
         queue stops the sources. A stop while it waits drops the commit: what it held is read
         again at the next start."""
-        if self._deferred is not None:  # committing the two together = one, then the other
-            self._deferred.absorb(commit)
-            commit, self._deferred = self._deferred, None
-        if commit.empty():
+        ready = self.deferral.offer(commit, defer=defer, stopping=self._stop.is_set())
+        if ready is None:  # nothing to write, or it may wait
             return
-        if defer and self._deferrable(commit):
-            self._deferred = commit
-            if self._defer_timer is None:
-                self._defer_timer = asyncio.get_running_loop().call_later(DEFER_S, self._defer_due)
-            return
-        if self._defer_timer is not None:
-            self._defer_timer.cancel()
-            self._defer_timer = None
+        commit = ready
         db = self.db
         failing = False
         while True:
@@ -899,7 +974,7 @@ class Agent:
         if failing:
             self.monitor.state_ok()
         self.state.commits += 1
-        self._note_committed(commit)
+        self.deferral.written(commit)
         woken: set[str] = set()
         seen_events: set[str] = set()
         for row in commit.outbox:
@@ -913,46 +988,15 @@ class Agent:
                 woken.add(row.webhook)
                 self.workers[row.webhook][0].wake(handed.get(row.webhook))
 
-    def _deferrable(self, commit: Commit) -> bool:
-        """Whether ``commit`` may wait (``DEFER_S``): no notification or agent record (an agent
-        alert included), and every checkpoint moves one the state file already holds. Changed
-        rule alerts may wait with it (an open alert's count, last hit and samples: what every
-        batch of a busy log changes; their rows are then built once, when it is written); a
-        notification, an agent alert or an alert deleted is written at once.
-        A file's first checkpoint (a new file, a rotated one found, the place a first start
-        begins at), a deletion, or a journal's first cursor is written at once: lost in a crash,
-        the next start would not know the file or where it began and would apply ``start_at``
-        again, skipping lines."""
-        if commit.outbox or commit.meta or self._stop.is_set():
-            return False
-        if any(a is None or a.kind == "agent" for a in commit.changed.values()):
-            return False
-        if any(row is None or row["kind"] == "agent" for row in commit.alerts.values()):
-            return False
-        keys = self._committed_keys
-        return all(not cp.delete and (cp.source, cp.key) in keys for cp in commit.checkpoints)
-
-    def _note_committed(self, commit: Commit) -> None:
-        for cp in commit.checkpoints:
-            if cp.delete:
-                self._committed_keys.discard((cp.source, cp.key))
-            else:
-                self._committed_keys.add((cp.source, cp.key))
-
     def _defer_due(self) -> None:
-        """``DEFER_S`` after a commit was deferred: the processor writes it (``_flush_asked``)."""
-        self._defer_timer = None
-        if self._deferred is not None:
-            self._flush_asked = True
-            self._wake.set()
+        """``DEFER_S`` after a commit began to wait: the processor writes it (``_flush_asked``)."""
+        self._flush_asked = True
+        self._wake.set()
 
     async def _write_deferred(self) -> None:
         """Write the deferred commit now (the processor has stopped: at shutdown). A state file
         that fails drops it: its lines are read again at the next start."""
-        commit, self._deferred = self._deferred, None
-        if self._defer_timer is not None:
-            self._defer_timer.cancel()
-            self._defer_timer = None
+        commit = self.deferral.take()
         if commit is None or self._db is None:
             return
         commit.meta["last_alive_at"] = self.clock.now().isoformat()
@@ -963,7 +1007,7 @@ class Agent:
             log.warning("cannot commit to the state file at the stop: %s", e)
             return
         self.state.commits += 1
-        self._note_committed(commit)
+        self.deferral.written(commit)
 
     async def _compile(self, config: Config) -> Matcher:
         """``build_matcher(config)`` in a thread (Hyperscan releases the GIL while it compiles),
