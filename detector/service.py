@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import functools
 import logging
 import signal
@@ -49,7 +50,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 
@@ -113,6 +114,39 @@ OUTBOX_KEEP = timedelta(days=7)
 SILENCE_POLL_S = 1.0
 """How often the agent looks whether ``detector silence`` changed the silences table (one
 ``PRAGMA data_version``; the table is read only when it moved)."""
+
+
+T = TypeVar("T")
+
+
+async def in_thread(fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
+    """``fn(*args, **kwargs)`` in a thread of its own, ended with the call: the agent's
+    blocking calls (reading the config, opening the state file, compiling patterns) are rare, and
+    ``asyncio.to_thread``'s default executor keeps every thread it ever started, idle, for
+    good: one for each of the start-up's calls that ran at once (an agent at rest with 5 to 7
+    threads instead of 4)."""
+    loop = asyncio.get_running_loop()
+    fut: asyncio.Future[T] = loop.create_future()
+    ctx = contextvars.copy_context()
+
+    def settle(result: T | None, error: BaseException | None) -> None:
+        if fut.done():  # the awaiting task was cancelled meanwhile
+            return
+        if error is not None:
+            fut.set_exception(error)
+        else:
+            fut.set_result(result)  # type: ignore[arg-type]
+
+    def run() -> None:
+        try:
+            result, error = ctx.run(fn, *args, **kwargs), None
+        except BaseException as e:  # handed to the awaiting task
+            result, error = None, e
+        with contextlib.suppress(RuntimeError):  # the loop closed meanwhile (a stop)
+            loop.call_soon_threadsafe(settle, result, error)
+
+    threading.Thread(target=run, name=getattr(fn, "__name__", "call")).start()
+    return await fut
 
 
 def build_source(
@@ -420,7 +454,7 @@ class Agent:
     # ---------------------------------------------------------------- start-up
 
     async def run(self) -> int:
-        config = await asyncio.to_thread(load_config, self.config_path, self.env)
+        config = await in_thread(load_config, self.config_path, self.env)
         self.config = config
         await self._rebase_watch(tuple(i.glob for i in config.includes), None)
         self.monitor.config = config
@@ -469,8 +503,8 @@ class Agent:
         while True:
             now = self.clock.now()
             try:
-                store, corrupt = await asyncio.to_thread(open_store, config.agent.state, now)
-                prior = await asyncio.to_thread(begin_run, store, now)
+                store, corrupt = await in_thread(open_store, config.agent.state, now)
+                prior = await in_thread(begin_run, store, now)
                 break
             except StateLocked as e:  # another agent on this file: a configuration error
                 log.error("cannot start: %s", e)
@@ -1017,7 +1051,7 @@ class Agent:
         started = time.perf_counter()
         cancel = threading.Event()
         try:
-            matcher = await asyncio.to_thread(build_matcher, config, cancel.is_set, quick=True)
+            matcher = await in_thread(build_matcher, config, cancel.is_set, quick=True)
         except asyncio.CancelledError:
             cancel.set()  # the thread stops after the databases it is building
             raise
@@ -1046,7 +1080,7 @@ class Agent:
             return
         started = time.perf_counter()
         cancel = threading.Event()
-        fut = asyncio.ensure_future(asyncio.to_thread(upgrade_matcher, matcher, cancel.is_set))
+        fut = asyncio.ensure_future(in_thread(upgrade_matcher, matcher, cancel.is_set))
         self._upgrading = (fut, cancel)
 
         def done(fut: asyncio.Future[list[str]]) -> None:
@@ -1081,9 +1115,9 @@ class Agent:
         matching with the old rules; ``_reload`` swaps once the new matcher is ready."""
         self.notifier.reloading()
         assert self._watch_base is not None
-        before = await asyncio.to_thread(snapshot, self.config_path, self._watch_base[0])
+        before = await in_thread(snapshot, self.config_path, self._watch_base[0])
         try:
-            config = await asyncio.to_thread(load_config, self.config_path, self.env)
+            config = await in_thread(load_config, self.config_path, self.env)
         except (ConfigError, OSError) as e:
             # the include globs of the refused file when known: the fix of a file it newly
             # includes is a change too
@@ -1159,7 +1193,7 @@ class Agent:
             self._watch_base = before
             return
         assert globs is not None
-        self._watch_base = await asyncio.to_thread(snapshot, self.config_path, globs)
+        self._watch_base = await in_thread(snapshot, self.config_path, globs)
 
     async def _watch_config(self) -> None:
         """Reload when rules.yaml or a file it includes changes on disk, appears or goes
