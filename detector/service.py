@@ -276,6 +276,9 @@ class BatchQueue(asyncio.Queue[Batch]):
         super().__init__(maxsize)
         self.max_bytes = max_bytes
         self.bytes = 0
+        self.arrived: Callable[[], None] = lambda: None
+        """Called with each batch put: the processor's doorbell (it takes batches with
+        ``get_nowait``, no task waiting in ``get`` per batch)."""
 
     def full(self) -> bool:
         return self.bytes >= self.max_bytes or super().full()
@@ -283,6 +286,7 @@ class BatchQueue(asyncio.Queue[Batch]):
     def _put(self, item: Batch) -> None:
         self.bytes += len(item.block) if item.block else 0
         super()._put(item)
+        self.arrived()
 
     def _get(self) -> Batch:
         item = super()._get()
@@ -347,7 +351,8 @@ class Agent:
             status_line=self._status_line,
         )
         self._stop = asyncio.Event()
-        self._wake = asyncio.Event()
+        self._wake = False  # a reload, agent signal, stop… the processor has not looked at yet
+        self._bell: asyncio.Future[None] | None = None  # what the parked processor awaits
         self._reload_requested = False
         self._reload_explicit = False
         self._watch_base: Snapshot | None = None  # the config's files as last read
@@ -361,7 +366,8 @@ class Agent:
         self._upgrading: tuple[asyncio.Future[list[str]], threading.Event] | None = None
         """The full databases of the newest matcher compiling in a thread (``_upgrade``), until
         their compile has ended and said so."""
-        self.queue: asyncio.Queue[Batch] = BatchQueue(QUEUE_BYTES, maxsize=QUEUE_BATCHES)
+        self.queue = BatchQueue(QUEUE_BYTES, maxsize=QUEUE_BATCHES)
+        self.queue.arrived = self._ring
         self.sources: dict[str, _Running] = {}
         self.workers: dict[str, tuple[DeliveryWorker, asyncio.Task[None]]] = {}
         self.down_since: datetime | None = None
@@ -388,21 +394,34 @@ class Agent:
 
     # ---------------------------------------------------------------- public controls
 
+    def _nudge(self) -> None:
+        """Something for the processor to look at (a reload, an agent signal, a stop…)."""
+        self._wake = True
+        self._ring()
+
+    def _ring(self) -> None:
+        """Wake the parked processor (a batch put, a nudge, a deadline or a compile done)."""
+        if self._bell is not None and not self._bell.done():
+            self._bell.set_result(None)
+
+    def _ring_cb(self, _fut: asyncio.Future[Any]) -> None:
+        self._ring()
+
     def request_stop(self) -> None:
         self._stop.set()
-        self._wake.set()
+        self._nudge()
 
     def request_reload(self, explicit: bool = True) -> None:
         """Reload rules.yaml. ``explicit``: asked for (SIGHUP, ``systemctl reload``), so a refusal
         is reported at once; the file watcher's reloads get a grace period."""
         self._reload_requested = True
         self._reload_explicit = self._reload_explicit or explicit
-        self._wake.set()
+        self._nudge()
 
     def raise_agent_signal(self, s: Signal) -> None:
         """Hand an agent alert to the processor (callable from any task on the loop)."""
         self._pending_signals.append(s)
-        self._wake.set()
+        self._nudge()
 
     async def wait_idle(self) -> None:
         """Return once the agent has nothing left to do right now. For in-process tests: drive
@@ -417,7 +436,7 @@ class Agent:
             await self._parked_event.wait()
             if self.deferral.pending is not None:  # idle means written: ask for it now
                 self._flush_asked = True
-                self._wake.set()
+                self._nudge()
                 await asyncio.sleep(0)
                 continue
             for worker, _task in list(self.workers.values()):
@@ -438,7 +457,7 @@ class Agent:
             return False
         waits, deadline = self._parked
         return (
-            not self._wake.is_set()  # reload, agent signal or stop pending
+            not self._wake  # reload, agent signal or stop pending
             and self.deferral.pending is None  # a commit waits to be written
             and self._settle is None  # a due deadline waits for its sources' reads
             and self._compiling is None  # a reload's patterns are compiling
@@ -753,21 +772,22 @@ class Agent:
         return True
 
     async def _processor(self) -> None:
-        getter: asyncio.Task[Batch] | None = None
-        # kept until it fires: one task for all the batches between two wake-ups, not one each
-        waker: asyncio.Future[Any] | None = None
-        # the same for the sleep until the next deadline, while that deadline stays the same
+        """The one writer: handles what it is asked (a flush, a reload, agent signals,
+        silences), runs due deadlines, and otherwise parks on one future (``_bell``) that a
+        batch put, a nudge, the next deadline on the clock or a compile done resolves: no task
+        per batch, no ``asyncio.wait`` per wake-up."""
+        # kept until it fires: the sleep until the next deadline, while that deadline stays
         sleeper: tuple[datetime, asyncio.Future[Any]] | None = None
+        # parked since a batch was last taken: the next batch put counts as handed over while
+        # parked until the deadline (``_handle_handed``), even if the processor finds it after
+        # other work
+        armed = False
         while not self._stop.is_set():
+            self._wake = False  # what is asked from here on is looked at below, or wakes it
             if self._flush_asked:  # DEFER_S passed, or wait_idle() asks
                 self._flush_asked = False
                 await self._commit(Commit())
             if self._compiling is not None and self._compiling[1].done():
-                if getter is not None:
-                    getter.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await getter
-                    getter = None
                 config, compiled, before = self._compiling
                 self._compiling = None
                 await self._reload(config, compiled.result(), before)
@@ -790,9 +810,9 @@ class Agent:
             now = self.clock.now()
             settle: _Settle | None = None
             if deadline is not None and deadline <= now:
-                if getter is not None and getter.done():  # a batch taken meanwhile goes first
-                    batch, getter = getter.result(), None
-                    await self._handle_handed(batch, deadline)
+                if armed and not self.queue.empty():  # a batch handed over meanwhile goes first
+                    armed = False
+                    await self._handle_handed(self.queue.get_nowait(), deadline)
                     continue
                 settle = self._settling(deadline, now)
                 if settle is None or settle.ready(now):
@@ -802,46 +822,68 @@ class Agent:
                     continue
             elif self._settle is not None:  # what it waited for arrived: no longer due
                 self._settle = None
-            if getter is None:
-                getter = asyncio.create_task(self.queue.get())
-            if waker is None or waker.done():
-                self._wake.clear()
-                waker = asyncio.ensure_future(self._wake.wait())
-            waits: set[asyncio.Future[Any]] = {getter, waker}
-            if self._compiling is not None:
-                waits.add(self._compiling[1])
-            if settle is not None:  # the reads, and the settle delay on the clock
-                waits.update(asyncio.shield(f) for f in settle.reads.values() if not f.done())
-                waits.add(asyncio.ensure_future(self.clock.sleep_until(settle.until)))
-            elif deadline is not None:
-                if sleeper is None or sleeper[0] != deadline or sleeper[1].done():
-                    if sleeper is not None:
-                        sleeper[1].cancel()
-                    sleeper = (deadline, asyncio.ensure_future(self.clock.sleep_until(deadline)))
-                waits.add(sleeper[1])
-            elif not caught_up:
-                waits.add(asyncio.ensure_future(asyncio.sleep(CATCH_UP_RECHECK_S)))
-            self._parked = (waits, deadline)  # for wait_idle()
-            if caught_up:
-                self._parked_event.set()
-            done, pending = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
-            self._parked = None
-            self._parked_event.clear()
-            kept = (getter, waker, sleeper[1] if sleeper is not None else None)
-            for fut in pending:
-                if fut not in kept and fut not in self._compiling_futures():
-                    fut.cancel()
-            if getter in done:
-                batch = getter.result()
-                getter = None
-                await self._handle_handed(batch, deadline)
-        if getter is not None:
-            getter.cancel()
-        if waker is not None:
-            waker.cancel()
+            if self._wake or self._flush_asked:
+                continue  # asked for something meanwhile: look again before parking
+            armed = True
+            stale = sleeper is None or sleeper[0] != deadline or sleeper[1].done()
+            if settle is None and deadline is not None and stale:
+                if sleeper is not None:
+                    sleeper[1].cancel()
+                sleeper = (deadline, self._sleep_until(deadline))
+            if self.queue.empty():
+                await self._park(settle, deadline, caught_up, sleeper)
+            if not self.queue.empty():
+                armed = False
+                await self._handle_handed(self.queue.get_nowait(), deadline)
         if sleeper is not None:
             sleeper[1].cancel()
         await self._write_deferred()
+
+    def _sleep_until(self, at: datetime) -> asyncio.Future[Any]:
+        """A sleep on the clock that rings the processor's bell when it ends."""
+        fut = asyncio.ensure_future(self.clock.sleep_until(at))
+        fut.add_done_callback(self._ring_cb)
+        return fut
+
+    async def _park(
+        self,
+        settle: _Settle | None,
+        deadline: datetime | None,
+        caught_up: bool,
+        sleeper: tuple[datetime, asyncio.Future[Any]] | None,
+    ) -> None:
+        """Until the bell rings: a batch put, a nudge, and, by what the processor waits for
+        now, the settle's reads or its delay, the next deadline on the clock (the sleep kept
+        while that deadline stays the same: ``sleeper``), a reload's compile, the re-check of
+        sources still catching up."""
+        bell = self._bell = asyncio.get_running_loop().create_future()
+        waits: set[asyncio.Future[Any]] = {bell}
+        temporary: list[asyncio.Future[Any]] = []  # cancelled after: made for this park only
+        if settle is not None:  # the reads, and the settle delay on the clock
+            temporary.extend(asyncio.shield(f) for f in settle.reads.values() if not f.done())
+            temporary.append(asyncio.ensure_future(self.clock.sleep_until(settle.until)))
+        elif deadline is not None:
+            assert sleeper is not None and sleeper[0] == deadline
+            waits.add(sleeper[1])  # it rings the bell itself (``_sleep_until``)
+        elif not caught_up:
+            temporary.append(asyncio.ensure_future(asyncio.sleep(CATCH_UP_RECHECK_S)))
+        watched = [*temporary, *self._compiling_futures()]
+        for fut in watched:
+            fut.add_done_callback(self._ring_cb)
+        waits.update(watched)
+        self._parked = (waits, deadline)  # for wait_idle()
+        if caught_up:
+            self._parked_event.set()
+        try:
+            await bell
+        finally:
+            self._parked = None
+            self._parked_event.clear()
+            self._bell = None
+            for fut in watched:
+                fut.remove_done_callback(self._ring_cb)
+            for fut in temporary:
+                fut.cancel()
 
     async def _handle_handed(self, batch: Batch, deadline: datetime | None) -> None:
         """``_handle_batches`` of a batch the processor took while parked until ``deadline``
@@ -1025,7 +1067,7 @@ class Agent:
     def _defer_due(self) -> None:
         """``DEFER_S`` after a commit began to wait: the processor writes it (``_flush_asked``)."""
         self._flush_asked = True
-        self._wake.set()
+        self._nudge()
 
     async def _write_deferred(self) -> None:
         """Write the deferred commit now (the processor has stopped: at shutdown). A state file
@@ -1241,7 +1283,7 @@ class Agent:
                 s.to_json() for s in self.pipeline.muter.silences
             ]:
                 self._pending_silences = silences
-                self._wake.set()
+                self._nudge()
 
     async def _mark_alive(
         self, status: dict[str, Any] | None = None, stopped: bool = False
