@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import functools
 import logging
 import signal
@@ -49,7 +50,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 
@@ -100,12 +101,8 @@ COALESCE_S = 0.25
 """...and no more once processing them took this long (physical time): the event loop, and with it
 the systemd watchdog ping, must not wait for eight slow batches (lines at the regex budget)."""
 DEFER_S = 0.2
-"""A commit that holds only read positions, rule state and changed rule alerts (no notification,
-no agent record or agent alert) is not written at once but with the next commit, at most this
-long after it (physical time), and at once before a reload, at a stop and when a test waits for
-idle (``_defer``). A crash meanwhile loses nothing: its read positions were not committed either,
-so its lines are read again and produce the same state. A commit with a notification is written
-at once (with what waits before it): latency."""
+"""How long a commit may wait to be written (physical time): what may wait and what never does
+is decided in one place, :class:`Deferral`."""
 ALIVE_EVERY_S = 15.0
 CONFIG_POLL_S = 1.0
 OPEN_WAIT_S = 15.0
@@ -117,6 +114,39 @@ OUTBOX_KEEP = timedelta(days=7)
 SILENCE_POLL_S = 1.0
 """How often the agent looks whether ``detector silence`` changed the silences table (one
 ``PRAGMA data_version``; the table is read only when it moved)."""
+
+
+T = TypeVar("T")
+
+
+async def in_thread(fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
+    """``fn(*args, **kwargs)`` in a thread of its own, ended with the call: the agent's
+    blocking calls (reading the config, opening the state file, compiling patterns) are rare, and
+    ``asyncio.to_thread``'s default executor keeps every thread it ever started, idle, for
+    good: one for each of the start-up's calls that ran at once (an agent at rest with 5 to 7
+    threads instead of 4)."""
+    loop = asyncio.get_running_loop()
+    fut: asyncio.Future[T] = loop.create_future()
+    ctx = contextvars.copy_context()
+
+    def settle(result: T | None, error: BaseException | None) -> None:
+        if fut.done():  # the awaiting task was cancelled meanwhile
+            return
+        if error is not None:
+            fut.set_exception(error)
+        else:
+            fut.set_result(result)  # type: ignore[arg-type]
+
+    def run() -> None:
+        try:
+            result, error = ctx.run(fn, *args, **kwargs), None
+        except BaseException as e:  # handed to the awaiting task
+            result, error = None, e
+        with contextlib.suppress(RuntimeError):  # the loop closed meanwhile (a stop)
+            loop.call_soon_threadsafe(settle, result, error)
+
+    threading.Thread(target=run, name=getattr(fn, "__name__", "call")).start()
+    return await fut
 
 
 def build_source(
@@ -144,6 +174,100 @@ def reads_other_fields(name: str, old: Config, new: Config) -> bool:
     return journal_fields(old, name) != journal_fields(new, name)
 
 
+class Deferral:
+    """Which commit may wait to be written, and the one that waits (``pending``): the one place
+    that decides it (``Agent._commit`` asks :meth:`offer` before every write).
+
+    The pipeline in memory is always exactly the state file plus ``pending``: nothing is
+    processed between a pipeline step and its commit, and the next commit absorbs the pending
+    one (committing the two together is committing one, then the other). So a crash while one
+    waits loses nothing and counts nothing twice: its read positions were not written either,
+    and its lines, read again, produce the same state.
+
+    *May wait* (at most ``DEFER_S``, then written; until then absorbed by any later commit) —
+    a batch's or a deadline round's commit (``defer=True``) holding only:
+
+    - read positions that move a checkpoint the state file already holds (``known``);
+    - rule state;
+    - rule alerts changed without a notification (an open alert's count, last hit and samples:
+      what every batch of a busy log changes; their rows are built once, when written).
+
+    *Never waits* (written at once, with what waits before it):
+
+    - a notification (an outbox row): its POST waits for its commit, so waiting is latency;
+    - an agent record (``meta``), an agent alert, an alert deleted: the agent's own state and
+      problems are never behind what it says;
+    - a file's first checkpoint (a new file, a rotated one found, where a first start begins), a
+      checkpoint deleted, a journal's first cursor: lost in a crash, the next start would not
+      know the file or where it began and would apply ``start_at`` again, skipping lines;
+    - anything once the agent stops, and the commits that are not a batch's or a deadline
+      round's (agent signals, silences, the start-up schedules, a reload's);
+    - what waits is written at once before a reload reads rule state back, at a stop and when a
+      test waits for idle (``Agent._flush_asked``), and ``DEFER_S`` after it began to wait.
+
+    The processor's order obeys the same rule the other way round: a batch handed over before a
+    due deadline runs never waits behind it; it is processed first and its lines are judged as
+    of the deadline, like a settle's reads (``Agent._handle_handed``, ``Agent._when_for``)."""
+
+    def __init__(self, due: Callable[[], None]) -> None:
+        self.pending: Commit | None = None
+        self.known: set[tuple[str, str]] = set()
+        """(source, key) of every checkpoint in the state file (read at start, then kept by
+        :meth:`written`)."""
+        self._due = due  # called DEFER_S after a commit began to wait
+        self._timer: asyncio.TimerHandle | None = None
+
+    def offer(self, commit: Commit, *, defer: bool, stopping: bool) -> Commit | None:
+        """The commit to write now: ``commit`` after what waits (None: nothing to write, or it
+        waits, held as ``pending``). ``defer``: a batch's or a deadline round's commit."""
+        if self.pending is not None:
+            self.pending.absorb(commit)
+            commit, self.pending = self.pending, None
+        if commit.empty():
+            return None
+        if defer and not stopping and self._may_wait(commit):
+            self.pending = commit
+            if self._timer is None:
+                self._timer = asyncio.get_running_loop().call_later(DEFER_S, self._fire)
+            return None
+        self.cancel_timer()
+        return commit
+
+    def take(self) -> Commit | None:
+        """What waits, to write now whatever it holds (at the stop)."""
+        commit, self.pending = self.pending, None
+        self.cancel_timer()
+        return commit
+
+    def written(self, commit: Commit) -> None:
+        """``commit`` is in the state file: its checkpoints are known from now on."""
+        for cp in commit.checkpoints:
+            if cp.delete:
+                self.known.discard((cp.source, cp.key))
+            else:
+                self.known.add((cp.source, cp.key))
+
+    def cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _may_wait(self, commit: Commit) -> bool:
+        if commit.outbox or commit.meta:
+            return False
+        if any(a is None or a.kind == "agent" for a in commit.changed.values()):
+            return False
+        if any(row is None or row["kind"] == "agent" for row in commit.alerts.values()):
+            return False
+        known = self.known
+        return all(not cp.delete and (cp.source, cp.key) in known for cp in commit.checkpoints)
+
+    def _fire(self) -> None:
+        self._timer = None
+        if self.pending is not None:
+            self._due()
+
+
 class BatchQueue(asyncio.Queue[Batch]):
     """An :class:`asyncio.Queue` of batches that is also full while it holds ``max_bytes`` of
     blocks or more (the hooks ``_put``/``_get`` are those ``asyncio.PriorityQueue`` uses)."""
@@ -152,6 +276,9 @@ class BatchQueue(asyncio.Queue[Batch]):
         super().__init__(maxsize)
         self.max_bytes = max_bytes
         self.bytes = 0
+        self.arrived: Callable[[], None] = lambda: None
+        """Called with each batch put: the processor's doorbell (it takes batches with
+        ``get_nowait``, no task waiting in ``get`` per batch)."""
 
     def full(self) -> bool:
         return self.bytes >= self.max_bytes or super().full()
@@ -159,6 +286,7 @@ class BatchQueue(asyncio.Queue[Batch]):
     def _put(self, item: Batch) -> None:
         self.bytes += len(item.block) if item.block else 0
         super()._put(item)
+        self.arrived()
 
     def _get(self) -> Batch:
         item = super()._get()
@@ -223,7 +351,8 @@ class Agent:
             status_line=self._status_line,
         )
         self._stop = asyncio.Event()
-        self._wake = asyncio.Event()
+        self._wake = False  # a reload, agent signal, stop… the processor has not looked at yet
+        self._bell: asyncio.Future[None] | None = None  # what the parked processor awaits
         self._reload_requested = False
         self._reload_explicit = False
         self._watch_base: Snapshot | None = None  # the config's files as last read
@@ -237,7 +366,8 @@ class Agent:
         self._upgrading: tuple[asyncio.Future[list[str]], threading.Event] | None = None
         """The full databases of the newest matcher compiling in a thread (``_upgrade``), until
         their compile has ended and said so."""
-        self.queue: asyncio.Queue[Batch] = BatchQueue(QUEUE_BYTES, maxsize=QUEUE_BATCHES)
+        self.queue = BatchQueue(QUEUE_BYTES, maxsize=QUEUE_BATCHES)
+        self.queue.arrived = self._ring
         self.sources: dict[str, _Running] = {}
         self.workers: dict[str, tuple[DeliveryWorker, asyncio.Task[None]]] = {}
         self.down_since: datetime | None = None
@@ -246,19 +376,14 @@ class Agent:
         self._parked: tuple[set[asyncio.Future[Any]], datetime | None] | None = None
         self._parked_event = asyncio.Event()
         self._settle: _Settle | None = None
-        self._due_at: datetime | None = None
-        """A due deadline whose run waits for a batch handed over before it (``_processor``)."""
         """An expectation deadline that is due, waiting for its sources' reads (``_settling``)."""
+        self._due_at: datetime | None = None
+        """The due deadline a batch being processed was handed over before (``_handle_handed``):
+        its lines are judged as of it."""
         self._lagging: dict[str, asyncio.Future[None]] = {}
         """Sources whose read outlived a settle: not waited for again until it is done."""
-        self._deferred: Commit | None = None
-        """What the processed batches changed that is not written yet (``DEFER_S``): the pipeline
-        in memory is always exactly the state file plus this (nothing is processed between a
-        pipeline step and its ``_commit``, and a later commit absorbs it)."""
-        self._defer_timer: asyncio.TimerHandle | None = None
-        self._committed_keys: set[tuple[str, str]] = set()
-        """(source, key) of every checkpoint in the state file: only a commit that moves those
-        may wait (``_deferrable``)."""
+        self.deferral = Deferral(self._defer_due)
+        """What may wait to be written, and what waits (see :class:`Deferral`)."""
         self._flush_asked = False
 
     @property
@@ -269,21 +394,34 @@ class Agent:
 
     # ---------------------------------------------------------------- public controls
 
+    def _nudge(self) -> None:
+        """Something for the processor to look at (a reload, an agent signal, a stop…)."""
+        self._wake = True
+        self._ring()
+
+    def _ring(self) -> None:
+        """Wake the parked processor (a batch put, a nudge, a deadline or a compile done)."""
+        if self._bell is not None and not self._bell.done():
+            self._bell.set_result(None)
+
+    def _ring_cb(self, _fut: asyncio.Future[Any]) -> None:
+        self._ring()
+
     def request_stop(self) -> None:
         self._stop.set()
-        self._wake.set()
+        self._nudge()
 
     def request_reload(self, explicit: bool = True) -> None:
         """Reload rules.yaml. ``explicit``: asked for (SIGHUP, ``systemctl reload``), so a refusal
         is reported at once; the file watcher's reloads get a grace period."""
         self._reload_requested = True
         self._reload_explicit = self._reload_explicit or explicit
-        self._wake.set()
+        self._nudge()
 
     def raise_agent_signal(self, s: Signal) -> None:
         """Hand an agent alert to the processor (callable from any task on the loop)."""
         self._pending_signals.append(s)
-        self._wake.set()
+        self._nudge()
 
     async def wait_idle(self) -> None:
         """Return once the agent has nothing left to do right now. For in-process tests: drive
@@ -296,9 +434,9 @@ class Agent:
         read (``pipeline.lines_read``), then for idle. Never returns once the agent stopped."""
         while True:
             await self._parked_event.wait()
-            if self._deferred is not None:  # idle means written: ask for it now
+            if self.deferral.pending is not None:  # idle means written: ask for it now
                 self._flush_asked = True
-                self._wake.set()
+                self._nudge()
                 await asyncio.sleep(0)
                 continue
             for worker, _task in list(self.workers.values()):
@@ -319,8 +457,8 @@ class Agent:
             return False
         waits, deadline = self._parked
         return (
-            not self._wake.is_set()  # reload, agent signal or stop pending
-            and self._deferred is None  # a commit waits to be written
+            not self._wake  # reload, agent signal or stop pending
+            and self.deferral.pending is None  # a commit waits to be written
             and self._settle is None  # a due deadline waits for its sources' reads
             and self._compiling is None  # a reload's patterns are compiling
             and self._upgrading is None  # the full databases are compiling
@@ -335,7 +473,7 @@ class Agent:
     # ---------------------------------------------------------------- start-up
 
     async def run(self) -> int:
-        config = await asyncio.to_thread(load_config, self.config_path, self.env)
+        config = await in_thread(load_config, self.config_path, self.env)
         self.config = config
         await self._rebase_watch(tuple(i.glob for i in config.includes), None)
         self.monitor.config = config
@@ -384,8 +522,8 @@ class Agent:
         while True:
             now = self.clock.now()
             try:
-                store, corrupt = await asyncio.to_thread(open_store, config.agent.state, now)
-                prior = await asyncio.to_thread(begin_run, store, now)
+                store, corrupt = await in_thread(open_store, config.agent.state, now)
+                prior = await in_thread(begin_run, store, now)
                 break
             except StateLocked as e:  # another agent on this file: a configuration error
                 log.error("cannot start: %s", e)
@@ -416,7 +554,7 @@ class Agent:
         compiling = asyncio.ensure_future(self._compile(config))
         alert_rows = alert_rows_of(await self.db.run(lambda s: s.load_alert_chunks()))
         states = await self.db.run(all_rule_state)
-        self._committed_keys = await self.db.run(_checkpoint_keys)
+        self.deferral.known = await self.db.run(_checkpoint_keys)
         for webhook in config.webhooks:
             self._start_worker(webhook)
         for name, cfg in config.sources.items():
@@ -634,21 +772,22 @@ class Agent:
         return True
 
     async def _processor(self) -> None:
-        getter: asyncio.Task[Batch] | None = None
-        # kept until it fires: one task for all the batches between two wake-ups, not one each
-        waker: asyncio.Future[Any] | None = None
-        # the same for the sleep until the next deadline, while that deadline stays the same
+        """The one writer: handles what it is asked (a flush, a reload, agent signals,
+        silences), runs due deadlines, and otherwise parks on one future (``_bell``) that a
+        batch put, a nudge, the next deadline on the clock or a compile done resolves: no task
+        per batch, no ``asyncio.wait`` per wake-up."""
+        # kept until it fires: the sleep until the next deadline, while that deadline stays
         sleeper: tuple[datetime, asyncio.Future[Any]] | None = None
+        # parked since a batch was last taken: the next batch put counts as handed over while
+        # parked until the deadline (``_handle_handed``), even if the processor finds it after
+        # other work
+        armed = False
         while not self._stop.is_set():
+            self._wake = False  # what is asked from here on is looked at below, or wakes it
             if self._flush_asked:  # DEFER_S passed, or wait_idle() asks
                 self._flush_asked = False
                 await self._commit(Commit())
             if self._compiling is not None and self._compiling[1].done():
-                if getter is not None:
-                    getter.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await getter
-                    getter = None
                 config, compiled, before = self._compiling
                 self._compiling = None
                 await self._reload(config, compiled.result(), before)
@@ -671,9 +810,9 @@ class Agent:
             now = self.clock.now()
             settle: _Settle | None = None
             if deadline is not None and deadline <= now:
-                if getter is not None and getter.done():  # a batch taken meanwhile goes first
-                    batch, getter = getter.result(), None
-                    await self._handle_handed(batch, deadline)
+                if armed and not self.queue.empty():  # a batch handed over meanwhile goes first
+                    armed = False
+                    await self._handle_handed(self.queue.get_nowait(), deadline)
                     continue
                 settle = self._settling(deadline, now)
                 if settle is None or settle.ready(now):
@@ -683,46 +822,68 @@ class Agent:
                     continue
             elif self._settle is not None:  # what it waited for arrived: no longer due
                 self._settle = None
-            if getter is None:
-                getter = asyncio.create_task(self.queue.get())
-            if waker is None or waker.done():
-                self._wake.clear()
-                waker = asyncio.ensure_future(self._wake.wait())
-            waits: set[asyncio.Future[Any]] = {getter, waker}
-            if self._compiling is not None:
-                waits.add(self._compiling[1])
-            if settle is not None:  # the reads, and the settle delay on the clock
-                waits.update(asyncio.shield(f) for f in settle.reads.values() if not f.done())
-                waits.add(asyncio.ensure_future(self.clock.sleep_until(settle.until)))
-            elif deadline is not None:
-                if sleeper is None or sleeper[0] != deadline or sleeper[1].done():
-                    if sleeper is not None:
-                        sleeper[1].cancel()
-                    sleeper = (deadline, asyncio.ensure_future(self.clock.sleep_until(deadline)))
-                waits.add(sleeper[1])
-            elif not caught_up:
-                waits.add(asyncio.ensure_future(asyncio.sleep(CATCH_UP_RECHECK_S)))
-            self._parked = (waits, deadline)  # for wait_idle()
-            if caught_up:
-                self._parked_event.set()
-            done, pending = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
-            self._parked = None
-            self._parked_event.clear()
-            kept = (getter, waker, sleeper[1] if sleeper is not None else None)
-            for fut in pending:
-                if fut not in kept and fut not in self._compiling_futures():
-                    fut.cancel()
-            if getter in done:
-                batch = getter.result()
-                getter = None
-                await self._handle_handed(batch, deadline)
-        if getter is not None:
-            getter.cancel()
-        if waker is not None:
-            waker.cancel()
+            if self._wake or self._flush_asked:
+                continue  # asked for something meanwhile: look again before parking
+            armed = True
+            stale = sleeper is None or sleeper[0] != deadline or sleeper[1].done()
+            if settle is None and deadline is not None and stale:
+                if sleeper is not None:
+                    sleeper[1].cancel()
+                sleeper = (deadline, self._sleep_until(deadline))
+            if self.queue.empty():
+                await self._park(settle, deadline, caught_up, sleeper)
+            if not self.queue.empty():
+                armed = False
+                await self._handle_handed(self.queue.get_nowait(), deadline)
         if sleeper is not None:
             sleeper[1].cancel()
         await self._write_deferred()
+
+    def _sleep_until(self, at: datetime) -> asyncio.Future[Any]:
+        """A sleep on the clock that rings the processor's bell when it ends."""
+        fut = asyncio.ensure_future(self.clock.sleep_until(at))
+        fut.add_done_callback(self._ring_cb)
+        return fut
+
+    async def _park(
+        self,
+        settle: _Settle | None,
+        deadline: datetime | None,
+        caught_up: bool,
+        sleeper: tuple[datetime, asyncio.Future[Any]] | None,
+    ) -> None:
+        """Until the bell rings: a batch put, a nudge, and, by what the processor waits for
+        now, the settle's reads or its delay, the next deadline on the clock (the sleep kept
+        while that deadline stays the same: ``sleeper``), a reload's compile, the re-check of
+        sources still catching up."""
+        bell = self._bell = asyncio.get_running_loop().create_future()
+        waits: set[asyncio.Future[Any]] = {bell}
+        temporary: list[asyncio.Future[Any]] = []  # cancelled after: made for this park only
+        if settle is not None:  # the reads, and the settle delay on the clock
+            temporary.extend(asyncio.shield(f) for f in settle.reads.values() if not f.done())
+            temporary.append(asyncio.ensure_future(self.clock.sleep_until(settle.until)))
+        elif deadline is not None:
+            assert sleeper is not None and sleeper[0] == deadline
+            waits.add(sleeper[1])  # it rings the bell itself (``_sleep_until``)
+        elif not caught_up:
+            temporary.append(asyncio.ensure_future(asyncio.sleep(CATCH_UP_RECHECK_S)))
+        watched = [*temporary, *self._compiling_futures()]
+        for fut in watched:
+            fut.add_done_callback(self._ring_cb)
+        waits.update(watched)
+        self._parked = (waits, deadline)  # for wait_idle()
+        if caught_up:
+            self._parked_event.set()
+        try:
+            await bell
+        finally:
+            self._parked = None
+            self._parked_event.clear()
+            self._bell = None
+            for fut in watched:
+                fut.remove_done_callback(self._ring_cb)
+            for fut in temporary:
+                fut.cancel()
 
     async def _handle_handed(self, batch: Batch, deadline: datetime | None) -> None:
         """``_handle_batches`` of a batch the processor took while parked until ``deadline``
@@ -849,28 +1010,18 @@ class Agent:
                 h.inc("lines_matched", n - matched_before.get(rule, 0), rule=rule)
 
     async def _commit(self, commit: Commit, *, defer: bool = False) -> None:
-        """Write ``commit`` in one transaction, together with what waits before it
-        (``_deferred``). ``defer``: a batch's or a deadline's commit, which may wait for the next
-        one when it holds only read positions and rule state (``DEFER_S``).
+        """Write ``commit`` in one transaction, together with what waits before it, unless
+        :class:`Deferral` lets it wait. ``defer``: a batch's or a deadline round's commit.
 
         If the state file fails (disk full, read-only), the agent does not exit: it reports the
         problem with alerts sent straight from memory, holds the commit (read positions
         included: nothing read is lost) and retries it every RETRY_S; meanwhile the bounded
         queue stops the sources. A stop while it waits drops the commit: what it held is read
         again at the next start."""
-        if self._deferred is not None:  # committing the two together = one, then the other
-            self._deferred.absorb(commit)
-            commit, self._deferred = self._deferred, None
-        if commit.empty():
+        ready = self.deferral.offer(commit, defer=defer, stopping=self._stop.is_set())
+        if ready is None:  # nothing to write, or it may wait
             return
-        if defer and self._deferrable(commit):
-            self._deferred = commit
-            if self._defer_timer is None:
-                self._defer_timer = asyncio.get_running_loop().call_later(DEFER_S, self._defer_due)
-            return
-        if self._defer_timer is not None:
-            self._defer_timer.cancel()
-            self._defer_timer = None
+        commit = ready
         db = self.db
         failing = False
         while True:
@@ -899,7 +1050,7 @@ class Agent:
         if failing:
             self.monitor.state_ok()
         self.state.commits += 1
-        self._note_committed(commit)
+        self.deferral.written(commit)
         woken: set[str] = set()
         seen_events: set[str] = set()
         for row in commit.outbox:
@@ -913,46 +1064,15 @@ class Agent:
                 woken.add(row.webhook)
                 self.workers[row.webhook][0].wake(handed.get(row.webhook))
 
-    def _deferrable(self, commit: Commit) -> bool:
-        """Whether ``commit`` may wait (``DEFER_S``): no notification or agent record (an agent
-        alert included), and every checkpoint moves one the state file already holds. Changed
-        rule alerts may wait with it (an open alert's count, last hit and samples: what every
-        batch of a busy log changes; their rows are then built once, when it is written); a
-        notification, an agent alert or an alert deleted is written at once.
-        A file's first checkpoint (a new file, a rotated one found, the place a first start
-        begins at), a deletion, or a journal's first cursor is written at once: lost in a crash,
-        the next start would not know the file or where it began and would apply ``start_at``
-        again, skipping lines."""
-        if commit.outbox or commit.meta or self._stop.is_set():
-            return False
-        if any(a is None or a.kind == "agent" for a in commit.changed.values()):
-            return False
-        if any(row is None or row["kind"] == "agent" for row in commit.alerts.values()):
-            return False
-        keys = self._committed_keys
-        return all(not cp.delete and (cp.source, cp.key) in keys for cp in commit.checkpoints)
-
-    def _note_committed(self, commit: Commit) -> None:
-        for cp in commit.checkpoints:
-            if cp.delete:
-                self._committed_keys.discard((cp.source, cp.key))
-            else:
-                self._committed_keys.add((cp.source, cp.key))
-
     def _defer_due(self) -> None:
-        """``DEFER_S`` after a commit was deferred: the processor writes it (``_flush_asked``)."""
-        self._defer_timer = None
-        if self._deferred is not None:
-            self._flush_asked = True
-            self._wake.set()
+        """``DEFER_S`` after a commit began to wait: the processor writes it (``_flush_asked``)."""
+        self._flush_asked = True
+        self._nudge()
 
     async def _write_deferred(self) -> None:
         """Write the deferred commit now (the processor has stopped: at shutdown). A state file
         that fails drops it: its lines are read again at the next start."""
-        commit, self._deferred = self._deferred, None
-        if self._defer_timer is not None:
-            self._defer_timer.cancel()
-            self._defer_timer = None
+        commit = self.deferral.take()
         if commit is None or self._db is None:
             return
         commit.meta["last_alive_at"] = self.clock.now().isoformat()
@@ -963,7 +1083,7 @@ class Agent:
             log.warning("cannot commit to the state file at the stop: %s", e)
             return
         self.state.commits += 1
-        self._note_committed(commit)
+        self.deferral.written(commit)
 
     async def _compile(self, config: Config) -> Matcher:
         """``build_matcher(config)`` in a thread (Hyperscan releases the GIL while it compiles),
@@ -973,7 +1093,7 @@ class Agent:
         started = time.perf_counter()
         cancel = threading.Event()
         try:
-            matcher = await asyncio.to_thread(build_matcher, config, cancel.is_set, quick=True)
+            matcher = await in_thread(build_matcher, config, cancel.is_set, quick=True)
         except asyncio.CancelledError:
             cancel.set()  # the thread stops after the databases it is building
             raise
@@ -1002,7 +1122,7 @@ class Agent:
             return
         started = time.perf_counter()
         cancel = threading.Event()
-        fut = asyncio.ensure_future(asyncio.to_thread(upgrade_matcher, matcher, cancel.is_set))
+        fut = asyncio.ensure_future(in_thread(upgrade_matcher, matcher, cancel.is_set))
         self._upgrading = (fut, cancel)
 
         def done(fut: asyncio.Future[list[str]]) -> None:
@@ -1037,9 +1157,9 @@ class Agent:
         matching with the old rules; ``_reload`` swaps once the new matcher is ready."""
         self.notifier.reloading()
         assert self._watch_base is not None
-        before = await asyncio.to_thread(snapshot, self.config_path, self._watch_base[0])
+        before = await in_thread(snapshot, self.config_path, self._watch_base[0])
         try:
-            config = await asyncio.to_thread(load_config, self.config_path, self.env)
+            config = await in_thread(load_config, self.config_path, self.env)
         except (ConfigError, OSError) as e:
             # the include globs of the refused file when known: the fix of a file it newly
             # includes is a change too
@@ -1115,7 +1235,7 @@ class Agent:
             self._watch_base = before
             return
         assert globs is not None
-        self._watch_base = await asyncio.to_thread(snapshot, self.config_path, globs)
+        self._watch_base = await in_thread(snapshot, self.config_path, globs)
 
     async def _watch_config(self) -> None:
         """Reload when rules.yaml or a file it includes changes on disk, appears or goes
@@ -1163,7 +1283,7 @@ class Agent:
                 s.to_json() for s in self.pipeline.muter.silences
             ]:
                 self._pending_silences = silences
-                self._wake.set()
+                self._nudge()
 
     async def _mark_alive(
         self, status: dict[str, Any] | None = None, stopped: bool = False

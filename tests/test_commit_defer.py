@@ -9,9 +9,12 @@ and the next commit loses nothing and counts nothing twice.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -22,7 +25,7 @@ import pytest
 from detector import service
 from detector.clock import FakeClock
 from detector.service import Agent
-from tests.agent_inproc import RULES, rule_alerts, until
+from tests.agent_inproc import RULES, rule_alerts, running, until
 from tests.agent_proc import AgentProcess, config_in, free_port
 from tests.receiver import Receiver
 from tests.waiting import query, read_positions, settled
@@ -36,16 +39,35 @@ def append(path: Path, *lines: str) -> None:
             f.write(line + "\n")
 
 
-@pytest.fixture
+@dataclass
+class InProcess:
+    agent: Agent
+    rx: Receiver
+    log: Path
+    state: Path
+    cfg: Path
+
+
+@contextlib.asynccontextmanager
+async def agent_on(tmp_path: Path, rules: str = RULES, **fields: str) -> AsyncIterator[InProcess]:
+    """The agent in process on ``rules`` (formatted with ``log``, the file ``tmp_path/app.log``,
+    created if missing, and ``fields``), caught up, posting to a receiver; stopped at the end,
+    which must exit 0. The test module's ``DEFER_S`` is long (``long_defer``): only the agent's
+    own reasons write a commit that may wait."""
+    log, state = tmp_path / "app.log", tmp_path / "state.db"
+    log.touch()
+    async with Receiver() as rx:
+        cfg = config_in(tmp_path, rules.format(log=log, **fields), rx.url + "/hook")
+        async with running(cfg, FakeClock(T0)) as agent:
+            await until(
+                lambda: hasattr(agent, "pipeline") and agent.state.caught_up, what="caught up"
+            )
+            yield InProcess(agent, rx, log, state, cfg)
+
+
+@pytest.fixture(autouse=True)
 def long_defer(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(service, "DEFER_S", 3600.0)
-
-
-async def _start(cfg: Path) -> tuple[Agent, asyncio.Task[int]]:
-    agent = Agent(cfg, FakeClock(T0))
-    task = asyncio.create_task(agent.run())
-    await until(lambda: hasattr(agent, "pipeline") and agent.state.caught_up, what="caught up")
-    return agent, task
 
 
 async def processed(agent: Agent, n: int) -> None:
@@ -53,38 +75,30 @@ async def processed(agent: Agent, n: int) -> None:
     await until(lambda: agent.pipeline.lines_read.get("app", 0) >= n, what=f"{n} lines read")
 
 
-@pytest.mark.usefixtures("long_defer")
 async def test_a_batch_without_alert_is_committed_with_the_next_alert_or_at_idle(
     tmp_path: Path,
 ) -> None:
-    log, state = tmp_path / "app.log", tmp_path / "state.db"
-    log.touch()
-    async with Receiver() as rx:
-        cfg = config_in(tmp_path, RULES.format(log=log), rx.url + "/hook")
-        agent, task = await _start(cfg)
-        try:
-            await agent.wait_idle()
-            start = read_positions(state).get(str(log))
-            append(log, "INFO one", "INFO two")
-            await processed(agent, 2)
-            assert read_positions(state).get(str(log)) == start  # waiting, not written
-            assert agent._deferred is not None
+    async with agent_on(tmp_path) as a:
+        log, state = a.log, a.state
+        await a.agent.wait_idle()
+        start = read_positions(state).get(str(log))
+        append(log, "INFO one", "INFO two")
+        await processed(a.agent, 2)
+        assert read_positions(state).get(str(log)) == start  # waiting, not written
+        assert a.agent.deferral.pending is not None
 
-            append(log, "ERROR 1 disk full")
-            await rx.wait_for(1, within=10)
-            # the alert's commit carried the waiting one: everything read is committed
-            assert read_positions(state)[str(log)] == log.stat().st_size
-            assert agent._deferred is None
+        append(log, "ERROR 1 disk full")
+        await a.rx.wait_for(1, within=10)
+        # the alert's commit carried the waiting one: everything read is committed
+        assert read_positions(state)[str(log)] == log.stat().st_size
+        assert a.agent.deferral.pending is None
 
-            append(log, "INFO three")
-            await processed(agent, 4)
-            assert read_positions(state)[str(log)] < log.stat().st_size
-            await agent.wait_idle()  # idle means written
-            assert read_positions(state)[str(log)] == log.stat().st_size
-            assert [a["labels"]["n"] for a in rule_alerts(rx)] == ["1"]
-        finally:
-            agent.request_stop()
-            assert await task == 0
+        append(log, "INFO three")
+        await processed(a.agent, 4)
+        assert read_positions(state)[str(log)] < log.stat().st_size
+        await a.agent.wait_idle()  # idle means written
+        assert read_positions(state)[str(log)] == log.stat().st_size
+        assert [x["labels"]["n"] for x in rule_alerts(a.rx)] == ["1"]
 
 
 def alert_counts(state: Path) -> dict[str, int]:
@@ -93,87 +107,66 @@ def alert_counts(state: Path) -> dict[str, int]:
     return {rule: json.loads(value)["count"] for rule, value in rows}
 
 
-@pytest.mark.usefixtures("long_defer")
 async def test_an_open_alerts_new_hits_wait_with_their_batch_a_new_alert_does_not(
     tmp_path: Path,
 ) -> None:
     """A hit on an alert already open changes only its count, last hit and samples: that waits
     with the batch's read position (what every batch of a busy log does); the row the state
     file then gets holds every hit. A new alert (its notification) is written at once."""
-    log, state = tmp_path / "app.log", tmp_path / "state.db"
-    log.touch()
-    async with Receiver() as rx:
-        cfg = config_in(tmp_path, RULES.format(log=log), rx.url + "/hook")
-        agent, task = await _start(cfg)
-        try:
-            await agent.wait_idle()
-            append(log, "ERROR 1 disk full")
-            await rx.wait_for(1, within=10)
-            assert alert_counts(state) == {"errors": 1}  # the new alert: at once
-            assert read_positions(state)[str(log)] == log.stat().st_size
-            append(log, "ERROR 1 disk full", "ERROR 1 disk full")
-            await processed(agent, 3)
-            assert agent._deferred is not None
-            assert agent._deferred.changed  # the alert itself: its row is built once, later
-            assert alert_counts(state) == {"errors": 1}  # waiting with the read position
-            assert read_positions(state)[str(log)] < log.stat().st_size
-            await agent.wait_idle()
-            assert alert_counts(state) == {"errors": 3}
-            assert read_positions(state)[str(log)] == log.stat().st_size
-            assert len(rule_alerts(rx)) == 1  # repeat: never, no notification for the hits
-        finally:
-            agent.request_stop()
-            assert await task == 0
+    async with agent_on(tmp_path) as a:
+        log, state = a.log, a.state
+        await a.agent.wait_idle()
+        append(log, "ERROR 1 disk full")
+        await a.rx.wait_for(1, within=10)
+        assert alert_counts(state) == {"errors": 1}  # the new alert: at once
+        assert read_positions(state)[str(log)] == log.stat().st_size
+        append(log, "ERROR 1 disk full", "ERROR 1 disk full")
+        await processed(a.agent, 3)
+        pending = a.agent.deferral.pending
+        assert pending is not None
+        assert pending.changed  # the alert itself: its row is built once, later
+        assert alert_counts(state) == {"errors": 1}  # waiting with the read position
+        assert read_positions(state)[str(log)] < log.stat().st_size
+        await a.agent.wait_idle()
+        assert alert_counts(state) == {"errors": 3}
+        assert read_positions(state)[str(log)] == log.stat().st_size
+        assert len(rule_alerts(a.rx)) == 1  # repeat: never, no notification for the hits
 
 
-@pytest.mark.usefixtures("long_defer")
 async def test_a_stop_writes_the_deferred_commit(tmp_path: Path) -> None:
-    log, state = tmp_path / "app.log", tmp_path / "state.db"
-    log.touch()
-    async with Receiver() as rx:
-        cfg = config_in(tmp_path, RULES.format(log=log), rx.url + "/hook")
-        agent, task = await _start(cfg)
-        await agent.wait_idle()
-        append(log, "INFO one", "INFO two")
-        await processed(agent, 2)
-        assert read_positions(state).get(str(log)) != log.stat().st_size
-        agent.request_stop()
-        assert await task == 0
-    assert read_positions(state)[str(log)] == log.stat().st_size
+    async with agent_on(tmp_path) as a:
+        await a.agent.wait_idle()
+        append(a.log, "INFO one", "INFO two")
+        await processed(a.agent, 2)
+        assert read_positions(a.state).get(str(a.log)) != a.log.stat().st_size
+    assert read_positions(a.state)[str(a.log)] == a.log.stat().st_size
 
 
-@pytest.mark.usefixtures("long_defer")
 async def test_a_files_first_checkpoint_is_written_at_once_never_deferred(tmp_path: Path) -> None:
     """Where a first start begins (``start_at: end``) and a file found after a rotation have no
     checkpoint yet: theirs is written at once. Deferred and lost in a crash, the next start
     would not know the file, begin at its end again and skip what was written meanwhile (found
     by tests/test_rotation_agent.py: SIGKILLs between renames lost whole generations)."""
-    log, state = tmp_path / "app.log", tmp_path / "state.db"
-    append(log, "INFO before the agent")
-    async with Receiver() as rx:
-        cfg = config_in(tmp_path, RULES.format(log=log), rx.url + "/hook")
-        agent, task = await _start(cfg)
-        try:
-            # no wait_idle(): it would write the deferred commit itself
-            await until(
-                lambda: read_positions(state).get(str(log)) == log.stat().st_size,
-                what="the first start's place in the state file",
-            )
-            first = read_positions(state)[str(log)]
-            append(log, "INFO one")
-            await processed(agent, 1)
-            assert read_positions(state)[str(log)] == first  # a known file's move: waits
-            assert agent._deferred is not None
-            log.rename(tmp_path / "app.log.1")
-            append(log, "INFO in the new file")
-            # the new file's first checkpoint goes out at once, with the one that waited
-            await until(
-                lambda: read_positions(state).get(str(log)) == log.stat().st_size,
-                what="the new file's first checkpoint",
-            )
-        finally:
-            agent.request_stop()
-            assert await task == 0
+    append(tmp_path / "app.log", "INFO before the agent")
+    async with agent_on(tmp_path) as a:
+        log, state = a.log, a.state
+        # no wait_idle(): it would write the deferred commit itself
+        await until(
+            lambda: read_positions(state).get(str(log)) == log.stat().st_size,
+            what="the first start's place in the state file",
+        )
+        first = read_positions(state)[str(log)]
+        append(log, "INFO one")
+        await processed(a.agent, 1)
+        assert read_positions(state)[str(log)] == first  # a known file's move: waits
+        assert a.agent.deferral.pending is not None
+        log.rename(tmp_path / "app.log.1")
+        append(log, "INFO in the new file")
+        # the new file's first checkpoint goes out at once, with the one that waited
+        await until(
+            lambda: read_positions(state).get(str(log)) == log.stat().st_size,
+            what="the new file's first checkpoint",
+        )
 
 
 THRESHOLD = """\
@@ -188,31 +181,20 @@ rules:
 """
 
 
-@pytest.mark.usefixtures("long_defer")
 async def test_a_reload_reads_back_the_rule_state_of_deferred_batches(tmp_path: Path) -> None:
     """A changed rule restarts from its stored state: the state of the batches still waiting to
     be committed must be in it (else their matches are forgotten and the threshold is late)."""
-    log = tmp_path / "app.log"
-    log.touch()
-    async with Receiver() as rx:
-        cfg = config_in(tmp_path, THRESHOLD.format(log=log, summary="bursts"), rx.url + "/hook")
-        agent, task = await _start(cfg)
-        try:
-            await agent.wait_idle()
-            append(log, "E 1", "E 2")
-            await processed(agent, 2)
-            assert agent._deferred is not None
-            config_in(tmp_path, THRESHOLD.format(log=log, summary="bursts!"), rx.url + "/hook")
-            agent.request_reload()
-            await until(lambda: agent.config.rules[0].summary == "bursts!", what="reloaded")
-            append(log, "E 3")
-            await rx.wait_for(1, within=10)
-            assert [a["annotations"]["summary"] for a in rule_alerts_of(rx, "bursts")] == [
-                "bursts!"
-            ]
-        finally:
-            agent.request_stop()
-            assert await task == 0
+    async with agent_on(tmp_path, THRESHOLD, summary="bursts") as a:
+        await a.agent.wait_idle()
+        append(a.log, "E 1", "E 2")
+        await processed(a.agent, 2)
+        assert a.agent.deferral.pending is not None
+        config_in(tmp_path, THRESHOLD.format(log=a.log, summary="bursts!"), a.rx.url + "/hook")
+        a.agent.request_reload()
+        await until(lambda: a.agent.config.rules[0].summary == "bursts!", what="reloaded")
+        append(a.log, "E 3")
+        await a.rx.wait_for(1, within=10)
+        assert [x["annotations"]["summary"] for x in rule_alerts_of(a.rx, "bursts")] == ["bursts!"]
 
 
 def rule_alerts_of(rx: Receiver, rule: str) -> list[dict[str, Any]]:
@@ -243,6 +225,53 @@ async def _lines_read(session: aiohttp.ClientSession, base: str) -> int:
     return int(body["sources"].get("app", {}).get("lines_read", 0))
 
 
+@dataclass
+class Killable:
+    """The agent as a subprocess on ``KILL``, with its status listener at ``base``."""
+
+    rx: Receiver
+    session: aiohttp.ClientSession
+    base: str
+    cfg: Path
+    log: Path
+    state: Path
+
+
+@contextlib.asynccontextmanager
+async def killable(tmp_path: Path, count: int) -> AsyncIterator[Killable]:
+    log = tmp_path / "app.log"
+    log.touch()
+    port = free_port()
+    async with Receiver() as rx, aiohttp.ClientSession() as session:
+        cfg = config_in(
+            tmp_path,
+            KILL.format(log=log, count=count),
+            rx.url + "/hook",
+            extra_agent=f"listen: 127.0.0.1:{port}\n",
+        )
+        yield Killable(rx, session, f"http://127.0.0.1:{port}", cfg, log, tmp_path / "state.db")
+
+
+async def stop_with_a_line_deferred(
+    k: Killable, agent: AgentProcess, read: int, line: Callable[[int], str], tries: int
+) -> int:
+    """Append ``line(1)``, ``line(2)``, … one at a time, the agent having read ``read`` lines,
+    and SIGSTOP it right after it processed each, until the state file is seen not to hold the
+    last one (its commit deferred): the agent is left stopped. Returns how many were appended.
+    Fails if every one was committed before the agent could be stopped."""
+    assert agent.proc is not None
+    for n in range(1, tries + 1):
+        append(k.log, line(n))
+        async with asyncio.timeout(10):
+            while await _lines_read(k.session, k.base) < read + n:
+                await asyncio.sleep(0.002)  # polled: stop it as soon as it is there
+        os.kill(agent.proc.pid, signal.SIGSTOP)
+        if read_positions(k.state)[str(k.log)] < k.log.stat().st_size:
+            return n  # processed, not committed: kill it now
+        os.kill(agent.proc.pid, signal.SIGCONT)  # the commit came first: once more
+    raise AssertionError("every line was committed before the agent could be stopped")
+
+
 @pytest.mark.slow
 async def test_sigkill_between_a_deferred_batch_and_its_commit_counts_every_line_once(
     tmp_path: Path,
@@ -252,42 +281,21 @@ async def test_sigkill_between_a_deferred_batch_and_its_commit_counts_every_line
     After the restart that line is read again and counted once: the threshold fires exactly at
     its ``count``-th line, not one line early (counted twice) nor late (lost), and the alert
     committed before the kill is not sent again."""
-    log, state = tmp_path / "app.log", tmp_path / "state.db"
-    log.touch()
     count = 30
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
-    async with Receiver() as rx, aiohttp.ClientSession() as session:
-        cfg = config_in(
-            tmp_path,
-            KILL.format(log=log, count=count),
-            rx.url + "/hook",
-            extra_agent=f"listen: 127.0.0.1:{port}\n",
-        )
-        agent = await AgentProcess(cfg).start()
+    async with killable(tmp_path, count) as k:
+        log, state, rx = k.log, k.state, k.rx
+        agent = await AgentProcess(k.cfg).start()
         try:
             append(log, "E 1", "E 2", "probe 1")  # an alert: committed at once
             await rx.wait_for(1, within=10)
             await settled(state, [log])
-            lines, matches = 3, 2
-            deferred = False
-            for _ in range(count - 5):
-                append(log, f"E {matches + 1}")
-                lines += 1
-                matches += 1
-                async with asyncio.timeout(10):
-                    while await _lines_read(session, base) < lines:
-                        await asyncio.sleep(0.002)  # polled: stop it as soon as it is there
-                assert agent.proc is not None
-                os.kill(agent.proc.pid, signal.SIGSTOP)
-                if read_positions(state)[str(log)] < log.stat().st_size:
-                    deferred = True  # processed, not committed: kill it now
-                    break
-                os.kill(agent.proc.pid, signal.SIGCONT)  # the commit came first: once more
-            assert deferred, "every line was committed before the agent could be stopped"
+            matches = 2
+            matches += await stop_with_a_line_deferred(
+                k, agent, 3, lambda n: f"E {2 + n}", tries=count - 5
+            )
             await agent.kill()
 
-            agent = await AgentProcess(cfg).start()
+            agent = await AgentProcess(k.cfg).start()
             await settled(state, [log])
             assert rule_alerts_of(rx, "bursts") == []
             assert [a["labels"]["id"] for a in rule_alerts_of(rx, "probe")] == ["1"]
@@ -312,41 +320,19 @@ async def test_sigkill_while_an_open_alerts_hits_wait_counts_every_hit_once(
     right after it processed one such hit whose commit has not been written, then SIGKILLed:
     after the restart the alert's count in the state file is the number of its lines, not
     one more (the hit counted twice) nor one fewer (lost), and it was notified once."""
-    log, state = tmp_path / "app.log", tmp_path / "state.db"
-    log.touch()
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
-    async with Receiver() as rx, aiohttp.ClientSession() as session:
-        cfg = config_in(
-            tmp_path,
-            KILL.format(log=log, count=1000),
-            rx.url + "/hook",
-            extra_agent=f"listen: 127.0.0.1:{port}\n",
-        )
-        agent = await AgentProcess(cfg).start()
+    async with killable(tmp_path, 1000) as k:
+        log, state, rx = k.log, k.state, k.rx
+        agent = await AgentProcess(k.cfg).start()
         try:
             append(log, "probe 1")  # a new alert: committed at once
             await rx.wait_for(1, within=10)
             await settled(state, [log])
             hits = 1
-            deferred = False
-            for _ in range(40):
-                append(log, "probe 1 again")
-                hits += 1
-                async with asyncio.timeout(10):
-                    while await _lines_read(session, base) < hits:
-                        await asyncio.sleep(0.002)
-                assert agent.proc is not None
-                os.kill(agent.proc.pid, signal.SIGSTOP)
-                if read_positions(state)[str(log)] < log.stat().st_size:
-                    deferred = True  # processed, not committed: kill it now
-                    break
-                os.kill(agent.proc.pid, signal.SIGCONT)
-            assert deferred, "every hit was committed before the agent could be stopped"
+            hits += await stop_with_a_line_deferred(k, agent, 1, lambda _: "probe 1 again", 40)
             assert alert_counts(state)["probe"] < hits
             await agent.kill()
 
-            agent = await AgentProcess(cfg).start()
+            agent = await AgentProcess(k.cfg).start()
             append(log, "probe 1 once more")
             hits += 1
             await settled(state, [log])  # every line committed, with what it changed

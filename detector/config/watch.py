@@ -54,7 +54,7 @@ async def config_changes(
         if base() is not current:  # the files were read again: what they are now is known
             current = base()
             last = seen = current
-        now = await asyncio.to_thread(snapshot, main, current[0])
+        now = snapshot(main, current[0])  # a few stat calls: on the loop, no thread hand-over
         if now[1] is not None and now != last and now == seen:
             last = now
             yield now
