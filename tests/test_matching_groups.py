@@ -63,6 +63,32 @@ def test_hits_without_groups_are_re_s_hits_and_groups_gives_re_s_groups(
         if (h.rule, h.role) in matcher.deferred:
             assert matcher.groups(h.rule, h.role, texts[h.line]) == h.groups
     assert matcher.take_abandoned() == {}
+    # a cold start's skeleton database (re confirms there), then the full one
+    quick = Matcher(specs, budget_s=10.0)
+    quick.warm(["s"], quick=True)
+    for _stage in ("skeleton", "full"):
+        assert quick.match("s", texts) == without
+        quick.upgrade()
+    assert quick.stage == {"s": "full"} and quick.take_abandoned() == {}
+
+
+def test_a_cold_start_finds_them_with_their_skeleton_then_with_their_exact_translation() -> None:
+    pattern = r"Out of memory: (?P<what>\w+) process (?P<pid>\d+)"
+    specs = [PatternSpec("r", "match", pattern, SRC, groups=False)]
+    lines = ["Out of memory: Killed process 12", "Out of memory: Killed a process 3", "ok"]
+    want = [Hit(0, "r", "match", {})]
+    m = Matcher(specs)
+    m.warm(["s"], quick=True)
+    assert m.stage == {"s": "skeleton"}  # the skeleton holds the second line: re says no
+    assert m.match("s", lines) == want
+    assert m.match_block("s", "".join(x + "\n" for x in lines).encode()) == (3, want)
+    [report] = m.report()
+    assert report.engine == "hyperscan (exact on ASCII lines)"
+    assert "a hyperscan literal skeleton (1 required literals) finds" in report.note
+    assert "named groups are not read on every hit" in report.note
+    assert m.upgrade() == ["s"]
+    assert m.match("s", lines) == want and m.stage == {"s": "full"}
+    assert m.groups("r", "match", lines[0]) == {"what": "Killed", "pid": "12"}
 
 
 CATASTROPHIC = r"(?P<x>(a+)+)b"

@@ -239,6 +239,9 @@ class _Plan:
     """Hyperscan id → (index into ``active``, variant: 0 strict, 1 loose, 2 strict+loose)."""
     always: tuple[int, ...]
     """``active`` indexes without a prefilter: candidates on every line."""
+    skeleton: bool = False
+    """Built with the literal skeletons (``_exprs``): there a report of a pattern that has one
+    is never the answer (:func:`_answers`)."""
 
 
 # variant of a Hyperscan pattern: which lines its report counts for
@@ -562,7 +565,7 @@ class Matcher:
         events.sort()
         cands: dict[int, dict[int, bool]] = {}
         ids = plan.ids
-        exact = [c.analysis.exact for c in plan.active]
+        exact = [_answers(c, plan) for c in plan.active]
         end = len(data)
         line = 0
         pos = 0
@@ -605,7 +608,7 @@ class Matcher:
                     _HidInfo(
                         index,
                         variant,
-                        c.analysis.exact and not c.named,
+                        _answers(c, plan) and not c.named,
                         c,
                         c.spec.rule,
                         c.spec.role,
@@ -1170,14 +1173,24 @@ def _hs_expr(pattern: str) -> bytes:
 def _literal_prefilter(c: _Compiled) -> bool:
     """Does Hyperscan look for the pattern's required literals rather than its translation?
 
-    Only where its verdict is never used as the answer: ``re`` confirms every candidate line of
-    a pattern that is not exact (lookarounds, backreferences…) or whose named groups are
-    needed (``_finish``/``_line``: ``not exact or named``). There any superset of the lines it
-    matches will do, and a handful of literals compiles in a fraction of the time of the full
-    translation (~25 ms for a fail2ban-style pattern). Patterns whose required literals are
-    shorter than ``translate.MIN_LITERAL`` (common on every line) keep the translation."""
+    Where its verdict is not needed as the answer: ``re`` confirms every candidate line of a
+    pattern that is not exact (lookarounds, backreferences…) or whose named groups are needed
+    (``_finish``/``_line``: ``not exact or named``). There any superset of the lines it matches
+    will do, and a handful of literals compiles in a fraction of the time of the full
+    translation (~25 ms for a fail2ban-style pattern). So it does in a skeleton plan for a
+    pattern with named groups that its hits need not carry (``PatternSpec.groups``): ``re``
+    confirms it there (:func:`_answers`), its exact translation takes over with the full plan.
+    Patterns whose required literals are shorter than ``translate.MIN_LITERAL`` (common on
+    every line) keep the translation."""
     a = c.analysis
-    return a.literals is not None and a.skeleton is not None and (not a.exact or c.named)
+    captures = bool(c.rx.groupindex) and c.spec.role != "ignore"
+    return a.literals is not None and a.skeleton is not None and (not a.exact or captures)
+
+
+def _answers(c: _Compiled, plan: _Plan) -> bool:
+    """Is a report of ``c`` on an ASCII line in ``plan`` the answer? Where its translation is
+    exact and Hyperscan looks for it, not for its literal skeleton (``_literal_prefilter``)."""
+    return c.analysis.exact and not (plan.skeleton and _literal_prefilter(c))
 
 
 def _exprs(
@@ -1261,7 +1274,7 @@ def _build_plan(
         db = _cached_db(exprs, db_cache, hit) if exprs else None
     if db is None:
         return _Plan(active, None, (), tuple(range(len(active))))
-    return _Plan(active, db, tuple(ids), tuple(sorted(always)))
+    return _Plan(active, db, tuple(ids), tuple(sorted(always)), skeleton)
 
 
 _FEATURES: list[str] = []
