@@ -41,7 +41,7 @@ from detector.model import Config, RuleConfig
 from detector.problems import agent_signal
 from detector.records import Commit
 from detector.rules.base import Evaluator, Signal, When
-from detector.rules.match import MatchEvaluator
+from detector.rules.match import MatchEvaluator, is_plain
 from detector.rules.registry import build_evaluator
 from detector.rules.state import KeyCap, SharedKeys
 from detector.schedule import DeadlineHeap
@@ -101,8 +101,20 @@ def pattern_specs(rules: Iterable[RuleConfig]) -> list[PatternSpec]:
             roles.append(("reset", r.threshold.reset_on))
         for role, regex in roles:
             if regex is not None:
-                specs.append(PatternSpec(r.name, role, regex, sources))
+                specs.append(PatternSpec(r.name, role, regex, sources, hits_carry_groups(r, role)))
     return specs
+
+
+def hits_carry_groups(rule: RuleConfig, role: str) -> bool:
+    """Must every hit of ``rule``'s ``role`` pattern carry its named groups
+    (``PatternSpec.groups``)? Not the ``match:`` hits of a plain error rule (``is_plain``: no
+    ``group_by``, ``summary`` or ``description``) without ``fields:``: it reads a hit's groups
+    only for the labels of a Signal it builds (an alert opening; a hit on its open alert builds
+    none) and on a line with fields of its own (journald, ``parse:``), and asks the matcher for
+    them there (``MatchEvaluator.groups_of``). Every other rule and role may read them on any
+    hit: templates, ``group_by``, a threshold's ``by``/``distinct``, a pair's key, anomaly keys,
+    the captures ``fields:`` merges (``Structured.apply``); an ``ignore:`` hit reads none."""
+    return not (rule.kind == "error" and role == "match" and is_plain(rule) and not rule.fields)
 
 
 class SparseTexts(Sequence[str]):
@@ -207,10 +219,10 @@ class Pipeline:
             self._unsaved.add(rule.name)  # its initial schedule must reach the state file
         self.evaluators = evaluators
         self._rank = {name: i for i, name in enumerate(evaluators)}
+        self.matcher = matcher if matcher is not None else new_matcher(config)
         self._wire()
         self._hold_expectations()
         self._schedule()
-        self.matcher = matcher if matcher is not None else new_matcher(config)
         old = getattr(self, "structured", None)
         self.structured = Structured(config, old.failures if old is not None else None)
         self._all_lines: dict[str, list[Evaluator]] = {}
@@ -221,15 +233,22 @@ class Pipeline:
 
     def _wire(self) -> None:
         """Bind the evaluators that tell the alert book directly of a hit on an open alert
-        (``fire_open``: a plain error rule, see ``MatchEvaluator``), and note how soon after a
-        hit each can have a deadline (``deadline_delay``: the replay's per-hit check)."""
+        (``fire_open``: a plain error rule, see ``MatchEvaluator``) and those that ask the
+        matcher for their hits' groups (``groups_of``, see ``hits_carry_groups``), and note how
+        soon after a hit each can have a deadline (``deadline_delay``: the replay's per-hit
+        check)."""
         self._delays: dict[str, timedelta] = {}
         self._plain: dict[str, MatchEvaluator] = {}
         """The plain error rules, whose ``observe_plain`` a match hit on a line without fields
         comes to."""
         for name, ev in self.evaluators.items():
-            if isinstance(ev, MatchEvaluator) and ev.plain:
-                self._plain[name] = ev
+            if isinstance(ev, MatchEvaluator):
+                if ev.plain:
+                    self._plain[name] = ev
+                deferred = (name, "match") in self.matcher.deferred
+                ev.groups_of = (
+                    functools.partial(self.matcher.groups, name, "match") if deferred else None
+                )
             if hasattr(ev, "fire_open"):
                 ev.fire_open = self.alerts.fire_open_of(fingerprint(name, ""))
             delay = getattr(ev, "deadline_delay", None)

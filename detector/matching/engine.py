@@ -7,9 +7,10 @@ of every rule bound to that source; rules then see only their hits. Semantics ar
 How (DESIGN.md §6): the lines of a batch are joined into one UTF-8 block and scanned once by a
 Hyperscan database holding every pattern of the source (translated by ``translate``).
 Each Hyperscan pattern ends in ``[^\\n]*$`` so it reports at most once per line. On a pure-ASCII
-line the translation is exact, so a pattern without named groups needs no further work; on other
-lines it is a superset, so a line Hyperscan does not report never matches. Reported lines that
-need it are confirmed, and their groups extracted, per pattern:
+line the translation is exact, so a pattern without named groups needs no further work, nor one
+whose hits need not carry them (``PatternSpec.groups``: ``groups`` gives them when the rule reads
+them after all); on other lines it is a superset, so a line Hyperscan does not report never
+matches. Reported lines that need it are confirmed, and their groups extracted, per pattern:
 
 * ``re`` under a CPU budget (``budget``, ``CONFIRM_BUDGET_S`` per pattern and line) —
   every pattern, risky ones (nested repetition, ``translate`` decides) included: ``re``
@@ -139,6 +140,10 @@ class PatternSpec:
     role: Role
     regex: str
     sources: frozenset[str]
+    groups: bool = True
+    """Its hits carry their named groups. False: the rule reads them only now and then and asks
+    :meth:`Matcher.groups` then; its hits come with none (``{}``), so that where Hyperscan's
+    verdict is exact no ``re`` runs at all (``pipeline.hits_carry_groups`` decides)."""
 
 
 class Hit(NamedTuple):
@@ -200,7 +205,8 @@ class _Compiled:
         self.rx = rx
         self.analysis = analysis
         self.named = named
-        """Groups must be extracted (named groups, and not an ignore pattern)."""
+        """Groups must be extracted (named groups, not an ignore pattern, and its hits carry
+        them: ``PatternSpec.groups``)."""
         self._pike = pike
         """(program or None, why not) once built."""
         self.confirm: Confirm = "re"
@@ -233,6 +239,9 @@ class _Plan:
     """Hyperscan id → (index into ``active``, variant: 0 strict, 1 loose, 2 strict+loose)."""
     always: tuple[int, ...]
     """``active`` indexes without a prefilter: candidates on every line."""
+    skeleton: bool = False
+    """Built with the literal skeletons (``_exprs``): there a report of a pattern that has one
+    is never the answer (:func:`_answers`)."""
 
 
 # variant of a Hyperscan pattern: which lines its report counts for
@@ -282,6 +291,15 @@ class Matcher:
                 self._compiled.append(c)
         if db_cache is not None and not known:
             _store_analyses(self._compiled, db_cache)
+        self.deferred = frozenset(
+            (c.spec.rule, c.spec.role)
+            for c in self._compiled
+            if not c.spec.groups and c.rx.groupindex and c.spec.role != "ignore"
+        )
+        """(rule, role) of the patterns with named groups whose hits leave them out
+        (``PatternSpec.groups``): :meth:`groups` gives them."""
+        self._with_groups: dict[tuple[str, Role], _Compiled] = {}
+        """Per pattern of ``deferred``, the same pattern extracting its groups (:meth:`groups`)."""
         self._plans: dict[str, _Plan] = {}
         self.db_cache = db_cache
         self.build_s: dict[str, float] = {}
@@ -343,6 +361,24 @@ class Matcher:
         finally:
             self._watchdog.disarm()
             self._end_call()
+
+    def groups(self, rule: str, role: Role, text: str) -> dict[str, str]:
+        """The named groups of ``rule``'s ``role`` pattern (one of ``deferred``) on ``text``, a
+        line it matched: what its hit left out. As ``match`` confirms: ``re`` under the budget,
+        the Pike VM behind it (an exact pattern always has one: the constructs it cannot run make
+        a translation inexact), so the groups are always found; {} for a line it does not match
+        after all, or could not decide (then recorded for ``take_abandoned``)."""
+        c = self._with_groups.get((rule, role))
+        if c is None:
+            [plain] = [x for x in self._compiled if (x.spec.rule, x.spec.role) == (rule, role)]
+            c = _Compiled(plain.spec, plain.rx, plain.analysis, True, plain._pike)
+            self._with_groups[(rule, role)] = c
+        try:
+            found = self._confirm(c, text)
+        finally:
+            self._watchdog.disarm()
+            self._end_call()
+        return {} if found is None else found
 
     def take_abandoned(self) -> dict[str, Abandoned]:
         """Per rule, the lines abandoned (over the budget, no linear engine) since the last call;
@@ -529,7 +565,7 @@ class Matcher:
         events.sort()
         cands: dict[int, dict[int, bool]] = {}
         ids = plan.ids
-        exact = [c.analysis.exact for c in plan.active]
+        exact = [_answers(c, plan) for c in plan.active]
         end = len(data)
         line = 0
         pos = 0
@@ -572,7 +608,7 @@ class Matcher:
                     _HidInfo(
                         index,
                         variant,
-                        c.analysis.exact and not c.named,
+                        _answers(c, plan) and not c.named,
                         c,
                         c.spec.rule,
                         c.spec.role,
@@ -995,7 +1031,7 @@ def _store_analyses(compiled: Sequence[_Compiled], db_cache: DbCache) -> None:
 
 def _compile(spec: PatternSpec, cache: CharCache, known: Analysis | None = None) -> _Compiled:
     rx = re.compile(spec.regex)
-    named = bool(rx.groupindex) and spec.role != "ignore"
+    named = bool(rx.groupindex) and spec.role != "ignore" and spec.groups
     problem = _translate.PARSER_PROBLEM
     if not problem:
         try:
@@ -1137,14 +1173,24 @@ def _hs_expr(pattern: str) -> bytes:
 def _literal_prefilter(c: _Compiled) -> bool:
     """Does Hyperscan look for the pattern's required literals rather than its translation?
 
-    Only where its verdict is never used as the answer: ``re`` confirms every candidate line of
-    a pattern that is not exact (lookarounds, backreferences…) or whose named groups are
-    needed (``_finish``/``_line``: ``not exact or named``). There any superset of the lines it
-    matches will do, and a handful of literals compiles in a fraction of the time of the full
-    translation (~25 ms for a fail2ban-style pattern). Patterns whose required literals are
-    shorter than ``translate.MIN_LITERAL`` (common on every line) keep the translation."""
+    Where its verdict is not needed as the answer: ``re`` confirms every candidate line of a
+    pattern that is not exact (lookarounds, backreferences…) or whose named groups are needed
+    (``_finish``/``_line``: ``not exact or named``). There any superset of the lines it matches
+    will do, and a handful of literals compiles in a fraction of the time of the full
+    translation (~25 ms for a fail2ban-style pattern). So it does in a skeleton plan for a
+    pattern with named groups that its hits need not carry (``PatternSpec.groups``): ``re``
+    confirms it there (:func:`_answers`), its exact translation takes over with the full plan.
+    Patterns whose required literals are shorter than ``translate.MIN_LITERAL`` (common on
+    every line) keep the translation."""
     a = c.analysis
-    return a.literals is not None and a.skeleton is not None and (not a.exact or c.named)
+    captures = bool(c.rx.groupindex) and c.spec.role != "ignore"
+    return a.literals is not None and a.skeleton is not None and (not a.exact or captures)
+
+
+def _answers(c: _Compiled, plan: _Plan) -> bool:
+    """Is a report of ``c`` on an ASCII line in ``plan`` the answer? Where its translation is
+    exact and Hyperscan looks for it, not for its literal skeleton (``_literal_prefilter``)."""
+    return c.analysis.exact and not (plan.skeleton and _literal_prefilter(c))
 
 
 def _exprs(
@@ -1228,7 +1274,7 @@ def _build_plan(
         db = _cached_db(exprs, db_cache, hit) if exprs else None
     if db is None:
         return _Plan(active, None, (), tuple(range(len(active))))
-    return _Plan(active, db, tuple(ids), tuple(sorted(always)))
+    return _Plan(active, db, tuple(ids), tuple(sorted(always)), skeleton)
 
 
 _FEATURES: list[str] = []
@@ -1335,6 +1381,11 @@ def _report(c: _Compiled, budget_s: float) -> PatternReport:
             f"{budget}; over it, the Pike VM answers (linear time, same result), and after "
             f"{MAX_OVERRUNS_PER_CALL} such lines in one batch it answers the rule's other "
             "candidates of that batch at once"
+        )
+    if not c.spec.groups and c.rx.groupindex and c.spec.role != "ignore":
+        notes.append(
+            "its named groups are not read on every hit: extracted (re, under the budget) only "
+            "when the rule reads them (the labels of an alert a hit opens)"
         )
     return PatternReport(c.spec.rule, c.spec.role, engine, "; ".join(notes))
 

@@ -28,6 +28,13 @@ from detector.sources.base import Line
 from detector.timefmt import format_duration, iso, parse_iso
 
 
+def is_plain(rule: RuleConfig) -> bool:
+    """No grouping, no templates (``MatchEvaluator.plain``): the rule reads a hit's captured
+    groups only for the labels of the Signal it builds (an alert opening) and, on a line with
+    fields of its own, as fields; ``pipeline.hits_carry_groups`` spares the others their ``re``."""
+    return not (rule.group_by or rule.summary or rule.description)
+
+
 class MatchEvaluator:
     wants_all_lines = False
 
@@ -50,9 +57,13 @@ class MatchEvaluator:
         """The last ``(last, last + resolve_after)`` that ``next_deadline`` computed."""
         self.cap = KeyCap(rule)
         """``max_keys``: a new group past it is folded into the rule's digest alert."""
-        self.plain = not (rule.group_by or rule.summary or rule.description)
+        self.plain = is_plain(rule)
         """No grouping, no templates: ``observe_plain`` takes the hits of lines without
         fields."""
+        self.groups_of: Callable[[str], dict[str, str]] | None = None
+        """Set by the pipeline when this rule's match hits come without their groups
+        (``Matcher.deferred``): the groups of the matched line with this text
+        (``Matcher.groups``), read where they are needed, not on every hit."""
         self._prefix = f"{rule.name}: "
         self.fire_open: Callable[[datetime, str, str], bool] | None = None
         """Set by the pipeline: ``AlertBook.fire_open_of`` this rule's one alert (key ''). A
@@ -70,6 +81,8 @@ class MatchEvaluator:
         if self.plain and not line.fields:
             signal = self.observe_plain(when.at, line.text, hit.groups, line.source)
             return [] if signal is None else [signal]
+        if self.groups_of is not None:  # a line with fields: the groups are fields too
+            hit = Hit(hit.line, hit.rule, hit.role, self.groups_of(line.text))
         rule = self.rule
         if rule.group_by or rule.summary or rule.description or line.fields:
             fields = hit_fields(hit, line)
@@ -132,6 +145,8 @@ class MatchEvaluator:
         fire_open = self.fire_open
         if fire_open is not None and fire_open(at, summary, text):
             return None
+        if self.groups_of is not None:  # the alert's labels (when it opens)
+            groups = self.groups_of(text)
         return Signal(
             self.rule.name, "error", "", "fire", at, groups, summary, "", "", text, 1, {}, source
         )
