@@ -44,6 +44,7 @@ from detector.rules.base import Evaluator, Signal, When
 from detector.rules.match import MatchEvaluator, is_plain
 from detector.rules.registry import build_evaluator
 from detector.rules.state import KeyCap, SharedKeys
+from detector.rules.threshold import ThresholdEvaluator
 from detector.schedule import DeadlineHeap
 from detector.silences import Muter, Silence
 from detector.sources.base import Batch, Line, SourceProblem
@@ -251,6 +252,8 @@ class Pipeline:
                 )
             if hasattr(ev, "fire_open"):
                 ev.fire_open = self.alerts.fire_open_of(fingerprint(name, ""))
+            if isinstance(ev, ThresholdEvaluator):
+                ev.book = self.alerts
             delay = getattr(ev, "deadline_delay", None)
             if isinstance(delay, timedelta):
                 self._delays[name] = delay
