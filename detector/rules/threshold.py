@@ -266,6 +266,9 @@ class ThresholdEvaluator:
         unless a signal this rule returned is still waiting to be applied (``_sent``): it must
         not be overtaken (a reset's resolve, a late match's fire)."""
         self.book: _Applies | None = None
+        self.groups_of: Callable[[str], dict[str, str]] | None = None
+        """Set by the pipeline when the match hits of this rule carry no groups
+        (``pipeline.hits_carry_groups``): the line's groups, for the labels of a Signal."""
         self._sent = -1
         """``book.applies`` when ``observe`` last returned signals: while it is unchanged they
         wait to be applied."""
@@ -339,6 +342,8 @@ class ThresholdEvaluator:
                 and fire_open(at, summary, line.text)
             ):
                 return []
+            if self.groups_of is not None:  # the alert's labels, should this open it
+                signal_labels = self.groups_of(line.text)
         return [
             Signal(
                 self.rule.name,
@@ -412,7 +417,7 @@ class ThresholdEvaluator:
                     key=key,
                     action="fire",
                     at=at,
-                    labels={**hit.groups, **labels},
+                    labels={**self._groups(hit, line), **labels},
                     summary=summary,
                     description=description,
                     sample=line.text,
@@ -427,6 +432,9 @@ class ThresholdEvaluator:
         if self._deadline(k) != before:  # else the heap holds this deadline already
             self._push(key, k)
         return out
+
+    def _groups(self, hit: Hit, line: Line) -> Mapping[str, str]:
+        return hit.groups if self.groups_of is None else self.groups_of(line.text)
 
     def _reset(self, hit: Hit, line: Line, when: When) -> list[Signal]:
         key, _ = group_key(self.spec.by, hit_fields(hit, line))
