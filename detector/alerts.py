@@ -102,7 +102,20 @@ RESOLVED_SEP = " — "
 
 @functools.lru_cache(maxsize=4096)  # the keys firing now; 65,536 entries held 12 MB
 def fingerprint(rule: str, key: str) -> str:
+    if not key:  # a rule's one alert: asked for on every signal of it (``AlertBook.apply``)
+        got = _ONE_ALERT.get(rule)
+        if got is None:
+            got = _ONE_ALERT[rule] = _fingerprint(rule, key)
+        return got
+    return _fingerprint(rule, key)
+
+
+def _fingerprint(rule: str, key: str) -> str:
     return sha256(f"{rule}\x00{key}".encode()).hexdigest()[:16]
+
+
+_ONE_ALERT: dict[str, str] = {}
+"""The fingerprint of each rule's key '' (one entry per rule name ever seen: a handful)."""
 
 
 _KEY_SEP = "\x1f"
@@ -659,6 +672,9 @@ class AlertBook:
         self.muter: Muter | None = None
         """Silences and maintenance windows (set by the pipeline); None: nothing is muted."""
         self._mute_at: datetime | None = None
+        self.applies = 0
+        """Calls of ``apply`` so far: an evaluator that returned signals (still waiting to be
+        applied) tells by it when they have been (``ThresholdEvaluator``'s ``fire_open``)."""
         self.fast = True
         """Whether ``apply`` takes its inline path for a fire on an open alert (a test turns it
         off, to compare it with ``_fire``)."""
@@ -722,6 +738,7 @@ class AlertBook:
     def apply(self, signals: Iterable[Signal], now: datetime | None) -> None:
         """``now`` None: each notification is stamped with its signal's time (a replay's
         simulated clock)."""
+        self.applies += 1
         alerts, changed, fast = self.alerts, self._changed, self.fast
         for s in signals:
             at = s.at if now is None else now
@@ -744,8 +761,8 @@ class AlertBook:
                         alert._summary = s.summary
                     if s.description:
                         alert.description = s.description
-                    if s.evidence:
-                        alert.evidence = {**alert.evidence, **s.evidence}
+                    if s.evidence and not alert.evidence.items() >= s.evidence.items():
+                        alert.evidence = {**alert.evidence, **s.evidence}  # else: no change
                     if s.sample is not None:
                         samples = alert._samples
                         if type(samples) is not list:

@@ -44,6 +44,7 @@ from detector.rules.base import Evaluator, Signal, When
 from detector.rules.match import MatchEvaluator, is_plain
 from detector.rules.registry import build_evaluator
 from detector.rules.state import KeyCap, SharedKeys
+from detector.rules.threshold import ThresholdEvaluator
 from detector.schedule import DeadlineHeap
 from detector.silences import Muter, Silence
 from detector.sources.base import Batch, Line, SourceProblem
@@ -111,10 +112,18 @@ def hits_carry_groups(rule: RuleConfig, role: str) -> bool:
     ``group_by``, ``summary`` or ``description``) without ``fields:``: it reads a hit's groups
     only for the labels of a Signal it builds (an alert opening; a hit on its open alert builds
     none) and on a line with fields of its own (journald, ``parse:``), and asks the matcher for
-    them there (``MatchEvaluator.groups_of``). Every other rule and role may read them on any
-    hit: templates, ``group_by``, a threshold's ``by``/``distinct``, a pair's key, anomaly keys,
+    them there (``MatchEvaluator.groups_of``); nor those of a threshold without ``by``,
+    ``distinct`` or templates, which reads them likewise only for a Signal it builds (a hit on
+    its open alert builds none: ``ThresholdEvaluator.fire_open``). Every other rule and role
+    may read them on any hit: templates, ``group_by``, a threshold's ``by``/``distinct``, a
+    pair's key, anomaly keys,
     the captures ``fields:`` merges (``Structured.apply``); an ``ignore:`` hit reads none."""
-    return not (rule.kind == "error" and role == "match" and is_plain(rule) and not rule.fields)
+    if role != "match" or rule.fields or rule.summary or rule.description:
+        return True
+    if rule.kind == "threshold":  # one count (no by:), not of distinct values: as plain
+        t = rule.threshold
+        return t is None or bool(t.by) or t.distinct is not None
+    return not (rule.kind == "error" and is_plain(rule))
 
 
 class SparseTexts(Sequence[str]):
@@ -242,15 +251,17 @@ class Pipeline:
         """The plain error rules, whose ``observe_plain`` a match hit on a line without fields
         comes to."""
         for name, ev in self.evaluators.items():
-            if isinstance(ev, MatchEvaluator):
-                if ev.plain:
-                    self._plain[name] = ev
+            if isinstance(ev, MatchEvaluator) and ev.plain:
+                self._plain[name] = ev
+            if isinstance(ev, MatchEvaluator | ThresholdEvaluator):
                 deferred = (name, "match") in self.matcher.deferred
                 ev.groups_of = (
                     functools.partial(self.matcher.groups, name, "match") if deferred else None
                 )
             if hasattr(ev, "fire_open"):
                 ev.fire_open = self.alerts.fire_open_of(fingerprint(name, ""))
+            if isinstance(ev, ThresholdEvaluator):
+                ev.book = self.alerts
             delay = getattr(ev, "deadline_delay", None)
             if isinstance(delay, timedelta):
                 self._delays[name] = delay

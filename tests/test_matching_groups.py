@@ -125,7 +125,7 @@ def test_groups_on_demand_take_the_pike_vm_past_the_budget() -> None:
 IP = r"ERROR (?P<what>[a-z]+) (?P<ip>\S+)"
 
 
-def test_only_a_plain_error_rule_s_match_hits_go_without_their_groups() -> None:
+def test_only_plain_error_and_one_count_threshold_match_hits_go_without_their_groups() -> None:
     rules = [
         rule("plain", match=IP, ignore=r"(?P<q>quiet)"),
         rule("keyed", match=IP, group_by=("ip",)),
@@ -133,11 +133,21 @@ def test_only_a_plain_error_rule_s_match_hits_go_without_their_groups() -> None:
         rule("described", match=IP, description="on {ip}"),
         rule("fielded", match=IP, fields={"unit": "x"}),
         rule("counted", "threshold", match=IP, threshold=ThresholdSpec(3, timedelta(1), ())),
+        rule("by-ip", "threshold", match=IP, threshold=ThresholdSpec(3, timedelta(1), ("ip",))),
+        rule(
+            "distinct", "threshold", match=IP,
+            threshold=ThresholdSpec(3, timedelta(1), distinct="ip"),
+        ),
+        rule(
+            "told-count", "threshold", match=IP, summary="{what}",
+            threshold=ThresholdSpec(3, timedelta(1)),
+        ),
         rule("paired", "pair", match=None, pair=PairSpec(IP, IP, timedelta(1), ("ip",))),
-    ]
+    ]  # fmt: skip
     carry = {(s.rule, s.role): s.groups for s in pattern_specs(rules)}
-    assert [k for k, v in carry.items() if not v] == [("plain", "match")]
-    assert Matcher(pattern_specs(rules)).deferred == {("plain", "match")}
+    unread = {("plain", "match"), ("counted", "match")}  # no by:, distinct or templates
+    assert {k for k, v in carry.items() if not v} == unread
+    assert Matcher(pattern_specs(rules)).deferred == unread
     assert all(hits_carry_groups(r, "ignore") for r in rules)
 
 
@@ -222,6 +232,10 @@ RULES = (
     rule(
         "counted", "threshold", match=IP,
         threshold=ThresholdSpec(count=2, within=timedelta(seconds=5), by=("ip",)),
+    ),
+    rule(  # one count, no by: its groups only label the alert it opens
+        "flood", "threshold", match=IP,
+        threshold=ThresholdSpec(count=3, within=timedelta(seconds=6), reset_on=r"ERROR net"),
     ),
 )  # fmt: skip
 

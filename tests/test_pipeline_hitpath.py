@@ -1,7 +1,8 @@
 """The per-hit shortcuts of the pipeline tell and store exactly what the general path does: a
-plain error rule's hit on its open alert goes straight to the alert book (``fire_open``, no
-Signal), and the replay's per-hit deadline check skips ``next_deadline`` when no deadline of the
-rule can come before the next one known (``deadline_delay``)."""
+plain error rule's hit on its open alert, and a threshold's on the open alert of its one key,
+go straight to the alert book (``fire_open``, no Signal), and the replay's per-hit deadline
+check skips ``next_deadline`` when no deadline of the rule can come before the next one known
+(``deadline_delay``)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from detector.model import ThresholdSpec
 from detector.pipeline import Pipeline
 from detector.rules.base import When
 from detector.rules.match import MatchEvaluator
+from detector.rules.threshold import ThresholdEvaluator
 from detector.sources.base import Line
 from tests.helpers import at, config, rule
 
@@ -39,6 +41,14 @@ RULES = (
         "t", "threshold", match=r"ERROR (?:a|b) (?P<ip>\S+)",
         threshold=ThresholdSpec(count=3, within=timedelta(seconds=15), by=("ip",)),
     ),
+    rule(  # one alert (no group_by): its firing key's matches go straight to it
+        "u", "threshold", match=r"ERROR a",
+        threshold=ThresholdSpec(count=2, within=timedelta(seconds=9), reset_on=r"ERROR b y"),
+    ),
+    rule(  # the same without a reset, with keep_firing_for
+        "v", "threshold", match=r"ERROR a", keep_firing_for=timedelta(seconds=3),
+        threshold=ThresholdSpec(count=2, within=timedelta(seconds=9)),
+    ),
 )  # fmt: skip
 
 
@@ -52,7 +62,7 @@ def _run(general: bool, batches: list[list[tuple[str, str, float]]]) -> list[Any
         p.alerts.fast = False
         p._delays.clear()  # next_deadline after every hit
         for ev in p.evaluators.values():
-            if isinstance(ev, MatchEvaluator):
+            if isinstance(ev, MatchEvaluator | ThresholdEvaluator):
                 ev.fire_open = None
     told: list[Any] = []
     p.alerts.record = lambda payload, key: told.append(

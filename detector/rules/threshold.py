@@ -31,9 +31,9 @@ from __future__ import annotations
 import heapq
 import itertools
 from collections import OrderedDict, deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Protocol
 
 from detector.matching import Hit
 from detector.model import RuleConfig, ThresholdSpec
@@ -218,6 +218,10 @@ class _Key:
             self.peak = len(recent)
 
 
+class _Applies(Protocol):
+    applies: int
+
+
 class ThresholdEvaluator:
     wants_all_lines = False
     runs: type[_Runs] = _Runs
@@ -254,6 +258,20 @@ class ThresholdEvaluator:
             self.fast and self.spec.distinct is None and not (rule.summary or rule.description)
         )
         """``observe`` takes ``_refire`` for a match of a key that fires already."""
+        self.fire_open: Callable[[datetime, str, str], bool] | None = None
+        """Set by the pipeline (with ``book``): ``AlertBook.fire_open_of`` the alert of key ''
+        (a rule without ``group_by``). A ``_refire`` of that key on its open alert updates it at
+        once, with no Signal — what the inline path of ``AlertBook.apply`` does with that Signal
+        (whose evidence, this rule's constant ``_evidence``, the alert took when it fired) —
+        unless a signal this rule returned is still waiting to be applied (``_sent``): it must
+        not be overtaken (a reset's resolve, a late match's fire)."""
+        self.book: _Applies | None = None
+        self.groups_of: Callable[[str], dict[str, str]] | None = None
+        """Set by the pipeline when the match hits of this rule carry no groups
+        (``pipeline.hits_carry_groups``): the line's groups, for the labels of a Signal."""
+        self._sent = -1
+        """``book.applies`` when ``observe`` last returned signals: while it is unchanged they
+        wait to be applied."""
 
     # deadline of a key: firing → when the window drops below count; idle → when it empties
     def _deadline(self, k: _Key) -> datetime | None:
@@ -268,20 +286,27 @@ class ThresholdEvaluator:
     def observe(self, hit: Hit, line: Line, when: When) -> list[Signal]:
         role = hit.role
         if role != "match":
-            return self._reset(hit, line, when) if role == "reset" else []
-        spec = self.spec
-        fields = hit.groups if not line.fields else hit_fields(hit, line)
-        key, labels = group_key(spec.by, fields) if spec.by else ("", {})
-        k = self.keys.get(key)
-        if (
-            k is not None
-            and k.firing
-            and self._fast
-            and k.recent is not None
-            and when.at >= k.times.times[-1]  # in time order (else: clamped, the general way)
-        ):
-            return self._refire(hit, line, when.at, key=key, labels=labels, k=k)
-        return self._observe_general(hit, line, when, fields=fields, key=key, labels=labels, k=k)
+            out = self._reset(hit, line, when) if role == "reset" else []
+        else:
+            spec = self.spec
+            fields = hit.groups if not line.fields else hit_fields(hit, line)
+            key, labels = group_key(spec.by, fields) if spec.by else ("", {})
+            k = self.keys.get(key)
+            if (
+                k is not None
+                and k.firing
+                and self._fast
+                and k.recent is not None
+                and when.at >= k.times.times[-1]  # in time order (else: clamped, generally)
+            ):
+                out = self._refire(hit, line, when.at, key=key, labels=labels, k=k)
+            else:
+                out = self._observe_general(
+                    hit, line, when, fields=fields, key=key, labels=labels, k=k
+                )
+        if out and self.book is not None:
+            self._sent = self.book.applies
+        return out
 
     def _refire(
         self, hit: Hit, line: Line, at: datetime, *, key: str, labels: dict[str, str], k: _Key
@@ -308,6 +333,17 @@ class ThresholdEvaluator:
             signal_labels = {**hit.groups, **labels}
         else:
             summary, signal_labels = self._default, hit.groups
+            fire_open, book = self.fire_open, self.book
+            if (
+                not key
+                and fire_open is not None
+                and book is not None
+                and book.applies != self._sent  # none of this rule's signals waits
+                and fire_open(at, summary, line.text)
+            ):
+                return []
+            if self.groups_of is not None:  # the alert's labels, should this open it
+                signal_labels = self.groups_of(line.text)
         return [
             Signal(
                 self.rule.name,
@@ -381,7 +417,7 @@ class ThresholdEvaluator:
                     key=key,
                     action="fire",
                     at=at,
-                    labels={**hit.groups, **labels},
+                    labels={**self._groups(hit, line), **labels},
                     summary=summary,
                     description=description,
                     sample=line.text,
@@ -396,6 +432,9 @@ class ThresholdEvaluator:
         if self._deadline(k) != before:  # else the heap holds this deadline already
             self._push(key, k)
         return out
+
+    def _groups(self, hit: Hit, line: Line) -> Mapping[str, str]:
+        return hit.groups if self.groups_of is None else self.groups_of(line.text)
 
     def _reset(self, hit: Hit, line: Line, when: When) -> list[Signal]:
         key, _ = group_key(self.spec.by, hit_fields(hit, line))
