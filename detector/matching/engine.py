@@ -78,6 +78,7 @@ from detector.matching.translate import (
     analyse,
     unanalysed,
 )
+from detector.newlines import SHORT, count_newlines
 
 # Imported by name, not with an import statement: mypy then types ``_hs`` as Any whether or not
 # the wheel is installed (a static import is a module with it and a redefinition without it).
@@ -355,7 +356,7 @@ class Matcher:
         scan."""
         plan = self._plan(source)
         if not plan.active or not data:
-            return data.count(b"\n") + (0 if not data or data.endswith(b"\n") else 1), []
+            return count_newlines(data) + (0 if not data or data.endswith(b"\n") else 1), []
         try:
             return self._match_block(plan, data, texts)
         finally:
@@ -497,7 +498,7 @@ class Matcher:
         self, plan: _Plan, data: bytes, line_text: dict[int, str] | None
     ) -> tuple[int, list[Hit]]:
         if plan.db is None or plan.always:
-            nlines = data.count(b"\n") + (0 if data.endswith(b"\n") else 1)
+            nlines = count_newlines(data) + (0 if data.endswith(b"\n") else 1)
             every = data.decode("utf-8", "replace").split("\n")[:nlines]
             hits = self._match(plan, every)
             if line_text is not None:
@@ -570,7 +571,7 @@ class Matcher:
         line = 0
         pos = 0
         all_ascii = is_ascii = data.isascii()  # one fast pass; then no per-line check
-        count = data.count
+        count = data.count  # short spans; count_newlines the long ones (newlines.py)
         find = data.find
         line_end = -1  # offset of the newline ending the current line
         per: dict[int, bool] = {}
@@ -578,7 +579,7 @@ class Matcher:
             if to > line_end:  # a line not seen yet (a later match on it may end mid-line)
                 if to == end:  # an empty match after the final newline: no line of the data
                     break
-                line += count(b"\n", pos, to)
+                line += count(b"\n", pos, to) if to - pos < SHORT else count_newlines(data, pos, to)
                 pos = to
                 start = data.rfind(b"\n", 0, to) + 1
                 line_end = find(b"\n", to)
@@ -593,7 +594,7 @@ class Matcher:
             if variant == _HIGH_ONLY and is_ascii:
                 continue
             per[index] = is_ascii and exact[index]
-        return cands, (line + count(b"\n", pos) if count_lines else 0)
+        return cands, (line + count_newlines(data, pos) if count_lines else 0)
 
     def _block_table(self, plan: _Plan) -> tuple[_HidInfo, ...]:
         """Per Hyperscan id of ``plan``, what :meth:`_scan_block` needs of its pattern, looked
@@ -635,9 +636,9 @@ class Matcher:
             append((to, hid))
 
         plan.db.scan(data, match_event_handler=on_match)
-        count = data.count
+        count = data.count  # short spans; count_newlines the long ones (newlines.py)
         if not events:
-            return count(b"\n"), []
+            return count_newlines(data), []
         events.sort()
         table = self._block_table(plan)
         hits: list[Hit] = []
@@ -655,7 +656,7 @@ class Matcher:
             k += 1
             if to == end:  # an empty match after the final newline: no line of the data
                 break
-            line += count(b"\n", pos, to)
+            line += count(b"\n", pos, to) if to - pos < SHORT else count_newlines(data, pos, to)
             pos = to
             # a report ends at its line's newline (the [^\n]*$ suffix), or before it
             line_end = to if data[to] == 10 else find(b"\n", to)
@@ -718,7 +719,7 @@ class Matcher:
             if line_text is not None:
                 line_text[line] = text
             hit(new_hit(Hit, (line, rule, role, groups)))
-        return line + count(b"\n", pos), hits
+        return line + count_newlines(data, pos), hits
 
     def _confirm_fast(self, c: _Compiled, text: str) -> dict[str, str] | None:
         """:meth:`_confirm`, with its common case (the budget armed, no overruns in this call)

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
+from detector.newlines import count_newlines
 from detector.records import Checkpoint
 
 if TYPE_CHECKING:  # asyncio only in annotations: `detector test` starts without it
@@ -56,7 +57,7 @@ class Batch:
     """The file the block came from (``Line.path`` of its lines)."""
 
     def line_count(self) -> int:
-        return len(self.lines) + (self.block.count(b"\n") if self.block else 0)
+        return len(self.lines) + (count_newlines(self.block) if self.block else 0)
 
     def all_lines(self) -> list[Line]:
         """Every line of the batch as a :class:`Line` (decoding the block: for tests and tools,

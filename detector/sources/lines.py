@@ -28,6 +28,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from typing import BinaryIO, Literal
 
+from detector.newlines import count_newlines
+
 BLOCK_BYTES = 1 << 20
 """One read. Not larger: matching runs several passes over a block (Hyperscan, newline count),
 which are fastest while it fits the CPU's L2 cache; 2 and 4 MiB reads matched up to 1.5x slower
@@ -70,7 +72,7 @@ def _with_starts(chunks: list[Chunk], data: bytes, held: int) -> list[Chunk]:
     out = []
     start = -held
     for chunk in chunks:
-        n = len(chunk.texts) if chunk.block is None else chunk.block.count(b"\n")
+        n = len(chunk.texts) if chunk.block is None else count_newlines(chunk.block)
         starts = []
         for _ in range(n):
             starts.append(start)
