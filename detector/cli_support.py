@@ -39,14 +39,19 @@ _M_ARENA_MAX = -8  # mallopt's parameter number (malloc.h)
 
 
 def tune_malloc() -> bool:
-    """One malloc arena for the agent's threads (glibc; elsewhere nothing, and False).
+    """One malloc arena for the agent's threads, whose reads reuse their memory (glibc;
+    elsewhere nothing, and False).
 
     The sweeps read their 1 MiB blocks in a pool thread and the event loop frees them: each
     thread's arena would keep its own freed blocks for reuse (an arena per thread, up to 8 per
     CPU), one shared arena keeps one set. The threads take turns under the GIL anyway, so the
-    arena's lock is not contended. (A fixed ``M_MMAP_THRESHOLD``, each block mapped and given
-    back at free, cut the peak 3–4 MB more but cost 3–4 % of ingest CPU in page faults:
-    README, "Peak RSS".)"""
+    arena's lock is not contended. And the freed blocks stay on the heap for the next reads
+    (``lines.keep_read_buffers``) rather than given back and faulted in again. (A fixed
+    ``M_MMAP_THRESHOLD`` of 256 KiB, each block mapped and given back at free, cut the peak 3–4
+    MB more but cost 3–4 % of ingest CPU in page faults: README, "Peak RSS".)"""
+    from detector.sources.lines import keep_read_buffers  # noqa: PLC0415 - only the agent
+
+    keep_read_buffers()
     if "MALLOC_ARENA_MAX" in os.environ:
         return False
     try:
