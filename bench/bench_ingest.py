@@ -28,8 +28,10 @@ grep and ripgrep commands for them (``grep -c -E -f``, or the ``grep -v -P`` pip
 Each command runs ``--repeat`` times, interleaved; printed are the median and the range of the
 seconds and of the ratios to grep (each run paired with its repeat's grep), by wall time and by
 CPU time of the process (``/proc/PID/stat`` for the agent, ``getrusage`` for grep: the steadier
-figure on a shared machine), and the agent's peak RSS (``VmHWM``), also for a steady run at
-``--rss-rules`` rules (``gen_log.rules``: the realistic rules padded with service rules).
+figure on a shared machine), the agent's system seconds and minor page faults (the memory of
+its reads given back and faulted in again shows there), and its peak RSS (``VmHWM``), also for a
+steady run at ``--rss-rules`` rules (``gen_log.rules``: the realistic rules padded with service
+rules).
 """
 
 from __future__ import annotations
