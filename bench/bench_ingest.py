@@ -28,8 +28,10 @@ grep and ripgrep commands for them (``grep -c -E -f``, or the ``grep -v -P`` pip
 Each command runs ``--repeat`` times, interleaved; printed are the median and the range of the
 seconds and of the ratios to grep (each run paired with its repeat's grep), by wall time and by
 CPU time of the process (``/proc/PID/stat`` for the agent, ``getrusage`` for grep: the steadier
-figure on a shared machine), and the agent's peak RSS (``VmHWM``), also for a steady run at
-``--rss-rules`` rules (``gen_log.rules``: the realistic rules padded with service rules).
+figure on a shared machine), the agent's system seconds and minor page faults (the memory of
+its reads given back and faulted in again shows there), and its peak RSS (``VmHWM``), also for a
+steady run at ``--rss-rules`` rules (``gen_log.rules``: the realistic rules padded with service
+rules).
 """
 
 from __future__ import annotations
@@ -194,6 +196,11 @@ def ingest(args: argparse.Namespace, case: Case) -> None:
     print("\nCPU seconds, median (range): " + "; ".join(
         f"{name} {_span([r.cpu_s for r in runs], '.2f')}" for name, runs in rows.items()
     ))  # fmt: skip
+    print("of it system seconds; minor faults, median (range): " + "; ".join(
+        f"{name} {_span([r.sys_s for r in runs if r.peak_mb], '.2f')} s, "
+        f"{_span([float(r.minflt) for r in runs if r.peak_mb], ',.0f')}"
+        for name, runs in rows.items() if runs[0].peak_mb
+    ))  # fmt: skip
     for suffix, _ in codes:
         steady = rows.get(
             "detector run, steady state (the log appears while the agent runs)" + suffix
@@ -212,6 +219,10 @@ class Run:
     cpu_s: float
     peak_mb: float
     startup_s: float = 0.0
+    sys_s: float = 0.0
+    """Of ``cpu_s``, the kernel's (``stime``): page faults, reads, futexes."""
+    minflt: int = 0
+    """Minor page faults meanwhile (the memory of reads given back and touched again)."""
 
 
 def _span(values: list[float], fmt: str) -> str:
@@ -223,9 +234,11 @@ def _span(values: list[float], fmt: str) -> str:
     return f"{mid:{fmt}} ({lo:{fmt}}–{hi:{fmt}})"
 
 
-def _cpu_s(pid: int) -> float:
+def _stat(pid: int) -> tuple[float, float, int]:
+    """(CPU seconds, of them system seconds, minor faults) of ``pid`` so far (/proc/PID/stat)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    tick = os.sysconf("SC_CLK_TCK")
+    return (int(fields[11]) + int(fields[12])) / tick, int(fields[12]) / tick, int(fields[7])
 
 
 def _peak_mb(pid: int) -> float:
@@ -356,15 +369,16 @@ def _run_agent(
                 time.sleep(0.05)
             time.sleep(0.5)  # let the first sweep and the watcher settle
             begin = time.perf_counter()
-            cpu0 = _cpu_s(agent.pid)
+            at0 = _stat(agent.pid)
             os.link(*arrive)
         if arrive is None:
-            cpu0 = 0.0
+            at0 = (0.0, 0.0, 0)
         while committed_offset(state) < target:
             _check_alive(agent, err)
             time.sleep(0.005)
         wall = time.perf_counter() - begin
-        return Run(wall, _cpu_s(agent.pid) - cpu0, _peak_mb(agent.pid), startup)
+        cpu, sys_s, minflt = (b - a for a, b in zip(at0, _stat(agent.pid), strict=True))
+        return Run(wall, cpu, _peak_mb(agent.pid), startup, sys_s, int(minflt))
     finally:
         agent.terminate()
         agent.wait(timeout=30)

@@ -39,14 +39,22 @@ _M_ARENA_MAX = -8  # mallopt's parameter number (malloc.h)
 
 
 def tune_malloc() -> bool:
-    """One malloc arena for the agent's threads (glibc; elsewhere nothing, and False).
+    """One malloc arena for the agent's threads, whose reads reuse their memory (glibc;
+    elsewhere nothing, and False).
 
     The sweeps read their 1 MiB blocks in a pool thread and the event loop frees them: each
     thread's arena would keep its own freed blocks for reuse (an arena per thread, up to 8 per
     CPU), one shared arena keeps one set. The threads take turns under the GIL anyway, so the
-    arena's lock is not contended. (A fixed ``M_MMAP_THRESHOLD``, each block mapped and given
-    back at free, cut the peak 3–4 MB more but cost 3–4 % of ingest CPU in page faults:
-    README, "Peak RSS".)"""
+    arena's lock is not contended. And the freed blocks stay on the heap for the next reads
+    (``lines.keep_read_buffers``) rather than given back and faulted in again: up to a block
+    and a quarter, not the replay's 4 MiB, since what is larger in the agent grows with its
+    state (a dict of 100,000 ``group_by`` keys): mapped, it is given back whole when it
+    grows again (at 4 MiB those keys held 5 MB more of freed heap, 89 → 94.6 MB). (A fixed
+    ``M_MMAP_THRESHOLD`` of 256 KiB, each block mapped and given back at free, cut the peak 3–4
+    MB more but cost 3–4 % of ingest CPU in page faults: README, "Peak RSS".)"""
+    from detector.sources.lines import BLOCK_BYTES, keep_read_buffers  # noqa: PLC0415
+
+    keep_read_buffers(mmap_threshold=BLOCK_BYTES + BLOCK_BYTES // 4)
     if "MALLOC_ARENA_MAX" in os.environ:
         return False
     try:

@@ -29,6 +29,7 @@ from detector.sources.lines import (
     BLOCK_BYTES,
     Chunk,
     LineAssembler,
+    keep_read_buffers,
     open_stream,
     read_block,
     sniff,
@@ -227,33 +228,3 @@ def edges(
         head.decode("utf-8", "replace").split("\n"),
         tail.decode("utf-8", "replace").split("\n"),
     )
-
-
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # mallopt's parameter numbers (malloc.h)
-KEPT_HEAP_BYTES = 16 << 20
-"""Freed memory glibc's malloc keeps for reuse while a replay reads (``keep_read_buffers``)."""
-_kept: list[bool] = []
-
-
-def keep_read_buffers() -> None:
-    """Let a replaying process reuse the memory of its 1 MiB reads (glibc; elsewhere nothing).
-
-    Each read (``os.pread``), and what is made of it, is a fresh ~1 MiB allocation. glibc's
-    malloc maps such a block on its own or, past its adaptive threshold, trims the top of the
-    heap as soon as two of them are free: either way the next read faults its pages in anew
-    (in ``--jobs`` workers nearly every page of the file, twice: a third of their CPU time,
-    most of it in the kernel). A fixed mmap threshold above the block size and a trim
-    threshold of a few blocks keep them on the heap, reused. Only for ``detector test``: the
-    agent's small reads stay with the defaults (``cli_support.tune_malloc``). The environment's
-    ``MALLOC_MMAP_THRESHOLD_`` or ``MALLOC_TRIM_THRESHOLD_`` wins."""
-    if _kept or "MALLOC_MMAP_THRESHOLD_" in os.environ or "MALLOC_TRIM_THRESHOLD_" in os.environ:
-        return
-    _kept.append(True)
-    try:
-        import ctypes  # noqa: PLC0415 - only a replay of a large file needs it
-
-        mallopt = ctypes.CDLL("libc.so.6").mallopt
-    except (OSError, AttributeError):  # not glibc
-        return
-    mallopt(_M_MMAP_THRESHOLD, 4 * BLOCK_BYTES)
-    mallopt(_M_TRIM_THRESHOLD, KEPT_HEAP_BYTES)

@@ -22,8 +22,8 @@ from typing import TYPE_CHECKING
 
 from detector.matching import Abandoned, Hit, Matcher, PatternSpec, Role
 from detector.pipeline import SparseTexts
-from detector.replay.blocks import ReplayBlock, assembler, keep_read_buffers, match_chunk
-from detector.sources.lines import read_block, read_plan
+from detector.replay.blocks import ReplayBlock, assembler, match_chunk
+from detector.sources.lines import keep_read_buffers, read_block, read_plan
 
 if TYPE_CHECKING:  # multiprocessing is imported only when --jobs starts workers
     from multiprocessing.connection import Connection

@@ -302,6 +302,38 @@ def read_block(
     return len(data), assembler.feed(data)
 
 
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # mallopt's parameter numbers (malloc.h)
+KEPT_HEAP_BYTES = 16 << 20
+"""Freed memory glibc's malloc keeps for reuse while a process reads (``keep_read_buffers``)."""
+_kept: list[bool] = []
+
+
+def keep_read_buffers(mmap_threshold: int = 4 * BLOCK_BYTES) -> None:
+    """Let a process that reads 1 MiB blocks reuse their memory (glibc; elsewhere nothing).
+
+    Each read (``os.pread``), and what is made of it, is a fresh ~1 MiB allocation. glibc's
+    malloc maps such a block on its own or, past its adaptive threshold, trims the top of the
+    heap as soon as two of them are free: either way the next read faults its pages in anew
+    (``detector test --jobs`` workers: nearly every page of the file, twice, a third of their
+    CPU time; the agent: a third of the pages it reads, half its system time). A fixed mmap
+    threshold above the block size (the default: above a block decoded at 4 bytes a character)
+    and a trim threshold of a few blocks keep them on the heap, reused. For ``detector test``
+    of a file over two blocks and its workers, and ``detector run``
+    (``cli_support.tune_malloc``). The environment's ``MALLOC_MMAP_THRESHOLD_`` or
+    ``MALLOC_TRIM_THRESHOLD_`` wins."""
+    if _kept or "MALLOC_MMAP_THRESHOLD_" in os.environ or "MALLOC_TRIM_THRESHOLD_" in os.environ:
+        return
+    _kept.append(True)
+    try:
+        import ctypes  # noqa: PLC0415 - only a process that reads many blocks needs it
+
+        mallopt = ctypes.CDLL("libc.so.6").mallopt
+    except (OSError, AttributeError):  # not glibc
+        return
+    mallopt(_M_MMAP_THRESHOLD, mmap_threshold)
+    mallopt(_M_TRIM_THRESHOLD, KEPT_HEAP_BYTES)
+
+
 def _last_newline(fd: int, floor: int, pos: int, step: int = LOOKBACK) -> int:
     """Offset of the last newline in the file's bytes [floor, pos), or -1 if there is none
     (read backwards ``step`` bytes at a time)."""
