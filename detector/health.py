@@ -392,7 +392,7 @@ def _format_value(value: float) -> str:
 async def loop_lag_monitor(
     health: Health,
     *,
-    interval: timedelta = timedelta(seconds=0.5),
+    interval: timedelta = timedelta(seconds=1),
     threshold: timedelta = timedelta(seconds=5),
     hold: timedelta = timedelta(minutes=1),
 ) -> None:
