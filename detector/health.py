@@ -392,19 +392,23 @@ def _format_value(value: float) -> str:
 async def loop_lag_monitor(
     health: Health,
     *,
-    interval: timedelta = timedelta(seconds=0.5),
+    interval: timedelta | None = None,
     threshold: timedelta = timedelta(seconds=5),
     hold: timedelta = timedelta(minutes=1),
 ) -> None:
     """Measure event-loop lag forever: sleep ``interval``, record how late we woke up.
+
+    A stall that begins just after a probe went to sleep shows as ``interval`` less than it
+    lasted, so the default ``interval`` is a fifth of ``threshold`` (at most 1 s: one wake-up a
+    second at rest for the default 5 s): every stall over 1.2 times the threshold is seen.
 
     A lag above ``threshold`` raises the ``loop-lag`` problem (component ``loop``), which stays
     for ``hold`` after the last high reading so that a scrape or a heartbeat can see it. Runs until
     cancelled. Lag is physical: it is measured on the event loop's own monotonic clock, not on the
     agent's injectable clock (a test's FakeClock jumping ahead is not a stalled loop).
     """
-    period = interval.total_seconds()
     limit = threshold.total_seconds()
+    period = min(1.0, limit / 5) if interval is None else interval.total_seconds()
     last_high: float | None = None
     loop = asyncio.get_running_loop()
     while True:

@@ -42,6 +42,7 @@ import contextlib
 import contextvars
 import functools
 import logging
+import os
 import signal
 import sqlite3
 import threading
@@ -112,8 +113,12 @@ CATCH_UP_RECHECK_S = 0.2
 CATCH_UP_LIMIT_S = 120.0
 OUTBOX_KEEP = timedelta(days=7)
 SILENCE_POLL_S = 1.0
-"""How often the agent looks whether ``detector silence`` changed the silences table (one
-``PRAGMA data_version``; the table is read only when it moved)."""
+"""How often the agent looks whether ``detector silence`` changed the silences table: a ``stat``
+of the state file and its WAL on the loop; only when those moved (or ``SILENCE_RECHECK_S``
+passed), one ``PRAGMA data_version`` on the store's thread, and the table only when that moved."""
+SILENCE_RECHECK_S = 15.0
+"""``PRAGMA data_version`` at least this often, whatever the files' stamps say (a write within
+the file system's timestamp tick that left the WAL's size as it was)."""
 
 
 T = TypeVar("T")
@@ -1266,9 +1271,16 @@ class Agent:
     async def _silence_loop(self) -> None:
         """Pick up silences added or expired by ``detector silence`` without a reload: hand
         them to the processor (the one writer of alert state) when the table changed."""
+        loop = asyncio.get_running_loop()
+        path = self.db.store.path
+        stamp, checked = _stamp(path), loop.time()  # before the read: a change after it shows
         seen = await self.db.run(silence_table.version)
         while True:
             await asyncio.sleep(SILENCE_POLL_S)
+            now_stamp = _stamp(path)
+            if now_stamp == stamp and loop.time() - checked < SILENCE_RECHECK_S:
+                continue  # no connection wrote the state file: data_version cannot have moved
+            stamp, checked = now_stamp, loop.time()
             try:
                 version = await self.db.run(silence_table.version)
                 if version == seen:
@@ -1387,6 +1399,20 @@ def _commit_and_read(
             with contextlib.suppress(sqlite3.Error):
                 out[name] = read(store)
     return out
+
+
+def _stamp(path: Path) -> tuple[tuple[int, int, int] | None, ...]:
+    """What a write of any connection to the state file changes: the inode, size and mtime of
+    the file and of its WAL (where a commit goes; a checkpoint writes the file)."""
+    out: list[tuple[int, int, int] | None] = []
+    for p in (path, path.with_name(path.name + "-wal")):
+        try:
+            st = os.stat(p)
+        except OSError:
+            out.append(None)
+        else:
+            out.append((st.st_ino, st.st_size, st.st_mtime_ns))
+    return tuple(out)
 
 
 def _checkpoint_keys(store: Store) -> set[tuple[str, str]]:

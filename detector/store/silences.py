@@ -4,7 +4,8 @@ agent.
 Part of the store. The command writes this table only, beside the running agent (WAL and SQLite's
 own locking order the writes; it never takes the agent's ``state.db.lock``), and bumps nothing
 else: the agent polls :func:`version` (``PRAGMA data_version``, which changes when another
-connection committed) every second and reloads the silences when it moved. Rows are JSON
+connection committed) when the state file or its WAL changed (a ``stat`` a second, and at least
+every 15 s) and reloads the silences when it moved. Rows are JSON
 (``silences.Silence.to_json``); expired ones are kept for ``KEEP`` so ``silence list`` shows them.
 """
 
