@@ -11,11 +11,10 @@ SHORT = 2048
 
 
 def count_newlines(data: bytes, start: int = 0, end: int | None = None) -> int:
-    """``data.count(b"\\n", start, end)`` (``start`` ≥ 0), the same number, faster on long
-    spans."""
+    """``data.count(b"\\n", start, end)``, the same number, faster on long spans."""
     size = len(data)
     stop = size if end is None else min(end, size)
-    if stop - start < SHORT:
+    if stop - start < SHORT or start < 0:  # a negative start: as bytes.count reads it
         return data.count(b"\n", start, stop)
     part = data if start <= 0 and stop == size else data[start:stop]
     return len(part) - len(part.replace(b"\n", b""))

@@ -16,7 +16,7 @@ _blocks = st.one_of(
 )
 
 
-@given(_blocks, st.integers(0, 3 * SHORT), st.one_of(st.none(), st.integers(0, 30_000)))
+@given(_blocks, st.integers(-3 * SHORT, 3 * SHORT), st.one_of(st.none(), st.integers(-100, 30_000)))
 def test_count_newlines_is_bytes_count(data: bytes, start: int, end: int | None) -> None:
     assert count_newlines(data, start, end) == data.count(b"\n", start, end)
 

@@ -10,7 +10,7 @@ import json
 from datetime import timedelta
 from typing import Any
 
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from detector.matching import Hit
@@ -93,6 +93,13 @@ _line = st.tuples(st.sampled_from(["a", "a", "b"]), st.sampled_from(["x", "y"]),
 
 @settings(max_examples=150, deadline=None)
 @given(st.lists(st.lists(_line, min_size=0, max_size=12), min_size=1, max_size=12))
+@example(  # "u" fires, then in one batch: a reset (its resolve waits), a new crossing (waits),
+    # a match: which must not go straight to the alert the waiting resolve closes
+    [
+        [("a", "x", 0.5), ("a", "x", 0.5)],
+        [("b", "y", 0.5), ("a", "x", 0.5), ("a", "x", 0.5), ("a", "x", 0.5)],
+    ]
+)
 def test_the_hit_shortcuts_tell_and_store_what_the_general_path_does(
     raw: list[list[tuple[str, str, float]]],
 ) -> None:

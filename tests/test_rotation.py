@@ -130,6 +130,32 @@ async def test_lines_written_between_the_copy_and_the_truncation_are_no_loss_if_
         assert t.source.problems() == []
 
 
+async def test_a_short_copy_after_a_truncation_while_down_is_a_loss_if_lines_came_after(
+    tmp_path: Path,
+) -> None:
+    """The same short copy, but the service wrote more lines after the agent stopped and before
+    the truncation: they are in neither file, and the agent cannot know they were not there,
+    so the truncation is a loss event (not silently accepted as copytruncate's race)."""
+    log = tmp_path / "app.log"
+    append(log, lines(1, 20))
+    async with tailing(config(log)) as t:
+        await t.drain()
+        shutil.copyfile(log, tmp_path / "app.log.1")  # the copy: lines 1-20
+        append(log, lines(21, 23))
+        await t.drain()
+        t.clock.advance(QUIET)
+        await t.drain()
+        await t.source.aclose()
+        append(log, lines(24, 26))  # written while the agent is down, then truncated away
+        os.truncate(log, 0)
+        append(log, lines(27, 27))
+        await t.restart()
+        await t.drain()
+        assert t.texts()[-1] == texts(27, 27)[0]
+        (p,) = t.source.problems()
+        assert p.key == f"truncated:{log}" and "no copy" in p.message
+
+
 async def test_copytruncate_while_down_reads_the_compressed_copy_from_the_position(
     tmp_path: Path,
 ) -> None:

@@ -54,7 +54,10 @@ async def config_changes(
         if base() is not current:  # the files were read again: what they are now is known
             current = base()
             last = seen = current
-        now = snapshot(main, current[0])  # a few stat calls: on the loop, no thread hand-over
+        # a few stat calls, on the loop (no thread hand-over every second). Where rules.yaml
+        # sits on a mount that hangs, they hang the loop, and with it the watchdog ping: systemd
+        # then restarts the agent (WatchdogSec=), which is said, rather than it waiting silently
+        now = snapshot(main, current[0])
         if now[1] is not None and now != last and now == seen:
             last = now
             yield now

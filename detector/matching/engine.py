@@ -366,20 +366,30 @@ class Matcher:
     def groups(self, rule: str, role: Role, text: str) -> dict[str, str]:
         """The named groups of ``rule``'s ``role`` pattern (one of ``deferred``) on ``text``, a
         line it matched: what its hit left out. As ``match`` confirms: ``re`` under the budget,
-        the Pike VM behind it (an exact pattern always has one: the constructs it cannot run make
-        a translation inexact), so the groups are always found; {} for a line it does not match
-        after all, or could not decide (then recorded for ``take_abandoned``)."""
+        the Pike VM behind it, so the groups are found — except where ``re`` runs over its
+        budget on a pattern too large for a Pike VM program (over its instruction cap): then {}
+        (the hit stands, Hyperscan's verdict being exact; the alert it opens has no group
+        labels), and the line is not recorded as abandoned, since it was not treated as not
+        matching. The overruns count toward the bounds of the current batch
+        (``MAX_OVERRUNS_PER_CALL``: reset when the next ``match`` call ends), so hits whose
+        groups each run over cost the budget a bounded number of times per batch."""
         c = self._with_groups.get((rule, role))
         if c is None:
             [plain] = [x for x in self._compiled if (x.spec.rule, x.spec.role) == (rule, role)]
             c = _Compiled(plain.spec, plain.rx, plain.analysis, True, plain._pike)
             self._with_groups[(rule, role)] = c
+        before = self._abandoned.get(rule)
         try:
             found = self._confirm(c, text)
         finally:
             self._watchdog.disarm()
-            self._end_call()
-        return {} if found is None else found
+        if found is None:
+            if before is None:  # a match all the same: not an abandoned line
+                self._abandoned.pop(rule, None)
+            else:
+                self._abandoned[rule] = before
+            return {}
+        return found
 
     def take_abandoned(self) -> dict[str, Abandoned]:
         """Per rule, the lines abandoned (over the budget, no linear engine) since the last call;

@@ -376,7 +376,10 @@ class FileSource:
         stamps = [t for t in seen if isinstance(t, int)]
         self._since_ns: int | None = max(stamps) - SINCE_MARGIN_NS if stamps else None
         self._sweep_ns = time.time_ns()
-        self._pending_copies: list[tuple[str, int, str, int]] = []  # fp, offset, path, size
+        self._pending_copies: list[tuple[str, int, str, int, bool]] = []
+        """Truncated files whose copy is looked for: fingerprint, offset read, path, size last
+        seen, and whether everything it held was read (a truncation seen live with the offset
+        at the size last seen: then a copy shorter than the offset misses nothing)."""
         self._consumed: list[str] = []  # checkpoint keys resolved by fingerprint
         self._scan_wanted = True
         self._events: dict[str, SourceProblem] = {}
@@ -804,7 +807,7 @@ class FileSource:
                 # truncated (copytruncate) while we were down: its copy has the rest
                 size_then = cp.get("size")
                 known = size_then if isinstance(size_then, int) else offset
-                self._pending_copies.append((fp, offset, tf.path, known))
+                self._pending_copies.append((fp, offset, tf.path, known, False))
                 self._record_done(tf.identity, known, fp, offset)  # committed before reads
             return 0
         got = None if explicit else self._classify(tf.identity, size, os.pread(tf.fd, FP_BYTES, 0))
@@ -939,11 +942,14 @@ class FileSource:
             if _head_matches(head, fp) and (best is None or n > best[0]):
                 best = (n, kind, offset, path, ref)
 
-        for i, (fp, offset, path, _) in enumerate(self._pending_copies):
-            # also when shorter than what was read of its file: logrotate's copytruncate copies,
-            # then truncates, and lines written in between (read from the file) miss from the
-            # copy, which then has nothing unread (``_open_sibling`` records it as done)
-            offer(fp, "copy", offset, path, i)
+        for i, (fp, offset, path, _, read_all) in enumerate(self._pending_copies):
+            # also when shorter than what was read of its file, if that was all it held:
+            # logrotate's copytruncate copies, then truncates, and lines written in between
+            # (read from the file) miss from the copy, which then has nothing unread
+            # (``_open_sibling`` records it as done). Not after a truncation while the agent was
+            # down: lines written after the last read may be gone, and that is said
+            if comp is not None or size >= offset or read_all:
+                offer(fp, "copy", offset, path, i)
         for key, cp in self._checkpoints.items():
             at = cp.get("offset")
             if isinstance(at, int) and not self._still_at_path(cp):
@@ -1011,7 +1017,7 @@ class FileSource:
                 continue
             self._open_sibling(path, owner, st, since=since, now=now)
         self._check_gaps(siblings, since, now)
-        for _, offset, path, size in self._pending_copies:
+        for _, offset, path, size, _ in self._pending_copies:
             unread = size - offset
             self._loss(
                 f"truncated:{path}",
@@ -1171,7 +1177,8 @@ class FileSource:
                 if st.st_size < tf.read_pos or not _fp_matches(tf.fd, tf.fp):
                     log.info("%s: %s was truncated; reading it from the start", self.name, tf.path)
                     if tf.offset > 0 and _fp_len(tf.fp) > 0:  # copytruncate: find the copy
-                        self._pending_copies.append((tf.fp, tf.offset, tf.path, tf.size))
+                        read_all = tf.size <= tf.offset  # nothing seen there was left unread
+                        self._pending_copies.append((tf.fp, tf.offset, tf.path, tf.size, read_all))
                         self._scan_wanted = self._more = True
                         # what was read of the old content outlives this position: committed
                         # before it, so that a restart still reads the copy from there
