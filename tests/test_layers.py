@@ -21,7 +21,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     # plain data and pure helpers: import nothing else from detector
     ("__init__", "clock", "timefmt", "model", "records", "templating", "timestamps", "schedule",
      "templates", "logs", "structured", "unitfiles",
-     "routing", "digest"),
+     "routing", "digest", "newlines"),
     # silences and maintenance windows: the mute decision's data and time arithmetic
     ("maintenance", "silences"),
     # rules.yaml into the model; the state file (SQLite), which stores records only
