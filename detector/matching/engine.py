@@ -61,12 +61,12 @@ import threading
 import warnings
 from bisect import bisect_right
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from time import perf_counter
 from typing import Any, Literal, NamedTuple
 
 from detector.digest import sha256
+from detector.frozen import Frozen
 from detector.matching import translate as _translate
 from detector.matching.budget import ARMED, CONFIRM_BUDGET_S, BudgetExceeded, Watchdog
 from detector.matching.dbcache import DbCache, cpu_features, db_key
@@ -133,8 +133,7 @@ def engine_name(hs: Any, parser_problem: str) -> str:
 ENGINE = engine_name(_hs, _translate.PARSER_PROBLEM)
 
 
-@dataclass(frozen=True)
-class PatternSpec:
+class PatternSpec(Frozen):
     """One regex of a rule (its role: match, ignore, fail, start, end or reset) and its sources."""
 
     rule: str
@@ -159,8 +158,7 @@ class Hit(NamedTuple):
     """Named groups that participated in the match."""
 
 
-@dataclass(frozen=True)
-class Abandoned:
+class Abandoned(Frozen):
     """Lines on which one rule's pattern ran over the budget and had no linear engine to fall
     back on: they counted as not matching for that pattern."""
 
@@ -177,8 +175,7 @@ class Abandoned:
     already."""
 
 
-@dataclass(frozen=True)
-class PatternReport:
+class PatternReport(Frozen):
     """How one pattern is matched (``detector check`` prints it)."""
 
     rule: str
@@ -229,8 +226,7 @@ class _Compiled:
         return self._pike[1]
 
 
-@dataclass(frozen=True)
-class _Plan:
+class _Plan(Frozen):
     """Everything needed to match one source's lines."""
 
     active: tuple[_Compiled, ...]
@@ -920,8 +916,7 @@ class Matcher:
             )
 
 
-@dataclass(frozen=True)
-class RuleTiming:
+class RuleTiming(Frozen):
     """What a rule's patterns cost (``detector check --timings``)."""
 
     rule: str

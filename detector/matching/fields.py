@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
+from detector.frozen import Frozen
 from detector.matching.engine import Abandoned, Hit, Matcher, PatternSpec
 from detector.model import Config, FileSourceConfig
 from detector.sources.base import Line, SourceProblem
@@ -55,8 +56,7 @@ PARSE_KEY = "parse"
 """Problem key (``source/<name>/parse``)."""
 
 
-@dataclass(frozen=True)
-class _FieldRule:
+class _FieldRule(Frozen):
     """A rule with ``fields:`` on a parsed source: the paths it looks up."""
 
     rule: str
