@@ -18,7 +18,9 @@ import pytest
 
 # fmt: off
 LAYERS: tuple[tuple[str, ...], ...] = (
-    # plain data and pure helpers: import nothing else from detector
+    # the base of the frozen data classes, and a byte-counting helper: import nothing from detector
+    ("frozen", "newlines"),
+    # plain data and pure helpers: import nothing else from detector (but the above)
     ("__init__", "clock", "timefmt", "model", "records", "templating", "timestamps", "schedule",
      "templates", "logs", "structured", "unitfiles",
      "routing", "digest"),
