@@ -30,6 +30,10 @@ RuleKind = Literal[
     "systemd_units",
 ]
 AlertKind = Literal["error", "threshold", "silence", "window", "pair", "anomaly", "agent"]
+LogFormat = Literal["auto", "text", "json", "journal"]
+LOG_FORMATS: tuple[LogFormat, ...] = ("auto", "text", "json", "journal")
+"""The agent's log (``logs.py``). ``auto``: the journal if stderr is the journal, else text;
+``journal`` forces native entries."""
 
 
 class Location(Frozen):
@@ -61,7 +65,7 @@ class AgentConfig(Frozen):
     source_grace: timedelta = timedelta(minutes=5)  # a source broken this long -> agent alert
     settle: timedelta = timedelta(seconds=2)  # an expectation deadline waits this long, at most,
     # for the sources of its rule to hand over what they hold (service.py, "settle")
-    log_format: Literal["auto", "text", "json", "journal"] = "auto"  # see detector/logs.py
+    log_format: LogFormat = "auto"  # see detector/logs.py
     cache_dir: Path | None = None  # compiled-pattern cache (matching/dbcache.py); None = off
 
 

@@ -23,8 +23,8 @@ from yaml.nodes import Node, ScalarNode
 
 from detector.config.nodes import TAG_BOOL, TAG_INT, NodeReader, did_you_mean
 from detector.frozen import Frozen
-from detector.logs import LOG_FORMATS
 from detector.model import (
+    LOG_FORMATS,
     SEVERITIES,
     WEBHOOK_FORMATS,
     AgentConfig,
