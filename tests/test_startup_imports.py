@@ -41,8 +41,9 @@ AGENT_ONLY = {"asyncio", "aiohttp", "sqlite3", "_sqlite3", "ssl", "http.client",
 """The agent's and the state file's modules: no short command on this config needs them."""
 NOT_FOR_THIS_CONFIG = {"msgspec", "_hashlib", "hashlib", "cronsim", "difflib"}
 """Only a ``parse: json`` line, a large cached database, a cron or a misspelt key need these."""
-UNTIL_LOGGED = {"logging", "traceback", "detector.logs"}
-"""``logging`` and what it imports: only once something is logged (``detector.lazylog``)."""
+UNTIL_LOGGED = {"logging", "traceback", "detector.logs", "concurrent.futures"}
+"""``logging`` and what imports it: only once something is logged (``detector.lazylog``); the
+two sources' databases are built by plain threads (``Matcher._build_all``)."""
 
 
 def _config(tmp_path: Path) -> Path:
@@ -53,12 +54,19 @@ agent: {{cache_dir: "{tmp_path}/cache", state: "{tmp_path}/agent.state"}}
 sources:
   app:
     file: "{tmp_path}/app.log"
+  web:
+    file: "{tmp_path}/web.log"
 rules:
   - name: app-error
     source: app
     match: 'ERROR (?P<what>\\w+)'
     owner: ops
     runbook: restart it
+  - name: web-5xx
+    source: web
+    match: '" 5\\d\\d '
+    owner: ops
+    runbook: look at it
 """
     )
     return cfg
