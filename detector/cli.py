@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import logging
 import os
 import re
 import sys
@@ -533,15 +532,17 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     tune_malloc()  # before the agent starts its threads
     import asyncio  # noqa: PLC0415 - only the agent needs it (other commands start faster)
+    import logging  # noqa: PLC0415
 
     from detector import logs  # noqa: PLC0415
     from detector.clock import SystemClock  # noqa: PLC0415
     from detector.config import ConfigError, load_config  # noqa: PLC0415
+    from detector.model import LOG_FORMATS  # noqa: PLC0415
     from detector.service import Agent  # noqa: PLC0415
     from detector.store.db import StoreError  # noqa: PLC0415
 
     chosen = args.log_format or os.environ.get("DETECTOR_LOG_FORMAT")
-    if chosen is not None and chosen not in logs.LOG_FORMATS:
+    if chosen is not None and chosen not in LOG_FORMATS:
         chosen = None  # a bad environment value must not stop the agent: auto
     logs.setup(chosen or "auto", args.log_level)
     if chosen is None:

@@ -23,9 +23,6 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import TextIO
 
-LOG_FORMATS = ("auto", "text", "json", "journal")
-"""``auto``: the journal if stderr is the journal, else text; ``journal`` forces native entries."""
-
 JOURNAL_SOCKET = "/run/systemd/journal/socket"
 """journald's native socket. Under ``LogNamespace=NAME`` systemd mounts the namespace's socket
 (``/run/systemd/journal.NAME/socket``) here; ``$DETECTOR_JOURNAL_SOCKET`` overrides it."""
@@ -176,8 +173,8 @@ def resolve(fmt: str, environ: Mapping[str, str] | None = None) -> str:
 
 
 def setup(fmt: str = "auto", level: str = "INFO") -> str:
-    """Send every record to stderr or the journal per ``fmt`` (one of LOG_FORMATS); returns the
-    format in effect."""
+    """Send every record to stderr or the journal per ``fmt`` (one of ``model.LOG_FORMATS``);
+    returns the format in effect."""
     fmt = resolve(fmt)
     handler: logging.Handler
     if fmt == "journal":

@@ -1,4 +1,5 @@
-"""The typed configuration: frozen dataclasses that ``detector.config`` builds from rules.yaml.
+"""The typed configuration: frozen dataclasses (``detector.frozen``) that ``detector.config``
+builds from rules.yaml.
 
 Everything downstream of config reads these, never raw YAML dicts. Durations are ``timedelta``;
 patterns are Python ``re`` syntax strings (compiled by ``matching.py``).
@@ -7,11 +8,13 @@ patterns are Python ``re`` syntax strings (compiled by ``matching.py``).
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import field
 from datetime import datetime, timedelta
 from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Literal
+
+from detector.frozen import Frozen
 
 Severity = Literal["info", "warning", "error", "critical"]
 SEVERITIES: tuple[Severity, ...] = ("info", "warning", "error", "critical")
@@ -27,10 +30,13 @@ RuleKind = Literal[
     "systemd_units",
 ]
 AlertKind = Literal["error", "threshold", "silence", "window", "pair", "anomaly", "agent"]
+LogFormat = Literal["auto", "text", "json", "journal"]
+LOG_FORMATS: tuple[LogFormat, ...] = ("auto", "text", "json", "journal")
+"""The agent's log (``logs.py``). ``auto``: the journal if stderr is the journal, else text;
+``journal`` forces native entries."""
 
 
-@dataclass(frozen=True)
-class Location:
+class Location(Frozen):
     """Where something was written in rules.yaml (1-based line and column)."""
 
     file: str
@@ -44,8 +50,7 @@ class Location:
 # ---------------------------------------------------------------- agent, defaults
 
 
-@dataclass(frozen=True)
-class AgentConfig:
+class AgentConfig(Frozen):
     """The ``agent:`` section: the state file, the host name, the listener, the cache."""
 
     state: Path
@@ -60,12 +65,11 @@ class AgentConfig:
     source_grace: timedelta = timedelta(minutes=5)  # a source broken this long -> agent alert
     settle: timedelta = timedelta(seconds=2)  # an expectation deadline waits this long, at most,
     # for the sources of its rule to hand over what they hold (service.py, "settle")
-    log_format: Literal["auto", "text", "json", "journal"] = "auto"  # see detector/logs.py
+    log_format: LogFormat = "auto"  # see detector/logs.py
     cache_dir: Path | None = None  # compiled-pattern cache (matching/dbcache.py); None = off
 
 
-@dataclass(frozen=True)
-class FlapSpec:
+class FlapSpec(Frozen):
     """``flap: {changes: K, within: T}``: more than K state changes within T fold the alert's
     notifications into one until it has not changed for T (see ``alerts.py``)."""
 
@@ -73,8 +77,7 @@ class FlapSpec:
     within: timedelta
 
 
-@dataclass(frozen=True)
-class Defaults:
+class Defaults(Frozen):
     """The ``defaults:`` section: what a rule that does not say otherwise gets."""
 
     severity: Severity = "warning"
@@ -93,8 +96,7 @@ class Defaults:
 # ---------------------------------------------------------------- sources
 
 
-@dataclass(frozen=True)
-class MultilineConfig:
+class MultilineConfig(Frozen):
     """A source's ``multiline:``: how its lines join into events (``sources/events.py``)."""
 
     mode: Literal[
@@ -110,8 +112,7 @@ class MultilineConfig:
     partial: bool = False  # docker: a message without its trailing newline goes on in the next
 
 
-@dataclass(frozen=True)
-class FileSourceConfig:
+class FileSourceConfig(Frozen):
     """A ``file:`` source: its paths or globs and how they are read."""
 
     name: str
@@ -133,8 +134,7 @@ class FileSourceConfig:
     multiline: MultilineConfig | None = None  # lines joined into events; None: one line each
 
 
-@dataclass(frozen=True)
-class JournaldSourceConfig:
+class JournaldSourceConfig(Frozen):
     """A ``journald:`` source: the units, identifiers and fields it reads."""
 
     name: str
@@ -170,8 +170,7 @@ WEBHOOK_FORMATS: tuple[WebhookFormat, ...] = (
 )
 
 
-@dataclass(frozen=True)
-class SmtpConfig:
+class SmtpConfig(Frozen):
     """Where ``format: email`` webhooks hand their mail (see detector/delivery/smtp.py)."""
 
     host: str
@@ -183,8 +182,7 @@ class SmtpConfig:
     ca_file: str | None = None  # PEM file of the CA to trust instead of the system's
 
 
-@dataclass(frozen=True)
-class WebhookConfig:
+class WebhookConfig(Frozen):
     """One entry of ``webhooks:``: where alerts go and in which format."""
 
     name: str
@@ -211,8 +209,7 @@ class WebhookConfig:
 # ---------------------------------------------------------------- rules
 
 
-@dataclass(frozen=True)
-class ThresholdSpec:
+class ThresholdSpec(Frozen):
     """``threshold:``: count matches within a window, per ``by:`` key."""
 
     count: int
@@ -222,8 +219,7 @@ class ThresholdSpec:
     distinct: str | None = None  # count distinct values of this captured field, not matches
 
 
-@dataclass(frozen=True)
-class HeartbeatSpec:
+class HeartbeatSpec(Frozen):
     """``heartbeat:``: a line expected every ``every``, per ``by:`` key."""
 
     every: timedelta
@@ -232,8 +228,7 @@ class HeartbeatSpec:
     keys: tuple[str, ...] = ()  # expected keys; one never seen fires too
 
 
-@dataclass(frozen=True)
-class WindowSpec:
+class WindowSpec(Frozen):
     """``window:``: a line expected within ``within`` after each cron time."""
 
     cron: str  # 5-field cron expression
@@ -243,8 +238,7 @@ class WindowSpec:
     too_early: Literal["ignore", "info"] = "ignore"
 
 
-@dataclass(frozen=True)
-class PairSpec:
+class PairSpec(Frozen):
     """``pair:``: an ``end`` line expected within ``within`` of each ``start`` line."""
 
     start: str
@@ -255,8 +249,7 @@ class PairSpec:
     on_double_start: Literal["ignore", "alert"] = "alert"
 
 
-@dataclass(frozen=True)
-class AnomalyNewSpec:
+class AnomalyNewSpec(Frozen):
     """``anomaly: new``: log templates learned, then a new one alerts."""
 
     learn: timedelta | None = timedelta(days=1)
@@ -266,8 +259,7 @@ class AnomalyNewSpec:
     similarity: float = 0.5
 
 
-@dataclass(frozen=True)
-class AnomalyRateSpec:
+class AnomalyRateSpec(Frozen):
     """``anomaly: rate``: a per-bucket line rate against its robust baseline."""
 
     bucket: timedelta = timedelta(minutes=1)
@@ -279,8 +271,7 @@ class AnomalyRateSpec:
     direction: Literal["both", "up", "down"] = "both"
 
 
-@dataclass(frozen=True)
-class SystemdTimer:
+class SystemdTimer(Frozen):
     """When a timer's service is due, read from its unit file (``detector.unitfiles``): a window
     (``cron`` in ``timezone``, ``within`` long) or, with ``every``, at least every ``every`` +
     ``grace``."""
@@ -295,8 +286,7 @@ class SystemdTimer:
     grace: timedelta = timedelta(minutes=1)
 
 
-@dataclass(frozen=True)
-class SystemdUnitsSpec:
+class SystemdUnitsSpec(Frozen):
     """``systemd_units: {failed, timers, units, exclude, up_for, grace, root, timezone}``: the
     built-in rules over systemd's own journal entries (``rules/systemd_units.py``)."""
 
@@ -316,8 +306,7 @@ class SystemdUnitsSpec:
         )
 
 
-@dataclass(frozen=True)
-class RuleConfig:
+class RuleConfig(Frozen):
     """One rule of ``rules:``, with its kind's spec and the defaults applied."""
 
     name: str
@@ -354,8 +343,7 @@ class RuleConfig:
     location: Location | None = None
 
 
-@dataclass(frozen=True)
-class MaintenanceConfig:
+class MaintenanceConfig(Frozen):
     """One ``maintenance:`` entry: a recurring window (``cron`` in ``timezone``, lasting ``for``)
     or a one-off one (``start`` … ``end``). ``rules`` empty: every rule (never agent alerts)."""
 
@@ -373,8 +361,7 @@ class MaintenanceConfig:
         return f"maintenance from {self.start}"
 
 
-@dataclass(frozen=True)
-class IncludeConfig:
+class IncludeConfig(Frozen):
     """One item of the top-level ``include:`` list and the files it matched."""
 
     pattern: str  # as written (``${VAR}`` expanded)
@@ -386,8 +373,7 @@ class IncludeConfig:
 # ---------------------------------------------------------------- routes
 
 
-@dataclass(frozen=True)
-class RouteConfig:
+class RouteConfig(Frozen):
     """One entry of ``routes:``: an alert whose labels equal every ``match`` value and fully
     match every ``match_re`` regex goes to ``webhooks`` (see ``routing.py``)."""
 
@@ -398,8 +384,7 @@ class RouteConfig:
     location: Location | None = None
 
 
-@dataclass(frozen=True)
-class Config:
+class Config(Frozen):
     """A whole rules.yaml (with its includes), as the loader validated it."""
 
     path: str

@@ -16,7 +16,6 @@ here: every step takes the time it should use.
 from __future__ import annotations
 
 import functools
-import logging
 import os
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -24,6 +23,7 @@ from datetime import datetime, timedelta
 from typing import Any, overload
 
 from detector.alerts import AlertBook, fingerprint
+from detector.lazylog import logger
 from detector.maintenance import Maintenance
 from detector.matching import (
     CONFIRM_BUDGET_S,
@@ -49,7 +49,7 @@ from detector.schedule import DeadlineHeap
 from detector.silences import Muter, Silence
 from detector.sources.base import Batch, Line, SourceProblem
 
-log = logging.getLogger("detector.pipeline")
+LOG = "detector.pipeline"
 StateLoader = Callable[[str], Mapping[str, Any]]
 
 REGEX_QUIET = timedelta(hours=1)
@@ -576,7 +576,7 @@ class Pipeline:
             for rule, a in batch.items():
                 self.lines_undecided[rule] += a.lines
                 if rule not in self._undecided_at:
-                    log.warning(
+                    logger(LOG).warning(
                         "rule %s: a line took over %.0f ms to match and was treated as not "
                         "matching (%d characters): %r",
                         rule,
@@ -624,7 +624,9 @@ class Pipeline:
         which would read the same batch again after its restart, forever."""
         self.rule_errors[rule] += 1
         if self.rule_errors[rule] <= 3:
-            log.exception("rule %s failed on %r; the event is skipped", rule, (text or "")[:200])
+            logger(LOG).exception(
+                "rule %s failed on %r; the event is skipped", rule, (text or "")[:200]
+            )
         return agent_signal(
             f"rule:{rule}",
             "fire",

@@ -29,16 +29,16 @@ alert book routes them to ``agent.fallback`` or every webhook. The pipeline's ow
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
+from detector.lazylog import logger
 from detector.rules.base import Signal
 from detector.timefmt import format_duration
 
-log = logging.getLogger("detector")
+LOG = "detector"
 
 AGENT_RULE = "detector-agent"
 RENOTIFY_MIN = timedelta(minutes=5)
@@ -158,7 +158,9 @@ class Problems:
                 p = Problem(key, component, message, now, grace, description, fatal)
                 self.problems[key] = p
                 if grace > timedelta(0):
-                    log.warning("%s (reported if it lasts %s)", p.reason, format_duration(grace))
+                    logger(LOG).warning(
+                        "%s (reported if it lasts %s)", p.reason, format_duration(grace)
+                    )
             else:  # an alert from before the restart: the same problem, still there
                 p.adopted = False
                 p.since_at, p.grace = now, grace
@@ -186,7 +188,7 @@ class Problems:
         if p.adopted:
             message = ADOPTED_GONE
         if p.reported:
-            log.info("%s: recovered%s", p.reason, f" ({message})" if message else "")
+            logger(LOG).info("%s: recovered%s", p.reason, f" ({message})" if message else "")
             self._signals.append(
                 agent_signal(
                     key,
@@ -198,7 +200,7 @@ class Problems:
                 )
             )
         else:
-            log.info("%s: cleared within its grace period, nobody was notified", p.reason)
+            logger(LOG).info("%s: cleared within its grace period, nobody was notified", p.reason)
         self._changed()
         return True
 
@@ -241,7 +243,9 @@ class Problems:
                 continue
             if not p.reported and now >= p.report_at():
                 p.reported_at = now
-                log.error("%s", p.reason if not p.description else f"{p.reason}\n{p.description}")
+                logger(LOG).error(
+                    "%s", p.reason if not p.description else f"{p.reason}\n{p.description}"
+                )
                 self._notify(p, now, renotify=False)
                 self._changed()
             elif (
@@ -249,7 +253,7 @@ class Problems:
                 and p.unnotified
                 and (p.notified_at is None or now - p.notified_at >= RENOTIFY_MIN)
             ):
-                log.error("%s (again: %d occurrences)", p.reason, p.occurrences)
+                logger(LOG).error("%s (again: %d occurrences)", p.reason, p.occurrences)
                 self._notify(p, now, renotify=True)
 
     def next_deadline(self) -> datetime | None:

@@ -23,8 +23,8 @@ from __future__ import annotations
 import functools
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
 
+from detector.frozen import Frozen
 from detector.model import AlertKind, RouteConfig, RuleConfig, RuleKind
 
 AGENT_RULE = "detector-agent"
@@ -73,8 +73,7 @@ def describe(index: int, route: RouteConfig) -> str:
     return f"route #{index} ({where}{', '.join(conds) or 'every alert'})"
 
 
-@dataclass(frozen=True)
-class Routed:
+class Routed(Frozen):
     """The webhooks an alert goes to, and why."""
 
     webhooks: tuple[str, ...]

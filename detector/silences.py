@@ -15,10 +15,10 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from detector.frozen import Frozen
 from detector.maintenance import Maintenance
 from detector.timefmt import iso_or_none, parse_iso_or_none
 
@@ -32,8 +32,7 @@ class MatcherError(ValueError):
     pass
 
 
-@dataclass(frozen=True)
-class LabelMatcher:
+class LabelMatcher(Frozen):
     """One matcher of a silence: ``name op value``."""
 
     name: str
@@ -71,8 +70,7 @@ class LabelMatcher:
         return f"{self.name}{self.op}{self.value}"
 
 
-@dataclass(frozen=True)
-class Silence:
+class Silence(Frozen):
     """A silence: alerts its matchers all match are recorded but not notified."""
 
     id: str

@@ -18,7 +18,9 @@ import pytest
 
 # fmt: off
 LAYERS: tuple[tuple[str, ...], ...] = (
-    # plain data and pure helpers: import nothing else from detector
+    # the base of the frozen data classes, newline counting, loggers: import nothing from detector
+    ("frozen", "newlines", "lazylog"),
+    # plain data and pure helpers: import nothing else from detector (but the above)
     ("__init__", "clock", "timefmt", "model", "records", "templating", "timestamps", "schedule",
      "templates", "logs", "structured", "unitfiles",
      "routing", "digest", "newlines"),

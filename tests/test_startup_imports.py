@@ -29,15 +29,21 @@ except SystemExit as e:  # --help
 modules = sorted(sys.modules)
 from detector.structured import parse_json
 parsed = parse_json('{"n": 1.50, "s": "x"}')  # the fast path, imported on this first line
+from detector.lazylog import logger
+import logging
+same_logger = logger("detector.pipeline") is logging.getLogger("detector.pipeline")
 with open(out, "w") as f:
     json.dump({"code": code, "modules": modules, "parsed": parsed,
-               "msgspec_after": "msgspec" in sys.modules}, f)
+               "msgspec_after": "msgspec" in sys.modules, "same_logger": same_logger}, f)
 """
 
 AGENT_ONLY = {"asyncio", "aiohttp", "sqlite3", "_sqlite3", "ssl", "http.client", "email"}
 """The agent's and the state file's modules: no short command on this config needs them."""
 NOT_FOR_THIS_CONFIG = {"msgspec", "_hashlib", "hashlib", "cronsim", "difflib"}
 """Only a ``parse: json`` line, a large cached database, a cron or a misspelt key need these."""
+UNTIL_LOGGED = {"logging", "traceback", "detector.logs", "concurrent.futures"}
+"""``logging`` and what imports it: only once something is logged (``detector.lazylog``); the
+two sources' databases are built by plain threads (``Matcher._build_all``)."""
 
 
 def _config(tmp_path: Path) -> Path:
@@ -48,12 +54,19 @@ agent: {{cache_dir: "{tmp_path}/cache", state: "{tmp_path}/agent.state"}}
 sources:
   app:
     file: "{tmp_path}/app.log"
+  web:
+    file: "{tmp_path}/web.log"
 rules:
   - name: app-error
     source: app
     match: 'ERROR (?P<what>\\w+)'
     owner: ops
     runbook: restart it
+  - name: web-5xx
+    source: web
+    match: '" 5\\d\\d '
+    owner: ops
+    runbook: look at it
 """
     )
     return cfg
@@ -91,11 +104,12 @@ def test_short_commands_import_neither_the_agent_nor_what_the_config_does_not_us
     got = _imports(tmp_path, *argv)
     assert got["code"] in ((0, 1) if command == "test" else (0,)), got["code"]
     modules = set(got["modules"])  # type: ignore[call-overload]
-    forbidden = AGENT_ONLY | NOT_FOR_THIS_CONFIG | {"uuid", "socket", "platform"}
+    forbidden = AGENT_ONLY | NOT_FOR_THIS_CONFIG | UNTIL_LOGGED | {"uuid", "socket", "platform"}
     if command == "test":
         forbidden -= {"uuid", "platform"}  # the alert that fires gets an event id (uuid4)
     if command == "version":
         forbidden -= {"uuid", "socket", "platform", "email"}  # systemd's binding, its metadata
+        forbidden -= UNTIL_LOGGED - {"detector.logs"}  # systemd.journal's logging handler
     if command in ("check", "help"):
         forbidden.add("zoneinfo")  # `test` takes the host's zone for lines without an offset
     if command in ("version", "help"):
@@ -109,3 +123,4 @@ def test_short_commands_import_neither_the_agent_nor_what_the_config_does_not_us
     # and what was left out still works once needed: msgspec on the first JSON line, same text
     assert got["msgspec_after"] is True
     assert got["parsed"] == {"n": "1.50", "s": "x"}
+    assert got["same_logger"] is True  # the agent's logging set-up reaches the lazy loggers

@@ -15,7 +15,6 @@ from __future__ import annotations
 import re
 import warnings
 from collections.abc import Collection, Iterable, Mapping
-from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Literal, cast
 
@@ -24,6 +23,7 @@ from yaml.constructor import SafeConstructor
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from detector.config.values import interpolate, parse_duration, redact
+from detector.frozen import Frozen
 from detector.model import Location
 
 TAG_STR = "tag:yaml.org,2002:str"
@@ -46,8 +46,7 @@ class ConfigError(Exception):
         self.watch = watch
 
 
-@dataclass(frozen=True)
-class Problem:
+class Problem(Frozen):
     """One error or warning of the loader, at a line and column of a file."""
 
     line: int

@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import field, replace
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, Literal, cast
@@ -22,8 +22,9 @@ from urllib.parse import urlsplit
 from yaml.nodes import Node, ScalarNode
 
 from detector.config.nodes import TAG_BOOL, TAG_INT, NodeReader, did_you_mean
-from detector.logs import LOG_FORMATS
+from detector.frozen import Frozen
 from detector.model import (
+    LOG_FORMATS,
     SEVERITIES,
     WEBHOOK_FORMATS,
     AgentConfig,
@@ -143,8 +144,7 @@ SYSTEM_CACHE_DIR = Path("/var/cache/detector")
 """The unit's ``CacheDirectory=detector``: root's default cache directory too."""
 
 
-@dataclass(frozen=True)
-class Declared:
+class Declared(Frozen):
     """The source and webhook names the file declares; ``journald`` and ``parsed`` (``parse:``
     of file sources) are filled by read_sources."""
 

@@ -19,7 +19,6 @@ that process, with one warning. The directory is bounded: past ``max_bytes`` or
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 import threading
 from collections.abc import Callable, Mapping, Sequence
@@ -27,9 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from detector.digest import sha256
-
-log = logging.getLogger(__name__)
-
+from detector.lazylog import logger
 
 FORMAT = b"detector-hsdb 1\n"
 """First bytes of every entry; bump the number when the layout (or what a key covers) changes."""
@@ -247,7 +244,7 @@ class DbCache:
             if kind in self._warned:
                 return
             self._warned.add(kind)
-        log.warning("%s", text)
+        logger(__name__).warning("%s", text)
 
 
 def _unpack(raw: bytes, key: str) -> tuple[str, bytes]:

@@ -23,12 +23,13 @@ journald's), live and in ``detector test`` (:class:`RecordTime`).
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
+from detector.frozen import Frozen
+from detector.lazylog import logger
 from detector.matching.engine import Abandoned, Hit, Matcher, PatternSpec
 from detector.model import Config, FileSourceConfig
 from detector.sources.base import Line, SourceProblem
@@ -44,7 +45,7 @@ from detector.structured import (
 )
 from detector.timestamps import TimeParser, zone_named
 
-log = logging.getLogger("detector.pipeline")
+LOG = "detector.pipeline"
 
 PARSE_REPORT_EVERY = timedelta(minutes=5)
 """Lines that do not parse are reported at most this often per source (a new occurrence of the
@@ -55,8 +56,7 @@ PARSE_KEY = "parse"
 """Problem key (``source/<name>/parse``)."""
 
 
-@dataclass(frozen=True)
-class _FieldRule:
+class _FieldRule(Frozen):
     """A rule with ``fields:`` on a parsed source: the paths it looks up."""
 
     rule: str
@@ -323,7 +323,7 @@ class ParseFailures:
             "match: rules still saw them as plain text, fields: rules could not; check the "
             "source's parse: or what writes the log"
         )
-        log.warning("source %s: %s", source, f.message)
+        logger(LOG).warning("source %s: %s", source, f.message)
         f.pending, f.sample, f.error = 0, "", ""
 
     def problems(self, source: str, now: datetime) -> list[SourceProblem]:

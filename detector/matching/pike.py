@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
+from detector.frozen import Frozen
 from detector.matching.translate import (
     _FLAG_MASK,
     MAXREPEAT,
@@ -40,8 +40,7 @@ class PikeUnsupported(Exception):
     pass
 
 
-@dataclass(frozen=True)
-class PikeProgram:
+class PikeProgram(Frozen):
     """A regex compiled for the Pike VM."""
 
     code: tuple[Instr, ...]

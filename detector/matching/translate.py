@@ -37,8 +37,9 @@ from __future__ import annotations
 import importlib
 import re
 import sys
-from dataclasses import dataclass
 from typing import Any
+
+from detector.frozen import Frozen
 
 SUPPORTED_PYTHONS = ((3, 11), (3, 12), (3, 13))
 """CPython versions whose ``re._parser`` trees this module and ``pike`` were checked against
@@ -163,8 +164,7 @@ class Untranslatable(Exception):
     """The pattern has a construct with no Hyperscan equivalent, not even a superset."""
 
 
-@dataclass(frozen=True)
-class Analysis:
+class Analysis(Frozen):
     """What a Python regex becomes for Hyperscan, and how exact it is."""
 
     hs: str | None

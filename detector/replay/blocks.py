@@ -18,9 +18,10 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Generator, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import BinaryIO
 
+from detector.frozen import Frozen
 from detector.matching import Abandoned, Hit, Matcher
 from detector.model import Config, FileSourceConfig, MultilineConfig
 from detector.pipeline import SparseTexts
@@ -43,8 +44,7 @@ Matched = tuple[int, int, list[Hit], "dict[int, str] | list[str]", list[str], li
 cut at max_line_bytes)."""
 
 
-@dataclass(frozen=True)
-class ReplayBlock:
+class ReplayBlock(Frozen):
     """One block of lines, ready for rule evaluation."""
 
     texts: Sequence[str]
