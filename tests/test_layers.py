@@ -23,7 +23,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     # plain data and pure helpers: import nothing else from detector (but the above)
     ("__init__", "clock", "timefmt", "model", "records", "templating", "timestamps", "schedule",
      "templates", "logs", "structured", "unitfiles",
-     "routing", "digest", "newlines"),
+     "routing", "digest"),
     # silences and maintenance windows: the mute decision's data and time arithmetic
     ("maintenance", "silences"),
     # rules.yaml into the model; the state file (SQLite), which stores records only
