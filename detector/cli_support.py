@@ -52,18 +52,12 @@ def tune_malloc() -> bool:
     grows again (at 4 MiB those keys held 5 MB more of freed heap, 89 → 94.6 MB). (A fixed
     ``M_MMAP_THRESHOLD`` of 256 KiB, each block mapped and given back at free, cut the peak 3–4
     MB more but cost 3–4 % of ingest CPU in page faults: README, "Peak RSS".)"""
-    from detector.sources.lines import BLOCK_BYTES, keep_read_buffers  # noqa: PLC0415
+    from detector.sources.lines import BLOCK_BYTES, keep_read_buffers, mallopt  # noqa: PLC0415
 
     keep_read_buffers(mmap_threshold=BLOCK_BYTES + BLOCK_BYTES // 4)
     if "MALLOC_ARENA_MAX" in os.environ:
         return False
-    try:
-        import ctypes  # noqa: PLC0415 - only the agent sets it
-
-        mallopt = ctypes.CDLL("libc.so.6").mallopt
-    except (OSError, AttributeError):
-        return False
-    return bool(mallopt(_M_ARENA_MAX, MALLOC_ARENAS))
+    return mallopt(_M_ARENA_MAX, MALLOC_ARENAS)
 
 
 class CommandError(Exception):

@@ -212,6 +212,12 @@ class _Compiled:
             self.confirm = "pike" if self.pike is not None else "re-capped"
 
     @property
+    def deferred(self) -> bool:
+        """It has named groups its hits leave out (``PatternSpec.groups``): ``Matcher.groups``
+        extracts them when the rule reads them."""
+        return not self.spec.groups and bool(self.rx.groupindex) and self.spec.role != "ignore"
+
+    @property
     def pike(self) -> PikeProgram | None:
         """The Pike VM program (None if it cannot run the pattern: ``no_pike`` says why)."""
         if self._pike is None:
@@ -288,11 +294,7 @@ class Matcher:
                 self._compiled.append(c)
         if db_cache is not None and not known:
             _store_analyses(self._compiled, db_cache)
-        self.deferred = frozenset(
-            (c.spec.rule, c.spec.role)
-            for c in self._compiled
-            if not c.spec.groups and c.rx.groupindex and c.spec.role != "ignore"
-        )
+        self.deferred = frozenset((c.spec.rule, c.spec.role) for c in self._compiled if c.deferred)
         """(rule, role) of the patterns with named groups whose hits leave them out
         (``PatternSpec.groups``): :meth:`groups` gives them."""
         self._with_groups: dict[tuple[str, Role], _Compiled] = {}
@@ -1412,7 +1414,7 @@ def _report(c: _Compiled, budget_s: float) -> PatternReport:
             f"{MAX_OVERRUNS_PER_CALL} such lines in one batch it answers the rule's other "
             "candidates of that batch at once"
         )
-    if not c.spec.groups and c.rx.groupindex and c.spec.role != "ignore":
+    if c.deferred:
         notes.append(
             "its named groups are not read on every hit: extracted (re, under the budget) only "
             "when the rule reads them (the labels of an alert a hit opens)"

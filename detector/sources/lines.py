@@ -324,14 +324,20 @@ def keep_read_buffers(mmap_threshold: int = 4 * BLOCK_BYTES) -> None:
     if _kept or "MALLOC_MMAP_THRESHOLD_" in os.environ or "MALLOC_TRIM_THRESHOLD_" in os.environ:
         return
     _kept.append(True)
-    try:
-        import ctypes  # noqa: PLC0415 - only a process that reads many blocks needs it
-
-        mallopt = ctypes.CDLL("libc.so.6").mallopt
-    except (OSError, AttributeError):  # not glibc
-        return
     mallopt(_M_MMAP_THRESHOLD, mmap_threshold)
     mallopt(_M_TRIM_THRESHOLD, KEPT_HEAP_BYTES)
+
+
+def mallopt(param: int, value: int) -> bool:
+    """glibc's ``mallopt(param, value)`` (``malloc.h``); False where it failed or there is none
+    (not glibc)."""
+    try:
+        import ctypes  # noqa: PLC0415 - only the processes that tune malloc need it
+
+        call = ctypes.CDLL("libc.so.6").mallopt
+    except (OSError, AttributeError):
+        return False
+    return bool(call(param, value))
 
 
 def _last_newline(fd: int, floor: int, pos: int, step: int = LOOKBACK) -> int:
